@@ -1,0 +1,381 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use pin_project_lite::pin_project;
+use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio_util::sync::PollSender;
+use tower_service::Service;
+use uuid::Uuid;
+
+use super::{
+    message::{Message, Notify},
+    worker::{self, Worker},
+    BatchConfig, FlushReport, OnError,
+};
+use crate::{
+    capture::{EncodedBatch, Stats, StatsRecorder},
+    event::MAX_EVENT_BYTES,
+    BoxError, CaptureError, Error, Event,
+};
+
+/// The producer side of a batching pipeline. Cheap to clone; every clone feeds the same worker.
+///
+/// See the [module docs](super) for an example.
+pub struct Batch {
+    tx: mpsc::Sender<Message>,
+    poll: PollSender<Message>,
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    closed: AtomicBool,
+    capacity: usize,
+    /// Largest `Event::estimated_size` accepted: 900 KiB less what the encoder adds.
+    max_event_size: usize,
+    stats: StatsRecorder,
+    on_error: Option<OnError>,
+    shutdown: OnceCell<FlushReport>,
+}
+
+impl Batch {
+    /// Wraps `service` (which receives whole batches) and spawns the worker on the current
+    /// tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime, like `tokio::spawn`; use [`Batch::pair`]
+    /// to run the worker yourself.
+    pub fn new<S>(service: S, config: BatchConfig) -> Batch
+    where
+        S: Service<EncodedBatch> + Clone + Send + 'static,
+        S::Error: Into<BoxError> + Send,
+        S::Future: Send + 'static,
+        S::Response: Send + 'static,
+    {
+        let (batch, worker) = Batch::pair(service, config);
+        tokio::spawn(worker);
+        batch
+    }
+
+    /// Like [`Batch::new`], but returns the worker instead of spawning it. The worker must be
+    /// polled on a tokio runtime (it uses tokio's timers and spawns one task per batch sent).
+    pub fn pair<S>(service: S, config: BatchConfig) -> (Batch, Worker)
+    where
+        S: Service<EncodedBatch> + Clone + Send + 'static,
+        S::Error: Into<BoxError> + Send,
+        S::Future: Send + 'static,
+        S::Response: Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(config.max_queue_size);
+        let encoder = crate::event::Encoder::new(crate::event::EncodeDefaults {
+            disable_geoip: config.disable_geoip,
+            super_properties: config.super_properties.clone(),
+        });
+        let shared = Arc::new(Shared {
+            closed: AtomicBool::new(false),
+            capacity: config.max_queue_size,
+            max_event_size: MAX_EVENT_BYTES.saturating_sub(encoder.added_len()),
+            stats: config.stats.clone(),
+            on_error: config.on_error.clone(),
+            shutdown: OnceCell::new(),
+        });
+        let worker = worker::spawnable(service, rx, config, encoder);
+        let batch = Batch {
+            poll: PollSender::new(tx.clone()),
+            tx,
+            shared,
+        };
+        (batch, worker)
+    }
+
+    /// Queues `event` without waiting and returns its uuid.
+    ///
+    /// Validates the event (name, distinct id, properties, size), stamps the uuid (a new
+    /// UUIDv7 unless set) and timestamp (now unless set), and queues it. A full queue is an
+    /// error, never a silent drop: [`CaptureError::QueueFull`]. Every rejection is counted and
+    /// reported to `on_error`.
+    pub fn try_capture(&self, event: Event) -> Result<Uuid, CaptureError> {
+        let (event, uuid) = self.admit(event)?;
+        match self.tx.try_send(Message::Event {
+            event,
+            notify: None,
+        }) {
+            Ok(()) => {
+                self.shared.stats.captured(1);
+                Ok(uuid)
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.reject(CaptureError::QueueFull {
+                capacity: self.shared.capacity,
+            })),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.reject(CaptureError::Closed)),
+        }
+    }
+
+    /// Queues `event`, waiting for room in the queue instead of failing when it is full.
+    /// Resolves once the event is queued (not delivered).
+    pub async fn capture_wait(&self, event: Event) -> Result<Uuid, CaptureError> {
+        let (event, uuid) = self.admit(event)?;
+        match self
+            .tx
+            .send(Message::Event {
+                event,
+                notify: None,
+            })
+            .await
+        {
+            Ok(()) => {
+                self.shared.stats.captured(1);
+                Ok(uuid)
+            }
+            Err(_) => Err(self.reject(CaptureError::Closed)),
+        }
+    }
+
+    /// Queues `event` (waiting for room) and resolves once its batch was delivered, or with
+    /// [`CaptureError::Delivery`] once it definitively failed.
+    pub async fn deliver(&self, event: Event) -> Result<Uuid, CaptureError> {
+        let (event, uuid) = self.admit(event)?;
+        let (notify, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Message::Event {
+                event,
+                notify: Some(notify),
+            })
+            .await
+            .is_err()
+        {
+            return Err(self.reject(CaptureError::Closed));
+        }
+        self.shared.stats.captured(1);
+        wait_delivery(rx, uuid)
+            .await
+            .map_err(CaptureError::Delivery)
+    }
+
+    /// Sends everything queued before this call and resolves once all of it was delivered or
+    /// definitively failed. Flushing an empty queue sends nothing.
+    ///
+    /// After [`shutdown`](Batch::shutdown) it returns an empty report at once.
+    pub async fn flush(&self) -> FlushReport {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Message::Flush(reply)).await.is_err() {
+            return FlushReport::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Stops accepting events, delivers everything queued, and stops the worker.
+    ///
+    /// Whatever is not delivered when `deadline` passes is reported failed (to `on_error`,
+    /// and in the report and stats). Calling it again, or from several handles at once,
+    /// waits for the same shutdown and returns the same report.
+    pub async fn shutdown(&self, deadline: Duration) -> FlushReport {
+        self.shared.closed.store(true, Ordering::Release);
+        let tx = self.tx.clone();
+        *self
+            .shared
+            .shutdown
+            .get_or_init(|| async move {
+                let (reply, rx) = oneshot::channel();
+                let deadline = tokio::time::Instant::now() + deadline;
+                if tx
+                    .send(Message::Shutdown { deadline, reply })
+                    .await
+                    .is_err()
+                {
+                    return FlushReport::default();
+                }
+                rx.await.unwrap_or_default()
+            })
+            .await
+    }
+
+    /// `true` once [`shutdown`](Batch::shutdown) was called or the worker is gone.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    /// The pipeline's counters, with the current queue depth.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.shared.stats.snapshot();
+        stats.queue_depth = (self.tx.max_capacity() - self.tx.capacity()) as u64;
+        stats
+    }
+
+    /// Checks and stamps an event; on failure counts and reports it.
+    fn admit(&self, mut event: Event) -> Result<(Event, Uuid), CaptureError> {
+        if let Err(e) = self.validate(&event) {
+            return Err(self.reject(e));
+        }
+        let uuid = *event.uuid.get_or_insert_with(crate::uuid7::new_v7);
+        event
+            .timestamp
+            .get_or_insert_with(crate::timestamp::Timestamp::now);
+        Ok((event, uuid))
+    }
+
+    fn validate(&self, event: &Event) -> Result<(), CaptureError> {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Err(CaptureError::Closed);
+        }
+        crate::event::validate(event, self.shared.max_event_size)
+    }
+
+    /// Counts and reports a rejection made outside `try_capture` (by the client facade).
+    pub(crate) fn report_rejection(&self, error: &CaptureError) {
+        self.shared.reject(error);
+    }
+
+    fn reject(&self, error: CaptureError) -> CaptureError {
+        self.shared.reject(&error);
+        error
+    }
+}
+
+impl Shared {
+    pub(crate) fn reject(&self, error: &CaptureError) {
+        match error {
+            CaptureError::QueueFull { .. } => self.stats.queue_full(1),
+            CaptureError::EventTooLarge { .. } => self.stats.too_large(1),
+            CaptureError::Closed => self.stats.closed(1),
+            CaptureError::Delivery(_) => return,
+            _ => self.stats.invalid(1),
+        }
+        tracing::warn!(error = %error, "posthog: event not captured");
+        if let Some(on_error) = &self.on_error {
+            on_error(&Error::Rejected(error.clone()));
+        }
+    }
+}
+
+async fn wait_delivery(
+    rx: oneshot::Receiver<Result<Uuid, crate::DeliveryError>>,
+    uuid: Uuid,
+) -> Result<Uuid, crate::DeliveryError> {
+    match rx.await {
+        Ok(result) => result,
+        // The worker dropped the notifier without answering: it was aborted at the shutdown
+        // deadline or its runtime stopped.
+        Err(_) => Err(crate::DeliveryError::new(
+            Arc::new([uuid]),
+            Arc::new("the worker stopped before the event was delivered".into()),
+        )),
+    }
+}
+
+impl Clone for Batch {
+    fn clone(&self) -> Self {
+        // A fresh `PollSender`: readiness reserved by `self` must not be shared.
+        Batch {
+            tx: self.tx.clone(),
+            poll: PollSender::new(self.tx.clone()),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("capacity", &self.shared.capacity)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Batch` as a tower service: `poll_ready` waits for room in the queue (real backpressure),
+/// and the response future resolves with the event's uuid once its batch was delivered.
+impl Service<Event> for Batch {
+    type Response = Uuid;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        ready!(self.poll.poll_reserve(cx))
+            .map_err(|_| Box::new(CaptureError::Closed) as BoxError)?;
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, event: Event) -> Self::Future {
+        let (event, uuid) = match self.admit(event) {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                self.poll.abort_send();
+                return ResponseFuture::failed(e);
+            }
+        };
+        let (notify, rx): (Notify, _) = oneshot::channel();
+        match self.poll.send_item(Message::Event {
+            event,
+            notify: Some(notify),
+        }) {
+            Ok(()) => {
+                self.shared.stats.captured(1);
+                ResponseFuture {
+                    state: State::Waiting { rx, uuid },
+                }
+            }
+            Err(_) => ResponseFuture::failed(self.reject(CaptureError::Closed)),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Batch`] as a `Service<Event>`: resolves once the event's batch
+    /// was delivered.
+    pub struct ResponseFuture {
+        state: State,
+    }
+}
+
+enum State {
+    Failed(Option<CaptureError>),
+    Waiting {
+        rx: oneshot::Receiver<Result<Uuid, crate::DeliveryError>>,
+        uuid: Uuid,
+    },
+}
+
+impl ResponseFuture {
+    fn failed(error: CaptureError) -> Self {
+        ResponseFuture {
+            state: State::Failed(Some(error)),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Uuid, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.project().state {
+            State::Failed(e) => {
+                Poll::Ready(Err(Box::new(e.take().unwrap_or(CaptureError::Closed))))
+            }
+            State::Waiting { rx, uuid } => match ready!(Pin::new(rx).poll(cx)) {
+                Ok(Ok(uuid)) => Poll::Ready(Ok(uuid)),
+                Ok(Err(e)) => Poll::Ready(Err(Box::new(e))),
+                Err(_) => Poll::Ready(Err(Box::new(crate::DeliveryError::new(
+                    Arc::new([*uuid]),
+                    Arc::new("the worker stopped before the event was delivered".into()),
+                )))),
+            },
+        }
+    }
+}

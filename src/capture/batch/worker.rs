@@ -1,0 +1,608 @@
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::{Id, JoinSet},
+    time::{sleep_until, Instant},
+};
+use tower::ServiceExt;
+use tower_service::Service;
+use uuid::Uuid;
+
+use super::{
+    message::{Message, Notify},
+    BatchConfig, FlushReport,
+};
+use crate::{
+    capture::{EncodedBatch, StatsRecorder, UnexpectedStatus},
+    error::{DeadlineElapsed, DropReason},
+    event::{Encoder, MAX_EVENT_BYTES},
+    BoxError, DeliveryError, Error, Event,
+};
+
+/// Most messages taken from the queue at once.
+const RECV_CHUNK: usize = 256;
+
+/// The background half of a [`Batch`](super::Batch): a future that turns queued events into
+/// batches and sends them. Returned by [`Batch::pair`](super::Batch::pair); spawn it on tokio.
+///
+/// It completes once every [`Batch`](super::Batch) handle is dropped (or the pipeline is shut
+/// down) and everything queued was delivered or reported failed.
+#[must_use = "the worker does nothing unless polled"]
+pub struct Worker {
+    future: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker with nothing to do (for a disabled client).
+    pub(crate) fn finished() -> Self {
+        Worker {
+            future: Box::pin(std::future::ready(())),
+        }
+    }
+}
+
+impl Future for Worker {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+pub(super) fn spawnable<S>(
+    service: S,
+    rx: mpsc::Receiver<Message>,
+    config: BatchConfig,
+    encoder: Encoder,
+) -> Worker
+where
+    S: Service<EncodedBatch> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    let state = State {
+        reporter: Reporter {
+            stats: config.stats.clone(),
+            on_error: config.on_error.clone(),
+        },
+        current: Building::new(),
+        ready: VecDeque::new(),
+        in_flight: JoinSet::new(),
+        in_flight_info: HashMap::new(),
+        epochs: Epochs::new(),
+        encoder,
+        config,
+    };
+    Worker {
+        future: Box::pin(run(service, rx, state)),
+    }
+}
+
+/// Counts and reports outcomes.
+#[derive(Clone)]
+struct Reporter {
+    stats: StatsRecorder,
+    on_error: Option<super::OnError>,
+}
+
+impl Reporter {
+    fn failed(&self, uuids: Arc<[Uuid]>, source: Arc<BoxError>) {
+        self.stats.failed(uuids.len() as u64);
+        let error = DeliveryError::new(uuids, source);
+        tracing::error!(error = %error, "posthog: batch not delivered");
+        if let Some(on_error) = &self.on_error {
+            on_error(&Error::Delivery(error));
+        }
+    }
+
+    fn dropped(&self, uuid: Uuid, reason: DropReason) {
+        match reason {
+            DropReason::TooLarge { .. } => self.stats.too_large(1),
+            DropReason::HookPanicked => self.stats.hook_panicked(1),
+            DropReason::Serialize(_) => self.stats.invalid(1),
+        }
+        tracing::error!(%uuid, reason = %reason, "posthog: event dropped");
+        if let Some(on_error) = &self.on_error {
+            on_error(&Error::Dropped { uuid, reason });
+        }
+    }
+}
+
+/// The batch being filled.
+struct Building {
+    buf: Vec<u8>,
+    ends: Vec<u32>,
+    uuids: Vec<Uuid>,
+    notify: Vec<(Uuid, Notify)>,
+}
+
+impl Building {
+    fn new() -> Self {
+        Building {
+            buf: Vec::new(),
+            ends: Vec::new(),
+            uuids: Vec::new(),
+            notify: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.uuids.is_empty()
+    }
+
+    fn take(&mut self) -> (EncodedBatch, Vec<(Uuid, Notify)>) {
+        let capacity = self.buf.len().max(1024);
+        let count = self.uuids.len();
+        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(capacity));
+        let ends = std::mem::replace(&mut self.ends, Vec::with_capacity(count));
+        let uuids = std::mem::replace(&mut self.uuids, Vec::with_capacity(count));
+        let notify = std::mem::take(&mut self.notify);
+        (EncodedBatch::from_parts(buf.into(), ends, uuids), notify)
+    }
+}
+
+/// A closed batch waiting for a sending slot.
+struct Ready {
+    batch: EncodedBatch,
+    notify: Vec<(Uuid, Notify)>,
+    epoch: u64,
+}
+
+/// Events between two flushes. A flush resolves when its epoch and every earlier one have
+/// nothing outstanding.
+#[derive(Default)]
+struct Epoch {
+    outstanding: usize,
+    report: FlushReport,
+    waiters: Vec<oneshot::Sender<FlushReport>>,
+    closed: bool,
+}
+
+struct Epochs {
+    /// Id of `list[0]`.
+    base: u64,
+    list: VecDeque<Epoch>,
+}
+
+impl Epochs {
+    fn new() -> Self {
+        let mut list = VecDeque::new();
+        list.push_back(Epoch::default());
+        Epochs { base: 0, list }
+    }
+
+    fn current_id(&self) -> u64 {
+        self.base + self.list.len() as u64 - 1
+    }
+
+    fn get(&mut self, id: u64) -> Option<&mut Epoch> {
+        let index = id.checked_sub(self.base)? as usize;
+        self.list.get_mut(index)
+    }
+
+    fn current(&mut self) -> &mut Epoch {
+        let id = self.current_id();
+        // The list always holds the open epoch.
+        self.get(id)
+            .unwrap_or_else(|| unreachable!("the open epoch is always present"))
+    }
+
+    /// Closes the open epoch with `waiter` and opens a new one.
+    fn close(&mut self, waiter: oneshot::Sender<FlushReport>) {
+        let epoch = self.current();
+        epoch.waiters.push(waiter);
+        epoch.closed = true;
+        self.list.push_back(Epoch::default());
+        self.settle();
+    }
+
+    /// Answers the flushes whose events are all settled, oldest first.
+    fn settle(&mut self) {
+        while self.list.len() > 1 {
+            let front = &self.list[0];
+            if !front.closed || front.outstanding > 0 {
+                break;
+            }
+            if let Some(epoch) = self.list.pop_front() {
+                self.base += 1;
+                for waiter in epoch.waiters {
+                    let _ = waiter.send(epoch.report);
+                }
+            }
+        }
+    }
+}
+
+struct State {
+    reporter: Reporter,
+    current: Building,
+    ready: VecDeque<Ready>,
+    in_flight: JoinSet<Outcome>,
+    in_flight_info: HashMap<Id, (u64, Arc<[Uuid]>)>,
+    epochs: Epochs,
+    encoder: Encoder,
+    config: BatchConfig,
+}
+
+/// What a sending task reports back.
+struct Outcome {
+    epoch: u64,
+    delivered: usize,
+    failed: usize,
+}
+
+impl State {
+    fn close_current(&mut self) {
+        if self.current.is_empty() {
+            return;
+        }
+        let (batch, notify) = self.current.take();
+        let epoch = self.epochs.current_id();
+        self.epochs.current().outstanding += 1;
+        self.ready.push_back(Ready {
+            batch,
+            notify,
+            epoch,
+        });
+    }
+
+    /// Adds one event; returns `true` when it started a new batch (the timer should start).
+    fn add(&mut self, event: Event, notify: Option<Notify>) -> bool {
+        let uuid = event.uuid.unwrap_or_else(crate::uuid7::new_v7);
+        let timestamp = event
+            .timestamp
+            .unwrap_or_else(crate::timestamp::Timestamp::now);
+        let event = match &self.config.before_send {
+            None => event,
+            Some(hook) => match std::panic::catch_unwind(AssertUnwindSafe(|| hook(event))) {
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    self.reporter.stats.before_send(1);
+                    self.epochs.current().report.dropped += 1;
+                    if let Some(notify) = notify {
+                        let _ = notify.send(Ok(uuid));
+                    }
+                    return false;
+                }
+                Err(_) => {
+                    self.reporter.dropped(uuid, DropReason::HookPanicked);
+                    self.epochs.current().report.dropped += 1;
+                    drop(notify);
+                    return false;
+                }
+            },
+        };
+        let start = self.current.buf.len();
+        let was_empty = self.current.is_empty();
+        if !was_empty {
+            self.current.buf.push(b',');
+        }
+        let event_start = self.current.buf.len();
+        self.encoder
+            .encode(&mut self.current.buf, &event, uuid, timestamp);
+        let size = self.current.buf.len() - event_start;
+        if size > MAX_EVENT_BYTES {
+            self.current.buf.truncate(start);
+            self.reporter.dropped(
+                uuid,
+                DropReason::TooLarge {
+                    size,
+                    limit: MAX_EVENT_BYTES,
+                },
+            );
+            self.epochs.current().report.dropped += 1;
+            drop(notify);
+            return false;
+        }
+        let mut started = was_empty;
+        if !was_empty && self.current.buf.len() > self.config.max_batch_bytes {
+            // This event would push the batch over the byte limit: close the batch without
+            // it and start the next one with it.
+            let tail = self.current.buf.split_off(event_start);
+            self.current.buf.truncate(start);
+            self.close_current();
+            self.current.buf = tail;
+            started = true;
+        }
+        self.current.ends.push(self.current.buf.len() as u32);
+        self.current.uuids.push(uuid);
+        if let Some(notify) = notify {
+            self.current.notify.push((uuid, notify));
+        }
+        if self.current.uuids.len() >= self.config.flush_at
+            || self.current.buf.len() >= self.config.max_batch_bytes
+        {
+            self.close_current();
+            started = false;
+        }
+        started
+    }
+
+    fn dispatch<S>(&mut self, service: &S)
+    where
+        S: Service<EncodedBatch> + Clone + Send + 'static,
+        S::Error: Into<BoxError> + Send,
+        S::Future: Send + 'static,
+        S::Response: Send + 'static,
+    {
+        while self.in_flight.len() < self.config.max_in_flight {
+            let Some(ready) = self.ready.pop_front() else {
+                break;
+            };
+            let uuids = ready.batch.uuids().clone();
+            let reporter = self.reporter.clone();
+            reporter.stats.batch_started();
+            let handle = self.in_flight.spawn(send(
+                service.clone(),
+                ready.batch,
+                ready.notify,
+                ready.epoch,
+                reporter,
+            ));
+            self.in_flight_info
+                .insert(handle.id(), (ready.epoch, uuids));
+        }
+    }
+
+    fn finished(&mut self, id: Id, result: Result<Outcome, tokio::task::JoinError>) {
+        let info = self.in_flight_info.remove(&id);
+        self.reporter.stats.batch_finished();
+        let outcome = match (result, info) {
+            (Ok(outcome), _) => outcome,
+            (Err(e), Some((epoch, uuids))) => {
+                // The inner service panicked (or the task was cancelled).
+                let count = uuids.len();
+                self.reporter
+                    .failed(uuids, Arc::new(format!("sending task failed: {e}").into()));
+                Outcome {
+                    epoch,
+                    delivered: 0,
+                    failed: count,
+                }
+            }
+            (Err(_), None) => return,
+        };
+        if let Some(epoch) = self.epochs.get(outcome.epoch) {
+            epoch.outstanding = epoch.outstanding.saturating_sub(1);
+            epoch.report.delivered += outcome.delivered as u64;
+            epoch.report.failed += outcome.failed as u64;
+        }
+        self.epochs.settle();
+    }
+
+    /// The shutdown deadline passed: everything not yet delivered is reported failed.
+    fn abandon(&mut self, rx: &mut mpsc::Receiver<Message>, deadline: std::time::Duration) {
+        let source: Arc<BoxError> = Arc::new(Box::new(DeadlineElapsed(deadline)));
+        self.in_flight.abort_all();
+        for (_, (epoch, uuids)) in self.in_flight_info.drain() {
+            self.reporter.stats.batch_finished();
+            let count = uuids.len() as u64;
+            self.reporter.failed(uuids, source.clone());
+            if let Some(e) = self.epochs.get(epoch) {
+                e.outstanding = e.outstanding.saturating_sub(1);
+                e.report.failed += count;
+            }
+        }
+        self.close_current();
+        for ready in std::mem::take(&mut self.ready) {
+            let count = ready.batch.len() as u64;
+            self.reporter
+                .failed(ready.batch.uuids().clone(), source.clone());
+            if let Some(e) = self.epochs.get(ready.epoch) {
+                e.outstanding = e.outstanding.saturating_sub(1);
+                e.report.failed += count;
+            }
+        }
+        let mut leftover = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            match message {
+                Message::Event { event, .. } => {
+                    leftover.push(event.uuid.unwrap_or_else(crate::uuid7::new_v7))
+                }
+                Message::Flush(reply) | Message::Shutdown { reply, .. } => {
+                    self.epochs.current().waiters.push(reply)
+                }
+            }
+        }
+        if !leftover.is_empty() {
+            self.epochs.current().report.failed += leftover.len() as u64;
+            self.reporter.failed(leftover.into(), source);
+        }
+        // Close every epoch so each waiter gets its answer.
+        for epoch in &mut self.epochs.list {
+            epoch.closed = true;
+            epoch.outstanding = 0;
+        }
+        self.epochs.list.push_back(Epoch::default());
+        self.epochs.settle();
+    }
+}
+
+async fn run<S>(service: S, mut rx: mpsc::Receiver<Message>, mut state: State)
+where
+    S: Service<EncodedBatch> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    let timer = sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut timer_armed = false;
+    let mut messages = Vec::with_capacity(RECV_CHUNK);
+    let mut receiving = true;
+    let mut shutdown: Option<(Instant, std::time::Duration)> = None;
+    let mut shutdown_waiters = Vec::new();
+
+    loop {
+        state.dispatch(&service);
+        if !receiving
+            && state.current.is_empty()
+            && state.ready.is_empty()
+            && state.in_flight.is_empty()
+        {
+            break;
+        }
+        let deadline = shutdown.map(|(at, _)| at);
+        tokio::select! {
+            biased;
+            Some(done) = state.in_flight.join_next_with_id(), if !state.in_flight.is_empty() => {
+                match done {
+                    Ok((id, outcome)) => state.finished(id, Ok(outcome)),
+                    Err(e) => {
+                        let id = e.id();
+                        state.finished(id, Err(e));
+                    }
+                }
+            }
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let elapsed = shutdown.map(|(_, d)| d).unwrap_or_default();
+                for reply in shutdown_waiters.drain(..) {
+                    state.epochs.current().waiters.push(reply);
+                }
+                state.abandon(&mut rx, elapsed);
+                break;
+            }
+            n = rx.recv_many(&mut messages, RECV_CHUNK), if receiving && state.ready.is_empty() => {
+                if n == 0 {
+                    receiving = false;
+                    timer_armed = false;
+                    state.close_current();
+                    for reply in shutdown_waiters.drain(..) {
+                        state.epochs.close(reply);
+                    }
+                    continue;
+                }
+                for message in messages.drain(..) {
+                    match message {
+                        Message::Event { event, notify } => {
+                            if state.add(event, notify) && !state.config.send_immediately {
+                                timer.as_mut().reset(Instant::now() + state.config.flush_interval);
+                                timer_armed = true;
+                            }
+                            if state.current.is_empty() {
+                                timer_armed = false;
+                            }
+                        }
+                        Message::Flush(reply) => {
+                            state.close_current();
+                            timer_armed = false;
+                            state.epochs.close(reply);
+                        }
+                        Message::Shutdown { deadline, reply } => {
+                            // Stop admission; what is already queued is still received.
+                            rx.close();
+                            let budget = deadline.saturating_duration_since(Instant::now());
+                            shutdown.get_or_insert((deadline, budget));
+                            shutdown_waiters.push(reply);
+                        }
+                    }
+                }
+                if state.config.send_immediately {
+                    state.close_current();
+                }
+            }
+            () = &mut timer, if timer_armed => {
+                timer_armed = false;
+                state.close_current();
+            }
+        }
+    }
+    // Normal end: every epoch is settled; answer anyone still waiting (shutdown included).
+    let rest = std::mem::take(&mut shutdown_waiters);
+    for reply in rest {
+        state.epochs.close(reply);
+    }
+    state.epochs.settle();
+    tracing::debug!("posthog: batch worker stopped");
+}
+
+/// Sends one batch (splitting it on 413) and reports the outcome.
+async fn send<S>(
+    service: S,
+    batch: EncodedBatch,
+    mut notify: Vec<(Uuid, Notify)>,
+    epoch: u64,
+    reporter: Reporter,
+) -> Outcome
+where
+    S: Service<EncodedBatch> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send + 'static,
+{
+    let mut todo = vec![batch];
+    let mut delivered = 0;
+    let mut failed = 0;
+    while let Some(batch) = todo.pop() {
+        let result = service
+            .clone()
+            .oneshot(batch.clone())
+            .await
+            .map_err(Into::into);
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let too_large = error
+                    .downcast_ref::<UnexpectedStatus>()
+                    .is_some_and(|s| s.status() == http::StatusCode::PAYLOAD_TOO_LARGE);
+                if too_large {
+                    if let Some((left, right)) = batch.split() {
+                        tracing::warn!(
+                            events = batch.len(),
+                            "posthog: 413, sending the batch in two halves"
+                        );
+                        todo.push(right);
+                        todo.push(left);
+                        continue;
+                    }
+                }
+                Err(Arc::new(error))
+            }
+        };
+        match &outcome {
+            Ok(()) => {
+                delivered += batch.len();
+                reporter.stats.delivered(batch.len() as u64);
+            }
+            Err(source) => {
+                failed += batch.len();
+                reporter.failed(batch.uuids().clone(), source.clone());
+            }
+        }
+        if !notify.is_empty() {
+            let uuids = batch.uuids();
+            let mut i = 0;
+            while i < notify.len() {
+                if uuids.contains(&notify[i].0) {
+                    let (uuid, tx) = notify.swap_remove(i);
+                    let _ = tx.send(match &outcome {
+                        Ok(()) => Ok(uuid),
+                        Err(source) => Err(DeliveryError::new(Arc::new([uuid]), source.clone())),
+                    });
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+    Outcome {
+        epoch,
+        delivered,
+        failed,
+    }
+}

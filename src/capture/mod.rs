@@ -1,0 +1,45 @@
+//! Capture: events go through a bounded queue into a batching worker, then retry, timeout and
+//! an HTTP transport (`POST /batch/`).
+//!
+//! Every piece is a tower component, so the pipeline the [`PostHog`](crate::PostHog) client
+//! builds can also be assembled by hand:
+//!
+//! ```text
+//! Batch (queue + worker) ─▶ Retry<RetryPolicy> ─▶ Timeout ─▶ CaptureTransport ─▶ POST {host}/batch/
+//! ```
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use posthog_tower::{capture::{BatchConfig, BatchLayer, CaptureTransport, RetryPolicy, StatsRecorder}, Event};
+//! use tower::ServiceBuilder;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let stats = StatsRecorder::new();
+//! let batch = ServiceBuilder::new()
+//!     .layer(BatchLayer::new(BatchConfig::new().flush_at(50).stats(stats.clone())))
+//!     .retry(RetryPolicy::new(3).stats(stats.clone()))
+//!     .timeout(Duration::from_secs(15))
+//!     .service(CaptureTransport::new("https://eu.i.posthog.com", "phc_key")?.stats(stats));
+//! batch.try_capture(Event::new("job finished", "worker-7"))?;
+//! batch.shutdown(Duration::from_secs(10)).await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod batch;
+mod encoded;
+mod policy;
+mod stats;
+mod transport;
+
+pub use batch::{
+    Batch, BatchConfig, BatchLayer, BeforeSend, FlushReport, OnError, ResponseFuture, Worker,
+};
+pub use encoded::EncodedBatch;
+pub use policy::{classify, RetryPolicy};
+pub use stats::{Dropped, Stats, StatsRecorder};
+pub(crate) use transport::endpoint;
+pub use transport::{CaptureTransport, TransportFuture, UnexpectedStatus, USER_AGENT};

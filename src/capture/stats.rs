@@ -1,0 +1,147 @@
+//! Counters for everything the capture pipeline does, readable at any time.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering::Relaxed},
+    Arc,
+};
+
+/// A snapshot of the capture pipeline's counters, from
+/// [`PostHog::stats`](crate::PostHog::stats) or [`Batch::stats`](super::Batch::stats).
+///
+/// Every event `capture` accepted ends up `delivered`, `failed` or in one of the worker's
+/// `dropped` reasons (or is still queued or in flight); every event it refused is counted in
+/// one of the rejection reasons. Nothing disappears without a count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Events accepted by `capture`.
+    pub captured: u64,
+    /// Events PostHog acknowledged.
+    pub delivered: u64,
+    /// Accepted events whose delivery failed definitively (reported to `on_error`).
+    pub failed: u64,
+    /// Events that were refused or dropped, by reason.
+    pub dropped: Dropped,
+    /// Retried HTTP attempts.
+    pub retries: u64,
+    /// HTTP requests sent (first attempts and retries).
+    pub requests: u64,
+    /// Batches being sent right now.
+    pub batches_in_flight: u64,
+    /// Events waiting in the queue.
+    pub queue_depth: u64,
+}
+
+/// Events refused by `capture` or dropped by the worker, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Dropped {
+    /// Refused: the queue was full.
+    pub queue_full: u64,
+    /// Refused: empty name or distinct id, or an invalid property.
+    pub invalid: u64,
+    /// Refused or dropped: larger than 900 KiB serialized.
+    pub too_large: u64,
+    /// Refused: the client was shut down.
+    pub closed: u64,
+    /// Dropped on purpose by the `before_send` hook (not an error).
+    pub before_send: u64,
+    /// Dropped because the `before_send` hook panicked.
+    pub hook_panicked: u64,
+}
+
+impl Dropped {
+    /// All events counted here.
+    pub fn total(&self) -> u64 {
+        self.queue_full
+            + self.invalid
+            + self.too_large
+            + self.closed
+            + self.before_send
+            + self.hook_panicked
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    captured: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    queue_full: AtomicU64,
+    invalid: AtomicU64,
+    too_large: AtomicU64,
+    closed: AtomicU64,
+    before_send: AtomicU64,
+    hook_panicked: AtomicU64,
+    retries: AtomicU64,
+    requests: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// A shared handle to the pipeline's counters. Cheap to clone; give the same recorder to the
+/// [`Batch`](super::Batch) config, the [`RetryPolicy`](super::RetryPolicy) and the
+/// [`CaptureTransport`](super::CaptureTransport) of a hand-built stack to get complete
+/// [`Stats`].
+#[derive(Debug, Clone, Default)]
+pub struct StatsRecorder(Arc<Counters>);
+
+macro_rules! bump {
+    ($($name:ident => $field:ident),* $(,)?) => {
+        $(
+            pub(crate) fn $name(&self, n: u64) {
+                self.0.$field.fetch_add(n, Relaxed);
+            }
+        )*
+    };
+}
+
+impl StatsRecorder {
+    /// A recorder with every counter at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    bump! {
+        captured => captured,
+        delivered => delivered,
+        failed => failed,
+        queue_full => queue_full,
+        invalid => invalid,
+        too_large => too_large,
+        closed => closed,
+        before_send => before_send,
+        hook_panicked => hook_panicked,
+        retry => retries,
+        request => requests,
+    }
+
+    pub(crate) fn batch_started(&self) {
+        self.0.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn batch_finished(&self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Reads every counter (each one atomically; the set is not one atomic snapshot).
+    pub fn snapshot(&self) -> Stats {
+        let c = &self.0;
+        Stats {
+            captured: c.captured.load(Relaxed),
+            delivered: c.delivered.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            dropped: Dropped {
+                queue_full: c.queue_full.load(Relaxed),
+                invalid: c.invalid.load(Relaxed),
+                too_large: c.too_large.load(Relaxed),
+                closed: c.closed.load(Relaxed),
+                before_send: c.before_send.load(Relaxed),
+                hook_panicked: c.hook_panicked.load(Relaxed),
+            },
+            retries: c.retries.load(Relaxed),
+            requests: c.requests.load(Relaxed),
+            batches_in_flight: c.in_flight.load(Relaxed),
+            queue_depth: 0,
+        }
+    }
+}

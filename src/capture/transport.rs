@@ -1,0 +1,459 @@
+//! `CaptureTransport`: sends an [`EncodedBatch`] as `POST {host}/batch/`.
+
+use std::{
+    fmt,
+    future::Future,
+    io::Write,
+    pin::Pin,
+    task::{ready, Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use flate2::{write::GzEncoder, Compression};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::{combinators::Collect, BodyExt, Full, Limited};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::{EncodedBatch, StatsRecorder};
+use crate::{https::HttpClient, timestamp::Timestamp, BoxError};
+
+/// Most of a response body the transport reads (to reuse the connection and to quote errors).
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// The `User-Agent` of every request: `posthog-tower/<version>`.
+pub const USER_AGENT: &str = concat!("posthog-tower/", env!("CARGO_PKG_VERSION"));
+
+/// The leaf service of the capture stack: turns an [`EncodedBatch`] into
+/// `POST {host}/batch/` with the body `{api_key, batch, historical_migration, sent_at}`.
+///
+/// `sent_at` is stamped on every attempt, as PostHog expects; the events themselves (uuids and
+/// timestamps included) are the same bytes on every attempt. With gzip on, the body is
+/// compressed and sent with `Content-Encoding: gzip`.
+///
+/// A 2xx answer is success. Any other status is an [`UnexpectedStatus`] error carrying the
+/// `Retry-After` delay when the server sent one; transport failures are the HTTP client's own
+/// errors. [`RetryPolicy`](super::RetryPolicy) decides what to retry.
+///
+/// `C` is the HTTP client; by default the shared hyper/rustls client of
+/// [`https::default_client`](crate::https::default_client).
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use posthog_tower::capture::{CaptureTransport, RetryPolicy};
+/// use tower::ServiceBuilder;
+///
+/// let transport = CaptureTransport::new("https://us.i.posthog.com", "phc_project_key")
+///     .unwrap()
+///     .gzip(true);
+/// let stack = ServiceBuilder::new()
+///     .retry(RetryPolicy::new(3))
+///     .timeout(Duration::from_secs(15))
+///     .service(transport);
+/// # let _ = stack;
+/// ```
+#[derive(Clone)]
+pub struct CaptureTransport<C = HttpClient> {
+    client: C,
+    uri: Uri,
+    /// `{"api_key":"…","batch":[`
+    prefix: Bytes,
+    historical_migration: bool,
+    gzip: Option<Compression>,
+    stats: Option<StatsRecorder>,
+}
+
+impl CaptureTransport<HttpClient> {
+    /// A transport to `host` (for example `https://eu.i.posthog.com`) with the default client.
+    ///
+    /// Fails when `host` is not an absolute http(s) URL.
+    pub fn new(host: &str, api_key: &str) -> Result<Self, crate::BuildError> {
+        Self::with_client(crate::https::default_client(), host, api_key)
+    }
+}
+
+impl<C> CaptureTransport<C> {
+    /// A transport that sends through `client`.
+    pub fn with_client(client: C, host: &str, api_key: &str) -> Result<Self, crate::BuildError> {
+        let uri = endpoint(host, "/batch/")?;
+        let mut prefix = Vec::with_capacity(api_key.len() + 32);
+        prefix.extend_from_slice(br#"{"api_key":"#);
+        crate::event::write_json(&mut prefix, api_key);
+        prefix.extend_from_slice(br#","batch":["#);
+        Ok(CaptureTransport {
+            client,
+            uri,
+            prefix: prefix.into(),
+            historical_migration: false,
+            gzip: None,
+            stats: None,
+        })
+    }
+
+    /// Compresses bodies with gzip (`Content-Encoding: gzip`). Off by default.
+    pub fn gzip(mut self, enabled: bool) -> Self {
+        self.gzip = enabled.then(Compression::fast);
+        self
+    }
+
+    /// Sets `historical_migration: true` in every body (for imports of past events).
+    pub fn historical_migration(mut self, enabled: bool) -> Self {
+        self.historical_migration = enabled;
+        self
+    }
+
+    /// Counts every request in `stats`.
+    pub fn stats(mut self, stats: StatsRecorder) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+
+    /// The URL batches are sent to.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// Gets a reference to the HTTP client.
+    pub fn get_ref(&self) -> &C {
+        &self.client
+    }
+
+    /// Gets a mutable reference to the HTTP client.
+    pub fn get_mut(&mut self) -> &mut C {
+        &mut self.client
+    }
+
+    /// Consumes the transport, returning the HTTP client.
+    pub fn into_inner(self) -> C {
+        self.client
+    }
+
+    fn body(&self, batch: &EncodedBatch) -> Result<(Bytes, bool), std::io::Error> {
+        let events = batch.events_json();
+        let mut suffix = Vec::with_capacity(72);
+        suffix.extend_from_slice(br#"],"historical_migration":"#);
+        suffix.extend_from_slice(if self.historical_migration {
+            b"true"
+        } else {
+            b"false"
+        });
+        suffix.extend_from_slice(br#","sent_at":""#);
+        Timestamp::from(SystemTime::now()).write_rfc3339(&mut suffix);
+        suffix.extend_from_slice(br#""}"#);
+        let len = self.prefix.len() + events.len() + suffix.len();
+        match self.gzip {
+            None => {
+                let mut body = Vec::with_capacity(len);
+                body.extend_from_slice(&self.prefix);
+                body.extend_from_slice(events);
+                body.extend_from_slice(&suffix);
+                Ok((body.into(), false))
+            }
+            Some(level) => {
+                let mut gz = GzEncoder::new(Vec::with_capacity(len / 4 + 64), level);
+                gz.write_all(&self.prefix)?;
+                gz.write_all(events)?;
+                gz.write_all(&suffix)?;
+                Ok((gz.finish()?.into(), true))
+            }
+        }
+    }
+}
+
+impl<C> fmt::Debug for CaptureTransport<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The body prefix holds the API key: never print it.
+        f.debug_struct("CaptureTransport")
+            .field("uri", &self.uri)
+            .field("historical_migration", &self.historical_migration)
+            .field("gzip", &self.gzip.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, B> Service<EncodedBatch> for CaptureTransport<C>
+where
+    C: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    C::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Response = StatusCode;
+    type Error = BoxError;
+    type Future = TransportFuture<C::Future, B>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.client.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, batch: EncodedBatch) -> Self::Future {
+        let (body, gzipped) = match self.body(&batch) {
+            Ok(b) => b,
+            Err(e) => return TransportFuture::failed(e.into()),
+        };
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        let headers = req.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        if gzipped {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        if let Some(stats) = &self.stats {
+            stats.request(1);
+        }
+        tracing::trace!(events = batch.len(), uri = %self.uri, "posthog: sending batch");
+        TransportFuture {
+            state: State::Sending {
+                future: self.client.call(req),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`CaptureTransport`].
+    pub struct TransportFuture<F, B>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        Failed { error: Option<BoxError> },
+        Sending { #[pin] future: F },
+        Reading {
+            #[pin]
+            body: Collect<Limited<B>>,
+            status: StatusCode,
+            retry_after: Option<Duration>,
+        },
+    }
+}
+
+impl<F, B> TransportFuture<F, B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn failed(error: BoxError) -> Self {
+        TransportFuture {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for TransportFuture<F, B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E, B> Future for TransportFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<StatusCode, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    let e = error
+                        .take()
+                        .unwrap_or_else(|| "polled after completion".into());
+                    return Poll::Ready(Err(e));
+                }
+                StateProj::Sending { future } => {
+                    let res = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let status = res.status();
+                    let retry_after = res
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    let body = Limited::new(res.into_body(), MAX_RESPONSE_BODY).collect();
+                    this.state.set(State::Reading {
+                        body,
+                        status,
+                        retry_after,
+                    });
+                }
+                StateProj::Reading {
+                    body,
+                    status,
+                    retry_after,
+                } => {
+                    // The body only matters for the error message; a failure reading it does
+                    // not change the outcome the status announced.
+                    let text = match ready!(body.poll(cx)) {
+                        Ok(collected) => collected.to_bytes(),
+                        Err(_) => Bytes::new(),
+                    };
+                    let status = *status;
+                    if status.is_success() {
+                        return Poll::Ready(Ok(status));
+                    }
+                    return Poll::Ready(Err(Box::new(UnexpectedStatus {
+                        status,
+                        retry_after: *retry_after,
+                        body: snippet(&text),
+                    })));
+                }
+            }
+        }
+    }
+}
+
+/// PostHog answered with a status other than 2xx.
+///
+/// Downcast a delivery error to it to read the status:
+///
+/// ```
+/// # use posthog_tower::{BoxError, capture::UnexpectedStatus};
+/// fn status(err: &BoxError) -> Option<u16> {
+///     err.downcast_ref::<UnexpectedStatus>().map(|e| e.status().as_u16())
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct UnexpectedStatus {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: String,
+}
+
+impl UnexpectedStatus {
+    /// A status error, for custom transports and tests.
+    pub fn new(status: StatusCode, retry_after: Option<Duration>) -> Self {
+        UnexpectedStatus {
+            status,
+            retry_after,
+            body: String::new(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The delay the server asked for in `Retry-After`, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The start of the response body (at most 256 characters).
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+}
+
+impl fmt::Display for UnexpectedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PostHog answered {}", self.status)?;
+        if !self.body.is_empty() {
+            write!(f, ": {}", self.body)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for UnexpectedStatus {}
+
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(256) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+/// Parses `Retry-After`: delta-seconds (fractions accepted) or an HTTP date, relative to
+/// `now`. A date in the past is zero; anything unparseable, negative or absurd is `None`.
+pub(crate) fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs: f64 = text.parse().ok()?;
+        // One day is far beyond any cap we apply; larger values are nonsense.
+        return (secs.is_finite() && secs <= 86_400.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate::parse_http_date(text).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `{host}{path}` as a URI, checking the host is an absolute http(s) URL.
+pub(crate) fn endpoint(host: &str, path: &str) -> Result<Uri, crate::BuildError> {
+    let host = host.trim().trim_end_matches('/');
+    let uri: Uri = format!("{host}{path}")
+        .parse()
+        .map_err(|_| crate::BuildError::InvalidHost(host.to_owned()))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(crate::BuildError::InvalidHost(host.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let p = |s: &str| parse_retry_after(&HeaderValue::from_str(s).unwrap(), now);
+        assert_eq!(p("3"), Some(Duration::from_secs(3)));
+        assert_eq!(p(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(p("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(p("-1"), None);
+        assert_eq!(p("soon"), None);
+        assert_eq!(p("1e400"), None);
+        assert_eq!(p("999999999999"), None);
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(p(&later), Some(Duration::from_secs(7)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(p(&earlier), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            endpoint("https://eu.i.posthog.com/", "/batch/")
+                .unwrap()
+                .to_string(),
+            "https://eu.i.posthog.com/batch/"
+        );
+        assert!(endpoint("eu.i.posthog.com", "/batch/").is_err());
+        assert!(endpoint("ftp://x", "/batch/").is_err());
+        assert!(endpoint("", "/batch/").is_err());
+    }
+}

@@ -1,0 +1,389 @@
+use std::{fmt, sync::Arc, time::Duration};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
+use tower_service::Service;
+
+use super::{Inner, PostHog};
+use crate::{
+    capture::{
+        Batch, BatchConfig, CaptureTransport, EncodedBatch, RetryPolicy, StatsRecorder, Worker,
+    },
+    https::HttpClient,
+    BoxError, BuildError, Error, Event,
+};
+
+/// The default PostHog host (US cloud).
+pub const DEFAULT_HOST: &str = "https://us.i.posthog.com";
+
+type CaptureStack = BoxCloneSyncService<EncodedBatch, (), BoxError>;
+
+/// Configures a [`PostHog`] client. Start with [`PostHog::builder`].
+///
+/// | setting | default | |
+/// |---|---|---|
+/// | [`host`](Self::host) | `https://us.i.posthog.com` | `app.posthog.com`, `us.posthog.com` and `eu.posthog.com` map to the ingestion hosts |
+/// | [`flush_at`](Self::flush_at) | 100 events | a batch is sent when it holds this many |
+/// | [`flush_interval`](Self::flush_interval) | 5 s | or this long after its first event |
+/// | [`max_queue_size`](Self::max_queue_size) | 10 000 events | `capture` fails with `QueueFull` beyond |
+/// | [`max_batch_bytes`](Self::max_batch_bytes) | 5 MiB | or when it would exceed this size |
+/// | [`max_in_flight`](Self::max_in_flight) | 8 batches | sent concurrently |
+/// | [`max_retries`](Self::max_retries) | 3 | retries after the first attempt (4 attempts) |
+/// | [`request_timeout`](Self::request_timeout) | 15 s | per attempt |
+/// | [`gzip`](Self::gzip) | off | `Content-Encoding: gzip` |
+/// | [`disable_geoip`](Self::disable_geoip) | on | `$geoip_disable: true` on events |
+/// | [`historical_migration`](Self::historical_migration) | off | for imports of past events |
+/// | [`sync_mode`](Self::sync_mode) | off | send at once; [`PostHog::capture_wait`] waits for delivery |
+/// | [`disabled`](Self::disabled) | off | no network at all |
+pub struct PostHogBuilder {
+    api_key: String,
+    host: String,
+    config: BatchConfig,
+    max_retries: usize,
+    request_timeout: Duration,
+    gzip: bool,
+    historical_migration: bool,
+    disabled: bool,
+    sync_mode: bool,
+    http_client: Option<HttpClient>,
+    capture_stack: Option<CaptureStack>,
+    property_error: Option<String>,
+}
+
+impl PostHogBuilder {
+    pub(super) fn new(api_key: String) -> Self {
+        PostHogBuilder {
+            api_key,
+            host: DEFAULT_HOST.to_owned(),
+            config: BatchConfig::default(),
+            max_retries: 3,
+            request_timeout: Duration::from_secs(15),
+            gzip: false,
+            historical_migration: false,
+            disabled: false,
+            sync_mode: false,
+            http_client: None,
+            capture_stack: None,
+            property_error: None,
+        }
+    }
+
+    /// The PostHog host, e.g. `https://eu.i.posthog.com` or your self-hosted URL. A trailing
+    /// slash is trimmed.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// Sends a batch when it holds this many events (100).
+    pub fn flush_at(mut self, events: usize) -> Self {
+        self.config = self.config.flush_at(events);
+        self
+    }
+
+    /// Sends a non-empty batch this long after its first event (5 s).
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.config = self.config.flush_interval(interval);
+        self
+    }
+
+    /// How many events may wait to be sent (10 000). Beyond it `capture` returns
+    /// [`CaptureError::QueueFull`](crate::CaptureError::QueueFull).
+    pub fn max_queue_size(mut self, events: usize) -> Self {
+        self.config = self.config.max_queue_size(events);
+        self
+    }
+
+    /// Largest batch body, in bytes of events (5 MiB).
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.config = self.config.max_batch_bytes(bytes);
+        self
+    }
+
+    /// How many batches may be sent at once (8).
+    pub fn max_in_flight(mut self, batches: usize) -> Self {
+        self.config = self.config.max_in_flight(batches);
+        self
+    }
+
+    /// Retries after the first attempt (3, so 4 attempts in all).
+    pub fn max_retries(mut self, retries: usize) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Timeout of one HTTP attempt (15 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Compresses batch bodies with gzip (off).
+    pub fn gzip(mut self, enabled: bool) -> Self {
+        self.gzip = enabled;
+        self
+    }
+
+    /// Adds `$geoip_disable: true` to every event (on), so PostHog does not resolve the
+    /// server's IP address to a location.
+    pub fn disable_geoip(mut self, disabled: bool) -> Self {
+        self.config = self.config.disable_geoip(disabled);
+        self
+    }
+
+    /// Marks every batch as a historical migration (off).
+    pub fn historical_migration(mut self, enabled: bool) -> Self {
+        self.historical_migration = enabled;
+        self
+    }
+
+    /// Adds a property to every event, over the event's own value.
+    pub fn super_property(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
+        let key = key.into();
+        match crate::event::to_property_value(&value) {
+            Ok(value) => {
+                self.config.super_properties.insert(key, value);
+            }
+            Err(e) => {
+                self.property_error
+                    .get_or_insert(format!("super property `{key}`: {e}"));
+            }
+        }
+        self
+    }
+
+    /// Adds every entry of `properties` (a map or struct) to every event.
+    pub fn super_properties(mut self, properties: Map<String, Value>) -> Self {
+        self.config.super_properties.extend(properties);
+        self
+    }
+
+    /// A hook that sees every event before it is sent and may change it or drop it (`None`).
+    ///
+    /// It runs on the background worker; a panic in it drops the event and reports it.
+    pub fn before_send(
+        mut self,
+        hook: impl Fn(Event) -> Option<Event> + Send + Sync + 'static,
+    ) -> Self {
+        self.config = self.config.before_send(hook);
+        self
+    }
+
+    /// A callback told of every event refused, dropped or not delivered.
+    pub fn on_error(mut self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.config = self.config.on_error(callback);
+        self
+    }
+
+    /// Turns the client off: nothing is queued or sent and no background work starts;
+    /// `capture` still validates events and returns uuids.
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.disabled = disabled;
+        self
+    }
+
+    /// Serverless mode: events are sent as soon as they are captured, and
+    /// [`PostHog::capture_wait`] resolves only after PostHog acknowledged the event.
+    pub fn sync_mode(mut self, enabled: bool) -> Self {
+        self.sync_mode = enabled;
+        self.config = self.config.send_immediately(enabled);
+        self
+    }
+
+    /// Sends through this HTTP client instead of the default hyper/rustls one (for a proxy,
+    /// extra headers, or tests). See [`https::into_http_client`](crate::https::into_http_client).
+    pub fn http_client(mut self, client: HttpClient) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// Replaces the whole stack below the batcher (retry, timeout, transport) with `service`.
+    ///
+    /// Build it from [`RetryPolicy`], `tower::timeout` and [`CaptureTransport`] plus your own
+    /// layers; see `examples/custom_stack.rs`. Share [`stats_recorder`](Self::stats_recorder)
+    /// with them to keep [`PostHog::stats`] complete.
+    pub fn capture_stack<S>(mut self, service: S) -> Self
+    where
+        S: Service<EncodedBatch> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.capture_stack = Some(BoxCloneSyncService::new(
+            service.map_err(Into::into).map_response(|_| ()),
+        ));
+        self
+    }
+
+    /// The counters the client will report in [`PostHog::stats`].
+    pub fn stats_recorder(&self) -> StatsRecorder {
+        self.config.stats_recorder().clone()
+    }
+
+    /// Builds the client and spawns its worker on the current tokio runtime.
+    ///
+    /// Fails with [`BuildError::NoRuntime`] outside a runtime (unless disabled), with
+    /// [`BuildError::EmptyApiKey`] for a blank key and [`BuildError::InvalidHost`] for a bad
+    /// host.
+    pub fn build(self) -> Result<PostHog, BuildError> {
+        if self.disabled {
+            return self.build_pair().map(|(client, _)| client);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let (client, worker) = self.build_pair()?;
+        runtime.spawn(worker);
+        Ok(client)
+    }
+
+    /// Builds the client and returns its worker instead of spawning it, like tower's
+    /// `Buffer::pair`. Run the worker on a tokio runtime; events are sent only while it runs.
+    pub fn build_pair(self) -> Result<(PostHog, Worker), BuildError> {
+        let api_key = self.api_key.trim().to_owned();
+        if api_key.is_empty() {
+            return Err(BuildError::EmptyApiKey);
+        }
+        if let Some(e) = self.property_error {
+            tracing::error!(error = %e, "posthog: invalid super property");
+            return Err(BuildError::InvalidConfig(
+                "a super property cannot be represented in JSON",
+            ));
+        }
+        let host = normalize_host(&self.host);
+        let uri = crate::capture::endpoint(&host, "/")?;
+        if uri.scheme_str() == Some("http") && !is_loopback(uri.host().unwrap_or_default()) {
+            tracing::warn!(%host, "posthog: host uses plain http; events and keys travel unencrypted");
+        }
+        let stats = self.config.stats_recorder().clone();
+        let config = self.config;
+        if self.disabled {
+            let client = PostHog {
+                inner: Arc::new(Inner {
+                    batch: None,
+                    sync_mode: self.sync_mode,
+                    host,
+                    stats,
+                    max_event_size: crate::event::MAX_EVENT_BYTES,
+                }),
+            };
+            return Ok((client, Worker::finished()));
+        }
+        let stack = match self.capture_stack {
+            Some(stack) => stack,
+            None => {
+                let client = self
+                    .http_client
+                    .unwrap_or_else(crate::https::default_client);
+                let transport = CaptureTransport::with_client(client, &host, &api_key)?
+                    .gzip(self.gzip)
+                    .historical_migration(self.historical_migration)
+                    .stats(stats.clone());
+                BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .retry(RetryPolicy::new(self.max_retries).stats(stats.clone()))
+                        .timeout(self.request_timeout)
+                        .service(transport)
+                        .map_response(|_| ()),
+                )
+            }
+        };
+        let (batch, worker) = Batch::pair(stack, config);
+        let client = PostHog {
+            inner: Arc::new(Inner {
+                batch: Some(batch),
+                sync_mode: self.sync_mode,
+                host,
+                stats,
+                max_event_size: crate::event::MAX_EVENT_BYTES,
+            }),
+        };
+        Ok((client, worker))
+    }
+}
+
+impl fmt::Debug for PostHogBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the API key.
+        f.debug_struct("PostHogBuilder")
+            .field("host", &self.host)
+            .field("config", &self.config)
+            .field("max_retries", &self.max_retries)
+            .field("request_timeout", &self.request_timeout)
+            .field("gzip", &self.gzip)
+            .field("historical_migration", &self.historical_migration)
+            .field("disabled", &self.disabled)
+            .field("sync_mode", &self.sync_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps PostHog's app hosts to its ingestion hosts and trims trailing slashes.
+pub(crate) fn normalize_host(host: &str) -> String {
+    let host = host.trim().trim_end_matches('/');
+    match host {
+        "" => DEFAULT_HOST.to_owned(),
+        "https://app.posthog.com" | "https://us.posthog.com" => DEFAULT_HOST.to_owned(),
+        "https://eu.posthog.com" => "https://eu.i.posthog.com".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("https://app.posthog.com/"), DEFAULT_HOST);
+        assert_eq!(normalize_host("https://us.posthog.com"), DEFAULT_HOST);
+        assert_eq!(
+            normalize_host("https://eu.posthog.com"),
+            "https://eu.i.posthog.com"
+        );
+        assert_eq!(
+            normalize_host("https://ph.example.com//"),
+            "https://ph.example.com"
+        );
+        assert_eq!(normalize_host(""), DEFAULT_HOST);
+    }
+
+    #[test]
+    fn build_errors() {
+        assert_eq!(
+            PostHog::builder("  ").build_pair().err(),
+            Some(BuildError::EmptyApiKey)
+        );
+        assert!(matches!(
+            PostHog::builder("k").host("not a url").build_pair().err(),
+            Some(BuildError::InvalidHost(_))
+        ));
+        assert_eq!(
+            PostHog::builder("k").build().err(),
+            Some(BuildError::NoRuntime)
+        );
+        assert!(PostHog::builder("k").disabled(true).build().is_ok());
+        assert!(matches!(
+            PostHog::builder("k")
+                .super_property("x", f64::NAN)
+                .build_pair()
+                .err(),
+            Some(BuildError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback("127.0.0.1"));
+        assert!(is_loopback("[::1]"));
+        assert!(is_loopback("LOCALHOST"));
+        assert!(!is_loopback("example.com"));
+        assert!(!is_loopback("10.0.0.1"));
+    }
+}

@@ -1,0 +1,212 @@
+//! The [`PostHog`] client: the whole API in one cheap-to-clone handle.
+
+mod builder;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+pub use builder::{PostHogBuilder, DEFAULT_HOST};
+
+use crate::{
+    capture::{Batch, FlushReport, Stats, StatsRecorder},
+    CaptureError, Event,
+};
+
+/// A PostHog client.
+///
+/// Cloning is cheap (an `Arc` inside) and every clone feeds the same pipeline. `capture` and
+/// the other event methods are synchronous and never block: they validate the event, stamp it
+/// and queue it, or return an error the caller can act on.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use posthog_tower::{Event, PostHog};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let posthog = PostHog::builder("phc_project_key")
+///     .host("https://eu.i.posthog.com")
+///     .build()?;
+///
+/// posthog.capture(Event::new("signed up", "user-42").property("plan", "pro"))?;
+/// posthog.set("user-42", serde_json::json!({"email": "ada@example.com"}))?;
+///
+/// // Before the process exits: deliver what is queued.
+/// posthog.shutdown(Duration::from_secs(10)).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostHog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` when disabled.
+    batch: Option<Batch>,
+    sync_mode: bool,
+    host: String,
+    stats: StatsRecorder,
+    max_event_size: usize,
+}
+
+impl PostHog {
+    /// Starts configuring a client for the project with this API key (`phc_…`).
+    pub fn builder(project_api_key: impl Into<String>) -> PostHogBuilder {
+        PostHogBuilder::new(project_api_key.into())
+    }
+
+    /// Queues an event and returns its uuid. Never blocks.
+    ///
+    /// Errors: an empty name or distinct id, a property JSON cannot represent, an event over
+    /// 900 KiB, a full queue, or a shut-down client. Each is also counted in
+    /// [`stats`](Self::stats) and passed to `on_error`.
+    pub fn capture(&self, event: Event) -> Result<Uuid, CaptureError> {
+        match &self.inner.batch {
+            Some(batch) => batch.try_capture(event),
+            None => self.disabled_capture(event),
+        }
+    }
+
+    /// Queues an event, waiting for room when the queue is full instead of failing.
+    ///
+    /// In [sync mode](PostHogBuilder::sync_mode) it resolves only once PostHog acknowledged the
+    /// event, or fails with [`CaptureError::Delivery`]: use it in serverless functions.
+    pub async fn capture_wait(&self, event: Event) -> Result<Uuid, CaptureError> {
+        match &self.inner.batch {
+            Some(batch) if self.inner.sync_mode => batch.deliver(event).await,
+            Some(batch) => batch.capture_wait(event).await,
+            None => self.disabled_capture(event),
+        }
+    }
+
+    /// Sets person properties (`$set`): the latest value wins. `properties` is a map or a
+    /// struct.
+    pub fn set(
+        &self,
+        distinct_id: impl Into<String>,
+        properties: impl Serialize,
+    ) -> Result<Uuid, CaptureError> {
+        self.capture(Event::person_update(false, distinct_id.into(), &properties))
+    }
+
+    /// Sets person properties only where they have no value yet (`$set_once`).
+    pub fn set_once(
+        &self,
+        distinct_id: impl Into<String>,
+        properties: impl Serialize,
+    ) -> Result<Uuid, CaptureError> {
+        self.capture(Event::person_update(true, distinct_id.into(), &properties))
+    }
+
+    /// Links `previous_id` (for example an anonymous id) to `distinct_id` (`$create_alias`).
+    pub fn alias(
+        &self,
+        previous_id: impl Into<String>,
+        distinct_id: impl Into<String>,
+    ) -> Result<Uuid, CaptureError> {
+        let previous_id = previous_id.into();
+        let distinct_id = distinct_id.into();
+        if distinct_id.trim().is_empty() {
+            return Err(self.reject(CaptureError::EmptyDistinctId));
+        }
+        self.capture(Event::alias(previous_id, distinct_id))
+    }
+
+    /// Sets a group's properties (`$groupidentify`), e.g. a company's name and plan.
+    pub fn group_identify(
+        &self,
+        group_type: impl Into<String>,
+        group_key: impl Into<String>,
+        properties: impl Serialize,
+    ) -> Result<Uuid, CaptureError> {
+        let group_type = group_type.into();
+        let group_key = group_key.into();
+        if group_type.trim().is_empty() {
+            return Err(self.reject(CaptureError::InvalidArgument("group type is empty")));
+        }
+        if group_key.trim().is_empty() {
+            return Err(self.reject(CaptureError::InvalidArgument("group key is empty")));
+        }
+        self.capture(Event::group_identify(
+            group_type,
+            group_key,
+            &properties,
+            None,
+        ))
+    }
+
+    /// Captures a backend `$pageview` of `url`.
+    pub fn pageview(
+        &self,
+        distinct_id: impl Into<String>,
+        url: impl Into<String>,
+    ) -> Result<Uuid, CaptureError> {
+        self.capture(Event::pageview(distinct_id, url))
+    }
+
+    /// Sends everything captured before this call and resolves once all of it was delivered
+    /// or definitively failed, with the counts. Flushing an empty queue sends nothing.
+    pub async fn flush(&self) -> FlushReport {
+        match &self.inner.batch {
+            Some(batch) => batch.flush().await,
+            None => FlushReport::default(),
+        }
+    }
+
+    /// Stops accepting events, delivers what is queued (giving up, and reporting, whatever is
+    /// left when `deadline` passes), and stops the background work. Idempotent: later calls
+    /// return the same report.
+    pub async fn shutdown(&self, deadline: Duration) -> FlushReport {
+        match &self.inner.batch {
+            Some(batch) => batch.shutdown(deadline).await,
+            None => FlushReport::default(),
+        }
+    }
+
+    /// The pipeline's counters: captured, delivered, failed, dropped by reason, retries,
+    /// requests, batches in flight and queue depth.
+    pub fn stats(&self) -> Stats {
+        match &self.inner.batch {
+            Some(batch) => batch.stats(),
+            None => self.inner.stats.snapshot(),
+        }
+    }
+
+    /// `true` when the client was built [disabled](PostHogBuilder::disabled).
+    pub fn is_disabled(&self) -> bool {
+        self.inner.batch.is_none()
+    }
+
+    /// The host events are sent to, after normalization.
+    pub fn host(&self) -> &str {
+        &self.inner.host
+    }
+
+    fn disabled_capture(&self, event: Event) -> Result<Uuid, CaptureError> {
+        crate::event::validate(&event, self.inner.max_event_size)?;
+        Ok(event.uuid.unwrap_or_else(crate::uuid7::new_v7))
+    }
+
+    fn reject(&self, error: CaptureError) -> CaptureError {
+        if let Some(batch) = &self.inner.batch {
+            batch.report_rejection(&error);
+        }
+        error
+    }
+}
+
+impl fmt::Debug for PostHog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the API key.
+        f.debug_struct("PostHog")
+            .field("host", &self.inner.host)
+            .field("disabled", &self.is_disabled())
+            .field("sync_mode", &self.inner.sync_mode)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,263 @@
+//! Errors: what `capture` returns, what `on_error` receives, and why a build fails.
+//!
+//! Inside service stacks the error type is [`BoxError`], as everywhere in tower; the tiny structs
+//! in [`crate::capture`] (for example [`UnexpectedStatus`](crate::capture::UnexpectedStatus)) can
+//! be recovered with `downcast_ref`. At the facade, errors are small `#[non_exhaustive]` enums
+//! whose messages say what to do.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use uuid::Uuid;
+
+pub use crate::event::PropertyError;
+
+/// Alias for a type-erased error type, as in tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an event was not accepted by `capture`.
+///
+/// Every rejection is also counted in [`Stats`](crate::Stats) and reported to the `on_error`
+/// callback, so nothing is lost silently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CaptureError {
+    /// The event name is empty or only whitespace.
+    EmptyEventName,
+    /// The distinct id is empty or only whitespace.
+    EmptyDistinctId,
+    /// A property could not be turned into JSON (for example `NaN` or infinity).
+    InvalidProperty {
+        /// The property's key.
+        key: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// Some other argument was invalid (for example an empty group type).
+    InvalidArgument(&'static str),
+    /// The event serializes to more than the per-event limit PostHog accepts.
+    EventTooLarge {
+        /// The event's serialized size in bytes (an estimate at capture time).
+        size: usize,
+        /// The limit in bytes (900 KiB).
+        limit: usize,
+    },
+    /// The queue is full: the worker cannot keep up or PostHog is unreachable.
+    QueueFull {
+        /// The queue's capacity in events (`max_queue_size`).
+        capacity: usize,
+    },
+    /// The client was shut down (or its worker is gone): no new events are accepted.
+    Closed,
+    /// The event was accepted but its delivery failed (only from the waiting capture methods).
+    Delivery(DeliveryError),
+}
+
+impl fmt::Display for CaptureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CaptureError::EmptyEventName => f.write_str("event name is empty"),
+            CaptureError::EmptyDistinctId => f.write_str("distinct id is empty"),
+            CaptureError::InvalidProperty { key, reason } => {
+                write!(f, "property `{key}` is invalid: {reason}")
+            }
+            CaptureError::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
+            CaptureError::EventTooLarge { size, limit } => write!(
+                f,
+                "event too large: {size} bytes serialized, PostHog accepts at most {limit}"
+            ),
+            CaptureError::QueueFull { capacity } => write!(
+                f,
+                "queue full: {capacity} events pending; the event was not captured"
+            ),
+            CaptureError::Closed => f.write_str("client is shut down: the event was not captured"),
+            CaptureError::Delivery(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl std::error::Error for CaptureError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CaptureError::Delivery(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl CaptureError {
+    /// The reason label used in [`Stats`](crate::Stats) and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CaptureError::EmptyEventName
+            | CaptureError::EmptyDistinctId
+            | CaptureError::InvalidProperty { .. }
+            | CaptureError::InvalidArgument(_) => "invalid",
+            CaptureError::EventTooLarge { .. } => "too_large",
+            CaptureError::QueueFull { .. } => "queue_full",
+            CaptureError::Closed => "closed",
+            CaptureError::Delivery(_) => "delivery",
+        }
+    }
+}
+
+/// A batch of events could not be delivered after every retry.
+#[derive(Debug, Clone)]
+pub struct DeliveryError {
+    pub(crate) uuids: Arc<[Uuid]>,
+    pub(crate) source: Arc<BoxError>,
+}
+
+impl DeliveryError {
+    pub(crate) fn new(uuids: Arc<[Uuid]>, source: Arc<BoxError>) -> Self {
+        DeliveryError { uuids, source }
+    }
+
+    /// The uuids of the events that were not delivered.
+    pub fn uuids(&self) -> &[Uuid] {
+        &self.uuids
+    }
+
+    /// The last error seen; downcast it to
+    /// [`UnexpectedStatus`](crate::capture::UnexpectedStatus) to read an HTTP status.
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &**self.source
+    }
+}
+
+impl PartialEq for DeliveryError {
+    fn eq(&self, other: &Self) -> bool {
+        self.uuids == other.uuids && Arc::ptr_eq(&self.source, &other.source)
+    }
+}
+
+impl Eq for DeliveryError {}
+
+impl fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} event(s) not delivered: {}",
+            self.uuids.len(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for DeliveryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&**self.source)
+    }
+}
+
+/// What the `on_error` callback receives.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// `capture` rejected an event; the same error was returned to the caller.
+    Rejected(CaptureError),
+    /// A batch failed definitively (retries exhausted, a non-retryable status, or the shutdown
+    /// deadline passed).
+    Delivery(DeliveryError),
+    /// An accepted event was dropped by the worker before it was sent.
+    Dropped {
+        /// The event's uuid.
+        uuid: Uuid,
+        /// Why it was dropped.
+        reason: DropReason,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Rejected(e) => write!(f, "event rejected: {e}"),
+            Error::Delivery(e) => fmt::Display::fmt(e, f),
+            Error::Dropped { uuid, reason } => write!(f, "event {uuid} dropped: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Rejected(e) => Some(e),
+            Error::Delivery(e) => Some(e),
+            Error::Dropped { .. } => None,
+        }
+    }
+}
+
+/// Why the worker dropped an event it had accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// After `before_send` and enrichment the event exceeded the per-event size limit.
+    TooLarge {
+        /// Its serialized size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The `before_send` hook panicked.
+    HookPanicked,
+    /// The event could not be serialized.
+    Serialize(String),
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DropReason::TooLarge { size, limit } => {
+                write!(
+                    f,
+                    "{size} bytes serialized, more than the {limit} byte limit"
+                )
+            }
+            DropReason::HookPanicked => f.write_str("the before_send hook panicked"),
+            DropReason::Serialize(e) => write!(f, "could not serialize: {e}"),
+        }
+    }
+}
+
+/// Why [`PostHogBuilder::build`](crate::PostHogBuilder::build) failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The project API key is empty or only whitespace.
+    EmptyApiKey,
+    /// The host is not an absolute `http://` or `https://` URL.
+    InvalidHost(String),
+    /// A setting is out of range.
+    InvalidConfig(&'static str),
+    /// `build()` was called outside a tokio runtime; use `build_pair()` or call it inside one.
+    NoRuntime,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::EmptyApiKey => f.write_str("project API key is empty"),
+            BuildError::InvalidHost(h) => {
+                write!(f, "host `{h}` is not an absolute http:// or https:// URL")
+            }
+            BuildError::InvalidConfig(what) => write!(f, "invalid configuration: {what}"),
+            BuildError::NoRuntime => f.write_str(
+                "no tokio runtime: call build() inside a runtime, or use build_pair() and run the worker yourself",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// The time allowed for an operation elapsed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlineElapsed(pub(crate) Duration);
+
+impl fmt::Display for DeadlineElapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "deadline of {:?} elapsed before delivery", self.0)
+    }
+}
+
+impl std::error::Error for DeadlineElapsed {}

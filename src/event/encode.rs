@@ -1,0 +1,203 @@
+//! Serializes events into `/batch/` JSON, adding the library and super properties.
+//!
+//! This runs on the batch worker for every event, so it writes straight into the batch buffer:
+//! no intermediate `Value`s, no per-event allocation. Precedence follows posthog-python: user
+//! properties, then `$lib`/`$lib_version`/`$geoip_disable` over them, then super properties over
+//! everything.
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{Event, TopLevel};
+use crate::timestamp::Timestamp;
+
+/// What the encoder adds to every event.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EncodeDefaults {
+    /// Adds `$geoip_disable: true` to every event.
+    pub(crate) disable_geoip: bool,
+    /// Merged over every event's properties.
+    pub(crate) super_properties: Map<String, Value>,
+}
+
+/// Encodes events with a fixed set of defaults. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Encoder {
+    /// `"$lib":"posthog-tower","$lib_version":"…"[,"$geoip_disable":true]`
+    lib_fragment: Vec<u8>,
+    /// `,"k":v,…` for the super properties (empty when there are none).
+    super_fragment: Vec<u8>,
+    super_properties: Map<String, Value>,
+    disable_geoip: bool,
+}
+
+impl Encoder {
+    pub(crate) fn new(defaults: EncodeDefaults) -> Self {
+        let mut lib_fragment = Vec::with_capacity(96);
+        lib_fragment.extend_from_slice(br#""$lib":"posthog-tower","$lib_version":""#);
+        lib_fragment.extend_from_slice(crate::VERSION.as_bytes());
+        lib_fragment.push(b'"');
+        if defaults.disable_geoip {
+            lib_fragment.extend_from_slice(br#","$geoip_disable":true"#);
+        }
+        let mut super_fragment = Vec::new();
+        for (k, v) in &defaults.super_properties {
+            super_fragment.push(b',');
+            write_json(&mut super_fragment, k);
+            super_fragment.push(b':');
+            write_json(&mut super_fragment, v);
+        }
+        Encoder {
+            lib_fragment,
+            super_fragment,
+            super_properties: defaults.super_properties,
+            disable_geoip: defaults.disable_geoip,
+        }
+    }
+
+    /// Bytes the library and super properties add to an event.
+    pub(crate) fn added_len(&self) -> usize {
+        self.lib_fragment.len() + self.super_fragment.len()
+    }
+
+    fn overridden(&self, key: &str) -> bool {
+        if key.starts_with('$')
+            && (key == "$lib"
+                || key == "$lib_version"
+                || (self.disable_geoip && key == "$geoip_disable"))
+        {
+            return true;
+        }
+        !self.super_properties.is_empty() && self.super_properties.contains_key(key)
+    }
+
+    /// Appends `event` as one JSON object to `out`.
+    pub(crate) fn encode(
+        &self,
+        out: &mut Vec<u8>,
+        event: &Event,
+        uuid: Uuid,
+        timestamp: Timestamp,
+    ) {
+        let top_key = match event.top_level {
+            TopLevel::None => None,
+            TopLevel::Set => Some("$set"),
+            TopLevel::SetOnce => Some("$set_once"),
+        };
+        out.extend_from_slice(br#"{"event":"#);
+        write_json(out, &event.name);
+        out.extend_from_slice(br#","distinct_id":"#);
+        match &event.distinct_id {
+            Some(id) => write_json(out, id),
+            None => write_uuid(out, crate::uuid7::new_v4()),
+        }
+        out.extend_from_slice(br#","properties":{"#);
+        for (k, v) in &event.properties {
+            if Some(k.as_str()) == top_key || self.overridden(k) {
+                continue;
+            }
+            write_json(out, k);
+            out.push(b':');
+            write_json(out, v);
+            out.push(b',');
+        }
+        out.extend_from_slice(&self.lib_fragment);
+        out.extend_from_slice(&self.super_fragment);
+        out.extend_from_slice(br#"},"timestamp":""#);
+        timestamp.write_rfc3339(out);
+        out.extend_from_slice(br#"","uuid":"#);
+        write_uuid(out, uuid);
+        if let Some(key) = top_key {
+            if let Some(value) = event.properties.get(key) {
+                out.push(b',');
+                write_json(out, key);
+                out.push(b':');
+                write_json(out, value);
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+fn write_uuid(out: &mut Vec<u8>, uuid: Uuid) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.push(b'"');
+    out.extend_from_slice(uuid.hyphenated().encode_lower(&mut buf).as_bytes());
+    out.push(b'"');
+}
+
+/// Writes `value` as compact JSON. Writing into a `Vec` cannot fail, and every value here is a
+/// `String` or a `serde_json::Value`, whose serialization cannot fail either.
+pub(crate) fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+        // Unreachable for strings and `Value`s; keep the output valid JSON regardless.
+        tracing::error!(error = %e, "posthog: could not serialize a value; sent null");
+        out.extend_from_slice(b"null");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn encode(encoder: &Encoder, event: &Event) -> Value {
+        let mut out = Vec::new();
+        let uuid = Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001);
+        encoder.encode(
+            &mut out,
+            event,
+            uuid,
+            Timestamp::from_unix_millis(1_700_000_000_123).unwrap(),
+        );
+        serde_json::from_slice(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn event_fields_and_precedence() {
+        let mut super_properties = Map::new();
+        super_properties.insert("env".into(), json!("prod"));
+        let encoder = Encoder::new(EncodeDefaults {
+            disable_geoip: true,
+            super_properties,
+        });
+        let event = Event::new("clicked \"buy\"", "user-1")
+            .property("env", "dev")
+            .property("$lib", "mine")
+            .property("n", 1);
+        let v = encode(&encoder, &event);
+        assert_eq!(v["event"], "clicked \"buy\"");
+        assert_eq!(v["distinct_id"], "user-1");
+        assert_eq!(v["uuid"], "01920000-0000-7000-8000-000000000001");
+        assert_eq!(v["timestamp"], "2023-11-14T22:13:20.123000Z");
+        let p = &v["properties"];
+        assert_eq!(p["env"], "prod", "super properties win");
+        assert_eq!(
+            p["$lib"], "posthog-tower",
+            "lib properties win over user ones"
+        );
+        assert_eq!(p["$lib_version"], crate::VERSION);
+        assert_eq!(p["$geoip_disable"], true);
+        assert_eq!(p["n"], 1);
+    }
+
+    #[test]
+    fn geoip_key_absent_when_enabled_and_set_top_level() {
+        let encoder = Encoder::new(EncodeDefaults::default());
+        let event = Event::person_update(false, "u".into(), &json!({"name": "Ada"}));
+        let v = encode(&encoder, &event);
+        assert!(v["properties"].get("$geoip_disable").is_none());
+        assert_eq!(v["$set"], json!({"name": "Ada"}));
+        assert!(v["properties"].get("$set").is_none());
+        assert_eq!(v["event"], "$set");
+    }
+
+    #[test]
+    fn anonymous_events_get_a_random_distinct_id() {
+        let encoder = Encoder::new(EncodeDefaults::default());
+        let v = encode(&encoder, &Event::anonymous("e"));
+        let id = v["distinct_id"].as_str().expect("string id");
+        assert_eq!(Uuid::parse_str(id).map(|u| u.get_version_num()), Ok(4));
+        assert_eq!(v["properties"]["$process_person_profile"], false);
+    }
+}

@@ -1,0 +1,430 @@
+//! Events: what `capture` takes, with typed property setters and the person and group helpers.
+//!
+//! An [`Event`] is a name, a distinct id (or none, for an anonymous event), properties, and
+//! optionally a timestamp and a uuid. Everything else PostHog needs (`$lib`, `$lib_version`,
+//! `$geoip_disable`, super properties, the uuid and timestamp when not given) is added when the
+//! event is captured and sent.
+//!
+//! # Example
+//!
+//! ```
+//! use posthog_tower::Event;
+//!
+//! let event = Event::new("order placed", "user-42")
+//!     .property("amount", 31.5)
+//!     .property("items", vec!["book", "pen"])
+//!     .group("company", "acme")
+//!     .set("plan", "pro");
+//! assert_eq!(event.name(), "order placed");
+//! assert_eq!(event.properties()["amount"], 31.5);
+//! ```
+
+mod encode;
+mod finite;
+mod json_len;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::timestamp::Timestamp;
+
+pub(crate) use encode::{write_json, EncodeDefaults, Encoder};
+pub use finite::PropertyError;
+pub(crate) use json_len::{json_len, json_str_len};
+
+/// The most PostHog accepts for one event, serialized: 900 KiB.
+pub const MAX_EVENT_BYTES: usize = 900 * 1024;
+
+/// Bytes an event takes besides its properties: the keys, uuid, timestamp and lib properties.
+const ENVELOPE_OVERHEAD: usize = 192;
+
+/// Where `$set` / `$set_once` go for the person helpers: posthog-python puts them at the top
+/// level of `$set` and `$set_once` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TopLevel {
+    None,
+    Set,
+    SetOnce,
+}
+
+/// An analytics event.
+///
+/// Build it with [`Event::new`] (or [`Event::anonymous`]) and the chainable setters, then hand
+/// it to [`PostHog::capture`](crate::PostHog::capture). A setter that receives a value JSON
+/// cannot represent (for example `f64::NAN`) remembers the error, and `capture` returns it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub(crate) name: String,
+    pub(crate) distinct_id: Option<String>,
+    pub(crate) properties: Map<String, Value>,
+    pub(crate) timestamp: Option<Timestamp>,
+    pub(crate) uuid: Option<Uuid>,
+    pub(crate) top_level: TopLevel,
+    /// Serialized size of the properties' entries (`"key":value,` each), kept up to date by
+    /// every setter so `capture` can check the size limit in constant time.
+    props_len: usize,
+    pub(crate) error: Option<(String, PropertyError)>,
+}
+
+impl Event {
+    /// An event done by `distinct_id`.
+    pub fn new(name: impl Into<String>, distinct_id: impl Into<String>) -> Self {
+        Event {
+            name: name.into(),
+            distinct_id: Some(distinct_id.into()),
+            properties: Map::new(),
+            timestamp: None,
+            uuid: None,
+            top_level: TopLevel::None,
+            props_len: 0,
+            error: None,
+        }
+    }
+
+    /// An event with no person behind it: it is sent with a random distinct id and
+    /// `$process_person_profile: false`, so PostHog creates no person profile for it.
+    pub fn anonymous(name: impl Into<String>) -> Self {
+        let mut event = Event::new(name, String::new());
+        event.distinct_id = None;
+        event.insert_value("$process_person_profile".to_owned(), Value::Bool(false));
+        event
+    }
+
+    /// A backend `$pageview` of `url` (sent as `$current_url`).
+    pub fn pageview(distinct_id: impl Into<String>, url: impl Into<String>) -> Self {
+        let mut event = Event::new("$pageview", distinct_id);
+        event.insert_value("$current_url".to_owned(), Value::String(url.into()));
+        event
+    }
+
+    /// Sets a property. `value` is anything serde can serialize; a value JSON cannot represent
+    /// (`NaN`, infinity, a map with non-string keys) makes `capture` return
+    /// [`CaptureError::InvalidProperty`](crate::CaptureError::InvalidProperty).
+    ///
+    /// Setting a key twice keeps the last value.
+    #[must_use]
+    pub fn property(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
+        let key = key.into();
+        if let Err(e) = self.insert(key.clone(), value) {
+            self.error.get_or_insert((key, e));
+        }
+        self
+    }
+
+    /// Sets a property in place, returning the error instead of remembering it.
+    pub fn insert(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Serialize,
+    ) -> Result<(), PropertyError> {
+        let value = finite::to_value(&value)?;
+        self.insert_value(key.into(), value);
+        Ok(())
+    }
+
+    /// Sets every entry of `properties`, which must serialize to a JSON object (a map or a
+    /// struct).
+    #[must_use]
+    pub fn properties_from(mut self, properties: impl Serialize) -> Self {
+        match to_object(&properties) {
+            Ok(map) => {
+                for (k, v) in map {
+                    self.insert_value(k, v);
+                }
+            }
+            Err(e) => {
+                self.error.get_or_insert(("(properties)".to_owned(), e));
+            }
+        }
+        self
+    }
+
+    /// Removes a property, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        let old = self.properties.remove(key)?;
+        self.props_len -= entry_len(key, &old);
+        Some(old)
+    }
+
+    /// Sets when the event happened. Any offset is accepted; it is sent in UTC. Defaults to
+    /// the moment of `capture`.
+    #[must_use]
+    pub fn timestamp(mut self, timestamp: impl Into<Timestamp>) -> Self {
+        self.timestamp = Some(timestamp.into());
+        self
+    }
+
+    /// Sets the event's uuid (PostHog deduplicates on it). Defaults to a new UUIDv7.
+    #[must_use]
+    pub fn uuid(mut self, uuid: Uuid) -> Self {
+        self.uuid = Some(uuid);
+        self
+    }
+
+    /// Associates the event with a group (sent in `$groups`), e.g. `group("company", "acme")`.
+    #[must_use]
+    pub fn group(mut self, group_type: impl Into<String>, group_key: impl Into<String>) -> Self {
+        self.update_object(
+            "$groups",
+            group_type.into(),
+            Value::String(group_key.into()),
+        );
+        self
+    }
+
+    /// Sets a person property (`$set`): the latest value wins.
+    #[must_use]
+    pub fn set(self, key: impl Into<String>, value: impl Serialize) -> Self {
+        self.person_property("$set", key.into(), value)
+    }
+
+    /// Sets a person property only if it has no value yet (`$set_once`).
+    #[must_use]
+    pub fn set_once(self, key: impl Into<String>, value: impl Serialize) -> Self {
+        self.person_property("$set_once", key.into(), value)
+    }
+
+    /// Marks the event as anonymous: `$process_person_profile: false`.
+    #[must_use]
+    pub fn without_person_profile(mut self) -> Self {
+        self.insert_value("$process_person_profile".to_owned(), Value::Bool(false));
+        self
+    }
+
+    /// The event's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The distinct id, or `None` for an anonymous event.
+    pub fn distinct_id(&self) -> Option<&str> {
+        self.distinct_id.as_deref()
+    }
+
+    /// The properties set so far (without what is added at capture).
+    pub fn properties(&self) -> &Map<String, Value> {
+        &self.properties
+    }
+
+    /// The timestamp, if one was set.
+    pub fn timestamp_value(&self) -> Option<Timestamp> {
+        self.timestamp
+    }
+
+    /// The uuid, if one was set (after `capture` the worker's copy always has one).
+    pub fn uuid_value(&self) -> Option<Uuid> {
+        self.uuid
+    }
+
+    /// The serialized size of the event in bytes, as `capture` estimates it.
+    pub fn estimated_size(&self) -> usize {
+        ENVELOPE_OVERHEAD
+            + self.props_len
+            + json_str_len(&self.name)
+            + self.distinct_id.as_deref().map_or(38, json_str_len)
+    }
+
+    // ===== internals =====
+
+    pub(crate) fn insert_value(&mut self, key: String, value: Value) {
+        let added = entry_len(&key, &value);
+        if let Some(old) = self.properties.get(&key) {
+            self.props_len -= entry_len(&key, old);
+        }
+        self.props_len += added;
+        self.properties.insert(key, value);
+    }
+
+    fn update_object(&mut self, property: &str, key: String, value: Value) {
+        let mut object = match self.remove(property) {
+            Some(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        object.insert(key, value);
+        self.insert_value(property.to_owned(), Value::Object(object));
+    }
+
+    fn person_property(mut self, property: &str, key: String, value: impl Serialize) -> Self {
+        match finite::to_value(&value) {
+            Ok(value) => self.update_object(property, key, value),
+            Err(e) => {
+                self.error.get_or_insert((key, e));
+            }
+        }
+        self
+    }
+
+    /// A `$set` / `$set_once` event shaped as posthog-python sends it: the person properties at
+    /// the top level of the event.
+    pub(crate) fn person_update(
+        set_once: bool,
+        distinct_id: String,
+        properties: &impl Serialize,
+    ) -> Self {
+        let (name, property, top) = if set_once {
+            ("$set_once", "$set_once", TopLevel::SetOnce)
+        } else {
+            ("$set", "$set", TopLevel::Set)
+        };
+        let mut event = Event::new(name, distinct_id);
+        event.top_level = top;
+        match to_object(properties) {
+            Ok(map) => event.insert_value(property.to_owned(), Value::Object(map)),
+            Err(e) => event.error = Some(("(properties)".to_owned(), e)),
+        }
+        event
+    }
+
+    /// `$create_alias`, shaped as posthog-python sends it.
+    pub(crate) fn alias(previous_id: String, distinct_id: String) -> Self {
+        let mut event = Event::new("$create_alias", previous_id.clone());
+        event.insert_value("distinct_id".to_owned(), Value::String(previous_id));
+        event.insert_value("alias".to_owned(), Value::String(distinct_id));
+        event
+    }
+
+    /// `$groupidentify`, shaped as posthog-python sends it. Without a distinct id the event is
+    /// attributed to `$<type>_<key>`, as PostHog's Node SDK does, so no random person is made.
+    pub(crate) fn group_identify(
+        group_type: String,
+        group_key: String,
+        properties: &impl Serialize,
+        distinct_id: Option<String>,
+    ) -> Self {
+        let distinct_id = distinct_id.unwrap_or_else(|| format!("${group_type}_{group_key}"));
+        let mut event = Event::new("$groupidentify", distinct_id);
+        match to_object(properties) {
+            Ok(map) => event.insert_value("$group_set".to_owned(), Value::Object(map)),
+            Err(e) => event.error = Some(("(properties)".to_owned(), e)),
+        }
+        event.insert_value("$group_type".to_owned(), Value::String(group_type));
+        event.insert_value("$group_key".to_owned(), Value::String(group_key));
+        event
+    }
+}
+
+/// Converts a property value to JSON, refusing what JSON cannot represent (`NaN`, infinity).
+pub(crate) fn to_property_value(value: &impl Serialize) -> Result<Value, PropertyError> {
+    finite::to_value(value)
+}
+
+/// The checks `capture` makes before queueing: name, distinct id, properties, size.
+/// `max_size` is the limit for [`Event::estimated_size`].
+pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), crate::CaptureError> {
+    use crate::CaptureError;
+    if event.name.trim().is_empty() {
+        return Err(CaptureError::EmptyEventName);
+    }
+    if matches!(&event.distinct_id, Some(id) if id.trim().is_empty()) {
+        return Err(CaptureError::EmptyDistinctId);
+    }
+    if let Some((key, e)) = &event.error {
+        return Err(CaptureError::InvalidProperty {
+            key: key.clone(),
+            reason: e.message().to_owned(),
+        });
+    }
+    let size = event.estimated_size();
+    if size > max_size {
+        return Err(CaptureError::EventTooLarge {
+            size,
+            limit: MAX_EVENT_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// `"key":value,` as serialized.
+fn entry_len(key: &str, value: &Value) -> usize {
+    json_str_len(key) + 1 + json_len(value) + 1
+}
+
+fn to_object(value: &impl Serialize) -> Result<Map<String, Value>, PropertyError> {
+    match finite::to_value(value)? {
+        Value::Object(map) => Ok(map),
+        Value::Null => Ok(Map::new()),
+        other => Err(PropertyError::new(format!(
+            "properties must serialize to a JSON object, not {}",
+            kind(&other)
+        ))),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn exact_props_len(event: &Event) -> usize {
+        event.properties.iter().map(|(k, v)| entry_len(k, v)).sum()
+    }
+
+    #[test]
+    fn setters_track_size_exactly() {
+        let mut e = Event::new("e", "u")
+            .property("a", 1)
+            .property("b", "text \"quoted\"\n")
+            .property("a", vec![1.5, 2.0])
+            .group("company", "acme")
+            .group("team", "core")
+            .set("plan", "pro")
+            .set_once("first", true);
+        assert_eq!(e.props_len, exact_props_len(&e));
+        e.remove("b");
+        assert_eq!(e.props_len, exact_props_len(&e));
+        assert_eq!(
+            e.properties["$groups"],
+            json!({"company": "acme", "team": "core"})
+        );
+        assert_eq!(e.properties["$set"], json!({"plan": "pro"}));
+        assert_eq!(e.properties["$set_once"], json!({"first": true}));
+    }
+
+    #[test]
+    fn non_finite_values_are_remembered() {
+        let e = Event::new("e", "u")
+            .property("ok", 1)
+            .property("bad", f64::NAN);
+        let (key, err) = e.error.clone().expect("error recorded");
+        assert_eq!(key, "bad");
+        assert!(err.message().contains("finite"), "{}", err.message());
+        assert!(!e.properties.contains_key("bad"));
+        let e = Event::new("e", "u").set("inf", f64::INFINITY);
+        assert!(e.error.is_some());
+    }
+
+    #[test]
+    fn anonymous_events_skip_person_processing() {
+        let e = Event::anonymous("e");
+        assert_eq!(e.distinct_id(), None);
+        assert_eq!(e.properties["$process_person_profile"], json!(false));
+    }
+
+    #[test]
+    fn helpers_have_python_shapes() {
+        let e = Event::person_update(false, "u".into(), &json!({"name": "Ada"}));
+        assert_eq!(e.name, "$set");
+        assert_eq!(e.top_level, TopLevel::Set);
+        let e = Event::alias("old".into(), "new".into());
+        assert_eq!(e.distinct_id(), Some("old"));
+        assert_eq!(e.properties["alias"], "new");
+        assert_eq!(e.properties["distinct_id"], "old");
+        let e = Event::group_identify("company".into(), "acme".into(), &json!({"n": 1}), None);
+        assert_eq!(e.distinct_id(), Some("$company_acme"));
+        assert_eq!(e.properties["$group_set"], json!({"n": 1}));
+        let e = Event::person_update(true, "u".into(), &json!([1]));
+        assert!(e.error.is_some());
+    }
+}

@@ -1,0 +1,94 @@
+//! PostHog for Rust, built the tower way: capture events, identify people and groups, and
+//! (soon) evaluate feature flags, without slowing your application or losing data.
+//!
+//! Every moving part is a tower [`Service`](tower_service::Service): events go through a
+//! bounded, non-blocking queue into a batching worker ([`capture::Batch`]), then
+//! `tower::retry` with our [`RetryPolicy`](capture::RetryPolicy), `tower::timeout`, and an HTTP
+//! transport ([`capture::CaptureTransport`]) that posts to PostHog's `/batch/` endpoint. The
+//! [`PostHog`] client wires them together; you can also assemble them yourself.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use posthog_tower::{Event, PostHog};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let posthog = PostHog::builder("phc_your_project_key")
+//!         .host("https://eu.i.posthog.com")
+//!         .build()?;
+//!
+//!     // Synchronous, never blocks: the event is validated and queued, or you get an error.
+//!     let uuid = posthog.capture(
+//!         Event::new("checkout completed", "user-42")
+//!             .property("amount", 49.90)
+//!             .property("currency", "EUR")
+//!             .group("company", "acme"),
+//!     )?;
+//!     println!("captured {uuid}");
+//!
+//!     posthog.set("user-42", serde_json::json!({"plan": "pro"}))?;
+//!     posthog.group_identify("company", "acme", serde_json::json!({"employees": 40}))?;
+//!
+//!     // Deliver everything before exiting.
+//!     let report = posthog.shutdown(Duration::from_secs(10)).await;
+//!     println!("{} delivered, {} failed", report.delivered, report.failed);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Delivery guarantees
+//!
+//! Every event `capture` accepts is delivered, or its failure is reported: to the `on_error`
+//! callback, in [`PostHog::stats`], and in the [`FlushReport`](capture::FlushReport) of the
+//! flush or shutdown that covered it. Every event it refuses is an `Err` for the caller (and is
+//! counted and reported too). Nothing is dropped with only a log line.
+//!
+//! # Feature flags (cargo features)
+//!
+//! - `webpki-roots` (default): trust the Mozilla roots bundled with the crate; without it the
+//!   operating system's certificate store is used.
+//! - `test-util`: [`testing::MockPostHog`], an in-process PostHog for your tests.
+//!
+//! # Modules
+//!
+//! - [`capture`]: the batching pipeline as tower services.
+//! - [`event`]: events and their properties.
+//! - [`https`]: the HTTP client underneath.
+//! - [`testing`]: the mock PostHog server (feature `test-util`).
+
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    clippy::all,
+    clippy::dbg_macro,
+    clippy::todo,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![cfg_attr(test, allow(clippy::float_cmp))]
+
+pub mod capture;
+mod client;
+pub mod error;
+pub mod event;
+pub mod https;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
+pub mod timestamp;
+mod uuid7;
+
+pub use capture::{FlushReport, Stats};
+pub use client::{PostHog, PostHogBuilder, DEFAULT_HOST};
+pub use error::{BoxError, BuildError, CaptureError, DeliveryError, DropReason, Error};
+pub use event::Event;
+pub use timestamp::Timestamp;
+pub use uuid::Uuid;
+
+/// This crate's version, sent as `$lib_version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
