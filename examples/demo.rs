@@ -1,0 +1,142 @@
+//! The demo: capture a realistic handful of events and show what PostHog received.
+//!
+//! ```text
+//! cargo run --example demo
+//! ```
+//!
+//! Offline by default: it starts the crate's mock PostHog on 127.0.0.1 and prints every event
+//! the mock received. With `POSTHOG_API_KEY` set (and optionally `POSTHOG_HOST`, default
+//! `https://us.i.posthog.com`) it sends the same events to that PostHog instead.
+
+use std::time::Duration;
+
+use posthog_tower::{testing::MockPostHog, Event, PostHog, Timestamp};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let real_key = std::env::var("POSTHOG_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    let mock = match real_key {
+        Some(_) => None,
+        None => Some(MockPostHog::start().await?),
+    };
+    let (api_key, host) = match (&real_key, &mock) {
+        (Some(key), _) => (
+            key.clone(),
+            std::env::var("POSTHOG_HOST").unwrap_or_else(|_| posthog_tower::DEFAULT_HOST.into()),
+        ),
+        (None, Some(mock)) => ("phc_demo_project_key".to_owned(), mock.url()),
+        (None, None) => unreachable!("a mock is started when no key is set"),
+    };
+    println!("posthog-tower {} demo", posthog_tower::VERSION);
+    match &mock {
+        Some(mock) => println!("sending to the mock PostHog at {}\n", mock.url()),
+        None => println!("sending to {host}\n"),
+    }
+
+    let posthog = PostHog::builder(api_key)
+        .host(host)
+        .super_property("service", "checkout-api")
+        .on_error(|error| eprintln!("posthog error: {error}"))
+        .build()?;
+
+    // A custom event with typed properties, a group, and person properties.
+    posthog.capture(
+        Event::new("order placed", "user-42")
+            .property("order_id", "ord_9f1c")
+            .property("amount", 49.90)
+            .property("items", 3)
+            .property("coupon", Option::<String>::None)
+            .property("categories", ["books", "stationery"])
+            .group("company", "acme")
+            .set("last_order_at", "2026-11-25"),
+    )?;
+    // An event that happened earlier, in another time zone: sent in UTC.
+    posthog.capture(
+        Event::new("cart abandoned", "user-7")
+            .timestamp(Timestamp::parse("2026-11-25T09:30:00+05:30")?)
+            .property("cart_value", 12.5),
+    )?;
+    // People and groups, with posthog-python's event shapes.
+    posthog.set("user-42", json!({"email": "ada@example.com", "plan": "pro"}))?;
+    posthog.set_once("user-42", json!({"first_seen_via": "newsletter"}))?;
+    posthog.alias("anon-3f2a", "user-42")?;
+    posthog.group_identify("company", "acme", json!({"name": "Acme Inc.", "employees": 40}))?;
+    posthog.pageview("user-42", "https://shop.example.com/checkout/done")?;
+    // An anonymous event: no person profile is created for it.
+    posthog.capture(Event::anonymous("health check passed").property("region", "eu-west-1"))?;
+
+    // Bad input is an error you can see, never a panic or a silent drop.
+    match posthog.capture(Event::new("broken", "user-42").property("ratio", f64::NAN)) {
+        Err(e) => println!("rejected as expected: {e}"),
+        Ok(_) => println!("unexpected: the NaN event was accepted"),
+    }
+
+    let report = posthog.flush().await;
+    println!(
+        "flush: {} delivered, {} failed, {} dropped\n",
+        report.delivered, report.failed, report.dropped
+    );
+
+    if let Some(mock) = &mock {
+        let requests = mock.requests_to("/batch/");
+        println!("PostHog received {} request(s):", requests.len());
+        for request in &requests {
+            println!(
+                "  POST {} ({} bytes, User-Agent: {})",
+                request.path,
+                request.raw_len,
+                request.header("user-agent").unwrap_or("-")
+            );
+        }
+        println!();
+        for event in mock.events() {
+            print_event(&event);
+        }
+    }
+
+    let stats = posthog.stats();
+    println!(
+        "stats: captured {}, delivered {}, failed {}, rejected {}, requests {}, retries {}",
+        stats.captured,
+        stats.delivered,
+        stats.failed,
+        stats.dropped.total(),
+        stats.requests,
+        stats.retries
+    );
+    posthog.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+fn print_event(event: &serde_json::Value) {
+    println!(
+        "{:<22} distinct_id={}  at {}",
+        event["event"].as_str().unwrap_or("?"),
+        event["distinct_id"],
+        event["timestamp"].as_str().unwrap_or("?"),
+    );
+    let mut shown = serde_json::Map::new();
+    if let Some(properties) = event["properties"].as_object() {
+        for (key, value) in properties {
+            // The library properties are on every event; show them once, below.
+            if !matches!(key.as_str(), "$lib" | "$lib_version" | "$geoip_disable") {
+                shown.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    for key in ["$set", "$set_once"] {
+        if let Some(value) = event.get(key) {
+            shown.insert(format!("(top level) {key}"), value.clone());
+        }
+    }
+    println!("    {}", serde_json::Value::Object(shown));
+    if event["event"] == "order placed" {
+        println!(
+            "    + on every event: $lib={} $lib_version={} $geoip_disable={}",
+            event["properties"]["$lib"], event["properties"]["$lib_version"], event["properties"]["$geoip_disable"]
+        );
+    }
+}
