@@ -41,7 +41,7 @@
 //! # Delivery guarantees
 //!
 //! Every event `capture` accepts is delivered, or its failure is reported: to the `on_error`
-//! callback, in [`PostHog::stats`], and in the [`FlushReport`](capture::FlushReport) of the
+//! callback, in [`PostHog::stats`], and in the [`FlushReport`] of the
 //! flush or shutdown that covered it. Every event it refuses is an `Err` for the caller (and is
 //! counted and reported too). Nothing is dropped with only a log line.
 //!

@@ -88,8 +88,9 @@ pub struct StatsRecorder(Arc<Counters>);
 macro_rules! bump {
     ($($name:ident => $field:ident),* $(,)?) => {
         $(
-            pub(crate) fn $name(&self, n: u64) {
-                self.0.$field.fetch_add(n, Relaxed);
+            /// Adds `n`, returning the new total.
+            pub(crate) fn $name(&self, n: u64) -> u64 {
+                self.0.$field.fetch_add(n, Relaxed) + n
             }
         )*
     };

@@ -7,7 +7,7 @@ use crate::{capture::EncodedBatch, BoxError};
 /// Wraps a `Service<EncodedBatch>` in a [`Batch`], spawning its worker on the current tokio
 /// runtime (like tower's `BufferLayer`).
 ///
-/// See the [module docs](super) for an example.
+/// See [`Batch`] for an example.
 #[derive(Clone, Debug, Default)]
 pub struct BatchLayer {
     config: BatchConfig,

@@ -27,9 +27,42 @@ use crate::{
     BoxError, CaptureError, Error, Event,
 };
 
-/// The producer side of a batching pipeline. Cheap to clone; every clone feeds the same worker.
+/// Middleware that queues events and sends them in batches: the producer side of a batching
+/// pipeline. Cheap to clone; every clone feeds the same worker.
 ///
-/// See the [module docs](super) for an example.
+/// [`Batch`] is the handle producers use: [`Batch::try_capture`] never blocks (a full queue is
+/// an error the caller sees), and as a `Service<Event>` it applies backpressure in `poll_ready`
+/// and resolves when the event's batch was delivered. The [`Worker`] serializes events, closes
+/// a batch at `flush_at` events, after `flush_interval`, at `max_batch_bytes`, or on
+/// [`Batch::flush`], and sends it through the inner `Service<EncodedBatch>` (retry, timeout,
+/// transport). Up to `max_in_flight` batches are sent at once, so one slow request never stalls
+/// the others.
+///
+/// Like tower's `Buffer`, [`Batch::new`] spawns the worker on the current tokio runtime and
+/// [`Batch::pair`] hands it back to run yourself. The worker stops once every handle is gone
+/// and the queue is delivered; dropping a handle never blocks.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use posthog_tower::{capture::{BatchConfig, BatchLayer, EncodedBatch}, Event};
+/// use tower::{Layer, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // The inner service gets whole batches; here it just counts them.
+/// let sink = service_fn(|batch: EncodedBatch| async move {
+///     Ok::<_, std::convert::Infallible>(batch.len())
+/// });
+/// let batch = BatchLayer::new(BatchConfig::new().flush_at(10)).layer(sink);
+/// for i in 0..25 {
+///     batch.try_capture(Event::new("tick", "worker-1").property("i", i)).unwrap();
+/// }
+/// let report = batch.flush().await;
+/// assert_eq!(report.delivered, 25);
+/// # }
+/// ```
 pub struct Batch {
     tx: mpsc::Sender<Message>,
     poll: PollSender<Message>,
@@ -244,14 +277,18 @@ impl Batch {
 
 impl Shared {
     pub(crate) fn reject(&self, error: &CaptureError) {
-        match error {
+        let count = match error {
             CaptureError::QueueFull { .. } => self.stats.queue_full(1),
             CaptureError::EventTooLarge { .. } => self.stats.too_large(1),
             CaptureError::Closed => self.stats.closed(1),
             CaptureError::Delivery(_) => return,
             _ => self.stats.invalid(1),
+        };
+        // The caller got the error and `on_error` hears of every one; the log only samples
+        // (1st, 2nd, 4th, 8th, ...) so a burst of rejections cannot flood it.
+        if count.is_power_of_two() {
+            tracing::warn!(error = %error, rejected = count, reason = error.reason(), "posthog: event not captured");
         }
-        tracing::warn!(error = %error, "posthog: event not captured");
         if let Some(on_error) = &self.on_error {
             on_error(&Error::Rejected(error.clone()));
         }

@@ -116,7 +116,7 @@ impl Reporter {
             DropReason::TooLarge { .. } => self.stats.too_large(1),
             DropReason::HookPanicked => self.stats.hook_panicked(1),
             DropReason::Serialize(_) => self.stats.invalid(1),
-        }
+        };
         tracing::error!(%uuid, reason = %reason, "posthog: event dropped");
         if let Some(on_error) = &self.on_error {
             on_error(&Error::Dropped { uuid, reason });
