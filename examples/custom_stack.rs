@@ -16,7 +16,9 @@ use std::{
 };
 
 use posthog_tower::{
-    capture::{BatchConfig, BatchLayer, CaptureTransport, EncodedBatch, RetryPolicy, StatsRecorder},
+    capture::{
+        BatchConfig, BatchLayer, CaptureTransport, EncodedBatch, RetryPolicy, StatsRecorder,
+    },
     testing::{MockPostHog, MockResponse},
     Event, PostHog,
 };
@@ -66,7 +68,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // 2. The same kind of stack under the `PostHog` client, which keeps its full API.
-    let builder = PostHog::builder("phc_example").host(mock.url()).flush_at(10);
+    let builder = PostHog::builder("phc_example")
+        .host(mock.url())
+        .flush_at(10);
     let recorder = builder.stats_recorder();
     let stack = ServiceBuilder::new()
         .retry(RetryPolicy::new(3).stats(recorder.clone()))

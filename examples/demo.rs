@@ -60,10 +60,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .property("cart_value", 12.5),
     )?;
     // People and groups, with posthog-python's event shapes.
-    posthog.set("user-42", json!({"email": "ada@example.com", "plan": "pro"}))?;
+    posthog.set(
+        "user-42",
+        json!({"email": "ada@example.com", "plan": "pro"}),
+    )?;
     posthog.set_once("user-42", json!({"first_seen_via": "newsletter"}))?;
     posthog.alias("anon-3f2a", "user-42")?;
-    posthog.group_identify("company", "acme", json!({"name": "Acme Inc.", "employees": 40}))?;
+    posthog.group_identify(
+        "company",
+        "acme",
+        json!({"name": "Acme Inc.", "employees": 40}),
+    )?;
     posthog.pageview("user-42", "https://shop.example.com/checkout/done")?;
     // An anonymous event: no person profile is created for it.
     posthog.capture(Event::anonymous("health check passed").property("region", "eu-west-1"))?;
@@ -136,7 +143,9 @@ fn print_event(event: &serde_json::Value) {
     if event["event"] == "order placed" {
         println!(
             "    + on every event: $lib={} $lib_version={} $geoip_disable={}",
-            event["properties"]["$lib"], event["properties"]["$lib_version"], event["properties"]["$geoip_disable"]
+            event["properties"]["$lib"],
+            event["properties"]["$lib_version"],
+            event["properties"]["$geoip_disable"]
         );
     }
 }
