@@ -92,3 +92,36 @@ pub use uuid::Uuid;
 
 /// This crate's version, sent as `$lib_version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod auto_traits {
+    //! Compile-time checks that every public service, layer and future can cross threads
+    //! (axum needs `Send + Sync` services; tokio needs `Send` futures).
+    use super::*;
+    use crate::capture::*;
+
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        send_sync::<PostHog>();
+        send_sync::<PostHogBuilder>();
+        send_sync::<Event>();
+        send_sync::<Batch>();
+        send_sync::<BatchLayer>();
+        send_sync::<BatchConfig>();
+        send_sync::<RetryPolicy>();
+        send_sync::<EncodedBatch>();
+        send_sync::<StatsRecorder>();
+        send_sync::<CaptureTransport>();
+        send_sync::<https::HttpClient>();
+        send_sync::<CaptureError>();
+        send_sync::<Error>();
+        send::<Worker>();
+        send::<capture::ResponseFuture>();
+        send::<TransportFuture<<https::HttpClient as tower_service::Service<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+        >>::Future, https::ResponseBody>>();
+    }
+}
