@@ -1,8 +1,18 @@
 //! The shared HTTPS client: hyper 1 through hyper-util's pooled client, TLS by rustls.
 
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{ready, Context, Poll},
+    time::{Duration, SystemTime},
+};
+
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::{combinators::BoxBody, combinators::Collect, BodyExt, Full, Limited};
+use pin_project_lite::pin_project;
 use tower::{util::BoxCloneSyncService, ServiceExt};
 
 use crate::BoxError;
@@ -81,4 +91,225 @@ where
             .map_err(Into::into)
             .map_response(|res: Response<B>| res.map(|b| b.map_err(Into::into).boxed())),
     )
+}
+
+pin_project! {
+    /// Sends a request through an HTTP client and reads the whole (size-limited) response.
+    ///
+    /// Shared by every leaf service of the crate: reading the body lets the connection be
+    /// reused, and keeps what an error message needs.
+    pub(crate) struct ReadResponse<F, B>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        #[pin]
+        state: State<F, B>,
+        limit: usize,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        Failed { error: Option<BoxError> },
+        Sending { #[pin] future: F },
+        Reading {
+            #[pin]
+            body: Collect<Limited<B>>,
+            parts: Option<http::response::Parts>,
+        },
+    }
+}
+
+impl<F, B> ReadResponse<F, B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn new(future: F, limit: usize) -> Self {
+        ReadResponse {
+            state: State::Sending { future },
+            limit,
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        ReadResponse {
+            state: State::Failed { error: Some(error) },
+            limit: 0,
+        }
+    }
+}
+
+/// A response read in full.
+#[derive(Debug)]
+pub(crate) struct FullResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl FullResponse {
+    /// `Ok(self)` for a 2xx status, otherwise an [`UnexpectedStatus`] error.
+    pub(crate) fn into_result(self) -> Result<Self, BoxError> {
+        if self.status.is_success() {
+            return Ok(self);
+        }
+        let retry_after = self
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        Err(Box::new(UnexpectedStatus {
+            status: self.status,
+            retry_after,
+            body: snippet(&self.body),
+        }))
+    }
+}
+
+impl<F, E, B> Future for ReadResponse<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<FullResponse, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Failed { error } => {
+                    let e = error
+                        .take()
+                        .unwrap_or_else(|| "polled after completion".into());
+                    return Poll::Ready(Err(e));
+                }
+                StateProj::Sending { future } => {
+                    let (parts, body) = ready!(future.poll(cx)).map_err(Into::into)?.into_parts();
+                    let body = Limited::new(body, *this.limit).collect();
+                    this.state.set(State::Reading {
+                        body,
+                        parts: Some(parts),
+                    });
+                }
+                StateProj::Reading { body, parts } => {
+                    let read = ready!(body.poll(cx));
+                    let Some(parts) = parts.take() else {
+                        return Poll::Ready(Err("polled after completion".into()));
+                    };
+                    let body = match read {
+                        Ok(collected) => collected.to_bytes(),
+                        // A 2xx whose body cannot be read is a failed exchange; for an error
+                        // status the body only feeds the message.
+                        Err(e) if parts.status.is_success() => return Poll::Ready(Err(e)),
+                        Err(_) => Bytes::new(),
+                    };
+                    return Poll::Ready(Ok(FullResponse {
+                        status: parts.status,
+                        headers: parts.headers,
+                        body,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// PostHog answered with a status other than 2xx.
+///
+/// Downcast an error to it to read the status:
+///
+/// ```
+/// # use posthog_tower::{BoxError, https::UnexpectedStatus};
+/// fn status(err: &BoxError) -> Option<u16> {
+///     err.downcast_ref::<UnexpectedStatus>().map(|e| e.status().as_u16())
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct UnexpectedStatus {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: String,
+}
+
+impl UnexpectedStatus {
+    /// A status error, for custom transports and tests.
+    pub fn new(status: StatusCode, retry_after: Option<Duration>) -> Self {
+        UnexpectedStatus {
+            status,
+            retry_after,
+            body: String::new(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The delay the server asked for in `Retry-After`, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The start of the response body (at most 256 characters).
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+}
+
+impl fmt::Display for UnexpectedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PostHog answered {}", self.status)?;
+        if !self.body.is_empty() {
+            write!(f, ": {}", self.body)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for UnexpectedStatus {}
+
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(256) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+/// Parses `Retry-After`: delta-seconds (fractions accepted) or an HTTP date, relative to
+/// `now`. A date in the past is zero; anything unparseable, negative or absurd is `None`.
+pub(crate) fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs: f64 = text.parse().ok()?;
+        // One day is far beyond any cap we apply; larger values are nonsense.
+        return (secs.is_finite() && secs <= 86_400.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate::parse_http_date(text).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `{host}{path}` as a URI, checking the host is an absolute http(s) URL.
+pub(crate) fn endpoint(host: &str, path: &str) -> Result<Uri, crate::BuildError> {
+    let host = host.trim().trim_end_matches('/');
+    let uri: Uri = format!("{host}{path}")
+        .parse()
+        .map_err(|_| crate::BuildError::InvalidHost(host.to_owned()))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(crate::BuildError::InvalidHost(host.to_owned())),
+    }
 }

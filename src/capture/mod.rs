@@ -35,11 +35,11 @@ mod policy;
 mod stats;
 mod transport;
 
+pub use crate::https::UnexpectedStatus;
 pub use batch::{
     Batch, BatchConfig, BatchLayer, BeforeSend, FlushReport, OnError, ResponseFuture, Worker,
 };
 pub use encoded::EncodedBatch;
 pub use policy::{classify, RetryPolicy};
 pub use stats::{Dropped, Stats, StatsRecorder};
-pub(crate) use transport::endpoint;
-pub use transport::{CaptureTransport, TransportFuture, UnexpectedStatus, USER_AGENT};
+pub use transport::{CaptureTransport, TransportFuture, USER_AGENT};

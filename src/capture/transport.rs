@@ -6,19 +6,23 @@ use std::{
     io::Write,
     pin::Pin,
     task::{ready, Context, Poll},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use bytes::Bytes;
 use flate2::{write::GzEncoder, Compression};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use http_body_util::{combinators::Collect, BodyExt, Full, Limited};
+use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{EncodedBatch, StatsRecorder};
-use crate::{https::HttpClient, timestamp::Timestamp, BoxError};
+use crate::{
+    https::{endpoint, HttpClient, ReadResponse},
+    timestamp::Timestamp,
+    BoxError,
+};
 
 /// Most of a response body the transport reads (to reuse the connection and to quote errors).
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -194,7 +198,11 @@ where
     fn call(&mut self, batch: EncodedBatch) -> Self::Future {
         let (body, gzipped) = match self.body(&batch) {
             Ok(b) => b,
-            Err(e) => return TransportFuture::failed(e.into()),
+            Err(e) => {
+                return TransportFuture {
+                    inner: ReadResponse::failed(e.into()),
+                }
+            }
         };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
@@ -213,52 +221,21 @@ where
         }
         tracing::trace!(events = batch.len(), uri = %self.uri, "posthog: sending batch");
         TransportFuture {
-            state: State::Sending {
-                future: self.client.call(req),
-            },
+            inner: ReadResponse::new(self.client.call(req), MAX_RESPONSE_BODY),
         }
     }
 }
 
 pin_project! {
-    /// Response future of [`CaptureTransport`].
+    /// Response future of [`CaptureTransport`]: the status on 2xx, [`UnexpectedStatus`]
+    /// otherwise.
     pub struct TransportFuture<F, B>
     where
         B: Body,
         B::Error: Into<BoxError>,
     {
         #[pin]
-        state: State<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F, B>
-    where
-        B: Body,
-        B::Error: Into<BoxError>,
-    {
-        Failed { error: Option<BoxError> },
-        Sending { #[pin] future: F },
-        Reading {
-            #[pin]
-            body: Collect<Limited<B>>,
-            status: StatusCode,
-            retry_after: Option<Duration>,
-        },
-    }
-}
-
-impl<F, B> TransportFuture<F, B>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    fn failed(error: BoxError) -> Self {
-        TransportFuture {
-            state: State::Failed { error: Some(error) },
-        }
+        inner: ReadResponse<F, B>,
     }
 }
 
@@ -282,150 +259,15 @@ where
     type Output = Result<StatusCode, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Failed { error } => {
-                    let e = error
-                        .take()
-                        .unwrap_or_else(|| "polled after completion".into());
-                    return Poll::Ready(Err(e));
-                }
-                StateProj::Sending { future } => {
-                    let res = ready!(future.poll(cx)).map_err(Into::into)?;
-                    let status = res.status();
-                    let retry_after = res
-                        .headers()
-                        .get(header::RETRY_AFTER)
-                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    let body = Limited::new(res.into_body(), MAX_RESPONSE_BODY).collect();
-                    this.state.set(State::Reading {
-                        body,
-                        status,
-                        retry_after,
-                    });
-                }
-                StateProj::Reading {
-                    body,
-                    status,
-                    retry_after,
-                } => {
-                    // The body only matters for the error message; a failure reading it does
-                    // not change the outcome the status announced.
-                    let text = match ready!(body.poll(cx)) {
-                        Ok(collected) => collected.to_bytes(),
-                        Err(_) => Bytes::new(),
-                    };
-                    let status = *status;
-                    if status.is_success() {
-                        return Poll::Ready(Ok(status));
-                    }
-                    return Poll::Ready(Err(Box::new(UnexpectedStatus {
-                        status,
-                        retry_after: *retry_after,
-                        body: snippet(&text),
-                    })));
-                }
-            }
-        }
+        let response = ready!(self.project().inner.poll(cx))?;
+        Poll::Ready(response.into_result().map(|r| r.status))
     }
 }
-
-/// PostHog answered with a status other than 2xx.
-///
-/// Downcast a delivery error to it to read the status:
-///
-/// ```
-/// # use posthog_tower::{BoxError, capture::UnexpectedStatus};
-/// fn status(err: &BoxError) -> Option<u16> {
-///     err.downcast_ref::<UnexpectedStatus>().map(|e| e.status().as_u16())
-/// }
-/// ```
-#[derive(Debug, Clone)]
-pub struct UnexpectedStatus {
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: String,
-}
-
-impl UnexpectedStatus {
-    /// A status error, for custom transports and tests.
-    pub fn new(status: StatusCode, retry_after: Option<Duration>) -> Self {
-        UnexpectedStatus {
-            status,
-            retry_after,
-            body: String::new(),
-        }
-    }
-
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The delay the server asked for in `Retry-After`, if any.
-    pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
-    }
-
-    /// The start of the response body (at most 256 characters).
-    pub fn body(&self) -> &str {
-        &self.body
-    }
-}
-
-impl fmt::Display for UnexpectedStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PostHog answered {}", self.status)?;
-        if !self.body.is_empty() {
-            write!(f, ": {}", self.body)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for UnexpectedStatus {}
-
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(256) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_owned(),
-    }
-}
-
-/// Parses `Retry-After`: delta-seconds (fractions accepted) or an HTTP date, relative to
-/// `now`. A date in the past is zero; anything unparseable, negative or absurd is `None`.
-pub(crate) fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
-    let text = value.to_str().ok()?.trim();
-    if text.is_empty() {
-        return None;
-    }
-    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        let secs: f64 = text.parse().ok()?;
-        // One day is far beyond any cap we apply; larger values are nonsense.
-        return (secs.is_finite() && secs <= 86_400.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let when = httpdate::parse_http_date(text).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// `{host}{path}` as a URI, checking the host is an absolute http(s) URL.
-pub(crate) fn endpoint(host: &str, path: &str) -> Result<Uri, crate::BuildError> {
-    let host = host.trim().trim_end_matches('/');
-    let uri: Uri = format!("{host}{path}")
-        .parse()
-        .map_err(|_| crate::BuildError::InvalidHost(host.to_owned()))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => Ok(uri),
-        _ => Err(crate::BuildError::InvalidHost(host.to_owned())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::https::parse_retry_after;
+    use std::time::Duration;
 
     #[test]
     fn retry_after_forms() {

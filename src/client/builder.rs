@@ -249,7 +249,7 @@ impl PostHogBuilder {
             ));
         }
         let host = normalize_host(&self.host);
-        let uri = crate::capture::endpoint(&host, "/")?;
+        let uri = crate::https::endpoint(&host, "/")?;
         if uri.scheme_str() == Some("http") && !is_loopback(uri.host().unwrap_or_default()) {
             tracing::warn!(%host, "posthog: host uses plain http; events and keys travel unencrypted");
         }
