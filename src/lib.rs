@@ -76,6 +76,7 @@ pub mod capture;
 mod client;
 pub mod error;
 pub mod event;
+pub mod flags;
 pub mod https;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

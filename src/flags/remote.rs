@@ -1,0 +1,312 @@
+//! `RemoteFlags`: evaluates flags on PostHog with `POST {host}/flags/?v=2`.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::retry::Policy;
+use tower_service::Service;
+
+use super::{FlagsRequest, FlagsResponse};
+use crate::{
+    capture::USER_AGENT,
+    https::{endpoint, HttpClient, ReadResponse, UnexpectedStatus},
+    BoxError,
+};
+
+/// Largest `/flags` response read (payloads can be big).
+const MAX_FLAGS_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// The leaf service of the flags stack: evaluates a [`FlagsRequest`] on PostHog.
+///
+/// It sends `POST {host}/flags/?v=2` with a JSON body carrying `token` and `api_key` (both the
+/// project key), `distinct_id`, `groups`, `person_properties`, `group_properties` (every group
+/// passed gets `$group_key`), `geoip_disable`, and when set `device_id` and
+/// `flag_keys_to_evaluate`. There is no `Authorization` header: the personal API key never
+/// goes here. It parses the v2 response and the legacy v1 shape; a malformed body is an
+/// [`InvalidFlagsResponse`](super::InvalidFlagsResponse) error, a non-2xx status an
+/// [`UnexpectedStatus`].
+///
+/// The client puts it behind `tower::retry` with [`FlagsRetryPolicy`] and `tower::timeout`.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use posthog_tower::flags::{FlagsRetryPolicy, RemoteFlags};
+/// use tower::ServiceBuilder;
+///
+/// let flags = ServiceBuilder::new()
+///     .retry(FlagsRetryPolicy::new(1))
+///     .timeout(Duration::from_secs(3))
+///     .service(RemoteFlags::new("https://eu.i.posthog.com", "phc_project_key").unwrap());
+/// # let _ = flags;
+/// ```
+#[derive(Clone)]
+pub struct RemoteFlags<C = HttpClient> {
+    client: C,
+    uri: Uri,
+    api_key: String,
+    disable_geoip: bool,
+}
+
+impl RemoteFlags<HttpClient> {
+    /// Evaluates on `host` with the default HTTP client.
+    pub fn new(host: &str, api_key: &str) -> Result<Self, crate::BuildError> {
+        Self::with_client(crate::https::default_client(), host, api_key)
+    }
+}
+
+impl<C> RemoteFlags<C> {
+    /// Evaluates through `client`.
+    pub fn with_client(client: C, host: &str, api_key: &str) -> Result<Self, crate::BuildError> {
+        Ok(RemoteFlags {
+            client,
+            uri: endpoint(host, "/flags/?v=2")?,
+            api_key: api_key.to_owned(),
+            disable_geoip: true,
+        })
+    }
+
+    /// The `geoip_disable` sent when a request does not say (on by default).
+    pub fn disable_geoip(mut self, disabled: bool) -> Self {
+        self.disable_geoip = disabled;
+        self
+    }
+
+    /// The URL requests go to.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// Gets a reference to the HTTP client.
+    pub fn get_ref(&self) -> &C {
+        &self.client
+    }
+
+    /// Gets a mutable reference to the HTTP client.
+    pub fn get_mut(&mut self) -> &mut C {
+        &mut self.client
+    }
+
+    /// Consumes the service, returning the HTTP client.
+    pub fn into_inner(self) -> C {
+        self.client
+    }
+}
+
+impl<C> fmt::Debug for RemoteFlags<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the API key.
+        f.debug_struct("RemoteFlags")
+            .field("uri", &self.uri)
+            .field("disable_geoip", &self.disable_geoip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, B> Service<FlagsRequest> for RemoteFlags<C>
+where
+    C: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    C::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Response = FlagsResponse;
+    type Error = BoxError;
+    type Future = RemoteFuture<C::Future, B>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.client.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: FlagsRequest) -> Self::Future {
+        let body = request
+            .to_body(&self.api_key, self.disable_geoip)
+            .to_string();
+        let mut req = Request::new(Full::new(Bytes::from(body)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        let headers = req.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        RemoteFuture {
+            inner: ReadResponse::new(self.client.call(req), MAX_FLAGS_RESPONSE),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`RemoteFlags`].
+    pub struct RemoteFuture<F, B>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        #[pin]
+        inner: ReadResponse<F, B>,
+    }
+}
+
+impl<F, B> fmt::Debug for RemoteFuture<F, B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E, B> Future for RemoteFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<FlagsResponse, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = ready!(self.project().inner.poll(cx))?.into_result()?;
+        Poll::Ready(FlagsResponse::from_json(&response.body).map_err(Into::into))
+    }
+}
+
+/// The `/flags` retry policy, as posthog-python's: retry (once by default) on connection
+/// errors, timeouts, 502 and 504 only, after 0.3 s (doubling for later retries). Other
+/// statuses (408, 429, 500, 503, ...), malformed bodies and quota limits are final: a flag
+/// lookup is on the caller's critical path.
+#[derive(Clone, Debug)]
+pub struct FlagsRetryPolicy {
+    max_retries: usize,
+    attempt: usize,
+    base: Duration,
+}
+
+impl FlagsRetryPolicy {
+    /// A policy allowing `max_retries` retries.
+    pub fn new(max_retries: usize) -> Self {
+        FlagsRetryPolicy {
+            max_retries,
+            attempt: 0,
+            base: Duration::from_millis(300),
+        }
+    }
+
+    /// The first delay (0.3 s).
+    pub fn base_delay(mut self, base: Duration) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// Whether the `/flags` error is worth retrying.
+    pub fn is_retryable(error: &BoxError) -> bool {
+        if let Some(status) = error.downcast_ref::<UnexpectedStatus>() {
+            return matches!(status.status().as_u16(), 502 | 504);
+        }
+        !error.is::<super::InvalidFlagsResponse>()
+    }
+}
+
+impl Policy<FlagsRequest, FlagsResponse, BoxError> for FlagsRetryPolicy {
+    type Future = Sleep;
+
+    fn retry(
+        &mut self,
+        _req: &mut FlagsRequest,
+        result: &mut Result<FlagsResponse, BoxError>,
+    ) -> Option<Self::Future> {
+        let error = result.as_ref().err()?;
+        if self.attempt >= self.max_retries || !Self::is_retryable(error) {
+            return None;
+        }
+        let delay = self.base.saturating_mul(
+            1u32.checked_shl(self.attempt.min(31) as u32)
+                .unwrap_or(u32::MAX),
+        );
+        self.attempt += 1;
+        tracing::debug!(attempt = self.attempt, ?delay, error = %error, "posthog: retrying /flags");
+        Some(tokio::time::sleep(delay))
+    }
+
+    fn clone_request(&mut self, req: &FlagsRequest) -> Option<FlagsRequest> {
+        Some(req.clone())
+    }
+}
+
+/// The `$feature_flag_error` code for a failed `/flags` call: `timeout`, `connection_error`,
+/// `api_error_<status>` or `unknown_error`.
+pub fn error_code(error: &BoxError) -> String {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        return "timeout".to_owned();
+    }
+    if let Some(status) = error.downcast_ref::<UnexpectedStatus>() {
+        return format!("api_error_{}", status.status().as_u16());
+    }
+    if error.is::<super::InvalidFlagsResponse>() {
+        return "unknown_error".to_owned();
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+    while let Some(e) = source {
+        if e.is::<hyper_util::client::legacy::Error>()
+            || e.is::<hyper::Error>()
+            || e.is::<std::io::Error>()
+        {
+            return "connection_error".to_owned();
+        }
+        source = e.source();
+    }
+    "unknown_error".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    fn status(code: u16) -> BoxError {
+        Box::new(UnexpectedStatus::new(
+            StatusCode::from_u16(code).unwrap(),
+            None,
+        ))
+    }
+
+    #[test]
+    fn only_502_504_timeouts_and_connection_errors_are_retried() {
+        assert!(FlagsRetryPolicy::is_retryable(&status(502)));
+        assert!(FlagsRetryPolicy::is_retryable(&status(504)));
+        for code in [400, 401, 408, 429, 500, 503] {
+            assert!(!FlagsRetryPolicy::is_retryable(&status(code)), "{code}");
+        }
+        let elapsed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        assert!(FlagsRetryPolicy::is_retryable(&elapsed));
+        let invalid: BoxError = Box::new(super::super::InvalidFlagsResponse("x".into()));
+        assert!(!FlagsRetryPolicy::is_retryable(&invalid));
+    }
+
+    #[test]
+    fn error_codes() {
+        assert_eq!(error_code(&status(500)), "api_error_500");
+        let elapsed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        assert_eq!(error_code(&elapsed), "timeout");
+        let io: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(error_code(&io), "connection_error");
+        let other: BoxError = "??".into();
+        assert_eq!(error_code(&other), "unknown_error");
+    }
+}

@@ -1,0 +1,570 @@
+//! Flag values and the `/flags` request and response.
+
+use std::{collections::BTreeMap, collections::HashMap, fmt};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A flag's value: on or off for a boolean flag, or the variant of a multivariate flag.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FlagValue {
+    /// A boolean flag (or a multivariate flag that matched no variant): on or off.
+    Bool(bool),
+    /// The variant a multivariate flag chose.
+    Variant(String),
+}
+
+impl FlagValue {
+    /// `true` unless the flag is off (`Bool(false)`): a variant counts as enabled.
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self, FlagValue::Bool(false))
+    }
+
+    /// The variant, if this is a multivariate value.
+    pub fn variant(&self) -> Option<&str> {
+        match self {
+            FlagValue::Variant(v) => Some(v),
+            FlagValue::Bool(_) => None,
+        }
+    }
+
+    /// The key under which a flag's payload is stored for this value: the variant, or
+    /// `"true"` / `"false"`.
+    pub(crate) fn payload_key(&self) -> &str {
+        match self {
+            FlagValue::Variant(v) => v,
+            FlagValue::Bool(true) => "true",
+            FlagValue::Bool(false) => "false",
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        match self {
+            FlagValue::Bool(b) => Value::Bool(*b),
+            FlagValue::Variant(v) => Value::String(v.clone()),
+        }
+    }
+}
+
+impl fmt::Display for FlagValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlagValue::Bool(b) => write!(f, "{b}"),
+            FlagValue::Variant(v) => f.write_str(v),
+        }
+    }
+}
+
+impl From<bool> for FlagValue {
+    fn from(b: bool) -> Self {
+        FlagValue::Bool(b)
+    }
+}
+
+impl From<&str> for FlagValue {
+    fn from(v: &str) -> Self {
+        FlagValue::Variant(v.to_owned())
+    }
+}
+
+/// Why the server gave a flag its value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct FlagReason {
+    /// A machine-readable code, e.g. `condition_match`.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// The index of the condition that matched.
+    #[serde(default)]
+    pub condition_index: Option<i64>,
+    /// A human-readable description, e.g. `Matched condition set 1`.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// What the server says about a flag besides its value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct FlagMetadata {
+    /// The flag's id.
+    #[serde(default)]
+    pub id: Option<i64>,
+    /// The flag's version.
+    #[serde(default)]
+    pub version: Option<i64>,
+    /// The payload, as the JSON text PostHog stores.
+    #[serde(default, deserialize_with = "payload_text")]
+    pub payload: Option<String>,
+    /// The flag's description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Whether the flag belongs to an experiment.
+    #[serde(default)]
+    pub has_experiment: Option<bool>,
+}
+
+/// One flag of a `/flags` response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlagDetail {
+    /// The flag's key.
+    pub key: String,
+    /// Whether the flag is on.
+    pub enabled: bool,
+    /// The variant, for a multivariate flag.
+    pub variant: Option<String>,
+    /// Why it has this value.
+    pub reason: Option<FlagReason>,
+    /// Id, version, payload.
+    pub metadata: FlagMetadata,
+}
+
+impl FlagDetail {
+    /// The flag's value: the variant if there is one, else whether it is enabled.
+    pub fn value(&self) -> FlagValue {
+        match (&self.variant, self.enabled) {
+            (Some(v), true) if !v.is_empty() => FlagValue::Variant(v.clone()),
+            (_, enabled) => FlagValue::Bool(enabled),
+        }
+    }
+}
+
+/// A parsed `/flags` response (v2, or the legacy v1 shape normalized to it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlagsResponse {
+    /// The flags, by key.
+    pub flags: HashMap<String, FlagDetail>,
+    /// The server could not compute some flags; those may be missing or wrong.
+    pub errors_while_computing_flags: bool,
+    /// Resources the project is quota limited on (`feature_flags` means no values).
+    pub quota_limited: Vec<String>,
+    /// The request id, sent on `$feature_flag_called`.
+    pub request_id: Option<String>,
+    /// When the server evaluated the flags (milliseconds since the epoch).
+    pub evaluated_at: Option<i64>,
+    /// The server asks for minimal `$feature_flag_called` events.
+    pub minimal_flag_called_events: bool,
+}
+
+impl FlagsResponse {
+    /// `true` when the project's feature flags are quota limited: no flag has a value.
+    pub fn is_quota_limited(&self) -> bool {
+        self.quota_limited.iter().any(|q| q == "feature_flags")
+    }
+
+    /// Parses a response body.
+    pub fn from_json(body: &[u8]) -> Result<Self, InvalidFlagsResponse> {
+        let raw: RawResponse =
+            serde_json::from_slice(body).map_err(|e| InvalidFlagsResponse(e.to_string()))?;
+        let mut flags = HashMap::new();
+        match (raw.flags, raw.feature_flags) {
+            (Some(v2), _) => {
+                for (key, flag) in v2 {
+                    flags.insert(
+                        key.clone(),
+                        FlagDetail {
+                            key,
+                            enabled: flag.enabled,
+                            variant: flag.variant,
+                            reason: flag.reason,
+                            metadata: flag.metadata.unwrap_or_default(),
+                        },
+                    );
+                }
+            }
+            (None, Some(v1)) => {
+                let mut payloads = raw.feature_flag_payloads.unwrap_or_default();
+                for (key, value) in v1 {
+                    let (enabled, variant) = match value {
+                        Value::Bool(b) => (b, None),
+                        Value::String(s) => (true, Some(s)),
+                        Value::Null => (false, None),
+                        other => {
+                            return Err(InvalidFlagsResponse(format!(
+                                "flag `{key}` has the value {other}, expected a boolean or a string"
+                            )))
+                        }
+                    };
+                    let payload = payloads.remove(&key).and_then(|p| match p {
+                        Value::Null => None,
+                        Value::String(s) => Some(s),
+                        other => Some(other.to_string()),
+                    });
+                    flags.insert(
+                        key.clone(),
+                        FlagDetail {
+                            key,
+                            enabled,
+                            variant,
+                            reason: None,
+                            metadata: FlagMetadata {
+                                payload,
+                                ..FlagMetadata::default()
+                            },
+                        },
+                    );
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(FlagsResponse {
+            flags,
+            errors_while_computing_flags: raw.errors_while_computing_flags,
+            quota_limited: raw.quota_limited.unwrap_or_default(),
+            request_id: raw.request_id,
+            evaluated_at: raw.evaluated_at,
+            minimal_flag_called_events: raw.minimal_flag_called_events,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawResponse {
+    #[serde(default)]
+    flags: Option<HashMap<String, RawFlag>>,
+    #[serde(default)]
+    feature_flags: Option<HashMap<String, Value>>,
+    #[serde(default)]
+    feature_flag_payloads: Option<HashMap<String, Value>>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    errors_while_computing_flags: bool,
+    #[serde(default)]
+    quota_limited: Option<Vec<String>>,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    evaluated_at: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    minimal_flag_called_events: bool,
+}
+
+#[derive(Deserialize)]
+struct RawFlag {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    variant: Option<String>,
+    #[serde(default)]
+    reason: Option<FlagReason>,
+    #[serde(default)]
+    metadata: Option<FlagMetadata>,
+}
+
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(matches!(
+        Option::<Value>::deserialize(d)?,
+        Some(Value::Bool(true))
+    ))
+}
+
+fn payload_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+    })
+}
+
+/// A `/flags` response body could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidFlagsResponse(pub(crate) String);
+
+impl fmt::Display for InvalidFlagsResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid /flags response: {}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidFlagsResponse {}
+
+/// Who and what to evaluate flags for: the request of the flag services.
+///
+/// # Example
+///
+/// ```
+/// use posthog_tower::flags::FlagsRequest;
+///
+/// let request = FlagsRequest::new("user-42")
+///     .person_property("plan", "pro")
+///     .group("company", "acme")
+///     .group_property("company", "employees", 40)
+///     .flag_keys(["new-checkout"]);
+/// assert_eq!(request.distinct_id(), "user-42");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FlagsRequest {
+    pub(crate) distinct_id: String,
+    pub(crate) groups: BTreeMap<String, String>,
+    pub(crate) person_properties: Map<String, Value>,
+    pub(crate) group_properties: BTreeMap<String, Map<String, Value>>,
+    pub(crate) disable_geoip: Option<bool>,
+    pub(crate) device_id: Option<String>,
+    pub(crate) flag_keys: Option<Vec<String>>,
+}
+
+impl FlagsRequest {
+    /// Flags for `distinct_id`.
+    pub fn new(distinct_id: impl Into<String>) -> Self {
+        FlagsRequest {
+            distinct_id: distinct_id.into(),
+            ..FlagsRequest::default()
+        }
+    }
+
+    /// Evaluates group flags for this group (e.g. `company` = `acme`).
+    #[must_use]
+    pub fn group(mut self, group_type: impl Into<String>, group_key: impl Into<String>) -> Self {
+        self.groups.insert(group_type.into(), group_key.into());
+        self
+    }
+
+    /// A person property the conditions may use (the server also knows stored ones).
+    /// Values JSON cannot represent (`NaN`) are left out.
+    #[must_use]
+    pub fn person_property(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
+        if let Ok(value) = crate::event::to_property_value(&value) {
+            self.person_properties.insert(key.into(), value);
+        }
+        self
+    }
+
+    /// Replaces all person properties.
+    #[must_use]
+    pub fn person_properties(mut self, properties: Map<String, Value>) -> Self {
+        self.person_properties = properties;
+        self
+    }
+
+    /// A property of a group the conditions may use.
+    #[must_use]
+    pub fn group_property(
+        mut self,
+        group_type: impl Into<String>,
+        key: impl Into<String>,
+        value: impl Serialize,
+    ) -> Self {
+        if let Ok(value) = crate::event::to_property_value(&value) {
+            self.group_properties
+                .entry(group_type.into())
+                .or_default()
+                .insert(key.into(), value);
+        }
+        self
+    }
+
+    /// Replaces one group type's properties.
+    #[must_use]
+    pub fn group_properties(
+        mut self,
+        group_type: impl Into<String>,
+        properties: Map<String, Value>,
+    ) -> Self {
+        self.group_properties.insert(group_type.into(), properties);
+        self
+    }
+
+    /// Overrides the client's `disable_geoip` for this request.
+    #[must_use]
+    pub fn disable_geoip(mut self, disabled: bool) -> Self {
+        self.disable_geoip = Some(disabled);
+        self
+    }
+
+    /// The device id, for flags bucketed by device.
+    #[must_use]
+    pub fn device_id(mut self, device_id: impl Into<String>) -> Self {
+        self.device_id = Some(device_id.into());
+        self
+    }
+
+    /// Evaluates only these flags (`flag_keys_to_evaluate`).
+    #[must_use]
+    pub fn flag_keys<I, K>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        self.flag_keys = Some(keys.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The distinct id.
+    pub fn distinct_id(&self) -> &str {
+        &self.distinct_id
+    }
+
+    /// The groups, by type.
+    pub fn groups(&self) -> &BTreeMap<String, String> {
+        &self.groups
+    }
+
+    /// The person properties.
+    pub fn person_properties_map(&self) -> &Map<String, Value> {
+        &self.person_properties
+    }
+
+    /// The group properties, by group type.
+    pub fn group_properties_map(&self) -> &BTreeMap<String, Map<String, Value>> {
+        &self.group_properties
+    }
+
+    /// The flags asked for, if restricted.
+    pub fn flag_keys_list(&self) -> Option<&[String]> {
+        self.flag_keys.as_deref()
+    }
+
+    /// The device id.
+    pub fn device_id_value(&self) -> Option<&str> {
+        self.device_id.as_deref()
+    }
+
+    /// The `/flags` body for this request.
+    pub(crate) fn to_body(&self, api_key: &str, default_disable_geoip: bool) -> Value {
+        let mut group_properties = Map::new();
+        for (group_type, key) in &self.groups {
+            let mut props = self
+                .group_properties
+                .get(group_type)
+                .cloned()
+                .unwrap_or_default();
+            props.insert("$group_key".to_owned(), Value::String(key.clone()));
+            group_properties.insert(group_type.clone(), Value::Object(props));
+        }
+        let mut body = Map::new();
+        body.insert("token".into(), Value::String(api_key.to_owned()));
+        body.insert("api_key".into(), Value::String(api_key.to_owned()));
+        body.insert(
+            "distinct_id".into(),
+            Value::String(self.distinct_id.clone()),
+        );
+        body.insert(
+            "groups".into(),
+            Value::Object(
+                self.groups
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        );
+        body.insert(
+            "person_properties".into(),
+            Value::Object(self.person_properties.clone()),
+        );
+        body.insert("group_properties".into(), Value::Object(group_properties));
+        body.insert(
+            "geoip_disable".into(),
+            Value::Bool(self.disable_geoip.unwrap_or(default_disable_geoip)),
+        );
+        if let Some(device_id) = &self.device_id {
+            body.insert("device_id".into(), Value::String(device_id.clone()));
+        }
+        if let Some(keys) = &self.flag_keys {
+            body.insert(
+                "flag_keys_to_evaluate".into(),
+                Value::Array(keys.iter().cloned().map(Value::String).collect()),
+            );
+        }
+        Value::Object(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_v2() {
+        let body = json!({
+            "flags": {
+                "beta": {"key": "beta", "enabled": true, "variant": null,
+                         "reason": {"code": "condition_match", "condition_index": 0, "description": "Matched condition set 1"},
+                         "metadata": {"id": 23, "version": 42, "payload": "{\"a\":1}"}},
+                "exp": {"key": "exp", "enabled": true, "variant": "test", "metadata": {"id": 2}},
+                "off": {"key": "off", "enabled": false}
+            },
+            "errorsWhileComputingFlags": false,
+            "requestId": "req-1",
+            "evaluatedAt": 1234567890,
+            "quotaLimited": []
+        });
+        let r = FlagsResponse::from_json(body.to_string().as_bytes()).unwrap();
+        assert_eq!(r.flags["beta"].value(), FlagValue::Bool(true));
+        assert_eq!(
+            r.flags["beta"].metadata.payload.as_deref(),
+            Some("{\"a\":1}")
+        );
+        assert_eq!(r.flags["beta"].metadata.version, Some(42));
+        assert_eq!(r.flags["exp"].value(), FlagValue::Variant("test".into()));
+        assert_eq!(r.flags["off"].value(), FlagValue::Bool(false));
+        assert_eq!(r.request_id.as_deref(), Some("req-1"));
+        assert_eq!(r.evaluated_at, Some(1234567890));
+        assert!(!r.is_quota_limited());
+    }
+
+    #[test]
+    fn parses_v1_and_prefers_v2() {
+        let body = json!({
+            "featureFlags": {"a": true, "b": "variant-a", "c": false},
+            "featureFlagPayloads": {"a": "{\"x\":1}", "b": {"y": 2}},
+            "errorsWhileComputingFlags": true,
+            "quotaLimited": ["feature_flags"]
+        });
+        let r = FlagsResponse::from_json(body.to_string().as_bytes()).unwrap();
+        assert_eq!(r.flags["a"].value(), FlagValue::Bool(true));
+        assert_eq!(r.flags["b"].value(), FlagValue::Variant("variant-a".into()));
+        assert_eq!(r.flags["c"].value(), FlagValue::Bool(false));
+        assert_eq!(r.flags["b"].metadata.payload.as_deref(), Some("{\"y\":2}"));
+        assert!(r.errors_while_computing_flags);
+        assert!(r.is_quota_limited());
+
+        let both = json!({"featureFlags": {}, "flags": {"z": {"enabled": true}}});
+        let r = FlagsResponse::from_json(both.to_string().as_bytes()).unwrap();
+        assert_eq!(r.flags.len(), 1);
+        assert_eq!(r.flags["z"].key, "z");
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        for body in [
+            "",
+            "null",
+            "[1]",
+            "{\"flags\": 3}",
+            "{\"featureFlags\": {\"a\": 3}}",
+            "{",
+        ] {
+            assert!(FlagsResponse::from_json(body.as_bytes()).is_err(), "{body}");
+        }
+        assert!(FlagsResponse::from_json(b"{}").unwrap().flags.is_empty());
+    }
+
+    #[test]
+    fn request_body() {
+        let request = FlagsRequest::new("u")
+            .group("company", "acme")
+            .group_property("company", "size", 5)
+            .group_property("team", "ignored", 1)
+            .flag_keys(["k"]);
+        let body = request.to_body("phc_key", true);
+        assert_eq!(
+            body,
+            json!({
+                "token": "phc_key", "api_key": "phc_key", "distinct_id": "u",
+                "groups": {"company": "acme"}, "person_properties": {},
+                "group_properties": {"company": {"size": 5, "$group_key": "acme"}},
+                "geoip_disable": true, "flag_keys_to_evaluate": ["k"]
+            })
+        );
+        let body = FlagsRequest::new("u")
+            .disable_geoip(false)
+            .to_body("k", true);
+        assert_eq!(body["geoip_disable"], false);
+        assert_eq!(body["groups"], json!({}));
+        assert!(body.get("flag_keys_to_evaluate").is_none());
+        assert!(body.get("device_id").is_none());
+    }
+}
