@@ -5,11 +5,15 @@ use serde_json::{Map, Value};
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 use tower_service::Service;
 
-use super::{Inner, PostHog};
+use super::{
+    flags::{FlagCalledReporter, FlagsClient},
+    Inner, PostHog,
+};
 use crate::{
     capture::{
         Batch, BatchConfig, CaptureTransport, EncodedBatch, RetryPolicy, StatsRecorder, Worker,
     },
+    flags::{CoalesceLayer, FallbackCache, FlagCalledDedup, FlagsRetryPolicy, RemoteFlags},
     https::HttpClient,
     BoxError, BuildError, Error, Event,
 };
@@ -49,6 +53,11 @@ pub struct PostHogBuilder {
     http_client: Option<HttpClient>,
     capture_stack: Option<CaptureStack>,
     property_error: Option<String>,
+    flags_timeout: Duration,
+    flags_max_retries: usize,
+    send_feature_flag_events: bool,
+    flag_called_dedup_capacity: usize,
+    flag_fallback_max_age: Option<Duration>,
 }
 
 impl PostHogBuilder {
@@ -66,7 +75,45 @@ impl PostHogBuilder {
             http_client: None,
             capture_stack: None,
             property_error: None,
+            flags_timeout: Duration::from_secs(3),
+            flags_max_retries: 1,
+            send_feature_flag_events: true,
+            flag_called_dedup_capacity: 50_000,
+            flag_fallback_max_age: None,
         }
+    }
+
+    /// Timeout of one `/flags` attempt (3 s).
+    pub fn feature_flags_request_timeout(mut self, timeout: Duration) -> Self {
+        self.flags_timeout = timeout;
+        self
+    }
+
+    /// Retries of a `/flags` request after connection errors, timeouts, 502 and 504 (1).
+    pub fn feature_flags_max_retries(mut self, retries: usize) -> Self {
+        self.flags_max_retries = retries;
+        self
+    }
+
+    /// Whether flag lookups report `$feature_flag_called` (on). Each call can override it
+    /// with [`FlagsRequest::send_feature_flag_events`](crate::flags::FlagsRequest::send_feature_flag_events).
+    pub fn send_feature_flag_events(mut self, send: bool) -> Self {
+        self.send_feature_flag_events = send;
+        self
+    }
+
+    /// How many distinct ids the `$feature_flag_called` deduplication remembers (50 000); the
+    /// oldest are forgotten first.
+    pub fn flag_called_dedup_capacity(mut self, distinct_ids: usize) -> Self {
+        self.flag_called_dedup_capacity = distinct_ids;
+        self
+    }
+
+    /// Remembers the last good value of each (distinct id, flag) and serves it for up to an
+    /// hour when `/flags` fails (off). The event still records the error.
+    pub fn flag_fallback_cache(mut self, enabled: bool) -> Self {
+        self.flag_fallback_max_age = enabled.then(|| Duration::from_secs(3600));
+        self
     }
 
     /// The PostHog host, e.g. `https://eu.i.posthog.com` or your self-hosted URL. A trailing
@@ -259,6 +306,7 @@ impl PostHogBuilder {
             let client = PostHog {
                 inner: Arc::new(Inner {
                     batch: None,
+                    flags: None,
                     sync_mode: self.sync_mode,
                     host,
                     stats,
@@ -267,12 +315,23 @@ impl PostHogBuilder {
             };
             return Ok((client, Worker::finished()));
         }
+        let http_client = self
+            .http_client
+            .unwrap_or_else(crate::https::default_client);
+        let flags_service: super::flags::FlagsService = BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(CoalesceLayer::new())
+                .retry(FlagsRetryPolicy::new(self.flags_max_retries))
+                .timeout(self.flags_timeout)
+                .service(
+                    RemoteFlags::with_client(http_client.clone(), &host, &api_key)?
+                        .disable_geoip(config.disable_geoip),
+                ),
+        );
         let stack = match self.capture_stack {
             Some(stack) => stack,
             None => {
-                let client = self
-                    .http_client
-                    .unwrap_or_else(crate::https::default_client);
+                let client = http_client;
                 let transport = CaptureTransport::with_client(client, &host, &api_key)?
                     .gzip(self.gzip)
                     .historical_migration(self.historical_migration)
@@ -287,9 +346,21 @@ impl PostHogBuilder {
             }
         };
         let (batch, worker) = Batch::pair(stack, config);
+        let flags = FlagsClient {
+            service: flags_service,
+            reporter: Arc::new(FlagCalledReporter {
+                batch: Some(batch.clone()),
+                dedup: FlagCalledDedup::new(self.flag_called_dedup_capacity),
+            }),
+            fallback: self
+                .flag_fallback_max_age
+                .map(|age| FallbackCache::new(age, 10_000)),
+            send_events: self.send_feature_flag_events,
+        };
         let client = PostHog {
             inner: Arc::new(Inner {
                 batch: Some(batch),
+                flags: Some(flags),
                 sync_mode: self.sync_mode,
                 host,
                 stats,

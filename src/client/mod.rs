@@ -1,6 +1,7 @@
 //! The [`PostHog`] client: the whole API in one cheap-to-clone handle.
 
 mod builder;
+mod flags;
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -48,6 +49,8 @@ pub struct PostHog {
 struct Inner {
     /// `None` when disabled.
     batch: Option<Batch>,
+    /// `None` when disabled.
+    flags: Option<flags::FlagsClient>,
     sync_mode: bool,
     host: String,
     stats: StatsRecorder,
@@ -162,6 +165,9 @@ impl PostHog {
     /// left when `deadline` passes), and stops the background work. Idempotent: later calls
     /// return the same report.
     pub async fn shutdown(&self, deadline: Duration) -> FlushReport {
+        if let Some(flags) = &self.inner.flags {
+            flags.reporter.dedup.clear();
+        }
         match &self.inner.batch {
             Some(batch) => batch.shutdown(deadline).await,
             None => FlushReport::default(),

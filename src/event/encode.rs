@@ -11,6 +11,29 @@ use uuid::Uuid;
 use super::{Event, TopLevel};
 use crate::timestamp::Timestamp;
 
+const GEOIP_FRAGMENT: &[u8] = br#","$geoip_disable":true"#;
+
+/// The only properties a minimized `$feature_flag_called` event keeps (besides `$lib`,
+/// `$lib_version` and `$geoip_disable`, which the encoder writes), as PostHog defines them.
+const MINIMAL_ALLOWED: &[&str] = &[
+    "$feature_flag",
+    "$feature_flag_response",
+    "$feature_flag_has_experiment",
+    "$feature_flag_id",
+    "$feature_flag_version",
+    "$feature_flag_reason",
+    "$feature_flag_request_id",
+    "$feature_flag_evaluated_at",
+    "$feature_flag_error",
+    "locally_evaluated",
+    "$groups",
+    "$process_person_profile",
+    "$session_id",
+    "$is_server",
+    "$os",
+    "$os_version",
+];
+
 /// What the encoder adds to every event.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct EncodeDefaults {
@@ -37,9 +60,6 @@ impl Encoder {
         lib_fragment.extend_from_slice(br#""$lib":"posthog-tower","$lib_version":""#);
         lib_fragment.extend_from_slice(crate::VERSION.as_bytes());
         lib_fragment.push(b'"');
-        if defaults.disable_geoip {
-            lib_fragment.extend_from_slice(br#","$geoip_disable":true"#);
-        }
         let mut super_fragment = Vec::new();
         for (k, v) in &defaults.super_properties {
             super_fragment.push(b',');
@@ -57,16 +77,20 @@ impl Encoder {
 
     /// Bytes the library and super properties add to an event.
     pub(crate) fn added_len(&self) -> usize {
-        self.lib_fragment.len() + self.super_fragment.len()
+        self.lib_fragment.len() + GEOIP_FRAGMENT.len() + self.super_fragment.len()
     }
 
-    fn overridden(&self, key: &str) -> bool {
+    /// Whether the encoder writes `key` itself (so the event's own value is skipped).
+    fn overridden(&self, key: &str, geoip_disabled: bool, minimal: bool) -> bool {
         if key.starts_with('$')
             && (key == "$lib"
                 || key == "$lib_version"
-                || (self.disable_geoip && key == "$geoip_disable"))
+                || (geoip_disabled && key == "$geoip_disable"))
         {
             return true;
+        }
+        if minimal {
+            return !MINIMAL_ALLOWED.contains(&key);
         }
         !self.super_properties.is_empty() && self.super_properties.contains_key(key)
     }
@@ -92,8 +116,9 @@ impl Encoder {
             None => write_uuid(out, crate::uuid7::new_v4()),
         }
         out.extend_from_slice(br#","properties":{"#);
+        let geoip_disabled = event.disable_geoip.unwrap_or(self.disable_geoip);
         for (k, v) in &event.properties {
-            if Some(k.as_str()) == top_key || self.overridden(k) {
+            if Some(k.as_str()) == top_key || self.overridden(k, geoip_disabled, event.minimal) {
                 continue;
             }
             write_json(out, k);
@@ -102,7 +127,12 @@ impl Encoder {
             out.push(b',');
         }
         out.extend_from_slice(&self.lib_fragment);
-        out.extend_from_slice(&self.super_fragment);
+        if geoip_disabled {
+            out.extend_from_slice(GEOIP_FRAGMENT);
+        }
+        if !event.minimal {
+            out.extend_from_slice(&self.super_fragment);
+        }
         out.extend_from_slice(br#"},"timestamp":""#);
         timestamp.write_rfc3339(out);
         out.extend_from_slice(br#"","uuid":"#);

@@ -61,6 +61,10 @@ pub struct Event {
     pub(crate) timestamp: Option<Timestamp>,
     pub(crate) uuid: Option<Uuid>,
     pub(crate) top_level: TopLevel,
+    /// Overrides the client's `disable_geoip` for this event.
+    pub(crate) disable_geoip: Option<bool>,
+    /// Keep only PostHog's allow-list of properties (minimized `$feature_flag_called`).
+    pub(crate) minimal: bool,
     /// Serialized size of the properties' entries (`"key":value,` each), kept up to date by
     /// every setter so `capture` can check the size limit in constant time.
     props_len: usize,
@@ -77,6 +81,8 @@ impl Event {
             timestamp: None,
             uuid: None,
             top_level: TopLevel::None,
+            disable_geoip: None,
+            minimal: false,
             props_len: 0,
             error: None,
         }
@@ -183,6 +189,14 @@ impl Event {
     #[must_use]
     pub fn set_once(self, key: impl Into<String>, value: impl Serialize) -> Self {
         self.person_property("$set_once", key.into(), value)
+    }
+
+    /// Overrides the client's `disable_geoip` for this event: `true` adds
+    /// `$geoip_disable: true`, `false` leaves it out so PostHog resolves the location.
+    #[must_use]
+    pub fn disable_geoip(mut self, disabled: bool) -> Self {
+        self.disable_geoip = Some(disabled);
+        self
     }
 
     /// Marks the event as anonymous: `$process_person_profile: false`.

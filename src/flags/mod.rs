@@ -4,8 +4,25 @@
 //! [`PostHog`](crate::PostHog) client puts it behind `tower::retry` (with
 //! [`FlagsRetryPolicy`]) and `tower::timeout`.
 
+mod called;
+mod coalesce;
+mod dedup;
+mod error;
+mod evaluations;
+mod fallback;
 mod remote;
+mod result;
 mod types;
+
+pub(crate) use called::{join_errors, FlagCalled, ReportFlagCalled};
+pub(crate) use evaluations::decode_payload;
+pub use evaluations::{FlagEvaluations, FlagRecord};
+pub(crate) use fallback::FallbackCache;
+pub use result::{AllFlags, FeatureFlagResult};
+
+pub use coalesce::{Coalesce, CoalesceFuture, CoalesceLayer, SharedError};
+pub(crate) use dedup::FlagCalledDedup;
+pub use error::FlagError;
 
 pub use remote::{error_code, FlagsRetryPolicy, RemoteFlags, RemoteFuture};
 pub use types::{

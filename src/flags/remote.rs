@@ -214,12 +214,15 @@ impl FlagsRetryPolicy {
         self
     }
 
-    /// Whether the `/flags` error is worth retrying.
+    /// Whether the `/flags` error is worth retrying: timeouts, connection failures other
+    /// than a refused connection, 502 and 504.
     pub fn is_retryable(error: &BoxError) -> bool {
-        if let Some(status) = error.downcast_ref::<UnexpectedStatus>() {
-            return matches!(status.status().as_u16(), 502 | 504);
+        match classify(error) {
+            Class::Status(status) => matches!(status, 502 | 504),
+            Class::Timeout => true,
+            Class::Connection { refused } => !refused,
+            Class::Invalid | Class::Other => false,
         }
-        !error.is::<super::InvalidFlagsResponse>()
     }
 }
 
@@ -249,29 +252,52 @@ impl Policy<FlagsRequest, FlagsResponse, BoxError> for FlagsRetryPolicy {
     }
 }
 
-/// The `$feature_flag_error` code for a failed `/flags` call: `timeout`, `connection_error`,
-/// `api_error_<status>` or `unknown_error`.
-pub fn error_code(error: &BoxError) -> String {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        return "timeout".to_owned();
-    }
-    if let Some(status) = error.downcast_ref::<UnexpectedStatus>() {
-        return format!("api_error_{}", status.status().as_u16());
-    }
-    if error.is::<super::InvalidFlagsResponse>() {
-        return "unknown_error".to_owned();
-    }
+enum Class {
+    Status(u16),
+    Timeout,
+    Connection { refused: bool },
+    Invalid,
+    Other,
+}
+
+/// Looks through the error and its sources (coalesced errors wrap the original).
+fn classify(error: &BoxError) -> Class {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+    let mut connection = None;
     while let Some(e) = source {
-        if e.is::<hyper_util::client::legacy::Error>()
-            || e.is::<hyper::Error>()
-            || e.is::<std::io::Error>()
-        {
-            return "connection_error".to_owned();
+        if e.is::<tower::timeout::error::Elapsed>() {
+            return Class::Timeout;
+        }
+        if let Some(status) = e.downcast_ref::<UnexpectedStatus>() {
+            return Class::Status(status.status().as_u16());
+        }
+        if e.is::<super::InvalidFlagsResponse>() {
+            return Class::Invalid;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return Class::Timeout;
+            }
+            let refused = io.kind() == std::io::ErrorKind::ConnectionRefused;
+            return Class::Connection { refused };
+        }
+        if e.is::<hyper_util::client::legacy::Error>() || e.is::<hyper::Error>() {
+            connection.get_or_insert(Class::Connection { refused: false });
         }
         source = e.source();
     }
-    "unknown_error".to_owned()
+    connection.unwrap_or(Class::Other)
+}
+
+/// The `$feature_flag_error` code for a failed `/flags` call: `timeout`, `connection_error`,
+/// `api_error_<status>` or `unknown_error`.
+pub fn error_code(error: &BoxError) -> String {
+    match classify(error) {
+        Class::Timeout => "timeout".to_owned(),
+        Class::Status(status) => format!("api_error_{status}"),
+        Class::Connection { .. } => "connection_error".to_owned(),
+        Class::Invalid | Class::Other => "unknown_error".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +323,11 @@ mod tests {
         assert!(FlagsRetryPolicy::is_retryable(&elapsed));
         let invalid: BoxError = Box::new(super::super::InvalidFlagsResponse("x".into()));
         assert!(!FlagsRetryPolicy::is_retryable(&invalid));
+        let reset: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(FlagsRetryPolicy::is_retryable(&reset));
+        let refused: BoxError =
+            Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!FlagsRetryPolicy::is_retryable(&refused));
     }
 
     #[test]

@@ -29,16 +29,6 @@ impl FlagValue {
         }
     }
 
-    /// The key under which a flag's payload is stored for this value: the variant, or
-    /// `"true"` / `"false"`.
-    pub(crate) fn payload_key(&self) -> &str {
-        match self {
-            FlagValue::Variant(v) => v,
-            FlagValue::Bool(true) => "true",
-            FlagValue::Bool(false) => "false",
-        }
-    }
-
     pub(crate) fn to_json(&self) -> Value {
         match self {
             FlagValue::Bool(b) => Value::Bool(*b),
@@ -303,6 +293,25 @@ pub struct FlagsRequest {
     pub(crate) disable_geoip: Option<bool>,
     pub(crate) device_id: Option<String>,
     pub(crate) flag_keys: Option<Vec<String>>,
+    pub(crate) send_feature_flag_events: Option<bool>,
+}
+
+impl From<&str> for FlagsRequest {
+    fn from(distinct_id: &str) -> Self {
+        FlagsRequest::new(distinct_id)
+    }
+}
+
+impl From<String> for FlagsRequest {
+    fn from(distinct_id: String) -> Self {
+        FlagsRequest::new(distinct_id)
+    }
+}
+
+impl From<&String> for FlagsRequest {
+    fn from(distinct_id: &String) -> Self {
+        FlagsRequest::new(distinct_id.as_str())
+    }
 }
 
 impl FlagsRequest {
@@ -391,6 +400,14 @@ impl FlagsRequest {
         self
     }
 
+    /// Whether the client's flag methods report `$feature_flag_called` for this call
+    /// (overrides the client setting; never sent to PostHog).
+    #[must_use]
+    pub fn send_feature_flag_events(mut self, send: bool) -> Self {
+        self.send_feature_flag_events = Some(send);
+        self
+    }
+
     /// The distinct id.
     pub fn distinct_id(&self) -> &str {
         &self.distinct_id
@@ -419,6 +436,21 @@ impl FlagsRequest {
     /// The device id.
     pub fn device_id_value(&self) -> Option<&str> {
         self.device_id.as_deref()
+    }
+
+    /// Identifies requests that would get the same answer (for coalescing).
+    pub(crate) fn coalesce_key(&self) -> String {
+        let key = (
+            &self.distinct_id,
+            &self.groups,
+            &self.person_properties,
+            &self.group_properties,
+            self.disable_geoip,
+            &self.device_id,
+            &self.flag_keys,
+        );
+        // Serializing strings, maps and options into a String cannot fail.
+        serde_json::to_string(&key).unwrap_or_default()
     }
 
     /// The `/flags` body for this request.
@@ -461,7 +493,13 @@ impl FlagsRequest {
         if let Some(device_id) = &self.device_id {
             body.insert("device_id".into(), Value::String(device_id.clone()));
         }
-        if let Some(keys) = &self.flag_keys {
+        let mut sent_at = Vec::with_capacity(32);
+        crate::timestamp::Timestamp::now().write_rfc3339(&mut sent_at);
+        body.insert(
+            "sent_at".into(),
+            Value::String(String::from_utf8_lossy(&sent_at).into_owned()),
+        );
+        if let Some(keys) = self.flag_keys.as_ref().filter(|k| !k.is_empty()) {
             body.insert(
                 "flag_keys_to_evaluate".into(),
                 Value::Array(keys.iter().cloned().map(Value::String).collect()),
@@ -556,9 +594,11 @@ mod tests {
                 "token": "phc_key", "api_key": "phc_key", "distinct_id": "u",
                 "groups": {"company": "acme"}, "person_properties": {},
                 "group_properties": {"company": {"size": 5, "$group_key": "acme"}},
-                "geoip_disable": true, "flag_keys_to_evaluate": ["k"]
+                "geoip_disable": true, "flag_keys_to_evaluate": ["k"],
+                "sent_at": body["sent_at"].clone()
             })
         );
+        assert!(body["sent_at"].as_str().unwrap().ends_with('Z'));
         let body = FlagsRequest::new("u")
             .disable_geoip(false)
             .to_body("k", true);

@@ -1,0 +1,463 @@
+//! `FlagEvaluations`: every flag for one person from one evaluation, read without further
+//! requests.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    sync::{Arc, Mutex},
+};
+
+use serde_json::Value;
+
+use super::{
+    called::{join_errors, FlagCalled, ReportFlagCalled},
+    FlagError, FlagValue, FlagsResponse,
+};
+use crate::Event;
+
+/// One flag of a [`FlagEvaluations`] snapshot.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct FlagRecord {
+    /// The value.
+    pub value: FlagValue,
+    /// The decoded payload, if the flag has one for this value.
+    pub payload: Option<Value>,
+    /// Why it has this value (`Evaluated locally` for local answers).
+    pub reason: Option<String>,
+    /// The flag's id.
+    pub id: Option<i64>,
+    /// The flag's version.
+    pub version: Option<i64>,
+    /// Evaluated in-process from polled definitions.
+    pub locally_evaluated: bool,
+    /// Whether the flag belongs to an experiment, when known.
+    pub has_experiment: Option<bool>,
+}
+
+struct Data {
+    distinct_id: String,
+    groups: BTreeMap<String, String>,
+    disable_geoip: Option<bool>,
+    records: BTreeMap<String, FlagRecord>,
+    request_id: Option<String>,
+    evaluated_at: Option<i64>,
+    errors_while_computing: bool,
+    quota_limited: bool,
+    minimal_gate: bool,
+    error: Option<FlagError>,
+}
+
+/// Every flag for one person, from one evaluation (one `/flags` request at most).
+///
+/// Reading it makes no request. The first [`is_enabled`](Self::is_enabled) or
+/// [`get_flag`](Self::get_flag) of a key reports `$feature_flag_called` (deduplicated per
+/// person, key, value and groups); [`get_payload`](Self::get_payload) and
+/// [`keys`](Self::keys) are silent. Attach it to an event with [`Event::flags`] to record
+/// `$feature/<key>` and `$active_feature_flags` without another request.
+///
+/// Cloning shares the record of which keys were accessed; [`only`](Self::only) makes an
+/// independent copy.
+#[derive(Clone)]
+pub struct FlagEvaluations {
+    data: Arc<Data>,
+    accessed: Arc<Mutex<BTreeSet<String>>>,
+    reporter: Option<Arc<dyn ReportFlagCalled>>,
+}
+
+impl FlagEvaluations {
+    /// A snapshot from a `/flags` response.
+    pub(crate) fn from_response(
+        request: &super::FlagsRequest,
+        response: &FlagsResponse,
+        reporter: Option<Arc<dyn ReportFlagCalled>>,
+    ) -> Self {
+        let quota_limited = response.is_quota_limited();
+        let mut records = BTreeMap::new();
+        if !quota_limited {
+            for (key, flag) in &response.flags {
+                if let Some(keys) = &request.flag_keys {
+                    if !keys.iter().any(|k| k == key) {
+                        continue;
+                    }
+                }
+                let value = flag.value();
+                records.insert(
+                    key.clone(),
+                    FlagRecord {
+                        payload: decode_payload(key, flag.metadata.payload.as_deref()),
+                        value,
+                        reason: flag.reason.as_ref().and_then(|r| r.description.clone()),
+                        id: flag.metadata.id,
+                        version: flag.metadata.version,
+                        locally_evaluated: false,
+                        has_experiment: flag.metadata.has_experiment,
+                    },
+                );
+            }
+        }
+        FlagEvaluations::new(
+            Data {
+                distinct_id: request.distinct_id.clone(),
+                groups: request.groups.clone(),
+                disable_geoip: request.disable_geoip,
+                records,
+                request_id: response.request_id.clone(),
+                evaluated_at: response.evaluated_at,
+                errors_while_computing: response.errors_while_computing_flags,
+                quota_limited,
+                minimal_gate: response.minimal_flag_called_events,
+                error: quota_limited.then_some(FlagError::QuotaLimited),
+            },
+            reporter,
+        )
+    }
+
+    /// An empty snapshot recording why evaluation failed.
+    pub(crate) fn failed(
+        request: &super::FlagsRequest,
+        error: Option<FlagError>,
+        reporter: Option<Arc<dyn ReportFlagCalled>>,
+    ) -> Self {
+        FlagEvaluations::new(
+            Data {
+                distinct_id: request.distinct_id.clone(),
+                groups: request.groups.clone(),
+                disable_geoip: request.disable_geoip,
+                records: BTreeMap::new(),
+                request_id: None,
+                evaluated_at: None,
+                errors_while_computing: false,
+                quota_limited: error == Some(FlagError::QuotaLimited),
+                minimal_gate: false,
+                error,
+            },
+            reporter,
+        )
+    }
+
+    fn new(data: Data, reporter: Option<Arc<dyn ReportFlagCalled>>) -> Self {
+        FlagEvaluations {
+            data: Arc::new(data),
+            accessed: Arc::default(),
+            reporter,
+        }
+    }
+
+    /// Whether the flag is on (a variant counts as on). `false` for a key not in the snapshot.
+    /// Reports `$feature_flag_called` the first time.
+    pub fn is_enabled(&self, key: &str) -> bool {
+        self.access(key).is_some_and(|v| v.is_enabled())
+    }
+
+    /// The flag's value, or `None` for a key not in the snapshot. Reports
+    /// `$feature_flag_called` the first time.
+    pub fn get_flag(&self, key: &str) -> Option<FlagValue> {
+        self.access(key)
+    }
+
+    /// The flag's decoded payload. Silent: no event, not counted as an access.
+    pub fn get_payload(&self, key: &str) -> Option<&Value> {
+        self.data.records.get(key)?.payload.as_ref()
+    }
+
+    /// Everything known about one flag. Silent.
+    pub fn record(&self, key: &str) -> Option<&FlagRecord> {
+        self.data.records.get(key)
+    }
+
+    /// The keys in the snapshot, sorted. Silent.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.data.records.keys().map(String::as_str)
+    }
+
+    /// Number of flags in the snapshot.
+    pub fn len(&self) -> usize {
+        self.data.records.len()
+    }
+
+    /// `true` when the snapshot holds no flag (evaluation failed, or nothing matched the keys).
+    pub fn is_empty(&self) -> bool {
+        self.data.records.is_empty()
+    }
+
+    /// Why evaluation failed, if it did (the snapshot is then empty).
+    pub fn error(&self) -> Option<&FlagError> {
+        self.data.error.as_ref()
+    }
+
+    /// The distinct id the flags were evaluated for.
+    pub fn distinct_id(&self) -> &str {
+        &self.data.distinct_id
+    }
+
+    /// A copy holding only these keys (unknown keys are ignored, with a warning). It tracks
+    /// accesses on its own.
+    pub fn only<I, K>(&self, keys: I) -> FlagEvaluations
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        let mut records = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for key in keys {
+            let key = key.as_ref();
+            match self.data.records.get(key) {
+                Some(record) => {
+                    records.insert(key.to_owned(), record.clone());
+                }
+                None => unknown.push(key.to_owned()),
+            }
+        }
+        if !unknown.is_empty() {
+            tracing::warn!(
+                ?unknown,
+                "posthog: FlagEvaluations::only: keys not in the snapshot"
+            );
+        }
+        self.filtered(records)
+    }
+
+    /// A copy holding only the flags read so far with `is_enabled` or `get_flag` (empty when
+    /// none was).
+    pub fn only_accessed(&self) -> FlagEvaluations {
+        let accessed = self
+            .accessed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let records = self
+            .data
+            .records
+            .iter()
+            .filter(|(k, _)| accessed.contains(*k))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        self.filtered(records)
+    }
+
+    fn filtered(&self, records: BTreeMap<String, FlagRecord>) -> FlagEvaluations {
+        let d = &self.data;
+        FlagEvaluations::new(
+            Data {
+                distinct_id: d.distinct_id.clone(),
+                groups: d.groups.clone(),
+                disable_geoip: d.disable_geoip,
+                records,
+                request_id: d.request_id.clone(),
+                evaluated_at: d.evaluated_at,
+                errors_while_computing: d.errors_while_computing,
+                quota_limited: d.quota_limited,
+                minimal_gate: d.minimal_gate,
+                error: d.error.clone(),
+            },
+            self.reporter.clone(),
+        )
+    }
+
+    fn access(&self, key: &str) -> Option<FlagValue> {
+        let record = self.data.records.get(key);
+        self.accessed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned());
+        if let Some(reporter) = self
+            .reporter
+            .as_ref()
+            .filter(|_| !self.data.distinct_id.is_empty())
+        {
+            reporter.report(self.called(key, record));
+        }
+        record.map(|r| r.value.clone())
+    }
+
+    fn called(&self, key: &str, record: Option<&FlagRecord>) -> FlagCalled {
+        let d = &self.data;
+        let error = join_errors(&[
+            if d.errors_while_computing {
+                "errors_while_computing_flags"
+            } else {
+                ""
+            },
+            if d.quota_limited { "quota_limited" } else { "" },
+            if record.is_none() { "flag_missing" } else { "" },
+        ]);
+        FlagCalled {
+            distinct_id: d.distinct_id.clone(),
+            key: key.to_owned(),
+            response: record.map(|r| r.value.clone()),
+            payload: record.and_then(|r| r.payload.clone()),
+            locally_evaluated: record.is_some_and(|r| r.locally_evaluated),
+            request_id: d.request_id.clone(),
+            evaluated_at: d.evaluated_at,
+            reason: record.and_then(|r| r.reason.clone()),
+            id: record.and_then(|r| r.id),
+            version: record.and_then(|r| r.version),
+            error,
+            has_experiment: record.and_then(|r| r.has_experiment),
+            minimal_gate: d.minimal_gate,
+            groups: d.groups.clone(),
+            disable_geoip: d.disable_geoip,
+        }
+    }
+}
+
+impl fmt::Debug for FlagEvaluations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlagEvaluations")
+            .field("distinct_id", &self.data.distinct_id)
+            .field("flags", &self.data.records)
+            .field("error", &self.data.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes a payload's JSON text. Invalid or empty JSON is no payload (logged), never the
+/// raw string, as PostHog's SDK specification requires.
+pub(crate) fn decode_payload(key: &str, text: Option<&str>) -> Option<Value> {
+    let text = text?;
+    match serde_json::from_str(text) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::warn!(flag = key, error = %e, "posthog: flag payload is not valid JSON; ignored");
+            None
+        }
+    }
+}
+
+impl Event {
+    /// Records the snapshot's flags on this event: `$feature/<key>` for every flag (its
+    /// value, `false` when off) and `$active_feature_flags` (the enabled keys, sorted). No
+    /// request is made. Properties the event already has win.
+    ///
+    /// ```
+    /// # async fn f(posthog: posthog_tower::PostHog) -> Result<(), Box<dyn std::error::Error>> {
+    /// use posthog_tower::Event;
+    ///
+    /// let flags = posthog.evaluate_flags("user-42").await;
+    /// if flags.is_enabled("new-checkout") {
+    ///     // ...
+    /// }
+    /// posthog.capture(Event::new("checkout completed", "user-42").flags(&flags))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn flags(mut self, flags: &FlagEvaluations) -> Self {
+        let mut active = Vec::new();
+        for (key, record) in &flags.data.records {
+            let name = format!("$feature/{key}");
+            if !self.properties.contains_key(&name) {
+                self.insert_value(name, record.value.to_json());
+            }
+            if record.value.is_enabled() {
+                active.push(Value::String(key.clone()));
+            }
+        }
+        if !active.is_empty() && !self.properties.contains_key("$active_feature_flags") {
+            self.insert_value("$active_feature_flags".to_owned(), Value::Array(active));
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flags::FlagsRequest;
+    use serde_json::json;
+
+    struct Collect(Mutex<Vec<FlagCalled>>);
+
+    impl ReportFlagCalled for Collect {
+        fn report(&self, called: FlagCalled) {
+            self.0.lock().unwrap().push(called);
+        }
+    }
+
+    fn response() -> FlagsResponse {
+        FlagsResponse::from_json(
+            json!({
+                "flags": {
+                    "b": {"enabled": true, "metadata": {"id": 1, "payload": "{\"x\":1}"}},
+                    "v": {"enabled": true, "variant": "blue", "reason": {"description": "Matched"}},
+                    "off": {"enabled": false},
+                    "bad": {"enabled": true, "metadata": {"payload": "not json"}}
+                },
+                "requestId": "r1",
+                "evaluatedAt": 7
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn snapshot_reads_and_reports() {
+        let reporter = Arc::new(Collect(Mutex::default()));
+        let flags = FlagEvaluations::from_response(
+            &FlagsRequest::new("u"),
+            &response(),
+            Some(reporter.clone()),
+        );
+        assert!(flags.is_enabled("b"));
+        assert!(flags.is_enabled("v"));
+        assert!(!flags.is_enabled("off"));
+        assert_eq!(flags.get_flag("v"), Some(FlagValue::Variant("blue".into())));
+        assert_eq!(flags.get_flag("nope"), None);
+        assert_eq!(flags.get_payload("b"), Some(&json!({"x": 1})));
+        assert_eq!(flags.get_payload("bad"), None, "invalid JSON is no payload");
+        assert_eq!(flags.keys().collect::<Vec<_>>(), ["b", "bad", "off", "v"]);
+        let reported = reporter.0.lock().unwrap();
+        assert_eq!(reported.len(), 5, "payload and keys reads are silent");
+        let missing = reported.iter().find(|c| c.key == "nope").unwrap();
+        assert_eq!(missing.error.as_deref(), Some("flag_missing"));
+        assert_eq!(missing.request_id.as_deref(), Some("r1"));
+        let v = reported.iter().find(|c| c.key == "v").unwrap();
+        assert_eq!(v.reason.as_deref(), Some("Matched"));
+        assert_eq!(v.evaluated_at, Some(7));
+    }
+
+    #[test]
+    fn only_and_only_accessed() {
+        let flags = FlagEvaluations::from_response(&FlagsRequest::new("u"), &response(), None);
+        assert!(flags.only_accessed().is_empty());
+        flags.get_flag("v");
+        assert_eq!(flags.only_accessed().keys().collect::<Vec<_>>(), ["v"]);
+        let some = flags.only(["b", "zzz"]);
+        assert_eq!(some.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(
+            some.only_accessed().is_empty(),
+            "copies track access on their own"
+        );
+    }
+
+    #[test]
+    fn attaching_to_events() {
+        let flags = FlagEvaluations::from_response(&FlagsRequest::new("u"), &response(), None);
+        let event = Event::new("e", "u")
+            .property("$feature/b", "mine")
+            .flags(&flags);
+        let p = event.properties();
+        assert_eq!(p["$feature/b"], "mine");
+        assert_eq!(p["$feature/v"], "blue");
+        assert_eq!(p["$feature/off"], false);
+        assert_eq!(p["$active_feature_flags"], json!(["b", "bad", "v"]));
+        assert!(
+            flags.only_accessed().is_empty(),
+            "attaching is not an access"
+        );
+    }
+
+    #[test]
+    fn quota_limited_snapshots_are_empty() {
+        let response = FlagsResponse::from_json(
+            br#"{"flags": {"a": {"enabled": true}}, "quotaLimited": ["feature_flags"]}"#,
+        )
+        .unwrap();
+        let flags = FlagEvaluations::from_response(&FlagsRequest::new("u"), &response, None);
+        assert!(flags.is_empty());
+        assert_eq!(flags.error(), Some(&FlagError::QuotaLimited));
+    }
+}
