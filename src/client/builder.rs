@@ -250,6 +250,11 @@ impl PostHogBuilder {
     /// Build it from [`RetryPolicy`], `tower::timeout` and [`CaptureTransport`] plus your own
     /// layers; see `examples/custom_stack.rs`. Share [`stats_recorder`](Self::stats_recorder)
     /// with them to keep [`PostHog::stats`] complete.
+    ///
+    /// The stack is used as given: [`gzip`](Self::gzip),
+    /// [`historical_migration`](Self::historical_migration), [`max_retries`](Self::max_retries)
+    /// and [`request_timeout`](Self::request_timeout) configure the default stack only, so set
+    /// them on your transport, policy and timeout instead.
     pub fn capture_stack<S>(mut self, service: S) -> Self
     where
         S: Service<EncodedBatch> + Clone + Send + Sync + 'static,

@@ -234,9 +234,9 @@ mod tests {
         assert_eq!(shared.inner().to_string(), "boom");
     }
 
-    async fn futures_join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output>
+    async fn futures_join_all<F>(futures: Vec<F>) -> Vec<F::Output>
     where
-        F: Send + 'static,
+        F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();

@@ -58,11 +58,7 @@ impl FlagCalledDedup {
             k.hash(&mut h);
         }
         let combination = h.finish();
-        let shard_index = {
-            let mut h = self.hasher.build_hasher();
-            distinct_id.hash(&mut h);
-            (h.finish() as usize) % self.shards.len()
-        };
+        let shard_index = (self.hasher.hash_one(distinct_id) as usize) % self.shards.len();
         let mut shard = self.shards[shard_index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());

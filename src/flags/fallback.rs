@@ -15,8 +15,11 @@ use super::FeatureFlagResult;
 pub(crate) struct FallbackCache {
     max_age: Duration,
     capacity: usize,
-    entries: Mutex<HashMap<String, (Instant, HashMap<String, (FeatureFlagResult, Instant)>)>>,
+    /// Per distinct id: when it was last written, and its flags with their write times.
+    entries: Mutex<HashMap<String, PerUser>>,
 }
+
+type PerUser = (Instant, HashMap<String, (FeatureFlagResult, Instant)>);
 
 impl FallbackCache {
     pub(crate) fn new(max_age: Duration, capacity: usize) -> Self {

@@ -450,6 +450,16 @@ where
     let mut shutdown_waiters = Vec::new();
 
     loop {
+        if let Some((at, budget)) = shutdown {
+            if Instant::now() >= at {
+                // The deadline passed: send nothing more, report what is left.
+                for reply in shutdown_waiters.drain(..) {
+                    state.epochs.current().waiters.push(reply);
+                }
+                state.abandon(&mut rx, budget);
+                break;
+            }
+        }
         state.dispatch(&service);
         if !receiving
             && state.current.is_empty()

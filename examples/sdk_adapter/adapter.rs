@@ -1,0 +1,564 @@
+//! The PostHog SDK compliance harness adapter for `posthog-tower`.
+//!
+//! PostHog's harness (`PostHog/posthog-sdk-test-harness`) drives an SDK through a small
+//! HTTP/JSON server, this one, and checks what reaches its mock PostHog. The protocol:
+//!
+//! | endpoint | what it does |
+//! |---|---|
+//! | `GET /health` | names the SDK and its capabilities (`capture_v0`, `encoding_gzip`) |
+//! | `POST /init` | builds a client: `api_key`, `host`, `flush_at`, `flush_interval_ms`, `max_retries`, `enable_compression`, `disable_geoip`, `historical_migration` |
+//! | `POST /capture` | `distinct_id`, `event`, `properties` (object or null), `timestamp` (RFC 3339 or null), `uuid` (optional) |
+//! | `POST /flush` | delivers everything captured, waiting through retries |
+//! | `GET /state` | counters and every HTTP attempt, as observed by a tower layer |
+//! | `POST /reset` | drops the client without sending anything more |
+//!
+//! In parallel mode the harness appends `?test_id=…` to every call but `/health`: each test id
+//! gets its own client, which sends `X-Test-Id: <test id>` on every request to the mock.
+//! Without a test id the calls go to one global client.
+//!
+//! Every answer is JSON with `Content-Type: application/json`. Only genuine adapter errors
+//! (a malformed request, a capture the SDK refused, a call before `/init`) are non-2xx:
+//! `400 {"success": false, "error": "…"}`.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    task::{Context, Poll},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use posthog_tower::{
+    capture::{CaptureTransport, EncodedBatch, RetryPolicy, UnexpectedStatus},
+    https::{self, HttpClient},
+    BoxError, Event, PostHog, Timestamp, Uuid,
+};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tower::{Layer, Service, ServiceBuilder};
+
+/// The adapter's own version, reported by `/health`.
+const ADAPTER_VERSION: &str = "1.0.0";
+/// The contract's default `flush_interval_ms` when `/init` does not set one.
+const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Retries when `/init` does not set `max_retries`: the SDK's default.
+const DEFAULT_MAX_RETRIES: usize = 3;
+/// Timeout of one HTTP attempt: the SDK's default.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client replaced by a new `/init` may take to stop.
+const REPLACE_DEADLINE: Duration = Duration::from_millis(100);
+/// Largest request body the adapter reads.
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// Serves the adapter on `listener` until the task is dropped or aborted.
+pub async fn serve(listener: TcpListener) {
+    let adapter = Arc::new(Adapter::default());
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Typically out of file descriptors: back off a little and keep serving.
+                eprintln!("sdk_adapter: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let adapter = adapter.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let adapter = adapter.clone();
+                async move { Ok::<_, Infallible>(adapter.handle(req).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            // A client going away mid-request is not the adapter's problem.
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+// ===== the HTTP side =====
+
+/// A failed adapter call: answered `400 {"success": false, "error": …}`.
+struct Fail(String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+type Answer = Result<Value, Fail>;
+
+fn respond(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `test_id` from the query string, percent-decoded.
+fn test_id(query: Option<&str>) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == "test_id")
+        .map(|(_, value)| percent_decode(value))
+        .filter(|id| !id.is_empty())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Fail> {
+    serde_json::from_slice(body).map_err(|e| Fail(format!("invalid request body: {e}")))
+}
+
+// ===== the adapter =====
+
+/// Every client, by test id (`""` for the global one).
+#[derive(Default)]
+struct Adapter {
+    instances: Mutex<HashMap<String, Instance>>,
+}
+
+impl Adapter {
+    fn instances(&self) -> MutexGuard<'_, HashMap<String, Instance>> {
+        self.instances.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn instance(&self, test_id: Option<&str>) -> Option<Instance> {
+        self.instances().get(test_id.unwrap_or_default()).cloned()
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let test_id = test_id(parts.uri.query());
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"success": false, "error": format!("cannot read the body: {e}")}),
+                )
+            }
+        };
+        let test_id = test_id.as_deref();
+        let answer = match (&parts.method, parts.uri.path()) {
+            (&Method::GET, "/health") => Ok(health()),
+            (&Method::POST, "/init") => self.init(test_id, &body).await,
+            (&Method::POST, "/capture") => self.capture(test_id, &body),
+            (&Method::POST, "/flush") => self.flush(test_id).await,
+            (&Method::GET, "/state") => Ok(self.state(test_id)),
+            (&Method::POST, "/reset") => self.reset(test_id).await,
+            (method, path) => {
+                return respond(
+                    StatusCode::NOT_FOUND,
+                    &json!({"success": false, "error": format!("no endpoint {method} {path}")}),
+                )
+            }
+        };
+        match answer {
+            Ok(value) => respond(StatusCode::OK, &value),
+            Err(Fail(error)) => respond(
+                StatusCode::BAD_REQUEST,
+                &json!({"success": false, "error": error}),
+            ),
+        }
+    }
+
+    async fn init(&self, test_id: Option<&str>, body: &[u8]) -> Answer {
+        let request: InitRequest = parse_json(body)?;
+        let key = test_id.unwrap_or_default().to_owned();
+        // Stop the previous client first, so none of its events can reach the mock later.
+        let previous = self.instances().remove(&key);
+        if let Some(previous) = previous {
+            previous.retire(REPLACE_DEADLINE).await;
+        }
+        let instance = Instance::build(&request, test_id)?;
+        // A concurrent `/init` for the same test id may have won the race: retire its client.
+        let displaced = self.instances().insert(key, instance);
+        if let Some(displaced) = displaced {
+            displaced.retire(REPLACE_DEADLINE).await;
+        }
+        Ok(json!({"success": true}))
+    }
+
+    fn capture(&self, test_id: Option<&str>, body: &[u8]) -> Answer {
+        let request: CaptureRequest = parse_json(body)?;
+        let instance = self
+            .instance(test_id)
+            .ok_or_else(|| Fail("no client: call /init first".to_owned()))?;
+        let mut event = Event::new(request.event, request.distinct_id);
+        if let Some(properties) = request.properties {
+            event = event.properties_from(properties);
+        }
+        if let Some(timestamp) = request.timestamp.as_deref() {
+            let timestamp = Timestamp::parse(timestamp)
+                .map_err(|e| Fail(format!("invalid timestamp {timestamp:?}: {e}")))?;
+            event = event.timestamp(timestamp);
+        }
+        if let Some(uuid) = request.uuid.as_deref() {
+            let uuid =
+                Uuid::parse_str(uuid).map_err(|e| Fail(format!("invalid uuid {uuid:?}: {e}")))?;
+            event = event.uuid(uuid);
+        }
+        let uuid = instance.client.capture(event)?;
+        Ok(json!({"success": true, "uuid": uuid.to_string()}))
+    }
+
+    async fn flush(&self, test_id: Option<&str>) -> Answer {
+        let delivered = match self.instance(test_id) {
+            Some(instance) => instance.client.flush().await.delivered,
+            None => 0,
+        };
+        Ok(json!({"success": true, "events_flushed": delivered}))
+    }
+
+    fn state(&self, test_id: Option<&str>) -> Value {
+        let Some(instance) = self.instance(test_id) else {
+            return json!({
+                "pending_events": 0,
+                "total_events_captured": 0,
+                "total_events_sent": 0,
+                "total_retries": 0,
+                "last_error": null,
+                "requests_made": [],
+            });
+        };
+        let stats = instance.client.stats();
+        // Accepted events not yet delivered, failed or dropped: queued, batching or in flight.
+        let settled = stats.delivered
+            + stats.failed
+            + stats.dropped.before_send
+            + stats.dropped.hook_panicked;
+        json!({
+            "pending_events": stats.captured.saturating_sub(settled),
+            "total_events_captured": stats.captured,
+            "total_events_sent": stats.delivered,
+            "total_retries": stats.retries,
+            "last_error": *lock(&instance.last_error),
+            "requests_made": instance.observer.attempts(),
+        })
+    }
+
+    /// Drops the client of `test_id`, or every client without one, sending nothing more.
+    async fn reset(&self, test_id: Option<&str>) -> Answer {
+        let retired: Vec<Instance> = {
+            let mut instances = self.instances();
+            match test_id {
+                Some(id) => instances.remove(id).into_iter().collect(),
+                None => instances.drain().map(|(_, instance)| instance).collect(),
+            }
+        };
+        for instance in retired {
+            instance.retire(Duration::ZERO).await;
+        }
+        Ok(json!({"success": true}))
+    }
+}
+
+fn health() -> Value {
+    json!({
+        "sdk_name": "posthog-tower",
+        "sdk_version": posthog_tower::VERSION,
+        "adapter_version": ADAPTER_VERSION,
+        "supports_parallel": true,
+        "capabilities": ["capture_v0", "encoding_gzip"],
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Deserialize)]
+struct InitRequest {
+    api_key: String,
+    host: String,
+    flush_at: Option<usize>,
+    flush_interval_ms: Option<u64>,
+    max_retries: Option<usize>,
+    enable_compression: Option<bool>,
+    disable_geoip: Option<bool>,
+    historical_migration: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct CaptureRequest {
+    distinct_id: String,
+    event: String,
+    #[serde(default)]
+    properties: Option<Map<String, Value>>,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(default)]
+    uuid: Option<String>,
+}
+
+/// One client with what `/state` reports about it.
+#[derive(Clone)]
+struct Instance {
+    client: PostHog,
+    observer: Arc<Observer>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Instance {
+    fn build(request: &InitRequest, test_id: Option<&str>) -> Result<Instance, Fail> {
+        let api_key = request.api_key.trim();
+        let host = request.host.trim().trim_end_matches('/');
+        let observer = Arc::new(Observer::default());
+        let last_error = Arc::new(Mutex::new(None));
+        let errors = last_error.clone();
+        let mut builder = PostHog::builder(api_key)
+            .host(host)
+            .flush_interval(
+                request
+                    .flush_interval_ms
+                    .map_or(DEFAULT_FLUSH_INTERVAL, Duration::from_millis),
+            )
+            // Absent means geoip enabled: the contract expects `geoip_disable: false` then.
+            .disable_geoip(request.disable_geoip.unwrap_or(false))
+            .on_error(move |e| *lock(&errors) = Some(e.to_string()));
+        if let Some(flush_at) = request.flush_at {
+            builder = builder.flush_at(flush_at);
+        }
+        let recorder = builder.stats_recorder();
+        let transport = CaptureTransport::with_client(http_client(test_id)?, host, api_key)?
+            .gzip(request.enable_compression.unwrap_or(false))
+            .historical_migration(request.historical_migration.unwrap_or(false))
+            .stats(recorder.clone());
+        let stack = ServiceBuilder::new()
+            .retry(
+                RetryPolicy::new(request.max_retries.unwrap_or(DEFAULT_MAX_RETRIES))
+                    .stats(recorder.clone()),
+            )
+            .timeout(REQUEST_TIMEOUT)
+            .layer(ObserveLayer(observer.clone()))
+            .service(transport);
+        let client = builder.capture_stack(stack).build()?;
+        Ok(Instance {
+            client,
+            observer,
+            last_error,
+        })
+    }
+
+    /// Closes the gate (no request starts from now on) and shuts the client down: whatever
+    /// cannot be settled within `deadline` is reported failed instead of sent.
+    async fn retire(self, deadline: Duration) {
+        self.observer.open.store(false, Ordering::Release);
+        self.client.shutdown(deadline).await;
+    }
+}
+
+/// The SDK's default HTTP client, adding `X-Test-Id` to every request in parallel mode.
+fn http_client(test_id: Option<&str>) -> Result<HttpClient, Fail> {
+    let client = https::default_client();
+    let Some(test_id) = test_id else {
+        return Ok(client);
+    };
+    let value = HeaderValue::from_str(test_id)
+        .map_err(|_| Fail(format!("test_id {test_id:?} is not a valid header value")))?;
+    Ok(https::into_http_client(
+        ServiceBuilder::new()
+            .map_request(move |mut req: Request<Full<Bytes>>| {
+                req.headers_mut().insert("x-test-id", value.clone());
+                req
+            })
+            .service(client),
+    ))
+}
+
+// ===== the observing layer =====
+
+/// What `/state` lists per HTTP attempt.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Attempt {
+    /// When the attempt started, in Unix milliseconds.
+    timestamp_ms: u64,
+    /// The HTTP status, or 0 when no answer came (connection error, timeout).
+    status_code: u16,
+    /// 0 for a batch's first attempt, 1 for its first retry, and so on.
+    retry_attempt: u32,
+    event_count: usize,
+    uuid_list: Vec<String>,
+}
+
+/// Sees every HTTP attempt of one client (below retry and timeout), and can stop them all.
+struct Observer {
+    /// `false` once the client is retired: no attempt starts any more.
+    open: AtomicBool,
+    finished: Mutex<Vec<Attempt>>,
+    /// Attempts so far per batch, keyed by its first uuid and its length (a batch split on
+    /// 413 gives new batches).
+    tries: Mutex<HashMap<(Uuid, usize), u32>>,
+}
+
+impl Default for Observer {
+    fn default() -> Self {
+        Observer {
+            open: AtomicBool::new(true),
+            finished: Mutex::new(Vec::new()),
+            tries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Observer {
+    fn start(&self, batch: &EncodedBatch) -> Attempt {
+        let uuids = batch.uuids();
+        let retry_attempt = match uuids.first() {
+            Some(first) => {
+                let mut tries = lock(&self.tries);
+                let n = tries.entry((*first, uuids.len())).or_insert(0);
+                *n += 1;
+                *n - 1
+            }
+            None => 0,
+        };
+        Attempt {
+            timestamp_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            status_code: 0,
+            retry_attempt,
+            event_count: uuids.len(),
+            uuid_list: uuids.iter().map(Uuid::to_string).collect(),
+        }
+    }
+
+    /// Every finished attempt, in the order they started.
+    fn attempts(&self) -> Vec<Attempt> {
+        let mut attempts = lock(&self.finished).clone();
+        attempts.sort_by_key(|a| a.timestamp_ms);
+        attempts
+    }
+}
+
+/// Records an attempt when it ends; one dropped unfinished (timed out, aborted) records 0.
+struct Recording {
+    observer: Arc<Observer>,
+    attempt: Option<Attempt>,
+}
+
+impl Recording {
+    fn finish(mut self, status_code: u16) {
+        if let Some(mut attempt) = self.attempt.take() {
+            attempt.status_code = status_code;
+            lock(&self.observer.finished).push(attempt);
+        }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            lock(&self.observer.finished).push(attempt);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ObserveLayer(Arc<Observer>);
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            observer: self.0.clone(),
+        }
+    }
+}
+
+/// The service of [`ObserveLayer`], wrapping the transport.
+#[derive(Clone)]
+struct Observe<S> {
+    inner: S,
+    observer: Arc<Observer>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<EncodedBatch> for Observe<S>
+where
+    S: Service<EncodedBatch, Response = StatusCode, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = StatusCode;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<StatusCode, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, batch: EncodedBatch) -> Self::Future {
+        if !self.observer.open.load(Ordering::Acquire) {
+            return Box::pin(std::future::ready(Err(BoxError::from(
+                "the adapter reset this client: nothing more is sent",
+            ))));
+        }
+        let recording = Recording {
+            attempt: Some(self.observer.start(&batch)),
+            observer: self.observer.clone(),
+        };
+        let future = self.inner.call(batch);
+        Box::pin(async move {
+            let result = future.await;
+            let status = match &result {
+                Ok(status) => status.as_u16(),
+                Err(e) => e
+                    .downcast_ref::<UnexpectedStatus>()
+                    .map_or(0, |s| s.status().as_u16()),
+            };
+            recording.finish(status);
+            result
+        })
+    }
+}
