@@ -1,4 +1,4 @@
-use tokio::{sync::oneshot, time::Instant};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::{DeliveryError, Event};
@@ -12,10 +12,6 @@ pub(crate) enum Message {
         notify: Option<Notify>,
     },
     Flush(oneshot::Sender<FlushReport>),
-    Shutdown {
-        deadline: Instant,
-        reply: oneshot::Sender<FlushReport>,
-    },
 }
 
 /// What a [`flush`](super::Batch::flush) or [`shutdown`](super::Batch::shutdown) settled.

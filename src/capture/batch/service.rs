@@ -11,14 +11,14 @@ use std::{
 };
 
 use pin_project_lite::pin_project;
-use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::PollSender;
 use tower_service::Service;
 use uuid::Uuid;
 
 use super::{
     message::{Message, Notify},
-    worker::{self, Worker},
+    worker::{self, ShutdownChannels, Worker},
     BatchConfig, FlushReport, OnError,
 };
 use crate::{
@@ -76,7 +76,10 @@ pub(crate) struct Shared {
     max_event_size: usize,
     stats: StatsRecorder,
     on_error: Option<OnError>,
-    shutdown: OnceCell<FlushReport>,
+    /// Set once by `shutdown`: when the worker must give up, and the budget it was given.
+    deadline: watch::Sender<Option<(tokio::time::Instant, Duration)>>,
+    /// Published by the worker when it ends.
+    report: watch::Receiver<Option<FlushReport>>,
 }
 
 impl Batch {
@@ -113,15 +116,22 @@ impl Batch {
             disable_geoip: config.disable_geoip,
             super_properties: config.super_properties.clone(),
         });
+        let (deadline, deadline_rx) = watch::channel(None);
+        let (report_tx, report) = watch::channel(None);
         let shared = Arc::new(Shared {
             closed: AtomicBool::new(false),
             capacity: config.max_queue_size,
             max_event_size: MAX_EVENT_BYTES.saturating_sub(encoder.added_len()),
             stats: config.stats.clone(),
             on_error: config.on_error.clone(),
-            shutdown: OnceCell::new(),
+            deadline,
+            report,
         });
-        let worker = worker::spawnable(service, rx, config, encoder);
+        let channels = ShutdownChannels {
+            deadline: deadline_rx,
+            report: report_tx,
+        };
+        let worker = worker::spawnable(service, rx, config, encoder, channels);
         let batch = Batch {
             poll: PollSender::new(tx.clone()),
             tx,
@@ -174,7 +184,9 @@ impl Batch {
     }
 
     /// Queues `event` (waiting for room) and resolves once its batch was delivered, or with
-    /// [`CaptureError::Delivery`] once it definitively failed.
+    /// [`CaptureError::Delivery`] once it definitively failed (or was dropped as too large,
+    /// or by a panicking `before_send`). An event the `before_send` hook drops on purpose
+    /// resolves `Ok`: it was handled as configured.
     pub async fn deliver(&self, event: Event) -> Result<Uuid, CaptureError> {
         let (event, uuid) = self.admit(event)?;
         let (notify, rx) = oneshot::channel();
@@ -214,23 +226,22 @@ impl Batch {
     /// waits for the same shutdown and returns the same report.
     pub async fn shutdown(&self, deadline: Duration) -> FlushReport {
         self.shared.closed.store(true, Ordering::Release);
-        let tx = self.tx.clone();
-        *self
-            .shared
-            .shutdown
-            .get_or_init(|| async move {
-                let (reply, rx) = oneshot::channel();
-                let deadline = tokio::time::Instant::now() + deadline;
-                if tx
-                    .send(Message::Shutdown { deadline, reply })
-                    .await
-                    .is_err()
-                {
-                    return FlushReport::default();
-                }
-                rx.await.unwrap_or_default()
-            })
-            .await
+        let at = tokio::time::Instant::now() + deadline;
+        // The first shutdown's deadline wins.
+        self.shared.deadline.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some((at, deadline));
+            true
+        });
+        let mut report = self.shared.report.clone();
+        let done = match report.wait_for(Option::is_some).await {
+            Ok(done) => done.unwrap_or_default(),
+            // The worker is gone without a report (its runtime stopped).
+            Err(_) => FlushReport::default(),
+        };
+        done
     }
 
     /// `true` once [`shutdown`](Batch::shutdown) was called or the worker is gone.

@@ -1,5 +1,5 @@
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     fmt,
     future::Future,
     panic::AssertUnwindSafe,
@@ -9,7 +9,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::{Id, JoinSet},
     time::{sleep_until, Instant},
 };
@@ -69,6 +69,7 @@ pub(super) fn spawnable<S>(
     rx: mpsc::Receiver<Message>,
     config: BatchConfig,
     encoder: Encoder,
+    channels: ShutdownChannels,
 ) -> Worker
 where
     S: Service<EncodedBatch> + Clone + Send + 'static,
@@ -90,7 +91,7 @@ where
         config,
     };
     Worker {
-        future: Box::pin(run(service, rx, state)),
+        future: Box::pin(run(service, rx, state, channels)),
     }
 }
 
@@ -233,18 +234,64 @@ struct State {
     reporter: Reporter,
     current: Building,
     ready: VecDeque<Ready>,
-    in_flight: JoinSet<Outcome>,
-    in_flight_info: HashMap<Id, (u64, Arc<[Uuid]>)>,
+    in_flight: JoinSet<()>,
+    in_flight_info: HashMap<Id, InFlight>,
     epochs: Epochs,
     encoder: Encoder,
     config: BatchConfig,
 }
 
-/// What a sending task reports back.
-struct Outcome {
+/// A batch being sent, as the worker tracks it.
+struct InFlight {
     epoch: u64,
+    uuids: Arc<[Uuid]>,
+    progress: Arc<Progress>,
+}
+
+/// What a sending task has settled so far. A 413 splits a batch, so part of it may be
+/// delivered when the task is aborted (shutdown deadline) or panics.
+#[derive(Default)]
+struct Progress(std::sync::Mutex<Settled>);
+
+#[derive(Default)]
+struct Settled {
     delivered: usize,
     failed: usize,
+    uuids: HashSet<Uuid>,
+}
+
+impl Progress {
+    fn settle(&self, uuids: &[Uuid], delivered: bool) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if delivered {
+            s.delivered += uuids.len();
+        } else {
+            s.failed += uuids.len();
+        }
+        s.uuids.extend(uuids.iter().copied());
+    }
+
+    /// Counts, after reporting every event not settled yet as failed with `source`.
+    fn finish(
+        &self,
+        all: &[Uuid],
+        source: Option<Arc<BoxError>>,
+        reporter: &Reporter,
+    ) -> (u64, u64) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(source) = source {
+            let rest: Vec<Uuid> = all
+                .iter()
+                .copied()
+                .filter(|u| !s.uuids.contains(u))
+                .collect();
+            if !rest.is_empty() {
+                s.failed += rest.len();
+                reporter.failed(rest.into(), source);
+            }
+        }
+        (s.delivered as u64, s.failed as u64)
+    }
 }
 
 impl State {
@@ -281,9 +328,7 @@ impl State {
                     return false;
                 }
                 Err(_) => {
-                    self.reporter.dropped(uuid, DropReason::HookPanicked);
-                    self.epochs.current().report.dropped += 1;
-                    drop(notify);
+                    self.drop_event(uuid, DropReason::HookPanicked, notify);
                     return false;
                 }
             },
@@ -299,15 +344,11 @@ impl State {
         let size = self.current.buf.len() - event_start;
         if size > MAX_EVENT_BYTES {
             self.current.buf.truncate(start);
-            self.reporter.dropped(
-                uuid,
-                DropReason::TooLarge {
-                    size,
-                    limit: MAX_EVENT_BYTES,
-                },
-            );
-            self.epochs.current().report.dropped += 1;
-            drop(notify);
+            let reason = DropReason::TooLarge {
+                size,
+                limit: MAX_EVENT_BYTES,
+            };
+            self.drop_event(uuid, reason, notify);
             return false;
         }
         let mut started = was_empty;
@@ -334,6 +375,16 @@ impl State {
         started
     }
 
+    /// Drops an accepted event: counted, reported, and its waiter (if any) told why.
+    fn drop_event(&mut self, uuid: Uuid, reason: DropReason, notify: Option<Notify>) {
+        self.reporter.dropped(uuid, reason.clone());
+        self.epochs.current().report.dropped += 1;
+        if let Some(notify) = notify {
+            let error: BoxError = Box::new(Error::Dropped { uuid, reason });
+            let _ = notify.send(Err(DeliveryError::new(Arc::new([uuid]), Arc::new(error))));
+        }
+    }
+
     fn dispatch<S>(&mut self, service: &S)
     where
         S: Service<EncodedBatch> + Clone + Send + 'static,
@@ -347,57 +398,49 @@ impl State {
             };
             let uuids = ready.batch.uuids().clone();
             let reporter = self.reporter.clone();
+            let progress = Arc::new(Progress::default());
             reporter.stats.batch_started();
             let handle = self.in_flight.spawn(send(
                 service.clone(),
                 ready.batch,
                 ready.notify,
-                ready.epoch,
                 reporter,
+                progress.clone(),
             ));
-            self.in_flight_info
-                .insert(handle.id(), (ready.epoch, uuids));
+            self.in_flight_info.insert(
+                handle.id(),
+                InFlight {
+                    epoch: ready.epoch,
+                    uuids,
+                    progress,
+                },
+            );
         }
     }
 
-    fn finished(&mut self, id: Id, result: Result<Outcome, tokio::task::JoinError>) {
-        let info = self.in_flight_info.remove(&id);
-        self.reporter.stats.batch_finished();
-        let outcome = match (result, info) {
-            (Ok(outcome), _) => outcome,
-            (Err(e), Some((epoch, uuids))) => {
-                // The inner service panicked (or the task was cancelled).
-                let count = uuids.len();
-                self.reporter
-                    .failed(uuids, Arc::new(format!("sending task failed: {e}").into()));
-                Outcome {
-                    epoch,
-                    delivered: 0,
-                    failed: count,
-                }
-            }
-            (Err(_), None) => return,
+    /// A sending task ended (`error` is set when it panicked or was aborted).
+    fn finished(&mut self, id: Id, error: Option<Arc<BoxError>>) {
+        let Some(info) = self.in_flight_info.remove(&id) else {
+            return;
         };
-        if let Some(epoch) = self.epochs.get(outcome.epoch) {
+        self.reporter.stats.batch_finished();
+        let (delivered, failed) = info.progress.finish(&info.uuids, error, &self.reporter);
+        if let Some(epoch) = self.epochs.get(info.epoch) {
             epoch.outstanding = epoch.outstanding.saturating_sub(1);
-            epoch.report.delivered += outcome.delivered as u64;
-            epoch.report.failed += outcome.failed as u64;
+            epoch.report.delivered += delivered;
+            epoch.report.failed += failed;
         }
         self.epochs.settle();
     }
 
-    /// The shutdown deadline passed: everything not yet delivered is reported failed.
+    /// The shutdown deadline passed: nothing more is sent, everything not yet delivered is
+    /// reported failed, and every waiting flush is answered.
     fn abandon(&mut self, rx: &mut mpsc::Receiver<Message>, deadline: std::time::Duration) {
         let source: Arc<BoxError> = Arc::new(Box::new(DeadlineElapsed(deadline)));
         self.in_flight.abort_all();
-        for (_, (epoch, uuids)) in self.in_flight_info.drain() {
-            self.reporter.stats.batch_finished();
-            let count = uuids.len() as u64;
-            self.reporter.failed(uuids, source.clone());
-            if let Some(e) = self.epochs.get(epoch) {
-                e.outstanding = e.outstanding.saturating_sub(1);
-                e.report.failed += count;
-            }
+        let ids: Vec<Id> = self.in_flight_info.keys().copied().collect();
+        for id in ids {
+            self.finished(id, Some(source.clone()));
         }
         self.close_current();
         for ready in std::mem::take(&mut self.ready) {
@@ -409,15 +452,14 @@ impl State {
                 e.report.failed += count;
             }
         }
+        rx.close();
         let mut leftover = Vec::new();
         while let Ok(message) = rx.try_recv() {
             match message {
                 Message::Event { event, .. } => {
                     leftover.push(event.uuid.unwrap_or_else(crate::uuid7::new_v7))
                 }
-                Message::Flush(reply) | Message::Shutdown { reply, .. } => {
-                    self.epochs.current().waiters.push(reply)
-                }
+                Message::Flush(reply) => self.epochs.current().waiters.push(reply),
             }
         }
         if !leftover.is_empty() {
@@ -434,8 +476,18 @@ impl State {
     }
 }
 
-async fn run<S>(service: S, mut rx: mpsc::Receiver<Message>, mut state: State)
-where
+/// The worker's side of shutdown: when it must end, and where it publishes the report.
+pub(super) struct ShutdownChannels {
+    pub(super) deadline: watch::Receiver<Option<(Instant, std::time::Duration)>>,
+    pub(super) report: watch::Sender<Option<FlushReport>>,
+}
+
+async fn run<S>(
+    service: S,
+    mut rx: mpsc::Receiver<Message>,
+    mut state: State,
+    mut channels: ShutdownChannels,
+) where
     S: Service<EncodedBatch> + Clone + Send + 'static,
     S::Error: Into<BoxError> + Send,
     S::Future: Send + 'static,
@@ -446,15 +498,20 @@ where
     let mut timer_armed = false;
     let mut messages = Vec::with_capacity(RECV_CHUNK);
     let mut receiving = true;
+    // Set by `Batch::shutdown` through a watch channel, not the queue, so a full queue or a
+    // backlog of closed batches cannot delay it.
     let mut shutdown: Option<(Instant, std::time::Duration)> = None;
-    let mut shutdown_waiters = Vec::new();
+    let mut deadline_open = true;
+    // Answered with the events settled since the last flush, when the worker ends.
+    let (final_tx, mut final_rx) = oneshot::channel();
+    let mut final_tx = Some(final_tx);
 
     loop {
         if let Some((at, budget)) = shutdown {
             if Instant::now() >= at {
                 // The deadline passed: send nothing more, report what is left.
-                for reply in shutdown_waiters.drain(..) {
-                    state.epochs.current().waiters.push(reply);
+                if let Some(tx) = final_tx.take() {
+                    state.epochs.current().waiters.push(tx);
                 }
                 state.abandon(&mut rx, budget);
                 break;
@@ -471,30 +528,40 @@ where
         let deadline = shutdown.map(|(at, _)| at);
         tokio::select! {
             biased;
+            changed = channels.deadline.changed(), if deadline_open && shutdown.is_none() => {
+                match changed {
+                    Ok(()) => {
+                        if let Some(at) = *channels.deadline.borrow_and_update() {
+                            shutdown = Some(at);
+                            // Stop admission; what is already queued is still received.
+                            rx.close();
+                        }
+                    }
+                    // Every handle is gone: the queue closing ends the worker.
+                    Err(_) => deadline_open = false,
+                }
+            }
             Some(done) = state.in_flight.join_next_with_id(), if !state.in_flight.is_empty() => {
                 match done {
-                    Ok((id, outcome)) => state.finished(id, Ok(outcome)),
+                    Ok((id, ())) => state.finished(id, None),
                     Err(e) => {
                         let id = e.id();
-                        state.finished(id, Err(e));
+                        let source: Arc<BoxError> =
+                            Arc::new(format!("sending task failed: {e}").into());
+                        state.finished(id, Some(source));
                     }
                 }
             }
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                let elapsed = shutdown.map(|(_, d)| d).unwrap_or_default();
-                for reply in shutdown_waiters.drain(..) {
-                    state.epochs.current().waiters.push(reply);
-                }
-                state.abandon(&mut rx, elapsed);
-                break;
+                // Handled at the top of the loop.
             }
             n = rx.recv_many(&mut messages, RECV_CHUNK), if receiving && state.ready.is_empty() => {
                 if n == 0 {
                     receiving = false;
                     timer_armed = false;
                     state.close_current();
-                    for reply in shutdown_waiters.drain(..) {
-                        state.epochs.close(reply);
+                    if let Some(tx) = final_tx.take() {
+                        state.epochs.close(tx);
                     }
                     continue;
                 }
@@ -514,13 +581,6 @@ where
                             timer_armed = false;
                             state.epochs.close(reply);
                         }
-                        Message::Shutdown { deadline, reply } => {
-                            // Stop admission; what is already queued is still received.
-                            rx.close();
-                            let budget = deadline.saturating_duration_since(Instant::now());
-                            shutdown.get_or_insert((deadline, budget));
-                            shutdown_waiters.push(reply);
-                        }
                     }
                 }
                 if state.config.send_immediately {
@@ -533,31 +593,25 @@ where
             }
         }
     }
-    // Normal end: every epoch is settled; answer anyone still waiting (shutdown included).
-    let rest = std::mem::take(&mut shutdown_waiters);
-    for reply in rest {
-        state.epochs.close(reply);
-    }
     state.epochs.settle();
+    let report = final_rx.try_recv().unwrap_or_default();
+    channels.report.send_replace(Some(report));
     tracing::debug!("posthog: batch worker stopped");
 }
 
-/// Sends one batch (splitting it on 413) and reports the outcome.
+/// Sends one batch (splitting it on 413), recording what it settles in `progress`.
 async fn send<S>(
     service: S,
     batch: EncodedBatch,
     mut notify: Vec<(Uuid, Notify)>,
-    epoch: u64,
     reporter: Reporter,
-) -> Outcome
-where
+    progress: Arc<Progress>,
+) where
     S: Service<EncodedBatch> + Clone + Send + 'static,
     S::Error: Into<BoxError> + Send,
     S::Future: Send + 'static,
 {
     let mut todo = vec![batch];
-    let mut delivered = 0;
-    let mut failed = 0;
     while let Some(batch) = todo.pop() {
         let result = service
             .clone()
@@ -586,14 +640,11 @@ where
         };
         match &outcome {
             Ok(()) => {
-                delivered += batch.len();
                 reporter.stats.delivered(batch.len() as u64);
             }
-            Err(source) => {
-                failed += batch.len();
-                reporter.failed(batch.uuids().clone(), source.clone());
-            }
+            Err(source) => reporter.failed(batch.uuids().clone(), source.clone()),
         }
+        progress.settle(batch.uuids(), outcome.is_ok());
         if !notify.is_empty() {
             let uuids = batch.uuids();
             let mut i = 0;
@@ -609,10 +660,5 @@ where
                 }
             }
         }
-    }
-    Outcome {
-        epoch,
-        delivered,
-        failed,
     }
 }
