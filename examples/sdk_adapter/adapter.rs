@@ -9,12 +9,25 @@
 //! | `POST /init` | builds a client: `api_key`, `host`, `flush_at`, `flush_interval_ms`, `max_retries`, `enable_compression`, `disable_geoip`, `historical_migration` |
 //! | `POST /capture` | `distinct_id`, `event`, `properties` (object or null), `timestamp` (RFC 3339 or null), `uuid` (optional) |
 //! | `POST /flush` | delivers everything captured, waiting through retries |
-//! | `GET /state` | counters and every HTTP attempt, as observed by a tower layer |
+//! | `POST /get_feature_flag` | `key`, `distinct_id`, `person_properties`, `groups`, `group_properties`, `disable_geoip`, `force_remote`, `only_evaluate_locally`: one flag from `/flags`, then a flush |
+//! | `POST /get_all_flags` | `distinct_id`, `person_properties`, `groups`, `group_properties`, `disable_geoip`, `only_evaluate_locally`: every flag from `/flags` |
+//! | `GET /state` | counters and every capture attempt, as observed by a tower layer |
 //! | `POST /reset` | drops the client without sending anything more |
 //!
+//! `/get_feature_flag` answers `{"success": true, "value": …, "payload": …,
+//! "locally_evaluated": false}`: `value` is `true`/`false`/`"variant"`, or `null` with an
+//! `error` code (`flag_missing`, `api_error_502`, …) when the flag is unknown or could not be
+//! evaluated. It flushes the client before answering, so the `$feature_flag_called` event the
+//! lookup reported reaches the mock within the call, never after the next test's reset. The
+//! SDK has no local evaluation yet: every lookup asks `/flags` (`force_remote` changes nothing),
+//! and `only_evaluate_locally: true` makes no request and answers `"success": false` with a
+//! `null` value (posthog-python's answer when local evaluation is inconclusive).
+//! `/get_all_flags` answers `{"success": true, "value": {key: value, …}}` (`{}` and an `error`
+//! code when `/flags` failed).
+//!
 //! In parallel mode the harness appends `?test_id=…` to every call but `/health`: each test id
-//! gets its own client, which sends `X-Test-Id: <test id>` on every request to the mock.
-//! Without a test id the calls go to one global client.
+//! gets its own client, which sends `X-Test-Id: <test id>` on every request to the mock,
+//! `/flags` included. Without a test id the calls go to one global client.
 //!
 //! Every answer is JSON with `Content-Type: application/json`. Only genuine adapter errors
 //! (a malformed request, a capture the SDK refused, a call before `/init`) are non-2xx:
@@ -43,13 +56,14 @@ use hyper_util::{
 };
 use posthog_tower::{
     capture::{CaptureTransport, EncodedBatch, RetryPolicy, UnexpectedStatus},
+    flags::{FlagError, FlagsRequest},
     https::{self, HttpClient},
     BoxError, Event, PostHog, Timestamp, Uuid,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{util::BoxCloneSyncService, Layer, Service, ServiceBuilder, ServiceExt};
 
 /// The adapter's own version, reported by `/health`.
 const ADAPTER_VERSION: &str = "1.0.0";
@@ -191,6 +205,8 @@ impl Adapter {
             (&Method::POST, "/init") => self.init(test_id, &body).await,
             (&Method::POST, "/capture") => self.capture(test_id, &body),
             (&Method::POST, "/flush") => self.flush(test_id).await,
+            (&Method::POST, "/get_feature_flag") => self.get_feature_flag(test_id, &body).await,
+            (&Method::POST, "/get_all_flags") => self.get_all_flags(test_id, &body).await,
             (&Method::GET, "/state") => Ok(self.state(test_id)),
             (&Method::POST, "/reset") => self.reset(test_id).await,
             (method, path) => {
@@ -255,6 +271,73 @@ impl Adapter {
             None => 0,
         };
         Ok(json!({"success": true, "events_flushed": delivered}))
+    }
+
+    fn client(&self, test_id: Option<&str>) -> Result<PostHog, Fail> {
+        self.instance(test_id)
+            .map(|instance| instance.client)
+            .ok_or_else(|| Fail("no client: call /init first".to_owned()))
+    }
+
+    /// One flag, always from `/flags`; then a flush, so the `$feature_flag_called` event is
+    /// delivered before the answer.
+    async fn get_feature_flag(&self, test_id: Option<&str>, body: &[u8]) -> Answer {
+        let request: GetFlagRequest = parse_json(body)?;
+        let only_locally = request.only_evaluate_locally.unwrap_or(false);
+        if only_locally && request.force_remote == Some(true) {
+            return Err(Fail(
+                "force_remote and only_evaluate_locally cannot both be true".to_owned(),
+            ));
+        }
+        let client = self.client(test_id)?;
+        if only_locally {
+            return Ok(json!({
+                "success": false,
+                "value": null,
+                "payload": null,
+                "locally_evaluated": false,
+                "error": FlagError::Inconclusive.code(),
+            }));
+        }
+        let flags_request = request.person.flags_request(request.distinct_id)?;
+        let answer = match client
+            .get_feature_flag_result(&request.key, flags_request)
+            .await
+        {
+            Ok(result) => json!({
+                "success": true,
+                "value": serde_json::to_value(&result.value)?,
+                "payload": result.payload,
+                "locally_evaluated": result.locally_evaluated,
+            }),
+            Err(error) => json!({
+                "success": true,
+                "value": null,
+                "payload": null,
+                "locally_evaluated": false,
+                "error": error.code(),
+            }),
+        };
+        client.flush().await;
+        Ok(answer)
+    }
+
+    /// Every flag from `/flags` (no events).
+    async fn get_all_flags(&self, test_id: Option<&str>, body: &[u8]) -> Answer {
+        let request: GetAllFlagsRequest = parse_json(body)?;
+        let client = self.client(test_id)?;
+        if request.only_evaluate_locally.unwrap_or(false) {
+            return Ok(json!({
+                "success": false,
+                "value": {},
+                "error": FlagError::Inconclusive.code(),
+            }));
+        }
+        let flags_request = request.person.flags_request(request.distinct_id)?;
+        Ok(match client.get_all_flags(flags_request).await {
+            Ok(flags) => json!({"success": true, "value": serde_json::to_value(&flags)?}),
+            Err(error) => json!({"success": true, "value": {}, "error": error.code()}),
+        })
     }
 
     fn state(&self, test_id: Option<&str>) -> Value {
@@ -338,6 +421,81 @@ struct CaptureRequest {
     uuid: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct GetFlagRequest {
+    key: String,
+    distinct_id: String,
+    #[serde(flatten)]
+    person: FlagContext,
+    #[serde(default)]
+    force_remote: Option<bool>,
+    #[serde(default)]
+    only_evaluate_locally: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct GetAllFlagsRequest {
+    distinct_id: String,
+    #[serde(flatten)]
+    person: FlagContext,
+    #[serde(default)]
+    only_evaluate_locally: Option<bool>,
+}
+
+/// What a flag call says about the person, its groups and geoip; `null` counts as absent.
+#[derive(Deserialize)]
+struct FlagContext {
+    #[serde(default)]
+    person_properties: Option<Map<String, Value>>,
+    /// Group type to group key: a string, or a number taken as its decimal text.
+    #[serde(default)]
+    groups: Option<Map<String, Value>>,
+    /// Group type to that group's properties.
+    #[serde(default)]
+    group_properties: Option<Map<String, Value>>,
+    #[serde(default)]
+    disable_geoip: Option<bool>,
+}
+
+impl FlagContext {
+    fn flags_request(self, distinct_id: String) -> Result<FlagsRequest, Fail> {
+        let mut request = FlagsRequest::new(distinct_id);
+        if let Some(properties) = self.person_properties {
+            request = request.person_properties(properties);
+        }
+        for (group_type, key) in self.groups.unwrap_or_default() {
+            let key = match key {
+                Value::String(key) => key,
+                Value::Number(n) => n.to_string(),
+                Value::Null => continue,
+                other => {
+                    return Err(Fail(format!(
+                        "groups.{group_type} must be a string, not {other}"
+                    )))
+                }
+            };
+            request = request.group(group_type, key);
+        }
+        for (group_type, properties) in self.group_properties.unwrap_or_default() {
+            match properties {
+                Value::Object(properties) => {
+                    request = request.group_properties(group_type, properties);
+                }
+                Value::Null => {}
+                other => {
+                    return Err(Fail(format!(
+                        "group_properties.{group_type} must be an object, not {other}"
+                    )))
+                }
+            }
+        }
+        if let Some(disabled) = self.disable_geoip {
+            request = request.disable_geoip(disabled);
+        }
+        Ok(request)
+    }
+}
+
 /// One client with what `/state` reports about it.
 #[derive(Clone)]
 struct Instance {
@@ -353,8 +511,12 @@ impl Instance {
         let observer = Arc::new(Observer::default());
         let last_error = Arc::new(Mutex::new(None));
         let errors = last_error.clone();
+        let http_client = http_client(test_id)?;
         let mut builder = PostHog::builder(api_key)
             .host(host)
+            // `/flags` goes through this client (the capture stack below has its own transport):
+            // it carries `X-Test-Id` and stops once the client is retired.
+            .http_client(gated(http_client.clone(), observer.clone()))
             .flush_interval(
                 request
                     .flush_interval_ms
@@ -367,7 +529,7 @@ impl Instance {
             builder = builder.flush_at(flush_at);
         }
         let recorder = builder.stats_recorder();
-        let transport = CaptureTransport::with_client(http_client(test_id)?, host, api_key)?
+        let transport = CaptureTransport::with_client(http_client, host, api_key)?
             .gzip(request.enable_compression.unwrap_or(false))
             .historical_migration(request.historical_migration.unwrap_or(false))
             .stats(recorder.clone());
@@ -411,6 +573,23 @@ fn http_client(test_id: Option<&str>) -> Result<HttpClient, Fail> {
             })
             .service(client),
     ))
+}
+
+/// `client`, refusing every request once `observer` is closed (the client was retired), so a
+/// `/flags` retry still pending after `/reset` never reaches the mock.
+fn gated(client: HttpClient, observer: Arc<Observer>) -> HttpClient {
+    BoxCloneSyncService::new(tower::service_fn(move |request| {
+        let client = client.clone();
+        let open = observer.open.load(Ordering::Acquire);
+        async move {
+            if !open {
+                return Err(BoxError::from(
+                    "the adapter reset this client: nothing more is sent",
+                ));
+            }
+            client.oneshot(request).await
+        }
+    }))
 }
 
 // ===== the observing layer =====

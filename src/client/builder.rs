@@ -240,6 +240,10 @@ impl PostHogBuilder {
 
     /// Sends through this HTTP client instead of the default hyper/rustls one (for a proxy,
     /// extra headers, or tests). See [`https::into_http_client`](crate::https::into_http_client).
+    ///
+    /// It carries every request of the client: `/batch/` (unless
+    /// [`capture_stack`](Self::capture_stack) replaces that stack, which then brings its own
+    /// transport) and `/flags`.
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
         self

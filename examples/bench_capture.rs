@@ -1,0 +1,679 @@
+//! Throughput benchmark: how many events per second the client delivers to a loopback
+//! PostHog, and how much CPU it spends per event.
+//!
+//! ```text
+//! cargo run --release --example bench_capture -- [--events N] [--gzip] [--flush-at N]
+//!     [--producers N] [--max-in-flight N] [--max-queue-size N] [--threads N] [--mode wait|retry]
+//!     [--prebuild]
+//! ```
+//!
+//! The sink is this same binary re-executed with `--sink`, in a separate process, so the CPU
+//! time measured here is the client's only. It serves HTTP/1.1 on `127.0.0.1:<free port>`
+//! (printed on its stdout), answers `POST /batch/` with 200 `{"status":1}` once it read the
+//! body (gunzipped when `Content-Encoding: gzip`), counts the events by their `"uuid":` keys,
+//! reports its totals and its own CPU time on `GET /count`, and exits when its stdin closes.
+//!
+//! The client captures `--events` events (default 1 000 000) with 10 properties each from
+//! `--producers` tokio tasks (default 2) on a multi-thread runtime (`--threads`, default one
+//! per core), as fast as it can, then `flush()`es. Two ways to handle a full queue:
+//!
+//! - `--mode wait` (default): `capture_wait`, which waits for room in the queue. The client's
+//!   CPU time then counts the SDK's work, not producers spinning on a full queue.
+//! - `--mode retry`: `capture`; on `QueueFull` the producer `yield_now()`s and retries the
+//!   same event (rebuilt, since `capture` consumed it). The retries are counted.
+//!
+//! Producers build each event just before capturing it, unless `--prebuild`: then every event
+//! is built before the clock starts (about 1.2 KB of memory per event), so the client's CPU
+//! time is the SDK's alone (queueing, encoding, dropping the events, HTTP).
+//!
+//! Measured: wall time from the first capture to the end of the flush (the last delivery),
+//! delivered events per second, the client process's CPU time (utime + stime of all its
+//! threads, from `/proc/self/stat`, in clock ticks of `getconf CLK_TCK`, usually 10 ms) and
+//! CPU per delivered event. Unless `--prebuild`, building the events is part of the client's
+//! CPU time; its cost is measured beforehand on one thread (wall time of building 10 000
+//! events, median of 20 rounds) and subtracted to estimate the SDK's own share. The run fails (exit code 1) unless the sink counted exactly `--events` events and
+//! the flush reported them all delivered.
+//!
+//! Settings not given are the client's defaults; the output says which were used.
+
+use std::{
+    convert::Infallible,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Command, ExitCode, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use posthog_tower::{CaptureError, Event, PostHog};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An event with 10 typical properties: strings, integers, floats and booleans (the same as
+/// in `benches/capture.rs`).
+fn event_10_props(i: u64) -> Event {
+    Event::new("checkout completed", format!("user-{}", i % 10_000))
+        .property("plan", "pro")
+        .property("currency", "EUR")
+        .property("$current_url", "https://shop.example.com/checkout/payment")
+        .property("browser", "Firefox")
+        .property("items", i % 7 + 1)
+        .property("account_age_days", 412)
+        .property("amount", 49.90)
+        .property("discount", 0.15)
+        .property("first_purchase", i % 3 == 0)
+        .property("express_shipping", false)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Wait,
+    Retry,
+}
+
+struct Args {
+    events: u64,
+    gzip: bool,
+    flush_at: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_queue_size: Option<usize>,
+    producers: usize,
+    threads: Option<usize>,
+    mode: Mode,
+    prebuild: bool,
+}
+
+const USAGE: &str = "usage: bench_capture [--events N] [--gzip] [--flush-at N] [--producers N] \
+                     [--max-in-flight N] [--max-queue-size N] [--threads N] [--mode wait|retry] \
+                     [--prebuild]";
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut parsed = Args {
+        events: 1_000_000,
+        gzip: false,
+        flush_at: None,
+        max_in_flight: None,
+        max_queue_size: None,
+        producers: 2,
+        threads: None,
+        mode: Mode::Wait,
+        prebuild: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            let v: u64 = v
+                .replace('_', "")
+                .parse()
+                .map_err(|_| format!("{name}: not a number: {v}"))?;
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+            Ok(v)
+        };
+        match arg.as_str() {
+            "--events" => parsed.events = value("--events")?,
+            "--gzip" => parsed.gzip = true,
+            "--prebuild" => parsed.prebuild = true,
+            "--flush-at" => parsed.flush_at = Some(value("--flush-at")? as usize),
+            "--max-in-flight" => parsed.max_in_flight = Some(value("--max-in-flight")? as usize),
+            "--max-queue-size" => {
+                parsed.max_queue_size = Some(value("--max-queue-size")? as usize)
+            }
+            "--producers" => parsed.producers = value("--producers")? as usize,
+            "--threads" => parsed.threads = Some(value("--threads")? as usize),
+            "--mode" => {
+                parsed.mode = match it.next().map(String::as_str) {
+                    Some("wait") => Mode::Wait,
+                    Some("retry") => Mode::Retry,
+                    other => return Err(format!("--mode wait|retry, not {other:?}")),
+                }
+            }
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(parsed)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--sink") {
+        return match sink::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sink: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = match parse_args(&args) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match client(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bench_capture: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ===== client side =====
+
+/// What the producers did.
+#[derive(Default)]
+struct Produced {
+    accepted: u64,
+    retries: u64,
+    errors: u64,
+}
+
+fn client(args: &Args) -> Result<bool, BoxError> {
+    let sink = sink::Process::start()?;
+    let before = sink.counters()?;
+
+    let build_ns = build_cost_ns();
+
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+
+    let mut builder = PostHog::builder("phc_bench_capture")
+        .host(format!("http://127.0.0.1:{}", sink.port))
+        .gzip(args.gzip);
+    if let Some(n) = args.flush_at {
+        builder = builder.flush_at(n);
+    }
+    if let Some(n) = args.max_in_flight {
+        builder = builder.max_in_flight(n);
+    }
+    if let Some(n) = args.max_queue_size {
+        builder = builder.max_queue_size(n);
+    }
+    let settings = format!("{builder:?}");
+
+    let n = args.events;
+    let producers = args.producers as u64;
+    let mode = args.mode;
+    // Producer p captures events p, p + P, p + 2P, ...
+    let mut prebuilt: Vec<Option<Vec<Event>>> = (0..producers)
+        .map(|p| {
+            args.prebuild
+                .then(|| (p..n).step_by(producers as usize).map(event_10_props).collect())
+        })
+        .collect();
+    let (produced, capture_time, wall, cpu, report, stats) = runtime.block_on(async move {
+        let posthog = builder.build()?;
+        let cpu_start = Cpu::now();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for (p, prebuilt) in (0..producers).zip(prebuilt.iter_mut().map(Option::take)) {
+            let posthog = posthog.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut done = Produced::default();
+                let mut prebuilt = prebuilt.map(Vec::into_iter);
+                let mut i = p;
+                while i < n {
+                    let event = match &mut prebuilt {
+                        Some(events) => events.next().unwrap_or_else(|| event_10_props(i)),
+                        None => event_10_props(i),
+                    };
+                    match mode {
+                        Mode::Wait => match posthog.capture_wait(event).await {
+                            Ok(_) => done.accepted += 1,
+                            Err(_) => done.errors += 1,
+                        },
+                        Mode::Retry => {
+                            let mut event = event;
+                            loop {
+                                match posthog.capture(event) {
+                                    Ok(_) => {
+                                        done.accepted += 1;
+                                        break;
+                                    }
+                                    Err(CaptureError::QueueFull { .. }) => {
+                                        done.retries += 1;
+                                        tokio::task::yield_now().await;
+                                        // `capture` consumed the event: build it again.
+                                        event = event_10_props(i);
+                                    }
+                                    Err(_) => {
+                                        done.errors += 1;
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    i += producers;
+                }
+                done
+            }));
+        }
+        let mut produced = Produced::default();
+        for task in tasks {
+            let done = task.await?;
+            produced.accepted += done.accepted;
+            produced.retries += done.retries;
+            produced.errors += done.errors;
+        }
+        let capture_time = start.elapsed();
+        let report = posthog.flush().await;
+        let wall = start.elapsed();
+        let cpu = Cpu::now().since(&cpu_start);
+        let stats = posthog.stats();
+        posthog.shutdown(Duration::from_secs(30)).await;
+        Ok::<_, BoxError>((produced, capture_time, wall, cpu, report, stats))
+    })?;
+    drop(runtime);
+
+    let after = sink.counters()?;
+    drop(sink);
+    let counted = after.events - before.events;
+    let requests = after.requests - before.requests;
+    let sink_cpu_ns = after.cpu_ns - before.cpu_ns;
+
+    let secs = wall.as_secs_f64();
+    let delivered = report.delivered;
+    let per_event = |ns: f64| ns / delivered.max(1) as f64 / 1000.0;
+    let cpu_us = per_event(cpu.total_ns() as f64);
+    // With prebuilt events, building is not in the measured CPU time.
+    let build_us = if args.prebuild { 0.0 } else { build_ns / 1000.0 };
+    println!(
+        "bench_capture: {n} events with 10 properties, {producers} producers ({}), \
+         {threads} runtime threads, events {}",
+        match mode {
+            Mode::Wait => "capture_wait",
+            Mode::Retry => "capture + yield_now/retry on QueueFull",
+        },
+        if args.prebuild {
+            "built before the clock starts"
+        } else {
+            "built by the producers"
+        }
+    );
+    println!(
+        "settings: flush_at={} max_in_flight={} max_queue_size={} gzip={} \
+         (defaults 100 / 8 / 10000 / off unless given)",
+        args.flush_at
+            .map_or_else(|| "100 (default)".to_owned(), |v| v.to_string()),
+        args.max_in_flight
+            .map_or_else(|| "8 (default)".to_owned(), |v| v.to_string()),
+        args.max_queue_size
+            .map_or_else(|| "10000 (default)".to_owned(), |v| v.to_string()),
+        if args.gzip { "on" } else { "off" },
+    );
+    println!("  builder: {settings}");
+    let rows = [
+        (
+            "wall time, first capture → last delivery",
+            format!("{:.3} s", secs),
+        ),
+        (
+            "all captured (queued) after",
+            format!(
+                "{:.3} s ({:.0} events/s)",
+                capture_time.as_secs_f64(),
+                n as f64 / capture_time.as_secs_f64()
+            ),
+        ),
+        (
+            "delivered (flush report / sink count)",
+            format!(
+                "{delivered} / {counted}, failed {}, dropped {}",
+                report.failed, report.dropped
+            ),
+        ),
+        (
+            "requests (sink / client stats), retries",
+            format!("{requests} / {}, {}", stats.requests, stats.retries),
+        ),
+        (
+            "THROUGHPUT",
+            format!("{:.0} delivered events/s", delivered as f64 / secs),
+        ),
+        (
+            "client CPU (user + sys)",
+            format!(
+                "{:.2} s = {:.2} + {:.2} ({:.0}% of one core)",
+                cpu.total_ns() as f64 / 1e9,
+                cpu.user_ns as f64 / 1e9,
+                cpu.sys_ns as f64 / 1e9,
+                cpu.total_ns() as f64 / 1e9 / secs * 100.0,
+            ),
+        ),
+        (
+            "CLIENT CPU per delivered event",
+            if args.prebuild {
+                format!("{cpu_us:.3} µs (SDK only: events were prebuilt)")
+            } else {
+                format!(
+                    "{cpu_us:.3} µs (building the event: {build_us:.3} µs → SDK ≈ {:.3} µs)",
+                    cpu_us - build_us
+                )
+            },
+        ),
+        (
+            "sink CPU per event (other process)",
+            format!("{:.3} µs", per_event(sink_cpu_ns as f64)),
+        ),
+        (
+            "request body per event (wire / JSON)",
+            format!(
+                "{:.0} B / {:.0} B",
+                (after.wire_bytes - before.wire_bytes) as f64 / counted.max(1) as f64,
+                (after.json_bytes - before.json_bytes) as f64 / counted.max(1) as f64
+            ),
+        ),
+        (
+            "QueueFull retries / capture errors",
+            format!("{} / {}", produced.retries, produced.errors),
+        ),
+    ];
+    for (name, value) in rows {
+        println!("  {name:<42} {value}");
+    }
+    println!(
+        "RESULT events={n} gzip={} flush_at={} producers={producers} mode={} prebuild={} \
+         wall_s={secs:.4} \
+         events_per_s={:.0} cpu_us_per_event={cpu_us:.3} build_us={build_us:.3} \
+         sdk_us_per_event={:.3} sink_us_per_event={:.3} retries={}",
+        args.gzip,
+        args.flush_at.unwrap_or(100),
+        match mode {
+            Mode::Wait => "wait",
+            Mode::Retry => "retry",
+        },
+        args.prebuild,
+        delivered as f64 / secs,
+        cpu_us - build_us,
+        per_event(sink_cpu_ns as f64),
+        produced.retries,
+    );
+
+    let ok = counted == n
+        && delivered == n
+        && report.failed == 0
+        && produced.accepted == n
+        && produced.errors == 0;
+    if !ok {
+        eprintln!(
+            "FAILED: sink counted {counted}, flush delivered {delivered}, failed {}, \
+             accepted {}, capture errors {} (expected {n})",
+            report.failed, produced.accepted, produced.errors
+        );
+    }
+    Ok(ok)
+}
+
+/// Nanoseconds one thread takes to build an event (and nothing else): the median, over 20
+/// rounds, of the wall time of building 10 000 events on this thread while nothing else of
+/// this process runs. The events are dropped outside the measurement.
+fn build_cost_ns() -> f64 {
+    const CHUNK: u64 = 10_000;
+    const ROUNDS: u64 = 20;
+    let mut rounds: Vec<f64> = (0..=ROUNDS)
+        .map(|r| {
+            let start = Instant::now();
+            let events: Vec<Event> = (r * CHUNK..(r + 1) * CHUNK).map(event_10_props).collect();
+            let ns = start.elapsed().as_nanos() as f64 / CHUNK as f64;
+            drop(std::hint::black_box(events));
+            ns
+        })
+        // The first round warms the allocator up.
+        .skip(1)
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[rounds.len() / 2]
+}
+
+/// The process's CPU time, all threads (dead ones included), from `/proc/self/stat`.
+///
+/// Not `/proc/self/task/*/schedstat`: a running thread's figure there can lag by hundreds of
+/// milliseconds, while reading `/proc/self/stat` brings the reading thread's up to date.
+#[derive(Clone, Copy)]
+struct Cpu {
+    /// utime, in ns (clock-tick precision).
+    user_ns: u64,
+    /// stime, likewise.
+    sys_ns: u64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let (user_ns, sys_ns) = process_stat_ns();
+        Cpu { user_ns, sys_ns }
+    }
+
+    fn since(&self, start: &Cpu) -> Cpu {
+        Cpu {
+            user_ns: self.user_ns.saturating_sub(start.user_ns),
+            sys_ns: self.sys_ns.saturating_sub(start.sys_ns),
+        }
+    }
+
+    fn total_ns(&self) -> u64 {
+        self.user_ns + self.sys_ns
+    }
+}
+
+/// Nanoseconds per clock tick (`getconf CLK_TCK`, usually 100 Hz).
+fn tick_ns() -> u64 {
+    static TICK_NS: AtomicU64 = AtomicU64::new(0);
+    let cached = TICK_NS.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<u64>().ok())
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100);
+    let ns = 1_000_000_000 / hz;
+    TICK_NS.store(ns, Ordering::Relaxed);
+    ns
+}
+
+/// (utime, stime) of the whole process in ns, from `/proc/self/stat`.
+fn process_stat_ns() -> (u64, u64) {
+    let tick = tick_ns();
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return (0, 0);
+    };
+    // Fields after the command name (which may hold spaces), from field 3 (state) on:
+    // utime is field 14, stime field 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (field(11) * tick, field(12) * tick)
+}
+
+
+// ===== the sink =====
+
+mod sink {
+    use super::*;
+
+    static EVENTS: AtomicU64 = AtomicU64::new(0);
+    static REQUESTS: AtomicU64 = AtomicU64::new(0);
+    static WIRE_BYTES: AtomicU64 = AtomicU64::new(0);
+    static JSON_BYTES: AtomicU64 = AtomicU64::new(0);
+
+    /// The sink process, seen from the client. Dropping it closes the sink's stdin, which
+    /// makes it exit, and waits for it.
+    pub(super) struct Process {
+        child: std::process::Child,
+        pub(super) port: u16,
+    }
+
+    /// The sink's totals, from `GET /count`.
+    pub(super) struct Counters {
+        pub(super) events: u64,
+        pub(super) requests: u64,
+        pub(super) wire_bytes: u64,
+        pub(super) json_bytes: u64,
+        pub(super) cpu_ns: u64,
+    }
+
+    impl Process {
+        pub(super) fn start() -> Result<Process, BoxError> {
+            let mut child = Command::new(std::env::current_exe()?)
+                .arg("--sink")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?;
+            let stdout = child.stdout.take().ok_or("no stdout")?;
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line)?;
+            let port = match line.trim().parse() {
+                Ok(port) => port,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("the sink said {line:?} instead of its port").into());
+                }
+            };
+            Ok(Process { child, port })
+        }
+
+        pub(super) fn counters(&self) -> Result<Counters, BoxError> {
+            let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+            stream.write_all(
+                b"GET /count HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body)
+                .ok_or("bad /count response")?;
+            let mut values = body.split_whitespace().map(|v| v.parse::<u64>());
+            let mut next = || -> Result<u64, BoxError> {
+                Ok(values.next().ok_or("short /count response")??)
+            };
+            Ok(Counters {
+                events: next()?,
+                requests: next()?,
+                wire_bytes: next()?,
+                json_bytes: next()?,
+                cpu_ns: next()?,
+            })
+        }
+    }
+
+    impl Drop for Process {
+        fn drop(&mut self) {
+            // Closing stdin tells the sink to exit.
+            drop(self.child.stdin.take());
+            if self.child.wait().is_err() {
+                let _ = self.child.kill();
+            }
+        }
+    }
+
+    /// The sink's main: serve until stdin closes.
+    pub(super) fn run() -> Result<(), BoxError> {
+        std::thread::spawn(|| {
+            let mut buf = [0u8; 64];
+            while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+            std::process::exit(0);
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let mut stdout = std::io::stdout();
+            writeln!(stdout, "{}", listener.local_addr()?.port())?;
+            stdout.flush()?;
+            loop {
+                let (stream, _) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(handle))
+                        .await;
+                });
+            }
+        })
+    }
+
+    async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = req.uri().path().trim_end_matches('/');
+        match (req.method(), path) {
+            (&Method::POST, "/batch") => {
+                let gzip = req
+                    .headers()
+                    .get(http::header::CONTENT_ENCODING)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+                let body = match req.into_body().collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, "unreadable body")),
+                };
+                let wire = body.len() as u64;
+                let json = if gzip {
+                    let mut out = Vec::with_capacity(body.len() * 8);
+                    let mut decoder = flate2::read::MultiGzDecoder::new(&body[..]);
+                    if decoder.read_to_end(&mut out).is_err() {
+                        return Ok(reply(StatusCode::BAD_REQUEST, "bad gzip"));
+                    }
+                    Bytes::from(out)
+                } else {
+                    body
+                };
+                let Ok(text) = std::str::from_utf8(&json) else {
+                    return Ok(reply(StatusCode::BAD_REQUEST, "not UTF-8"));
+                };
+                let events = text.matches("\"uuid\":").count() as u64;
+                EVENTS.fetch_add(events, Ordering::Relaxed);
+                REQUESTS.fetch_add(1, Ordering::Relaxed);
+                WIRE_BYTES.fetch_add(wire, Ordering::Relaxed);
+                JSON_BYTES.fetch_add(json.len() as u64, Ordering::Relaxed);
+                Ok(reply(StatusCode::OK, r#"{"status":1}"#))
+            }
+            (&Method::GET, "/count") => {
+                let text = format!(
+                    "{} {} {} {} {}",
+                    EVENTS.load(Ordering::Relaxed),
+                    REQUESTS.load(Ordering::Relaxed),
+                    WIRE_BYTES.load(Ordering::Relaxed),
+                    JSON_BYTES.load(Ordering::Relaxed),
+                    Cpu::now().total_ns(),
+                );
+                Ok(reply(StatusCode::OK, text))
+            }
+            _ => Ok(reply(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#)),
+        }
+    }
+
+    fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+        let mut res = Response::new(Full::new(body.into()));
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        res
+    }
+}
