@@ -13,27 +13,6 @@ use crate::timestamp::Timestamp;
 
 const GEOIP_FRAGMENT: &[u8] = br#","$geoip_disable":true"#;
 
-/// The only properties a minimized `$feature_flag_called` event keeps (besides `$lib`,
-/// `$lib_version` and `$geoip_disable`, which the encoder writes), as PostHog defines them.
-const MINIMAL_ALLOWED: &[&str] = &[
-    "$feature_flag",
-    "$feature_flag_response",
-    "$feature_flag_has_experiment",
-    "$feature_flag_id",
-    "$feature_flag_version",
-    "$feature_flag_reason",
-    "$feature_flag_request_id",
-    "$feature_flag_evaluated_at",
-    "$feature_flag_error",
-    "locally_evaluated",
-    "$groups",
-    "$process_person_profile",
-    "$session_id",
-    "$is_server",
-    "$os",
-    "$os_version",
-];
-
 /// What the encoder adds to every event.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct EncodeDefaults {
@@ -89,10 +68,9 @@ impl Encoder {
         {
             return true;
         }
-        if minimal {
-            return !MINIMAL_ALLOWED.contains(&key);
-        }
-        !self.super_properties.is_empty() && self.super_properties.contains_key(key)
+        // A minimal event was already cut down to the allow-list (before `before_send`); super
+        // properties do not apply to it.
+        !minimal && !self.super_properties.is_empty() && self.super_properties.contains_key(key)
     }
 
     /// Appends `event` as one JSON object to `out`.

@@ -241,6 +241,19 @@ impl Event {
 
     // ===== internals =====
 
+    /// Keeps only the properties a minimized event may carry.
+    pub(crate) fn strip_to_minimal(&mut self) {
+        let dropped: Vec<String> = self
+            .properties
+            .keys()
+            .filter(|k| !MINIMAL_ALLOWED.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for key in dropped {
+            self.remove(&key);
+        }
+    }
+
     pub(crate) fn insert_value(&mut self, key: String, value: Value) {
         let added = entry_len(&key, &value);
         if let Some(old) = self.properties.get(&key) {
@@ -348,6 +361,27 @@ pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), crate::Capt
     }
     Ok(())
 }
+
+/// The only properties a minimized `$feature_flag_called` event keeps (besides `$lib`,
+/// `$lib_version` and `$geoip_disable`, which the encoder writes), as PostHog defines them.
+pub(crate) const MINIMAL_ALLOWED: &[&str] = &[
+    "$feature_flag",
+    "$feature_flag_response",
+    "$feature_flag_has_experiment",
+    "$feature_flag_id",
+    "$feature_flag_version",
+    "$feature_flag_reason",
+    "$feature_flag_request_id",
+    "$feature_flag_evaluated_at",
+    "$feature_flag_error",
+    "locally_evaluated",
+    "$groups",
+    "$process_person_profile",
+    "$session_id",
+    "$is_server",
+    "$os",
+    "$os_version",
+];
 
 /// `"key":value,` as serialized.
 fn entry_len(key: &str, value: &Value) -> usize {

@@ -50,7 +50,7 @@ impl FlagCalled {
             Value::Bool(self.locally_evaluated),
         );
         event.insert_value(format!("$feature/{}", self.key), response);
-        if let Some(payload) = self.payload {
+        if let Some(payload) = self.payload.filter(|p| !p.is_null()) {
             event.insert_value("$feature_flag_payload".into(), payload);
         }
         if let Some(id) = self.request_id.filter(|r| !r.is_empty()) {

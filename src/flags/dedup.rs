@@ -8,35 +8,32 @@ use std::{
 
 use super::FlagValue;
 
-const SHARDS: usize = 16;
-
 /// Remembers which `(flag key, value, groups)` each distinct id was already reported with, so
 /// `$feature_flag_called` is sent once per combination.
 ///
-/// Bounded: it holds at most `capacity` distinct ids. It is split into 16 shards by distinct
-/// id, each holding `capacity / 16` ids and evicting its **oldest distinct id** (first
-/// inserted) when a new one arrives on a full shard, as posthog-python's size-limited map does.
-/// An evicted user may get one more event for a combination already reported. Each check is
-/// one hash and one short lock on one shard.
+/// Bounded: it holds at most `capacity` distinct ids and, when a new one arrives on a full
+/// tracker, forgets the **oldest distinct id** (the first inserted), as posthog-python's
+/// size-limited map does, one at a time rather than all at once. A forgotten user may get one
+/// more event for a combination already reported. Check and insert happen under one lock, so
+/// concurrent calls never report the same combination twice.
 #[derive(Debug)]
 pub(crate) struct FlagCalledDedup {
-    shards: Box<[Mutex<Shard>]>,
-    per_shard: usize,
+    state: Mutex<State>,
+    capacity: usize,
     hasher: RandomState,
 }
 
 #[derive(Debug, Default)]
-struct Shard {
+struct State {
     seen: HashMap<String, HashSet<u64>>,
     order: VecDeque<String>,
 }
 
 impl FlagCalledDedup {
     pub(crate) fn new(capacity: usize) -> Self {
-        let per_shard = capacity.div_ceil(SHARDS).max(1);
         FlagCalledDedup {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard,
+            state: Mutex::default(),
+            capacity: capacity.max(1),
             hasher: RandomState::new(),
         }
     }
@@ -58,20 +55,17 @@ impl FlagCalledDedup {
             k.hash(&mut h);
         }
         let combination = h.finish();
-        let shard_index = (self.hasher.hash_one(distinct_id) as usize) % self.shards.len();
-        let mut shard = self.shards[shard_index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(set) = shard.seen.get_mut(distinct_id) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = state.seen.get_mut(distinct_id) {
             return set.insert(combination);
         }
-        if shard.order.len() >= self.per_shard {
-            if let Some(oldest) = shard.order.pop_front() {
-                shard.seen.remove(&oldest);
+        if state.order.len() >= self.capacity {
+            if let Some(oldest) = state.order.pop_front() {
+                state.seen.remove(&oldest);
             }
         }
-        shard.order.push_back(distinct_id.to_owned());
-        shard
+        state.order.push_back(distinct_id.to_owned());
+        state
             .seen
             .insert(distinct_id.to_owned(), HashSet::from([combination]));
         true
@@ -79,22 +73,19 @@ impl FlagCalledDedup {
 
     /// Forgets everything (on shutdown).
     pub(crate) fn clear(&self) {
-        for shard in self.shards.iter() {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            shard.seen.clear();
-            shard.order.clear();
-        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.seen.clear();
+        state.order.clear();
     }
 
     /// Distinct ids remembered.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).seen.len())
-            .sum()
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen
+            .len()
     }
 }
 
@@ -132,7 +123,9 @@ mod tests {
         for i in 0..10_000 {
             d.first_time(&format!("user-{i}"), "f", Some(&on), &none);
         }
-        assert!(d.len() <= 160, "{}", d.len());
+        assert_eq!(d.len(), 160);
+        // Exactly the last 160 users are remembered.
+        assert!(!d.first_time("user-9840", "f", Some(&on), &none));
         // The most recent users are still remembered; the first ones were evicted.
         assert!(!d.first_time("user-9999", "f", Some(&on), &none));
         assert!(d.first_time("user-0", "f", Some(&on), &none));

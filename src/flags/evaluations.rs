@@ -238,7 +238,16 @@ impl FlagEvaluations {
 
     fn filtered(&self, records: BTreeMap<String, FlagRecord>) -> FlagEvaluations {
         let d = &self.data;
-        FlagEvaluations::new(
+        // The copy starts with what was accessed so far, then tracks on its own.
+        let accessed = self
+            .accessed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|k| records.contains_key(*k))
+            .cloned()
+            .collect::<BTreeSet<_>>();
+        let mut copy = FlagEvaluations::new(
             Data {
                 distinct_id: d.distinct_id.clone(),
                 groups: d.groups.clone(),
@@ -252,7 +261,9 @@ impl FlagEvaluations {
                 error: d.error.clone(),
             },
             self.reporter.clone(),
-        )
+        );
+        copy.accessed = Arc::new(Mutex::new(accessed));
+        copy
     }
 
     fn access(&self, key: &str) -> Option<FlagValue> {

@@ -89,8 +89,8 @@ pub struct FlagMetadata {
     /// The flag's description.
     #[serde(default)]
     pub description: Option<String>,
-    /// Whether the flag belongs to an experiment.
-    #[serde(default)]
+    /// Whether the flag belongs to an experiment (when the server said so with a boolean).
+    #[serde(default, deserialize_with = "lenient_opt_bool")]
     pub has_experiment: Option<bool>,
 }
 
@@ -225,7 +225,7 @@ struct RawResponse {
     quota_limited: Option<Vec<String>>,
     #[serde(default)]
     request_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_i64")]
     evaluated_at: Option<i64>,
     #[serde(default, deserialize_with = "lenient_bool")]
     minimal_flag_called_events: bool,
@@ -233,7 +233,7 @@ struct RawResponse {
 
 #[derive(Deserialize)]
 struct RawFlag {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     enabled: bool,
     #[serde(default)]
     variant: Option<String>,
@@ -248,6 +248,14 @@ fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error
         Option::<Value>::deserialize(d)?,
         Some(Value::Bool(true))
     ))
+}
+
+fn lenient_opt_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(Option::<Value>::deserialize(d)?.and_then(|v| v.as_bool()))
+}
+
+fn lenient_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(Option::<Value>::deserialize(d)?.and_then(|v| v.as_i64()))
 }
 
 fn payload_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -457,12 +465,12 @@ impl FlagsRequest {
     pub(crate) fn to_body(&self, api_key: &str, default_disable_geoip: bool) -> Value {
         let mut group_properties = Map::new();
         for (group_type, key) in &self.groups {
-            let mut props = self
-                .group_properties
-                .get(group_type)
-                .cloned()
-                .unwrap_or_default();
+            // The caller's properties go over the injected `$group_key`.
+            let mut props = Map::new();
             props.insert("$group_key".to_owned(), Value::String(key.clone()));
+            if let Some(given) = self.group_properties.get(group_type) {
+                props.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
             group_properties.insert(group_type.clone(), Value::Object(props));
         }
         let mut body = Map::new();

@@ -315,6 +315,11 @@ impl State {
         let timestamp = event
             .timestamp
             .unwrap_or_else(crate::timestamp::Timestamp::now);
+        let mut event = event;
+        if event.minimal {
+            // Minimized before the hook, so what the hook adds is kept.
+            event.strip_to_minimal();
+        }
         let event = match &self.config.before_send {
             None => event,
             Some(hook) => match std::panic::catch_unwind(AssertUnwindSafe(|| hook(event))) {
