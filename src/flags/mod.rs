@@ -13,6 +13,7 @@ mod fallback;
 mod remote;
 mod result;
 mod types;
+pub(crate) mod local;
 
 pub(crate) use called::{join_errors, FlagCalled, ReportFlagCalled};
 pub(crate) use evaluations::decode_payload;

@@ -1,0 +1,17 @@
+//! Local evaluation: flag definitions polled from PostHog, compiled once, evaluated in-process.
+
+#![allow(dead_code)]
+
+pub(crate) mod operators;
+
+/// Local evaluation cannot decide this flag exactly: ask the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Inconclusive(pub(crate) &'static str);
+
+/// A property value as the matcher sees it: a JSON value from the caller's properties, or a
+/// string the context supplies (the distinct id, a group key) without allocating.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PropRef<'a> {
+    Json(&'a serde_json::Value),
+    Str(&'a str),
+}
