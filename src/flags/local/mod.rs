@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod operators;
+pub(crate) mod poller;
 
 /// Local evaluation cannot decide this flag exactly: ask the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
