@@ -1,6 +1,9 @@
 //! The client's feature-flag API.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -35,18 +38,17 @@ pub(crate) struct FlagCalledReporter {
 }
 
 impl ReportFlagCalled for FlagCalledReporter {
+    fn first_time(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: &BTreeMap<String, String>,
+    ) -> bool {
+        !distinct_id.trim().is_empty() && self.dedup.first_time(distinct_id, key, value, groups)
+    }
+
     fn report(&self, called: FlagCalled) {
-        if called.distinct_id.trim().is_empty() {
-            return;
-        }
-        if !self.dedup.first_time(
-            &called.distinct_id,
-            &called.key,
-            called.response.as_ref(),
-            &called.groups,
-        ) {
-            return;
-        }
         if let Some(batch) = &self.batch {
             // A refusal (full queue, shut down) is counted and reported by the batch itself.
             let _ = batch.try_capture(called.into_event());
@@ -309,7 +311,12 @@ impl PostHog {
                 }
             }
         };
-        if send {
+        let value = outcome.as_ref().ok().map(|r| &r.value);
+        if send
+            && flags
+                .reporter
+                .first_time(&called.distinct_id, key, value, &called.groups)
+        {
             if let Ok(result) = &outcome {
                 called.response = Some(result.value.clone());
                 called.payload = result.payload.clone();

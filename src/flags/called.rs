@@ -32,6 +32,17 @@ pub(crate) struct FlagCalled {
 
 /// Where flag accesses are reported (the client: dedup, then capture).
 pub(crate) trait ReportFlagCalled: Send + Sync {
+    /// Records the combination; `true` when it was not reported before, so the caller builds
+    /// the event only then.
+    fn first_time(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: &BTreeMap<String, String>,
+    ) -> bool;
+
+    /// Sends the event (already deduplicated).
     fn report(&self, called: FlagCalled);
 }
 

@@ -268,16 +268,20 @@ impl FlagEvaluations {
 
     fn access(&self, key: &str) -> Option<FlagValue> {
         let record = self.data.records.get(key);
-        self.accessed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_owned());
-        if let Some(reporter) = self
-            .reporter
-            .as_ref()
-            .filter(|_| !self.data.distinct_id.is_empty())
         {
-            reporter.report(self.called(key, record));
+            let mut accessed = self.accessed.lock().unwrap_or_else(|p| p.into_inner());
+            if !accessed.contains(key) {
+                accessed.insert(key.to_owned());
+            }
+        }
+        if let Some(reporter) = &self.reporter {
+            let d = &self.data;
+            // Dedup first: the event is only built when it will be sent.
+            if !d.distinct_id.is_empty()
+                && reporter.first_time(&d.distinct_id, key, record.map(|r| &r.value), &d.groups)
+            {
+                reporter.report(self.called(key, record));
+            }
         }
         record.map(|r| r.value.clone())
     }
@@ -381,6 +385,16 @@ mod tests {
     struct Collect(Mutex<Vec<FlagCalled>>);
 
     impl ReportFlagCalled for Collect {
+        fn first_time(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&FlagValue>,
+            _: &BTreeMap<String, String>,
+        ) -> bool {
+            true
+        }
+
         fn report(&self, called: FlagCalled) {
             self.0.lock().unwrap().push(called);
         }

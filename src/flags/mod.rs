@@ -10,10 +10,10 @@ mod dedup;
 mod error;
 mod evaluations;
 mod fallback;
+pub(crate) mod local;
 mod remote;
 mod result;
 mod types;
-pub(crate) mod local;
 
 pub(crate) use called::{join_errors, FlagCalled, ReportFlagCalled};
 pub(crate) use evaluations::decode_payload;

@@ -24,7 +24,11 @@ pub(crate) struct CompileOptions {
 /// says so).
 pub(crate) fn compile_property(raw: &Value, _options: CompileOptions) -> CompiledProperty {
     CompiledProperty {
-        key: raw.get("key").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        key: raw
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
         value: raw.get("value").cloned().unwrap_or(Value::Null),
     }
 }
