@@ -31,8 +31,14 @@
 //! threads, from `/proc/self/stat`, in clock ticks of `getconf CLK_TCK`, usually 10 ms) and
 //! CPU per delivered event. Unless `--prebuild`, building the events is part of the client's
 //! CPU time; its cost is measured beforehand on one thread (wall time of building 10 000
-//! events, median of 20 rounds) and subtracted to estimate the SDK's own share. The run fails (exit code 1) unless the sink counted exactly `--events` events and
-//! the flush reported them all delivered.
+//! events, median of 20 rounds) and subtracted to estimate the SDK's own share. That estimate
+//! leans high: building costs more while another thread frees the previous events (glibc's
+//! allocator), and the difference lands on the SDK's side; `--prebuild` measures it directly.
+//! On loopback the kernel's receive path of the sink's socket mostly runs in the client's
+//! `writev` (softirq), so the client's CPU time includes part of the sink's TCP work.
+//!
+//! The run fails (exit code 1) unless the sink counted exactly `--events` events and the
+//! flush reported them all delivered.
 //!
 //! Settings not given are the client's defaults; the output says which were used.
 
@@ -123,9 +129,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--prebuild" => parsed.prebuild = true,
             "--flush-at" => parsed.flush_at = Some(value("--flush-at")? as usize),
             "--max-in-flight" => parsed.max_in_flight = Some(value("--max-in-flight")? as usize),
-            "--max-queue-size" => {
-                parsed.max_queue_size = Some(value("--max-queue-size")? as usize)
-            }
+            "--max-queue-size" => parsed.max_queue_size = Some(value("--max-queue-size")? as usize),
             "--producers" => parsed.producers = value("--producers")? as usize,
             "--threads" => parsed.threads = Some(value("--threads")? as usize),
             "--mode" => {
@@ -216,8 +220,12 @@ fn client(args: &Args) -> Result<bool, BoxError> {
     // Producer p captures events p, p + P, p + 2P, ...
     let mut prebuilt: Vec<Option<Vec<Event>>> = (0..producers)
         .map(|p| {
-            args.prebuild
-                .then(|| (p..n).step_by(producers as usize).map(event_10_props).collect())
+            args.prebuild.then(|| {
+                (p..n)
+                    .step_by(producers as usize)
+                    .map(event_10_props)
+                    .collect()
+            })
         })
         .collect();
     let (produced, capture_time, wall, cpu, report, stats) = runtime.block_on(async move {
@@ -296,7 +304,11 @@ fn client(args: &Args) -> Result<bool, BoxError> {
     let per_event = |ns: f64| ns / delivered.max(1) as f64 / 1000.0;
     let cpu_us = per_event(cpu.total_ns() as f64);
     // With prebuilt events, building is not in the measured CPU time.
-    let build_us = if args.prebuild { 0.0 } else { build_ns / 1000.0 };
+    let build_us = if args.prebuild {
+        0.0
+    } else {
+        build_ns / 1000.0
+    };
     println!(
         "bench_capture: {n} events with 10 properties, {producers} producers ({}), \
          {threads} runtime threads, events {}",
@@ -504,10 +516,14 @@ fn process_stat_ns() -> (u64, u64) {
     // utime is field 14, stime field 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     (field(11) * tick, field(12) * tick)
 }
-
 
 // ===== the sink =====
 
@@ -569,9 +585,8 @@ mod sink {
                 .map(|(_, body)| body)
                 .ok_or("bad /count response")?;
             let mut values = body.split_whitespace().map(|v| v.parse::<u64>());
-            let mut next = || -> Result<u64, BoxError> {
-                Ok(values.next().ok_or("short /count response")??)
-            };
+            let mut next =
+                || -> Result<u64, BoxError> { Ok(values.next().ok_or("short /count response")??) };
             Ok(Counters {
                 events: next()?,
                 requests: next()?,
