@@ -11,7 +11,6 @@ pub(crate) enum Message {
         event: Event,
         notify: Option<Notify>,
     },
-    Flush(oneshot::Sender<FlushReport>),
 }
 
 /// What a [`flush`](super::Batch::flush) or [`shutdown`](super::Batch::shutdown) settled.

@@ -3,6 +3,7 @@
 mod config;
 mod layer;
 mod message;
+mod queue;
 mod service;
 mod worker;
 

@@ -11,13 +11,14 @@ use std::{
 };
 
 use pin_project_lite::pin_project;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::PollSender;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 use uuid::Uuid;
 
 use super::{
     message::{Message, Notify},
+    queue::{self, Producer, PushError},
     worker::{self, ShutdownChannels, Worker},
     BatchConfig, FlushReport, OnError,
 };
@@ -64,8 +65,10 @@ use crate::{
 /// # }
 /// ```
 pub struct Batch {
-    tx: mpsc::Sender<Message>,
-    poll: PollSender<Message>,
+    producer: Arc<Producer>,
+    /// Reserves a queue slot in `poll_ready`.
+    poll: PollSemaphore,
+    permit: Option<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
 }
 
@@ -80,6 +83,7 @@ pub(crate) struct Shared {
     deadline: watch::Sender<Option<(tokio::time::Instant, Duration)>>,
     /// Published by the worker when it ends.
     report: watch::Receiver<Option<FlushReport>>,
+    flushes: mpsc::UnboundedSender<oneshot::Sender<FlushReport>>,
 }
 
 impl Batch {
@@ -111,7 +115,12 @@ impl Batch {
         S::Future: Send + 'static,
         S::Response: Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(config.max_queue_size);
+        let (producer, consumer) = queue::queue(
+            config.max_queue_size,
+            config.flush_at,
+            config.send_immediately,
+        );
+        let (flushes, flushes_rx) = mpsc::unbounded_channel();
         let encoder = crate::event::Encoder::new(crate::event::EncodeDefaults {
             disable_geoip: config.disable_geoip,
             super_properties: config.super_properties.clone(),
@@ -126,15 +135,18 @@ impl Batch {
             on_error: config.on_error.clone(),
             deadline,
             report,
+            flushes,
         });
         let channels = ShutdownChannels {
+            flushes: flushes_rx,
             deadline: deadline_rx,
             report: report_tx,
         };
-        let worker = worker::spawnable(service, rx, config, encoder, channels);
+        let worker = worker::spawnable(service, consumer, config, encoder, channels);
         let batch = Batch {
-            poll: PollSender::new(tx.clone()),
-            tx,
+            poll: PollSemaphore::new(producer.signal.permits.clone()),
+            permit: None,
+            producer: Arc::new(producer),
             shared,
         };
         (batch, worker)
@@ -148,7 +160,7 @@ impl Batch {
     /// reported to `on_error`.
     pub fn try_capture(&self, event: Event) -> Result<Uuid, CaptureError> {
         let (event, uuid) = self.admit(event)?;
-        match self.tx.try_send(Message::Event {
+        match self.producer.try_push(Message::Event {
             event,
             notify: None,
         }) {
@@ -156,10 +168,10 @@ impl Batch {
                 self.shared.stats.captured(1);
                 Ok(uuid)
             }
-            Err(mpsc::error::TrySendError::Full(_)) => Err(self.reject(CaptureError::QueueFull {
+            Err(PushError::Full) => Err(self.reject(CaptureError::QueueFull {
                 capacity: self.shared.capacity,
             })),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.reject(CaptureError::Closed)),
+            Err(PushError::Closed) => Err(self.reject(CaptureError::Closed)),
         }
     }
 
@@ -168,8 +180,8 @@ impl Batch {
     pub async fn capture_wait(&self, event: Event) -> Result<Uuid, CaptureError> {
         let (event, uuid) = self.admit(event)?;
         match self
-            .tx
-            .send(Message::Event {
+            .producer
+            .push_wait(Message::Event {
                 event,
                 notify: None,
             })
@@ -191,8 +203,8 @@ impl Batch {
         let (event, uuid) = self.admit(event)?;
         let (notify, rx) = oneshot::channel();
         if self
-            .tx
-            .send(Message::Event {
+            .producer
+            .push_wait(Message::Event {
                 event,
                 notify: Some(notify),
             })
@@ -213,7 +225,7 @@ impl Batch {
     /// After [`shutdown`](Batch::shutdown) it returns an empty report at once.
     pub async fn flush(&self) -> FlushReport {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Message::Flush(reply)).await.is_err() {
+        if self.shared.flushes.send(reply).is_err() {
             return FlushReport::default();
         }
         rx.await.unwrap_or_default()
@@ -246,13 +258,13 @@ impl Batch {
 
     /// `true` once [`shutdown`](Batch::shutdown) was called or the worker is gone.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire) || self.tx.is_closed()
+        self.shared.closed.load(Ordering::Acquire) || self.shared.flushes.is_closed()
     }
 
     /// The pipeline's counters, with the current queue depth.
     pub fn stats(&self) -> Stats {
         let mut stats = self.shared.stats.snapshot();
-        stats.queue_depth = (self.tx.max_capacity() - self.tx.capacity()) as u64;
+        stats.queue_depth = self.producer.depth() as u64;
         stats
     }
 
@@ -323,10 +335,11 @@ async fn wait_delivery(
 
 impl Clone for Batch {
     fn clone(&self) -> Self {
-        // A fresh `PollSender`: readiness reserved by `self` must not be shared.
+        // A fresh `PollSemaphore` and no permit: readiness reserved by `self` is not shared.
         Batch {
-            tx: self.tx.clone(),
-            poll: PollSender::new(self.tx.clone()),
+            producer: self.producer.clone(),
+            poll: self.poll.clone(),
+            permit: None,
             shared: self.shared.clone(),
         }
     }
@@ -349,31 +362,47 @@ impl Service<Event> for Batch {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        ready!(self.poll.poll_reserve(cx))
-            .map_err(|_| Box::new(CaptureError::Closed) as BoxError)?;
+        if self.permit.is_none() {
+            match ready!(self.poll.poll_acquire(cx)) {
+                Some(permit) => self.permit = Some(permit),
+                None => return Poll::Ready(Err(Box::new(CaptureError::Closed))),
+            }
+        }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, event: Event) -> Self::Future {
+        // Reserved in `poll_ready`; without it (a caller that skipped `poll_ready`) try now.
+        let permit = match self.permit.take() {
+            Some(permit) => permit,
+            None => match self.producer.signal.permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    return ResponseFuture::failed(self.reject(CaptureError::QueueFull {
+                        capacity: self.shared.capacity,
+                    }))
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => {
+                    return ResponseFuture::failed(self.reject(CaptureError::Closed))
+                }
+            },
+        };
         let (event, uuid) = match self.admit(event) {
             Ok(admitted) => admitted,
-            Err(e) => {
-                self.poll.abort_send();
-                return ResponseFuture::failed(e);
-            }
+            // Dropping the permit frees the slot.
+            Err(e) => return ResponseFuture::failed(e),
         };
         let (notify, rx): (Notify, _) = oneshot::channel();
-        match self.poll.send_item(Message::Event {
-            event,
-            notify: Some(notify),
-        }) {
-            Ok(()) => {
-                self.shared.stats.captured(1);
-                ResponseFuture {
-                    state: State::Waiting { rx, uuid },
-                }
-            }
-            Err(_) => ResponseFuture::failed(self.reject(CaptureError::Closed)),
+        self.producer.push_reserved(
+            permit,
+            Message::Event {
+                event,
+                notify: Some(notify),
+            },
+        );
+        self.shared.stats.captured(1);
+        ResponseFuture {
+            state: State::Waiting { rx, uuid },
         }
     }
 }

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::{
     message::{Message, Notify},
+    queue::{Consumer, Taken},
     BatchConfig, FlushReport,
 };
 use crate::{
@@ -66,7 +67,7 @@ impl Future for Worker {
 
 pub(super) fn spawnable<S>(
     service: S,
-    rx: mpsc::Receiver<Message>,
+    queue: Consumer,
     config: BatchConfig,
     encoder: Encoder,
     channels: ShutdownChannels,
@@ -91,7 +92,7 @@ where
         config,
     };
     Worker {
-        future: Box::pin(run(service, rx, state, channels)),
+        future: Box::pin(run(service, queue, state, channels)),
     }
 }
 
@@ -440,7 +441,12 @@ impl State {
 
     /// The shutdown deadline passed: nothing more is sent, everything not yet delivered is
     /// reported failed, and every waiting flush is answered.
-    fn abandon(&mut self, rx: &mut mpsc::Receiver<Message>, deadline: std::time::Duration) {
+    fn abandon(
+        &mut self,
+        queue: &mut Consumer,
+        flushes: &mut mpsc::UnboundedReceiver<oneshot::Sender<FlushReport>>,
+        deadline: std::time::Duration,
+    ) {
         let source: Arc<BoxError> = Arc::new(Box::new(DeadlineElapsed(deadline)));
         self.in_flight.abort_all();
         let ids: Vec<Id> = self.in_flight_info.keys().copied().collect();
@@ -457,15 +463,20 @@ impl State {
                 e.report.failed += count;
             }
         }
-        rx.close();
+        queue.close();
         let mut leftover = Vec::new();
-        while let Ok(message) = rx.try_recv() {
-            match message {
-                Message::Event { event, .. } => {
-                    leftover.push(event.uuid.unwrap_or_else(crate::uuid7::new_v7))
-                }
-                Message::Flush(reply) => self.epochs.current().waiters.push(reply),
+        let mut messages = Vec::new();
+        while queue.take(&mut messages, RECV_CHUNK) != Taken::Some(0) {
+            if messages.is_empty() {
+                break;
             }
+            for Message::Event { event, .. } in messages.drain(..) {
+                leftover.push(event.uuid.unwrap_or_else(crate::uuid7::new_v7));
+            }
+        }
+        flushes.close();
+        while let Ok(reply) = flushes.try_recv() {
+            self.epochs.current().waiters.push(reply);
         }
         if !leftover.is_empty() {
             self.epochs.current().report.failed += leftover.len() as u64;
@@ -481,28 +492,99 @@ impl State {
     }
 }
 
-/// The worker's side of shutdown: when it must end, and where it publishes the report.
+/// The worker's side of flush and shutdown: flush requests, when it must end, and where it
+/// publishes the final report.
 pub(super) struct ShutdownChannels {
+    pub(super) flushes: mpsc::UnboundedReceiver<oneshot::Sender<FlushReport>>,
     pub(super) deadline: watch::Receiver<Option<(Instant, std::time::Duration)>>,
     pub(super) report: watch::Sender<Option<FlushReport>>,
 }
 
-async fn run<S>(
-    service: S,
-    mut rx: mpsc::Receiver<Message>,
-    mut state: State,
-    mut channels: ShutdownChannels,
-) where
+/// Takes what the queue holds into batches; `false` once the queue is finished (every
+/// producer gone, or admission closed and everything taken).
+fn intake(
+    state: &mut State,
+    queue: &mut Consumer,
+    messages: &mut Vec<Message>,
+    timer: &mut Timer,
+) -> Intake {
+    loop {
+        if !state.ready.is_empty() {
+            // Every sending slot is busy and a closed batch waits: leave the rest queued
+            // (the queue's bound is the backpressure) and come back when a slot frees.
+            return Intake::More;
+        }
+        match queue.take(messages, RECV_CHUNK) {
+            Taken::Finished => return Intake::Finished,
+            Taken::Some(0) => {
+                if queue.closed_and_drained() {
+                    return Intake::Finished;
+                }
+                if queue.signal.permits.is_closed() {
+                    // Shutting down, and a producer is between reserving a slot and queueing.
+                    return Intake::More;
+                }
+                if state.current.is_empty() && !queue.disarm() {
+                    continue;
+                }
+                return Intake::Idle;
+            }
+            Taken::Some(_) => {
+                for Message::Event { event, notify } in messages.drain(..) {
+                    if state.add(event, notify) && !state.config.send_immediately {
+                        timer.reset(state.config.flush_interval);
+                    }
+                    if state.current.is_empty() {
+                        timer.armed = false;
+                    }
+                }
+                if state.config.send_immediately {
+                    state.close_current();
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Intake {
+    /// The queue is empty for now.
+    Idle,
+    /// There is more to take once a sending slot frees (or a producer finishes queueing).
+    More,
+    /// Nothing will ever arrive again.
+    Finished,
+}
+
+/// The open batch's timer.
+struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl Timer {
+    fn reset(&mut self, after: std::time::Duration) {
+        self.sleep.as_mut().reset(Instant::now() + after);
+        self.armed = true;
+    }
+}
+
+async fn run<S>(service: S, mut queue: Consumer, mut state: State, mut channels: ShutdownChannels)
+where
     S: Service<EncodedBatch> + Clone + Send + 'static,
     S::Error: Into<BoxError> + Send,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
 {
-    let timer = sleep_until(Instant::now());
-    tokio::pin!(timer);
-    let mut timer_armed = false;
+    let mut flushes = channels.flushes;
+    let signal = queue.signal.clone();
+    let mut timer = Timer {
+        sleep: Box::pin(sleep_until(Instant::now())),
+        armed: false,
+    };
     let mut messages = Vec::with_capacity(RECV_CHUNK);
     let mut receiving = true;
+    let mut more = false;
     // Set by `Batch::shutdown` through a watch channel, not the queue, so a full queue or a
     // backlog of closed batches cannot delay it.
     let mut shutdown: Option<(Instant, std::time::Duration)> = None;
@@ -518,11 +600,33 @@ async fn run<S>(
                 if let Some(tx) = final_tx.take() {
                     state.epochs.current().waiters.push(tx);
                 }
-                state.abandon(&mut rx, budget);
+                state.abandon(&mut queue, &mut flushes, budget);
                 break;
             }
         }
         state.dispatch(&service);
+        if receiving && more && state.ready.is_empty() {
+            more = false;
+            match intake(&mut state, &mut queue, &mut messages, &mut timer) {
+                Intake::Idle => {}
+                Intake::More => {
+                    more = true;
+                    if state.ready.is_empty() {
+                        // A producer is finishing a push during shutdown: let it run.
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Intake::Finished => {
+                    receiving = false;
+                    timer.armed = false;
+                    state.close_current();
+                    if let Some(tx) = final_tx.take() {
+                        state.epochs.close(tx);
+                    }
+                }
+            }
+            continue;
+        }
         if !receiving
             && state.current.is_empty()
             && state.ready.is_empty()
@@ -538,11 +642,12 @@ async fn run<S>(
                     Ok(()) => {
                         if let Some(at) = *channels.deadline.borrow_and_update() {
                             shutdown = Some(at);
-                            // Stop admission; what is already queued is still received.
-                            rx.close();
+                            // Stop admission; what is already queued is still taken.
+                            queue.close();
+                            more = true;
                         }
                     }
-                    // Every handle is gone: the queue closing ends the worker.
+                    // Every handle is gone: the queue finishing ends the worker.
                     Err(_) => deadline_open = false,
                 }
             }
@@ -560,41 +665,38 @@ async fn run<S>(
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 // Handled at the top of the loop.
             }
-            n = rx.recv_many(&mut messages, RECV_CHUNK), if receiving && state.ready.is_empty() => {
-                if n == 0 {
+            Some(reply) = flushes.recv(), if receiving && state.ready.is_empty() => {
+                // Everything queued before the flush is taken first.
+                let finished = intake(&mut state, &mut queue, &mut messages, &mut timer);
+                if finished == Intake::More {
+                    more = true;
+                }
+                state.close_current();
+                timer.armed = false;
+                state.epochs.close(reply);
+                if finished == Intake::Finished {
                     receiving = false;
-                    timer_armed = false;
-                    state.close_current();
                     if let Some(tx) = final_tx.take() {
                         state.epochs.close(tx);
                     }
-                    continue;
-                }
-                for message in messages.drain(..) {
-                    match message {
-                        Message::Event { event, notify } => {
-                            if state.add(event, notify) && !state.config.send_immediately {
-                                timer.as_mut().reset(Instant::now() + state.config.flush_interval);
-                                timer_armed = true;
-                            }
-                            if state.current.is_empty() {
-                                timer_armed = false;
-                            }
-                        }
-                        Message::Flush(reply) => {
-                            state.close_current();
-                            timer_armed = false;
-                            state.epochs.close(reply);
-                        }
-                    }
-                }
-                if state.config.send_immediately {
-                    state.close_current();
                 }
             }
-            () = &mut timer, if timer_armed => {
-                timer_armed = false;
+            () = signal.wait(), if receiving && state.ready.is_empty() => {
+                more = true;
+            }
+            () = timer.sleep.as_mut(), if timer.armed => {
+                timer.armed = false;
+                more = true;
+                // Take what arrived without waking us, then close the batch.
+                if intake(&mut state, &mut queue, &mut messages, &mut timer) == Intake::Finished {
+                    receiving = false;
+                    if let Some(tx) = final_tx.take() {
+                        state.close_current();
+                        state.epochs.close(tx);
+                    }
+                }
                 state.close_current();
+                timer.armed = false;
             }
         }
     }
