@@ -77,9 +77,9 @@ impl Bench {
 
     /// Waits (untimed) until the worker has taken everything out of the queue.
     fn wait_drained(&self) {
-        while self.posthog.stats().queue_depth > 0 {
-            std::thread::yield_now();
-        }
+        // A flush takes everything out of the queue (the worker is not woken for each event).
+        let posthog = self.posthog.clone();
+        self.runtime.block_on(async move { posthog.flush().await });
     }
 
     /// Delivers what is left and stops the worker.
@@ -189,11 +189,7 @@ impl Paused {
         runtime.block_on(async {
             tokio::select! {
                 () = worker => panic!("the worker stopped"),
-                () = async {
-                    while posthog.stats().queue_depth > 0 {
-                        tokio::task::yield_now().await;
-                    }
-                } => {}
+                _ = posthog.flush() => {}
             }
         });
     }

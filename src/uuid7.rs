@@ -136,6 +136,12 @@ pub(crate) fn new_v7() -> Uuid {
             .saturating_add(u64::from(since_epoch.subsec_millis())),
         Err(_) => 0,
     };
+    new_v7_from(now_ms)
+}
+
+/// Like [`new_v7`] for a clock reading the caller already has (one read serves both the
+/// event's timestamp and its uuid).
+pub(crate) fn new_v7_from(now_ms: u64) -> Uuid {
     STATE.with(|state| {
         let last_ms = state.last_ms.get();
         let (ms, counter) = if now_ms > last_ms || last_ms - now_ms > MAX_CLOCK_STEP_BACK_MS {

@@ -111,9 +111,11 @@ impl Event {
     /// Setting a key twice keeps the last value.
     #[must_use]
     pub fn property(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
-        let key = key.into();
-        if let Err(e) = self.insert(key.clone(), value) {
-            self.error.get_or_insert((key, e));
+        match finite::to_value(&value) {
+            Ok(value) => self.insert_value(key.into(), value),
+            Err(e) => {
+                self.error.get_or_insert((key.into(), e));
+            }
         }
         self
     }
@@ -233,10 +235,12 @@ impl Event {
 
     /// The serialized size of the event in bytes, as `capture` estimates it.
     pub fn estimated_size(&self) -> usize {
+        // Name and distinct id by their length: escaping can only add a little, and the
+        // worker checks the exact size again after encoding.
         ENVELOPE_OVERHEAD
             + self.props_len
-            + json_str_len(&self.name)
-            + self.distinct_id.as_deref().map_or(38, json_str_len)
+            + self.name.len()
+            + self.distinct_id.as_deref().map_or(38, str::len)
     }
 
     // ===== internals =====
@@ -256,11 +260,11 @@ impl Event {
 
     pub(crate) fn insert_value(&mut self, key: String, value: Value) {
         let added = entry_len(&key, &value);
-        if let Some(old) = self.properties.get(&key) {
-            self.props_len -= entry_len(&key, old);
+        let key_len = json_str_len(&key);
+        if let Some(old) = self.properties.insert(key, value) {
+            self.props_len -= key_len + 1 + json_len(&old) + 1;
         }
         self.props_len += added;
-        self.properties.insert(key, value);
     }
 
     fn update_object(&mut self, property: &str, key: String, value: Value) {
@@ -340,10 +344,10 @@ pub(crate) fn to_property_value(value: &impl Serialize) -> Result<Value, Propert
 /// `max_size` is the limit for [`Event::estimated_size`].
 pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), crate::CaptureError> {
     use crate::CaptureError;
-    if event.name.trim().is_empty() {
+    if is_blank(&event.name) {
         return Err(CaptureError::EmptyEventName);
     }
-    if matches!(&event.distinct_id, Some(id) if id.trim().is_empty()) {
+    if matches!(&event.distinct_id, Some(id) if is_blank(id)) {
         return Err(CaptureError::EmptyDistinctId);
     }
     if let Some((key, e)) = &event.error {
@@ -382,6 +386,16 @@ pub(crate) const MINIMAL_ALLOWED: &[&str] = &[
     "$os",
     "$os_version",
 ];
+
+/// Empty or only whitespace; the common case (a leading visible ASCII character) costs one
+/// comparison.
+fn is_blank(text: &str) -> bool {
+    match text.as_bytes().first() {
+        None => true,
+        Some(b) if b.is_ascii_graphic() => false,
+        Some(_) => text.trim().is_empty(),
+    }
+}
 
 /// `"key":value,` as serialized.
 fn entry_len(key: &str, value: &Value) -> usize {

@@ -273,10 +273,21 @@ impl Batch {
         if let Err(e) = self.validate(&event) {
             return Err(self.reject(e));
         }
-        let uuid = *event.uuid.get_or_insert_with(crate::uuid7::new_v7);
-        event
-            .timestamp
-            .get_or_insert_with(crate::timestamp::Timestamp::now);
+        let uuid = match (event.uuid, event.timestamp) {
+            (Some(uuid), Some(_)) => uuid,
+            (Some(uuid), None) => {
+                event.timestamp = Some(crate::timestamp::Timestamp::now());
+                uuid
+            }
+            (None, timestamp) => {
+                // One clock read for both.
+                let now = timestamp.unwrap_or_else(crate::timestamp::Timestamp::now);
+                event.timestamp = Some(now);
+                let uuid = crate::uuid7::new_v7_from(now.as_unix_millis().max(0) as u64);
+                event.uuid = Some(uuid);
+                uuid
+            }
+        };
         Ok((event, uuid))
     }
 
