@@ -91,6 +91,11 @@ pub use event::Event;
 pub use timestamp::Timestamp;
 pub use uuid::Uuid;
 
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// This crate's version, sent as `$lib_version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
