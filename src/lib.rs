@@ -126,8 +126,13 @@ mod auto_traits {
         send_sync::<Error>();
         send::<Worker>();
         send::<capture::ResponseFuture>();
-        send::<TransportFuture<<https::HttpClient as tower_service::Service<
-            http::Request<http_body_util::Full<bytes::Bytes>>,
-        >>::Future, https::ResponseBody>>();
+        send::<
+            TransportFuture<
+                <https::HttpClient as tower_service::Service<
+                    http::Request<http_body_util::Full<bytes::Bytes>>,
+                >>::Future,
+                https::ResponseBody,
+            >,
+        >();
     }
 }
