@@ -36,7 +36,7 @@ pub const USER_AGENT: &str = concat!("posthog-tower/", env!("CARGO_PKG_VERSION")
 /// timestamps included) are the same bytes on every attempt. With gzip on, the body is
 /// compressed and sent with `Content-Encoding: gzip`.
 ///
-/// A 2xx answer is success. Any other status is an [`UnexpectedStatus`] error carrying the
+/// A 2xx answer is success. Any other status is an [`UnexpectedStatus`](super::UnexpectedStatus) error carrying the
 /// `Retry-After` delay when the server sent one; transport failures are the HTTP client's own
 /// errors. [`RetryPolicy`](super::RetryPolicy) decides what to retry.
 ///
