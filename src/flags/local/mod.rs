@@ -2,6 +2,10 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod compiled;
+pub(crate) mod definitions;
+pub(crate) mod hash;
+pub(crate) mod matcher;
 pub(crate) mod operators;
 pub(crate) mod poller;
 
