@@ -13,7 +13,13 @@ use crate::{
     capture::{
         Batch, BatchConfig, CaptureTransport, EncodedBatch, RetryPolicy, StatsRecorder, Worker,
     },
-    flags::{CoalesceLayer, FallbackCache, FlagCalledDedup, FlagsRetryPolicy, RemoteFlags},
+    flags::{
+        local::{
+            compiled::CompiledFlags,
+            poller::{Poller, PollerConfig, Shared},
+        },
+        CoalesceLayer, FallbackCache, FlagCalledDedup, FlagsRetryPolicy, RemoteFlags,
+    },
     https::HttpClient,
     BoxError, BuildError, Error, Event,
 };
@@ -58,6 +64,8 @@ pub struct PostHogBuilder {
     send_feature_flag_events: bool,
     flag_called_dedup_capacity: usize,
     flag_fallback_max_age: Option<Duration>,
+    personal_api_key: Option<String>,
+    poll_interval: Duration,
 }
 
 impl PostHogBuilder {
@@ -80,7 +88,25 @@ impl PostHogBuilder {
             send_feature_flag_events: true,
             flag_called_dedup_capacity: 50_000,
             flag_fallback_max_age: None,
+            personal_api_key: None,
+            poll_interval: Duration::from_secs(30),
         }
+    }
+
+    /// Turns on local evaluation: flag definitions are fetched with this personal API key (or
+    /// project secret key) every [`poll_interval`](Self::poll_interval) and evaluated
+    /// in-process, asking `/flags` only for what they cannot decide. The key is sent to
+    /// `{host}/flags/definitions` only.
+    pub fn personal_api_key(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        self.personal_api_key = (!key.trim().is_empty()).then_some(key);
+        self
+    }
+
+    /// How often flag definitions are fetched for local evaluation (30 s).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(100));
+        self
     }
 
     /// Timeout of one `/flags` attempt (3 s).
@@ -327,6 +353,7 @@ impl PostHogBuilder {
         let http_client = self
             .http_client
             .unwrap_or_else(crate::https::default_client);
+        let poller_client = http_client.clone();
         let flags_service: super::flags::FlagsService = BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .layer(CoalesceLayer::new())
@@ -355,6 +382,17 @@ impl PostHogBuilder {
             }
         };
         let (batch, worker) = Batch::pair(stack, config);
+        let (local, stop_poller, worker) = match &self.personal_api_key {
+            Some(secret) => {
+                let poller_config =
+                    PollerConfig::new(poller_client, &host, &api_key, secret, self.poll_interval)?;
+                let shared = Shared::<CompiledFlags>::new();
+                let (stop, stop_rx) = tokio::sync::watch::channel(false);
+                let poller = Poller::new(poller_config, shared.clone(), stop_rx);
+                (Some(shared), Some(stop), worker.join(poller.run()))
+            }
+            None => (None, None, worker),
+        };
         let flags = FlagsClient {
             service: flags_service,
             reporter: Arc::new(FlagCalledReporter {
@@ -365,6 +403,8 @@ impl PostHogBuilder {
                 .flag_fallback_max_age
                 .map(|age| FallbackCache::new(age, 10_000)),
             send_events: self.send_feature_flag_events,
+            local,
+            stop_poller,
         };
         let client = PostHog {
             inner: Arc::new(Inner {
@@ -392,6 +432,8 @@ impl fmt::Debug for PostHogBuilder {
             .field("historical_migration", &self.historical_migration)
             .field("disabled", &self.disabled)
             .field("sync_mode", &self.sync_mode)
+            .field("local_evaluation", &self.personal_api_key.is_some())
+            .field("poll_interval", &self.poll_interval)
             .finish_non_exhaustive()
     }
 }

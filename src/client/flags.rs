@@ -11,11 +11,19 @@ use tower::{util::BoxCloneSyncService, ServiceExt};
 use uuid::Uuid;
 
 use super::PostHog;
+use tokio::sync::watch;
+
 use crate::{
     capture::Batch,
+    flags::local::{
+        compiled::CompiledFlags,
+        matcher::{EvalContext, LocalMatch},
+        poller::Shared,
+    },
     flags::{
         decode_payload, AllFlags, FallbackCache, FeatureFlagResult, FlagCalled, FlagCalledDedup,
-        FlagError, FlagEvaluations, FlagValue, FlagsRequest, FlagsResponse, ReportFlagCalled,
+        FlagError, FlagEvaluations, FlagRecord, FlagValue, FlagsRequest, FlagsResponse,
+        ReportFlagCalled,
     },
     BoxError, CaptureError, Event,
 };
@@ -29,6 +37,64 @@ pub(crate) struct FlagsClient {
     pub(crate) reporter: Arc<FlagCalledReporter>,
     pub(crate) fallback: Option<FallbackCache>,
     pub(crate) send_events: bool,
+    /// Local evaluation: the definitions the poller keeps current.
+    pub(crate) local: Option<Arc<Shared<CompiledFlags>>>,
+    /// Stops the poller (dropping it does too).
+    pub(crate) stop_poller: Option<watch::Sender<bool>>,
+}
+
+/// The reason sent for flags decided in-process.
+const EVALUATED_LOCALLY: &str = "Evaluated locally";
+
+impl FlagsClient {
+    /// The current local definitions, if local evaluation is on and they are loaded.
+    fn definitions(&self) -> Option<Arc<CompiledFlags>> {
+        self.local.as_ref()?.current()
+    }
+}
+
+fn context(request: &FlagsRequest) -> EvalContext<'_> {
+    EvalContext {
+        distinct_id: &request.distinct_id,
+        device_id: request.device_id.as_deref(),
+        person_properties: &request.person_properties,
+        groups: &request.groups,
+        group_properties: &request.group_properties,
+    }
+}
+
+/// A local answer as a snapshot record.
+fn local_record(key: &str, m: &LocalMatch<'_>) -> FlagRecord {
+    FlagRecord {
+        payload: decode_payload(key, m.payload),
+        value: m.value.clone(),
+        reason: Some(EVALUATED_LOCALLY.to_owned()),
+        id: m.id,
+        version: None,
+        locally_evaluated: true,
+        has_experiment: m.has_experiment,
+    }
+}
+
+/// Evaluates `keys` (or every defined flag) locally: the answers, and the keys left undecided.
+fn evaluate_locally(
+    defs: &CompiledFlags,
+    request: &FlagsRequest,
+) -> (BTreeMap<String, FlagRecord>, Vec<String>) {
+    let ctx = context(request);
+    let mut decided = BTreeMap::new();
+    let mut undecided = Vec::new();
+    let mut one = |key: &str| match defs.evaluate(key, &ctx) {
+        Ok(m) => {
+            decided.insert(key.to_owned(), local_record(key, &m));
+        }
+        Err(_) => undecided.push(key.to_owned()),
+    };
+    match &request.flag_keys {
+        Some(keys) => keys.iter().for_each(|k| one(k)),
+        None => defs.keys().for_each(&mut one),
+    }
+    (decided, undecided)
 }
 
 /// Deduplicates `$feature_flag_called` and captures it.
@@ -160,9 +226,31 @@ impl PostHog {
         request: impl Into<FlagsRequest>,
     ) -> Result<AllFlags, FlagError> {
         let flags = self.flags_client()?;
-        let response = call(&flags.service, request.into()).await?;
+        let request = request.into();
         let mut all = AllFlags::default();
+        let mut remote_request = request.clone();
+        if let Some(defs) = flags.definitions() {
+            let (decided, undecided) = evaluate_locally(&defs, &request);
+            for (key, record) in decided {
+                if record.value.is_enabled() {
+                    if let Some(payload) = record.payload {
+                        all.payloads.insert(key.clone(), payload);
+                    }
+                }
+                all.flags.insert(key, record.value);
+            }
+            if undecided.is_empty() || request.only_evaluate_locally {
+                return Ok(all);
+            }
+            remote_request.flag_keys = Some(undecided);
+        } else if request.only_evaluate_locally {
+            return Err(FlagError::Inconclusive);
+        }
+        let response = call(&flags.service, remote_request).await?;
         for (key, flag) in &response.flags {
+            if all.flags.contains_key(key) {
+                continue;
+            }
             let value = flag.value();
             if value.is_enabled() {
                 if let Some(payload) = decode_payload(key, flag.metadata.payload.as_deref()) {
@@ -205,13 +293,30 @@ impl PostHog {
         {
             return FlagEvaluations::failed(&request, None, reporter);
         }
-        match call(&flags.service, request.clone()).await {
-            Ok(response) => FlagEvaluations::from_response(&request, &response, reporter),
+        let mut remote_request = request.clone();
+        let mut local = BTreeMap::new();
+        let mut local_gate = false;
+        if let Some(defs) = flags.definitions() {
+            let (decided, undecided) = evaluate_locally(&defs, &request);
+            local = decided;
+            local_gate = defs.minimal_flag_called_events();
+            if undecided.is_empty() || request.only_evaluate_locally {
+                return FlagEvaluations::failed(&request, None, reporter)
+                    .with_local(local, local_gate, false);
+            }
+            // One request, for only what local evaluation left undecided.
+            remote_request.flag_keys = Some(undecided);
+        } else if request.only_evaluate_locally {
+            return FlagEvaluations::failed(&request, Some(FlagError::Inconclusive), reporter);
+        }
+        let snapshot = match call(&flags.service, remote_request.clone()).await {
+            Ok(response) => FlagEvaluations::from_response(&remote_request, &response, reporter),
             Err(error) => {
                 tracing::warn!(error = %error, "posthog: flags could not be evaluated");
                 FlagEvaluations::failed(&request, Some(error), reporter)
             }
-        }
+        };
+        snapshot.with_local(local, local_gate, true)
     }
 
     /// Evaluates the event's flags (for its distinct id and `$groups`) and records them on it
@@ -235,6 +340,16 @@ impl PostHog {
         self.capture(event.flags(&flags))
     }
 
+    /// Waits until the first fetch of flag definitions settled, at most `timeout`; `true` when
+    /// definitions are loaded and flags can be evaluated locally. Always `false` without a
+    /// [personal API key](super::PostHogBuilder::personal_api_key).
+    pub async fn wait_for_flag_definitions(&self, timeout: std::time::Duration) -> bool {
+        match self.inner.flags.as_ref().and_then(|f| f.local.as_ref()) {
+            Some(local) => local.wait_loaded(timeout).await,
+            None => false,
+        }
+    }
+
     fn flags_client(&self) -> Result<&FlagsClient, FlagError> {
         self.inner.flags.as_ref().ok_or(FlagError::Disabled)
     }
@@ -251,6 +366,66 @@ impl PostHog {
             .send_feature_flag_events
             .unwrap_or(sends_event_by_default && flags.send_events);
         request.flag_keys = Some(vec![key.to_owned()]);
+        if let Some(defs) = flags.definitions() {
+            if let Ok(m) = defs.evaluate(key, &context(&request)) {
+                let record = local_record(key, &m);
+                let result = FeatureFlagResult {
+                    key: key.to_owned(),
+                    value: record.value,
+                    payload: record.payload,
+                    reason: record.reason,
+                    id: record.id,
+                    version: None,
+                    locally_evaluated: true,
+                    request_id: None,
+                    stale_because: None,
+                };
+                if let Some(cache) = &flags.fallback {
+                    cache.put(&request.distinct_id, &result);
+                }
+                if send
+                    && flags.reporter.first_time(
+                        &request.distinct_id,
+                        key,
+                        Some(&result.value),
+                        &request.groups,
+                    )
+                {
+                    flags.reporter.report(FlagCalled {
+                        distinct_id: request.distinct_id.clone(),
+                        key: key.to_owned(),
+                        response: Some(result.value.clone()),
+                        payload: result.payload.clone(),
+                        locally_evaluated: true,
+                        reason: result.reason.clone(),
+                        id: result.id,
+                        has_experiment: m.has_experiment,
+                        minimal_gate: defs.minimal_flag_called_events(),
+                        groups: request.groups.clone(),
+                        disable_geoip: request.disable_geoip,
+                        ..FlagCalled::default()
+                    });
+                }
+                return Ok(result);
+            }
+        }
+        if request.only_evaluate_locally {
+            // posthog-python reports the lookup even then, with no value and no error code.
+            if send
+                && flags
+                    .reporter
+                    .first_time(&request.distinct_id, key, None, &request.groups)
+            {
+                flags.reporter.report(FlagCalled {
+                    distinct_id: request.distinct_id.clone(),
+                    key: key.to_owned(),
+                    groups: request.groups.clone(),
+                    disable_geoip: request.disable_geoip,
+                    ..FlagCalled::default()
+                });
+            }
+            return Err(FlagError::Inconclusive);
+        }
         let mut called = FlagCalled {
             distinct_id: request.distinct_id.clone(),
             key: key.to_owned(),

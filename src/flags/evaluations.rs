@@ -35,6 +35,7 @@ pub struct FlagRecord {
     pub has_experiment: Option<bool>,
 }
 
+#[derive(Clone)]
 struct Data {
     distinct_id: String,
     groups: BTreeMap<String, String>,
@@ -134,6 +135,30 @@ impl FlagEvaluations {
             },
             reporter,
         )
+    }
+
+    /// Adds flags evaluated locally (they win over anything the server said about the same
+    /// key). `remote_called` says whether the server was asked; when it was not, the local
+    /// definitions' minimal-events setting applies.
+    pub(crate) fn with_local(
+        self,
+        local: BTreeMap<String, FlagRecord>,
+        local_minimal_gate: bool,
+        remote_called: bool,
+    ) -> Self {
+        if local.is_empty() && remote_called {
+            return self;
+        }
+        let mut data = Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone());
+        data.records.extend(local);
+        if !remote_called {
+            data.minimal_gate = local_minimal_gate;
+        }
+        FlagEvaluations {
+            data: Arc::new(data),
+            accessed: self.accessed,
+            reporter: self.reporter,
+        }
     }
 
     fn new(data: Data, reporter: Option<Arc<dyn ReportFlagCalled>>) -> Self {

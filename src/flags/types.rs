@@ -302,6 +302,7 @@ pub struct FlagsRequest {
     pub(crate) device_id: Option<String>,
     pub(crate) flag_keys: Option<Vec<String>>,
     pub(crate) send_feature_flag_events: Option<bool>,
+    pub(crate) only_evaluate_locally: bool,
 }
 
 impl From<&str> for FlagsRequest {
@@ -413,6 +414,15 @@ impl FlagsRequest {
     #[must_use]
     pub fn send_feature_flag_events(mut self, send: bool) -> Self {
         self.send_feature_flag_events = Some(send);
+        self
+    }
+
+    /// Uses only the locally evaluated definitions (a personal API key is needed): a flag
+    /// local evaluation cannot decide is reported as
+    /// [`FlagError::Inconclusive`](super::FlagError::Inconclusive) instead of asking PostHog.
+    #[must_use]
+    pub fn only_evaluate_locally(mut self, only: bool) -> Self {
+        self.only_evaluate_locally = only;
         self
     }
 

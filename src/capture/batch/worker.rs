@@ -49,6 +49,16 @@ impl fmt::Debug for Worker {
 }
 
 impl Worker {
+    /// Runs `other` (the definitions poller) alongside the batch worker.
+    pub(crate) fn join(self, other: impl Future<Output = ()> + Send + 'static) -> Worker {
+        let batch = self.future;
+        Worker {
+            future: Box::pin(async move {
+                tokio::join!(batch, other);
+            }),
+        }
+    }
+
     /// A worker with nothing to do (for a disabled client).
     pub(crate) fn finished() -> Self {
         Worker {

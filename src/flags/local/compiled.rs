@@ -64,6 +64,7 @@ pub(crate) struct CompiledFlag {
     pub(super) active: bool,
     pub(super) ensure_experience_continuity: bool,
     /// Payloads (JSON text) by value key: `"true"`, `"false"` or a variant.
+    #[allow(dead_code)] // read by `payload`, for lookups by value
     payloads: HashMap<String, String>,
     pub(super) payload_true: Option<String>,
     pub(super) payload_false: Option<String>,
@@ -74,6 +75,7 @@ pub(crate) struct CompiledFlag {
 impl CompiledFlag {
     /// The payload (JSON text) stored for `value`: under `"true"`/`"false"` for a boolean, under
     /// the variant's name for a variant.
+    #[allow(dead_code)] // the local `match_value` payload lookup
     pub(crate) fn payload(&self, value: &crate::flags::FlagValue) -> Option<&str> {
         match value {
             crate::flags::FlagValue::Bool(true) => self.payload_true.as_deref(),
@@ -331,18 +333,22 @@ impl CompiledFlags {
     }
 
     /// The compiled flag `key`.
+    #[allow(dead_code)] // inspection helper, used by tests
     pub(crate) fn flag(&self, key: &str) -> Option<&CompiledFlag> {
         self.by_key.get(key).map(|&i| &self.flags[i])
     }
 
+    #[allow(dead_code)] // inspection helper, used by tests
     pub(crate) fn len(&self) -> usize {
         self.flags.len()
     }
 
+    #[allow(dead_code)] // inspection helper, used by tests
     pub(crate) fn is_empty(&self) -> bool {
         self.flags.is_empty()
     }
 
+    #[allow(dead_code)] // inspection helper, used by tests
     pub(crate) fn property_matching_version(&self) -> u32 {
         self.property_matching_version
     }

@@ -1,7 +1,5 @@
 //! Local evaluation: flag definitions polled from PostHog, compiled once, evaluated in-process.
 
-#![allow(dead_code)]
-
 pub(crate) mod compiled;
 pub(crate) mod definitions;
 pub(crate) mod hash;
@@ -19,4 +17,14 @@ pub(crate) struct Inconclusive(pub(crate) &'static str);
 pub(crate) enum PropRef<'a> {
     Json(&'a serde_json::Value),
     Str(&'a str),
+}
+
+impl poller::Compile for compiled::CompiledFlags {
+    fn compile(body: &[u8]) -> Result<Self, String> {
+        compiled::CompiledFlags::from_json(body).map_err(|e| e.to_string())
+    }
+
+    fn empty() -> Self {
+        compiled::CompiledFlags::compile(&definitions::Definitions::default())
+    }
 }

@@ -66,6 +66,7 @@ const BAD_SEMVER_VALUE: &str = "missing context: property is not a valid semver"
 
 /// Whether an inconclusive filter result is due to the properties given rather than the
 /// definition (posthog-python's `MISSING_CONTEXT` versus `UNSUPPORTED_DEFINITION`).
+#[allow(dead_code)] // for logs that tell missing context from unsupported definitions
 pub(crate) fn is_missing_context(reason: &Inconclusive) -> bool {
     reason.0.starts_with("missing context")
 }
@@ -86,6 +87,7 @@ pub(crate) struct CompiledProperty {
     /// The entry's `negation` flag. posthog-python applies it only to entries of cohort
     /// property groups (inverting a conclusive result); it is not applied by
     /// [`match_property`].
+    #[allow(dead_code)] // applied by cohort groups, not by the filter itself
     pub(crate) negation: bool,
     /// Whether `key` was a string in the definition (otherwise nothing can match).
     key_is_string: bool,
@@ -419,6 +421,7 @@ pub(crate) fn match_property(
 }
 
 /// [`match_property`] with the current time given, in nanoseconds since the Unix epoch.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn match_property_at(
     property: &CompiledProperty,
     value: Option<PropRef<'_>>,
