@@ -350,6 +350,13 @@ impl PostHog {
         }
     }
 
+    /// The flag definitions currently used for local evaluation (`None` without a personal
+    /// API key or before they are loaded). A cheap handle on an immutable snapshot.
+    pub fn local_flags(&self) -> Option<crate::flags::LocalFlags> {
+        let definitions = self.inner.flags.as_ref()?.definitions()?;
+        Some(crate::flags::LocalFlags::from_compiled(definitions))
+    }
+
     fn flags_client(&self) -> Result<&FlagsClient, FlagError> {
         self.inner.flags.as_ref().ok_or(FlagError::Disabled)
     }

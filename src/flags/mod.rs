@@ -11,6 +11,7 @@ mod error;
 mod evaluations;
 mod fallback;
 pub(crate) mod local;
+mod local_flags;
 mod remote;
 mod result;
 mod types;
@@ -24,6 +25,7 @@ pub use result::{AllFlags, FeatureFlagResult};
 pub use coalesce::{Coalesce, CoalesceFuture, CoalesceLayer, SharedError};
 pub(crate) use dedup::FlagCalledDedup;
 pub use error::FlagError;
+pub use local_flags::LocalFlags;
 
 pub use remote::{error_code, FlagsRetryPolicy, RemoteFlags, RemoteFuture};
 pub use types::{
