@@ -10,7 +10,11 @@
 //! Every harness test of the `feature_flags` suite that runs for a server SDK has a test of the
 //! same name here (17 of them). The tests prefixed `adapter_` check the adapter's flag endpoints
 //! themselves: errors, payloads, `/get_all_flags`, `X-Test-Id` on `/flags` in parallel mode,
-//! and that `/reset` stops a pending `/flags` retry.
+//! and that `/reset` stops a pending `/flags` retry. The tests prefixed `adapter_local_` check
+//! our local-evaluation extensions (`personal_api_key`, `poll_interval_ms`,
+//! `only_evaluate_locally`, `force_remote` with local evaluation on) against [`MockPostHog`]
+//! serving `/flags/definitions`, which the harness's own mock does not have (it answers 404 and
+//! records nothing there).
 //!
 //! The harness's mock differs from [`MockPostHog`] in two ways that matter here, and the tests
 //! reproduce what the SDK would receive from it:
@@ -808,7 +812,7 @@ async fn adapter_get_feature_flag_errors() {
         assert_eq!(reply.content_type.as_deref(), Some("application/json"));
     }
 
-    // Local evaluation does not exist: only_evaluate_locally asks nothing and decides nothing.
+    // Without a personal API key only_evaluate_locally asks nothing and decides nothing.
     let result = h
         .gff(json!({"key": "k", "distinct_id": "user_1", "only_evaluate_locally": true}))
         .await;
@@ -1002,4 +1006,390 @@ async fn adapter_reset_stops_a_pending_flags_retry() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = h.recordings();
     assert!(r.is_empty(), "recorded after the reset: {:?}", paths(&r));
+}
+
+// ===== our local-evaluation extensions =====
+
+/// The personal API key the local-evaluation tests give `/init`.
+const PERSONAL_KEY: &str = "phx_personal_secret";
+
+/// Definitions as `/flags/definitions` serves them: `everyone` (on for all, with a payload),
+/// `pro-only` (needs the `plan` person property: inconclusive without it) and `continuity`
+/// (experience continuity: never decided locally).
+fn definitions() -> Value {
+    json!({
+        "flags": [
+            {"id": 11, "key": "everyone", "active": true,
+             "filters": {"groups": [{"properties": [], "rollout_percentage": 100}],
+                         "payloads": {"true": "{\"color\": \"blue\"}"}}},
+            {"id": 12, "key": "pro-only", "active": true,
+             "filters": {"groups": [{"properties": [
+                 {"key": "plan", "value": "pro", "operator": "exact", "type": "person"}],
+                 "rollout_percentage": 100}]}},
+            {"id": 13, "key": "continuity", "active": true, "ensure_experience_continuity": true,
+             "filters": {"groups": [{"properties": [], "rollout_percentage": 100}]}}
+        ],
+        "group_type_mapping": {},
+        "cohorts": {}
+    })
+}
+
+/// A fresh mock (serving [`definitions`]) and adapter, reset as the harness does.
+async fn begin_local() -> Harness {
+    let h = begin().await;
+    h.mock()
+        .set_default("/flags/definitions", MockResponse::json(200, definitions()));
+    h
+}
+
+/// `/init` with the personal API key (plus `extra`); the definitions are loaded when it answers.
+async fn init_local(h: &Harness, extra: Value) {
+    let mut body = json!({"personal_api_key": PERSONAL_KEY});
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    let answer = h.init(body).await;
+    assert_eq!(
+        answer,
+        json!({"success": true, "flag_definitions_loaded": true})
+    );
+}
+
+/// The `/flags` requests proper (not `/flags/definitions`, which [`is_flags`] also matches).
+fn remote_flags_requests(h: &Harness) -> Vec<RecordedRequest> {
+    h.mock().requests_to("/flags")
+}
+
+fn definitions_requests(h: &Harness) -> Vec<RecordedRequest> {
+    h.mock().requests_to("/flags/definitions")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_local_init_loads_definitions_with_the_personal_key() {
+    let h = begin_local().await;
+    init_local(&h, json!({})).await;
+    let requests = definitions_requests(&h);
+    assert_eq!(requests.len(), 1, "one load before /init answered");
+    let first = &requests[0];
+    assert_eq!(first.method, Method::GET);
+    assert_eq!(
+        first.header("authorization"),
+        Some(format!("Bearer {PERSONAL_KEY}").as_str())
+    );
+    let query = first.query.as_deref().unwrap_or_default();
+    assert!(
+        query.split('&').any(|pair| pair == "token=phc_test_key"),
+        "query {query:?}"
+    );
+    assert!(first.header("x-test-id").is_none());
+    // Loading definitions is not a lookup: no /flags request, no event.
+    assert!(remote_flags_requests(&h).is_empty());
+    assert_eq!(h.recordings().len(), 1, "{:?}", paths(&h.recordings()));
+
+    // In parallel mode the definitions requests carry the test id like every other request.
+    let t = h.with_test_id("t-3c2b1a09-8f7e-4d6c-9b5a-4f3e2d1c0b9a");
+    t.reset().await;
+    init_local(&t, json!({"api_key": "phc_t"})).await;
+    let requests = definitions_requests(&h);
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].header("x-test-id"),
+        Some("t-3c2b1a09-8f7e-4d6c-9b5a-4f3e2d1c0b9a")
+    );
+    assert!(requests[0]
+        .query
+        .as_deref()
+        .unwrap_or_default()
+        .contains("token=phc_t"));
+
+    // Definitions the mock does not serve (like the harness's mock, which answers 404): /init
+    // still succeeds, says so, and lookups go to /flags.
+    let h = begin().await;
+    let answer = h.init(json!({"personal_api_key": PERSONAL_KEY})).await;
+    assert_eq!(
+        answer,
+        json!({"success": true, "flag_definitions_loaded": false})
+    );
+    let result = h
+        .gff(json!({"key": "everyone", "distinct_id": "user_1"}))
+        .await;
+    assert_eq!(result["locally_evaluated"], false, "{result}");
+    assert_eq!(remote_flags_requests(&h).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_local_lookups_make_no_flags_request() {
+    let h = begin_local().await;
+    init_local(&h, json!({})).await;
+    let result = h
+        .gff(json!({"key": "everyone", "distinct_id": "user_1"}))
+        .await;
+    assert_eq!(
+        result,
+        json!({
+            "success": true,
+            "value": true,
+            "payload": {"color": "blue"},
+            "locally_evaluated": true,
+        })
+    );
+    let result = h
+        .gff(json!({
+            "key": "pro-only",
+            "distinct_id": "user_2",
+            "person_properties": {"plan": "pro"},
+            "force_remote": false,
+        }))
+        .await;
+    assert_eq!(result["value"], true, "{result}");
+    assert_eq!(result["locally_evaluated"], true, "{result}");
+    let result = h
+        .gff(json!({
+            "key": "pro-only",
+            "distinct_id": "user_3",
+            "person_properties": {"plan": "free"},
+        }))
+        .await;
+    assert_eq!(result["value"], false, "{result}");
+    assert_eq!(result["payload"], Value::Null, "{result}");
+    assert_eq!(result["locally_evaluated"], true, "{result}");
+
+    assert!(remote_flags_requests(&h).is_empty(), "no /flags request");
+    // Each lookup's `$feature_flag_called` was delivered before its answer, marked local.
+    let r = h.recordings();
+    assert_event_count_with_name(&r, "$feature_flag_called", 3);
+    assert_event_property_in_named_event(
+        &r,
+        "$feature_flag_called",
+        "locally_evaluated",
+        json!(true),
+    );
+    assert_event_property_in_named_event(
+        &r,
+        "$feature_flag_called",
+        "$feature_flag_reason",
+        json!("Evaluated locally"),
+    );
+    // The personal key never leaves the definitions endpoint.
+    for request in &r {
+        if request.path != "/flags/definitions" {
+            assert!(
+                request.header("authorization").is_none(),
+                "{}",
+                request.path
+            );
+            assert!(!String::from_utf8_lossy(&request.body).contains(PERSONAL_KEY));
+        }
+    }
+
+    // What local evaluation cannot decide still goes to /flags, for that key only.
+    h.queue([(200, Some(r#"{"featureFlags": {"continuity": "v2"}}"#))]);
+    let result = h
+        .gff(json!({"key": "continuity", "distinct_id": "user_1"}))
+        .await;
+    assert_eq!(result["value"], "v2", "{result}");
+    assert_eq!(result["locally_evaluated"], false, "{result}");
+    let remote = remote_flags_requests(&h);
+    assert_eq!(remote.len(), 1);
+    let body = remote[0].json().expect("JSON");
+    assert_eq!(body["flag_keys_to_evaluate"], json!(["continuity"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_local_only_evaluate_locally_inconclusive_is_null() {
+    let h = begin_local().await;
+    init_local(&h, json!({})).await;
+    for (key, person_properties) in [
+        // `plan` missing: inconclusive.
+        ("pro-only", json!({})),
+        // Never decided locally.
+        ("continuity", json!({"plan": "pro"})),
+        // Unknown to the definitions.
+        ("no-such-flag", json!({})),
+    ] {
+        let result = h
+            .gff(json!({
+                "key": key,
+                "distinct_id": "user_1",
+                "person_properties": person_properties,
+                "only_evaluate_locally": true,
+            }))
+            .await;
+        assert_eq!(
+            result,
+            json!({
+                "success": true,
+                "value": null,
+                "payload": null,
+                "locally_evaluated": false,
+                "error": "inconclusive",
+            }),
+            "{key}"
+        );
+    }
+    // What local evaluation decides is answered as usual.
+    let result = h
+        .gff(json!({
+            "key": "pro-only",
+            "distinct_id": "user_1",
+            "person_properties": {"plan": "pro"},
+            "only_evaluate_locally": true,
+        }))
+        .await;
+    assert_eq!(result["value"], true, "{result}");
+    assert_eq!(result["locally_evaluated"], true, "{result}");
+    assert!(
+        remote_flags_requests(&h).is_empty(),
+        "recorded: {:?}",
+        paths(&h.recordings())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_local_get_all_flags() {
+    let h = begin_local().await;
+    init_local(&h, json!({})).await;
+    // Only locally: `pro-only` (no `plan`) and `continuity` are left out, nothing is asked.
+    let result = h
+        .call(
+            Method::POST,
+            "/get_all_flags",
+            Some(&json!({
+                "distinct_id": "user_1",
+                "person_properties": {},
+                "groups": {},
+                "group_properties": {},
+                "only_evaluate_locally": true,
+            })),
+        )
+        .await;
+    assert_eq!(
+        result,
+        json!({"success": true, "value": {"everyone": true}})
+    );
+    let result = h
+        .call(
+            Method::POST,
+            "/get_all_flags",
+            Some(&json!({
+                "distinct_id": "user_1",
+                "person_properties": {"plan": "free"},
+                "only_evaluate_locally": true,
+            })),
+        )
+        .await;
+    assert_eq!(
+        result,
+        json!({"success": true, "value": {"everyone": true, "pro-only": false}})
+    );
+    assert!(remote_flags_requests(&h).is_empty());
+
+    // Otherwise one /flags request for what is undecided, merged with the local answers.
+    h.queue([(200, Some(r#"{"featureFlags": {"continuity": true}}"#))]);
+    let result = h
+        .call(
+            Method::POST,
+            "/get_all_flags",
+            Some(&json!({"distinct_id": "user_1", "person_properties": {"plan": "pro"}})),
+        )
+        .await;
+    assert_eq!(
+        result,
+        json!({"success": true, "value": {"everyone": true, "pro-only": true, "continuity": true}})
+    );
+    let remote = remote_flags_requests(&h);
+    assert_eq!(remote.len(), 1);
+    assert_eq!(
+        remote[0].json().expect("JSON")["flag_keys_to_evaluate"],
+        json!(["continuity"])
+    );
+    // All-flags lookups report no events.
+    h.flush().await;
+    assert_event_count_with_name(&h.recordings(), "$feature_flag_called", 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_local_force_remote_bypasses_local_evaluation() {
+    let h = begin_local().await;
+    init_local(&h, json!({})).await;
+    // Locally `everyone` is on; PostHog says otherwise.
+    h.queue([(200, Some(r#"{"featureFlags": {"everyone": false}}"#))]);
+    let result = h
+        .gff(json!({"key": "everyone", "distinct_id": "user_1", "force_remote": true}))
+        .await;
+    assert_eq!(
+        result,
+        json!({
+            "success": true,
+            "value": false,
+            "payload": null,
+            "locally_evaluated": false,
+        })
+    );
+    let remote = remote_flags_requests(&h);
+    assert_eq!(remote.len(), 1, "a fresh /flags request");
+    assert!(remote[0].header("authorization").is_none());
+    let body = remote[0].json().expect("JSON");
+    assert_eq!(body["token"], "phc_test_key");
+    assert_eq!(body["flag_keys_to_evaluate"], json!(["everyone"]));
+    // Its `$feature_flag_called` was delivered before the answer, as a remote one.
+    let r = h.recordings();
+    assert_event_count_with_name(&r, "$feature_flag_called", 1);
+    assert_event_property_in_named_event(
+        &r,
+        "$feature_flag_called",
+        "$feature_flag_response",
+        json!(false),
+    );
+    let events = captured_events(&r);
+    assert_ne!(
+        events[0]["properties"]["locally_evaluated"], true,
+        "{events:?}"
+    );
+
+    // The next lookup without force_remote is local again.
+    let result = h
+        .gff(json!({"key": "everyone", "distinct_id": "user_1"}))
+        .await;
+    assert_eq!(result["value"], true, "{result}");
+    assert_eq!(result["locally_evaluated"], true, "{result}");
+    assert_eq!(remote_flags_requests(&h).len(), 1);
+    // /state counts both clients' events.
+    let state = h.call(Method::GET, "/state", None).await;
+    assert_eq!(state["total_events_captured"], 2, "{state}");
+    assert_eq!(state["total_events_sent"], 2, "{state}");
+    assert_eq!(state["pending_events"], 0, "{state}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_local_reset_stops_the_poller() {
+    let h = begin_local().await;
+    init_local(&h, json!({"poll_interval_ms": 100})).await;
+    // Real time: the adapter polls on its own clock.
+    h.mock()
+        .wait_for_requests("/flags/definitions", 3, Duration::from_secs(5))
+        .await
+        .expect("polled every 100 ms");
+    h.reset().await;
+    // A fetch already on its way when the reset came may still arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let polled = definitions_requests(&h).len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        definitions_requests(&h).len(),
+        polled,
+        "no definitions request after /reset"
+    );
+
+    // A new /init replaces the client: only the new one polls.
+    init_local(&h, json!({"poll_interval_ms": 100})).await;
+    init_local(&h, json!({"poll_interval_ms": 100})).await;
+    h.mock().clear();
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    let count = definitions_requests(&h).len();
+    assert!(
+        (3..=7).contains(&count),
+        "one poller at 100 ms for 550 ms, not two: {count}"
+    );
+    h.reset().await;
 }

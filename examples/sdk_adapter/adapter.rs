@@ -6,28 +6,43 @@
 //! | endpoint | what it does |
 //! |---|---|
 //! | `GET /health` | names the SDK and its capabilities (`capture_v0`, `encoding_gzip`) |
-//! | `POST /init` | builds a client: `api_key`, `host`, `flush_at`, `flush_interval_ms`, `max_retries`, `enable_compression`, `disable_geoip`, `historical_migration` |
+//! | `POST /init` | builds a client: `api_key`, `host`, `flush_at`, `flush_interval_ms`, `max_retries`, `enable_compression`, `disable_geoip`, `historical_migration`; our extensions `personal_api_key` (local evaluation) and `poll_interval_ms` |
 //! | `POST /capture` | `distinct_id`, `event`, `properties` (object or null), `timestamp` (RFC 3339 or null), `uuid` (optional) |
 //! | `POST /flush` | delivers everything captured, waiting through retries |
-//! | `POST /get_feature_flag` | `key`, `distinct_id`, `person_properties`, `groups`, `group_properties`, `disable_geoip`, `force_remote`, `only_evaluate_locally`: one flag from `/flags`, then a flush |
-//! | `POST /get_all_flags` | `distinct_id`, `person_properties`, `groups`, `group_properties`, `disable_geoip`, `only_evaluate_locally`: every flag from `/flags` |
+//! | `POST /get_feature_flag` | `key`, `distinct_id`, `person_properties`, `groups`, `group_properties`, `disable_geoip`, `force_remote`, `only_evaluate_locally`: one flag, then a flush |
+//! | `POST /get_all_flags` | `distinct_id`, `person_properties`, `groups`, `group_properties`, `disable_geoip`, `only_evaluate_locally`: every flag |
 //! | `GET /state` | counters and every capture attempt, as observed by a tower layer |
 //! | `POST /reset` | drops the client without sending anything more |
 //!
 //! `/get_feature_flag` answers `{"success": true, "value": …, "payload": …,
-//! "locally_evaluated": false}`: `value` is `true`/`false`/`"variant"`, or `null` with an
-//! `error` code (`flag_missing`, `api_error_502`, …) when the flag is unknown or could not be
-//! evaluated. It flushes the client before answering, so the `$feature_flag_called` event the
-//! lookup reported reaches the mock within the call, never after the next test's reset. The
-//! SDK has no local evaluation yet: every lookup asks `/flags` (`force_remote` changes nothing),
-//! and `only_evaluate_locally: true` makes no request and answers `"success": false` with a
-//! `null` value (posthog-python's answer when local evaluation is inconclusive).
-//! `/get_all_flags` answers `{"success": true, "value": {key: value, …}}` (`{}` and an `error`
-//! code when `/flags` failed).
+//! "locally_evaluated": …}`: `value` is `true`/`false`/`"variant"`, or `null` with an `error`
+//! code (`flag_missing`, `api_error_502`, `inconclusive`, …) when the flag is unknown or could
+//! not be evaluated; `payload` is the decoded JSON payload or `null`; `locally_evaluated` is
+//! the SDK's own [`FeatureFlagResult::locally_evaluated`]. It flushes the client before
+//! answering, so the `$feature_flag_called` event the lookup reported reaches the mock within
+//! the call, never after the next test's reset. `/get_all_flags` answers `{"success": true,
+//! "value": {key: value, …}}` (`{}` and an `error` code when `/flags` failed).
+//!
+//! Local evaluation (our extension of the protocol): `/init` with a `personal_api_key` builds
+//! the client with it, polling `{host}/flags/definitions` every `poll_interval_ms` (the SDK's
+//! 30 s by default), and answers only once the first load settled (at most 5 s), with
+//! `"flag_definitions_loaded": true|false`. Lookups then evaluate locally first and ask
+//! `/flags` only for what local evaluation cannot decide.
+//!
+//! * `only_evaluate_locally: true` never asks `/flags`: a flag local evaluation cannot decide
+//!   (or does not know) answers `"success": true, "value": null, "error": "inconclusive"`, and
+//!   `/get_all_flags` leaves such flags out. Without a personal API key nothing can be decided
+//!   locally: the answer is `"success": false` with a `null` value (`{}` for all flags).
+//! * `force_remote: true` must bypass local evaluation, but the SDK has no per-lookup switch
+//!   for that. With a personal API key the adapter therefore keeps a second client built the
+//!   same way without the key (same HTTP client, same `X-Test-Id`, same `/state` observer) and
+//!   sends `force_remote` lookups through it: they always make a fresh `/flags` request.
+//!   Without a personal key there is nothing to bypass and the one client serves every lookup.
+//! * `/reset` (and a new `/init`) shuts the clients down, which stops the definitions poller.
 //!
 //! In parallel mode the harness appends `?test_id=…` to every call but `/health`: each test id
 //! gets its own client, which sends `X-Test-Id: <test id>` on every request to the mock,
-//! `/flags` included. Without a test id the calls go to one global client.
+//! `/flags` and `/flags/definitions` included. Without a test id the calls go to one global client.
 //!
 //! Every answer is JSON with `Content-Type: application/json`. Only genuine adapter errors
 //! (a malformed request, a capture the SDK refused, a call before `/init`) are non-2xx:
@@ -56,7 +71,7 @@ use hyper_util::{
 };
 use posthog_tower::{
     capture::{CaptureTransport, EncodedBatch, RetryPolicy, UnexpectedStatus},
-    flags::{FlagError, FlagsRequest},
+    flags::{FeatureFlagResult, FlagError, FlagsRequest},
     https::{self, HttpClient},
     BoxError, Event, PostHog, Timestamp, Uuid,
 };
@@ -77,6 +92,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const REPLACE_DEADLINE: Duration = Duration::from_millis(100);
 /// Largest request body the adapter reads.
 const MAX_BODY: usize = 8 * 1024 * 1024;
+/// How long `/init` waits for the first flag definitions when given a personal API key.
+const DEFINITIONS_WAIT: Duration = Duration::from_secs(5);
+/// The `error` of a lookup local evaluation could not decide (`FlagError::code` has no code
+/// for it).
+const INCONCLUSIVE: &str = "inconclusive";
 
 /// Serves the adapter on `listener` until the task is dropped or aborted.
 pub async fn serve(listener: TcpListener) {
@@ -234,12 +254,21 @@ impl Adapter {
             previous.retire(REPLACE_DEADLINE).await;
         }
         let instance = Instance::build(&request, test_id)?;
+        // Registered before waiting for definitions, so a `/reset` meanwhile still stops it.
+        let displaced = self.instances().insert(key, instance.clone());
         // A concurrent `/init` for the same test id may have won the race: retire its client.
-        let displaced = self.instances().insert(key, instance);
         if let Some(displaced) = displaced {
             displaced.retire(REPLACE_DEADLINE).await;
         }
-        Ok(json!({"success": true}))
+        if !instance.local_evaluation {
+            return Ok(json!({"success": true}));
+        }
+        // Tests expect local answers from their first lookup on.
+        let loaded = instance
+            .client
+            .wait_for_flag_definitions(DEFINITIONS_WAIT)
+            .await;
+        Ok(json!({"success": true, "flag_definitions_loaded": loaded}))
     }
 
     fn capture(&self, test_id: Option<&str>, body: &[u8]) -> Answer {
@@ -267,75 +296,61 @@ impl Adapter {
 
     async fn flush(&self, test_id: Option<&str>) -> Answer {
         let delivered = match self.instance(test_id) {
-            Some(instance) => instance.client.flush().await.delivered,
+            Some(instance) => instance.flush().await,
             None => 0,
         };
         Ok(json!({"success": true, "events_flushed": delivered}))
     }
 
-    fn client(&self, test_id: Option<&str>) -> Result<PostHog, Fail> {
+    fn require(&self, test_id: Option<&str>) -> Result<Instance, Fail> {
         self.instance(test_id)
-            .map(|instance| instance.client)
             .ok_or_else(|| Fail("no client: call /init first".to_owned()))
     }
 
-    /// One flag, always from `/flags`; then a flush, so the `$feature_flag_called` event is
-    /// delivered before the answer.
+    /// One flag (local evaluation first when on, `/flags` for the rest); then a flush, so the
+    /// `$feature_flag_called` event is delivered before the answer.
     async fn get_feature_flag(&self, test_id: Option<&str>, body: &[u8]) -> Answer {
         let request: GetFlagRequest = parse_json(body)?;
         let only_locally = request.only_evaluate_locally.unwrap_or(false);
-        if only_locally && request.force_remote == Some(true) {
+        let force_remote = request.force_remote.unwrap_or(false);
+        if only_locally && force_remote {
             return Err(Fail(
                 "force_remote and only_evaluate_locally cannot both be true".to_owned(),
             ));
         }
-        let client = self.client(test_id)?;
-        if only_locally {
-            return Ok(json!({
-                "success": false,
-                "value": null,
-                "payload": null,
-                "locally_evaluated": false,
-                "error": FlagError::Inconclusive.code(),
-            }));
-        }
-        let flags_request = request.person.flags_request(request.distinct_id)?;
-        let answer = match client
-            .get_feature_flag_result(&request.key, flags_request)
-            .await
-        {
-            Ok(result) => json!({
-                "success": true,
-                "value": serde_json::to_value(&result.value)?,
-                "payload": result.payload,
-                "locally_evaluated": result.locally_evaluated,
-            }),
-            Err(error) => json!({
-                "success": true,
-                "value": null,
-                "payload": null,
-                "locally_evaluated": false,
-                "error": error.code(),
-            }),
+        let instance = self.require(test_id)?;
+        let flags_request = request
+            .person
+            .flags_request(request.distinct_id)?
+            .only_evaluate_locally(only_locally);
+        // The SDK cannot skip local evaluation per lookup: the companion client has none.
+        let client = match (&instance.remote, force_remote) {
+            (Some(remote), true) => remote,
+            _ => &instance.client,
         };
+        let outcome = client
+            .get_feature_flag_result(&request.key, flags_request)
+            .await;
+        let answer = flag_answer(outcome, instance.local_evaluation)?;
         client.flush().await;
         Ok(answer)
     }
 
-    /// Every flag from `/flags` (no events).
+    /// Every flag (local evaluation first when on; no events).
     async fn get_all_flags(&self, test_id: Option<&str>, body: &[u8]) -> Answer {
         let request: GetAllFlagsRequest = parse_json(body)?;
-        let client = self.client(test_id)?;
-        if request.only_evaluate_locally.unwrap_or(false) {
-            return Ok(json!({
-                "success": false,
-                "value": {},
-                "error": FlagError::Inconclusive.code(),
-            }));
-        }
-        let flags_request = request.person.flags_request(request.distinct_id)?;
-        Ok(match client.get_all_flags(flags_request).await {
+        let instance = self.require(test_id)?;
+        let flags_request = request
+            .person
+            .flags_request(request.distinct_id)?
+            .only_evaluate_locally(request.only_evaluate_locally.unwrap_or(false));
+        Ok(match instance.client.get_all_flags(flags_request).await {
             Ok(flags) => json!({"success": true, "value": serde_json::to_value(&flags)?}),
+            Err(FlagError::Inconclusive) => json!({
+                "success": instance.local_evaluation,
+                "value": {},
+                "error": INCONCLUSIVE,
+            }),
             Err(error) => json!({"success": true, "value": {}, "error": error.code()}),
         })
     }
@@ -351,17 +366,25 @@ impl Adapter {
                 "requests_made": [],
             });
         };
-        let stats = instance.client.stats();
-        // Accepted events not yet delivered, failed or dropped: queued, batching or in flight.
-        let settled = stats.delivered
-            + stats.failed
-            + stats.dropped.before_send
-            + stats.dropped.hook_panicked;
+        // Both clients' counters (the companion only sends `force_remote` lookups' events).
+        let (mut captured, mut delivered, mut settled, mut retries) = (0, 0, 0, 0);
+        for client in instance.clients() {
+            let stats = client.stats();
+            captured += stats.captured;
+            delivered += stats.delivered;
+            // Accepted events not yet delivered, failed or dropped: queued, batching or in
+            // flight.
+            settled += stats.delivered
+                + stats.failed
+                + stats.dropped.before_send
+                + stats.dropped.hook_panicked;
+            retries += stats.retries;
+        }
         json!({
-            "pending_events": stats.captured.saturating_sub(settled),
-            "total_events_captured": stats.captured,
-            "total_events_sent": stats.delivered,
-            "total_retries": stats.retries,
+            "pending_events": captured.saturating_sub(settled),
+            "total_events_captured": captured,
+            "total_events_sent": delivered,
+            "total_retries": retries,
             "last_error": *lock(&instance.last_error),
             "requests_made": instance.observer.attempts(),
         })
@@ -393,6 +416,36 @@ fn health() -> Value {
     })
 }
 
+/// The `/get_feature_flag` answer for a lookup's outcome.
+fn flag_answer(
+    outcome: Result<FeatureFlagResult, FlagError>,
+    local_evaluation: bool,
+) -> Result<Value, Fail> {
+    Ok(match outcome {
+        Ok(result) => json!({
+            "success": true,
+            "value": serde_json::to_value(&result.value)?,
+            "payload": result.payload,
+            "locally_evaluated": result.locally_evaluated,
+        }),
+        // Without local evaluation nothing can ever be decided locally: a failed call.
+        Err(FlagError::Inconclusive) => json!({
+            "success": local_evaluation,
+            "value": null,
+            "payload": null,
+            "locally_evaluated": false,
+            "error": INCONCLUSIVE,
+        }),
+        Err(error) => json!({
+            "success": true,
+            "value": null,
+            "payload": null,
+            "locally_evaluated": false,
+            "error": error.code(),
+        }),
+    })
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -407,6 +460,12 @@ struct InitRequest {
     enable_compression: Option<bool>,
     disable_geoip: Option<bool>,
     historical_migration: Option<bool>,
+    /// Our extension: turns local evaluation on against `host`.
+    #[serde(default)]
+    personal_api_key: Option<String>,
+    /// Our extension: how often the definitions are fetched (the SDK's 30 s by default).
+    #[serde(default)]
+    poll_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -500,23 +559,95 @@ impl FlagContext {
 #[derive(Clone)]
 struct Instance {
     client: PostHog,
+    /// With local evaluation on: the same client without it, for `force_remote` lookups (the
+    /// SDK has no per-lookup way to skip local evaluation). `None` otherwise.
+    remote: Option<PostHog>,
+    /// Whether `client` was given a personal API key.
+    local_evaluation: bool,
     observer: Arc<Observer>,
     last_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Instance {
     fn build(request: &InitRequest, test_id: Option<&str>) -> Result<Instance, Fail> {
-        let api_key = request.api_key.trim();
-        let host = request.host.trim().trim_end_matches('/');
         let observer = Arc::new(Observer::default());
         let last_error = Arc::new(Mutex::new(None));
-        let errors = last_error.clone();
         let http_client = http_client(test_id)?;
+        let personal_key = request
+            .personal_api_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|key| !key.is_empty());
+        let parts = ClientParts {
+            request,
+            http_client: &http_client,
+            observer: &observer,
+            last_error: &last_error,
+        };
+        let client = parts.build(personal_key)?;
+        let remote = match personal_key {
+            Some(_) => Some(parts.build(None)?),
+            None => None,
+        };
+        Ok(Instance {
+            client,
+            remote,
+            local_evaluation: personal_key.is_some(),
+            observer,
+            last_error,
+        })
+    }
+
+    /// The client, then the companion if there is one.
+    fn clients(&self) -> impl Iterator<Item = &PostHog> {
+        std::iter::once(&self.client).chain(self.remote.as_ref())
+    }
+
+    /// Flushes every client; the events delivered.
+    async fn flush(&self) -> u64 {
+        let mut delivered = 0;
+        for client in self.clients() {
+            delivered += client.flush().await.delivered;
+        }
+        delivered
+    }
+
+    /// Closes the gate (no request starts from now on) and shuts the clients down, which stops
+    /// the definitions poller: whatever cannot be settled within `deadline` is reported failed
+    /// instead of sent.
+    async fn retire(self, deadline: Duration) {
+        self.observer.open.store(false, Ordering::Release);
+        let remote = async {
+            if let Some(remote) = &self.remote {
+                remote.shutdown(deadline).await;
+            }
+        };
+        tokio::join!(self.client.shutdown(deadline), remote);
+    }
+}
+
+/// What every client of one `/init` is built from.
+struct ClientParts<'a> {
+    request: &'a InitRequest,
+    /// The SDK's HTTP client with `X-Test-Id` in parallel mode.
+    http_client: &'a HttpClient,
+    observer: &'a Arc<Observer>,
+    last_error: &'a Arc<Mutex<Option<String>>>,
+}
+
+impl ClientParts<'_> {
+    /// A client as `/init` asked for, evaluating flags locally with `personal_key`.
+    fn build(&self, personal_key: Option<&str>) -> Result<PostHog, Fail> {
+        let request = self.request;
+        let api_key = request.api_key.trim();
+        let host = request.host.trim().trim_end_matches('/');
+        let errors = self.last_error.clone();
         let mut builder = PostHog::builder(api_key)
             .host(host)
-            // `/flags` goes through this client (the capture stack below has its own transport):
-            // it carries `X-Test-Id` and stops once the client is retired.
-            .http_client(gated(http_client.clone(), observer.clone()))
+            // `/flags` and `/flags/definitions` go through this client (the capture stack below
+            // has its own transport): it carries `X-Test-Id` and stops once the client is
+            // retired.
+            .http_client(gated(self.http_client.clone(), self.observer.clone()))
             .flush_interval(
                 request
                     .flush_interval_ms
@@ -528,8 +659,14 @@ impl Instance {
         if let Some(flush_at) = request.flush_at {
             builder = builder.flush_at(flush_at);
         }
+        if let Some(key) = personal_key {
+            builder = builder.personal_api_key(key);
+            if let Some(ms) = request.poll_interval_ms {
+                builder = builder.poll_interval(Duration::from_millis(ms));
+            }
+        }
         let recorder = builder.stats_recorder();
-        let transport = CaptureTransport::with_client(http_client, host, api_key)?
+        let transport = CaptureTransport::with_client(self.http_client.clone(), host, api_key)?
             .gzip(request.enable_compression.unwrap_or(false))
             .historical_migration(request.historical_migration.unwrap_or(false))
             .stats(recorder.clone());
@@ -539,21 +676,9 @@ impl Instance {
                     .stats(recorder.clone()),
             )
             .timeout(REQUEST_TIMEOUT)
-            .layer(ObserveLayer(observer.clone()))
+            .layer(ObserveLayer(self.observer.clone()))
             .service(transport);
-        let client = builder.capture_stack(stack).build()?;
-        Ok(Instance {
-            client,
-            observer,
-            last_error,
-        })
-    }
-
-    /// Closes the gate (no request starts from now on) and shuts the client down: whatever
-    /// cannot be settled within `deadline` is reported failed instead of sent.
-    async fn retire(self, deadline: Duration) {
-        self.observer.open.store(false, Ordering::Release);
-        self.client.shutdown(deadline).await;
+        Ok(builder.capture_stack(stack).build()?)
     }
 }
 
