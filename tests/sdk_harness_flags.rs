@@ -1105,6 +1105,10 @@ async fn adapter_local_init_loads_definitions_with_the_personal_key() {
     // Definitions the mock does not serve (like the harness's mock, which answers 404): /init
     // still succeeds, says so, and lookups go to /flags.
     let h = begin().await;
+    h.mock().set_default(
+        "/flags/definitions",
+        MockResponse::json(404, json!({"error": "not found"})),
+    );
     let answer = h.init(json!({"personal_api_key": PERSONAL_KEY})).await;
     assert_eq!(
         answer,

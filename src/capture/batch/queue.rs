@@ -7,7 +7,7 @@
 //! otherwise sleeps on its timer, so a `capture` usually costs no system call.
 
 use std::sync::{
-    atomic::{fence, AtomicBool, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
     mpsc, Arc,
 };
 
@@ -104,10 +104,11 @@ impl Producer {
             return;
         }
         let s = &*self.signal;
+        // With `Consumer::disarm` this is a Dekker pair over two SeqCst locations: in the
+        // single order of SeqCst operations either the worker's `armed = false` comes before
+        // our load (we see it and wake the worker), or our increment comes before its store and
+        // its `pending` load sees the event (it stays armed and takes it).
         let pending = s.pending.fetch_add(1, Ordering::SeqCst) + 1;
-        // Pairs with the fence in `Consumer::disarm`: either the worker sees this event when it
-        // re-checks the queue, or we see `armed == false` and wake it.
-        fence(Ordering::SeqCst);
         let first = !s.armed.load(Ordering::SeqCst) && !s.armed.swap(true, Ordering::SeqCst);
         if first || s.wake_every || pending % s.threshold == 0 {
             s.notify.notify_one();
@@ -175,7 +176,6 @@ impl Consumer {
     /// event slipped in meanwhile (the worker stays armed and must take it).
     pub(crate) fn disarm(&mut self) -> bool {
         self.signal.armed.store(false, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
         if self.signal.pending.load(Ordering::SeqCst) == 0 {
             return true;
         }

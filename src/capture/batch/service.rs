@@ -158,8 +158,8 @@ impl Batch {
     /// UUIDv7 unless set) and timestamp (now unless set), and queues it. A full queue is an
     /// error, never a silent drop: [`CaptureError::QueueFull`]. Every rejection is counted and
     /// reported to `on_error`.
-    pub fn try_capture(&self, event: Event) -> Result<Uuid, CaptureError> {
-        let (event, uuid) = self.admit(event)?;
+    pub fn try_capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
+        let uuid = self.admit(&mut event)?;
         match self.producer.try_push(Message::Event {
             event,
             notify: None,
@@ -177,8 +177,8 @@ impl Batch {
 
     /// Queues `event`, waiting for room in the queue instead of failing when it is full.
     /// Resolves once the event is queued (not delivered).
-    pub async fn capture_wait(&self, event: Event) -> Result<Uuid, CaptureError> {
-        let (event, uuid) = self.admit(event)?;
+    pub async fn capture_wait(&self, mut event: Event) -> Result<Uuid, CaptureError> {
+        let uuid = self.admit(&mut event)?;
         match self
             .producer
             .push_wait(Message::Event {
@@ -199,8 +199,8 @@ impl Batch {
     /// [`CaptureError::Delivery`] once it definitively failed (or was dropped as too large,
     /// or by a panicking `before_send`). An event the `before_send` hook drops on purpose
     /// resolves `Ok`: it was handled as configured.
-    pub async fn deliver(&self, event: Event) -> Result<Uuid, CaptureError> {
-        let (event, uuid) = self.admit(event)?;
+    pub async fn deliver(&self, mut event: Event) -> Result<Uuid, CaptureError> {
+        let uuid = self.admit(&mut event)?;
         let (notify, rx) = oneshot::channel();
         if self
             .producer
@@ -269,8 +269,8 @@ impl Batch {
     }
 
     /// Checks and stamps an event; on failure counts and reports it.
-    fn admit(&self, mut event: Event) -> Result<(Event, Uuid), CaptureError> {
-        if let Err(e) = self.validate(&event) {
+    fn admit(&self, event: &mut Event) -> Result<Uuid, CaptureError> {
+        if let Err(e) = self.validate(event) {
             return Err(self.reject(e));
         }
         let uuid = match (event.uuid, event.timestamp) {
@@ -288,7 +288,7 @@ impl Batch {
                 uuid
             }
         };
-        Ok((event, uuid))
+        Ok(uuid)
     }
 
     fn validate(&self, event: &Event) -> Result<(), CaptureError> {
@@ -398,8 +398,9 @@ impl Service<Event> for Batch {
                 }
             },
         };
-        let (event, uuid) = match self.admit(event) {
-            Ok(admitted) => admitted,
+        let mut event = event;
+        let uuid = match self.admit(&mut event) {
+            Ok(uuid) => uuid,
             // Dropping the permit frees the slot.
             Err(e) => return ResponseFuture::failed(e),
         };
