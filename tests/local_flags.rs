@@ -212,3 +212,61 @@ async fn definitions_are_refreshed_and_shutdown_stops_the_poller() {
         "no poll after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_evaluate_while_new_definitions_are_swapped_in() {
+    let version = |active: bool| {
+        json!({"flags": [{"id": 1, "key": "x", "active": active,
+                          "filters": {"groups": [{"properties": [], "rollout_percentage": 100}]}}],
+               "group_type_mapping": {}, "cohorts": {}})
+    };
+    let mock = MockPostHog::start().await.expect("mock");
+    for i in 0..40 {
+        mock.enqueue(
+            "/flags/definitions",
+            MockResponse::json(200, version(i % 2 == 0)),
+        );
+    }
+    mock.set_default("/flags/definitions", MockResponse::json(200, version(true)));
+    let posthog = PostHog::builder("phc_project")
+        .host(mock.url())
+        .personal_api_key("phx_personal_secret")
+        .poll_interval(Duration::from_millis(100))
+        .send_feature_flag_events(false)
+        .build()
+        .expect("client");
+    assert!(
+        posthog
+            .wait_for_flag_definitions(Duration::from_secs(5))
+            .await
+    );
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let posthog = posthog.clone();
+            tokio::spawn(async move {
+                let (mut on, mut off) = (0u32, 0u32);
+                // Read until the poller has swapped the definitions several times.
+                while on == 0 || off == 0 || on + off < 2_000 {
+                    let request = FlagsRequest::new("user-1").only_evaluate_locally(true);
+                    match posthog.get_feature_flag("x", request).await {
+                        Ok(FlagValue::Bool(true)) => on += 1,
+                        Ok(FlagValue::Bool(false)) => off += 1,
+                        other => panic!("a reader saw {other:?} during a swap"),
+                    }
+                    tokio::task::yield_now().await;
+                }
+                (on, off)
+            })
+        })
+        .collect();
+    for reader in readers {
+        let (on, off) = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .expect("readers finish")
+            .expect("reader did not panic");
+        assert!(on > 0 && off > 0);
+    }
+    assert!(mock.requests_to("/flags/").is_empty());
+    // At least one swap happened while the readers ran (they saw both versions).
+    assert!(mock.requests_to("/flags/definitions").len() >= 2);
+}
