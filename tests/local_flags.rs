@@ -270,3 +270,20 @@ async fn readers_evaluate_while_new_definitions_are_swapped_in() {
     // At least one swap happened while the readers ran (they saw both versions).
     assert!(mock.requests_to("/flags/definitions").len() >= 2);
 }
+
+#[tokio::test]
+async fn force_remote_skips_local_evaluation() {
+    let (mock, posthog) = setup().await;
+    let request = FlagsRequest::new("user-1").force_remote(true);
+    let result = posthog
+        .get_feature_flag_result("continuity", request.clone())
+        .await;
+    assert!(!result.unwrap().locally_evaluated);
+    // `everyone` is decided locally otherwise; forced, it is asked of the server (which does
+    // not know it here).
+    assert_eq!(
+        posthog.get_feature_flag("everyone", request).await,
+        Err(FlagError::Missing)
+    );
+    assert_eq!(mock.requests_to("/flags/").len(), 2);
+}

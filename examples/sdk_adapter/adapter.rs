@@ -33,11 +33,8 @@
 //!   (or does not know) answers `"success": true, "value": null, "error": "inconclusive"`, and
 //!   `/get_all_flags` leaves such flags out. Without a personal API key nothing can be decided
 //!   locally: the answer is `"success": false` with a `null` value (`{}` for all flags).
-//! * `force_remote: true` must bypass local evaluation, but the SDK has no per-lookup switch
-//!   for that. With a personal API key the adapter therefore keeps a second client built the
-//!   same way without the key (same HTTP client, same `X-Test-Id`, same `/state` observer) and
-//!   sends `force_remote` lookups through it: they always make a fresh `/flags` request.
-//!   Without a personal key there is nothing to bypass and the one client serves every lookup.
+//! * `force_remote: true` bypasses local evaluation (`FlagsRequest::force_remote`): the lookup
+//!   always makes a fresh `/flags` request.
 //! * `/reset` (and a new `/init`) shuts the clients down, which stops the definitions poller.
 //!
 //! In parallel mode the harness appends `?test_id=…` to every call but `/health`: each test id
@@ -322,12 +319,9 @@ impl Adapter {
         let flags_request = request
             .person
             .flags_request(request.distinct_id)?
-            .only_evaluate_locally(only_locally);
-        // The SDK cannot skip local evaluation per lookup: the companion client has none.
-        let client = match (&instance.remote, force_remote) {
-            (Some(remote), true) => remote,
-            _ => &instance.client,
-        };
+            .only_evaluate_locally(only_locally)
+            .force_remote(force_remote);
+        let client = &instance.client;
         let outcome = client
             .get_feature_flag_result(&request.key, flags_request)
             .await;
@@ -559,9 +553,6 @@ impl FlagContext {
 #[derive(Clone)]
 struct Instance {
     client: PostHog,
-    /// With local evaluation on: the same client without it, for `force_remote` lookups (the
-    /// SDK has no per-lookup way to skip local evaluation). `None` otherwise.
-    remote: Option<PostHog>,
     /// Whether `client` was given a personal API key.
     local_evaluation: bool,
     observer: Arc<Observer>,
@@ -585,22 +576,17 @@ impl Instance {
             last_error: &last_error,
         };
         let client = parts.build(personal_key)?;
-        let remote = match personal_key {
-            Some(_) => Some(parts.build(None)?),
-            None => None,
-        };
         Ok(Instance {
             client,
-            remote,
             local_evaluation: personal_key.is_some(),
             observer,
             last_error,
         })
     }
 
-    /// The client, then the companion if there is one.
+    /// The clients of this instance (one).
     fn clients(&self) -> impl Iterator<Item = &PostHog> {
-        std::iter::once(&self.client).chain(self.remote.as_ref())
+        std::iter::once(&self.client)
     }
 
     /// Flushes every client; the events delivered.
@@ -617,12 +603,7 @@ impl Instance {
     /// instead of sent.
     async fn retire(self, deadline: Duration) {
         self.observer.open.store(false, Ordering::Release);
-        let remote = async {
-            if let Some(remote) = &self.remote {
-                remote.shutdown(deadline).await;
-            }
-        };
-        tokio::join!(self.client.shutdown(deadline), remote);
+        self.client.shutdown(deadline).await;
     }
 }
 

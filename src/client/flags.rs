@@ -51,6 +51,14 @@ impl FlagsClient {
     fn definitions(&self) -> Option<Arc<CompiledFlags>> {
         self.local.as_ref()?.current()
     }
+
+    /// The definitions to evaluate `request` with, unless it asks for the server.
+    fn definitions_for(&self, request: &FlagsRequest) -> Option<Arc<CompiledFlags>> {
+        if request.force_remote {
+            return None;
+        }
+        self.definitions()
+    }
 }
 
 fn context(request: &FlagsRequest) -> EvalContext<'_> {
@@ -229,7 +237,7 @@ impl PostHog {
         let request = request.into();
         let mut all = AllFlags::default();
         let mut remote_request = request.clone();
-        if let Some(defs) = flags.definitions() {
+        if let Some(defs) = flags.definitions_for(&request) {
             let (decided, undecided) = evaluate_locally(&defs, &request);
             for (key, record) in decided {
                 if record.value.is_enabled() {
@@ -296,7 +304,7 @@ impl PostHog {
         let mut remote_request = request.clone();
         let mut local = BTreeMap::new();
         let mut local_gate = false;
-        if let Some(defs) = flags.definitions() {
+        if let Some(defs) = flags.definitions_for(&request) {
             let (decided, undecided) = evaluate_locally(&defs, &request);
             local = decided;
             local_gate = defs.minimal_flag_called_events();
@@ -373,7 +381,7 @@ impl PostHog {
             .send_feature_flag_events
             .unwrap_or(sends_event_by_default && flags.send_events);
         request.flag_keys = Some(vec![key.to_owned()]);
-        if let Some(defs) = flags.definitions() {
+        if let Some(defs) = flags.definitions_for(&request) {
             if let Ok(m) = defs.evaluate(key, &context(&request)) {
                 let record = local_record(key, &m);
                 let result = FeatureFlagResult {

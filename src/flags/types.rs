@@ -303,6 +303,7 @@ pub struct FlagsRequest {
     pub(crate) flag_keys: Option<Vec<String>>,
     pub(crate) send_feature_flag_events: Option<bool>,
     pub(crate) only_evaluate_locally: bool,
+    pub(crate) force_remote: bool,
 }
 
 impl From<&str> for FlagsRequest {
@@ -423,6 +424,14 @@ impl FlagsRequest {
     #[must_use]
     pub fn only_evaluate_locally(mut self, only: bool) -> Self {
         self.only_evaluate_locally = only;
+        self
+    }
+
+    /// Skips local evaluation and asks PostHog's `/flags` even when the definitions could
+    /// decide (never sent to PostHog).
+    #[must_use]
+    pub fn force_remote(mut self, force: bool) -> Self {
+        self.force_remote = force;
         self
     }
 
