@@ -9,6 +9,8 @@
 //!   dedup check; the same person every time, so after the first call no event is built).
 //! - `flags/first_access`: `FlagEvaluations::is_enabled` on a flag not reported yet for the
 //!   person: the dedup check, building the `$feature_flag_called` event and queueing it.
+//! - `flags/first_access_event_build_only`: the same first reads with the event built but not
+//!   queued (the dedup check and the event construction the issue budgets at 1 µs).
 //! - `flags/repeat_access`: the same call once reported: the dedup check alone.
 //!
 //! Events go to a `capture_stack` that acknowledges every batch at once, so they cost only
@@ -110,6 +112,29 @@ fn bench(c: &mut Criterion) {
                 let start = Instant::now();
                 for key in &keys {
                     black_box(snapshot.is_enabled(key));
+                }
+                total += start.elapsed();
+                done += n;
+            }
+            total
+        })
+    });
+    // The same first reads without the capture queue: the dedup check and building the
+    // `$feature_flag_called` event only.
+    let mut person = 0u64;
+    group.bench_function("first_access_event_build_only", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                person += 1;
+                let n = (iters - done).min(FLAGS as u64);
+                let bench =
+                    posthog_tower::flags::FlagCalledBench::new(&format!("p-{person}"), n as usize);
+                let keys: Vec<String> = (0..n).map(|i| format!("flag-{i}")).collect();
+                let start = Instant::now();
+                for key in &keys {
+                    black_box(bench.access(key));
                 }
                 total += start.elapsed();
                 done += n;

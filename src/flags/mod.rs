@@ -18,6 +18,8 @@ mod types;
 
 pub(crate) use called::{join_errors, FlagCalled, ReportFlagCalled};
 pub(crate) use evaluations::decode_payload;
+#[doc(hidden)]
+pub use evaluations::FlagCalledBench;
 pub use evaluations::{FlagEvaluations, FlagRecord};
 pub(crate) use fallback::FallbackCache;
 pub use result::{AllFlags, FeatureFlagResult};
