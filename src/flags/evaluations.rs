@@ -401,6 +401,63 @@ impl Event {
     }
 }
 
+/// Not public API: lets `benches/flags.rs` time a first flag access (the dedup check and the
+/// `$feature_flag_called` event construction) without the capture queue and its worker.
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub struct FlagCalledBench {
+    snapshot: FlagEvaluations,
+}
+
+struct BuildOnly(super::FlagCalledDedup);
+
+impl ReportFlagCalled for BuildOnly {
+    fn first_time(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: &BTreeMap<String, String>,
+    ) -> bool {
+        self.0.first_time(distinct_id, key, value, groups)
+    }
+
+    fn report(&self, called: FlagCalled) {
+        std::hint::black_box(called.into_event());
+    }
+}
+
+impl FlagCalledBench {
+    /// A snapshot of `flags` enabled flags `flag-0`, `flag-1`, … for one person.
+    pub fn new(person: &str, flags: usize) -> Self {
+        let map: serde_json::Map<String, Value> = (0..flags)
+            .map(|i| {
+                (
+                    format!("flag-{i}"),
+                    serde_json::json!({"enabled": true,
+                        "reason": {"description": "Matched condition set 1"},
+                        "metadata": {"id": i, "version": 3}}),
+                )
+            })
+            .collect();
+        let body = serde_json::json!({"flags": map, "requestId": "bench"}).to_string();
+        let response = FlagsResponse::from_json(body.as_bytes()).unwrap_or_default();
+        let reporter = Arc::new(BuildOnly(super::FlagCalledDedup::new(50_000)));
+        FlagCalledBench {
+            snapshot: FlagEvaluations::from_response(
+                &super::FlagsRequest::new(person),
+                &response,
+                Some(reporter),
+            ),
+        }
+    }
+
+    /// Reads one flag (the first read of a key builds its event).
+    pub fn access(&self, key: &str) -> bool {
+        self.snapshot.is_enabled(key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,62 +566,5 @@ mod tests {
         let flags = FlagEvaluations::from_response(&FlagsRequest::new("u"), &response, None);
         assert!(flags.is_empty());
         assert_eq!(flags.error(), Some(&FlagError::QuotaLimited));
-    }
-}
-
-/// Not public API: lets `benches/flags.rs` time a first flag access (the dedup check and the
-/// `$feature_flag_called` event construction) without the capture queue and its worker.
-#[doc(hidden)]
-#[allow(missing_debug_implementations)]
-pub struct FlagCalledBench {
-    snapshot: FlagEvaluations,
-}
-
-struct BuildOnly(super::FlagCalledDedup);
-
-impl ReportFlagCalled for BuildOnly {
-    fn first_time(
-        &self,
-        distinct_id: &str,
-        key: &str,
-        value: Option<&FlagValue>,
-        groups: &BTreeMap<String, String>,
-    ) -> bool {
-        self.0.first_time(distinct_id, key, value, groups)
-    }
-
-    fn report(&self, called: FlagCalled) {
-        std::hint::black_box(called.into_event());
-    }
-}
-
-impl FlagCalledBench {
-    /// A snapshot of `flags` enabled flags `flag-0`, `flag-1`, … for one person.
-    pub fn new(person: &str, flags: usize) -> Self {
-        let map: serde_json::Map<String, Value> = (0..flags)
-            .map(|i| {
-                (
-                    format!("flag-{i}"),
-                    serde_json::json!({"enabled": true,
-                        "reason": {"description": "Matched condition set 1"},
-                        "metadata": {"id": i, "version": 3}}),
-                )
-            })
-            .collect();
-        let body = serde_json::json!({"flags": map, "requestId": "bench"}).to_string();
-        let response = FlagsResponse::from_json(body.as_bytes()).unwrap_or_default();
-        let reporter = Arc::new(BuildOnly(super::FlagCalledDedup::new(50_000)));
-        FlagCalledBench {
-            snapshot: FlagEvaluations::from_response(
-                &super::FlagsRequest::new(person),
-                &response,
-                Some(reporter),
-            ),
-        }
-    }
-
-    /// Reads one flag (the first read of a key builds its event).
-    pub fn access(&self, key: &str) -> bool {
-        self.snapshot.is_enabled(key)
     }
 }
