@@ -30,176 +30,19 @@
 //! There is no `wait` step in this suite: every assertion runs as soon as the last call
 //! returned, as the harness's do.
 
-#[path = "../examples/sdk_adapter/adapter.rs"]
-mod adapter;
+use std::time::Duration;
 
-use std::{net::Ipv4Addr, sync::Arc, time::Duration};
-
-use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
-use posthog_tower::testing::{MockPostHog, MockResponse, RecordedRequest};
+use http::{Method, StatusCode};
+use posthog_tower::testing::{MockResponse, RecordedRequest};
 use serde_json::{json, Map, Value};
-use tokio::{net::TcpListener, task::JoinHandle};
 
-// ===== the harness side: driving the adapter =====
+// ===== the harness side: driving the adapter (shared with the capture suite) =====
 
-struct Shared {
-    mock: MockPostHog,
-    /// `http://127.0.0.1:PORT` of the adapter.
-    base: String,
-    http: Client<HttpConnector, Full<Bytes>>,
-    server: JoinHandle<()>,
-}
+mod sdk_harness_support;
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-/// The harness: a mock PostHog, our adapter, and an HTTP client to drive it. A harness with a
-/// test id appends `?test_id=…` to every adapter call but `/health`, as in parallel mode.
-#[derive(Clone)]
-struct Harness {
-    shared: Arc<Shared>,
-    test_id: Option<String>,
-}
-
-/// What an adapter call answered.
-struct Reply {
-    status: StatusCode,
-    content_type: Option<String>,
-    body: Value,
-}
+use sdk_harness_support::Harness;
 
 impl Harness {
-    async fn start() -> Harness {
-        let mock = MockPostHog::start().await.expect("the mock starts");
-        // The harness mock's `/flags` default: the legacy shape, even for `?v=2`.
-        mock.set_default("/flags", MockResponse::json(200, flags_default()));
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("the adapter binds");
-        let base = format!("http://{}", listener.local_addr().expect("local address"));
-        let server = tokio::spawn(adapter::serve(listener));
-        let http = Client::builder(TokioExecutor::new()).build_http();
-        Harness {
-            shared: Arc::new(Shared {
-                mock,
-                base,
-                http,
-                server,
-            }),
-            test_id: None,
-        }
-    }
-
-    /// The same mock and adapter, with calls scoped to `test_id`.
-    fn with_test_id(&self, test_id: &str) -> Harness {
-        Harness {
-            shared: self.shared.clone(),
-            test_id: Some(test_id.to_owned()),
-        }
-    }
-
-    fn mock(&self) -> &MockPostHog {
-        &self.shared.mock
-    }
-
-    /// `R`: every request the mock recorded, in arrival order.
-    fn recordings(&self) -> Vec<RecordedRequest> {
-        self.mock().requests()
-    }
-
-    fn url(&self, path: &str) -> String {
-        match (&self.test_id, path) {
-            (Some(id), p) if p != "/health" => format!("{}{p}?test_id={id}", self.shared.base),
-            _ => format!("{}{path}", self.shared.base),
-        }
-    }
-
-    /// One adapter call; `body` `None` sends no body at all (no `Content-Type`), like the
-    /// harness's `/flush` and `/reset`.
-    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Reply {
-        let mut request = Request::builder().method(method).uri(self.url(path));
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
-        }
-        let request = request
-            .body(Full::new(
-                body.map(|b| Bytes::from(b.to_string())).unwrap_or_default(),
-            ))
-            .expect("a valid request");
-        let response = self
-            .shared
-            .http
-            .request(request)
-            .await
-            .unwrap_or_else(|e| panic!("adapter call {path} failed: {e}"));
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("the adapter's answer is read")
-            .to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            panic!(
-                "{path}: the answer is not JSON ({e}): {}",
-                String::from_utf8_lossy(&bytes)
-            )
-        });
-        Reply {
-            status,
-            content_type,
-            body,
-        }
-    }
-
-    /// A call as the harness makes it: any non-2xx fails the test (`raise_for_status`), and
-    /// the answer must be JSON with `Content-Type: application/json` (aiohttp's `json()`).
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Value {
-        let reply = self.send(method, path, body).await;
-        assert!(
-            reply.status.is_success(),
-            "{path} answered {}: {}",
-            reply.status,
-            reply.body
-        );
-        assert_eq!(
-            reply.content_type.as_deref(),
-            Some("application/json"),
-            "{path}: content type"
-        );
-        reply.body
-    }
-
-    /// The harness's per-test reset: the mock first, then the adapter.
-    async fn reset(&self) {
-        self.mock().clear();
-        let answer = self.call(Method::POST, "/reset", None).await;
-        assert_eq!(answer["success"], true);
-    }
-
-    /// `INIT{extra}`: `api_key` (default `phc_test_key`) and `host` plus the test's keys.
-    async fn init(&self, extra: Value) -> Value {
-        let mut body = json!({"api_key": "phc_test_key", "host": self.mock().url()});
-        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
-            body.extend(extra);
-        }
-        self.call(Method::POST, "/init", Some(&body)).await
-    }
-
     /// `CAP(d, e)`: all four keys always sent, unset ones as JSON null.
     async fn capture(&self, distinct_id: &str, event: &str) -> Value {
         let body = json!({
@@ -237,8 +80,17 @@ impl Harness {
 
 /// A fresh mock and adapter, reset the way the harness starts every test.
 async fn begin() -> Harness {
-    let h = Harness::start().await;
+    let h = start().await;
     h.reset().await;
+    h
+}
+
+/// The shared harness plus the harness mock's `/flags` default: the legacy shape, even for
+/// `?v=2`.
+async fn start() -> Harness {
+    let h = Harness::start().await;
+    h.mock()
+        .set_default("/flags", MockResponse::json(200, flags_default()));
     h
 }
 
@@ -687,7 +539,7 @@ async fn get_feature_flag_captures_feature_flag_called_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapter_health_is_unchanged_by_flags() {
-    let h = Harness::start().await;
+    let h = start().await;
     let health = h.call(Method::GET, "/health", None).await;
     assert_eq!(
         health["capabilities"],
@@ -780,7 +632,7 @@ async fn adapter_get_feature_flag_errors() {
     let h = begin().await;
     // Before /init there is no client.
     let reply = h
-        .send(Method::POST, "/get_feature_flag", Some(&any_flag()))
+        .send_json(Method::POST, "/get_feature_flag", &any_flag())
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
     assert_eq!(reply.body["success"], false);
@@ -802,7 +654,7 @@ async fn adapter_get_feature_flag_errors() {
         json!({"key": "k", "distinct_id": "user_1", "group_properties": {"company": 3}}),
         json!({"key": "k", "distinct_id": "user_1", "force_remote": true, "only_evaluate_locally": true}),
     ] {
-        let reply = h.send(Method::POST, "/get_feature_flag", Some(&body)).await;
+        let reply = h.send_json(Method::POST, "/get_feature_flag", &body).await;
         assert_eq!(
             reply.status,
             StatusCode::BAD_REQUEST,
@@ -931,7 +783,7 @@ async fn adapter_get_all_flags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapter_parallel_flags_carry_the_test_id() {
-    let h = Harness::start().await;
+    let h = start().await;
     let a = h.with_test_id("t-6a1f0e52-1c2d-4e3f-8a9b-0c1d2e3f4a5b");
     let b = h.with_test_id("t-9b8c7d6e-5f4a-4b3c-9d2e-1f0a9b8c7d6e");
     a.reset().await;
