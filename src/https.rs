@@ -222,6 +222,64 @@ where
     }
 }
 
+pin_project! {
+    /// Response future of the crate's leaf services ([`CaptureTransport`] and
+    /// [`RemoteFlags`]): sends the request, reads the response, and turns it into the
+    /// service's answer (a non-2xx status is an [`UnexpectedStatus`] error).
+    ///
+    /// [`CaptureTransport`]: crate::capture::CaptureTransport
+    /// [`RemoteFlags`]: crate::flags::RemoteFlags
+    pub struct ResponseFuture<F, B, T>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        #[pin]
+        inner: ReadResponse<F, B>,
+        answer: fn(FullResponse) -> Result<T, BoxError>,
+    }
+}
+
+impl<F, B, T> ResponseFuture<F, B, T>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    /// `answer` turns a 2xx response into the service's response.
+    pub(crate) fn new(
+        inner: ReadResponse<F, B>,
+        answer: fn(FullResponse) -> Result<T, BoxError>,
+    ) -> Self {
+        ResponseFuture { inner, answer }
+    }
+}
+
+impl<F, B, T> fmt::Debug for ResponseFuture<F, B, T>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E, B, T> Future for ResponseFuture<F, B, T>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?.into_result()?;
+        Poll::Ready((this.answer)(response))
+    }
+}
+
 /// PostHog answered with a status other than 2xx.
 ///
 /// Downcast an error to it to read the status:

@@ -2,9 +2,7 @@
 
 use std::{
     fmt,
-    future::Future,
-    pin::Pin,
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
     time::SystemTime,
 };
 
@@ -13,12 +11,11 @@ use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::Full;
-use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{EncodedBatch, StatsRecorder};
 use crate::{
-    https::{endpoint, HttpClient, ReadResponse},
+    https::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture},
     timestamp::Timestamp,
     BoxError,
 };
@@ -249,11 +246,7 @@ where
     fn call(&mut self, batch: EncodedBatch) -> Self::Future {
         let (body, gzipped) = match self.body(&batch) {
             Ok(b) => b,
-            Err(e) => {
-                return TransportFuture {
-                    inner: ReadResponse::failed(e.into()),
-                }
-            }
+            Err(e) => return ResponseFuture::new(ReadResponse::failed(e.into()), status),
         };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
@@ -271,48 +264,19 @@ where
             stats.request(1);
         }
         tracing::trace!(events = batch.len(), uri = %self.uri, "posthog: sending batch");
-        TransportFuture {
-            inner: ReadResponse::new(self.client.call(req), MAX_RESPONSE_BODY),
-        }
+        ResponseFuture::new(
+            ReadResponse::new(self.client.call(req), MAX_RESPONSE_BODY),
+            status,
+        )
     }
 }
 
-pin_project! {
-    /// Response future of [`CaptureTransport`]: the status on 2xx, [`UnexpectedStatus`]
-    /// otherwise.
-    pub struct TransportFuture<F, B>
-    where
-        B: Body,
-        B::Error: Into<BoxError>,
-    {
-        #[pin]
-        inner: ReadResponse<F, B>,
-    }
-}
+/// Response future of [`CaptureTransport`]: the status on 2xx, [`UnexpectedStatus`](super::UnexpectedStatus)
+/// otherwise.
+pub type TransportFuture<F, B> = ResponseFuture<F, B, StatusCode>;
 
-impl<F, B> fmt::Debug for TransportFuture<F, B>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TransportFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, E, B> Future for TransportFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    type Output = Result<StatusCode, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = ready!(self.project().inner.poll(cx))?;
-        Poll::Ready(response.into_result().map(|r| r.status))
-    }
+fn status(response: FullResponse) -> Result<StatusCode, BoxError> {
+    Ok(response.status)
 }
 #[cfg(test)]
 mod tests {

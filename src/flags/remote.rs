@@ -2,9 +2,7 @@
 
 use std::{
     fmt,
-    future::Future,
-    pin::Pin,
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -12,7 +10,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::Full;
-use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::retry::Policy;
 use tower_service::Service;
@@ -20,7 +17,7 @@ use tower_service::Service;
 use super::{FlagsRequest, FlagsResponse};
 use crate::{
     capture::USER_AGENT,
-    https::{endpoint, HttpClient, ReadResponse, UnexpectedStatus},
+    https::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, UnexpectedStatus},
     BoxError,
 };
 
@@ -144,47 +141,18 @@ where
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-        RemoteFuture {
-            inner: ReadResponse::new(self.client.call(req), MAX_FLAGS_RESPONSE),
-        }
+        ResponseFuture::new(
+            ReadResponse::new(self.client.call(req), MAX_FLAGS_RESPONSE),
+            parse,
+        )
     }
 }
 
-pin_project! {
-    /// Response future of [`RemoteFlags`].
-    pub struct RemoteFuture<F, B>
-    where
-        B: Body,
-        B::Error: Into<BoxError>,
-    {
-        #[pin]
-        inner: ReadResponse<F, B>,
-    }
-}
+/// Response future of [`RemoteFlags`].
+pub type RemoteFuture<F, B> = ResponseFuture<F, B, FlagsResponse>;
 
-impl<F, B> fmt::Debug for RemoteFuture<F, B>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, E, B> Future for RemoteFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    type Output = Result<FlagsResponse, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = ready!(self.project().inner.poll(cx))?.into_result()?;
-        Poll::Ready(FlagsResponse::from_json(&response.body).map_err(Into::into))
-    }
+fn parse(response: FullResponse) -> Result<FlagsResponse, BoxError> {
+    FlagsResponse::from_json(&response.body).map_err(Into::into)
 }
 
 /// The `/flags` retry policy, as posthog-python's: retry (once by default) on connection
