@@ -74,9 +74,11 @@
 
 pub mod capture;
 mod client;
+pub mod context;
 pub mod error;
 pub mod event;
 pub mod flags;
+pub mod http;
 pub mod https;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -129,10 +131,38 @@ mod auto_traits {
         send::<
             TransportFuture<
                 <https::HttpClient as tower_service::Service<
-                    http::Request<http_body_util::Full<bytes::Bytes>>,
+                    ::http::Request<http_body_util::Full<bytes::Bytes>>,
                 >>::Future,
                 https::ResponseBody,
             >,
         >();
+    }
+
+    #[test]
+    fn http_layer_types_are_send_and_sync() {
+        use crate::http::{future::*, *};
+        type Body = http_body_util::Full<bytes::Bytes>;
+        type Inner = tower::util::BoxCloneSyncService<
+            ::http::Request<Body>,
+            ::http::Response<Body>,
+            std::convert::Infallible,
+        >;
+        type InnerFuture = <Inner as tower_service::Service<::http::Request<Body>>>::Future;
+        send_sync::<PostHogLayer>();
+        send_sync::<PostHogService<Inner>>();
+        send_sync::<SetRequestContextLayer>();
+        send_sync::<SetRequestContext<Inner>>();
+        send_sync::<InjectFlagsLayer>();
+        send_sync::<InjectFlags<Inner>>();
+        send_sync::<CapturePageviewsLayer>();
+        send_sync::<CapturePageviews<Inner>>();
+        send_sync::<RequestFlags>();
+        send_sync::<RequestContext>();
+        send_sync::<DefaultMakeDistinctId>();
+        send_sync::<DefaultShouldCapture>();
+        send::<SetRequestContextFuture<InnerFuture>>();
+        send::<CapturePageviewsFuture<InnerFuture>>();
+        send::<context::Scoped<InnerFuture>>();
+        send::<<PostHogService<Inner> as tower_service::Service<::http::Request<Body>>>::Future>();
     }
 }

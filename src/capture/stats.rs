@@ -30,6 +30,9 @@ pub struct Stats {
     pub batches_in_flight: u64,
     /// Events waiting in the queue.
     pub queue_depth: u64,
+    /// Flag evaluations for HTTP requests ([`RequestFlags`](crate::http::RequestFlags)) that
+    /// failed and answered "off".
+    pub flag_errors: u64,
 }
 
 /// Events refused by `capture` or dropped by the worker, by reason.
@@ -76,6 +79,7 @@ struct Counters {
     retries: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicU64,
+    flag_errors: AtomicU64,
 }
 
 /// A shared handle to the pipeline's counters. Cheap to clone; give the same recorder to the
@@ -114,6 +118,7 @@ impl StatsRecorder {
         hook_panicked => hook_panicked,
         retry => retries,
         request => requests,
+        flag_error => flag_errors,
     }
 
     pub(crate) fn batch_started(&self) {
@@ -143,6 +148,7 @@ impl StatsRecorder {
             requests: c.requests.load(Relaxed),
             batches_in_flight: c.in_flight.load(Relaxed),
             queue_depth: 0,
+            flag_errors: c.flag_errors.load(Relaxed),
         }
     }
 }

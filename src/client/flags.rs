@@ -327,6 +327,26 @@ impl PostHog {
         snapshot.with_local(local, local_gate, true)
     }
 
+    /// [`evaluate_flags`](Self::evaluate_flags) without I/O: `Some` when the loaded definitions
+    /// decide every requested flag, `None` when the server would have to be asked.
+    pub(crate) fn try_evaluate_locally(&self, request: &FlagsRequest) -> Option<FlagEvaluations> {
+        let flags = self.flags_client().ok()?;
+        let defs = flags.definitions_for(request)?;
+        let (decided, undecided) = evaluate_locally(&defs, request);
+        if !undecided.is_empty() && !request.only_evaluate_locally {
+            return None;
+        }
+        let reporter = request
+            .send_feature_flag_events
+            .unwrap_or(flags.send_events)
+            .then(|| flags.reporter.clone() as Arc<dyn ReportFlagCalled>);
+        Some(FlagEvaluations::failed(request, None, reporter).with_local(
+            decided,
+            defs.minimal_flag_called_events(),
+            false,
+        ))
+    }
+
     /// Evaluates the event's flags (for its distinct id and `$groups`) and records them on it
     /// (`$feature/<key>`, `$active_feature_flags`) before capturing it.
     ///

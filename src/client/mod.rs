@@ -53,6 +53,8 @@ struct Inner {
     flags: Option<flags::FlagsClient>,
     sync_mode: bool,
     host: String,
+    /// posthog-js's cookie for this project: `ph_<project key>_posthog`.
+    cookie_name: Arc<str>,
     stats: StatsRecorder,
     max_event_size: usize,
 }
@@ -196,7 +198,18 @@ impl PostHog {
         &self.inner.host
     }
 
-    fn disabled_capture(&self, event: Event) -> Result<Uuid, CaptureError> {
+    /// The recorder behind [`stats`](Self::stats).
+    pub(crate) fn stats_recorder(&self) -> &StatsRecorder {
+        &self.inner.stats
+    }
+
+    /// The name of posthog-js's cookie for this project.
+    pub(crate) fn cookie_name(&self) -> &Arc<str> {
+        &self.inner.cookie_name
+    }
+
+    fn disabled_capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
+        crate::context::apply_current(&mut event);
         crate::event::validate(&event, self.inner.max_event_size)?;
         Ok(event.uuid.unwrap_or_else(crate::uuid7::new_v7))
     }

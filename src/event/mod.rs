@@ -69,6 +69,8 @@ pub struct Event {
     /// every setter so `capture` can check the size limit in constant time.
     props_len: usize,
     pub(crate) error: Option<(String, PropertyError)>,
+    /// Made with [`Event::named`]: the distinct id comes from the request context.
+    pub(crate) inherits_distinct_id: bool,
 }
 
 impl Event {
@@ -85,7 +87,28 @@ impl Event {
             minimal: false,
             props_len: 0,
             error: None,
+            inherits_distinct_id: false,
         }
+    }
+
+    /// An event done by whoever the current request comes from.
+    ///
+    /// Inside a request handled behind [`PostHogLayer`](crate::http::PostHogLayer) (or any
+    /// [`RequestContext`](crate::context::RequestContext) scope), `capture` gives it the
+    /// caller's distinct id, session id and request properties. Outside one, or for an
+    /// anonymous caller, it is sent like [`Event::anonymous`]: personless.
+    ///
+    /// ```
+    /// use posthog_tower::Event;
+    ///
+    /// let event = Event::named("report exported").property("rows", 120);
+    /// assert_eq!(event.distinct_id(), None);
+    /// ```
+    pub fn named(name: impl Into<String>) -> Self {
+        let mut event = Event::new(name, String::new());
+        event.distinct_id = None;
+        event.inherits_distinct_id = true;
+        event
     }
 
     /// An event with no person behind it: it is sent with a random distinct id and

@@ -270,6 +270,7 @@ impl Batch {
 
     /// Checks and stamps an event; on failure counts and reports it.
     fn admit(&self, event: &mut Event) -> Result<Uuid, CaptureError> {
+        crate::context::apply_current(event);
         if let Err(e) = self.validate(event) {
             return Err(self.reject(e));
         }

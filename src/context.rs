@@ -1,0 +1,338 @@
+//! The request context: who is calling and where, inherited by events captured while a request
+//! is handled.
+//!
+//! [`PostHogLayer`](crate::http::PostHogLayer) (or
+//! [`SetRequestContext`](crate::http::SetRequestContext)) builds a [`RequestContext`] for each
+//! request, puts it in the request's extensions and makes it the *current* context of the task
+//! that runs the handler. While it is current, [`PostHog::capture`](crate::PostHog::capture)
+//! fills in what an event leaves out:
+//!
+//! - an event made with [`Event::named`] gets the caller's distinct id (or, for an anonymous
+//!   caller, stays personless);
+//! - an event without a distinct id, or with the caller's own, gets `$session_id`,
+//!   `$current_url`, `$request_method`, `$request_path` (and `$ip` when the layer captures it)
+//!   unless it already has them.
+//!
+//! The context is task-local: it follows the handler across `.await`s but **not** into tasks it
+//! spawns. Carry it there with [`RequestContext::current`] and [`RequestContext::scope`].
+//! Outside a request you can make one yourself, for example for a background job acting for a
+//! user.
+//!
+//! # Example
+//!
+//! ```
+//! use posthog_tower::{context::RequestContext, Event};
+//!
+//! # async fn handler(posthog: posthog_tower::PostHog) {
+//! // Inside a handler behind `PostHogLayer`: the event gets the caller's distinct id.
+//! posthog.capture(Event::named("report exported")).ok();
+//!
+//! // Spawned tasks do not inherit the context: hand it over.
+//! let ctx = RequestContext::current();
+//! tokio::spawn(async move {
+//!     let work = async {
+//!         posthog.capture(Event::named("export finished")).ok();
+//!     };
+//!     match ctx {
+//!         Some(ctx) => ctx.scope(work).await,
+//!         None => work.await,
+//!     }
+//! });
+//! # }
+//! ```
+
+use std::{fmt, future::Future, sync::Arc};
+
+use serde_json::Value;
+
+use crate::Event;
+
+tokio::task_local! {
+    static CURRENT: RequestContext;
+}
+
+/// Who is calling and where: a distinct id (or none for an anonymous caller), a session id, and
+/// the request's URL, method and path.
+///
+/// Cheap to clone (an `Arc` inside). See the [module docs](self).
+#[derive(Clone)]
+pub struct RequestContext {
+    inner: Arc<Data>,
+}
+
+#[derive(Clone, Default)]
+struct Data {
+    distinct_id: Option<String>,
+    session_id: Option<String>,
+    current_url: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    ip: Option<String>,
+}
+
+impl RequestContext {
+    /// A context for `distinct_id` (`None`: an anonymous caller) with nothing else set.
+    ///
+    /// ```
+    /// use posthog_tower::context::RequestContext;
+    ///
+    /// let ctx = RequestContext::new(Some("user-42".into())).with_session_id("s-1");
+    /// assert_eq!(ctx.distinct_id(), Some("user-42"));
+    /// assert!(!ctx.is_anonymous());
+    /// ```
+    pub fn new(distinct_id: Option<String>) -> Self {
+        RequestContext {
+            inner: Arc::new(Data {
+                distinct_id: distinct_id.filter(|id| !id.trim().is_empty()),
+                ..Data::default()
+            }),
+        }
+    }
+
+    /// Sets the session id (`$session_id` of the events captured in this context).
+    #[must_use]
+    pub fn with_session_id(mut self, session_id: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.inner).session_id = Some(session_id.into());
+        self
+    }
+
+    /// Sets the request's full URL (`$current_url`).
+    #[must_use]
+    pub fn with_current_url(mut self, url: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.inner).current_url = Some(url.into());
+        self
+    }
+
+    /// Sets the request's method (`$request_method`) and path (`$request_path`).
+    #[must_use]
+    pub fn with_request(mut self, method: impl Into<String>, path: impl Into<String>) -> Self {
+        let data = Arc::make_mut(&mut self.inner);
+        data.method = Some(method.into());
+        data.path = Some(path.into());
+        self
+    }
+
+    /// Sets the caller's IP address (`$ip`, used by PostHog for geolocation).
+    #[must_use]
+    pub fn with_ip(mut self, ip: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.inner).ip = Some(ip.into());
+        self
+    }
+
+    /// The caller's distinct id, `None` for an anonymous caller.
+    pub fn distinct_id(&self) -> Option<&str> {
+        self.inner.distinct_id.as_deref()
+    }
+
+    /// `true` when the caller could not be identified: events are personless.
+    pub fn is_anonymous(&self) -> bool {
+        self.inner.distinct_id.is_none()
+    }
+
+    /// The session id, if the caller sent one.
+    pub fn session_id(&self) -> Option<&str> {
+        self.inner.session_id.as_deref()
+    }
+
+    /// The request's full URL (`$current_url`).
+    pub fn current_url(&self) -> Option<&str> {
+        self.inner.current_url.as_deref()
+    }
+
+    /// The request's method.
+    pub fn method(&self) -> Option<&str> {
+        self.inner.method.as_deref()
+    }
+
+    /// The request's path.
+    pub fn path(&self) -> Option<&str> {
+        self.inner.path.as_deref()
+    }
+
+    /// The caller's IP address, when the layer was asked to capture it.
+    pub fn ip(&self) -> Option<&str> {
+        self.inner.ip.as_deref()
+    }
+
+    /// The context of the request this task is handling, if any.
+    pub fn current() -> Option<RequestContext> {
+        CURRENT.try_with(RequestContext::clone).ok()
+    }
+
+    /// Runs `future` with this context as the current one (across its `.await`s).
+    pub fn scope<F: Future>(self, future: F) -> Scoped<F> {
+        Scoped {
+            inner: CURRENT.scope(self, future),
+        }
+    }
+
+    /// Runs `f` with this context as the current one.
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+
+    /// Fills in what `event` leaves out (see the [module docs](self)).
+    pub(crate) fn apply(&self, event: &mut Event) {
+        let data = &*self.inner;
+        if event.distinct_id.is_none() && event.inherits_distinct_id {
+            if let Some(id) = &data.distinct_id {
+                event.distinct_id = Some(id.clone());
+            }
+        }
+        let own = match (&event.distinct_id, &data.distinct_id) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a == b,
+            (Some(_), None) => false,
+        };
+        if !own {
+            return;
+        }
+        let fields = [
+            ("$session_id", &data.session_id),
+            ("$current_url", &data.current_url),
+            ("$request_method", &data.method),
+            ("$request_path", &data.path),
+            ("$ip", &data.ip),
+        ];
+        for (key, value) in fields {
+            if let Some(value) = value {
+                if !event.properties.contains_key(key) {
+                    event.insert_value(key.to_owned(), Value::String(value.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Applies the current request context, if any, to `event`; an [`Event::named`] left without
+/// a distinct id becomes personless.
+pub(crate) fn apply_current(event: &mut Event) {
+    // `try_with` fails only outside a scope: nothing to apply then.
+    let _ = CURRENT.try_with(|ctx| ctx.apply(event));
+    if event.distinct_id.is_none() && event.inherits_distinct_id {
+        event.inherits_distinct_id = false;
+        event.insert_value("$process_person_profile".to_owned(), Value::Bool(false));
+    }
+}
+
+impl fmt::Debug for RequestContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &*self.inner;
+        f.debug_struct("RequestContext")
+            .field("distinct_id", &d.distinct_id)
+            .field("session_id", &d.session_id)
+            .field("current_url", &d.current_url)
+            .field("method", &d.method)
+            .field("path", &d.path)
+            .field("ip", &d.ip.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future run with a [`RequestContext`] as the current one. See
+    /// [`RequestContext::scope`].
+    pub struct Scoped<F> {
+        #[pin]
+        inner: tokio::task::futures::TaskLocalFuture<RequestContext, F>,
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<F> fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scoped").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn named_events_inherit_the_callers_id_across_awaits() {
+        let ctx = RequestContext::new(Some("user-1".into()))
+            .with_session_id("s-1")
+            .with_current_url("https://example.com/a?b=1")
+            .with_request("GET", "/a");
+        let event = ctx
+            .scope(async {
+                tokio::task::yield_now().await;
+                let mut e = Event::named("clicked");
+                apply_current(&mut e);
+                e
+            })
+            .await;
+        assert_eq!(event.distinct_id(), Some("user-1"));
+        assert_eq!(event.properties()["$session_id"], "s-1");
+        assert_eq!(
+            event.properties()["$current_url"],
+            "https://example.com/a?b=1"
+        );
+        assert_eq!(event.properties()["$request_method"], "GET");
+        assert_eq!(event.properties()["$request_path"], "/a");
+        assert!(!event.properties().contains_key("$process_person_profile"));
+    }
+
+    #[test]
+    fn named_events_outside_a_request_are_personless() {
+        let mut e = Event::named("job ran");
+        apply_current(&mut e);
+        assert_eq!(e.distinct_id(), None);
+        assert_eq!(e.properties()["$process_person_profile"], false);
+    }
+
+    #[test]
+    fn anonymous_callers_leave_named_events_personless_with_request_properties() {
+        let ctx = RequestContext::new(None).with_session_id("s-9");
+        let e = ctx.sync_scope(|| {
+            let mut e = Event::named("viewed");
+            apply_current(&mut e);
+            e
+        });
+        assert_eq!(e.distinct_id(), None);
+        assert_eq!(e.properties()["$process_person_profile"], false);
+        assert_eq!(e.properties()["$session_id"], "s-9");
+    }
+
+    #[test]
+    fn events_for_someone_else_are_left_alone_and_own_properties_win() {
+        let ctx = RequestContext::new(Some("user-1".into())).with_session_id("s-1");
+        let (other, own) = ctx.sync_scope(|| {
+            let mut other = Event::new("granted", "user-2");
+            apply_current(&mut other);
+            let mut own = Event::new("saved", "user-1").property("$session_id", "mine");
+            apply_current(&mut own);
+            (other, own)
+        });
+        assert!(!other.properties().contains_key("$session_id"));
+        assert_eq!(own.properties()["$session_id"], "mine");
+    }
+
+    #[test]
+    fn explicitly_anonymous_events_do_not_take_the_callers_id() {
+        let ctx = RequestContext::new(Some("user-1".into()));
+        let e = ctx.sync_scope(|| {
+            let mut e = Event::anonymous("ping");
+            apply_current(&mut e);
+            e
+        });
+        assert_eq!(e.distinct_id(), None);
+    }
+
+    #[test]
+    fn blank_ids_are_anonymous() {
+        assert!(RequestContext::new(Some("  ".into())).is_anonymous());
+    }
+}

@@ -1,0 +1,463 @@
+//! Who is calling: [`MakeDistinctId`], the posthog-js cookie, and how untrusted header values
+//! are cleaned.
+
+use std::{cell::OnceCell, fmt};
+
+use http::{header::COOKIE, Extensions, HeaderMap, HeaderValue, Method, Request, Uri};
+use serde::Deserialize;
+
+/// The most characters kept of an identity value (a distinct id or session id) taken from a
+/// header or cookie; longer values are cut.
+pub const MAX_ID_CHARS: usize = 1000;
+
+/// Cookie values longer than this are ignored without being decoded.
+const MAX_COOKIE_BYTES: usize = 16 * 1024;
+
+/// The header posthog-js (and any client) can use to say who is calling.
+pub const DISTINCT_ID_HEADER: &str = "x-posthog-distinct-id";
+
+/// The header carrying the posthog-js session id.
+pub const SESSION_ID_HEADER: &str = "x-posthog-session-id";
+
+/// Cleans an untrusted value: control characters removed, whitespace trimmed, at most
+/// [`MAX_ID_CHARS`] characters. `None` when nothing is left.
+pub(crate) fn sanitize(value: &str) -> Option<String> {
+    let needs_work = value.chars().any(char::is_control)
+        || value.len() > MAX_ID_CHARS
+        || value.trim().len() != value.len();
+    if !needs_work {
+        return (!value.is_empty()).then(|| value.to_owned());
+    }
+    let out: String = value
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_ID_CHARS)
+        .collect();
+    let trimmed = out.trim();
+    if trimmed.is_empty() {
+        None
+    } else if trimmed.len() == out.len() {
+        Some(out)
+    } else {
+        Some(trimmed.to_owned())
+    }
+}
+
+/// A header value as text, if it is valid UTF-8 (obs-text bytes that are not UTF-8 are
+/// ignored).
+pub(crate) fn header_text(value: &HeaderValue) -> Option<&str> {
+    std::str::from_utf8(value.as_bytes()).ok()
+}
+
+/// The first value of `name`, cleaned.
+pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(header_text).and_then(sanitize)
+}
+
+/// What posthog-js keeps in its `ph_<project key>_posthog` cookie, as far as the server cares.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PostHogCookie {
+    distinct_id: Option<String>,
+    session_id: Option<String>,
+    device_id: Option<String>,
+}
+
+impl PostHogCookie {
+    /// The browser's distinct id (anonymous or identified).
+    pub fn distinct_id(&self) -> Option<&str> {
+        self.distinct_id.as_deref()
+    }
+
+    /// The current session id (`$sesid`).
+    pub fn session_id(&self) -> Option<&str> {
+        self.session_id.as_deref()
+    }
+
+    /// The browser's device id (`$device_id`).
+    pub fn device_id(&self) -> Option<&str> {
+        self.device_id.as_deref()
+    }
+
+    /// Finds the cookie named `name` in `headers` and decodes it. `None` when it is missing,
+    /// too long, not UTF-8 after decoding, or not the JSON posthog-js writes. Never panics.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use posthog_tower::http::PostHogCookie;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert(
+    ///     "cookie",
+    ///     "theme=dark; ph_phc_key_posthog=%7B%22distinct_id%22%3A%22user-42%22%7D".parse()?,
+    /// );
+    /// let cookie = PostHogCookie::from_headers(&headers, "ph_phc_key_posthog").unwrap();
+    /// assert_eq!(cookie.distinct_id(), Some("user-42"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_headers(headers: &HeaderMap, name: &str) -> Option<PostHogCookie> {
+        let raw = find_cookie(headers, name)?;
+        PostHogCookie::parse(raw)
+    }
+
+    /// Decodes a cookie value (URL-encoded JSON).
+    pub(crate) fn parse(raw: &str) -> Option<PostHogCookie> {
+        if raw.len() > MAX_COOKIE_BYTES {
+            return None;
+        }
+        let raw = raw.trim().trim_matches('"');
+        let decoded = percent_decode(raw.as_bytes())?;
+        let parsed: RawCookie = serde_json::from_slice(&decoded).ok()?;
+        let text = |v: Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => sanitize(&s),
+            _ => None,
+        };
+        let session_id = match parsed.sesid {
+            // posthog-js writes `[last activity ms, session id, session start ms]`.
+            Some(serde_json::Value::Array(mut parts)) if parts.len() >= 2 => {
+                text(Some(parts.swap_remove(1)))
+            }
+            _ => None,
+        };
+        Some(PostHogCookie {
+            distinct_id: text(parsed.distinct_id),
+            session_id,
+            device_id: text(parsed.device_id),
+        })
+    }
+}
+
+impl fmt::Debug for PostHogCookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostHogCookie")
+            .field("distinct_id", &self.distinct_id)
+            .field("session_id", &self.session_id)
+            .field("device_id", &self.device_id)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawCookie {
+    distinct_id: Option<serde_json::Value>,
+    #[serde(rename = "$sesid")]
+    sesid: Option<serde_json::Value>,
+    #[serde(rename = "$device_id")]
+    device_id: Option<serde_json::Value>,
+}
+
+/// The raw value of the first cookie called `name`, across every `Cookie` header.
+fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    for value in headers.get_all(COOKIE) {
+        let Some(text) = header_text(value) else {
+            continue;
+        };
+        for pair in text.split(';') {
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
+            if key.trim() == name {
+                return Some(value);
+            }
+        }
+    }
+    None
+}
+
+/// `%XX` decoding (and `+` kept as is, as cookies do). `None` for a broken escape or bytes
+/// that are not UTF-8.
+fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        if b == b'%' {
+            let hi = hex(*input.get(i + 1)?)?;
+            let lo = hex(*input.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&out).ok()?;
+    Some(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// What [`MakeDistinctId`] and [`ShouldCapture`](super::ShouldCapture) see of a request: its
+/// method, URI, headers and extensions, and the posthog-js cookie decoded on first use.
+pub struct RequestHead<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    extensions: &'a Extensions,
+    cookie_name: &'a str,
+    cookie: OnceCell<Option<PostHogCookie>>,
+}
+
+impl<'a> RequestHead<'a> {
+    /// The head of `request`; `cookie_name` is the posthog-js cookie to read
+    /// (`ph_<project key>_posthog`).
+    pub fn new<B>(request: &'a Request<B>, cookie_name: &'a str) -> Self {
+        RequestHead {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+            cookie_name,
+            cookie: OnceCell::new(),
+        }
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &'a Method {
+        self.method
+    }
+
+    /// The request URI.
+    pub fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+
+    /// The request headers (untrusted: use [`header`](Self::header) for a cleaned value).
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The request extensions, for example a user inserted by an authentication layer.
+    pub fn extensions(&self) -> &'a Extensions {
+        self.extensions
+    }
+
+    /// The first value of header `name`, cleaned: valid UTF-8 only, control characters
+    /// removed, trimmed, at most [`MAX_ID_CHARS`] characters.
+    pub fn header(&self, name: &str) -> Option<String> {
+        header(self.headers, name)
+    }
+
+    /// The decoded posthog-js cookie, if the request carries a valid one. Parsed once.
+    pub fn posthog_cookie(&self) -> Option<&PostHogCookie> {
+        self.cookie
+            .get_or_init(|| PostHogCookie::from_headers(self.headers, self.cookie_name))
+            .as_ref()
+    }
+
+    /// The session id: the `X-POSTHOG-SESSION-ID` header, else the cookie's.
+    pub fn session_id(&self) -> Option<String> {
+        self.header(SESSION_ID_HEADER).or_else(|| {
+            self.posthog_cookie()
+                .and_then(|c| c.session_id().map(str::to_owned))
+        })
+    }
+}
+
+impl fmt::Debug for RequestHead<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestHead")
+            .field("method", self.method)
+            .field("uri", self.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decides who a request comes from.
+///
+/// Return `None` for an anonymous caller: their events are personless. Implemented for
+/// closures `FnMut(&RequestHead<'_>) -> Option<String>`; the result is cleaned like header
+/// values. Combine resolvers with [`or`](MakeDistinctId::or).
+///
+/// # Example
+///
+/// Take the id from the application's own authentication (a `User` an earlier layer put in
+/// the extensions), else from the posthog-js header or cookie:
+///
+/// ```
+/// use posthog_tower::http::{DefaultMakeDistinctId, MakeDistinctId, RequestHead};
+///
+/// #[derive(Clone)]
+/// struct User {
+///     id: u64,
+/// }
+///
+/// let from_auth = |req: &RequestHead<'_>| req.extensions().get::<User>().map(|u| u.id.to_string());
+/// let make = from_auth.or(DefaultMakeDistinctId);
+/// # fn check(_: impl MakeDistinctId) {}
+/// # check(make);
+/// ```
+pub trait MakeDistinctId {
+    /// The caller's distinct id, or `None` when it is unknown.
+    fn make_distinct_id(&mut self, request: &RequestHead<'_>) -> Option<String>;
+
+    /// Asks `self` first, then `other`.
+    fn or<M: MakeDistinctId>(self, other: M) -> Or<Self, M>
+    where
+        Self: Sized,
+    {
+        Or {
+            first: self,
+            second: other,
+        }
+    }
+}
+
+impl<F> MakeDistinctId for F
+where
+    F: FnMut(&RequestHead<'_>) -> Option<String>,
+{
+    fn make_distinct_id(&mut self, request: &RequestHead<'_>) -> Option<String> {
+        self(request)
+    }
+}
+
+/// The default resolver: the `X-POSTHOG-DISTINCT-ID` header, else the `distinct_id` of the
+/// posthog-js cookie `ph_<project key>_posthog`, else anonymous.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultMakeDistinctId;
+
+impl MakeDistinctId for DefaultMakeDistinctId {
+    fn make_distinct_id(&mut self, request: &RequestHead<'_>) -> Option<String> {
+        request.header(DISTINCT_ID_HEADER).or_else(|| {
+            request
+                .posthog_cookie()
+                .and_then(|c| c.distinct_id().map(str::to_owned))
+        })
+    }
+}
+
+/// Two resolvers, asked in order. See [`MakeDistinctId::or`].
+#[derive(Clone, Copy, Debug)]
+pub struct Or<A, B> {
+    first: A,
+    second: B,
+}
+
+impl<A: MakeDistinctId, B: MakeDistinctId> MakeDistinctId for Or<A, B> {
+    fn make_distinct_id(&mut self, request: &RequestHead<'_>) -> Option<String> {
+        self.first
+            .make_distinct_id(request)
+            .and_then(|id| sanitize(&id))
+            .or_else(|| self.second.make_distinct_id(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookie(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn sanitize_strips_trims_and_caps() {
+        assert_eq!(sanitize("  user-1 \t"), Some("user-1".into()));
+        assert_eq!(sanitize("us\u{0}er\r\n-1"), Some("user-1".into()));
+        assert_eq!(sanitize(" \u{7f} "), None);
+        assert_eq!(sanitize(""), None);
+        let long = "é".repeat(5000);
+        let cut = sanitize(&long).unwrap();
+        assert_eq!(cut.chars().count(), MAX_ID_CHARS);
+        assert_eq!(sanitize("plain"), Some("plain".into()));
+    }
+
+    #[test]
+    fn reads_the_posthog_js_cookie() {
+        let json = r#"{"distinct_id":"user-42","$sesid":[1700000000000,"sess-1",1699999990000],"$device_id":"dev-1"}"#;
+        let encoded: String = json
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let h = cookie(&format!("a=1; ph_phc_k_posthog={encoded}; b=2"));
+        let c = PostHogCookie::from_headers(&h, "ph_phc_k_posthog").unwrap();
+        assert_eq!(c.distinct_id(), Some("user-42"));
+        assert_eq!(c.session_id(), Some("sess-1"));
+        assert_eq!(c.device_id(), Some("dev-1"));
+    }
+
+    #[test]
+    fn broken_cookies_are_ignored() {
+        let name = "ph_k_posthog";
+        for bad in [
+            "ph_k_posthog=%7B%22distinct_id",           // truncated JSON
+            "ph_k_posthog=%ZZ",                         // broken escape
+            "ph_k_posthog=%FF%FE",                      // not UTF-8
+            "ph_k_posthog=%7B%22distinct_id%22%3A5%7D", // not a string
+            "ph_k_posthog=[]",
+            "other=1",
+        ] {
+            let parsed = PostHogCookie::from_headers(&cookie(bad), name);
+            assert!(
+                parsed.as_ref().and_then(|c| c.distinct_id()).is_none(),
+                "{bad}: {parsed:?}"
+            );
+        }
+        let huge = format!("{name}={}", "a".repeat(MAX_COOKIE_BYTES + 1));
+        assert_eq!(PostHogCookie::from_headers(&cookie(&huge), name), None);
+    }
+
+    #[test]
+    fn invalid_utf8_headers_are_ignored() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            DISTINCT_ID_HEADER,
+            HeaderValue::from_bytes(b"\xff\xfeuser").unwrap(),
+        );
+        assert_eq!(header(&h, DISTINCT_ID_HEADER), None);
+    }
+
+    #[test]
+    fn header_wins_over_cookie_and_or_falls_through() {
+        let req = Request::builder()
+            .header(DISTINCT_ID_HEADER, " from-header ")
+            .header(
+                COOKIE,
+                "ph_k_posthog=%7B%22distinct_id%22%3A%22from-cookie%22%7D",
+            )
+            .body(())
+            .unwrap();
+        let head = RequestHead::new(&req, "ph_k_posthog");
+        assert_eq!(
+            DefaultMakeDistinctId.make_distinct_id(&head),
+            Some("from-header".into())
+        );
+        let mut none_then_default = (|_: &RequestHead<'_>| None).or(DefaultMakeDistinctId);
+        assert_eq!(
+            none_then_default.make_distinct_id(&head),
+            Some("from-header".into())
+        );
+        let mut blank_then_default =
+            (|_: &RequestHead<'_>| Some(" \n ".to_owned())).or(DefaultMakeDistinctId);
+        assert_eq!(
+            blank_then_default.make_distinct_id(&head),
+            Some("from-header".into())
+        );
+
+        let req = Request::builder()
+            .header(
+                COOKIE,
+                "ph_k_posthog=%7B%22distinct_id%22%3A%22from-cookie%22%7D",
+            )
+            .body(())
+            .unwrap();
+        let head = RequestHead::new(&req, "ph_k_posthog");
+        assert_eq!(
+            DefaultMakeDistinctId.make_distinct_id(&head),
+            Some("from-cookie".into())
+        );
+    }
+}

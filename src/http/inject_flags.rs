@@ -1,0 +1,157 @@
+//! [`InjectFlags`]: puts a [`RequestFlags`] handle in every request's extensions.
+
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::Request;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{identity::DefaultMakeDistinctId, set_context::ContextConfig, RequestFlags};
+use crate::PostHog;
+
+/// Applies [`InjectFlags`]. See the [module docs](super).
+#[derive(Clone)]
+pub struct InjectFlagsLayer {
+    posthog: PostHog,
+    config: Arc<ContextConfig>,
+    eager: Option<Arc<[String]>>,
+}
+
+impl InjectFlagsLayer {
+    /// Lazy flags for the callers of `posthog`'s project.
+    pub fn new(posthog: &PostHog) -> Self {
+        InjectFlagsLayer {
+            posthog: posthog.clone(),
+            config: Arc::new(ContextConfig::new(posthog)),
+            eager: None,
+        }
+    }
+
+    /// Evaluates these keys as soon as each request arrives (see
+    /// [`PostHogLayer::eager_flags`](super::PostHogLayer::eager_flags)).
+    #[must_use]
+    pub fn eager<I, K>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
+        self.eager = (!keys.is_empty()).then(|| keys.into());
+        self
+    }
+
+    pub(crate) fn with_config(
+        posthog: PostHog,
+        config: Arc<ContextConfig>,
+        eager: Option<Arc<[String]>>,
+    ) -> Self {
+        InjectFlagsLayer {
+            posthog,
+            config,
+            eager,
+        }
+    }
+}
+
+impl fmt::Debug for InjectFlagsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InjectFlagsLayer")
+            .field("eager", &self.eager)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for InjectFlagsLayer {
+    type Service = InjectFlags<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InjectFlags {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Inserts a [`RequestFlags`] handle for the caller into every request (unless one is
+/// there). It evaluates nothing unless a flag is read, or [eager keys](InjectFlagsLayer::eager)
+/// are set; it never delays or fails the request.
+///
+/// The caller is the one of the request's [`RequestContext`](crate::context::RequestContext)
+/// when an outer [`SetRequestContext`](super::SetRequestContext) set it, else resolved with
+/// [`DefaultMakeDistinctId`]. See the [module docs](super).
+#[derive(Clone)]
+pub struct InjectFlags<S> {
+    inner: S,
+    layer: InjectFlagsLayer,
+}
+
+impl<S> InjectFlags<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, posthog: &PostHog) -> Self {
+        InjectFlagsLayer::new(posthog).layer(inner)
+    }
+
+    /// A layer for this middleware.
+    pub fn layer(posthog: &PostHog) -> InjectFlagsLayer {
+        InjectFlagsLayer::new(posthog)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for InjectFlags<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InjectFlags")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<S, ReqBody> Service<Request<ReqBody>> for InjectFlags<S>
+where
+    S: Service<Request<ReqBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        if request.extensions().get::<RequestFlags>().is_none() {
+            let ctx = self
+                .layer
+                .config
+                .ensure(&mut DefaultMakeDistinctId, &mut request);
+            let flags = RequestFlags::with_eager_keys(
+                self.layer.posthog.clone(),
+                ctx.distinct_id().map(str::to_owned),
+                self.layer.eager.clone(),
+            );
+            flags.prefetch();
+            request.extensions_mut().insert(flags);
+        }
+        self.inner.call(request)
+    }
+}

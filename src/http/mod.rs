@@ -1,0 +1,321 @@
+//! The HTTP layer for axum, tonic and any tower HTTP server: who is calling, a pageview per
+//! request, and the caller's feature flags in the request extensions.
+//!
+//! [`PostHogLayer`] (from [`PostHog::layer`]) does it all; its parts also work alone:
+//!
+//! | middleware | what it does |
+//! |---|---|
+//! | [`SetRequestContext`] | resolves the caller ([`MakeDistinctId`]) and session, puts a [`RequestContext`] in the extensions and makes it current for the handler, so `capture` inherits it |
+//! | [`InjectFlags`] | puts a [`RequestFlags`] handle in the extensions (lazy, or eager for listed keys) |
+//! | [`CapturePageviews`] | captures a `$pageview` when the response is ready, for the requests a [`ShouldCapture`] predicate selects |
+//!
+//! Each is generic over the request and response bodies and keeps the inner service's error
+//! type, response and `poll_ready`; analytics fail open: nothing here changes a response,
+//! returns an error, or waits for PostHog. Header and cookie values are untrusted: control
+//! characters are removed, values are trimmed and cut to 1 000 characters, and invalid UTF-8
+//! or malformed cookies are ignored.
+//!
+//! # Who is calling
+//!
+//! By default ([`DefaultMakeDistinctId`]): the `X-POSTHOG-DISTINCT-ID` header, else the
+//! `distinct_id` in posthog-js's cookie `ph_<project key>_posthog`, else nobody (an anonymous
+//! caller, whose events are personless and whose flags are all off). The session id comes from
+//! `X-POSTHOG-SESSION-ID` or the cookie. Use your own authentication with a closure:
+//! `layer.distinct_id(|req: &RequestHead<'_>| ...)`.
+//!
+//! # Spawned tasks
+//!
+//! The request context is task-local: it follows the handler across `.await`s but not into
+//! `tokio::spawn`ed tasks. Take it with [`RequestContext::current`] (or from the extensions)
+//! and run the task inside [`RequestContext::scope`].
+//!
+//! # With axum
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use posthog_tower::{http::RequestFlags, Event, PostHog};
+//!
+//! async fn home(flags: RequestFlags) -> &'static str {
+//!     if flags.is_enabled("new-home").await {
+//!         "new home"
+//!     } else {
+//!         "home"
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let rt = tokio::runtime::Runtime::new()?;
+//! # let _guard = rt.enter();
+//! let posthog = PostHog::builder("phc_project_key").build()?;
+//! let app: Router = Router::new()
+//!     .route("/", get(home))
+//!     .layer(posthog.layer().eager_flags(["new-home"]));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # With tonic
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let rt = tokio::runtime::Runtime::new()?;
+//! # let _guard = rt.enter();
+//! let posthog = posthog_tower::PostHog::builder("phc_project_key").build()?;
+//! let (_, health) = tonic_health::server::health_reporter();
+//! let server = tonic::transport::Server::builder()
+//!     // gRPC calls are not pageviews by default: name them as API requests.
+//!     .layer(
+//!         posthog
+//!             .layer()
+//!             .event_name("$grpc_request")
+//!             .should_capture(|_: &posthog_tower::http::RequestHead<'_>| true),
+//!     )
+//!     .add_service(health);
+//! # drop(server);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Handlers read [`RequestFlags`] and [`RequestContext`] from `request.extensions()`.
+
+mod capture_pageviews;
+#[cfg(feature = "axum")]
+mod extract;
+mod identity;
+mod inject_flags;
+mod predicate;
+mod request_flags;
+mod set_context;
+mod url;
+
+use std::{fmt, net::IpAddr, sync::Arc};
+
+use http::Extensions;
+use tower_layer::Layer;
+
+pub use capture_pageviews::{CapturePageviews, CapturePageviewsLayer};
+#[cfg(feature = "axum")]
+pub use extract::MissingPostHogLayer;
+pub use identity::{
+    DefaultMakeDistinctId, MakeDistinctId, Or, PostHogCookie, RequestHead, DISTINCT_ID_HEADER,
+    MAX_ID_CHARS, SESSION_ID_HEADER,
+};
+pub use inject_flags::{InjectFlags, InjectFlagsLayer};
+pub use predicate::{And, DefaultShouldCapture, ShouldCapture};
+pub use request_flags::RequestFlags;
+pub use set_context::{SetRequestContext, SetRequestContextLayer};
+
+use set_context::ContextConfig;
+
+pub use crate::context::RequestContext;
+use crate::PostHog;
+
+/// Response futures of the middlewares, by middleware.
+pub mod future {
+    pub use super::capture_pageviews::ResponseFuture as CapturePageviewsFuture;
+    pub use super::set_context::ResponseFuture as SetRequestContextFuture;
+}
+
+/// The service [`PostHogLayer`] produces: [`SetRequestContext`] around [`InjectFlags`] around
+/// [`CapturePageviews`] around your service.
+pub type PostHogService<S, M = DefaultMakeDistinctId, P = DefaultShouldCapture> =
+    SetRequestContext<InjectFlags<CapturePageviews<S, Enabled<P>>>, M>;
+
+impl PostHog {
+    /// The HTTP layer for this client, with its defaults: callers resolved by
+    /// [`DefaultMakeDistinctId`], a `$pageview` for each request [`DefaultShouldCapture`]
+    /// selects, lazy [`RequestFlags`]. See the [`http`](crate::http) module.
+    pub fn layer(&self) -> PostHogLayer {
+        PostHogLayer::new(self)
+    }
+}
+
+/// Everything the HTTP layer does, in one layer: the [request context](SetRequestContext),
+/// [flags in the extensions](InjectFlags) and [pageviews](CapturePageviews).
+///
+/// A cheap, `Clone` configuration; build it with [`PostHog::layer`] and its methods. See the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct PostHogLayer<M = DefaultMakeDistinctId, P = DefaultShouldCapture> {
+    posthog: PostHog,
+    make: M,
+    predicate: P,
+    pageviews: bool,
+    event_name: Arc<str>,
+    eager: Option<Arc<[String]>>,
+    config: ContextConfig,
+}
+
+impl PostHogLayer {
+    /// The layer with its defaults (same as [`PostHog::layer`]).
+    pub fn new(posthog: &PostHog) -> Self {
+        PostHogLayer {
+            posthog: posthog.clone(),
+            make: DefaultMakeDistinctId,
+            predicate: DefaultShouldCapture,
+            pageviews: true,
+            event_name: Arc::from("$pageview"),
+            eager: None,
+            config: ContextConfig::new(posthog),
+        }
+    }
+}
+
+impl<M, P> PostHogLayer<M, P> {
+    /// Resolves callers with `make` (a closure `FnMut(&RequestHead<'_>) -> Option<String>` or
+    /// any [`MakeDistinctId`]). Chain [`DefaultMakeDistinctId`] with
+    /// [`or`](MakeDistinctId::or) to fall back to the posthog-js header and cookie.
+    ///
+    /// ```
+    /// # fn f(posthog: posthog_tower::PostHog) {
+    /// use posthog_tower::http::{DefaultMakeDistinctId, MakeDistinctId, RequestHead};
+    ///
+    /// #[derive(Clone)]
+    /// struct UserId(String);
+    ///
+    /// let layer = posthog.layer().distinct_id(
+    ///     (|req: &RequestHead<'_>| req.extensions().get::<UserId>().map(|u| u.0.clone()))
+    ///         .or(DefaultMakeDistinctId),
+    /// );
+    /// # }
+    /// ```
+    pub fn distinct_id<M2>(self, make: M2) -> PostHogLayer<M2, P>
+    where
+        M2: MakeDistinctId + Clone,
+    {
+        PostHogLayer {
+            posthog: self.posthog,
+            make,
+            predicate: self.predicate,
+            pageviews: self.pageviews,
+            event_name: self.event_name,
+            eager: self.eager,
+            config: self.config,
+        }
+    }
+
+    /// Captures pageviews for the requests `predicate` selects (a closure
+    /// `Fn(&RequestHead<'_>) -> bool` or any [`ShouldCapture`]) instead of
+    /// [`DefaultShouldCapture`]'s.
+    pub fn should_capture<P2>(self, predicate: P2) -> PostHogLayer<M, P2>
+    where
+        P2: ShouldCapture + Clone,
+    {
+        PostHogLayer {
+            posthog: self.posthog,
+            make: self.make,
+            predicate,
+            pageviews: self.pageviews,
+            event_name: self.event_name,
+            eager: self.eager,
+            config: self.config,
+        }
+    }
+
+    /// Whether to capture pageviews at all (default `true`). Without them the layer still
+    /// sets the request context and the flags.
+    #[must_use]
+    pub fn capture_pageviews(mut self, enabled: bool) -> Self {
+        self.pageviews = enabled;
+        self
+    }
+
+    /// The pageview event's name (default `$pageview`; `$http_request` suits APIs).
+    #[must_use]
+    pub fn event_name(mut self, name: impl Into<String>) -> Self {
+        self.event_name = Arc::from(name.into());
+        self
+    }
+
+    /// Evaluates these flags as soon as each request arrives, concurrently with the handler
+    /// (locally and synchronously when definitions decide them). Other keys stay lazy.
+    #[must_use]
+    pub fn eager_flags<I, K>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
+        self.eager = (!keys.is_empty()).then(|| keys.into());
+        self
+    }
+
+    /// Trusts `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-For`, `X-Real-IP` and
+    /// `Forwarded` (default `false`). Turn it on only behind a proxy you control that sets
+    /// them: otherwise any client can forge its URL and address.
+    #[must_use]
+    pub fn trust_proxy_headers(mut self, trust: bool) -> Self {
+        self.config.trust_proxy = trust;
+        self
+    }
+
+    /// Sends the caller's IP address as `$ip` (default `false`): from a trusted forwarding
+    /// header, else the peer address (axum's `ConnectInfo`, a `SocketAddr` extension, or
+    /// [`client_ip_from`](Self::client_ip_from)). PostHog uses it for geolocation; the
+    /// client's [`disable_geoip`](crate::PostHogBuilder::disable_geoip) still applies.
+    #[must_use]
+    pub fn capture_ip(mut self, capture: bool) -> Self {
+        self.config.capture_ip = capture;
+        self
+    }
+
+    /// Where to find the peer address in the extensions when the server stores it in its own
+    /// type (tonic's `TcpConnectInfo`, for example).
+    #[must_use]
+    pub fn client_ip_from(mut self, f: fn(&Extensions) -> Option<IpAddr>) -> Self {
+        self.config.client_ip = Some(f);
+        self
+    }
+}
+
+impl<M: fmt::Debug, P: fmt::Debug> fmt::Debug for PostHogLayer<M, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostHogLayer")
+            .field("make", &self.make)
+            .field("predicate", &self.predicate)
+            .field("pageviews", &self.pageviews)
+            .field("event_name", &self.event_name)
+            .field("eager", &self.eager)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`ShouldCapture`] of a [`PostHogLayer`]: its predicate, or nothing when pageviews are off.
+#[derive(Clone, Debug)]
+pub struct Enabled<P> {
+    predicate: P,
+    enabled: bool,
+}
+
+impl<P: ShouldCapture> ShouldCapture for Enabled<P> {
+    fn should_capture(&self, request: &RequestHead<'_>) -> bool {
+        self.enabled && self.predicate.should_capture(request)
+    }
+}
+
+impl<S, M, P> Layer<S> for PostHogLayer<M, P>
+where
+    M: Clone,
+    P: Clone,
+{
+    type Service = PostHogService<S, M, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let config = Arc::new(self.config.clone());
+        let pageviews = CapturePageviewsLayer::with_config(
+            self.posthog.clone(),
+            Enabled {
+                predicate: self.predicate.clone(),
+                enabled: self.pageviews,
+            },
+            self.event_name.clone(),
+            config.clone(),
+        )
+        .layer(inner);
+        let flags =
+            InjectFlagsLayer::with_config(self.posthog.clone(), config.clone(), self.eager.clone())
+                .layer(pageviews);
+        SetRequestContextLayer::with_config(self.make.clone(), config).layer(flags)
+    }
+}

@@ -1,0 +1,210 @@
+//! The request's URL, host, referrer and client address, from untrusted headers.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{header, HeaderMap, Uri};
+
+use super::identity::{header_text, sanitize};
+
+/// The longest host name accepted from a header.
+const MAX_HOST: usize = 255;
+
+/// A host (with optional port) as it may appear in `Host`: letters, digits, `.-_:[]`.
+fn valid_host(host: &str) -> Option<&str> {
+    let host = host.trim();
+    let ok = !host.is_empty()
+        && host.len() <= MAX_HOST
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        });
+    ok.then_some(host)
+}
+
+/// The first element of a comma-separated header value.
+fn first_item(value: &str) -> &str {
+    value.split(',').next().unwrap_or_default().trim()
+}
+
+/// A parameter (`proto`, `host`, `for`) of the first element of a `Forwarded` header.
+fn forwarded_param<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let value = header_text(headers.get(header::FORWARDED)?)?;
+    first_item(value).split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"'))
+    })
+}
+
+fn forwarded_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let value = header_text(headers.get(name)?)?;
+    Some(first_item(value))
+}
+
+/// `http` or `https`.
+pub(crate) fn scheme(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> &'static str {
+    let from_proxy = trust_proxy
+        .then(|| {
+            forwarded_param(headers, "proto")
+                .or_else(|| forwarded_header(headers, "x-forwarded-proto"))
+        })
+        .flatten();
+    let proto = from_proxy.or_else(|| uri.scheme_str());
+    match proto {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    }
+}
+
+/// The host the client asked for (with port, if any).
+pub(crate) fn host<'h>(uri: &'h Uri, headers: &'h HeaderMap, trust_proxy: bool) -> Option<&'h str> {
+    if trust_proxy {
+        let forwarded = forwarded_param(headers, "host")
+            .or_else(|| forwarded_header(headers, "x-forwarded-host"))
+            .and_then(valid_host);
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    headers
+        .get(header::HOST)
+        .and_then(header_text)
+        .and_then(valid_host)
+        .or_else(|| uri.authority().map(|a| a.as_str()).and_then(valid_host))
+}
+
+/// `scheme://host/path?query`, or just the path and query when the host is unknown.
+pub(crate) fn current_url(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> String {
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    match host(uri, headers, trust_proxy) {
+        Some(host) => {
+            let scheme = scheme(uri, headers, trust_proxy);
+            let mut url = String::with_capacity(scheme.len() + 3 + host.len() + path.len());
+            url.push_str(scheme);
+            url.push_str("://");
+            url.push_str(host);
+            url.push_str(path);
+            url
+        }
+        None => path.to_owned(),
+    }
+}
+
+/// The host part of a URL (`https://a.example:8080/x` gives `a.example:8080`).
+pub(crate) fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    valid_host(host)
+}
+
+/// The referrer, cleaned.
+pub(crate) fn referrer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::REFERER)
+        .and_then(header_text)
+        .and_then(sanitize)
+}
+
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    let text = text.trim().trim_matches('"');
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    // `[v6]` without a port, or `v4:port`.
+    let text = text.trim_start_matches('[').trim_end_matches(']');
+    text.parse().ok()
+}
+
+/// The client address a trusted proxy reported: `Forwarded: for=`, `X-Forwarded-For` (the
+/// first, client-most entry) or `X-Real-IP`.
+pub(crate) fn forwarded_ip(headers: &HeaderMap) -> Option<IpAddr> {
+    forwarded_param(headers, "for")
+        .and_then(parse_ip)
+        .or_else(|| forwarded_header(headers, "x-forwarded-for").and_then(parse_ip))
+        .or_else(|| forwarded_header(headers, "x-real-ip").and_then(parse_ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn current_url_uses_host_and_ignores_untrusted_forwarding() {
+        let uri: Uri = "/a/b?c=1".parse().unwrap();
+        let h = headers(&[
+            ("host", "app.example:8080"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        assert_eq!(
+            current_url(&uri, &h, false),
+            "http://app.example:8080/a/b?c=1"
+        );
+        assert_eq!(current_url(&uri, &h, true), "https://evil.example/a/b?c=1");
+    }
+
+    #[test]
+    fn forwarded_header_is_read_when_trusted() {
+        let uri: Uri = "/x".parse().unwrap();
+        let h = headers(&[
+            ("host", "internal:3000"),
+            (
+                "forwarded",
+                r#"for="[2001:db8::1]:4711";proto=https;host=shop.example, for=10.0.0.1"#,
+            ),
+        ]);
+        assert_eq!(current_url(&uri, &h, true), "https://shop.example/x");
+        assert_eq!(forwarded_ip(&h), Some("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn hostile_hosts_are_rejected() {
+        let uri: Uri = "/".parse().unwrap();
+        let h = headers(&[("host", "a b/../c")]);
+        assert_eq!(current_url(&uri, &h, false), "/");
+        let long = "a".repeat(300);
+        let h = headers(&[("host", &long)]);
+        assert_eq!(host(&uri, &h, false), None);
+    }
+
+    #[test]
+    fn http2_authority_is_used_without_host() {
+        let uri: Uri = "https://h2.example/p".parse().unwrap();
+        assert_eq!(
+            current_url(&uri, &HeaderMap::new(), false),
+            "https://h2.example/p"
+        );
+    }
+
+    #[test]
+    fn referring_domain() {
+        assert_eq!(
+            url_host("https://user@www.google.com:443/search?q=x"),
+            Some("www.google.com:443")
+        );
+        assert_eq!(url_host("android-app://com.x"), Some("com.x"));
+        assert_eq!(url_host("not a url"), None);
+    }
+
+    #[test]
+    fn client_ip_from_forwarding_headers() {
+        let h = headers(&[("x-forwarded-for", "203.0.113.7, 10.0.0.2")]);
+        assert_eq!(forwarded_ip(&h), Some("203.0.113.7".parse().unwrap()));
+        let h = headers(&[("x-forwarded-for", "garbage")]);
+        assert_eq!(forwarded_ip(&h), None);
+        let h = headers(&[("x-real-ip", "198.51.100.1:1234")]);
+        assert_eq!(forwarded_ip(&h), Some("198.51.100.1".parse().unwrap()));
+    }
+}
