@@ -170,10 +170,13 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
-        let selected = layer
-            .predicate
-            .should_capture(&RequestHead::new(&request, &layer.config.cookie_name));
+        // One pageview per request, even when the layer is applied twice.
+        let selected = request.extensions().get::<Claimed>().is_none()
+            && layer
+                .predicate
+                .should_capture(&RequestHead::new(&request, &layer.config.cookie_name));
         let pending = selected.then(|| {
+            request.extensions_mut().insert(Claimed);
             let context = layer
                 .config
                 .ensure(&mut DefaultMakeDistinctId, &mut request);
@@ -185,6 +188,10 @@ where
         }
     }
 }
+
+/// Marks a request whose pageview an outer [`CapturePageviews`] captures.
+#[derive(Clone, Copy)]
+struct Claimed;
 
 /// What a pageview needs from the request, kept until the response is ready.
 struct Pending {
