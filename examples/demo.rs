@@ -1,4 +1,5 @@
-//! The demo: capture a realistic handful of events and show what PostHog received.
+//! The demo: capture a realistic handful of events, then run an axum app behind
+//! `PostHogLayer`, and show what PostHog received.
 //!
 //! ```text
 //! cargo run --example demo
@@ -8,9 +9,20 @@
 //! the mock received. With `POSTHOG_API_KEY` set (and optionally `POSTHOG_HOST`, default
 //! `https://us.i.posthog.com`) it sends the same events to that PostHog instead.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
-use posthog_tower::{testing::MockPostHog, Event, PostHog, Timestamp};
+use axum::{
+    routing::{get, post},
+    Router,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use posthog_tower::{
+    http::RequestFlags,
+    testing::{MockPostHog, MockResponse},
+    Event, PostHog, Timestamp,
+};
 use serde_json::json;
 
 #[tokio::main]
@@ -36,6 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => println!("sending to {host}\n"),
     }
 
+    let cookie_name = format!("ph_{api_key}_posthog");
     let posthog = PostHog::builder(api_key)
         .host(host)
         .super_property("service", "checkout-api")
@@ -104,6 +117,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    web_app(&posthog, mock.as_ref(), &cookie_name).await?;
+
     let stats = posthog.stats();
     println!(
         "stats: captured {}, delivered {}, failed {}, rejected {}, requests {}, retries {}",
@@ -115,6 +130,106 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.retries
     );
     posthog.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// Part two: an axum app with `PostHogLayer`, called with and without identity.
+async fn web_app(
+    posthog: &PostHog,
+    mock: Option<&MockPostHog>,
+    cookie_name: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\n--- an axum app behind posthog.layer() ---\n");
+    let already_received = mock.map_or(0, |m| m.events().len());
+    if let Some(mock) = mock {
+        // What PostHog's /flags answers in this demo.
+        mock.set_default(
+            "/flags/",
+            MockResponse::json(
+                200,
+                json!({"flags": {
+                    "new-checkout": {"key": "new-checkout", "enabled": true, "variant": "B"},
+                    "dark-mode": {"key": "dark-mode", "enabled": false, "variant": null}
+                }}),
+            ),
+        );
+    }
+
+    let ph = posthog.clone();
+    let app = Router::new()
+        .route(
+            "/",
+            get(|flags: RequestFlags| async move {
+                let checkout = flags.get_flag("new-checkout").await;
+                let dark = flags.is_enabled("dark-mode").await;
+                format!(
+                    "home for {:?}: new-checkout={checkout:?} dark-mode={dark}",
+                    flags.distinct_id()
+                )
+            }),
+        )
+        .route(
+            "/checkout",
+            post(move || async move {
+                // No distinct id here: the layer's request context provides it.
+                ph.capture(Event::named("checkout started").property("cart_value", 42))
+                    .map(|_| "checkout started")
+                    .unwrap_or("not captured")
+            }),
+        )
+        .layer(posthog.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let cookie = format!(
+        "{cookie_name}={}",
+        "%7B%22distinct_id%22%3A%22user-7%22%2C%22%24sesid%22%3A%5B1764064800000%2C%22sess-7%22%2C1764064700000%5D%7D"
+    );
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let calls: [(&str, &str, Vec<(&str, &str)>); 4] = [
+        ("GET", "/", vec![]),
+        ("GET", "/", vec![("x-posthog-distinct-id", "user-42")]),
+        (
+            "GET",
+            "/?utm_source=newsletter",
+            vec![
+                ("cookie", cookie.as_str()),
+                ("referer", "https://news.example/today"),
+            ],
+        ),
+        (
+            "POST",
+            "/checkout",
+            vec![("x-posthog-distinct-id", "user-42")],
+        ),
+    ];
+    for (method, path, headers) in calls {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        let mut shown = String::new();
+        for (name, value) in &headers {
+            request = request.header(*name, *value);
+            shown.push_str(&format!(" [{name}]"));
+        }
+        let response = client.request(request.body(Empty::new())?).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        println!(
+            "{method} {path}{shown} -> {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    posthog.flush().await;
+    if let Some(mock) = mock {
+        println!("\nPostHog received from the app:");
+        for event in mock.events().iter().skip(already_received) {
+            print_event(event);
+        }
+        println!("/flags requests: {}", mock.requests_to("/flags/").len());
+    }
     Ok(())
 }
 
