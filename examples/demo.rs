@@ -133,6 +133,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+type Headers<'a> = Vec<(&'a str, &'a str)>;
+
 /// Part two: an axum app with `PostHogLayer`, called with and without identity.
 async fn web_app(
     posthog: &PostHog,
@@ -187,7 +189,7 @@ async fn web_app(
         "%7B%22distinct_id%22%3A%22user-7%22%2C%22%24sesid%22%3A%5B1764064800000%2C%22sess-7%22%2C1764064700000%5D%7D"
     );
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let calls: [(&str, &str, Vec<(&str, &str)>); 4] = [
+    let calls: [(&str, &str, Headers<'_>); 4] = [
         ("GET", "/", vec![]),
         ("GET", "/", vec![("x-posthog-distinct-id", "user-42")]),
         (
