@@ -247,6 +247,37 @@ async fn an_rpc_is_one_event_for_the_caller() {
         "{props}"
     );
     assert!(props.get("$ip").is_none(), "no $ip unless asked: {props}");
+    assert!(
+        props.get("$grpc_status").is_none(),
+        "a success's status is in the trailers: {props}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_rpc_carries_its_grpc_status() {
+    let mock = start_mock().await;
+    let posthog = client(&mock);
+    let layer = posthog
+        .layer()
+        .event_name("$grpc_request")
+        .should_capture(every_rpc);
+    let mut grpc = serve(layer, health()).await;
+
+    let request = tonic::Request::new(HealthCheckRequest {
+        service: "no.such.Service".into(),
+    });
+    let status = tokio::time::timeout(WAIT, grpc.check(request))
+        .await
+        .expect("the RPC completes")
+        .expect_err("an unknown service is NOT_FOUND");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    let events = events_before_marker(&posthog, &mock).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let props = &events[0]["properties"];
+    // HTTP says 200 for every gRPC call; the gRPC status tells the failure.
+    assert_eq!(props["$response_status"], 200);
+    assert_eq!(props["$grpc_status"], tonic::Code::NotFound as i32);
 }
 
 #[tokio::test]
