@@ -8,7 +8,7 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use http::{header::USER_AGENT, Request, Response};
+use http::{header::USER_AGENT, HeaderMap, Request, Response};
 use serde_json::Value;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -108,6 +108,12 @@ impl<S, P: Clone> Layer<S> for CapturePageviewsLayer<P> {
 /// `axum` feature), `$session_id`, `$ip` (only when asked for), and the flags evaluated while
 /// handling the request (`$feature/<key>`, `$active_feature_flags`). An anonymous caller's
 /// pageview is personless.
+///
+/// For gRPC, whose HTTP status is `200` even when the call fails, `$grpc_status` is the gRPC
+/// status code when the response carries it in its headers: a trailers-only response, which
+/// is how tonic answers a call that fails before sending a message (a unary handler returning
+/// an error, an unknown service or method). A status sent in trailers, as for a call that
+/// succeeds, is not read.
 ///
 /// See the [module docs](super).
 #[derive(Clone)]
@@ -227,7 +233,7 @@ impl Pending {
         }
     }
 
-    fn capture(self, status: u16) {
+    fn capture(self, status: u16, grpc_status: Option<u32>) {
         let ctx = &self.context;
         let mut event = match ctx.distinct_id() {
             Some(id) => Event::new(&*self.event_name, id),
@@ -255,6 +261,9 @@ impl Pending {
         set("$referrer", Value::String(referrer));
         set("$referring_domain", Value::String(domain));
         set("$response_status", Value::from(status));
+        if let Some(code) = grpc_status {
+            set("$grpc_status", Value::from(code));
+        }
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         set("$duration_ms", Value::from((ms * 1000.0).round() / 1000.0));
         if let Some(route) = self.route {
@@ -269,6 +278,12 @@ impl Pending {
         // A refusal (full queue, shut down) is counted and reported by the client itself.
         let _ = self.posthog.capture(event);
     }
+}
+
+/// The `grpc-status` header of a trailers-only gRPC response, if valid.
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    let text = headers.get("grpc-status").and_then(header_text)?;
+    text.trim().parse().ok()
 }
 
 /// The route template axum matched (`/users/{id}`), if any.
@@ -301,7 +316,7 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let (Some(pending), Ok(response)) = (this.pending.take(), &result) {
-            pending.capture(response.status().as_u16());
+            pending.capture(response.status().as_u16(), grpc_status(response.headers()));
         }
         Poll::Ready(result)
     }
@@ -312,5 +327,27 @@ impl<F> fmt::Debug for ResponseFuture<F> {
         f.debug_struct("ResponseFuture")
             .field("captures", &self.pending.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn grpc_status_from_trailers_only_responses() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(grpc_status(&headers), None);
+        headers.insert("grpc-status", HeaderValue::from_static("5"));
+        assert_eq!(grpc_status(&headers), Some(5));
+        headers.insert("grpc-status", HeaderValue::from_static("0"));
+        assert_eq!(grpc_status(&headers), Some(0));
+        for bad in ["", "ok", "-1", "1.5"] {
+            headers.insert("grpc-status", HeaderValue::from_static(bad));
+            assert_eq!(grpc_status(&headers), None, "{bad:?}");
+        }
+        headers.insert("grpc-status", HeaderValue::from_bytes(b"\xff").unwrap());
+        assert_eq!(grpc_status(&headers), None);
     }
 }

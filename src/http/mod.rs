@@ -68,7 +68,13 @@
 //!         posthog
 //!             .layer()
 //!             .event_name("$grpc_request")
-//!             .should_capture(|_: &posthog_tower::http::RequestHead<'_>| true),
+//!             .should_capture(|_: &posthog_tower::http::RequestHead<'_>| true)
+//!             // tonic keeps the peer address in its own type.
+//!             .capture_ip(true)
+//!             .client_ip_from(|ext| {
+//!                 let info = ext.get::<tonic::transport::server::TcpConnectInfo>()?;
+//!                 info.remote_addr().map(|addr| addr.ip())
+//!             }),
 //!     )
 //!     .add_service(health);
 //! # drop(server);
@@ -76,7 +82,9 @@
 //! # }
 //! ```
 //!
-//! Handlers read [`RequestFlags`] and [`RequestContext`] from `request.extensions()`.
+//! Handlers read [`RequestFlags`] and [`RequestContext`] from `request.extensions()` (clone
+//! them out before an `.await`). Every gRPC call has HTTP status `200`; a call that fails
+//! before answering also gets `$grpc_status`. `examples/tonic.rs` runs all of it.
 
 mod capture_pageviews;
 #[cfg(feature = "axum")]
