@@ -119,7 +119,9 @@ fn http(c: &mut Criterion) {
         true,
         tower::util::BoxCloneSyncService::new(layer.layer(tower::service_fn(ok))),
     );
-    let full = posthog.layer().should_capture(|_: &posthog_tower::http::RequestHead<'_>| true);
+    let full = posthog
+        .layer()
+        .should_capture(|_: &posthog_tower::http::RequestHead<'_>| true);
     run(
         "layer_pageview",
         false,
@@ -128,7 +130,11 @@ fn http(c: &mut Criterion) {
     group.finish();
 
     let stats = posthog.stats();
-    assert_eq!(stats.dropped.total(), 0, "no pageview may be refused: {stats:?}");
+    assert_eq!(
+        stats.dropped.total(),
+        0,
+        "no pageview may be refused: {stats:?}"
+    );
     worker_rt.block_on(async move { posthog.shutdown(Duration::from_secs(30)).await });
 }
 

@@ -327,3 +327,139 @@ where
         SetRequestContextLayer::with_config(self.make.clone(), config).layer(flags)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        },
+        task::{Context, Poll},
+    };
+
+    use http::{Request, Response, StatusCode};
+    use tower::{service_fn, Service, ServiceExt};
+
+    use super::*;
+
+    fn disabled() -> PostHog {
+        PostHog::builder("phc_test")
+            .disabled(true)
+            .build()
+            .expect("client")
+    }
+
+    #[tokio::test]
+    async fn errors_and_responses_pass_through_unchanged() {
+        let posthog = disabled();
+        let failing = posthog.layer().layer(service_fn(|_: Request<()>| async {
+            Err::<Response<()>, _>("boom")
+        }));
+        let err = failing.oneshot(Request::new(())).await.unwrap_err();
+        assert_eq!(err, "boom");
+
+        let answering = posthog.layer().layer(service_fn(|_: Request<()>| async {
+            let mut r = Response::new("body");
+            *r.status_mut() = StatusCode::IM_A_TEAPOT;
+            r.headers_mut().insert("x-app", "1".parse().unwrap());
+            Ok::<_, Infallible>(r)
+        }));
+        let response = answering
+            .oneshot(
+                Request::get("/")
+                    .header(DISTINCT_ID_HEADER, "u")
+                    .body(())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(response.headers().len(), 1);
+        assert_eq!(response.headers()["x-app"], "1");
+        assert_eq!(*response.body(), "body");
+    }
+
+    #[derive(Clone)]
+    struct Gate(Arc<AtomicBool>);
+
+    impl Service<Request<()>> for Gate {
+        type Response = Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.0.load(Ordering::SeqCst) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            std::future::ready(Ok(Response::new(())))
+        }
+    }
+
+    #[test]
+    fn poll_ready_is_delegated() {
+        let open = Arc::new(AtomicBool::new(false));
+        let mut svc = disabled().layer().layer(Gate(open.clone()));
+        let mut cx = Context::from_waker(futures_noop_waker());
+        assert!(svc.poll_ready(&mut cx).is_pending());
+        open.store(true, Ordering::SeqCst);
+        assert!(svc.poll_ready(&mut cx).is_ready());
+    }
+
+    fn futures_noop_waker() -> &'static std::task::Waker {
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: Arc<Self>) {}
+        }
+        static WAKER: std::sync::OnceLock<std::task::Waker> = std::sync::OnceLock::new();
+        WAKER.get_or_init(|| std::task::Waker::from(Arc::new(Noop)))
+    }
+
+    #[tokio::test]
+    async fn the_context_is_set_for_inner_call_and_future_and_kept_if_present() {
+        let posthog = disabled();
+        let svc = posthog
+            .layer()
+            .layer(service_fn(|req: Request<()>| async move {
+                let current = crate::context::RequestContext::current().expect("current");
+                let ext = req
+                    .extensions()
+                    .get::<RequestContext>()
+                    .cloned()
+                    .expect("extension");
+                assert!(req.extensions().get::<RequestFlags>().is_some());
+                Ok::<_, Infallible>(Response::new((
+                    current.distinct_id().map(str::to_owned),
+                    ext.distinct_id().map(str::to_owned),
+                )))
+            }));
+        let mut request = Request::get("/")
+            .header(DISTINCT_ID_HEADER, "from-header")
+            .body(())
+            .unwrap();
+        let response = svc.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            response.into_body(),
+            (
+                Some("from-header".to_owned()),
+                Some("from-header".to_owned())
+            )
+        );
+        // A context an earlier layer inserted wins.
+        request = Request::get("/")
+            .header(DISTINCT_ID_HEADER, "from-header")
+            .body(())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(RequestContext::new(Some("preset".into())));
+        let response = svc.oneshot(request).await.unwrap();
+        assert_eq!(response.into_body().0.as_deref(), Some("preset"));
+    }
+}
