@@ -394,6 +394,74 @@ async fn keys_never_show_in_debug_display_or_logs_and_the_personal_key_goes_to_d
         .is_some_and(|b| b["api_key"] == PROJECT_KEY));
 }
 
+/// A server (or a proxy in front of it) that quotes the request in its error answers: the
+/// errors and logs quote the answer, but not the key in it. (Before this was fixed, the 400's
+/// `UnexpectedStatus`, the `DeliveryError` and the "batch not delivered" log line all held
+/// the project key.) The personal key cannot be echoed this way: only `/flags/definitions`
+/// receives it, and the poller logs the status of a failed load, never the body.
+#[tokio::test(start_paused = true)]
+async fn error_bodies_echoing_the_key_are_redacted() {
+    let recorder = Recorder::default();
+    let _guard = tracing::subscriber::set_default(recorder.clone());
+    let mock = MockPostHog::start().await.unwrap();
+    let echo = |code: u16| {
+        MockResponse::json(
+            code,
+            json!({"detail": format!("invalid api_key {PROJECT_KEY}")}),
+        )
+    };
+    mock.enqueue("/batch/", echo(503));
+    mock.enqueue("/batch/", echo(400));
+    mock.enqueue("/flags/", echo(500));
+    mock.enqueue(
+        "/flags/definitions",
+        MockResponse::status(500).with_raw_body(format!("<pre>GET ?token={PROJECT_KEY}</pre>")),
+    );
+    let errors: Arc<Mutex<Vec<Error>>> = Arc::default();
+    let ph = PostHog::builder(PROJECT_KEY)
+        .host(mock.url())
+        .personal_api_key(PERSONAL_KEY)
+        .send_feature_flag_events(false)
+        .on_error({
+            let errors = errors.clone();
+            move |e| errors.lock().unwrap().push(e.clone())
+        })
+        .build()
+        .unwrap();
+    mock.wait_for_requests("/flags/definitions", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let flag = ph
+        .get_feature_flag("anything", FlagsRequest::new("u").force_remote(true))
+        .await;
+    let error = flag.unwrap_err();
+    assert_display_is_clean("FlagError", &error);
+    ph.capture(Event::new("e", "u")).unwrap();
+    assert_eq!(ph.flush().await.failed, 1);
+    ph.shutdown(Duration::from_secs(5)).await;
+
+    let errors = errors.lock().unwrap().clone();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let Error::Delivery(d) = &errors[0] else {
+        panic!("{errors:?}")
+    };
+    let status = d
+        .error()
+        .downcast_ref::<posthog_tower::https::UnexpectedStatus>()
+        .expect("a status error");
+    assert_eq!(status.status(), 400);
+    // The rest of the answer is still quoted, for diagnosis.
+    assert!(status.body().contains("invalid api_key"), "{status}");
+    assert_display_is_clean("Error", &errors[0]);
+    assert_display_is_clean("UnexpectedStatus", status);
+    assert!(recorder
+        .lines()
+        .iter()
+        .any(|l| l.contains("invalid api_key")));
+    recorder.assert_no_secret();
+}
+
 #[test]
 fn standalone_services_and_build_errors_do_not_print_keys() {
     let recorder = Recorder::default();
