@@ -332,7 +332,8 @@ impl UnexpectedStatus {
         self.retry_after
     }
 
-    /// The start of the response body (at most 256 characters).
+    /// The start of the response body (at most 256 characters), with the API key the request
+    /// carried replaced by `[redacted]` should the server have echoed it.
     pub fn body(&self) -> &str {
         &self.body
     }
