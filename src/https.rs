@@ -4,6 +4,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -155,8 +156,10 @@ pub(crate) struct FullResponse {
 }
 
 impl FullResponse {
-    /// `Ok(self)` for a 2xx status, otherwise an [`UnexpectedStatus`] error.
-    pub(crate) fn into_result(self) -> Result<Self, BoxError> {
+    /// `Ok(self)` for a 2xx status, otherwise an [`UnexpectedStatus`] error quoting the start
+    /// of the body, with every occurrence of `secret` replaced by `[redacted]` (a server or a
+    /// proxy may echo the request, and the request carries the API key).
+    pub(crate) fn into_result(self, secret: Option<&str>) -> Result<Self, BoxError> {
         if self.status.is_success() {
             return Ok(self);
         }
@@ -167,7 +170,7 @@ impl FullResponse {
         Err(Box::new(UnexpectedStatus {
             status: self.status,
             retry_after,
-            body: snippet(&self.body),
+            body: snippet(&self.body, secret),
         }))
     }
 }
@@ -237,6 +240,8 @@ pin_project! {
         #[pin]
         inner: ReadResponse<F, B>,
         answer: fn(FullResponse) -> Result<T, BoxError>,
+        // The API key the request carried, kept out of error messages.
+        secret: Option<Arc<str>>,
     }
 }
 
@@ -250,7 +255,17 @@ where
         inner: ReadResponse<F, B>,
         answer: fn(FullResponse) -> Result<T, BoxError>,
     ) -> Self {
-        ResponseFuture { inner, answer }
+        ResponseFuture {
+            inner,
+            answer,
+            secret: None,
+        }
+    }
+
+    /// Redacts `secret` from the body quoted by an [`UnexpectedStatus`].
+    pub(crate) fn redact(mut self, secret: &Arc<str>) -> Self {
+        self.secret = Some(secret.clone());
+        self
     }
 }
 
@@ -275,7 +290,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.inner.poll(cx))?.into_result()?;
+        let response = ready!(this.inner.poll(cx))?.into_result(this.secret.as_deref())?;
         Poll::Ready((this.answer)(response))
     }
 }
@@ -317,7 +332,8 @@ impl UnexpectedStatus {
         self.retry_after
     }
 
-    /// The start of the response body (at most 256 characters).
+    /// The start of the response body (at most 256 characters), with the API key the request
+    /// carried replaced by `[redacted]` should the server have echoed it.
     pub fn body(&self) -> &str {
         &self.body
     }
@@ -335,8 +351,14 @@ impl fmt::Display for UnexpectedStatus {
 
 impl std::error::Error for UnexpectedStatus {}
 
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
+fn snippet(body: &[u8], secret: Option<&str>) -> String {
+    let mut text = String::from_utf8_lossy(body);
+    // Redacted before truncating, so that no part of the secret survives the cut.
+    if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+        if text.contains(secret) {
+            text = text.replace(secret, "[redacted]").into();
+        }
+    }
     let text = text.trim();
     match text.char_indices().nth(256) {
         Some((i, _)) => format!("{}…", &text[..i]),
@@ -369,5 +391,44 @@ pub(crate) fn endpoint(host: &str, path: &str) -> Result<Uri, crate::BuildError>
     match (uri.scheme_str(), uri.authority()) {
         (Some("http" | "https"), Some(_)) => Ok(uri),
         _ => Err(crate::BuildError::InvalidHost(host.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_redact_the_secret_before_truncating() {
+        let secret = "phc_secret_key_0123456789";
+        // The key straddles the 256-character cut: no part of it may survive.
+        let body = format!("{}{secret} tail", "x".repeat(250));
+        let text = snippet(body.as_bytes(), Some(secret));
+        assert!(!text.contains("phc_se"), "{text}");
+        assert!(text.starts_with(&"x".repeat(250)), "{text}");
+        assert!(text.contains("[red"), "{text}");
+
+        let text = snippet(
+            format!(" bad key {secret}, again {secret} ").as_bytes(),
+            Some(secret),
+        );
+        assert_eq!(text, "bad key [redacted], again [redacted]");
+        // No secret, or an empty one: quoted as is.
+        assert_eq!(snippet(b" plain ", None), "plain");
+        assert_eq!(snippet(b"plain", Some("")), "plain");
+    }
+
+    #[test]
+    fn status_errors_quote_the_body_without_the_secret() {
+        let response = FullResponse {
+            status: StatusCode::BAD_REQUEST,
+            headers: http::HeaderMap::new(),
+            body: Bytes::from_static(br#"{"detail":"invalid api_key phc_k"}"#),
+        };
+        let error = response.into_result(Some("phc_k")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"PostHog answered 400 Bad Request: {"detail":"invalid api_key [redacted]"}"#
+        );
     }
 }

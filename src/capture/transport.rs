@@ -2,6 +2,7 @@
 
 use std::{
     fmt,
+    sync::Arc,
     task::{Context, Poll},
     time::SystemTime,
 };
@@ -62,6 +63,8 @@ pub struct CaptureTransport<C = HttpClient> {
     uri: Uri,
     /// `{"api_key":"…","batch":[`
     prefix: Bytes,
+    /// Redacted from the error answers quoted in errors and logs.
+    api_key: Arc<str>,
     historical_migration: bool,
     gzip: Option<Compression>,
     stats: Option<StatsRecorder>,
@@ -88,6 +91,7 @@ impl<C> CaptureTransport<C> {
             client,
             uri,
             prefix: prefix.into(),
+            api_key: api_key.into(),
             historical_migration: false,
             gzip: None,
             stats: None,
@@ -268,6 +272,7 @@ where
             ReadResponse::new(self.client.call(req), MAX_RESPONSE_BODY),
             status,
         )
+        .redact(&self.api_key)
     }
 }
 

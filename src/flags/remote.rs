@@ -2,6 +2,7 @@
 
 use std::{
     fmt,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -53,7 +54,8 @@ const MAX_FLAGS_RESPONSE: usize = 16 * 1024 * 1024;
 pub struct RemoteFlags<C = HttpClient> {
     client: C,
     uri: Uri,
-    api_key: String,
+    /// Sent in the body; redacted from the error answers quoted in errors and logs.
+    api_key: Arc<str>,
     disable_geoip: bool,
 }
 
@@ -70,7 +72,7 @@ impl<C> RemoteFlags<C> {
         Ok(RemoteFlags {
             client,
             uri: endpoint(host, "/flags/?v=2")?,
-            api_key: api_key.to_owned(),
+            api_key: api_key.into(),
             disable_geoip: true,
         })
     }
@@ -145,6 +147,7 @@ where
             ReadResponse::new(self.client.call(req), MAX_FLAGS_RESPONSE),
             parse,
         )
+        .redact(&self.api_key)
     }
 }
 

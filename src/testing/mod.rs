@@ -155,9 +155,9 @@ impl State {
     }
 
     fn record(&mut self, request: RecordedRequest) {
-        let accepted_batch = if route_key(&request.path) == "/batch"
-            && request.status.is_success()
-            && !request.reset
+        // A plain reset is recorded as 499; a lost response (`lose_response`)
+        // keeps its 2xx status and counts, as the server did ingest it.
+        let accepted_batch = if route_key(&request.path) == "/batch" && request.status.is_success()
         {
             request.json()
         } else {
@@ -324,7 +324,8 @@ impl MockPostHog {
 
     /// The JSON bodies of the requests to `/batch/` answered with a 2xx
     /// status, in arrival order. Refused attempts (a 503 that the client
-    /// retries, a reset) are left out; bodies that are not JSON too.
+    /// retries, a reset) are left out; bodies that are not JSON too. A 2xx
+    /// answer that was [lost](MockResponse::lose_response) counts.
     pub fn batches(&self) -> Vec<serde_json::Value> {
         let state = self.inner.shared.lock();
         state

@@ -61,10 +61,16 @@ pub struct RecordedRequest {
     /// When the request arrived, on tokio's clock (paused test time applies),
     /// before any [`delay`](super::MockResponse::delay).
     pub received_at: tokio::time::Instant,
-    /// The status the mock answered with; 499 when it reset the connection.
+    /// The status the mock answered with; 499 when it reset the connection
+    /// without processing the request
+    /// ([`MockResponse::reset_connection`](super::MockResponse::reset_connection)),
+    /// the status it would have answered with when it processed the request
+    /// and then lost the answer
+    /// ([`MockResponse::lose_response`](super::MockResponse::lose_response)).
     pub status: StatusCode,
     /// Whether the mock closed the connection instead of answering
-    /// ([`MockResponse::reset_connection`](super::MockResponse::reset_connection)).
+    /// ([`MockResponse::reset_connection`](super::MockResponse::reset_connection)
+    /// or [`MockResponse::lose_response`](super::MockResponse::lose_response)).
     pub reset: bool,
 }
 

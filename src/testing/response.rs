@@ -64,7 +64,7 @@ pub struct MockResponse {
 impl fmt::Debug for MockResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("MockResponse");
-        if self.reset {
+        if self.reset && self.status == reset_status() {
             d.field("reset_connection", &true);
         } else {
             d.field("status", &self.status.as_u16());
@@ -73,6 +73,9 @@ impl fmt::Debug for MockResponse {
                 ResponseBody::Json(v) => d.field("body", v),
                 ResponseBody::Raw(b) => d.field("body", b),
             };
+        }
+        if self.reset && self.status != reset_status() {
+            d.field("lose_response", &true);
         }
         if !self.headers.is_empty() {
             d.field("headers", &self.headers);
@@ -165,6 +168,39 @@ impl MockResponse {
             delay: None,
             reset: true,
         }
+    }
+
+    /// Processes the request as this answer says, then closes the connection
+    /// instead of sending the answer: the response is lost *after* the server
+    /// accepted the request.
+    ///
+    /// This is the fault behind duplicate deliveries. With a 2xx status on
+    /// `/batch/`, the batch counts in [`events`](super::MockPostHog::events)
+    /// and [`batches`](super::MockPostHog::batches), as the real service would
+    /// have ingested it, while the client sees a connection error (over
+    /// HTTP/2, a reset stream) and sends the batch again. The request is
+    /// recorded with this answer's status and with [`reset`] set. Combined with
+    /// [`delay`](Self::delay), the connection is closed after the wait. On a
+    /// [`reset_connection`](Self::reset_connection) answer it changes nothing.
+    ///
+    /// [`reset`]: super::RecordedRequest::reset
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use posthog_tower::testing::{MockPostHog, MockResponse};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let mock = MockPostHog::start().await?;
+    /// // The next batch is ingested, but the client never hears so.
+    /// mock.enqueue("/batch/", MockResponse::status(200).lose_response());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lose_response(mut self) -> Self {
+        self.reset = true;
+        self
     }
 
     /// Adds a response header. Headers added this way replace the mock's own

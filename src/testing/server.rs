@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::request::RecordedRequest;
-use super::response::{reset_status, MockResponse, ResponseBody};
+use super::response::{MockResponse, ResponseBody};
 use super::{route_key, Shared};
 
 /// Largest request body the mock reads, before and after gzip decoding.
@@ -295,11 +295,8 @@ async fn handle(
             gzip,
             gzip_decode_failed,
             received_at,
-            status: if plan.reset {
-                reset_status()
-            } else {
-                plan.status
-            },
+            // 499 for `reset_connection`, the planned status for `lose_response`.
+            status: plan.status,
             reset: plan.reset,
         };
         tracing::debug!(

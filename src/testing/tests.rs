@@ -393,6 +393,68 @@ async fn reset_connection_gives_a_client_error() {
     assert_eq!(mock.events().len(), 1);
 }
 
+#[tokio::test]
+async fn lose_response_counts_the_batch_but_the_client_sees_an_error() {
+    let mock = MockPostHog::start().await.unwrap();
+    mock.enqueue("/batch/", MockResponse::status(200).lose_response());
+    mock.enqueue("/batch/", MockResponse::status(503).lose_response());
+    let c = client();
+    let url = format!("{}/batch/", mock.url());
+
+    let result = try_send(
+        &c,
+        Method::POST,
+        url.clone(),
+        &[],
+        batch_body(&["ingested"]),
+    )
+    .await;
+    assert!(result.is_err(), "expected a connection error");
+    let result = try_send(&c, Method::POST, url.clone(), &[], batch_body(&["refused"])).await;
+    assert!(result.is_err(), "expected a connection error");
+
+    let recorded = mock.requests_to("/batch");
+    assert_eq!(recorded.len(), 2);
+    assert!(recorded[0].reset && recorded[1].reset);
+    assert_eq!(recorded[0].status, 200);
+    assert_eq!(recorded[1].status, 503);
+    // The lost 2xx counts as ingested, the lost 503 does not.
+    let events = mock.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event"], "ingested");
+    assert_eq!(mock.batches().len(), 1);
+
+    // The server keeps serving.
+    let answer = post(&c, url, batch_body(&["kept"])).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(mock.events().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lose_response_after_a_delay_under_paused_time() {
+    let mock = MockPostHog::start().await.unwrap();
+    mock.enqueue(
+        "/batch/",
+        MockResponse::status(200)
+            .delay(Duration::from_secs(5))
+            .lose_response(),
+    );
+    let start = Instant::now();
+    let result = try_send(
+        &client(),
+        Method::POST,
+        format!("{}/batch/", mock.url()),
+        &[],
+        batch_body(&["late"]),
+    )
+    .await;
+    assert!(result.is_err());
+    assert!(start.elapsed() >= Duration::from_secs(5));
+    // Recorded on arrival, before the wait.
+    assert_eq!(mock.requests_to("/batch")[0].received_at, start);
+    assert_eq!(mock.events().len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn delayed_reset_under_paused_time() {
     let mock = MockPostHog::start().await.unwrap();
@@ -718,4 +780,10 @@ fn debug_output_is_readable() {
         "{text}"
     );
     assert!(format!("{:?}", MockResponse::reset_connection()).contains("reset_connection"));
+    let lost = format!("{:?}", MockResponse::status(200).lose_response());
+    assert!(
+        lost.contains("lose_response") && lost.contains("200"),
+        "{lost}"
+    );
+    assert!(!lost.contains("reset_connection"), "{lost}");
 }
