@@ -506,6 +506,56 @@ fn standalone_services_and_build_errors_do_not_print_keys() {
     recorder.assert_no_secret();
 }
 
+/// The HTTP layer knows the project key (posthog-js's cookie is `ph_<key>_posthog`): its
+/// layers, services and request-scoped values never print it, nor do the logs of a request
+/// whose flags fail.
+#[tokio::test(start_paused = true)]
+async fn the_http_layer_does_not_print_keys() {
+    use posthog_tower::http::{CapturePageviews, InjectFlags, RequestFlags, SetRequestContext};
+    use tower::{Layer, ServiceExt};
+
+    let recorder = Recorder::default();
+    let _guard = tracing::subscriber::set_default(recorder.clone());
+    let mock = MockPostHog::start().await.unwrap();
+    mock.set_default("/flags/", MockResponse::status(500));
+    let ph = PostHog::builder(PROJECT_KEY)
+        .host(mock.url())
+        .feature_flags_max_retries(0)
+        .build()
+        .unwrap();
+    let layer = ph.layer().eager_flags(["beta"]);
+    assert_debug_is_clean("PostHogLayer", &layer);
+    let inner = tower::service_fn(|req: http::Request<()>| async move {
+        let flags = req.extensions().get::<RequestFlags>().cloned().unwrap();
+        assert_debug_is_clean("RequestFlags", &flags);
+        assert!(!flags.is_enabled("beta").await);
+        assert_debug_is_clean("RequestFlags after a failure", &flags);
+        let ctx = req
+            .extensions()
+            .get::<posthog_tower::context::RequestContext>()
+            .cloned()
+            .unwrap();
+        assert_debug_is_clean("RequestContext", &ctx);
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    });
+    let svc = layer.layer(inner);
+    assert_debug_is_clean("PostHogService", &svc);
+    let cookie = format!("ph_{PROJECT_KEY}_posthog=%7B%22distinct_id%22%3A%22u-1%22%7D");
+    let request = http::Request::get("/")
+        .header("cookie", cookie)
+        .body(())
+        .unwrap();
+    svc.oneshot(request).await.unwrap();
+    assert_debug_is_clean("SetRequestContext", &SetRequestContext::new((), &ph));
+    assert_debug_is_clean("InjectFlags", &InjectFlags::new((), &ph));
+    assert_debug_is_clean("CapturePageviews", &CapturePageviews::new((), &ph));
+    ph.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        recorder.assert_no_secret() > 0,
+        "the flags failure was logged"
+    );
+}
+
 // ===== plain http to a remote host =====
 
 /// The warnings logged while building a client for `host`.
