@@ -32,8 +32,8 @@
 //!   encoded) and `rejected == dropped.queue_full`, and the sink's own count;
 //! - memory: the peak RSS of the process (`VmHWM` in `/proc/self/status`), and that peak less
 //!   the RSS read just before the client was built (`VmRSS`, with the runtime already up);
-//! - with `--count-heap`, also the peak of live heap bytes (a counting global allocator;
-//!   it slows the run down by a third or so, so throughput figures come from runs without it).
+//! - with `--count-heap`, also the peak of live heap bytes (a counting global allocator: one
+//!   shared atomic per allocation, so take throughput figures from runs without it).
 //!
 //! The run fails (exit code 1) unless every accepted event was delivered and counted by the
 //! sink, the counters add up, and the peak stayed within the bound below.
