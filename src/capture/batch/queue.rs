@@ -108,7 +108,13 @@ impl Producer {
         // single order of SeqCst operations either the worker's `armed = false` comes before
         // our load (we see it and wake the worker), or our increment comes before its store and
         // its `pending` load sees the event (it stays armed and takes it).
-        let pending = s.pending.fetch_add(1, Ordering::SeqCst) + 1;
+        //
+        // The worker may take the message between our `send` and this increment, so its
+        // `fetch_sub` can come first and `pending` can briefly wrap below zero: add with
+        // wrapping (a plain `+ 1` overflows and panics in debug builds). Meanwhile the
+        // worker's `disarm` sees a non-zero count and looks again until the increment lands;
+        // the wrapped value may also wake the worker once for nothing. Both are harmless.
+        let pending = s.pending.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
         let first = !s.armed.load(Ordering::SeqCst) && !s.armed.swap(true, Ordering::SeqCst);
         if first || s.wake_every || pending % s.threshold == 0 {
             s.notify.notify_one();
