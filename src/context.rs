@@ -41,8 +41,13 @@
 //! # }
 //! ```
 
-use std::{fmt, future::Future, sync::Arc};
+use std::{
+    fmt,
+    future::Future,
+    sync::{Arc, OnceLock},
+};
 
+use http::{Method, Uri};
 use serde_json::Value;
 
 use crate::Event;
@@ -64,10 +69,31 @@ pub struct RequestContext {
 struct Data {
     distinct_id: Option<String>,
     session_id: Option<String>,
-    current_url: Option<String>,
-    method: Option<String>,
-    path: Option<String>,
+    method: Option<Method>,
+    /// The request's URI (its path is `$request_path`), or a path set by hand.
+    path: Option<Path>,
+    /// `$current_url`: set by hand, or built from the request on first use.
+    current_url: Url,
     ip: Option<String>,
+}
+
+#[derive(Clone)]
+enum Path {
+    Uri(Uri),
+    Text(String),
+}
+
+#[derive(Clone, Default)]
+enum Url {
+    #[default]
+    None,
+    Text(String),
+    /// Built from these parts the first time it is needed (most requests never need it).
+    Parts {
+        scheme: &'static str,
+        host: Option<Box<str>>,
+        built: OnceLock<String>,
+    },
 }
 
 impl RequestContext {
@@ -89,6 +115,33 @@ impl RequestContext {
         }
     }
 
+    /// The context of an HTTP request: what the HTTP layer builds. `host` (with its port) and
+    /// `scheme` make `$current_url` with the URI's path and query.
+    pub(crate) fn for_request(
+        distinct_id: Option<String>,
+        session_id: Option<String>,
+        method: &Method,
+        uri: &Uri,
+        scheme: &'static str,
+        host: Option<&str>,
+        ip: Option<String>,
+    ) -> Self {
+        RequestContext {
+            inner: Arc::new(Data {
+                distinct_id,
+                session_id,
+                method: Some(method.clone()),
+                path: Some(Path::Uri(uri.clone())),
+                current_url: Url::Parts {
+                    scheme,
+                    host: host.map(Box::from),
+                    built: OnceLock::new(),
+                },
+                ip,
+            }),
+        }
+    }
+
     /// Sets the session id (`$session_id` of the events captured in this context).
     #[must_use]
     pub fn with_session_id(mut self, session_id: impl Into<String>) -> Self {
@@ -99,16 +152,17 @@ impl RequestContext {
     /// Sets the request's full URL (`$current_url`).
     #[must_use]
     pub fn with_current_url(mut self, url: impl Into<String>) -> Self {
-        Arc::make_mut(&mut self.inner).current_url = Some(url.into());
+        Arc::make_mut(&mut self.inner).current_url = Url::Text(url.into());
         self
     }
 
-    /// Sets the request's method (`$request_method`) and path (`$request_path`).
+    /// Sets the request's method (`$request_method`) and path (`$request_path`). A method
+    /// that is not a valid HTTP method is ignored.
     #[must_use]
-    pub fn with_request(mut self, method: impl Into<String>, path: impl Into<String>) -> Self {
+    pub fn with_request(mut self, method: impl AsRef<str>, path: impl Into<String>) -> Self {
         let data = Arc::make_mut(&mut self.inner);
-        data.method = Some(method.into());
-        data.path = Some(path.into());
+        data.method = Method::from_bytes(method.as_ref().as_bytes()).ok();
+        data.path = Some(Path::Text(path.into()));
         self
     }
 
@@ -134,19 +188,57 @@ impl RequestContext {
         self.inner.session_id.as_deref()
     }
 
-    /// The request's full URL (`$current_url`).
+    /// The request's full URL (`$current_url`): `scheme://host/path?query`, or only the path
+    /// and query when the request named no valid host.
     pub fn current_url(&self) -> Option<&str> {
-        self.inner.current_url.as_deref()
+        match &self.inner.current_url {
+            Url::None => None,
+            Url::Text(url) => Some(url),
+            Url::Parts {
+                scheme,
+                host,
+                built,
+            } => Some(built.get_or_init(|| {
+                let pq = match &self.inner.path {
+                    Some(Path::Uri(uri)) => uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                    Some(Path::Text(path)) => path,
+                    None => "/",
+                };
+                match host {
+                    Some(host) => {
+                        let mut url =
+                            String::with_capacity(scheme.len() + 3 + host.len() + pq.len());
+                        url.push_str(scheme);
+                        url.push_str("://");
+                        url.push_str(host);
+                        url.push_str(pq);
+                        url
+                    }
+                    None => pq.to_owned(),
+                }
+            })),
+        }
+    }
+
+    /// The host of [`current_url`](Self::current_url) (with its port), when known.
+    pub fn host(&self) -> Option<&str> {
+        match &self.inner.current_url {
+            Url::Parts { host, .. } => host.as_deref(),
+            _ => None,
+        }
     }
 
     /// The request's method.
     pub fn method(&self) -> Option<&str> {
-        self.inner.method.as_deref()
+        self.inner.method.as_ref().map(Method::as_str)
     }
 
     /// The request's path.
     pub fn path(&self) -> Option<&str> {
-        self.inner.path.as_deref()
+        match self.inner.path.as_ref()? {
+            Path::Uri(uri) => Some(uri.path()),
+            Path::Text(path) => Some(path),
+        }
     }
 
     /// The caller's IP address, when the layer was asked to capture it.
@@ -188,16 +280,16 @@ impl RequestContext {
             return;
         }
         let fields = [
-            ("$session_id", &data.session_id),
-            ("$current_url", &data.current_url),
-            ("$request_method", &data.method),
-            ("$request_path", &data.path),
-            ("$ip", &data.ip),
+            ("$session_id", data.session_id.as_deref()),
+            ("$current_url", self.current_url()),
+            ("$request_method", self.method()),
+            ("$request_path", self.path()),
+            ("$ip", data.ip.as_deref()),
         ];
         for (key, value) in fields {
             if let Some(value) = value {
                 if !event.properties.contains_key(key) {
-                    event.insert_value(key.to_owned(), Value::String(value.clone()));
+                    event.insert_value(key.to_owned(), Value::String(value.to_owned()));
                 }
             }
         }
@@ -221,9 +313,9 @@ impl fmt::Debug for RequestContext {
         f.debug_struct("RequestContext")
             .field("distinct_id", &d.distinct_id)
             .field("session_id", &d.session_id)
-            .field("current_url", &d.current_url)
-            .field("method", &d.method)
-            .field("path", &d.path)
+            .field("current_url", &self.current_url())
+            .field("method", &self.method())
+            .field("path", &self.path())
             .field("ip", &d.ip.as_ref().map(|_| "<set>"))
             .finish()
     }

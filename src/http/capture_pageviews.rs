@@ -240,10 +240,8 @@ impl Pending {
             None => Event::anonymous(&*self.event_name),
         };
         let mut set = |key: &str, value: Value| event.insert_value(key.to_owned(), value);
-        if let Some(url) = ctx.current_url() {
-            if let Some(host) = url::url_host(url) {
-                set("$host", Value::String(host.to_owned()));
-            }
+        if let Some(host) = ctx.host() {
+            set("$host", Value::String(host.to_owned()));
         }
         if let Some(path) = ctx.path() {
             set("$pathname", Value::String(path.to_owned()));

@@ -44,6 +44,19 @@ pub(crate) fn sanitize(value: &str) -> Option<String> {
     }
 }
 
+/// [`sanitize`] for an owned value: the same string back when it is already clean.
+pub(crate) fn sanitize_owned(value: String) -> Option<String> {
+    let clean = !value.is_empty()
+        && value.len() <= MAX_ID_CHARS
+        && !value.chars().any(char::is_control)
+        && value.trim().len() == value.len();
+    if clean {
+        Some(value)
+    } else {
+        sanitize(&value)
+    }
+}
+
 /// A header value as text, if it is valid UTF-8 (obs-text bytes that are not UTF-8 are
 /// ignored).
 pub(crate) fn header_text(value: &HeaderValue) -> Option<&str> {
@@ -109,7 +122,7 @@ impl PostHogCookie {
         let decoded = percent_decode(raw.as_bytes())?;
         let parsed: RawCookie = serde_json::from_slice(&decoded).ok()?;
         let text = |v: Option<serde_json::Value>| match v {
-            Some(serde_json::Value::String(s)) => sanitize(&s),
+            Some(serde_json::Value::String(s)) => sanitize_owned(s),
             _ => None,
         };
         let session_id = match parsed.sesid {
@@ -345,7 +358,7 @@ impl<A: MakeDistinctId, B: MakeDistinctId> MakeDistinctId for Or<A, B> {
     fn make_distinct_id(&mut self, request: &RequestHead<'_>) -> Option<String> {
         self.first
             .make_distinct_id(request)
-            .and_then(|id| sanitize(&id))
+            .and_then(sanitize_owned)
             .or_else(|| self.second.make_distinct_id(request))
     }
 }
@@ -370,6 +383,12 @@ mod tests {
         let cut = sanitize(&long).unwrap();
         assert_eq!(cut.chars().count(), MAX_ID_CHARS);
         assert_eq!(sanitize("plain"), Some("plain".into()));
+        assert_eq!(sanitize_owned("plain".into()), Some("plain".into()));
+        assert_eq!(sanitize_owned(" a\u{0}b ".into()), Some("ab".into()));
+        assert_eq!(
+            sanitize_owned("é".repeat(1001)).map(|s| s.chars().count()),
+            Some(1000)
+        );
     }
 
     #[test]

@@ -146,7 +146,7 @@ where
                 .ensure(&mut DefaultMakeDistinctId, &mut request);
             let flags = RequestFlags::with_eager_keys(
                 self.layer.posthog.clone(),
-                ctx.distinct_id().map(str::to_owned),
+                ctx,
                 self.layer.eager.clone(),
             );
             flags.prefetch();

@@ -6,6 +6,7 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::{
+    context::RequestContext,
     flags::{FlagEvaluations, FlagValue, FlagsRequest},
     PostHog,
 };
@@ -44,8 +45,8 @@ pub struct RequestFlags {
 
 struct State {
     posthog: PostHog,
-    /// `None` for an anonymous caller: every flag is off.
-    distinct_id: Option<String>,
+    /// Whose flags: an anonymous caller's are all off.
+    context: RequestContext,
     /// Keys evaluated eagerly, and their snapshot.
     eager_keys: Option<Arc<[String]>>,
     eager: OnceCell<FlagEvaluations>,
@@ -56,18 +57,18 @@ struct State {
 impl RequestFlags {
     /// A lazy handle for `distinct_id` (`None`: an anonymous caller, whose flags are all off).
     pub fn new(posthog: PostHog, distinct_id: Option<String>) -> Self {
-        RequestFlags::with_eager_keys(posthog, distinct_id, None)
+        RequestFlags::with_eager_keys(posthog, RequestContext::new(distinct_id), None)
     }
 
     pub(crate) fn with_eager_keys(
         posthog: PostHog,
-        distinct_id: Option<String>,
+        context: RequestContext,
         eager_keys: Option<Arc<[String]>>,
     ) -> Self {
         RequestFlags {
             inner: Arc::new(State {
                 posthog,
-                distinct_id,
+                context,
                 eager_keys,
                 eager: OnceCell::new(),
                 all: OnceCell::new(),
@@ -103,7 +104,7 @@ impl RequestFlags {
 
     /// The distinct id the flags are evaluated for (`None` for an anonymous caller).
     pub fn distinct_id(&self) -> Option<&str> {
-        self.inner.distinct_id.as_deref()
+        self.inner.context.distinct_id()
     }
 
     /// Whether the flag is on (a variant counts as on); `false` when it is unknown or could
@@ -166,8 +167,8 @@ impl RequestFlags {
     }
 
     fn request(&self, keys: Option<&[String]>) -> Option<FlagsRequest> {
-        let id = self.inner.distinct_id.as_ref()?;
-        let request = FlagsRequest::new(id.clone());
+        let id = self.inner.context.distinct_id()?;
+        let request = FlagsRequest::new(id);
         Some(match keys {
             Some(keys) => request.flag_keys(keys.iter()),
             None => request,
@@ -187,7 +188,7 @@ impl RequestFlags {
 impl fmt::Debug for RequestFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestFlags")
-            .field("distinct_id", &self.inner.distinct_id)
+            .field("distinct_id", &self.distinct_id())
             .field("eager_keys", &self.inner.eager_keys)
             .field("evaluated", &self.inner.all.initialized())
             .finish()

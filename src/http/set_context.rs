@@ -59,23 +59,24 @@ impl ContextConfig {
         let head = RequestHead::new(request, &self.cookie_name);
         let id = make
             .make_distinct_id(&head)
-            .and_then(|id| super::identity::sanitize(&id));
-        let mut ctx = RequestContext::new(id)
-            .with_current_url(url::current_url(
-                request.uri(),
-                request.headers(),
-                self.trust_proxy,
-            ))
-            .with_request(request.method().as_str(), request.uri().path());
-        if let Some(session) = head.session_id() {
-            ctx = ctx.with_session_id(session);
-        }
-        if self.capture_ip {
-            if let Some(ip) = self.client_ip(request) {
-                ctx = ctx.with_ip(ip.to_string());
-            }
-        }
-        ctx
+            .and_then(super::identity::sanitize_owned);
+        let session = head.session_id();
+        drop(head);
+        let (uri, headers) = (request.uri(), request.headers());
+        let ip = if self.capture_ip {
+            self.client_ip(request).map(|ip| ip.to_string())
+        } else {
+            None
+        };
+        RequestContext::for_request(
+            id,
+            session,
+            request.method(),
+            uri,
+            url::scheme(uri, headers, self.trust_proxy),
+            url::host(uri, headers, self.trust_proxy),
+            ip,
+        )
     }
 
     fn client_ip<B>(&self, request: &Request<B>) -> Option<IpAddr> {

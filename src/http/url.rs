@@ -73,7 +73,9 @@ pub(crate) fn host<'h>(uri: &'h Uri, headers: &'h HeaderMap, trust_proxy: bool) 
         .or_else(|| uri.authority().map(|a| a.as_str()).and_then(valid_host))
 }
 
-/// `scheme://host/path?query`, or just the path and query when the host is unknown.
+/// `scheme://host/path?query`, or just the path and query when the host is unknown (what
+/// [`RequestContext::current_url`](crate::context::RequestContext::current_url) builds).
+#[cfg(test)]
 pub(crate) fn current_url(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> String {
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
     match host(uri, headers, trust_proxy) {
