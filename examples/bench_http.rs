@@ -26,13 +26,19 @@
 //!   server's;
 //! - `wrk -t<wrk-threads> -c<connections> -d<duration>s --latency http://127.0.0.1:<port>/`.
 //!
-//! With `--server-cpus` and `--load-cpus` (lists for `taskset -c`, e.g. `0` and `1`), the
-//! server runs on the first CPUs, and `wrk` and the sink on the second ones.
+//! By default (`wrk -t2 -c64`, nothing pinned) the server, `wrk` and the sink share all CPUs,
+//! and on a 2-core machine both cores are busy all the time: throughput is bound by CPU, so
+//! the layer's CPU cost shows in it. With `--server-cpus` and `--load-cpus` (lists for
+//! `taskset -c`, e.g. `0` and `1`) the server runs on the first CPUs, and `wrk` and the sink
+//! on the second ones; runs are then steadier, but on a virtual machine neither core is
+//! saturated (each request crosses cores twice and the wake-ups dominate), so throughput
+//! measures latency more than CPU. Each run prints the busy share of every CPU.
 //!
 //! Each round runs every mode once, in an order rotated each round; each run is a fresh
 //! server: `--warmup` seconds of `wrk` (not measured), then `--duration` seconds measured.
-//! Reported per run: `wrk`'s requests/s and latency percentiles, and the server's CPU time
-//! per request during the measured part (from `/proc/<pid>/stat`). Then, the server stops
+//! Reported per run: `wrk`'s requests/s and latency percentiles, the server's and the sink's
+//! CPU time per request during the measured part (from `/proc/<pid>/stat`), and each CPU's
+//! busy share (from `/proc/stat`). Then, the server stops
 //! accepting connections and shuts its PostHog client down; it reports its responses and the
 //! client's stats. Per mode: median and range of requests/s, ratio of the medians to `bare`.
 //!
@@ -105,8 +111,8 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         rounds: 3,
         duration: 10,
         warmup: 2,
-        connections: 32,
-        wrk_threads: 1,
+        connections: 64,
+        wrk_threads: 2,
         server_threads: None,
         server_cpus: None,
         load_cpus: None,
@@ -189,6 +195,9 @@ struct Run {
     p50: String,
     p99: String,
     cpu_us_per_req: f64,
+    sink_cpu_us_per_req: f64,
+    /// Busy share of each CPU during the measured part, in %.
+    busy: Vec<f64>,
     server: server::Report,
     events: u64,
     ok: bool,
@@ -257,7 +266,8 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             let run = run_one(args, exe, &sink, mode, server_threads)?;
             println!(
                 "RUN round={} mode={} req_per_s={:.0} wrk_requests={} p50={} p99={} \
-                 server_cpu_us_per_req={:.2} responses={} captured={} delivered={} failed={} \
+                 server_cpu_us_per_req={:.2} sink_cpu_us_per_req={:.2} cpu_busy={} \
+                 responses={} captured={} delivered={} failed={} \
                  dropped={} queue_full={} sink_events={} lost={} ok={} load={}",
                 round + 1,
                 mode.name(),
@@ -266,6 +276,12 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
                 run.p50,
                 run.p99,
                 run.cpu_us_per_req,
+                run.sink_cpu_us_per_req,
+                run.busy
+                    .iter()
+                    .map(|b| format!("{b:.0}%"))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 run.server.responses,
                 run.server.captured,
                 run.server.delivered,
@@ -292,36 +308,58 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             (v[n / 2 - 1] + v[n / 2]) / 2.0
         }
     };
-    let summary: Vec<(Mode, f64, f64, f64, f64, u64, u64)> = args
+    let summary: Vec<Summary> = args
         .modes
         .iter()
         .map(|&mode| {
             let of_mode: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
             let mut rps: Vec<f64> = of_mode.iter().map(|r| r.req_per_s).collect();
             let mut cpu: Vec<f64> = of_mode.iter().map(|r| r.cpu_us_per_req).collect();
+            let mut sink_cpu: Vec<f64> = of_mode.iter().map(|r| r.sink_cpu_us_per_req).collect();
             let med = median(&mut rps);
             let (min, max) = (rps[0], rps[rps.len() - 1]);
             let events = of_mode.iter().map(|r| r.events).sum();
             let lost = of_mode.iter().map(|r| lost(r)).sum();
-            (mode, med, min, max, median(&mut cpu), events, lost)
+            Summary {
+                mode,
+                med,
+                min,
+                max,
+                cpu: median(&mut cpu),
+                sink_cpu: median(&mut sink_cpu),
+                events,
+                lost,
+            }
         })
         .collect();
     let bare = summary
         .iter()
-        .find(|s| s.0 == Mode::Bare)
-        .map(|s| (s.1, s.4));
+        .find(|s| s.mode == Mode::Bare)
+        .map(|s| (s.med, s.cpu));
     println!();
     println!(
-        "| mode | req/s median | range | ratio to bare | server CPU µs/req (median) | events delivered / lost |"
+        "| mode | req/s median | range | ratio to bare | server CPU µs/req (median) \
+         | sink CPU µs/req | events delivered / lost |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (mode, med, min, max, cpu, events, lost) in &summary {
+    println!("|---|---|---|---|---|---|---|");
+    for Summary {
+        mode,
+        med,
+        min,
+        max,
+        cpu,
+        sink_cpu,
+        events,
+        lost,
+    } in &summary
+    {
         let ratio = bare.map_or_else(
             || "–".to_owned(),
             |(b, bcpu)| format!("{:.1} % (CPU ×{:.2})", med / b * 100.0, cpu / bcpu),
         );
         println!(
-            "| {} | {med:.0} | {min:.0} – {max:.0} | {ratio} | {cpu:.2} | {events} / {lost} |",
+            "| {} | {med:.0} | {min:.0} – {max:.0} | {ratio} | {cpu:.2} | {sink_cpu:.2} \
+             | {events} / {lost} |",
             mode.name()
         );
     }
@@ -332,6 +370,19 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
         eprintln!("FAILED: see the runs with ok=false above");
     }
     Ok(ok)
+}
+
+/// One mode's figures over its runs: req/s median and range, medians of the CPU times per
+/// request, events delivered and lost.
+struct Summary {
+    mode: Mode,
+    med: f64,
+    min: f64,
+    max: f64,
+    cpu: f64,
+    sink_cpu: f64,
+    events: u64,
+    lost: u64,
 }
 
 /// Events the sink should have received but did not (or received in excess).
@@ -363,9 +414,18 @@ fn run_one(
     if args.warmup > 0 {
         wrk(args, &url, args.warmup)?;
     }
+    let sink_start = sink.counters()?;
+    let busy_start = cpu_times();
     let cpu_start = cpu_ns(server.pid);
     let out = wrk(args, &url, args.duration)?;
     let cpu = cpu_ns(server.pid).saturating_sub(cpu_start);
+    let busy_end = cpu_times();
+    let sink_end = sink.counters()?;
+    let busy: Vec<f64> = busy_start
+        .iter()
+        .zip(&busy_end)
+        .map(|((b0, t0), (b1, t1))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0)
+        .collect();
     let report = server.stop()?;
     let after = sink.counters()?;
     let events = after.events - before.events;
@@ -393,6 +453,8 @@ fn run_one(
     }
     // Per request wrk completed in the measured part.
     let cpu_us_per_req = cpu as f64 / 1000.0 / wrk_requests.max(1) as f64;
+    let sink_cpu_us_per_req =
+        (sink_end.cpu_ns - sink_start.cpu_ns) as f64 / 1000.0 / wrk_requests.max(1) as f64;
     let expected_events = match mode {
         Mode::Pageviews => report.responses,
         _ => 0,
@@ -412,6 +474,8 @@ fn run_one(
         p50: percentile("50%"),
         p99: percentile("99%"),
         cpu_us_per_req,
+        sink_cpu_us_per_req,
+        busy,
         server: report,
         events,
         ok,
@@ -453,6 +517,27 @@ fn cpu_count(list: &str) -> usize {
         })
         .sum::<usize>()
         .max(1)
+}
+
+/// (busy, total) jiffies of each CPU, from `/proc/stat`.
+fn cpu_times() -> Vec<(u64, u64)> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            let total: u64 = v.iter().take(8).sum();
+            // idle + iowait
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle, total)
+        })
+        .collect()
 }
 
 fn loadavg() -> String {
@@ -676,6 +761,8 @@ mod sink {
     /// The sink's totals, from `GET /count`.
     pub(super) struct Counters {
         pub(super) events: u64,
+        /// The sink's CPU time so far (utime + stime), in ns.
+        pub(super) cpu_ns: u64,
     }
 
     impl Process {
@@ -701,8 +788,10 @@ mod sink {
                 .split_once("\r\n\r\n")
                 .map(|(_, body)| body)
                 .ok_or("bad /count response")?;
+            let (events, cpu_ns) = body.trim().split_once(' ').ok_or("bad /count body")?;
             Ok(Counters {
-                events: body.trim().parse()?,
+                events: events.parse()?,
+                cpu_ns: cpu_ns.parse()?,
             })
         }
     }
@@ -760,7 +849,11 @@ mod sink {
             }
             (&Method::GET, "/count") => Ok(reply(
                 StatusCode::OK,
-                EVENTS.load(Ordering::Relaxed).to_string(),
+                format!(
+                    "{} {}",
+                    EVENTS.load(Ordering::Relaxed),
+                    stat_ns("/proc/self/stat")
+                ),
             )),
             _ => Ok(reply(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#)),
         }
