@@ -38,9 +38,10 @@
 //! server: `--warmup` seconds of `wrk` (not measured), then `--duration` seconds measured.
 //! Reported per run: `wrk`'s requests/s and latency percentiles, the server's and the sink's
 //! CPU time per request during the measured part (from `/proc/<pid>/stat`), and each CPU's
-//! busy share (from `/proc/stat`). Then, the server stops
-//! accepting connections and shuts its PostHog client down; it reports its responses and the
-//! client's stats. Per mode: median and range of requests/s, ratio of the medians to `bare`.
+//! busy share (from `/proc/stat`). Then the server stops accepting connections and shuts its
+//! PostHog client down; it reports its responses and the client's stats. Per mode: median and
+//! range of requests/s, ratio of the medians to `bare`. Defaults: 3 rounds, 10 s measured after
+//! 2 s of warm-up.
 //!
 //! The run fails (exit code 1) unless, for every server: the sink counted exactly one event
 //! per response the server sent (`pageviews`; none for the other modes), the client's stats say
