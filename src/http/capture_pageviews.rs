@@ -92,7 +92,7 @@ impl<S, P: Clone> Layer<S> for CapturePageviewsLayer<P> {
     fn layer(&self, inner: S) -> Self::Service {
         CapturePageviews {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -119,7 +119,9 @@ impl<S, P: Clone> Layer<S> for CapturePageviewsLayer<P> {
 #[derive(Clone)]
 pub struct CapturePageviews<S, P = DefaultShouldCapture> {
     inner: S,
-    layer: CapturePageviewsLayer<P>,
+    // Behind one `Arc`: servers such as axum clone the service for every request, and a clone
+    // then costs one reference count instead of one per shared field.
+    layer: Arc<CapturePageviewsLayer<P>>,
 }
 
 impl<S> CapturePageviews<S> {

@@ -3,7 +3,10 @@
 
 use std::{cell::OnceCell, fmt};
 
-use http::{header::COOKIE, Extensions, HeaderMap, HeaderValue, Method, Request, Uri};
+use http::{
+    header::{AsHeaderName, HeaderName, COOKIE},
+    Extensions, HeaderMap, HeaderValue, Method, Request, Uri,
+};
 use serde::Deserialize;
 
 /// The most characters kept of an identity value (a distinct id or session id) taken from a
@@ -18,6 +21,13 @@ pub const DISTINCT_ID_HEADER: &str = "x-posthog-distinct-id";
 
 /// The header carrying the posthog-js session id.
 pub const SESSION_ID_HEADER: &str = "x-posthog-session-id";
+
+/// [`DISTINCT_ID_HEADER`] as a `HeaderName`: looking a header up by `&str` parses and
+/// validates the name on every call, by `HeaderName` it does not (every request reads these).
+static DISTINCT_ID_NAME: HeaderName = HeaderName::from_static(DISTINCT_ID_HEADER);
+
+/// [`SESSION_ID_HEADER`] as a `HeaderName`.
+static SESSION_ID_NAME: HeaderName = HeaderName::from_static(SESSION_ID_HEADER);
 
 /// Cleans an untrusted value: control characters removed, whitespace trimmed, at most
 /// [`MAX_ID_CHARS`] characters. `None` when nothing is left.
@@ -64,7 +74,7 @@ pub(crate) fn header_text(value: &HeaderValue) -> Option<&str> {
 }
 
 /// The first value of `name`, cleaned.
-pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn header(headers: &HeaderMap, name: impl AsHeaderName) -> Option<String> {
     headers.get(name).and_then(header_text).and_then(sanitize)
 }
 
@@ -267,7 +277,7 @@ impl<'a> RequestHead<'a> {
 
     /// The session id: the `X-POSTHOG-SESSION-ID` header, else the cookie's.
     pub fn session_id(&self) -> Option<String> {
-        self.header(SESSION_ID_HEADER).or_else(|| {
+        header(self.headers, &SESSION_ID_NAME).or_else(|| {
             self.posthog_cookie()
                 .and_then(|c| c.session_id().map(str::to_owned))
         })
@@ -339,7 +349,7 @@ pub struct DefaultMakeDistinctId;
 
 impl MakeDistinctId for DefaultMakeDistinctId {
     fn make_distinct_id(&mut self, request: &RequestHead<'_>) -> Option<String> {
-        request.header(DISTINCT_ID_HEADER).or_else(|| {
+        header(request.headers(), &DISTINCT_ID_NAME).or_else(|| {
             request
                 .posthog_cookie()
                 .and_then(|c| c.distinct_id().map(str::to_owned))

@@ -71,7 +71,7 @@ impl<S> Layer<S> for InjectFlagsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         InjectFlags {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -86,7 +86,9 @@ impl<S> Layer<S> for InjectFlagsLayer {
 #[derive(Clone)]
 pub struct InjectFlags<S> {
     inner: S,
-    layer: InjectFlagsLayer,
+    // Behind one `Arc`: servers such as axum clone the service for every request, and a clone
+    // then costs one reference count instead of one per shared field.
+    layer: Arc<InjectFlagsLayer>,
 }
 
 impl<S> InjectFlags<S> {

@@ -1,0 +1,868 @@
+//! Load benchmark of the HTTP layer: a trivial axum server without the layer, with it (no
+//! pageviews), and with a pageview captured on every request, driven by `wrk`.
+//!
+//! ```text
+//! cargo run --release --features axum --example bench_http -- [--mode all|bare|layer|pageviews]
+//!     [--rounds N] [--duration S] [--warmup S] [--connections N] [--wrk-threads N]
+//!     [--server-threads N] [--server-cpus LIST] [--load-cpus LIST]
+//! ```
+//!
+//! Three processes, besides this one (which only orchestrates and sleeps):
+//!
+//! - the server: this binary re-executed with `--serve MODE`, an axum 0.8 server on
+//!   `127.0.0.1:<free port>` on a multi-thread tokio runtime (`--server-threads` workers,
+//!   default one per CPU it may run on), answering `GET /` with a 13-byte static string and
+//!   counting its responses in an `AtomicU64`. Modes:
+//!   - `bare`: no layer;
+//!   - `layer`: `posthog.layer().capture_pageviews(false)` (request context and lazy flags);
+//!   - `pageviews`: `posthog.layer().should_capture(|_: &RequestHead<'_>| true)`, a `$pageview`
+//!     for every request.
+//!
+//!   Its PostHog client (`flush_at(500)`, `max_queue_size(1_000_000)`) sends to the sink.
+//!   The client runs in the server's process: its CPU (queueing, encoding, HTTP) is counted
+//!   against the server, as in production.
+//! - the sink: this binary re-executed with `--sink`, a PostHog stand-in that answers
+//!   `POST /batch/` with 200 and counts the events (`"uuid":` keys), so its CPU is not the
+//!   server's;
+//! - `wrk -t<wrk-threads> -c<connections> -d<duration>s --latency http://127.0.0.1:<port>/`.
+//!
+//! By default (`wrk -t2 -c64`, nothing pinned) the server, `wrk` and the sink share all CPUs,
+//! and on a 2-core machine both cores are busy all the time: throughput is bound by CPU, so
+//! the layer's CPU cost shows in it. With `--server-cpus` and `--load-cpus` (lists for
+//! `taskset -c`, e.g. `0` and `1`) the server runs on the first CPUs, and `wrk` and the sink
+//! on the second ones; runs are then steadier, but on a virtual machine neither core is
+//! saturated (each request crosses cores twice and the wake-ups dominate), so throughput
+//! measures latency more than CPU. Each run prints the busy share of every CPU.
+//!
+//! Each round runs every mode once, in an order rotated each round; each run is a fresh
+//! server: `--warmup` seconds of `wrk` (not measured), then `--duration` seconds measured.
+//! Reported per run: `wrk`'s requests/s and latency percentiles, the server's and the sink's
+//! CPU time per request during the measured part (from `/proc/<pid>/stat`), and each CPU's
+//! busy share (from `/proc/stat`). Then the server stops accepting connections and shuts its
+//! PostHog client down; it reports its responses and the client's stats. Per mode: median and
+//! range of requests/s, ratio of the medians to `bare`. Defaults: 3 rounds, 10 s measured after
+//! 2 s of warm-up.
+//!
+//! The run fails (exit code 1) unless, for every server: the sink counted exactly one event
+//! per response the server sent (`pageviews`; none for the other modes), the client's stats say
+//! `captured == delivered`, nothing failed and nothing was dropped (`dropped.queue_full`
+//! included), and `wrk` saw no errors.
+
+use std::{
+    convert::Infallible,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Child, ChildStdout, Command, ExitCode, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use axum::{routing::get, Router};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use posthog_tower::{http::RequestHead, PostHog};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Bare,
+    Layer,
+    Pageviews,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Bare, Mode::Layer, Mode::Pageviews];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Bare => "bare",
+            Mode::Layer => "layer",
+            Mode::Pageviews => "pageviews",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == s)
+    }
+}
+
+struct Args {
+    modes: Vec<Mode>,
+    rounds: usize,
+    duration: u64,
+    warmup: u64,
+    connections: u64,
+    wrk_threads: u64,
+    server_threads: Option<usize>,
+    server_cpus: Option<String>,
+    load_cpus: Option<String>,
+}
+
+const USAGE: &str = "usage: bench_http [--mode all|bare|layer|pageviews] [--rounds N] \
+                     [--duration S] [--warmup S] [--connections N] [--wrk-threads N] \
+                     [--server-threads N] [--server-cpus LIST] [--load-cpus LIST]";
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut parsed = Args {
+        modes: Mode::ALL.to_vec(),
+        rounds: 3,
+        duration: 10,
+        warmup: 2,
+        connections: 64,
+        wrk_threads: 2,
+        server_threads: None,
+        server_cpus: None,
+        load_cpus: None,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut text = |name: &str| -> Result<String, String> {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let number = |name: &str, v: String, min: u64| -> Result<u64, String> {
+            let n: u64 = v
+                .parse()
+                .map_err(|_| format!("{name}: not a number: {v}"))?;
+            if n < min {
+                return Err(format!("{name} must be at least {min}"));
+            }
+            Ok(n)
+        };
+        match arg.as_str() {
+            "--mode" => {
+                let v = text("--mode")?;
+                parsed.modes = if v == "all" {
+                    Mode::ALL.to_vec()
+                } else {
+                    vec![Mode::parse(&v).ok_or_else(|| format!("unknown mode {v}\n{USAGE}"))?]
+                };
+            }
+            "--rounds" => parsed.rounds = number(arg, text(arg)?, 1)? as usize,
+            "--duration" => parsed.duration = number(arg, text(arg)?, 1)?,
+            "--warmup" => parsed.warmup = number(arg, text(arg)?, 0)?,
+            "--connections" => parsed.connections = number(arg, text(arg)?, 1)?,
+            "--wrk-threads" => parsed.wrk_threads = number(arg, text(arg)?, 1)?,
+            "--server-threads" => {
+                parsed.server_threads = Some(number(arg, text(arg)?, 1)? as usize)
+            }
+            "--server-cpus" => parsed.server_cpus = Some(text(arg)?),
+            "--load-cpus" => parsed.load_cpus = Some(text(arg)?),
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    if parsed.connections < parsed.wrk_threads {
+        return Err("--connections must be at least --wrk-threads".to_owned());
+    }
+    Ok(parsed)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.first().map(String::as_str) {
+        Some("--sink") => sink::run().map(|()| true),
+        Some("--serve") => server::run(&args[1..]).map(|()| true),
+        _ => match parse_args(&args) {
+            Ok(args) => bench(&args),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bench_http: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ===== orchestration =====
+
+/// One measured run.
+struct Run {
+    mode: Mode,
+    req_per_s: f64,
+    wrk_requests: u64,
+    p50: String,
+    p99: String,
+    cpu_us_per_req: f64,
+    sink_cpu_us_per_req: f64,
+    /// Busy share of each CPU during the measured part, in %.
+    busy: Vec<f64>,
+    server: server::Report,
+    events: u64,
+    ok: bool,
+}
+
+/// `cmd`, under `taskset -c cpus` when given.
+fn pinned(cpus: Option<&str>, program: &str) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", cpus, program]);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+fn bench(args: &Args) -> Result<bool, BoxError> {
+    let exe = std::env::current_exe()?;
+    let exe = exe.to_str().ok_or("the executable's path is not UTF-8")?;
+    let sink = sink::Process::start(pinned(args.load_cpus.as_deref(), exe))?;
+    let wrk_version = Command::new("wrk")
+        .arg("-v")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .map_err(|e| format!("cannot run wrk ({e}): apt-get install -y wrk"))?;
+    let server_threads = args
+        .server_threads
+        .unwrap_or_else(|| match &args.server_cpus {
+            Some(cpus) => cpu_count(cpus),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        });
+    println!(
+        "bench_http: {} round(s) of {}; wrk -t{} -c{} -d{}s (after {} s of warm-up), {}",
+        args.rounds,
+        args.modes
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.wrk_threads,
+        args.connections,
+        args.duration,
+        args.warmup,
+        wrk_version.trim(),
+    );
+    println!(
+        "  server: {server_threads} tokio worker thread(s), CPUs {}; wrk and sink: CPUs {}",
+        args.server_cpus.as_deref().unwrap_or("any"),
+        args.load_cpus.as_deref().unwrap_or("any"),
+    );
+    println!("  load: {}", loadavg());
+
+    let mut runs = Vec::new();
+    let mut ok = true;
+    for round in 0..args.rounds {
+        let n = args.modes.len();
+        for i in 0..n {
+            let mode = args.modes[(i + round) % n];
+            let run = run_one(args, exe, &sink, mode, server_threads)?;
+            println!(
+                "RUN round={} mode={} req_per_s={:.0} wrk_requests={} p50={} p99={} \
+                 server_cpu_us_per_req={:.2} sink_cpu_us_per_req={:.2} cpu_busy={} \
+                 responses={} captured={} delivered={} failed={} \
+                 dropped={} queue_full={} sink_events={} lost={} ok={} load={}",
+                round + 1,
+                mode.name(),
+                run.req_per_s,
+                run.wrk_requests,
+                run.p50,
+                run.p99,
+                run.cpu_us_per_req,
+                run.sink_cpu_us_per_req,
+                run.busy
+                    .iter()
+                    .map(|b| format!("{b:.0}%"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                run.server.responses,
+                run.server.captured,
+                run.server.delivered,
+                run.server.failed,
+                run.server.dropped,
+                run.server.queue_full,
+                run.events,
+                lost(&run),
+                run.ok,
+                loadavg(),
+            );
+            ok &= run.ok;
+            runs.push(run);
+        }
+    }
+    drop(sink);
+
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let summary: Vec<Summary> = args
+        .modes
+        .iter()
+        .map(|&mode| {
+            let of_mode: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
+            let mut rps: Vec<f64> = of_mode.iter().map(|r| r.req_per_s).collect();
+            let mut cpu: Vec<f64> = of_mode.iter().map(|r| r.cpu_us_per_req).collect();
+            let mut sink_cpu: Vec<f64> = of_mode.iter().map(|r| r.sink_cpu_us_per_req).collect();
+            let med = median(&mut rps);
+            let (min, max) = (rps[0], rps[rps.len() - 1]);
+            let events = of_mode.iter().map(|r| r.events).sum();
+            let lost = of_mode.iter().map(|r| lost(r)).sum();
+            Summary {
+                mode,
+                med,
+                min,
+                max,
+                cpu: median(&mut cpu),
+                sink_cpu: median(&mut sink_cpu),
+                events,
+                lost,
+            }
+        })
+        .collect();
+    let bare = summary
+        .iter()
+        .find(|s| s.mode == Mode::Bare)
+        .map(|s| (s.med, s.cpu));
+    println!();
+    println!(
+        "| mode | req/s median | range | ratio to bare | server CPU µs/req (median) \
+         | sink CPU µs/req | events delivered / lost |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for Summary {
+        mode,
+        med,
+        min,
+        max,
+        cpu,
+        sink_cpu,
+        events,
+        lost,
+    } in &summary
+    {
+        let ratio = bare.map_or_else(
+            || "–".to_owned(),
+            |(b, bcpu)| format!("{:.1} % (CPU ×{:.2})", med / b * 100.0, cpu / bcpu),
+        );
+        println!(
+            "| {} | {med:.0} | {min:.0} – {max:.0} | {ratio} | {cpu:.2} | {sink_cpu:.2} \
+             | {events} / {lost} |",
+            mode.name()
+        );
+    }
+    println!("load at the end: {}", loadavg());
+    if ok {
+        println!("OK: no event lost, none dropped, no wrk errors");
+    } else {
+        eprintln!("FAILED: see the runs with ok=false above");
+    }
+    Ok(ok)
+}
+
+/// One mode's figures over its runs: req/s median and range, medians of the CPU times per
+/// request, events delivered and lost.
+struct Summary {
+    mode: Mode,
+    med: f64,
+    min: f64,
+    max: f64,
+    cpu: f64,
+    sink_cpu: f64,
+    events: u64,
+    lost: u64,
+}
+
+/// Events the sink should have received but did not (or received in excess).
+fn lost(run: &Run) -> u64 {
+    let expected = match run.mode {
+        Mode::Pageviews => run.server.responses,
+        _ => 0,
+    };
+    expected.abs_diff(run.events)
+}
+
+fn run_one(
+    args: &Args,
+    exe: &str,
+    sink: &sink::Process,
+    mode: Mode,
+    threads: usize,
+) -> Result<Run, BoxError> {
+    let before = sink.counters()?;
+    let mut cmd = pinned(args.server_cpus.as_deref(), exe);
+    cmd.args([
+        "--serve",
+        mode.name(),
+        &sink.port.to_string(),
+        &threads.to_string(),
+    ]);
+    let server = server::Process::start(cmd)?;
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    if args.warmup > 0 {
+        wrk(args, &url, args.warmup)?;
+    }
+    let sink_start = sink.counters()?;
+    let busy_start = cpu_times();
+    let cpu_start = cpu_ns(server.pid);
+    let out = wrk(args, &url, args.duration)?;
+    let cpu = cpu_ns(server.pid).saturating_sub(cpu_start);
+    let busy_end = cpu_times();
+    let sink_end = sink.counters()?;
+    let busy: Vec<f64> = busy_start
+        .iter()
+        .zip(&busy_end)
+        .map(|((b0, t0), (b1, t1))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0)
+        .collect();
+    let report = server.stop()?;
+    let after = sink.counters()?;
+    let events = after.events - before.events;
+
+    let req_per_s = field_after(&out, "Requests/sec:")
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk's output:\n{out}"))?;
+    let wrk_requests = out
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("no request count in wrk's output:\n{out}"))?;
+    let percentile = |p: &str| {
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(p))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let wrk_errors = out.contains("Socket errors") || out.contains("Non-2xx");
+    if wrk_errors {
+        eprintln!("wrk reported errors:\n{out}");
+    }
+    // Per request wrk completed in the measured part.
+    let cpu_us_per_req = cpu as f64 / 1000.0 / wrk_requests.max(1) as f64;
+    let sink_cpu_us_per_req =
+        (sink_end.cpu_ns - sink_start.cpu_ns) as f64 / 1000.0 / wrk_requests.max(1) as f64;
+    let expected_events = match mode {
+        Mode::Pageviews => report.responses,
+        _ => 0,
+    };
+    let ok = !wrk_errors
+        && events == expected_events
+        && report.captured == expected_events
+        && report.delivered == report.captured
+        && report.failed == 0
+        && report.dropped == 0
+        && report.queue_full == 0
+        && wrk_requests <= report.responses;
+    Ok(Run {
+        mode,
+        req_per_s,
+        wrk_requests,
+        p50: percentile("50%"),
+        p99: percentile("99%"),
+        cpu_us_per_req,
+        sink_cpu_us_per_req,
+        busy,
+        server: report,
+        events,
+        ok,
+    })
+}
+
+fn wrk(args: &Args, url: &str, seconds: u64) -> Result<String, BoxError> {
+    let output = pinned(args.load_cpus.as_deref(), "wrk")
+        .args([
+            &format!("-t{}", args.wrk_threads),
+            &format!("-c{}", args.connections),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        return Err(format!("wrk failed: {}", output.status).into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn field_after<'a>(text: &'a str, label: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .map(str::trim)
+}
+
+/// How many CPUs a `taskset -c` list names (`0`, `0,1`, `0-3`).
+fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 1,
+            },
+            None => 1,
+        })
+        .sum::<usize>()
+        .max(1)
+}
+
+/// (busy, total) jiffies of each CPU, from `/proc/stat`.
+fn cpu_times() -> Vec<(u64, u64)> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            let total: u64 = v.iter().take(8).sum();
+            // idle + iowait
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle, total)
+        })
+        .collect()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// CPU time (utime + stime, all threads) of a process, in ns, from `/proc/<pid>/stat`.
+fn cpu_ns(pid: u32) -> u64 {
+    stat_ns(&format!("/proc/{pid}/stat"))
+}
+
+/// Nanoseconds per clock tick (`getconf CLK_TCK`, usually 100 Hz).
+fn tick_ns() -> u64 {
+    static TICK_NS: AtomicU64 = AtomicU64::new(0);
+    let cached = TICK_NS.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<u64>().ok())
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100);
+    let ns = 1_000_000_000 / hz;
+    TICK_NS.store(ns, Ordering::Relaxed);
+    ns
+}
+
+/// utime + stime in ns from a `/proc/.../stat` file.
+fn stat_ns(path: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces), from field 3 (state) on:
+    // utime is field 14, stime field 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field(11) + field(12)) * tick_ns()
+}
+
+/// Reads the first line of a child's stdout: its port.
+fn read_port(child: &mut Child) -> Result<(u16, BufReader<ChildStdout>), BoxError> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    match line.trim().parse() {
+        Ok(port) => Ok((port, reader)),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("the child said {line:?} instead of its port").into())
+        }
+    }
+}
+
+// ===== the server =====
+
+mod server {
+    use super::*;
+
+    static RESPONSES: AtomicU64 = AtomicU64::new(0);
+
+    async fn hello() -> &'static str {
+        RESPONSES.fetch_add(1, Ordering::Relaxed);
+        "Hello, World!"
+    }
+
+    /// What a server reports when it stops.
+    #[derive(Default)]
+    pub(super) struct Report {
+        pub(super) responses: u64,
+        pub(super) captured: u64,
+        pub(super) delivered: u64,
+        pub(super) failed: u64,
+        pub(super) dropped: u64,
+        pub(super) queue_full: u64,
+    }
+
+    /// A server process, seen from the orchestrator.
+    pub(super) struct Process {
+        child: Child,
+        stdout: BufReader<ChildStdout>,
+        pub(super) port: u16,
+        pub(super) pid: u32,
+    }
+
+    impl Process {
+        pub(super) fn start(mut cmd: Command) -> Result<Process, BoxError> {
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?;
+            // `taskset` execs the program: the pid is the server's.
+            let pid = child.id();
+            let (port, stdout) = read_port(&mut child)?;
+            Ok(Process {
+                child,
+                stdout,
+                port,
+                pid,
+            })
+        }
+
+        /// Closes the server's stdin (it stops serving and shuts its client down) and reads
+        /// its report.
+        pub(super) fn stop(mut self) -> Result<Report, BoxError> {
+            drop(self.child.stdin.take());
+            let mut line = String::new();
+            self.stdout.read_line(&mut line)?;
+            self.child.wait()?;
+            let mut report = Report::default();
+            for kv in line.split_whitespace() {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let v: u64 = v.parse()?;
+                match k {
+                    "responses" => report.responses = v,
+                    "captured" => report.captured = v,
+                    "delivered" => report.delivered = v,
+                    "failed" => report.failed = v,
+                    "dropped" => report.dropped = v,
+                    "queue_full" => report.queue_full = v,
+                    _ => {}
+                }
+            }
+            if !line.starts_with("REPORT") {
+                return Err(format!("the server said {line:?} instead of its report").into());
+            }
+            Ok(report)
+        }
+    }
+
+    /// `--serve MODE SINK_PORT THREADS`: serve until stdin closes, then shut the client down
+    /// and print the report.
+    pub(super) fn run(args: &[String]) -> Result<(), BoxError> {
+        let [mode, sink_port, threads] = args else {
+            return Err("--serve MODE SINK_PORT THREADS".into());
+        };
+        let mode = Mode::parse(mode).ok_or("unknown mode")?;
+        let sink_port: u16 = sink_port.parse()?;
+        let threads: usize = threads.parse()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let posthog = PostHog::builder("phc_bench_http")
+                .host(format!("http://127.0.0.1:{sink_port}"))
+                .flush_at(500)
+                .max_queue_size(1_000_000)
+                .build()?;
+            let app = Router::new().route("/", get(hello));
+            let app = match mode {
+                Mode::Bare => app,
+                Mode::Layer => app.layer(posthog.layer().capture_pageviews(false)),
+                Mode::Pageviews => {
+                    app.layer(posthog.layer().should_capture(|_: &RequestHead<'_>| true))
+                }
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let mut stdout = std::io::stdout();
+            writeln!(stdout, "{}", listener.local_addr()?.port())?;
+            stdout.flush()?;
+
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+                let _ = stop_tx.send(());
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.await;
+                })
+                .await?;
+
+            posthog.shutdown(Duration::from_secs(30)).await;
+            let stats = posthog.stats();
+            writeln!(
+                stdout,
+                "REPORT responses={} captured={} delivered={} failed={} dropped={} queue_full={}",
+                RESPONSES.load(Ordering::Relaxed),
+                stats.captured,
+                stats.delivered,
+                stats.failed,
+                stats.dropped.total(),
+                stats.dropped.queue_full,
+            )?;
+            stdout.flush()?;
+            Ok::<_, BoxError>(())
+        })
+    }
+}
+
+// ===== the sink =====
+
+mod sink {
+    use super::*;
+
+    static EVENTS: AtomicU64 = AtomicU64::new(0);
+
+    /// The sink process. Dropping it closes the sink's stdin, which makes it exit.
+    pub(super) struct Process {
+        child: Child,
+        pub(super) port: u16,
+    }
+
+    /// The sink's totals, from `GET /count`.
+    pub(super) struct Counters {
+        pub(super) events: u64,
+        /// The sink's CPU time so far (utime + stime), in ns.
+        pub(super) cpu_ns: u64,
+    }
+
+    impl Process {
+        pub(super) fn start(mut cmd: Command) -> Result<Process, BoxError> {
+            let mut child = cmd
+                .arg("--sink")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?;
+            let (port, _) = read_port(&mut child)?;
+            Ok(Process { child, port })
+        }
+
+        pub(super) fn counters(&self) -> Result<Counters, BoxError> {
+            let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+            stream.write_all(
+                b"GET /count HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body)
+                .ok_or("bad /count response")?;
+            let (events, cpu_ns) = body.trim().split_once(' ').ok_or("bad /count body")?;
+            Ok(Counters {
+                events: events.parse()?,
+                cpu_ns: cpu_ns.parse()?,
+            })
+        }
+    }
+
+    impl Drop for Process {
+        fn drop(&mut self) {
+            drop(self.child.stdin.take());
+            if self.child.wait().is_err() {
+                let _ = self.child.kill();
+            }
+        }
+    }
+
+    /// The sink's main: serve until stdin closes.
+    pub(super) fn run() -> Result<(), BoxError> {
+        std::thread::spawn(|| {
+            let mut buf = [0u8; 64];
+            while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+            std::process::exit(0);
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let mut stdout = std::io::stdout();
+            writeln!(stdout, "{}", listener.local_addr()?.port())?;
+            stdout.flush()?;
+            loop {
+                let (stream, _) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(handle))
+                        .await;
+                });
+            }
+        })
+    }
+
+    async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = req.uri().path().trim_end_matches('/');
+        match (req.method(), path) {
+            (&Method::POST, "/batch") => {
+                let body = match req.into_body().collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, "unreadable body")),
+                };
+                let Ok(text) = std::str::from_utf8(&body) else {
+                    return Ok(reply(StatusCode::BAD_REQUEST, "not UTF-8"));
+                };
+                let events = text.matches("\"uuid\":").count() as u64;
+                EVENTS.fetch_add(events, Ordering::Relaxed);
+                Ok(reply(StatusCode::OK, r#"{"status":1}"#))
+            }
+            (&Method::GET, "/count") => Ok(reply(
+                StatusCode::OK,
+                format!(
+                    "{} {}",
+                    EVENTS.load(Ordering::Relaxed),
+                    stat_ns("/proc/self/stat")
+                ),
+            )),
+            _ => Ok(reply(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#)),
+        }
+    }
+
+    fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+        let mut res = Response::new(Full::new(body.into()));
+        *res.status_mut() = status;
+        res
+    }
+}
