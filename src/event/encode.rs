@@ -23,10 +23,18 @@ pub(crate) struct EncodeDefaults {
 }
 
 /// Encodes events with a fixed set of defaults. Cheap to clone.
+///
+/// Every key is written once: a key the super properties set is left out of the library
+/// fragments, so the super property's value is the only one (JSON objects with repeated keys
+/// are read differently by different parsers).
 #[derive(Debug, Clone)]
 pub(crate) struct Encoder {
-    /// `"$lib":"posthog-tower","$lib_version":"…"[,"$geoip_disable":true]`
+    /// `,"$lib":"posthog-tower","$lib_version":"…"`, for minimal events (no super properties).
     lib_fragment: Vec<u8>,
+    /// `lib_fragment` without the keys the super properties set.
+    lib_under_super: Vec<u8>,
+    /// Whether the super properties set `$geoip_disable` (then they alone write it).
+    super_sets_geoip: bool,
     /// `,"k":v,…` for the super properties (empty when there are none).
     super_fragment: Vec<u8>,
     super_properties: Map<String, Value>,
@@ -35,10 +43,22 @@ pub(crate) struct Encoder {
 
 impl Encoder {
     pub(crate) fn new(defaults: EncodeDefaults) -> Self {
-        let mut lib_fragment = Vec::with_capacity(96);
-        lib_fragment.extend_from_slice(br#""$lib":"posthog-tower","$lib_version":""#);
-        lib_fragment.extend_from_slice(crate::VERSION.as_bytes());
-        lib_fragment.push(b'"');
+        let supers = &defaults.super_properties;
+        let lib_entries = |skip_super: bool| {
+            let mut fragment = Vec::with_capacity(64);
+            if !(skip_super && supers.contains_key("$lib")) {
+                fragment.extend_from_slice(br#","$lib":"posthog-tower""#);
+            }
+            if !(skip_super && supers.contains_key("$lib_version")) {
+                fragment.extend_from_slice(br#","$lib_version":""#);
+                fragment.extend_from_slice(crate::VERSION.as_bytes());
+                fragment.push(b'"');
+            }
+            fragment
+        };
+        let lib_fragment = lib_entries(false);
+        let lib_under_super = lib_entries(true);
+        let super_sets_geoip = supers.contains_key("$geoip_disable");
         let mut super_fragment = Vec::new();
         for (k, v) in &defaults.super_properties {
             super_fragment.push(b',');
@@ -48,6 +68,8 @@ impl Encoder {
         }
         Encoder {
             lib_fragment,
+            lib_under_super,
+            super_sets_geoip,
             super_fragment,
             super_properties: defaults.super_properties,
             disable_geoip: defaults.disable_geoip,
@@ -95,21 +117,34 @@ impl Encoder {
         }
         out.extend_from_slice(br#","properties":{"#);
         let geoip_disabled = event.disable_geoip.unwrap_or(self.disable_geoip);
+        // Entries are written `,"k":v`; the first one drops its comma.
+        let mut first = true;
         for (k, v) in &event.properties {
             if Some(k.as_str()) == top_key || self.overridden(k, geoip_disabled, event.minimal) {
                 continue;
             }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
             write_json(out, k);
             out.push(b':');
             write_json(out, v);
-            out.push(b',');
         }
-        out.extend_from_slice(&self.lib_fragment);
-        if geoip_disabled {
-            out.extend_from_slice(GEOIP_FRAGMENT);
-        }
-        if !event.minimal {
-            out.extend_from_slice(&self.super_fragment);
+        let (lib, geoip, supers): (&[u8], bool, &[u8]) = if event.minimal {
+            (&self.lib_fragment, geoip_disabled, &[])
+        } else {
+            (
+                &self.lib_under_super,
+                geoip_disabled && !self.super_sets_geoip,
+                &self.super_fragment,
+            )
+        };
+        for fragment in [lib, if geoip { GEOIP_FRAGMENT } else { &[] }, supers] {
+            if let Some(rest) = fragment.strip_prefix(b",") {
+                out.extend_from_slice(if first { rest } else { fragment });
+                first = false;
+            }
         }
         out.extend_from_slice(br#"},"timestamp":""#);
         timestamp.write_rfc3339(out);
@@ -187,6 +222,48 @@ mod tests {
         assert_eq!(p["$lib_version"], crate::VERSION);
         assert_eq!(p["$geoip_disable"], true);
         assert_eq!(p["n"], 1);
+    }
+
+    /// Found by `fuzz/` (`event_properties`): a super property named like a library property
+    /// (`$lib`, `$lib_version`, `$geoip_disable`) was written a second time after the library's
+    /// own, giving an object with repeated keys.
+    #[test]
+    fn super_properties_replace_library_keys_without_repeating_them() {
+        let mut super_properties = Map::new();
+        super_properties.insert("$lib".into(), json!("wrapper"));
+        super_properties.insert("$lib_version".into(), json!(7));
+        super_properties.insert("$geoip_disable".into(), json!(false));
+        let encoder = Encoder::new(EncodeDefaults {
+            disable_geoip: true,
+            super_properties,
+        });
+        for event in [Event::new("e", "u"), Event::new("e", "u").property("n", 1)] {
+            let mut out = Vec::new();
+            encoder.encode(&mut out, &event, Uuid::nil(), Timestamp::UNIX_EPOCH);
+            let text = String::from_utf8(out).unwrap();
+            for key in ["\"$lib\"", "\"$lib_version\"", "\"$geoip_disable\""] {
+                assert_eq!(text.matches(key).count(), 1, "{key} in {text}");
+            }
+            let v: Value = serde_json::from_str(&text).expect("valid JSON");
+            assert_eq!(v["properties"]["$lib"], "wrapper");
+            assert_eq!(v["properties"]["$lib_version"], 7);
+            assert_eq!(v["properties"]["$geoip_disable"], false);
+            assert!(text.len() <= event.estimated_size() + encoder.added_len());
+        }
+        // A minimal event carries no super properties, so it keeps the library's own.
+        let mut event = Event::new("e", "u").property("$feature_flag", "f");
+        event.minimal = true;
+        let v = encode(&encoder, &event);
+        assert_eq!(v["properties"]["$lib"], "posthog-tower");
+        assert_eq!(v["properties"]["$geoip_disable"], true);
+        assert_eq!(v["properties"]["$feature_flag"], "f");
+    }
+
+    #[test]
+    fn encodes_an_event_without_properties() {
+        let encoder = Encoder::new(EncodeDefaults::default());
+        let v = encode(&encoder, &Event::new("e", "u"));
+        assert_eq!(v["properties"]["$lib"], "posthog-tower");
     }
 
     #[test]

@@ -268,6 +268,12 @@ impl Event {
 
     // ===== internals =====
 
+    /// The serialized size of the properties' entries as the setters tracked it (what
+    /// [`Event::estimated_size`] adds up); the fuzz targets check it against the real size.
+    pub(crate) fn tracked_properties_len(&self) -> usize {
+        self.props_len
+    }
+
     /// Keeps only the properties a minimized event may carry.
     pub(crate) fn strip_to_minimal(&mut self) {
         let dropped: Vec<String> = self
