@@ -81,6 +81,28 @@ struct Data {
 enum Path {
     Uri(Uri),
     Text(String),
+    /// A request target holding control characters (`http` accepts some non-ASCII bytes):
+    /// kept with those characters percent-encoded.
+    Escaped {
+        path: String,
+        path_and_query: String,
+    },
+}
+
+/// `value` with every control character percent-encoded (its UTF-8 bytes).
+fn escape_controls(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[derive(Clone, Default)]
@@ -131,7 +153,7 @@ impl RequestContext {
                 distinct_id,
                 session_id,
                 method: Some(method.clone()),
-                path: Some(Path::Uri(uri.clone())),
+                path: Some(path_of(uri)),
                 current_url: Url::Parts {
                     scheme,
                     host: host.map(Box::from),
@@ -202,6 +224,7 @@ impl RequestContext {
                 let pq = match &self.inner.path {
                     Some(Path::Uri(uri)) => uri.path_and_query().map_or("/", |pq| pq.as_str()),
                     Some(Path::Text(path)) => path,
+                    Some(Path::Escaped { path_and_query, .. }) => path_and_query,
                     None => "/",
                 };
                 match host {
@@ -237,7 +260,7 @@ impl RequestContext {
     pub fn path(&self) -> Option<&str> {
         match self.inner.path.as_ref()? {
             Path::Uri(uri) => Some(uri.path()),
-            Path::Text(path) => Some(path),
+            Path::Text(path) | Path::Escaped { path, .. } => Some(path),
         }
     }
 
@@ -293,6 +316,19 @@ impl RequestContext {
                 }
             }
         }
+    }
+}
+
+/// The URI as a path, escaped if a client slipped control characters into it.
+fn path_of(uri: &Uri) -> Path {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    if pq.chars().any(char::is_control) {
+        Path::Escaped {
+            path: escape_controls(uri.path()),
+            path_and_query: escape_controls(pq),
+        }
+    } else {
+        Path::Uri(uri.clone())
     }
 }
 
@@ -421,6 +457,17 @@ mod tests {
             e
         });
         assert_eq!(e.distinct_id(), None);
+    }
+
+    #[test]
+    fn control_characters_in_the_request_target_are_escaped() {
+        let uri: Uri = "/a\u{87}b?q=\u{85}"
+            .parse()
+            .expect("http accepts these bytes");
+        let ctx =
+            RequestContext::for_request(None, None, &Method::GET, &uri, "https", Some("h"), None);
+        assert_eq!(ctx.path(), Some("/a%C2%87b"));
+        assert_eq!(ctx.current_url(), Some("https://h/a%C2%87b?q=%C2%85"));
     }
 
     #[test]

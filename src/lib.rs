@@ -1,5 +1,6 @@
-//! PostHog for Rust, built the tower way: capture events, identify people and groups, and
-//! (soon) evaluate feature flags, without slowing your application or losing data.
+//! PostHog for Rust, built the tower way: capture events, identify people and groups, evaluate
+//! feature flags (remotely or locally), and give axum and tonic servers pageviews and per-request
+//! flags, without slowing your application or losing data.
 //!
 //! Every moving part is a tower [`Service`](tower_service::Service): events go through a
 //! bounded, non-blocking queue into a batching worker ([`capture::Batch`]), then
@@ -50,10 +51,15 @@
 //! - `webpki-roots` (default): trust the Mozilla roots bundled with the crate; without it the
 //!   operating system's certificate store is used.
 //! - `test-util`: [`testing::MockPostHog`], an in-process PostHog for your tests.
+//! - `axum`: axum extractors for [`http::RequestFlags`] and [`context::RequestContext`], and
+//!   the matched route and peer address on pageviews.
 //!
 //! # Modules
 //!
 //! - [`capture`]: the batching pipeline as tower services.
+//! - [`flags`]: feature flags, remote and local evaluation.
+//! - [`http`]: the HTTP layer for axum, tonic and any tower HTTP server.
+//! - [`context`]: the request context events inherit.
 //! - [`event`]: events and their properties.
 //! - [`https`]: the HTTP client underneath.
 //! - [`testing`]: the mock PostHog server (feature `test-util`).

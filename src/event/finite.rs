@@ -56,6 +56,21 @@ impl std::error::Error for PropertyError {}
 /// Other failures (a map key that is not a string, number, bool or char; a
 /// `Serialize` impl that errors) carry `serde_json`'s message. On success the
 /// result is exactly what `serde_json::to_value` returns.
+/// The deepest nesting of arrays and objects a property value may have: with the batch and
+/// event around it, JSON parsers' usual limit of 128 levels stays out of reach.
+pub(crate) const MAX_DEPTH: usize = 100;
+
+/// `true` when `value` nests arrays and objects more than `limit` levels deep. Stops as soon
+/// as it knows, so it never recurses further than `limit + 1`.
+fn too_deep(value: &serde_json::Value, limit: usize) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => limit == 0 || items.iter().any(|v| too_deep(v, limit - 1)),
+        Value::Object(map) => limit == 0 || map.values().any(|v| too_deep(v, limit - 1)),
+        _ => false,
+    }
+}
+
 pub(crate) fn to_value<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<serde_json::Value, PropertyError> {
@@ -65,6 +80,9 @@ pub(crate) fn to_value<T: Serialize + ?Sized>(
         non_finite: &non_finite,
     };
     match value.serialize(checked) {
+        Ok(json) if too_deep(&json, MAX_DEPTH) => Err(PropertyError::new(format!(
+            "property is nested more than {MAX_DEPTH} levels deep (JSON parsers, PostHog's among them, refuse such documents)"
+        ))),
         Ok(json) => Ok(json),
         Err(_) if non_finite.get() => Err(PropertyError::new(NON_FINITE)),
         Err(err) => Err(PropertyError::new(format!(
@@ -496,6 +514,27 @@ mod tests {
     use serde::Serialize;
     use serde_json::json;
     use std::collections::{BTreeMap, HashMap};
+
+    fn nested(levels: usize) -> serde_json::Value {
+        let mut v = json!(1);
+        for i in 0..levels {
+            v = if i % 2 == 0 {
+                json!([v])
+            } else {
+                json!({ "k": v })
+            };
+        }
+        v
+    }
+
+    #[test]
+    fn nesting_is_limited() {
+        assert!(to_value(&nested(MAX_DEPTH)).is_ok());
+        let err = to_value(&nested(MAX_DEPTH + 1)).unwrap_err();
+        assert!(err.to_string().contains("nested"), "{err}");
+        // Deep nesting elsewhere does not matter, only the deepest branch.
+        assert!(to_value(&json!([[1], nested(MAX_DEPTH - 1)])).is_ok());
+    }
 
     #[derive(Serialize)]
     struct Inner {
