@@ -78,6 +78,27 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(test, allow(clippy::float_cmp))]
 
+/// `get_ref`, `get_mut` and `into_inner` for a middleware whose inner service is `self.inner`
+/// (tower-http's convention).
+macro_rules! define_inner_service_accessors {
+    () => {
+        /// Gets a reference to the inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// Gets a mutable reference to the inner service.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Consumes the middleware, returning the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
 #[doc(hidden)]
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;

@@ -693,3 +693,62 @@ async fn local_definitions_answer_without_a_flags_request() {
     posthog.flush().await;
     assert!(mock.requests_to("/flags/").is_empty());
 }
+
+#[tokio::test]
+async fn the_parts_work_alone_and_stacked_by_hand() {
+    use posthog_tower::http::{CapturePageviewsLayer, InjectFlagsLayer, SetRequestContextLayer};
+
+    let mock = mock().await;
+    mock.set_default(
+        "/flags/",
+        MockResponse::json(200, flags_body(&[("a", true)])),
+    );
+    let posthog = client(&mock);
+    let handler = {
+        let ph = posthog.clone();
+        move |flags: Option<RequestFlags>| {
+            let ph = ph.clone();
+            async move {
+                let _ = ph.capture(Event::named("inside"));
+                match flags {
+                    Some(flags) => format!("{}", flags.is_enabled("a").await),
+                    None => "no flags".to_owned(),
+                }
+            }
+        }
+    };
+    let stacked = Router::new()
+        .route("/stacked", get(handler.clone()))
+        .layer(CapturePageviewsLayer::new(&posthog))
+        .layer(InjectFlagsLayer::new(&posthog))
+        .layer(SetRequestContextLayer::new(&posthog));
+    let pageviews_only = Router::new()
+        .route("/alone", get(handler))
+        .layer(CapturePageviewsLayer::new(&posthog));
+    let stacked = serve(stacked).await;
+    let alone = serve(pageviews_only).await;
+    let id = [("X-POSTHOG-DISTINCT-ID", "user-11")];
+
+    assert_eq!(get_with(stacked, "/stacked", &id).await.1, "true");
+    assert_eq!(get_with(alone, "/alone", &id).await.1, "no flags");
+
+    let events = events(&posthog, &mock).await;
+    let views = named(&events, "$pageview");
+    assert_eq!(views.len(), 2);
+    for view in &views {
+        assert_eq!(view["distinct_id"], "user-11");
+    }
+    let stacked_view = views
+        .iter()
+        .find(|e| e["properties"]["$pathname"] == "/stacked")
+        .expect("stacked pageview");
+    assert_eq!(stacked_view["properties"]["$feature/a"], true);
+    // Without `SetRequestContext` nothing makes the context current: the handler's
+    // `Event::named` is personless there, and the caller's with it.
+    let inside = named(&events, "inside");
+    assert_eq!(inside.len(), 2);
+    assert!(inside.iter().any(|e| e["distinct_id"] == "user-11"));
+    assert!(inside
+        .iter()
+        .any(|e| e["properties"]["$process_person_profile"] == false));
+}

@@ -60,20 +60,6 @@ impl<P> CapturePageviewsLayer<P> {
         self.event_name = Arc::from(name.into());
         self
     }
-
-    pub(crate) fn with_config(
-        posthog: PostHog,
-        predicate: P,
-        event_name: Arc<str>,
-        config: Arc<ContextConfig>,
-    ) -> Self {
-        CapturePageviewsLayer {
-            posthog,
-            predicate,
-            event_name,
-            config,
-        }
-    }
 }
 
 impl<P: fmt::Debug> fmt::Debug for CapturePageviewsLayer<P> {
@@ -137,20 +123,7 @@ impl<S> CapturePageviews<S> {
 }
 
 impl<S, P> CapturePageviews<S, P> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    define_inner_service_accessors!();
 }
 
 impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for CapturePageviews<S, P> {
@@ -188,21 +161,18 @@ where
             let context = layer
                 .config
                 .ensure(&mut DefaultMakeDistinctId, &mut request);
-            Pending::new(layer, context, &request)
+            Pending::new(&layer.posthog, &layer.event_name, context, &request)
         });
-        ResponseFuture {
-            inner: self.inner.call(request),
-            pending,
-        }
+        ResponseFuture::new(self.inner.call(request), pending)
     }
 }
 
 /// Marks a request whose pageview an outer [`CapturePageviews`] captures.
 #[derive(Clone, Copy)]
-struct Claimed;
+pub(crate) struct Claimed;
 
 /// What a pageview needs from the request, kept until the response is ready.
-struct Pending {
+pub(crate) struct Pending {
     posthog: PostHog,
     event_name: Arc<str>,
     context: RequestContext,
@@ -214,15 +184,16 @@ struct Pending {
 }
 
 impl Pending {
-    fn new<P, B>(
-        layer: &CapturePageviewsLayer<P>,
+    pub(crate) fn new<B>(
+        posthog: &PostHog,
+        event_name: &Arc<str>,
         context: RequestContext,
         request: &Request<B>,
     ) -> Self {
         let headers = request.headers();
         Pending {
-            posthog: layer.posthog.clone(),
-            event_name: layer.event_name.clone(),
+            posthog: posthog.clone(),
+            event_name: event_name.clone(),
             context,
             user_agent: headers
                 .get(USER_AGENT)
@@ -303,6 +274,12 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         pending: Option<Pending>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, pending: Option<Pending>) -> Self {
+        ResponseFuture { inner, pending }
     }
 }
 

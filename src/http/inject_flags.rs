@@ -43,18 +43,6 @@ impl InjectFlagsLayer {
         self.eager = (!keys.is_empty()).then(|| keys.into());
         self
     }
-
-    pub(crate) fn with_config(
-        posthog: PostHog,
-        config: Arc<ContextConfig>,
-        eager: Option<Arc<[String]>>,
-    ) -> Self {
-        InjectFlagsLayer {
-            posthog,
-            config,
-            eager,
-        }
-    }
 }
 
 impl fmt::Debug for InjectFlagsLayer {
@@ -102,20 +90,7 @@ impl<S> InjectFlags<S> {
         InjectFlagsLayer::new(posthog)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    define_inner_service_accessors!();
 }
 
 impl<S: fmt::Debug> fmt::Debug for InjectFlags<S> {
@@ -146,14 +121,21 @@ where
                 .layer
                 .config
                 .ensure(&mut DefaultMakeDistinctId, &mut request);
-            let flags = RequestFlags::with_eager_keys(
-                self.layer.posthog.clone(),
-                ctx,
-                self.layer.eager.clone(),
-            );
-            flags.prefetch();
-            request.extensions_mut().insert(flags);
+            insert(&self.layer.posthog, ctx, &self.layer.eager, &mut request);
         }
         self.inner.call(request)
     }
+}
+
+/// Inserts a [`RequestFlags`] handle for `ctx`'s caller into `request`, starting the eager
+/// keys' evaluation.
+pub(crate) fn insert<B>(
+    posthog: &PostHog,
+    ctx: crate::context::RequestContext,
+    eager: &Option<Arc<[String]>>,
+    request: &mut Request<B>,
+) {
+    let flags = RequestFlags::with_eager_keys(posthog.clone(), ctx, eager.clone());
+    flags.prefetch();
+    request.extensions_mut().insert(flags);
 }

@@ -96,10 +96,18 @@ mod request_flags;
 mod set_context;
 mod url;
 
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::{
+    fmt,
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
-use http::Extensions;
+use http::{Extensions, Request, Response};
 use tower_layer::Layer;
+use tower_service::Service;
 
 pub use capture_pageviews::{CapturePageviews, CapturePageviewsLayer};
 #[cfg(feature = "axum")]
@@ -116,18 +124,15 @@ pub use set_context::{SetRequestContext, SetRequestContextLayer};
 use set_context::ContextConfig;
 
 pub use crate::context::RequestContext;
+use crate::context::Scoped;
 use crate::PostHog;
 
 /// Response futures of the middlewares, by middleware.
 pub mod future {
     pub use super::capture_pageviews::ResponseFuture as CapturePageviewsFuture;
     pub use super::set_context::ResponseFuture as SetRequestContextFuture;
+    pub use super::PostHogFuture;
 }
-
-/// The service [`PostHogLayer`] produces: [`SetRequestContext`] around [`InjectFlags`] around
-/// [`CapturePageviews`] around your service.
-pub type PostHogService<S, M = DefaultMakeDistinctId, P = DefaultShouldCapture> =
-    SetRequestContext<InjectFlags<CapturePageviews<S, Enabled<P>>>, M>;
 
 impl PostHog {
     /// The HTTP layer for this client, with its defaults: callers resolved by
@@ -289,19 +294,6 @@ impl<M: fmt::Debug, P: fmt::Debug> fmt::Debug for PostHogLayer<M, P> {
     }
 }
 
-/// [`ShouldCapture`] of a [`PostHogLayer`]: its predicate, or nothing when pageviews are off.
-#[derive(Clone, Debug)]
-pub struct Enabled<P> {
-    predicate: P,
-    enabled: bool,
-}
-
-impl<P: ShouldCapture> ShouldCapture for Enabled<P> {
-    fn should_capture(&self, request: &RequestHead<'_>) -> bool {
-        self.enabled && self.predicate.should_capture(request)
-    }
-}
-
 impl<S, M, P> Layer<S> for PostHogLayer<M, P>
 where
     M: Clone,
@@ -310,21 +302,142 @@ where
     type Service = PostHogService<S, M, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let config = Arc::new(self.config.clone());
-        let pageviews = CapturePageviewsLayer::with_config(
-            self.posthog.clone(),
-            Enabled {
+        PostHogService {
+            inner,
+            make: self.make.clone(),
+            shared: Arc::new(Shared {
+                posthog: self.posthog.clone(),
                 predicate: self.predicate.clone(),
-                enabled: self.pageviews,
-            },
-            self.event_name.clone(),
-            config.clone(),
-        )
-        .layer(inner);
-        let flags =
-            InjectFlagsLayer::with_config(self.posthog.clone(), config.clone(), self.eager.clone())
-                .layer(pageviews);
-        SetRequestContextLayer::with_config(self.make.clone(), config).layer(flags)
+                pageviews: self.pageviews,
+                event_name: self.event_name.clone(),
+                eager: self.eager.clone(),
+                config: self.config.clone(),
+            }),
+        }
+    }
+}
+
+/// What every clone of a [`PostHogService`] shares: one reference count per clone (axum clones
+/// the service for every request).
+struct Shared<P> {
+    posthog: PostHog,
+    predicate: P,
+    pageviews: bool,
+    event_name: Arc<str>,
+    eager: Option<Arc<[String]>>,
+    config: ContextConfig,
+}
+
+/// The service [`PostHogLayer`] produces: in one pass, what [`SetRequestContext`],
+/// [`InjectFlags`] and [`CapturePageviews`] do, around your service.
+///
+/// See the [module docs](self).
+pub struct PostHogService<S, M = DefaultMakeDistinctId, P = DefaultShouldCapture> {
+    inner: S,
+    make: M,
+    shared: Arc<Shared<P>>,
+}
+
+impl<S: Clone, M: Clone, P> Clone for PostHogService<S, M, P> {
+    fn clone(&self) -> Self {
+        PostHogService {
+            inner: self.inner.clone(),
+            make: self.make.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, M, P> PostHogService<S, M, P> {
+    define_inner_service_accessors!();
+}
+
+impl<S: fmt::Debug, M: fmt::Debug, P: fmt::Debug> fmt::Debug for PostHogService<S, M, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &*self.shared;
+        f.debug_struct("PostHogService")
+            .field("inner", &self.inner)
+            .field("make", &self.make)
+            .field("predicate", &shared.predicate)
+            .field("pageviews", &shared.pageviews)
+            .field("event_name", &shared.event_name)
+            .field("eager", &shared.eager)
+            .field("config", &shared.config)
+            .finish()
+    }
+}
+
+impl<S, M, P, ReqBody, ResBody> Service<Request<ReqBody>> for PostHogService<S, M, P>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    M: MakeDistinctId,
+    P: ShouldCapture,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = PostHogFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        let ctx = shared.config.ensure(&mut self.make, &mut request);
+        if request.extensions().get::<RequestFlags>().is_none() {
+            inject_flags::insert(&shared.posthog, ctx.clone(), &shared.eager, &mut request);
+        }
+        // One pageview per request, even when the layer is applied twice.
+        let selected = shared.pageviews
+            && request
+                .extensions()
+                .get::<capture_pageviews::Claimed>()
+                .is_none()
+            && shared
+                .predicate
+                .should_capture(&RequestHead::new(&request, &shared.config.cookie_name));
+        let pending = selected.then(|| {
+            request.extensions_mut().insert(capture_pageviews::Claimed);
+            capture_pageviews::Pending::new(
+                &shared.posthog,
+                &shared.event_name,
+                ctx.clone(),
+                &request,
+            )
+        });
+        // The inner `call` may already capture (synchronous middleware): give it the context too.
+        let future = ctx.clone().sync_scope(|| self.inner.call(request));
+        PostHogFuture {
+            inner: ctx.scope(capture_pageviews::ResponseFuture::new(future, pending)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`PostHogService`]: the inner future, run with the request context
+    /// as the current one, capturing the pageview when it resolves with a response.
+    pub struct PostHogFuture<F> {
+        #[pin]
+        inner: Scoped<capture_pageviews::ResponseFuture<F>>,
+    }
+}
+
+impl<F, B, E> Future for PostHogFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<F> fmt::Debug for PostHogFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostHogFuture").finish_non_exhaustive()
     }
 }
 

@@ -141,10 +141,6 @@ impl<M> SetRequestContextLayer<M> {
             config: self.config,
         }
     }
-
-    pub(crate) fn with_config(make: M, config: Arc<ContextConfig>) -> Self {
-        SetRequestContextLayer { make, config }
-    }
 }
 
 impl<S, M: Clone> Layer<S> for SetRequestContextLayer<M> {
@@ -184,20 +180,7 @@ impl<S> SetRequestContext<S> {
 }
 
 impl<S, M> SetRequestContext<S, M> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    define_inner_service_accessors!();
 }
 
 impl<S: fmt::Debug, M: fmt::Debug> fmt::Debug for SetRequestContext<S, M> {
