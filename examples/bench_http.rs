@@ -49,20 +49,13 @@
 //! included), and `wrk` saw no errors.
 
 use std::{
-    convert::Infallible,
     io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
     process::{Child, ChildStdout, Command, ExitCode, Stdio},
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
 use axum::{routing::get, Router};
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
 use posthog_tower::{http::RequestHead, PostHog};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -219,7 +212,7 @@ fn pinned(cpus: Option<&str>, program: &str) -> Command {
 fn bench(args: &Args) -> Result<bool, BoxError> {
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().ok_or("the executable's path is not UTF-8")?;
-    let sink = sink::Process::start(pinned(args.load_cpus.as_deref(), exe))?;
+    let sink = sink::Process::start_with(pinned(args.load_cpus.as_deref(), exe))?;
     let wrk_version = Command::new("wrk")
         .arg("-v")
         .output()
@@ -748,121 +741,8 @@ mod server {
 
 // ===== the sink =====
 
-mod sink {
-    use super::*;
-
-    static EVENTS: AtomicU64 = AtomicU64::new(0);
-
-    /// The sink process. Dropping it closes the sink's stdin, which makes it exit.
-    pub(super) struct Process {
-        child: Child,
-        pub(super) port: u16,
-    }
-
-    /// The sink's totals, from `GET /count`.
-    pub(super) struct Counters {
-        pub(super) events: u64,
-        /// The sink's CPU time so far (utime + stime), in ns.
-        pub(super) cpu_ns: u64,
-    }
-
-    impl Process {
-        pub(super) fn start(mut cmd: Command) -> Result<Process, BoxError> {
-            let mut child = cmd
-                .arg("--sink")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()?;
-            let (port, _) = read_port(&mut child)?;
-            Ok(Process { child, port })
-        }
-
-        pub(super) fn counters(&self) -> Result<Counters, BoxError> {
-            let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-            stream.write_all(
-                b"GET /count HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
-            )?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            let body = response
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body)
-                .ok_or("bad /count response")?;
-            let (events, cpu_ns) = body.trim().split_once(' ').ok_or("bad /count body")?;
-            Ok(Counters {
-                events: events.parse()?,
-                cpu_ns: cpu_ns.parse()?,
-            })
-        }
-    }
-
-    impl Drop for Process {
-        fn drop(&mut self) {
-            drop(self.child.stdin.take());
-            if self.child.wait().is_err() {
-                let _ = self.child.kill();
-            }
-        }
-    }
-
-    /// The sink's main: serve until stdin closes.
-    pub(super) fn run() -> Result<(), BoxError> {
-        std::thread::spawn(|| {
-            let mut buf = [0u8; 64];
-            while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
-            std::process::exit(0);
-        });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let mut stdout = std::io::stdout();
-            writeln!(stdout, "{}", listener.local_addr()?.port())?;
-            stdout.flush()?;
-            loop {
-                let (stream, _) = listener.accept().await?;
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(handle))
-                        .await;
-                });
-            }
-        })
-    }
-
-    async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let path = req.uri().path().trim_end_matches('/');
-        match (req.method(), path) {
-            (&Method::POST, "/batch") => {
-                let body = match req.into_body().collect().await {
-                    Ok(body) => body.to_bytes(),
-                    Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, "unreadable body")),
-                };
-                let Ok(text) = std::str::from_utf8(&body) else {
-                    return Ok(reply(StatusCode::BAD_REQUEST, "not UTF-8"));
-                };
-                let events = text.matches("\"uuid\":").count() as u64;
-                EVENTS.fetch_add(events, Ordering::Relaxed);
-                Ok(reply(StatusCode::OK, r#"{"status":1}"#))
-            }
-            (&Method::GET, "/count") => Ok(reply(
-                StatusCode::OK,
-                format!(
-                    "{} {}",
-                    EVENTS.load(Ordering::Relaxed),
-                    stat_ns("/proc/self/stat")
-                ),
-            )),
-            _ => Ok(reply(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#)),
-        }
-    }
-
-    fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-        let mut res = Response::new(Full::new(body.into()));
-        *res.status_mut() = status;
-        res
-    }
-}
+// bench_http reads only the sink's event count and CPU time (not its requests or bytes), and
+// starts it pinned with `start_with`, so `start` goes unused.
+#[allow(dead_code)]
+#[path = "support/sink.rs"]
+mod sink;

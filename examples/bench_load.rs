@@ -86,19 +86,11 @@
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    convert::Infallible,
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
     process::{Command, ExitCode, Stdio},
-    sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicI64, Ordering},
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
 use posthog_tower::{CaptureError, Event, PostHog};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -739,158 +731,7 @@ fn client(args: &Args) -> Result<bool, BoxError> {
 
 // ===== the sink =====
 
-mod sink {
-    use super::*;
-
-    static EVENTS: AtomicU64 = AtomicU64::new(0);
-    static REQUESTS: AtomicU64 = AtomicU64::new(0);
-    static JSON_BYTES: AtomicU64 = AtomicU64::new(0);
-
-    /// The sink process, seen from the client. Dropping it closes the sink's stdin, which
-    /// makes it exit, and waits for it.
-    pub(super) struct Process {
-        child: std::process::Child,
-        pub(super) port: u16,
-    }
-
-    /// The sink's totals, from `GET /count`.
-    pub(super) struct Counters {
-        pub(super) events: u64,
-        pub(super) requests: u64,
-        pub(super) json_bytes: u64,
-    }
-
-    impl Process {
-        pub(super) fn start() -> Result<Process, BoxError> {
-            let mut child = Command::new(std::env::current_exe()?)
-                .arg("--sink")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()?;
-            let stdout = child.stdout.take().ok_or("no stdout")?;
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line)?;
-            let port = match line.trim().parse() {
-                Ok(port) => port,
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("the sink said {line:?} instead of its port").into());
-                }
-            };
-            Ok(Process { child, port })
-        }
-
-        pub(super) fn counters(&self) -> Result<Counters, BoxError> {
-            let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-            stream.write_all(
-                b"GET /count HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n",
-            )?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            let body = response
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body)
-                .ok_or("bad /count response")?;
-            let mut values = body.split_whitespace().map(|v| v.parse::<u64>());
-            let mut next =
-                || -> Result<u64, BoxError> { Ok(values.next().ok_or("short /count response")??) };
-            Ok(Counters {
-                events: next()?,
-                requests: next()?,
-                json_bytes: next()?,
-            })
-        }
-    }
-
-    impl Drop for Process {
-        fn drop(&mut self) {
-            // Closing stdin tells the sink to exit.
-            drop(self.child.stdin.take());
-            if self.child.wait().is_err() {
-                let _ = self.child.kill();
-            }
-        }
-    }
-
-    /// The sink's main: serve until stdin closes.
-    pub(super) fn run() -> Result<(), BoxError> {
-        std::thread::spawn(|| {
-            let mut buf = [0u8; 64];
-            while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
-            std::process::exit(0);
-        });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let mut stdout = std::io::stdout();
-            writeln!(stdout, "{}", listener.local_addr()?.port())?;
-            stdout.flush()?;
-            loop {
-                let (stream, _) = listener.accept().await?;
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(async move {
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(handle))
-                        .await;
-                });
-            }
-        })
-    }
-
-    async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let path = req.uri().path().trim_end_matches('/');
-        match (req.method(), path) {
-            (&Method::POST, "/batch") => {
-                let gzip = req
-                    .headers()
-                    .get(http::header::CONTENT_ENCODING)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-                let body = match req.into_body().collect().await {
-                    Ok(body) => body.to_bytes(),
-                    Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, "unreadable body")),
-                };
-                let json = if gzip {
-                    let mut out = Vec::with_capacity(body.len() * 8);
-                    let mut decoder = flate2::read::MultiGzDecoder::new(&body[..]);
-                    if decoder.read_to_end(&mut out).is_err() {
-                        return Ok(reply(StatusCode::BAD_REQUEST, "bad gzip"));
-                    }
-                    Bytes::from(out)
-                } else {
-                    body
-                };
-                let Ok(text) = std::str::from_utf8(&json) else {
-                    return Ok(reply(StatusCode::BAD_REQUEST, "not UTF-8"));
-                };
-                EVENTS.fetch_add(text.matches("\"uuid\":").count() as u64, Ordering::Relaxed);
-                REQUESTS.fetch_add(1, Ordering::Relaxed);
-                JSON_BYTES.fetch_add(json.len() as u64, Ordering::Relaxed);
-                Ok(reply(StatusCode::OK, r#"{"status":1}"#))
-            }
-            (&Method::GET, "/count") => {
-                let text = format!(
-                    "{} {} {}",
-                    EVENTS.load(Ordering::Relaxed),
-                    REQUESTS.load(Ordering::Relaxed),
-                    JSON_BYTES.load(Ordering::Relaxed),
-                );
-                Ok(reply(StatusCode::OK, text))
-            }
-            _ => Ok(reply(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#)),
-        }
-    }
-
-    fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-        let mut res = Response::new(Full::new(body.into()));
-        *res.status_mut() = status;
-        res.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        res
-    }
-}
+// The shared sink reports more than bench_load reads: its wire bytes and CPU time go unused.
+#[allow(dead_code)]
+#[path = "support/sink.rs"]
+mod sink;
