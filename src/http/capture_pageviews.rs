@@ -151,13 +151,7 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
-        // One pageview per request, even when the layer is applied twice.
-        let selected = request.extensions().get::<Claimed>().is_none()
-            && layer
-                .predicate
-                .should_capture(&RequestHead::new(&request, &layer.config.cookie_name));
-        let pending = selected.then(|| {
-            request.extensions_mut().insert(Claimed);
+        let pending = claim(&layer.predicate, &layer.config.cookie_name, &mut request).then(|| {
             let context = layer
                 .config
                 .ensure(&mut DefaultMakeDistinctId, &mut request);
@@ -167,9 +161,25 @@ where
     }
 }
 
-/// Marks a request whose pageview an outer [`CapturePageviews`] captures.
+/// Marks a request whose pageview an outer layer captures.
 #[derive(Clone, Copy)]
-pub(crate) struct Claimed;
+struct Claimed;
+
+/// Whether this layer captures `request`'s pageview: `predicate` selects it and no outer layer
+/// claimed it already (one pageview per request, even when the layer is applied twice). A
+/// selected request is marked as claimed.
+pub(crate) fn claim<B, P: ShouldCapture>(
+    predicate: &P,
+    cookie_name: &str,
+    request: &mut Request<B>,
+) -> bool {
+    let selected = request.extensions().get::<Claimed>().is_none()
+        && predicate.should_capture(&RequestHead::new(request, cookie_name));
+    if selected {
+        request.extensions_mut().insert(Claimed);
+    }
+    selected
+}
 
 /// What a pageview needs from the request, kept until the response is ready.
 pub(crate) struct Pending {

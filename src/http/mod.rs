@@ -388,17 +388,13 @@ where
         if request.extensions().get::<RequestFlags>().is_none() {
             inject_flags::insert(&shared.posthog, ctx.clone(), &shared.eager, &mut request);
         }
-        // One pageview per request, even when the layer is applied twice.
         let selected = shared.pageviews
-            && request
-                .extensions()
-                .get::<capture_pageviews::Claimed>()
-                .is_none()
-            && shared
-                .predicate
-                .should_capture(&RequestHead::new(&request, &shared.config.cookie_name));
+            && capture_pageviews::claim(
+                &shared.predicate,
+                &shared.config.cookie_name,
+                &mut request,
+            );
         let pending = selected.then(|| {
-            request.extensions_mut().insert(capture_pageviews::Claimed);
             capture_pageviews::Pending::new(
                 &shared.posthog,
                 &shared.event_name,

@@ -73,25 +73,6 @@ pub(crate) fn host<'h>(uri: &'h Uri, headers: &'h HeaderMap, trust_proxy: bool) 
         .or_else(|| uri.authority().map(|a| a.as_str()).and_then(valid_host))
 }
 
-/// `scheme://host/path?query`, or just the path and query when the host is unknown (what
-/// [`RequestContext::current_url`](crate::context::RequestContext::current_url) builds).
-#[cfg(test)]
-pub(crate) fn current_url(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> String {
-    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    match host(uri, headers, trust_proxy) {
-        Some(host) => {
-            let scheme = scheme(uri, headers, trust_proxy);
-            let mut url = String::with_capacity(scheme.len() + 3 + host.len() + path.len());
-            url.push_str(scheme);
-            url.push_str("://");
-            url.push_str(host);
-            url.push_str(path);
-            url
-        }
-        None => path.to_owned(),
-    }
-}
-
 /// The host part of a URL (`https://a.example:8080/x` gives `a.example:8080`).
 pub(crate) fn url_host(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
@@ -133,6 +114,20 @@ pub(crate) fn forwarded_ip(headers: &HeaderMap) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `$current_url` as the request context builds it from these parts.
+    fn current_url(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> String {
+        let ctx = crate::context::RequestContext::for_request(
+            None,
+            None,
+            &http::Method::GET,
+            uri,
+            scheme(uri, headers, trust_proxy),
+            host(uri, headers, trust_proxy),
+            None,
+        );
+        ctx.current_url().unwrap_or_default().to_owned()
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
