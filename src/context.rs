@@ -287,6 +287,17 @@ impl RequestContext {
     }
 
     /// Fills in what `event` leaves out (see the [module docs](self)).
+    /// The properties this context gives the caller's events.
+    pub(crate) fn properties(&self) -> [(&'static str, Option<&str>); 5] {
+        [
+            ("$session_id", self.session_id()),
+            ("$current_url", self.current_url()),
+            ("$request_method", self.method()),
+            ("$request_path", self.path()),
+            ("$ip", self.ip()),
+        ]
+    }
+
     pub(crate) fn apply(&self, event: &mut Event) {
         let data = &*self.inner;
         if event.distinct_id.is_none() && event.inherits_distinct_id {
@@ -302,14 +313,7 @@ impl RequestContext {
         if !own {
             return;
         }
-        let fields = [
-            ("$session_id", data.session_id.as_deref()),
-            ("$current_url", self.current_url()),
-            ("$request_method", self.method()),
-            ("$request_path", self.path()),
-            ("$ip", data.ip.as_deref()),
-        ];
-        for (key, value) in fields {
+        for (key, value) in self.properties() {
             if let Some(value) = value {
                 if !event.properties.contains_key(key) {
                     event.insert_value(key.to_owned(), Value::String(value.to_owned()));

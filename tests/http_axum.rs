@@ -418,6 +418,106 @@ async fn every_pageview_property() {
     assert_eq!(direct["properties"]["$referring_domain"], "$direct");
 }
 
+/// The pageviews one client delivers for the same requests: with `hook`, through a
+/// `before_send` hook (every event is built as an `Event`), without it written straight to
+/// JSON. Volatile fields (uuid, timestamp, duration, an anonymous caller's random id) are
+/// replaced by placeholders.
+async fn pageviews_via(hook: bool) -> Vec<Value> {
+    let mock = mock().await;
+    mock.set_default(
+        "/flags/",
+        MockResponse::json(
+            200,
+            json!({"flags": {
+                "a": {"key": "a", "enabled": true, "variant": null},
+                "b": {"key": "b", "enabled": false, "variant": null},
+                "c": {"key": "c", "enabled": true, "variant": "blue"},
+            }}),
+        ),
+    );
+    let mut builder = PostHog::builder(KEY)
+        .host(mock.url())
+        .super_property("$host", "super.example")
+        .super_property("tier", "gold");
+    if hook {
+        builder = builder.before_send(Some);
+    }
+    let posthog = builder.build().expect("client builds");
+    let app = Router::new()
+        .route(
+            "/page/{n}",
+            get(|flags: RequestFlags| async move {
+                format!(
+                    "{} {}",
+                    flags.is_enabled("a").await,
+                    flags.is_enabled("b").await
+                )
+            }),
+        )
+        .layer(posthog.layer().eager_flags(["a"]));
+    let addr = serve(app).await;
+    let identified = [
+        ("X-POSTHOG-DISTINCT-ID", "user-9"),
+        ("X-POSTHOG-SESSION-ID", "sess-9"),
+        ("User-Agent", "Mozilla/5.0 (\"quoted\" \u{e9})"),
+        ("Referer", "https://news.example/a?b=c"),
+    ];
+    assert_eq!(
+        get_with(addr, "/page/1?x=%22y%22", &identified).await.0,
+        200
+    );
+    assert_eq!(get_with(addr, "/page/2", &[]).await.0, 200);
+    let mut views: Vec<Value> = named(&events(&posthog, &mock).await, "$pageview")
+        .into_iter()
+        .cloned()
+        .collect();
+    for view in &mut views {
+        assert!(view["uuid"].is_string() && view["timestamp"].is_string());
+        view["uuid"] = json!("<uuid>");
+        view["timestamp"] = json!("<timestamp>");
+        assert!(view["properties"]["$duration_ms"].as_f64().is_some());
+        view["properties"]["$duration_ms"] = json!("<duration>");
+        if view["properties"]["$process_person_profile"] == false {
+            let id = view["distinct_id"].as_str().expect("an id");
+            assert_eq!(id.len(), 36, "a random uuid: {id}");
+            view["distinct_id"] = json!("<random>");
+        }
+    }
+    views.sort_by_key(|v| v["properties"]["$pathname"].to_string());
+    views
+}
+
+#[tokio::test]
+async fn pageviews_are_the_same_with_or_without_a_before_send_hook() {
+    let direct = pageviews_via(false).await;
+    let built = pageviews_via(true).await;
+    assert_eq!(direct, built);
+    assert_eq!(direct.len(), 2);
+
+    let p = &direct[0]["properties"];
+    assert_eq!(direct[0]["distinct_id"], "user-9");
+    assert_eq!(p["$host"], "super.example", "super properties win");
+    assert_eq!(p["tier"], "gold");
+    assert_eq!(p["$raw_user_agent"], "Mozilla/5.0 (\"quoted\" \u{e9})");
+    assert_eq!(p["$current_url"], "http://app.example/page/1?x=%22y%22");
+    assert_eq!(p["$referring_domain"], "news.example");
+    assert_eq!(p["$session_id"], "sess-9");
+    assert_eq!(p["$route"], "/page/{n}");
+    // The eager snapshot and the full one overlap on `a`: each flag once, every enabled one
+    // listed.
+    assert_eq!(p["$feature/a"], true);
+    assert_eq!(p["$feature/b"], false);
+    assert_eq!(p["$feature/c"], "blue");
+    assert_eq!(p["$active_feature_flags"], json!(["a", "c"]));
+    assert_eq!(p["$lib"], "posthog-tower");
+
+    let anonymous = &direct[1];
+    assert_eq!(anonymous["distinct_id"], "<random>");
+    assert_eq!(anonymous["properties"]["$process_person_profile"], false);
+    assert_eq!(anonymous["properties"]["$referrer"], "$direct");
+    assert!(anonymous["properties"].get("$feature/a").is_none());
+}
+
 #[tokio::test]
 async fn ip_and_forwarded_headers_when_the_user_opts_in() {
     let mock = mock().await;

@@ -208,6 +208,22 @@ impl PostHog {
         &self.inner.cookie_name
     }
 
+    /// The encoder of the capture pipeline, for producers that write an event's JSON
+    /// themselves (see [`capture_encoded`](Self::capture_encoded)); `None` when events must
+    /// be built as [`Event`]s (a disabled client, a `before_send` hook).
+    pub(crate) fn event_encoder(&self) -> Option<&crate::event::Encoder> {
+        self.inner.batch.as_ref()?.encoder()
+    }
+
+    /// [`capture`](Self::capture) for an event written with
+    /// [`event_encoder`](Self::event_encoder), with its `uuid`.
+    pub(crate) fn capture_encoded(&self, json: Vec<u8>, uuid: Uuid) -> Result<Uuid, CaptureError> {
+        match &self.inner.batch {
+            Some(batch) => batch.try_capture_encoded(json, uuid),
+            None => Ok(uuid),
+        }
+    }
+
     fn disabled_capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
         crate::context::apply_current(&mut event);
         crate::event::validate(&event, self.inner.max_event_size)?;

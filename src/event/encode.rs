@@ -108,36 +108,133 @@ impl Encoder {
             TopLevel::Set => Some("$set"),
             TopLevel::SetOnce => Some("$set_once"),
         };
+        let mut writer = self.writer(
+            out,
+            &event.name,
+            event.distinct_id.as_deref(),
+            event.disable_geoip,
+            event.minimal,
+        );
+        for (k, v) in &event.properties {
+            if Some(k.as_str()) != top_key {
+                writer.property(k, v);
+            }
+        }
+        let top = top_key.and_then(|key| Some((key, event.properties.get(key)?)));
+        writer.finish(timestamp, uuid, top);
+    }
+
+    /// Starts appending an event to `out` (`{"event":…,"distinct_id":…,"properties":{`), for
+    /// callers that write its properties from borrowed values instead of building an
+    /// [`Event`]. [`EventWriter::finish`] completes it; the bytes are those [`encode`]
+    /// writes for an `Event` with the same fields and properties (`None` as the distinct id:
+    /// a random one, as for [`Event::anonymous`]).
+    ///
+    /// [`encode`]: Self::encode
+    pub(crate) fn writer<'a>(
+        &'a self,
+        out: &'a mut Vec<u8>,
+        name: &str,
+        distinct_id: Option<&str>,
+        disable_geoip: Option<bool>,
+        minimal: bool,
+    ) -> EventWriter<'a> {
         out.extend_from_slice(br#"{"event":"#);
-        write_json(out, &event.name);
+        write_json(out, name);
         out.extend_from_slice(br#","distinct_id":"#);
-        match &event.distinct_id {
+        match distinct_id {
             Some(id) => write_json(out, id),
             None => write_uuid(out, crate::uuid7::new_v4()),
         }
         out.extend_from_slice(br#","properties":{"#);
-        let geoip_disabled = event.disable_geoip.unwrap_or(self.disable_geoip);
-        // Entries are written `,"k":v`; the first one drops its comma.
-        let mut first = true;
-        for (k, v) in &event.properties {
-            if Some(k.as_str()) == top_key || self.overridden(k, geoip_disabled, event.minimal) {
-                continue;
-            }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            write_json(out, k);
-            out.push(b':');
-            write_json(out, v);
+        EventWriter {
+            encoder: self,
+            out,
+            first: true,
+            geoip_disabled: disable_geoip.unwrap_or(self.disable_geoip),
+            minimal,
         }
-        let (lib, geoip, supers): (&[u8], bool, &[u8]) = if event.minimal {
-            (&self.lib_fragment, geoip_disabled, &[])
+    }
+}
+
+/// Where an [`EventWriter`] stopped, to [resume](Encoder::resume) it later on the same
+/// buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterState {
+    first: bool,
+    geoip_disabled: bool,
+    minimal: bool,
+}
+
+impl Encoder {
+    /// Continues an event [paused](EventWriter::pause) on `out`, which must hold what was
+    /// written until then (and nothing after it).
+    pub(crate) fn resume<'a>(
+        &'a self,
+        out: &'a mut Vec<u8>,
+        state: WriterState,
+    ) -> EventWriter<'a> {
+        EventWriter {
+            encoder: self,
+            out,
+            first: state.first,
+            geoip_disabled: state.geoip_disabled,
+            minimal: state.minimal,
+        }
+    }
+}
+
+/// An event being appended to a buffer: see [`Encoder::writer`].
+pub(crate) struct EventWriter<'a> {
+    encoder: &'a Encoder,
+    out: &'a mut Vec<u8>,
+    /// No property written yet (the next one has no leading comma).
+    first: bool,
+    geoip_disabled: bool,
+    minimal: bool,
+}
+
+impl EventWriter<'_> {
+    /// Writes one property, unless the library or the super properties set `key` (they win).
+    /// Each key must be written at most once.
+    pub(crate) fn property<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if self
+            .encoder
+            .overridden(key, self.geoip_disabled, self.minimal)
+        {
+            return;
+        }
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        write_json(self.out, key);
+        self.out.push(b':');
+        write_json(self.out, value);
+    }
+
+    /// Stops writing, to [resume](Encoder::resume) later.
+    pub(crate) fn pause(self) -> WriterState {
+        WriterState {
+            first: self.first,
+            geoip_disabled: self.geoip_disabled,
+            minimal: self.minimal,
+        }
+    }
+
+    /// Adds the library and super properties, the timestamp, the uuid and `top` (the
+    /// top-level `$set`/`$set_once` of the person helpers), and closes the event.
+    pub(crate) fn finish(self, timestamp: Timestamp, uuid: Uuid, top: Option<(&str, &Value)>) {
+        let encoder = self.encoder;
+        let out = self.out;
+        let mut first = self.first;
+        let (lib, geoip, supers): (&[u8], bool, &[u8]) = if self.minimal {
+            (&encoder.lib_fragment, self.geoip_disabled, &[])
         } else {
             (
-                &self.lib_under_super,
-                geoip_disabled && !self.super_sets_geoip,
-                &self.super_fragment,
+                &encoder.lib_under_super,
+                self.geoip_disabled && !encoder.super_sets_geoip,
+                &encoder.super_fragment,
             )
         };
         for fragment in [lib, if geoip { GEOIP_FRAGMENT } else { &[] }, supers] {
@@ -150,13 +247,11 @@ impl Encoder {
         timestamp.write_rfc3339(out);
         out.extend_from_slice(br#"","uuid":"#);
         write_uuid(out, uuid);
-        if let Some(key) = top_key {
-            if let Some(value) = event.properties.get(key) {
-                out.push(b',');
-                write_json(out, key);
-                out.push(b':');
-                write_json(out, value);
-            }
+        if let Some((key, value)) = top {
+            out.push(b',');
+            write_json(out, key);
+            out.push(b':');
+            write_json(out, value);
         }
         out.push(b'}');
     }
@@ -257,6 +352,43 @@ mod tests {
         assert_eq!(v["properties"]["$lib"], "posthog-tower");
         assert_eq!(v["properties"]["$geoip_disable"], true);
         assert_eq!(v["properties"]["$feature_flag"], "f");
+    }
+
+    /// Writing properties one by one (paused and resumed half way) gives the bytes
+    /// `encode` gives for the `Event` with the same properties, written in its order.
+    #[test]
+    fn a_writer_writes_what_encode_writes() {
+        let mut super_properties = Map::new();
+        super_properties.insert("b".into(), json!("super"));
+        let encoder = Encoder::new(EncodeDefaults {
+            disable_geoip: true,
+            super_properties,
+        });
+        let event = Event::new("e \"1\"", "u\n")
+            .property("$lib", "mine")
+            .property("a", 1.5)
+            .property("b", "overridden")
+            .property("c", json!({"x": [1, "y"]}));
+        let (uuid, ts) = (
+            Uuid::from_u128(7),
+            Timestamp::from_unix_millis(1_700_000_000_123).unwrap(),
+        );
+        let mut expected = Vec::new();
+        encoder.encode(&mut expected, &event, uuid, ts);
+
+        let mut out = Vec::new();
+        let mut writer = encoder.writer(&mut out, "e \"1\"", Some("u\n"), None, false);
+        writer.property("$lib", "mine");
+        writer.property("a", &1.5);
+        let state = writer.pause();
+        let mut writer = encoder.resume(&mut out, state);
+        writer.property("b", "overridden");
+        writer.property("c", &json!({"x": [1, "y"]}));
+        writer.finish(ts, uuid, None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
     }
 
     #[test]

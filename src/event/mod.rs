@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::timestamp::Timestamp;
 
-pub(crate) use encode::{write_json, EncodeDefaults, Encoder};
+pub(crate) use encode::{write_json, EncodeDefaults, Encoder, EventWriter, WriterState};
 pub use finite::PropertyError;
 pub(crate) use json_len::{json_len, json_str_len};
 
@@ -418,7 +418,7 @@ pub(crate) const MINIMAL_ALLOWED: &[&str] = &[
 
 /// Empty or only whitespace; the common case (a leading visible ASCII character) costs one
 /// comparison.
-fn is_blank(text: &str) -> bool {
+pub(crate) fn is_blank(text: &str) -> bool {
     match text.as_bytes().first() {
         None => true,
         Some(b) if b.is_ascii_graphic() => false,

@@ -9,18 +9,25 @@ use std::{
 };
 
 use http::{header::USER_AGENT, HeaderMap, Request, Response};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    identity::{header_text, sanitize, DefaultMakeDistinctId, RequestHead},
+    identity::{header_text, sanitize_borrowed, DefaultMakeDistinctId, RequestHead},
     predicate::{DefaultShouldCapture, ShouldCapture},
     set_context::ContextConfig,
     url, RequestFlags,
 };
-use crate::{context::RequestContext, Event, PostHog};
+use crate::{
+    context::RequestContext,
+    event::{EventWriter, WriterState},
+    flags::FlagValue,
+    timestamp::Timestamp,
+    Event, PostHog,
+};
 
 /// Applies [`CapturePageviews`]. See the [module docs](super).
 #[derive(Clone)]
@@ -155,7 +162,7 @@ where
             let context = layer
                 .config
                 .ensure(&mut DefaultMakeDistinctId, &mut request);
-            Pending::new(&layer.posthog, &layer.event_name, context, &request)
+            Pending::new(&layer.posthog, &layer.event_name, &context, &request)
         });
         ResponseFuture::new(self.inner.call(request), pending)
     }
@@ -181,83 +188,260 @@ pub(crate) fn claim<B, P: ShouldCapture>(
     selected
 }
 
-/// What a pageview needs from the request, kept until the response is ready.
+/// A pageview being built: its request half is written when the request arrives, the rest
+/// when the response is ready.
 pub(crate) struct Pending {
     posthog: PostHog,
-    event_name: Arc<str>,
-    context: RequestContext,
-    user_agent: Option<String>,
-    referrer: Option<String>,
-    route: Option<String>,
+    draft: Draft,
     flags: Option<RequestFlags>,
     start: Instant,
 }
 
+/// The event so far.
+enum Draft {
+    /// Its JSON, written with the pipeline's encoder: at capture it is queued as it is, with
+    /// no [`Event`] built (one allocation per pageview instead of one per property).
+    Json { json: Vec<u8>, state: WriterState },
+    /// An [`Event`], for a pipeline that needs one (a `before_send` hook, a disabled client).
+    Event(Box<Event>),
+}
+
+/// Bytes a pageview's JSON takes besides its variable values: keys, punctuation, the
+/// timestamp, the uuid and the numbers. Only sizes the first allocation.
+const PAGEVIEW_FIXED_LEN: usize = 512;
+
 impl Pending {
     pub(crate) fn new<B>(
         posthog: &PostHog,
-        event_name: &Arc<str>,
-        context: RequestContext,
+        event_name: &str,
+        context: &RequestContext,
         request: &Request<B>,
     ) -> Self {
         let headers = request.headers();
+        let user_agent = headers
+            .get(USER_AGENT)
+            .and_then(header_text)
+            .and_then(sanitize_borrowed);
+        let referrer = url::referrer(headers);
+        let route = matched_route(request);
+        let request_props = RequestProperties {
+            context,
+            user_agent: user_agent.as_deref(),
+            referrer: referrer.as_deref(),
+            route,
+        };
+        let id = context.distinct_id();
+        let draft = match posthog.event_encoder() {
+            Some(encoder) if !crate::event::is_blank(event_name) => {
+                let len = PAGEVIEW_FIXED_LEN
+                    + encoder.added_len()
+                    + event_name.len()
+                    + request_props.values_len();
+                let mut json = Vec::with_capacity(len);
+                let mut writer = encoder.writer(&mut json, event_name, id, None, false);
+                request_props.write(&mut writer);
+                let state = writer.pause();
+                Draft::Json { json, state }
+            }
+            _ => {
+                let mut event = match id {
+                    Some(id) => Event::new(event_name, id),
+                    None => Event::anonymous(event_name),
+                };
+                request_props.write(&mut event);
+                Draft::Event(Box::new(event))
+            }
+        };
         Pending {
             posthog: posthog.clone(),
-            event_name: event_name.clone(),
-            context,
-            user_agent: headers
-                .get(USER_AGENT)
-                .and_then(header_text)
-                .and_then(sanitize),
-            referrer: url::referrer(headers),
-            route: matched_route(request),
+            draft,
             flags: request.extensions().get::<RequestFlags>().cloned(),
             start: Instant::now(),
         }
     }
 
     fn capture(self, status: u16, grpc_status: Option<u32>) {
-        let ctx = &self.context;
-        let mut event = match ctx.distinct_id() {
-            Some(id) => Event::new(&*self.event_name, id),
-            None => Event::anonymous(&*self.event_name),
+        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let response = ResponseProperties {
+            status,
+            grpc_status,
+            duration_ms: (ms * 1000.0).round() / 1000.0,
+            flags: self.flags.as_ref(),
         };
-        let mut set = |key: &str, value: Value| event.insert_value(key.to_owned(), value);
+        // A refusal (full queue, shut down) is counted and reported by the client itself.
+        let _ = match self.draft {
+            Draft::Json { mut json, state } => {
+                let Some(encoder) = self.posthog.event_encoder() else {
+                    // The encoder is the client's for its whole life: unreachable.
+                    return;
+                };
+                let mut writer = encoder.resume(&mut json, state);
+                response.write(&mut writer);
+                let now = Timestamp::now();
+                let uuid = crate::uuid7::new_v7_from(now.as_unix_millis().max(0) as u64);
+                writer.finish(now, uuid, None);
+                self.posthog.capture_encoded(json, uuid)
+            }
+            Draft::Event(mut event) => {
+                response.write(&mut *event);
+                self.posthog.capture(*event)
+            }
+        };
+    }
+}
+
+/// Where a pageview's properties go: an [`Event`], or the JSON of one being written.
+trait Properties {
+    fn put(&mut self, key: &str, value: Prop<'_>);
+}
+
+/// A property value, borrowed.
+#[derive(Clone, Copy)]
+enum Prop<'a> {
+    Str(&'a str),
+    Bool(bool),
+    Int(u64),
+    Float(f64),
+    Keys(&'a [&'a str]),
+}
+
+impl Serialize for Prop<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Prop::Str(s) => serializer.serialize_str(s),
+            Prop::Bool(b) => serializer.serialize_bool(b),
+            Prop::Int(n) => serializer.serialize_u64(n),
+            Prop::Float(x) => serializer.serialize_f64(x),
+            Prop::Keys(keys) => keys.serialize(serializer),
+        }
+    }
+}
+
+impl From<Prop<'_>> for Value {
+    fn from(prop: Prop<'_>) -> Value {
+        match prop {
+            Prop::Str(s) => Value::String(s.to_owned()),
+            Prop::Bool(b) => Value::Bool(b),
+            Prop::Int(n) => Value::from(n),
+            Prop::Float(x) => Value::from(x),
+            Prop::Keys(keys) => keys.iter().map(|k| Value::from(*k)).collect(),
+        }
+    }
+}
+
+impl Properties for EventWriter<'_> {
+    fn put(&mut self, key: &str, value: Prop<'_>) {
+        self.property(key, &value);
+    }
+}
+
+impl Properties for Event {
+    fn put(&mut self, key: &str, value: Prop<'_>) {
+        self.insert_value(key.to_owned(), value.into());
+    }
+}
+
+/// The pageview's properties known when the request arrives.
+struct RequestProperties<'a> {
+    context: &'a RequestContext,
+    user_agent: Option<&'a str>,
+    referrer: Option<&'a str>,
+    route: Option<&'a str>,
+}
+
+impl RequestProperties<'_> {
+    /// Length of the values, to size the buffer.
+    fn values_len(&self) -> usize {
+        let ctx = self.context;
+        let strings = [
+            self.user_agent,
+            self.referrer,
+            self.route,
+            ctx.host(),
+            ctx.session_id(),
+            ctx.ip(),
+            ctx.distinct_id(),
+        ];
+        let path = ctx.path().map_or(0, str::len);
+        // The path appears as `$pathname`, `$request_path` and in `$current_url`.
+        strings.iter().flatten().map(|s| s.len()).sum::<usize>() * 2 + path * 3
+    }
+
+    fn write(&self, out: &mut impl Properties) {
+        let ctx = self.context;
+        if ctx.distinct_id().is_none() {
+            out.put("$process_person_profile", Prop::Bool(false));
+        }
         if let Some(host) = ctx.host() {
-            set("$host", Value::String(host.to_owned()));
+            out.put("$host", Prop::Str(host));
         }
         if let Some(path) = ctx.path() {
-            set("$pathname", Value::String(path.to_owned()));
+            out.put("$pathname", Prop::Str(path));
         }
         if let Some(ua) = self.user_agent {
-            set("$raw_user_agent", Value::String(ua));
+            out.put("$raw_user_agent", Prop::Str(ua));
         }
         let (referrer, domain) = match self.referrer {
-            Some(r) => {
-                let domain = url::url_host(&r).map_or_else(|| "$direct".to_owned(), str::to_owned);
-                (r, domain)
-            }
-            None => ("$direct".to_owned(), "$direct".to_owned()),
+            Some(r) => (r, url::url_host(r).unwrap_or("$direct")),
+            None => ("$direct", "$direct"),
         };
-        set("$referrer", Value::String(referrer));
-        set("$referring_domain", Value::String(domain));
-        set("$response_status", Value::from(status));
-        if let Some(code) = grpc_status {
-            set("$grpc_status", Value::from(code));
-        }
-        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        set("$duration_ms", Value::from((ms * 1000.0).round() / 1000.0));
+        out.put("$referrer", Prop::Str(referrer));
+        out.put("$referring_domain", Prop::Str(domain));
         if let Some(route) = self.route {
-            set("$route", Value::String(route));
+            out.put("$route", Prop::Str(route));
         }
-        ctx.apply(&mut event);
-        if let Some(flags) = &self.flags {
-            for snapshot in flags.evaluated() {
-                event = event.flags(&snapshot);
+        for (key, value) in ctx.properties() {
+            if let Some(value) = value {
+                out.put(key, Prop::Str(value));
             }
         }
-        // A refusal (full queue, shut down) is counted and reported by the client itself.
-        let _ = self.posthog.capture(event);
+    }
+}
+
+/// The pageview's properties known when the response is ready.
+struct ResponseProperties<'a> {
+    status: u16,
+    grpc_status: Option<u32>,
+    duration_ms: f64,
+    flags: Option<&'a RequestFlags>,
+}
+
+impl ResponseProperties<'_> {
+    fn write(&self, out: &mut impl Properties) {
+        out.put("$response_status", Prop::Int(self.status.into()));
+        if let Some(code) = self.grpc_status {
+            out.put("$grpc_status", Prop::Int(code.into()));
+        }
+        out.put("$duration_ms", Prop::Float(self.duration_ms));
+        let Some(flags) = self.flags else {
+            return;
+        };
+        // Every flag evaluated during the request; a key in several snapshots (the eager
+        // keys are also in the full evaluation) is written once, from the first.
+        let snapshots = flags.evaluated();
+        let mut active = Vec::new();
+        for (i, snapshot) in snapshots.iter().enumerate() {
+            for key in snapshot.keys() {
+                if snapshots[..i].iter().any(|s| s.record(key).is_some()) {
+                    continue;
+                }
+                let Some(record) = snapshot.record(key) else {
+                    continue;
+                };
+                let name = format!("$feature/{key}");
+                match &record.value {
+                    FlagValue::Bool(b) => out.put(&name, Prop::Bool(*b)),
+                    FlagValue::Variant(v) => out.put(&name, Prop::Str(v)),
+                }
+                if record.value.is_enabled() {
+                    active.push(key);
+                }
+            }
+        }
+        if !active.is_empty() {
+            active.sort_unstable();
+            out.put("$active_feature_flags", Prop::Keys(&active));
+        }
     }
 }
 
@@ -268,10 +452,10 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 }
 
 /// The route template axum matched (`/users/{id}`), if any.
-fn matched_route<B>(request: &Request<B>) -> Option<String> {
+fn matched_route<B>(request: &Request<B>) -> Option<&str> {
     #[cfg(feature = "axum")]
     if let Some(path) = request.extensions().get::<axum::extract::MatchedPath>() {
-        return Some(path.as_str().to_owned());
+        return Some(path.as_str());
     }
     let _ = request;
     None

@@ -1,7 +1,7 @@
 //! Who is calling: [`MakeDistinctId`], the posthog-js cookie, and how untrusted header values
 //! are cleaned.
 
-use std::{cell::OnceCell, fmt};
+use std::{borrow::Cow, cell::OnceCell, fmt};
 
 use http::{
     header::{AsHeaderName, HeaderName, COOKIE},
@@ -32,11 +32,16 @@ static SESSION_ID_NAME: HeaderName = HeaderName::from_static(SESSION_ID_HEADER);
 /// Cleans an untrusted value: control characters removed, whitespace trimmed, at most
 /// [`MAX_ID_CHARS`] characters. `None` when nothing is left.
 pub(crate) fn sanitize(value: &str) -> Option<String> {
+    sanitize_borrowed(value).map(Cow::into_owned)
+}
+
+/// [`sanitize`] without copying a value that is already clean.
+pub(crate) fn sanitize_borrowed(value: &str) -> Option<Cow<'_, str>> {
     let needs_work = value.chars().any(char::is_control)
         || value.len() > MAX_ID_CHARS
         || value.trim().len() != value.len();
     if !needs_work {
-        return (!value.is_empty()).then(|| value.to_owned());
+        return (!value.is_empty()).then_some(Cow::Borrowed(value));
     }
     let out: String = value
         .trim()
@@ -48,9 +53,9 @@ pub(crate) fn sanitize(value: &str) -> Option<String> {
     if trimmed.is_empty() {
         None
     } else if trimmed.len() == out.len() {
-        Some(out)
+        Some(Cow::Owned(out))
     } else {
-        Some(trimmed.to_owned())
+        Some(Cow::Owned(trimmed.to_owned()))
     }
 }
 

@@ -395,12 +395,7 @@ where
                 &mut request,
             );
         let pending = selected.then(|| {
-            capture_pageviews::Pending::new(
-                &shared.posthog,
-                &shared.event_name,
-                ctx.clone(),
-                &request,
-            )
+            capture_pageviews::Pending::new(&shared.posthog, &shared.event_name, &ctx, &request)
         });
         // The inner `call` may already capture (synchronous middleware): give it the context too.
         let future = ctx.clone().sync_scope(|| self.inner.call(request));

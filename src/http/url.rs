@@ -1,10 +1,13 @@
 //! The request's URL, host, referrer and client address, from untrusted headers.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, SocketAddr},
+};
 
 use http::{header, HeaderMap, Uri};
 
-use super::identity::{header_text, sanitize};
+use super::identity::{header_text, sanitize_borrowed};
 
 /// The longest host name accepted from a header.
 const MAX_HOST: usize = 255;
@@ -82,11 +85,11 @@ pub(crate) fn url_host(url: &str) -> Option<&str> {
 }
 
 /// The referrer, cleaned.
-pub(crate) fn referrer(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn referrer(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     headers
         .get(header::REFERER)
         .and_then(header_text)
-        .and_then(sanitize)
+        .and_then(sanitize_borrowed)
 }
 
 fn parse_ip(text: &str) -> Option<IpAddr> {

@@ -11,6 +11,20 @@ pub(crate) enum Message {
         event: Event,
         notify: Option<Notify>,
     },
+    /// An event its producer already wrote as JSON with the pipeline's encoder (see
+    /// [`Batch::try_capture_encoded`](super::Batch::try_capture_encoded)): the worker copies
+    /// it into the batch as it is.
+    Encoded { json: Vec<u8>, uuid: Uuid },
+}
+
+impl Message {
+    /// The uuid of the event, for reporting it lost.
+    pub(crate) fn uuid(&self) -> Uuid {
+        match self {
+            Message::Event { event, .. } => event.uuid.unwrap_or_else(crate::uuid7::new_v7),
+            Message::Encoded { uuid, .. } => *uuid,
+        }
+    }
 }
 
 /// What a [`flush`](super::Batch::flush) or [`shutdown`](super::Batch::shutdown) settled.

@@ -77,6 +77,9 @@ pub(crate) struct Shared {
     capacity: usize,
     /// Largest `Event::estimated_size` accepted: 900 KiB less what the encoder adds.
     max_event_size: usize,
+    /// The worker's encoder, for producers that write events as JSON themselves; `None` when
+    /// a `before_send` hook must see every event as an [`Event`].
+    encoder: Option<crate::event::Encoder>,
     stats: StatsRecorder,
     on_error: Option<OnError>,
     /// Set once by `shutdown`: when the worker must give up, and the budget it was given.
@@ -131,6 +134,7 @@ impl Batch {
             closed: AtomicBool::new(false),
             capacity: config.max_queue_size,
             max_event_size: MAX_EVENT_BYTES.saturating_sub(encoder.added_len()),
+            encoder: config.before_send.is_none().then(|| encoder.clone()),
             stats: config.stats.clone(),
             on_error: config.on_error.clone(),
             deadline,
@@ -164,6 +168,43 @@ impl Batch {
             event,
             notify: None,
         }) {
+            Ok(()) => {
+                self.shared.stats.captured(1);
+                Ok(uuid)
+            }
+            Err(PushError::Full) => Err(self.reject(CaptureError::QueueFull {
+                capacity: self.shared.capacity,
+            })),
+            Err(PushError::Closed) => Err(self.reject(CaptureError::Closed)),
+        }
+    }
+
+    /// The encoder the worker serializes events with, for a producer that writes an event's
+    /// JSON itself and queues it with [`try_capture_encoded`](Self::try_capture_encoded).
+    /// `None` when a `before_send` hook is configured: it must see every event as an [`Event`].
+    pub(crate) fn encoder(&self) -> Option<&crate::event::Encoder> {
+        self.shared.encoder.as_ref()
+    }
+
+    /// Queues an event already written as JSON with [`encoder`](Self::encoder) (one object,
+    /// with its `uuid`), without waiting: [`try_capture`](Self::try_capture) for producers
+    /// that skip building an [`Event`]. The caller guarantees a non-blank name and distinct id
+    /// and valid JSON; the size is checked here.
+    pub(crate) fn try_capture_encoded(
+        &self,
+        json: Vec<u8>,
+        uuid: Uuid,
+    ) -> Result<Uuid, CaptureError> {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Err(self.reject(CaptureError::Closed));
+        }
+        if json.len() > MAX_EVENT_BYTES {
+            return Err(self.reject(CaptureError::EventTooLarge {
+                size: json.len(),
+                limit: MAX_EVENT_BYTES,
+            }));
+        }
+        match self.producer.try_push(Message::Encoded { json, uuid }) {
             Ok(()) => {
                 self.shared.stats.captured(1);
                 Ok(uuid)
@@ -467,5 +508,67 @@ impl Future for ResponseFuture {
                 )))),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::timestamp::Timestamp;
+
+    /// A batch whose inner service keeps every batch's JSON.
+    fn recording() -> (Batch, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let service = tower::service_fn(move |batch: EncodedBatch| {
+            let sink = sink.clone();
+            async move {
+                let text = String::from_utf8(batch.events_json().to_vec()).expect("utf-8");
+                sink.lock().expect("lock").push(text);
+                Ok::<_, std::convert::Infallible>(())
+            }
+        });
+        (Batch::new(service, BatchConfig::new()), seen)
+    }
+
+    #[tokio::test]
+    async fn encoded_events_are_sent_as_written_and_checked_for_size() {
+        let (batch, seen) = recording();
+        let encoder = batch.encoder().expect("no before_send hook").clone();
+        let uuid = crate::uuid7::new_v7();
+        let mut json = Vec::new();
+        let mut writer = encoder.writer(&mut json, "$pageview", Some("u"), None, false);
+        writer.property("$host", "a.example");
+        writer.finish(Timestamp::UNIX_EPOCH, uuid, None);
+        let text = String::from_utf8(json.clone()).expect("utf-8");
+        assert_eq!(batch.try_capture_encoded(json, uuid).expect("queued"), uuid);
+
+        let too_large = vec![b' '; MAX_EVENT_BYTES + 1];
+        let err = batch
+            .try_capture_encoded(too_large, crate::uuid7::new_v7())
+            .unwrap_err();
+        assert!(
+            matches!(err, CaptureError::EventTooLarge { size, .. } if size == MAX_EVENT_BYTES + 1)
+        );
+
+        let report = batch.flush().await;
+        assert_eq!(report.delivered, 1);
+        assert_eq!(seen.lock().expect("lock").as_slice(), [text]);
+        let stats = batch.stats();
+        assert_eq!((stats.captured, stats.dropped.too_large), (1, 1));
+
+        batch.shutdown(Duration::from_secs(5)).await;
+        let err = batch.try_capture_encoded(b"{}".to_vec(), uuid).unwrap_err();
+        assert!(matches!(err, CaptureError::Closed));
+    }
+
+    #[tokio::test]
+    async fn no_encoder_when_a_hook_must_see_every_event() {
+        let service =
+            tower::service_fn(|_: EncodedBatch| async { Ok::<_, std::convert::Infallible>(()) });
+        let batch = Batch::new(service, BatchConfig::new().before_send(Some));
+        assert!(batch.encoder().is_none());
     }
 }

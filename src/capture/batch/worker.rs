@@ -349,14 +349,35 @@ impl State {
                 }
             },
         };
-        let start = self.current.buf.len();
-        let was_empty = self.current.is_empty();
-        if !was_empty {
-            self.current.buf.push(b',');
-        }
-        let event_start = self.current.buf.len();
+        let start = self.open_slot();
         self.encoder
             .encode(&mut self.current.buf, &event, uuid, timestamp);
+        self.close_slot(start, uuid, notify)
+    }
+
+    /// Adds an event its producer already encoded; like [`add`](Self::add).
+    fn add_encoded(&mut self, json: &[u8], uuid: Uuid) -> bool {
+        let start = self.open_slot();
+        self.current.buf.extend_from_slice(json);
+        self.close_slot(start, uuid, None)
+    }
+
+    /// Makes room for one more event in the open batch: returns where the batch ended (the
+    /// event's JSON goes after the separator, if any).
+    fn open_slot(&mut self) -> usize {
+        let start = self.current.buf.len();
+        if !self.current.is_empty() {
+            self.current.buf.push(b',');
+        }
+        start
+    }
+
+    /// Accounts for the event just written after `start` (see [`open_slot`](Self::open_slot)):
+    /// drops it if too large, closes batches that are full. Returns `true` when the event
+    /// started a new batch (the timer should start).
+    fn close_slot(&mut self, start: usize, uuid: Uuid, notify: Option<Notify>) -> bool {
+        let was_empty = self.current.is_empty();
+        let event_start = if was_empty { start } else { start + 1 };
         let size = self.current.buf.len() - event_start;
         if size > MAX_EVENT_BYTES {
             self.current.buf.truncate(start);
@@ -480,9 +501,7 @@ impl State {
             if messages.is_empty() {
                 break;
             }
-            for Message::Event { event, .. } in messages.drain(..) {
-                leftover.push(event.uuid.unwrap_or_else(crate::uuid7::new_v7));
-            }
+            leftover.extend(messages.drain(..).map(|message| message.uuid()));
         }
         flushes.close();
         while let Ok(reply) = flushes.try_recv() {
@@ -540,8 +559,12 @@ fn intake(
                 return Intake::Idle;
             }
             Taken::Some(_) => {
-                for Message::Event { event, notify } in messages.drain(..) {
-                    if state.add(event, notify) && !state.config.send_immediately {
+                for message in messages.drain(..) {
+                    let started = match message {
+                        Message::Event { event, notify } => state.add(event, notify),
+                        Message::Encoded { json, uuid } => state.add_encoded(&json, uuid),
+                    };
+                    if started && !state.config.send_immediately {
                         timer.reset(state.config.flush_interval);
                     }
                     if state.current.is_empty() {
