@@ -2,8 +2,8 @@
 //! pageviews), and with a pageview captured on every request, driven by `wrk`.
 //!
 //! ```text
-//! cargo run --release --features axum --example bench_http -- [--mode all|bare|layer|pageviews]
-//!     [--rounds N] [--duration S] [--warmup S] [--connections N] [--wrk-threads N]
+//! cargo run --release --features axum --example bench_http -- [--mode all|bare|noop|layer|pageviews]
+//!     [--rounds N] [--duration S] [--warmup S] [--shared] [--connections N] [--wrk-threads N]
 //!     [--server-threads N] [--server-cpus LIST] [--load-cpus LIST]
 //! ```
 //!
@@ -14,6 +14,8 @@
 //!   default one per CPU it may run on), answering `GET /` with a 13-byte static string and
 //!   counting its responses in an `AtomicU64`. Modes:
 //!   - `bare`: no layer;
+//!   - `noop`: a pass-through tower layer (`MapRequestLayer` with `identity`), for what any
+//!     layer costs on an axum `Router` (axum boxes and clones the layered route per request);
 //!   - `layer`: `posthog.layer().capture_pageviews(false)` (request context and lazy flags);
 //!   - `pageviews`: `posthog.layer().should_capture(|_: &RequestHead<'_>| true)`, a `$pageview`
 //!     for every request.
@@ -26,13 +28,14 @@
 //!   server's;
 //! - `wrk -t<wrk-threads> -c<connections> -d<duration>s --latency http://127.0.0.1:<port>/`.
 //!
-//! By default (`wrk -t2 -c64`, nothing pinned) the server, `wrk` and the sink share all CPUs,
-//! and on a 2-core machine both cores are busy all the time: throughput is bound by CPU, so
-//! the layer's CPU cost shows in it. With `--server-cpus` and `--load-cpus` (lists for
-//! `taskset -c`, e.g. `0` and `1`) the server runs on the first CPUs, and `wrk` and the sink
-//! on the second ones; runs are then steadier, but on a virtual machine neither core is
-//! saturated (each request crosses cores twice and the wake-ups dominate), so throughput
-//! measures latency more than CPU. Each run prints the busy share of every CPU.
+//! By default, on a machine with at least 2 CPUs, the server has CPU 0 to itself (one tokio
+//! worker thread) and `wrk` (one thread, 128 connections) and the sink run on the other CPUs
+//! (`taskset -c`): the load generator does not take CPU from the server, 128 connections keep
+//! the server's CPU busy, and the throughput is the server's. With `--shared` nothing is pinned
+//! and `wrk -t2 -c64`, the server (one worker thread per CPU) and the sink share every CPU:
+//! throughput then depends on how the scheduler splits the CPUs between `wrk` and the server,
+//! and varies more. `--server-cpus`, `--load-cpus`, `--wrk-threads` and `--connections`
+//! override either. Each run prints the busy share of every CPU.
 //!
 //! Each round runs every mode once, in an order rotated each round; each run is a fresh
 //! server: `--warmup` seconds of `wrk` (not measured), then `--duration` seconds measured.
@@ -40,8 +43,9 @@
 //! CPU time per request during the measured part (from `/proc/<pid>/stat`), and each CPU's
 //! busy share (from `/proc/stat`). Then the server stops accepting connections and shuts its
 //! PostHog client down; it reports its responses and the client's stats. Per mode: median and
-//! range of requests/s, ratio of the medians to `bare`. Defaults: 3 rounds, 10 s measured after
-//! 2 s of warm-up.
+//! range of requests/s, the ratio of the medians to `bare`, and the median (and range) of the
+//! per-round ratios to the `bare` run of the same round, which cancels slow drifts of the
+//! machine's speed. Defaults: 3 rounds, 10 s measured after 2 s of warm-up.
 //!
 //! The run fails (exit code 1) unless, for every server: the sink counted exactly one event
 //! per response the server sent (`pageviews`; none for the other modes), the client's stats say
@@ -63,16 +67,18 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Bare,
+    Noop,
     Layer,
     Pageviews,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Bare, Mode::Layer, Mode::Pageviews];
+    const ALL: [Mode; 4] = [Mode::Bare, Mode::Noop, Mode::Layer, Mode::Pageviews];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Bare => "bare",
+            Mode::Noop => "noop",
             Mode::Layer => "layer",
             Mode::Pageviews => "pageviews",
         }
@@ -85,6 +91,8 @@ impl Mode {
 
 struct Args {
     modes: Vec<Mode>,
+    /// Everything shares every CPU (no pinning).
+    shared: bool,
     rounds: usize,
     duration: u64,
     warmup: u64,
@@ -95,18 +103,20 @@ struct Args {
     load_cpus: Option<String>,
 }
 
-const USAGE: &str = "usage: bench_http [--mode all|bare|layer|pageviews] [--rounds N] \
-                     [--duration S] [--warmup S] [--connections N] [--wrk-threads N] \
-                     [--server-threads N] [--server-cpus LIST] [--load-cpus LIST]";
+const USAGE: &str = "usage: bench_http [--mode all|bare|noop|layer|pageviews] [--rounds N] \
+                     [--duration S] [--warmup S] [--shared] [--connections N] \
+                     [--wrk-threads N] [--server-threads N] [--server-cpus LIST] \
+                     [--load-cpus LIST]";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut parsed = Args {
         modes: Mode::ALL.to_vec(),
+        shared: false,
         rounds: 3,
         duration: 10,
         warmup: 2,
-        connections: 64,
-        wrk_threads: 2,
+        connections: 0,
+        wrk_threads: 0,
         server_threads: None,
         server_cpus: None,
         load_cpus: None,
@@ -139,6 +149,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--rounds" => parsed.rounds = number(arg, text(arg)?, 1)? as usize,
             "--duration" => parsed.duration = number(arg, text(arg)?, 1)?,
             "--warmup" => parsed.warmup = number(arg, text(arg)?, 0)?,
+            "--shared" => parsed.shared = true,
             "--connections" => parsed.connections = number(arg, text(arg)?, 1)?,
             "--wrk-threads" => parsed.wrk_threads = number(arg, text(arg)?, 1)?,
             "--server-threads" => {
@@ -149,6 +160,25 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
+    }
+    // Defaults. Dedicated CPUs: the server on CPU 0 (one tokio worker thread), `wrk` (one
+    // thread, 128 connections: enough to keep the server's CPU busy) and the sink on the
+    // others. Shared (or a single CPU): nothing pinned, `wrk -t2 -c64`.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dedicated = !parsed.shared && cpus >= 2;
+    if dedicated && parsed.server_cpus.is_none() && parsed.load_cpus.is_none() {
+        parsed.server_cpus = Some("0".to_owned());
+        parsed.load_cpus = Some(if cpus == 2 {
+            "1".to_owned()
+        } else {
+            format!("1-{}", cpus - 1)
+        });
+    }
+    if parsed.wrk_threads == 0 {
+        parsed.wrk_threads = if dedicated { 1 } else { 2 };
+    }
+    if parsed.connections == 0 {
+        parsed.connections = if dedicated { 128 } else { 64 };
     }
     if parsed.connections < parsed.wrk_threads {
         return Err("--connections must be at least --wrk-threads".to_owned());
@@ -183,6 +213,7 @@ fn main() -> ExitCode {
 
 /// One measured run.
 struct Run {
+    round: usize,
     mode: Mode,
     req_per_s: f64,
     wrk_requests: u64,
@@ -257,7 +288,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
         let n = args.modes.len();
         for i in 0..n {
             let mode = args.modes[(i + round) % n];
-            let run = run_one(args, exe, &sink, mode, server_threads)?;
+            let run = run_one(args, exe, &sink, round, mode, server_threads)?;
             println!(
                 "RUN round={} mode={} req_per_s={:.0} wrk_requests={} p50={} p99={} \
                  server_cpu_us_per_req={:.2} sink_cpu_us_per_req={:.2} cpu_busy={} \
@@ -314,8 +345,27 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             let (min, max) = (rps[0], rps[rps.len() - 1]);
             let events = of_mode.iter().map(|r| r.events).sum();
             let lost = of_mode.iter().map(|r| lost(r)).sum();
+            // The ratio to the bare run of the same round (run minutes apart at most), so
+            // slow drifts of the machine's speed cancel out.
+            let mut paired: Vec<f64> = of_mode
+                .iter()
+                .filter_map(|r| {
+                    let bare = runs
+                        .iter()
+                        .find(|b| b.mode == Mode::Bare && b.round == r.round)?;
+                    Some(r.req_per_s / bare.req_per_s * 100.0)
+                })
+                .collect();
+            let paired = (!paired.is_empty()).then(|| {
+                let (lo, hi) = (
+                    paired.iter().copied().fold(f64::INFINITY, f64::min),
+                    paired.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                );
+                (median(&mut paired), lo, hi)
+            });
             Summary {
                 mode,
+                paired,
                 med,
                 min,
                 max,
@@ -332,12 +382,13 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
         .map(|s| (s.med, s.cpu));
     println!();
     println!(
-        "| mode | req/s median | range | ratio to bare | server CPU µs/req (median) \
-         | sink CPU µs/req | events delivered / lost |"
+        "| mode | req/s median | range | ratio to bare | per-round ratio, median (range) \
+         | server CPU µs/req (median) | sink CPU µs/req | events delivered / lost |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for Summary {
         mode,
+        paired,
         med,
         min,
         max,
@@ -351,9 +402,13 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             || "–".to_owned(),
             |(b, bcpu)| format!("{:.1} % (CPU ×{:.2})", med / b * 100.0, cpu / bcpu),
         );
+        let paired = paired.map_or_else(
+            || "–".to_owned(),
+            |(m, lo, hi)| format!("{m:.1} % ({lo:.1} – {hi:.1})"),
+        );
         println!(
-            "| {} | {med:.0} | {min:.0} – {max:.0} | {ratio} | {cpu:.2} | {sink_cpu:.2} \
-             | {events} / {lost} |",
+            "| {} | {med:.0} | {min:.0} – {max:.0} | {ratio} | {paired} | {cpu:.2} \
+             | {sink_cpu:.2} | {events} / {lost} |",
             mode.name()
         );
     }
@@ -370,6 +425,8 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
 /// request, events delivered and lost.
 struct Summary {
     mode: Mode,
+    /// Median, lowest and highest of the per-round ratios to bare, in %.
+    paired: Option<(f64, f64, f64)>,
     med: f64,
     min: f64,
     max: f64,
@@ -392,6 +449,7 @@ fn run_one(
     args: &Args,
     exe: &str,
     sink: &sink::Process,
+    round: usize,
     mode: Mode,
     threads: usize,
 ) -> Result<Run, BoxError> {
@@ -462,6 +520,7 @@ fn run_one(
         && report.queue_full == 0
         && wrk_requests <= report.responses;
     Ok(Run {
+        round,
         mode,
         req_per_s,
         wrk_requests,
@@ -699,6 +758,10 @@ mod server {
             let app = Router::new().route("/", get(hello));
             let app = match mode {
                 Mode::Bare => app,
+                // What any tower layer costs on a `Router`: axum boxes and clones it per route.
+                Mode::Noop => app.layer(tower::util::MapRequestLayer::new(
+                    std::convert::identity::<axum::extract::Request>,
+                )),
                 Mode::Layer => app.layer(posthog.layer().capture_pageviews(false)),
                 Mode::Pageviews => {
                     app.layer(posthog.layer().should_capture(|_: &RequestHead<'_>| true))
