@@ -42,6 +42,7 @@
 //! ```
 
 use std::{
+    any::Any,
     fmt,
     future::Future,
     sync::{Arc, OnceLock},
@@ -67,6 +68,9 @@ pub struct RequestContext {
 
 #[derive(Clone, Default)]
 struct Data {
+    /// Per-request state the HTTP layer attaches (the request's flag evaluations), created on
+    /// first use.
+    attached: Attached,
     distinct_id: Option<String>,
     session_id: Option<String>,
     method: Option<Method>,
@@ -75,6 +79,17 @@ struct Data {
     /// `$current_url`: set by hand, or built from the request on first use.
     current_url: Url,
     ip: Option<String>,
+}
+
+/// See [`RequestContext::attached`]. A context changed with a `with_*` method (a copy of the
+/// data) starts without one.
+#[derive(Default)]
+struct Attached(OnceLock<Arc<dyn Any + Send + Sync>>);
+
+impl Clone for Attached {
+    fn clone(&self) -> Self {
+        Attached::default()
+    }
 }
 
 #[derive(Clone)]
@@ -113,9 +128,43 @@ enum Url {
     /// Built from these parts the first time it is needed (most requests never need it).
     Parts {
         scheme: &'static str,
-        host: Option<Box<str>>,
+        host: Option<ShortStr>,
         built: OnceLock<String>,
     },
+}
+
+/// A string kept inline when short, as host names usually are: one allocation fewer per
+/// request.
+#[derive(Clone)]
+enum ShortStr {
+    Inline { len: u8, bytes: [u8; SHORT_STR] },
+    Heap(Box<str>),
+}
+
+/// The longest [`ShortStr`] kept inline.
+const SHORT_STR: usize = 62;
+
+impl ShortStr {
+    fn new(text: &str) -> Self {
+        match u8::try_from(text.len()) {
+            Ok(len) if text.len() <= SHORT_STR => {
+                let mut bytes = [0; SHORT_STR];
+                bytes[..text.len()].copy_from_slice(text.as_bytes());
+                ShortStr::Inline { len, bytes }
+            }
+            _ => ShortStr::Heap(text.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // The bytes are a whole `&str`, copied: always UTF-8, so never the default.
+            ShortStr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            ShortStr::Heap(text) => text,
+        }
+    }
 }
 
 impl RequestContext {
@@ -150,13 +199,14 @@ impl RequestContext {
     ) -> Self {
         RequestContext {
             inner: Arc::new(Data {
+                attached: Attached::default(),
                 distinct_id,
                 session_id,
                 method: Some(method.clone()),
                 path: Some(path_of(uri)),
                 current_url: Url::Parts {
                     scheme,
-                    host: host.map(Box::from),
+                    host: host.map(ShortStr::new),
                     built: OnceLock::new(),
                 },
                 ip,
@@ -227,7 +277,7 @@ impl RequestContext {
                     Some(Path::Escaped { path_and_query, .. }) => path_and_query,
                     None => "/",
                 };
-                match host {
+                match host.as_ref().map(ShortStr::as_str) {
                     Some(host) => {
                         let mut url =
                             String::with_capacity(scheme.len() + 3 + host.len() + pq.len());
@@ -246,7 +296,7 @@ impl RequestContext {
     /// The host of [`current_url`](Self::current_url) (with its port), when known.
     pub fn host(&self) -> Option<&str> {
         match &self.inner.current_url {
-            Url::Parts { host, .. } => host.as_deref(),
+            Url::Parts { host, .. } => host.as_ref().map(ShortStr::as_str),
             _ => None,
         }
     }
@@ -287,6 +337,22 @@ impl RequestContext {
     }
 
     /// Fills in what `event` leaves out (see the [module docs](self)).
+    /// The state of type `T` attached to this context (and its clones), created by `init` on
+    /// first use: lets the HTTP layer keep per-request state without an allocation for the
+    /// requests that never use it. `None` if state of another type was attached.
+    pub(crate) fn attached<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.inner
+            .attached
+            .0
+            .get_or_init(|| Arc::new(init()))
+            .downcast_ref()
+    }
+
+    /// The state of type `T` attached so far, without creating it.
+    pub(crate) fn attached_if_any<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.inner.attached.0.get()?.downcast_ref()
+    }
+
     /// The properties this context gives the caller's events.
     pub(crate) fn properties(&self) -> [(&'static str, Option<&str>); 5] {
         [
@@ -391,6 +457,46 @@ impl<F> fmt::Debug for Scoped<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attached_state_is_shared_by_clones_and_not_by_copies() {
+        let ctx = RequestContext::new(Some("u".into()));
+        assert!(ctx.attached_if_any::<u32>().is_none(), "created on first use only");
+        assert_eq!(ctx.attached(|| 7u32), Some(&7));
+        let clone = ctx.clone();
+        assert_eq!(clone.attached(|| 8u32), Some(&7), "clones share it");
+        assert_eq!(clone.attached_if_any::<String>(), None, "another type");
+        let changed = clone.with_session_id("s");
+        assert!(changed.attached_if_any::<u32>().is_none(), "a changed copy starts without");
+        assert_eq!(ctx.attached_if_any::<u32>(), Some(&7));
+    }
+
+    #[test]
+    fn hosts_short_and_long_are_kept_whole() {
+        let uri: Uri = "/p?q=1".parse().unwrap();
+        for host in [
+            "a.example".to_owned(),
+            "h".repeat(SHORT_STR),
+            "h".repeat(SHORT_STR + 1),
+            format!("{}.example:8080", "é".repeat(40)),
+            "x".repeat(300),
+        ] {
+            let ctx = RequestContext::for_request(
+                None,
+                None,
+                &Method::GET,
+                &uri,
+                "https",
+                Some(&host),
+                None,
+            );
+            assert_eq!(ctx.host(), Some(host.as_str()));
+            assert_eq!(
+                ctx.current_url(),
+                Some(format!("https://{host}/p?q=1").as_str())
+            );
+        }
+    }
 
     #[tokio::test]
     async fn named_events_inherit_the_callers_id_across_awaits() {

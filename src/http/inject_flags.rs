@@ -10,7 +10,10 @@ use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{identity::DefaultMakeDistinctId, set_context::ContextConfig, RequestFlags};
+use super::{
+    identity::DefaultMakeDistinctId, request_flags::FlagSource, set_context::ContextConfig,
+    RequestFlags,
+};
 use crate::PostHog;
 
 /// Applies [`InjectFlags`]. See the [module docs](super).
@@ -59,7 +62,10 @@ impl<S> Layer<S> for InjectFlagsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         InjectFlags {
             inner,
-            layer: Arc::new(self.clone()),
+            shared: Arc::new(Shared {
+                config: self.config.clone(),
+                source: FlagSource::new(self.posthog.clone(), self.eager.clone()),
+            }),
         }
     }
 }
@@ -76,7 +82,12 @@ pub struct InjectFlags<S> {
     inner: S,
     // Behind one `Arc`: servers such as axum clone the service for every request, and a clone
     // then costs one reference count instead of one per shared field.
-    layer: Arc<InjectFlagsLayer>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: Arc<ContextConfig>,
+    source: Arc<FlagSource>,
 }
 
 impl<S> InjectFlags<S> {
@@ -97,7 +108,7 @@ impl<S: fmt::Debug> fmt::Debug for InjectFlags<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InjectFlags")
             .field("inner", &self.inner)
-            .field("layer", &self.layer)
+            .field("eager", &self.shared.source.eager_keys())
             .finish()
     }
 }
@@ -118,10 +129,10 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         if request.extensions().get::<RequestFlags>().is_none() {
             let ctx = self
-                .layer
+                .shared
                 .config
                 .ensure(&mut DefaultMakeDistinctId, &mut request);
-            insert(&self.layer.posthog, ctx, &self.layer.eager, &mut request);
+            insert(&self.shared.source, ctx, &mut request);
         }
         self.inner.call(request)
     }
@@ -130,12 +141,11 @@ where
 /// Inserts a [`RequestFlags`] handle for `ctx`'s caller into `request`, starting the eager
 /// keys' evaluation.
 pub(crate) fn insert<B>(
-    posthog: &PostHog,
+    source: &Arc<FlagSource>,
     ctx: crate::context::RequestContext,
-    eager: &Option<Arc<[String]>>,
     request: &mut Request<B>,
 ) {
-    let flags = RequestFlags::with_eager_keys(posthog.clone(), ctx, eager.clone());
+    let flags = RequestFlags::with_source(source.clone(), ctx);
     flags.prefetch();
     request.extensions_mut().insert(flags);
 }

@@ -118,6 +118,7 @@ pub use identity::{
 };
 pub use inject_flags::{InjectFlags, InjectFlagsLayer};
 pub use predicate::{And, DefaultShouldCapture, ShouldCapture};
+use request_flags::FlagSource;
 pub use request_flags::RequestFlags;
 pub use set_context::{SetRequestContext, SetRequestContextLayer};
 
@@ -310,7 +311,7 @@ where
                 predicate: self.predicate.clone(),
                 pageviews: self.pageviews,
                 event_name: self.event_name.clone(),
-                eager: self.eager.clone(),
+                flags: FlagSource::new(self.posthog.clone(), self.eager.clone()),
                 config: self.config.clone(),
             }),
         }
@@ -324,7 +325,7 @@ struct Shared<P> {
     predicate: P,
     pageviews: bool,
     event_name: Arc<str>,
-    eager: Option<Arc<[String]>>,
+    flags: Arc<FlagSource>,
     config: ContextConfig,
 }
 
@@ -361,7 +362,7 @@ impl<S: fmt::Debug, M: fmt::Debug, P: fmt::Debug> fmt::Debug for PostHogService<
             .field("predicate", &shared.predicate)
             .field("pageviews", &shared.pageviews)
             .field("event_name", &shared.event_name)
-            .field("eager", &shared.eager)
+            .field("eager", &shared.flags.eager_keys())
             .field("config", &shared.config)
             .finish()
     }
@@ -386,7 +387,7 @@ where
         let shared = &*self.shared;
         let ctx = shared.config.ensure(&mut self.make, &mut request);
         if request.extensions().get::<RequestFlags>().is_none() {
-            inject_flags::insert(&shared.posthog, ctx.clone(), &shared.eager, &mut request);
+            inject_flags::insert(&shared.flags, ctx.clone(), &mut request);
         }
         let selected = shared.pageviews
             && capture_pageviews::claim(
@@ -528,10 +529,12 @@ mod tests {
     #[tokio::test]
     async fn the_context_is_set_for_inner_call_and_future_and_kept_if_present() {
         let posthog = disabled();
-        let svc = posthog
-            .layer()
-            .layer(service_fn(|req: Request<()>| async move {
+        let svc = posthog.layer().layer(service_fn(|req: Request<()>| {
+            // In the inner service's synchronous `call` too.
+            let at_call = crate::context::RequestContext::current().expect("current at call");
+            async move {
                 let current = crate::context::RequestContext::current().expect("current");
+                assert_eq!(current.distinct_id(), at_call.distinct_id());
                 let ext = req
                     .extensions()
                     .get::<RequestContext>()
@@ -542,7 +545,8 @@ mod tests {
                     current.distinct_id().map(str::to_owned),
                     ext.distinct_id().map(str::to_owned),
                 )))
-            }));
+            }
+        }));
         let mut request = Request::get("/")
             .header(DISTINCT_ID_HEADER, "from-header")
             .body(())

@@ -40,15 +40,36 @@ use crate::{
 /// ```
 #[derive(Clone)]
 pub struct RequestFlags {
-    inner: Arc<State>,
+    /// Whose flags (an anonymous caller's are all off); the evaluations are attached to it,
+    /// created on the first read.
+    context: RequestContext,
+    source: Arc<FlagSource>,
 }
 
-struct State {
+/// Where a layer's [`RequestFlags`] get their answers: shared by every request.
+pub(crate) struct FlagSource {
     posthog: PostHog,
-    /// Whose flags: an anonymous caller's are all off.
-    context: RequestContext,
-    /// Keys evaluated eagerly, and their snapshot.
+    /// Keys evaluated eagerly.
     eager_keys: Option<Arc<[String]>>,
+}
+
+impl FlagSource {
+    pub(crate) fn new(posthog: PostHog, eager_keys: Option<Arc<[String]>>) -> Arc<Self> {
+        Arc::new(FlagSource {
+            posthog,
+            eager_keys,
+        })
+    }
+
+    pub(crate) fn eager_keys(&self) -> Option<&Arc<[String]>> {
+        self.eager_keys.as_ref()
+    }
+}
+
+/// One request's evaluations, attached to its context on first use.
+#[derive(Default)]
+struct Evaluated {
+    /// The eager keys' snapshot.
     eager: OnceCell<FlagEvaluations>,
     /// Every flag, evaluated on first use.
     all: OnceCell<FlagEvaluations>,
@@ -57,37 +78,37 @@ struct State {
 impl RequestFlags {
     /// A lazy handle for `distinct_id` (`None`: an anonymous caller, whose flags are all off).
     pub fn new(posthog: PostHog, distinct_id: Option<String>) -> Self {
-        RequestFlags::with_eager_keys(posthog, RequestContext::new(distinct_id), None)
+        RequestFlags::with_source(
+            FlagSource::new(posthog, None),
+            RequestContext::new(distinct_id),
+        )
     }
 
-    pub(crate) fn with_eager_keys(
-        posthog: PostHog,
-        context: RequestContext,
-        eager_keys: Option<Arc<[String]>>,
-    ) -> Self {
-        RequestFlags {
-            inner: Arc::new(State {
-                posthog,
-                context,
-                eager_keys,
-                eager: OnceCell::new(),
-                all: OnceCell::new(),
-            }),
-        }
+    /// A handle for the caller of `context`, sharing the evaluations already attached to it.
+    pub(crate) fn with_source(source: Arc<FlagSource>, context: RequestContext) -> Self {
+        RequestFlags { context, source }
+    }
+
+    /// This request's evaluations, attached to the context on first use.
+    fn evaluated_state(&self) -> Option<&Evaluated> {
+        self.context.attached(Evaluated::default)
     }
 
     /// Starts evaluating the eager keys: synchronously when local definitions decide them all,
     /// otherwise on a spawned task (whose answer the handler's reads wait for, without a second
     /// request).
     pub(crate) fn prefetch(&self) {
-        let Some(keys) = self.inner.eager_keys.clone() else {
+        let Some(keys) = self.source.eager_keys.clone() else {
             return;
         };
         let Some(request) = self.request(Some(&keys)) else {
             return;
         };
-        if let Some(local) = self.inner.posthog.try_evaluate_locally(&request) {
-            let _ = self.inner.eager.set(local);
+        let Some(state) = self.evaluated_state() else {
+            return;
+        };
+        if let Some(local) = self.source.posthog.try_evaluate_locally(&request) {
+            let _ = state.eager.set(local);
             return;
         }
         if tokio::runtime::Handle::try_current().is_err() {
@@ -95,16 +116,15 @@ impl RequestFlags {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            this.inner
-                .eager
-                .get_or_init(|| this.evaluate(request))
-                .await;
+            if let Some(state) = this.evaluated_state() {
+                state.eager.get_or_init(|| this.evaluate(request)).await;
+            }
         });
     }
 
     /// The distinct id the flags are evaluated for (`None` for an anonymous caller).
     pub fn distinct_id(&self) -> Option<&str> {
-        self.inner.context.distinct_id()
+        self.context.distinct_id()
     }
 
     /// Whether the flag is on (a variant counts as on); `false` when it is unknown or could
@@ -137,25 +157,24 @@ impl RequestFlags {
     /// What was evaluated so far, without evaluating anything: every flag if a read needed
     /// them, else the eager keys if they are ready.
     pub fn evaluated(&self) -> Vec<FlagEvaluations> {
-        self.inner
+        let Some(state) = self.context.attached_if_any::<Evaluated>() else {
+            return Vec::new();
+        };
+        state
             .all
             .get()
             .into_iter()
-            .chain(self.inner.eager.get())
+            .chain(state.eager.get())
             .cloned()
             .collect()
     }
 
     async fn snapshot_for(&self, key: &str) -> Option<&FlagEvaluations> {
-        if let Some(keys) = &self.inner.eager_keys {
+        if let Some(keys) = &self.source.eager_keys {
             if keys.iter().any(|k| k == key) {
                 let request = self.request(Some(keys))?;
-                return Some(
-                    self.inner
-                        .eager
-                        .get_or_init(|| self.evaluate(request))
-                        .await,
-                );
+                let state = self.evaluated_state()?;
+                return Some(state.eager.get_or_init(|| self.evaluate(request)).await);
             }
         }
         self.all().await
@@ -163,11 +182,12 @@ impl RequestFlags {
 
     async fn all(&self) -> Option<&FlagEvaluations> {
         let request = self.request(None)?;
-        Some(self.inner.all.get_or_init(|| self.evaluate(request)).await)
+        let state = self.evaluated_state()?;
+        Some(state.all.get_or_init(|| self.evaluate(request)).await)
     }
 
     fn request(&self, keys: Option<&[String]>) -> Option<FlagsRequest> {
-        let id = self.inner.context.distinct_id()?;
+        let id = self.context.distinct_id()?;
         let request = FlagsRequest::new(id);
         Some(match keys {
             Some(keys) => request.flag_keys(keys.iter()),
@@ -176,9 +196,9 @@ impl RequestFlags {
     }
 
     async fn evaluate(&self, request: FlagsRequest) -> FlagEvaluations {
-        let snapshot = self.inner.posthog.evaluate_flags(request).await;
+        let snapshot = self.source.posthog.evaluate_flags(request).await;
         if let Some(error) = snapshot.error() {
-            self.inner.posthog.stats_recorder().flag_error(1);
+            self.source.posthog.stats_recorder().flag_error(1);
             tracing::warn!(%error, "posthog: request flags fell back to off");
         }
         snapshot
@@ -189,8 +209,14 @@ impl fmt::Debug for RequestFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestFlags")
             .field("distinct_id", &self.distinct_id())
-            .field("eager_keys", &self.inner.eager_keys)
-            .field("evaluated", &self.inner.all.initialized())
+            .field("eager_keys", &self.source.eager_keys)
+            .field(
+                "evaluated",
+                &self
+                    .context
+                    .attached_if_any::<Evaluated>()
+                    .is_some_and(|state| state.all.initialized()),
+            )
             .finish()
     }
 }
