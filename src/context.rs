@@ -461,13 +461,19 @@ mod tests {
     #[test]
     fn attached_state_is_shared_by_clones_and_not_by_copies() {
         let ctx = RequestContext::new(Some("u".into()));
-        assert!(ctx.attached_if_any::<u32>().is_none(), "created on first use only");
+        assert!(
+            ctx.attached_if_any::<u32>().is_none(),
+            "created on first use only"
+        );
         assert_eq!(ctx.attached(|| 7u32), Some(&7));
         let clone = ctx.clone();
         assert_eq!(clone.attached(|| 8u32), Some(&7), "clones share it");
         assert_eq!(clone.attached_if_any::<String>(), None, "another type");
         let changed = clone.with_session_id("s");
-        assert!(changed.attached_if_any::<u32>().is_none(), "a changed copy starts without");
+        assert!(
+            changed.attached_if_any::<u32>().is_none(),
+            "a changed copy starts without"
+        );
         assert_eq!(ctx.attached_if_any::<u32>(), Some(&7));
     }
 
