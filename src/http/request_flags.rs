@@ -14,11 +14,12 @@ use crate::{
 /// The caller's feature flags, in the extensions of every request that went through
 /// [`InjectFlags`](super::InjectFlags) (part of [`PostHogLayer`](super::PostHogLayer)).
 ///
-/// Cheap to clone (an `Arc` inside); every clone shares one evaluation. By default nothing is
-/// evaluated until a flag is read: the first read evaluates every flag for the caller, locally
-/// when definitions are loaded, otherwise with one `/flags` request, and later reads (from
-/// any clone) use that answer. With [eager keys](super::PostHogLayer::eager_flags) those keys
-/// are evaluated as soon as the request arrives, concurrently with the handler.
+/// Cheap to clone (two reference counts, no allocation); every clone shares one evaluation.
+/// By default nothing is evaluated (or allocated) until a flag is read: the first read
+/// evaluates every flag for the caller, locally when definitions are loaded, otherwise with one
+/// `/flags` request, and later reads (from any clone) use that answer. With
+/// [eager keys](super::PostHogLayer::eager_flags) those keys are evaluated as soon as the
+/// request arrives, concurrently with the handler.
 ///
 /// Reads never fail: a flag that could not be evaluated (PostHog unreachable, an anonymous
 /// caller, flags disabled) is off, and the failure is logged and counted in
