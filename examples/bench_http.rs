@@ -388,10 +388,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
          | events delivered / lost |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let best_bare = summary
-        .iter()
-        .find(|s| s.mode == Mode::Bare)
-        .map(|s| s.max);
+    let best_bare = summary.iter().find(|s| s.mode == Mode::Bare).map(|s| s.max);
     for Summary {
         mode,
         paired,
@@ -414,10 +411,8 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
         );
         // Noise on this kind of machine only slows runs down: the best runs compare what each
         // mode costs when nothing else interferes.
-        let best = best_bare.map_or_else(
-            || "–".to_owned(),
-            |b| format!("{:.1} %", max / b * 100.0),
-        );
+        let best =
+            best_bare.map_or_else(|| "–".to_owned(), |b| format!("{:.1} %", max / b * 100.0));
         println!(
             "| {} | {med:.0} | {min:.0} – {max:.0} | {ratio} | {paired} | {best} | {cpu:.2} \
              | {sink_cpu:.2} | {events} / {lost} |",
