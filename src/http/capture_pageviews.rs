@@ -244,6 +244,8 @@ impl Pending {
                 Draft::Json { json, state }
             }
             _ => {
+                // `RequestProperties` sets `$process_person_profile` again for an anonymous
+                // caller, to the same value: the JSON path needs it written.
                 let mut event = match id {
                     Some(id) => Event::new(event_name, id),
                     None => Event::anonymous(event_name),
@@ -287,8 +289,9 @@ impl Pending {
                     writer.finish(now, uuid, None);
                     Finished::Json { json, uuid }
                 }
-                // The encoder is the client's for its whole life: unreachable. Queue nothing
-                // rather than a half-written event.
+                // The encoder is the client's for its whole life: unreachable. Were it reached,
+                // the pageview would be refused and counted (an empty name), not queued
+                // half-written.
                 None => Finished::Event(Box::new(Event::new("", ""))),
             },
             Draft::Event(mut event) => {
