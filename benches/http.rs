@@ -7,6 +7,9 @@
 //!
 //! - `http/bare`: the inner service alone (building the request is not timed; driving the
 //!   future on a current-thread runtime is, for every variant alike).
+//! - `http/bare_anonymous`: the same with the request `wrk` sends (below).
+//! - `http/layer_anonymous`: behind `posthog.layer().capture_pageviews(false)`, a request with
+//!   only a `Host` header (what `wrk` sends in `examples/bench_http.rs`): an anonymous caller.
 //! - `http/layer_header`: behind `posthog.layer().capture_pageviews(false)`, the caller named by
 //!   `X-POSTHOG-DISTINCT-ID`: identity, request context, `RequestFlags` handle.
 //! - `http/layer_cookie`: the same, the caller read from posthog-js's cookie (decoded JSON).
@@ -32,6 +35,14 @@ use tower::{Layer, Service, ServiceExt};
 
 const CHUNK: u64 = 1024;
 
+/// What `wrk` sends: a `Host` header and nothing else (an anonymous caller).
+fn bare_request() -> Request<Full<Bytes>> {
+    Request::get("/")
+        .header("host", "127.0.0.1:8080")
+        .body(Full::new(Bytes::new()))
+        .expect("valid request")
+}
+
 fn request(cookie: bool) -> Request<Full<Bytes>> {
     let mut b = Request::get("/products/42?ref=home")
         .header("host", "shop.example")
@@ -50,6 +61,14 @@ fn request(cookie: bool) -> Request<Full<Bytes>> {
         b.header("x-posthog-distinct-id", "user-42")
     };
     b.body(Full::new(Bytes::new())).expect("valid request")
+}
+
+/// Which request a case sends.
+#[derive(Clone, Copy)]
+enum Kind {
+    Anonymous,
+    Header,
+    Cookie,
 }
 
 async fn ok(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -80,7 +99,7 @@ fn http(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
 
-    let mut run = |name: &str, cookie: bool, mut svc: tower::util::BoxCloneSyncService<_, _, _>| {
+    let mut run = |name: &str, kind: Kind, mut svc: tower::util::BoxCloneSyncService<_, _, _>| {
         let posthog = posthog.clone();
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -89,7 +108,13 @@ fn http(c: &mut Criterion) {
                 while left > 0 {
                     let n = left.min(CHUNK);
                     left -= n;
-                    let requests: Vec<_> = (0..n).map(|_| request(cookie)).collect();
+                    let requests: Vec<_> = (0..n)
+                        .map(|_| match kind {
+                            Kind::Anonymous => bare_request(),
+                            Kind::Header => request(false),
+                            Kind::Cookie => request(true),
+                        })
+                        .collect();
                     let ph = posthog.clone();
                     worker_rt.block_on(async move { ph.flush().await });
                     let start = Instant::now();
@@ -107,16 +132,22 @@ fn http(c: &mut Criterion) {
     };
 
     let bare = tower::util::BoxCloneSyncService::new(tower::service_fn(ok));
-    run("bare", false, bare);
+    run("bare", Kind::Header, bare.clone());
+    run("bare_anonymous", Kind::Anonymous, bare);
     let layer = posthog.layer().capture_pageviews(false);
     run(
+        "layer_anonymous",
+        Kind::Anonymous,
+        tower::util::BoxCloneSyncService::new(layer.layer(tower::service_fn(ok))),
+    );
+    run(
         "layer_header",
-        false,
+        Kind::Header,
         tower::util::BoxCloneSyncService::new(layer.layer(tower::service_fn(ok))),
     );
     run(
         "layer_cookie",
-        true,
+        Kind::Cookie,
         tower::util::BoxCloneSyncService::new(layer.layer(tower::service_fn(ok))),
     );
     let full = posthog
@@ -124,7 +155,7 @@ fn http(c: &mut Criterion) {
         .should_capture(|_: &posthog_tower::http::RequestHead<'_>| true);
     run(
         "layer_pageview",
-        false,
+        Kind::Header,
         tower::util::BoxCloneSyncService::new(full.layer(tower::service_fn(ok))),
     );
     group.finish();

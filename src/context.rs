@@ -14,7 +14,9 @@
 //!   unless it already has them.
 //!
 //! The context is task-local: it follows the handler across `.await`s but **not** into tasks it
-//! spawns. Carry it there with [`RequestContext::current`] and [`RequestContext::scope`].
+//! spawns. Carry it there with [`RequestContext::current`] and [`RequestContext::scope`]. It is
+//! current while the response future runs (where a handler's code runs); a middleware's
+//! synchronous `call` inside the layer finds it in the request's extensions instead.
 //! Outside a request you can make one yourself, for example for a background job acting for a
 //! user.
 //!

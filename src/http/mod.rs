@@ -398,8 +398,9 @@ where
         let pending = selected.then(|| {
             capture_pageviews::Pending::new(&shared.posthog, &shared.event_name, &ctx, &request)
         });
-        // The inner `call` may already capture (synchronous middleware): give it the context too.
-        let future = ctx.clone().sync_scope(|| self.inner.call(request));
+        // The context is current while the inner future runs (where handlers run); the inner
+        // service's synchronous `call` finds it in the request's extensions.
+        let future = self.inner.call(request);
         PostHogFuture {
             inner: ctx.scope(capture_pageviews::ResponseFuture::new(future, pending)),
         }
@@ -527,11 +528,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_context_is_set_for_inner_call_and_future_and_kept_if_present() {
+    async fn the_context_is_in_the_extensions_and_current_in_the_future_and_kept_if_present() {
         let posthog = disabled();
         let svc = posthog.layer().layer(service_fn(|req: Request<()>| {
-            // In the inner service's synchronous `call` too.
-            let at_call = crate::context::RequestContext::current().expect("current at call");
+            // In the inner service's synchronous `call`: in the extensions (the scope covers
+            // the response future).
+            let at_call = req.extensions().get::<RequestContext>().cloned();
+            let at_call = at_call.expect("in the extensions at call");
             async move {
                 let current = crate::context::RequestContext::current().expect("current");
                 assert_eq!(current.distinct_id(), at_call.distinct_id());

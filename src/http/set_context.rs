@@ -209,8 +209,9 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let ctx = self.config.ensure(&mut self.make, &mut request);
-        // The inner `call` may already capture (synchronous middleware): give it the context too.
-        let future = ctx.clone().sync_scope(|| self.inner.call(request));
+        // The context is current while the inner future runs (where handlers run); the inner
+        // service's synchronous `call` finds it in the request's extensions.
+        let future = self.inner.call(request);
         ResponseFuture {
             inner: ctx.scope(future),
         }
