@@ -186,6 +186,11 @@ impl FlagEvaluations {
         self.data.records.get(key)?.payload.as_ref()
     }
 
+    /// Every flag's record, by key (sorted). Silent.
+    pub(crate) fn records(&self) -> impl Iterator<Item = (&str, &FlagRecord)> {
+        self.data.records.iter().map(|(k, r)| (k.as_str(), r))
+    }
+
     /// Everything known about one flag. Silent.
     pub fn record(&self, key: &str) -> Option<&FlagRecord> {
         self.data.records.get(key)
@@ -385,13 +390,13 @@ impl Event {
     #[must_use]
     pub fn flags(mut self, flags: &FlagEvaluations) -> Self {
         let mut active = Vec::new();
-        for (key, record) in &flags.data.records {
+        for (key, record) in flags.records() {
             let name = format!("$feature/{key}");
             if !self.properties.contains_key(&name) {
                 self.insert_value(name, record.value.to_json());
             }
             if record.value.is_enabled() {
-                active.push(Value::String(key.clone()));
+                active.push(Value::from(key));
             }
         }
         if !active.is_empty() && !self.properties.contains_key("$active_feature_flags") {

@@ -440,13 +440,10 @@ impl ResponseProperties<'_> {
         let snapshots = flags.evaluated();
         let mut active = Vec::new();
         for (i, snapshot) in snapshots.iter().enumerate() {
-            for key in snapshot.keys() {
+            for (key, record) in snapshot.records() {
                 if snapshots[..i].iter().any(|s| s.record(key).is_some()) {
                     continue;
                 }
-                let Some(record) = snapshot.record(key) else {
-                    continue;
-                };
                 let name = format!("$feature/{key}");
                 match &record.value {
                     FlagValue::Bool(b) => out.put(&name, Prop::Bool(*b)),

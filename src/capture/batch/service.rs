@@ -164,10 +164,19 @@ impl Batch {
     /// reported to `on_error`.
     pub fn try_capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
         let uuid = self.admit(&mut event)?;
-        match self.producer.try_push(Message::Event {
-            event,
-            notify: None,
-        }) {
+        self.try_push(
+            Message::Event {
+                event,
+                notify: None,
+            },
+            uuid,
+        )
+    }
+
+    /// Queues an admitted event without waiting: counted as captured, or refused (counted and
+    /// reported) when the queue is full or closed.
+    fn try_push(&self, message: Message, uuid: Uuid) -> Result<Uuid, CaptureError> {
+        match self.producer.try_push(message) {
             Ok(()) => {
                 self.shared.stats.captured(1);
                 Ok(uuid)
@@ -204,16 +213,7 @@ impl Batch {
                 limit: MAX_EVENT_BYTES,
             }));
         }
-        match self.producer.try_push(Message::Encoded { json, uuid }) {
-            Ok(()) => {
-                self.shared.stats.captured(1);
-                Ok(uuid)
-            }
-            Err(PushError::Full) => Err(self.reject(CaptureError::QueueFull {
-                capacity: self.shared.capacity,
-            })),
-            Err(PushError::Closed) => Err(self.reject(CaptureError::Closed)),
-        }
+        self.try_push(Message::Encoded { json, uuid }, uuid)
     }
 
     /// Queues `event`, waiting for room in the queue instead of failing when it is full.
