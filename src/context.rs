@@ -50,7 +50,7 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use http::{Method, Uri};
+use http::{uri::Authority, HeaderValue, Method, Uri};
 use serde_json::Value;
 
 use crate::Event;
@@ -130,15 +130,59 @@ enum Url {
     /// Built from these parts the first time it is needed (most requests never need it).
     Parts {
         scheme: &'static str,
-        host: Option<ShortStr>,
+        host: Host,
         built: OnceLock<String>,
     },
+}
+
+/// The host of a request's URL (with its port, if any).
+#[derive(Clone)]
+pub(crate) enum Host {
+    /// The `Host` header when it is a valid host, else the URI's authority (HTTP/2), checked
+    /// when first read: most requests never need their host, and the values are kept by
+    /// reference count, not copied.
+    Request {
+        header: Option<HeaderValue>,
+        authority: Option<Authority>,
+    },
+    /// Already checked.
+    Checked(Option<ShortStr>),
+}
+
+impl Host {
+    /// A host that was already checked (`None`: no valid host).
+    pub(crate) fn checked(host: Option<&str>) -> Self {
+        Host::Checked(host.map(ShortStr::new))
+    }
+
+    /// The host `uri` and `headers` name, checked when read.
+    pub(crate) fn of_request(uri: &Uri, headers: &http::HeaderMap) -> Self {
+        Host::Request {
+            header: headers.get(http::header::HOST).cloned(),
+            authority: uri.authority().cloned(),
+        }
+    }
+
+    /// The host, if valid.
+    pub(crate) fn get(&self) -> Option<&str> {
+        match self {
+            Host::Request { header, authority } => header
+                .as_ref()
+                .and_then(|h| crate::http::valid_host_bytes(h.as_bytes()))
+                .or_else(|| {
+                    authority
+                        .as_ref()
+                        .and_then(|a| crate::http::valid_host_bytes(a.as_str().as_bytes()))
+                }),
+            Host::Checked(host) => host.as_ref().map(ShortStr::as_str),
+        }
+    }
 }
 
 /// A string kept inline when short, as host names usually are: one allocation fewer per
 /// request.
 #[derive(Clone)]
-enum ShortStr {
+pub(crate) enum ShortStr {
     Inline { len: u8, bytes: [u8; SHORT_STR] },
     Heap(Box<str>),
 }
@@ -196,7 +240,7 @@ impl RequestContext {
         method: &Method,
         uri: &Uri,
         scheme: &'static str,
-        host: Option<&str>,
+        host: Host,
         ip: Option<String>,
     ) -> Self {
         RequestContext {
@@ -208,7 +252,7 @@ impl RequestContext {
                 path: Some(path_of(uri)),
                 current_url: Url::Parts {
                     scheme,
-                    host: host.map(ShortStr::new),
+                    host,
                     built: OnceLock::new(),
                 },
                 ip,
@@ -279,7 +323,7 @@ impl RequestContext {
                     Some(Path::Escaped { path_and_query, .. }) => path_and_query,
                     None => "/",
                 };
-                match host.as_ref().map(ShortStr::as_str) {
+                match host.get() {
                     Some(host) => {
                         let mut url =
                             String::with_capacity(scheme.len() + 3 + host.len() + pq.len());
@@ -298,7 +342,7 @@ impl RequestContext {
     /// The host of [`current_url`](Self::current_url) (with its port), when known.
     pub fn host(&self) -> Option<&str> {
         match &self.inner.current_url {
-            Url::Parts { host, .. } => host.as_ref().map(ShortStr::as_str),
+            Url::Parts { host, .. } => host.get(),
             _ => None,
         }
     }
@@ -495,7 +539,7 @@ mod tests {
                 &Method::GET,
                 &uri,
                 "https",
-                Some(&host),
+                Host::checked(Some(&host)),
                 None,
             );
             assert_eq!(ctx.host(), Some(host.as_str()));
@@ -582,8 +626,15 @@ mod tests {
         let uri: Uri = "/a\u{87}b?q=\u{85}"
             .parse()
             .expect("http accepts these bytes");
-        let ctx =
-            RequestContext::for_request(None, None, &Method::GET, &uri, "https", Some("h"), None);
+        let ctx = RequestContext::for_request(
+            None,
+            None,
+            &Method::GET,
+            &uri,
+            "https",
+            Host::checked(Some("h")),
+            None,
+        );
         assert_eq!(ctx.path(), Some("/a%C2%87b"));
         assert_eq!(ctx.current_url(), Some("https://h/a%C2%87b?q=%C2%85"));
     }

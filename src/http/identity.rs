@@ -222,6 +222,44 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// The identity headers of a request (posthog-js's two headers, and whether it has a cookie),
+/// found once.
+#[derive(Clone, Copy, Default)]
+struct IdentityHeaders<'h> {
+    distinct_id: Option<&'h HeaderValue>,
+    session_id: Option<&'h HeaderValue>,
+    cookie: bool,
+}
+
+/// Up to this many header names, one pass comparing names (a byte or a length for most)
+/// finds the identity headers for less than three hashed lookups (hashing a custom name
+/// reads every byte of it); above it, the lookups are cheaper.
+const SCAN_MAX_NAMES: usize = 8;
+
+impl<'h> IdentityHeaders<'h> {
+    fn find(headers: &'h HeaderMap) -> Self {
+        if headers.keys_len() > SCAN_MAX_NAMES {
+            return IdentityHeaders {
+                distinct_id: headers.get(&DISTINCT_ID_NAME),
+                session_id: headers.get(&SESSION_ID_NAME),
+                cookie: headers.contains_key(COOKIE),
+            };
+        }
+        let mut found = IdentityHeaders::default();
+        // A name's values come one after the other, its first value first.
+        for (name, value) in headers {
+            if *name == COOKIE {
+                found.cookie = true;
+            } else if *name == DISTINCT_ID_NAME {
+                found.distinct_id.get_or_insert(value);
+            } else if *name == SESSION_ID_NAME {
+                found.session_id.get_or_insert(value);
+            }
+        }
+        found
+    }
+}
+
 /// What [`MakeDistinctId`] and [`ShouldCapture`](super::ShouldCapture) see of a request: its
 /// method, URI, headers and extensions, and the posthog-js cookie decoded on first use.
 pub struct RequestHead<'a> {
@@ -230,6 +268,7 @@ pub struct RequestHead<'a> {
     headers: &'a HeaderMap,
     extensions: &'a Extensions,
     cookie_name: &'a str,
+    identity: OnceCell<IdentityHeaders<'a>>,
     cookie: OnceCell<Option<PostHogCookie>>,
 }
 
@@ -243,6 +282,7 @@ impl<'a> RequestHead<'a> {
             headers: request.headers(),
             extensions: request.extensions(),
             cookie_name,
+            identity: OnceCell::new(),
             cookie: OnceCell::new(),
         }
     }
@@ -273,16 +313,36 @@ impl<'a> RequestHead<'a> {
         header(self.headers, name)
     }
 
+    fn identity(&self) -> &IdentityHeaders<'a> {
+        self.identity
+            .get_or_init(|| IdentityHeaders::find(self.headers))
+    }
+
+    /// The `X-POSTHOG-DISTINCT-ID` header, cleaned.
+    fn distinct_id_header(&self) -> Option<String> {
+        self.identity()
+            .distinct_id
+            .and_then(header_text)
+            .and_then(sanitize)
+    }
+
     /// The decoded posthog-js cookie, if the request carries a valid one. Parsed once.
     pub fn posthog_cookie(&self) -> Option<&PostHogCookie> {
         self.cookie
-            .get_or_init(|| PostHogCookie::from_headers(self.headers, self.cookie_name))
+            .get_or_init(|| {
+                if self.identity().cookie {
+                    PostHogCookie::from_headers(self.headers, self.cookie_name)
+                } else {
+                    None
+                }
+            })
             .as_ref()
     }
 
     /// The session id: the `X-POSTHOG-SESSION-ID` header, else the cookie's.
     pub fn session_id(&self) -> Option<String> {
-        header(self.headers, &SESSION_ID_NAME).or_else(|| {
+        let header = self.identity().session_id;
+        header.and_then(header_text).and_then(sanitize).or_else(|| {
             self.posthog_cookie()
                 .and_then(|c| c.session_id().map(str::to_owned))
         })
@@ -354,7 +414,7 @@ pub struct DefaultMakeDistinctId;
 
 impl MakeDistinctId for DefaultMakeDistinctId {
     fn make_distinct_id(&mut self, request: &RequestHead<'_>) -> Option<String> {
-        header(request.headers(), &DISTINCT_ID_NAME).or_else(|| {
+        request.distinct_id_header().or_else(|| {
             request
                 .posthog_cookie()
                 .and_then(|c| c.distinct_id().map(str::to_owned))
@@ -493,5 +553,57 @@ mod tests {
             DefaultMakeDistinctId.make_distinct_id(&head),
             Some("from-cookie".into())
         );
+    }
+
+    /// What the default resolver reads of `pairs`, with `filler` unrelated headers before them.
+    fn resolved(pairs: &[(&str, &str)], filler: usize) -> (Option<String>, Option<String>, bool) {
+        let mut b = Request::builder();
+        for i in 0..filler {
+            b = b.header(format!("x-filler-{i}"), "1");
+        }
+        for (k, v) in pairs {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(()).unwrap();
+        let head = RequestHead::new(&req, "ph_k_posthog");
+        (
+            DefaultMakeDistinctId.make_distinct_id(&head),
+            head.session_id(),
+            head.posthog_cookie().is_some(),
+        )
+    }
+
+    #[test]
+    fn one_pass_and_lookups_find_the_same_identity_headers() {
+        let cookie = "ph_k_posthog=%7B%22distinct_id%22%3A%22c%22%2C%22%24sesid%22%3A%5B1%2C%22cs%22%2C1%5D%7D";
+        let cases: &[&[(&str, &str)]] = &[
+            &[],
+            &[("host", "a.example")],
+            &[(DISTINCT_ID_HEADER, "d1"), (DISTINCT_ID_HEADER, "d2")],
+            &[(SESSION_ID_HEADER, " s1 "), (SESSION_ID_HEADER, "s2")],
+            &[("cookie", "x=1"), ("cookie", cookie)],
+            &[("cookie", cookie), (DISTINCT_ID_HEADER, "d")],
+            &[("cookie", cookie), (SESSION_ID_HEADER, " \t ")],
+            &[("X-PostHog-Distinct-Id", "mixed-case")],
+        ];
+        for pairs in cases {
+            let one_pass = resolved(pairs, 0);
+            assert_eq!(one_pass, resolved(pairs, SCAN_MAX_NAMES + 1), "{pairs:?}");
+            assert_eq!(one_pass, resolved(pairs, SCAN_MAX_NAMES - 3), "{pairs:?}");
+        }
+        assert_eq!(
+            resolved(cases[2], 0),
+            (Some("d1".into()), None, false),
+            "the first value wins"
+        );
+        assert_eq!(resolved(cases[3], 0), (None, Some("s1".into()), false));
+        assert_eq!(
+            resolved(cases[4], 0),
+            (Some("c".into()), Some("cs".into()), true),
+            "every Cookie header is searched"
+        );
+        assert_eq!(resolved(cases[5], 0).0, Some("d".into()));
+        assert_eq!(resolved(cases[6], 0).1, Some("cs".into()));
+        assert_eq!(resolved(cases[7], 0).0, Some("mixed-case".into()));
     }
 }

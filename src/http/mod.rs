@@ -96,6 +96,8 @@ mod request_flags;
 mod set_context;
 mod url;
 
+pub(crate) use url::valid_host_bytes;
+
 use std::{
     fmt,
     future::Future,

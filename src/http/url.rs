@@ -8,19 +8,38 @@ use std::{
 use http::{header, HeaderMap, Uri};
 
 use super::identity::{header_text, sanitize_borrowed};
+use crate::context::Host;
 
 /// The longest host name accepted from a header.
 const MAX_HOST: usize = 255;
 
-/// A host (with optional port) as it may appear in `Host`: letters, digits, `.-_:[]`.
+/// The bytes a host (with optional port) may hold in `Host`: letters, digits, `.-_:[]`.
+static HOST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b':' | b'[' | b']');
+        b += 1;
+    }
+    table
+};
+
+/// A host (with optional port) as it may appear in `Host`, surrounding whitespace trimmed.
 fn valid_host(host: &str) -> Option<&str> {
-    let host = host.trim();
+    valid_host_bytes(host.as_bytes())
+}
+
+/// [`valid_host`] on raw header bytes: every accepted byte is ASCII, so no separate UTF-8
+/// check is needed first.
+pub(crate) fn valid_host_bytes(host: &[u8]) -> Option<&str> {
+    let host = host.trim_ascii();
     let ok = !host.is_empty()
         && host.len() <= MAX_HOST
-        && host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
-        });
-    ok.then_some(host)
+        && host.iter().all(|&b| HOST_BYTES[usize::from(b)]);
+    // Only ASCII bytes passed: `from_utf8` cannot fail.
+    ok.then(|| std::str::from_utf8(host).ok()).flatten()
 }
 
 /// The first element of a comma-separated header value.
@@ -59,21 +78,18 @@ pub(crate) fn scheme(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> &'sta
     }
 }
 
-/// The host the client asked for (with port, if any).
-pub(crate) fn host<'h>(uri: &'h Uri, headers: &'h HeaderMap, trust_proxy: bool) -> Option<&'h str> {
+/// The host the client asked for (with port, if any): from a trusted proxy's headers, else
+/// from `Host` or the URI (checked when first read).
+pub(crate) fn host(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> Host {
     if trust_proxy {
         let forwarded = forwarded_param(headers, "host")
             .or_else(|| forwarded_header(headers, "x-forwarded-host"))
             .and_then(valid_host);
         if forwarded.is_some() {
-            return forwarded;
+            return Host::checked(forwarded);
         }
     }
-    headers
-        .get(header::HOST)
-        .and_then(header_text)
-        .and_then(valid_host)
-        .or_else(|| uri.authority().map(|a| a.as_str()).and_then(valid_host))
+    Host::of_request(uri, headers)
 }
 
 /// The host part of a URL (`https://a.example:8080/x` gives `a.example:8080`).
@@ -176,7 +192,13 @@ mod tests {
         assert_eq!(current_url(&uri, &h, false), "/");
         let long = "a".repeat(300);
         let h = headers(&[("host", &long)]);
-        assert_eq!(host(&uri, &h, false), None);
+        assert_eq!(host(&uri, &h, false).get(), None);
+        // An invalid `Host` falls back to the URI's authority, a valid one wins over it.
+        let absolute: Uri = "http://origin.example/p".parse().unwrap();
+        let h = headers(&[("host", "a b")]);
+        assert_eq!(host(&absolute, &h, false).get(), Some("origin.example"));
+        let h = headers(&[("host", " hdr.example ")]);
+        assert_eq!(host(&absolute, &h, false).get(), Some("hdr.example"));
     }
 
     #[test]
