@@ -50,7 +50,7 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use http::{uri::Authority, HeaderValue, Method, Uri};
+use http::{uri::Authority, Method, Uri};
 use serde_json::Value;
 
 use crate::Event;
@@ -138,27 +138,32 @@ enum Url {
 /// The host of a request's URL (with its port, if any).
 #[derive(Clone)]
 pub(crate) enum Host {
-    /// The `Host` header when it is a valid host, else the URI's authority (HTTP/2), checked
-    /// when first read: most requests never need their host, and the values are kept by
-    /// reference count, not copied.
+    /// The `Host` header's bytes when they are a valid host, else the URI's authority
+    /// (HTTP/2), checked when first read: most requests never need their host.
     Request {
-        header: Option<HeaderValue>,
+        header: Option<ShortBytes>,
         authority: Option<Authority>,
     },
-    /// Already checked.
-    Checked(Option<ShortStr>),
+    /// Already checked (UTF-8).
+    Checked(Option<ShortBytes>),
 }
 
 impl Host {
     /// A host that was already checked (`None`: no valid host).
     pub(crate) fn checked(host: Option<&str>) -> Self {
-        Host::Checked(host.map(ShortStr::new))
+        Host::Checked(host.map(|h| ShortBytes::new(h.as_bytes())))
     }
 
-    /// The host `uri` and `headers` name, checked when read.
+    /// The host `uri` and `headers` name, checked when read. The header's bytes are copied
+    /// (no shared reference count to touch); a value too long to be a host is not.
     pub(crate) fn of_request(uri: &Uri, headers: &http::HeaderMap) -> Self {
+        let header = headers
+            .get(http::header::HOST)
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|v| v.len() <= crate::http::MAX_HOST)
+            .map(ShortBytes::new);
         Host::Request {
-            header: headers.get(http::header::HOST).cloned(),
+            header,
             authority: uri.authority().cloned(),
         }
     }
@@ -174,41 +179,40 @@ impl Host {
                         .as_ref()
                         .and_then(|a| crate::http::valid_host_bytes(a.as_str().as_bytes()))
                 }),
-            Host::Checked(host) => host.as_ref().map(ShortStr::as_str),
+            // Made from a `&str`: always UTF-8, so never the default.
+            Host::Checked(host) => host
+                .as_ref()
+                .map(|h| std::str::from_utf8(h.as_bytes()).unwrap_or_default()),
         }
     }
 }
 
-/// A string kept inline when short, as host names usually are: one allocation fewer per
-/// request.
+/// Bytes kept inline when short, as host names usually are: no allocation, no reference count.
 #[derive(Clone)]
-pub(crate) enum ShortStr {
-    Inline { len: u8, bytes: [u8; SHORT_STR] },
-    Heap(Box<str>),
+pub(crate) enum ShortBytes {
+    Inline { len: u8, bytes: [u8; SHORT] },
+    Heap(Box<[u8]>),
 }
 
-/// The longest [`ShortStr`] kept inline.
-const SHORT_STR: usize = 62;
+/// The most bytes a [`ShortBytes`] keeps inline.
+const SHORT: usize = 62;
 
-impl ShortStr {
-    fn new(text: &str) -> Self {
-        match u8::try_from(text.len()) {
-            Ok(len) if text.len() <= SHORT_STR => {
-                let mut bytes = [0; SHORT_STR];
-                bytes[..text.len()].copy_from_slice(text.as_bytes());
-                ShortStr::Inline { len, bytes }
+impl ShortBytes {
+    fn new(data: &[u8]) -> Self {
+        match u8::try_from(data.len()) {
+            Ok(len) if data.len() <= SHORT => {
+                let mut bytes = [0; SHORT];
+                bytes[..data.len()].copy_from_slice(data);
+                ShortBytes::Inline { len, bytes }
             }
-            _ => ShortStr::Heap(text.into()),
+            _ => ShortBytes::Heap(data.into()),
         }
     }
 
-    fn as_str(&self) -> &str {
+    fn as_bytes(&self) -> &[u8] {
         match self {
-            // The bytes are a whole `&str`, copied: always UTF-8, so never the default.
-            ShortStr::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
-            ShortStr::Heap(text) => text,
+            ShortBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            ShortBytes::Heap(data) => data,
         }
     }
 }
@@ -528,8 +532,8 @@ mod tests {
         let uri: Uri = "/p?q=1".parse().unwrap();
         for host in [
             "a.example".to_owned(),
-            "h".repeat(SHORT_STR),
-            "h".repeat(SHORT_STR + 1),
+            "h".repeat(SHORT),
+            "h".repeat(SHORT + 1),
             format!("{}.example:8080", "é".repeat(40)),
             "x".repeat(300),
         ] {

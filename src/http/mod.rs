@@ -54,6 +54,31 @@
 //! # }
 //! ```
 //!
+//! `Router::layer` wraps every route, after routing: pageviews get the matched route template
+//! (`$route`), and axum boxes and clones the layered route for each request (two allocations,
+//! whatever the layer). Wrapped around the whole `Router` instead, the layer runs before
+//! routing, for every request including those no route matches, without that per-route cost
+//! and without `$route`:
+//!
+//! ```
+//! use axum::{routing::get, Router, ServiceExt};
+//! use posthog_tower::PostHog;
+//! use tower::Layer;
+//!
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+//! let posthog = PostHog::builder("phc_project_key").build()?;
+//! let app = posthog
+//!     .layer()
+//!     .capture_pageviews(false)
+//!     .layer(Router::new().route("/", get(|| async { "home" })));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # let _ = async move {
+//! axum::serve(listener, ServiceExt::<axum::extract::Request>::into_make_service(app)).await?;
+//! # Ok::<(), std::io::Error>(()) };
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # With tonic
 //!
 //! ```
@@ -96,7 +121,7 @@ mod request_flags;
 mod set_context;
 mod url;
 
-pub(crate) use url::valid_host_bytes;
+pub(crate) use url::{valid_host_bytes, MAX_HOST};
 
 use std::{
     fmt,

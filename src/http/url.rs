@@ -11,7 +11,7 @@ use super::identity::{header_text, sanitize_borrowed};
 use crate::context::Host;
 
 /// The longest host name accepted from a header.
-const MAX_HOST: usize = 255;
+pub(crate) const MAX_HOST: usize = 255;
 
 /// The bytes a host (with optional port) may hold in `Host`: letters, digits, `.-_:[]`.
 static HOST_BYTES: [bool; 256] = {
