@@ -1,9 +1,17 @@
 //! Heap allocations per request in a real axum server (hyper parsing included), without the
-//! layer, with a pass-through layer, with `PostHogLayer` and with a pageview per request.
+//! layer, with a pass-through layer, with `PostHogLayer` (by `Router::layer`, and around the
+//! whole `Router`) and with a pageview per request.
 //!
 //! ```text
-//! cargo run --release --features axum --example http_allocs
+//! cargo run --release --features axum --example http_allocs [-- --only MODE --requests N]
 //! ```
+//!
+//! `--only MODE` (`bare`, `noop`, `layer`, `outer`, `pageviews`) measures one mode, and
+//! `--requests N` sets how many requests are measured (default 20 000). Run under callgrind
+//! with two values of N, the difference of the instruction totals divided by the difference
+//! of N is the instructions per request, client included (the same in every mode); unlike
+//! time, it does not depend on what else the machine is doing (`HTTPBENCH.md` has the
+//! commands).
 //!
 //! One process: the server and a client on one keep-alive loopback connection, on a
 //! current-thread runtime. A counting global allocator counts every allocation (and
@@ -19,12 +27,13 @@ use std::{
     time::Duration,
 };
 
-use axum::{routing::get, Router};
+use axum::{routing::get, Router, ServiceExt};
 use posthog_tower::{http::RequestHead, PostHog};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
+use tower::Layer;
 
 struct Counting;
 
@@ -53,58 +62,73 @@ static GLOBAL: Counting = Counting;
 
 const WARMUP: u64 = 2_000;
 const REQUESTS: u64 = 20_000;
+const MODES: [&str; 5] = ["bare", "noop", "layer", "outer", "pageviews"];
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: app.example\r\nUser-Agent: wrk\r\n\r\n";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
+    let mut only = None;
+    let mut requests = REQUESTS;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--only", Some(mode)) if MODES.contains(&mode.as_str()) => only = Some(mode),
+            ("--requests", Some(n)) => requests = n.parse()?,
+            _ => return Err("usage: http_allocs [--only MODE] [--requests N]".into()),
+        }
+    }
     let posthog = PostHog::builder("phc_allocs")
         .host("http://127.0.0.1:9")
         .flush_at(1_000_000)
         .flush_interval(Duration::from_secs(3600))
         .max_queue_size(1_000_000)
         .build()?;
-    let app = || Router::new().route("/", get(|| async { "Hello, World!" }));
-    let modes: [(&str, Router); 4] = [
-        ("bare", app()),
-        (
-            "noop",
-            app().layer(tower::util::MapRequestLayer::new(
-                std::convert::identity::<axum::extract::Request>,
-            )),
-        ),
-        (
-            "layer",
-            app().layer(posthog.layer().capture_pageviews(false)),
-        ),
-        (
-            "pageviews",
-            app().layer(posthog.layer().should_capture(|_: &RequestHead<'_>| true)),
-        ),
-    ];
     let mut bare = None;
     println!("| mode | allocations per request | more than bare |");
     println!("|---|---|---|");
-    for (name, router) in modes {
-        let per_request = measure(router).await?;
+    let mut pageviews = 0;
+    for name in MODES {
+        if only.as_deref().is_some_and(|m| m != name) {
+            continue;
+        }
+        let app = Router::new().route("/", get(|| async { "Hello, World!" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = match name {
+            "outer" => {
+                let service = posthog.layer().capture_pageviews(false).layer(app);
+                let make = ServiceExt::<axum::extract::Request>::into_make_service(service);
+                tokio::spawn(async move { axum::serve(listener, make).await })
+            }
+            _ => {
+                let router = match name {
+                    "noop" => app.layer(tower::util::MapRequestLayer::new(
+                        std::convert::identity::<axum::extract::Request>,
+                    )),
+                    "layer" => app.layer(posthog.layer().capture_pageviews(false)),
+                    "pageviews" => {
+                        pageviews += WARMUP + requests;
+                        app.layer(posthog.layer().should_capture(|_: &RequestHead<'_>| true))
+                    }
+                    _ => app,
+                };
+                tokio::spawn(async move { axum::serve(listener, router).await })
+            }
+        };
+        let per_request = measure(addr, requests).await?;
+        server.abort();
         let base = *bare.get_or_insert(per_request);
         println!("| {name} | {per_request:.2} | {:+.2} |", per_request - base);
     }
     let stats = posthog.stats();
-    assert_eq!(
-        stats.captured,
-        WARMUP + REQUESTS,
-        "one pageview per request"
-    );
+    assert_eq!(stats.captured, pageviews, "one pageview per request");
     Ok(())
 }
 
-/// Allocations per request with `router` serving one keep-alive connection.
-async fn measure(router: Router) -> Result<f64, BoxError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+/// Allocations per request with the server at `addr` serving one keep-alive connection.
+async fn measure(addr: std::net::SocketAddr, requests: u64) -> Result<f64, BoxError> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut buf = vec![0u8; 4096];
@@ -125,10 +149,9 @@ async fn measure(router: Router) -> Result<f64, BoxError> {
         one(&mut stream).await?;
     }
     let start = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..REQUESTS {
+    for _ in 0..requests {
         one(&mut stream).await?;
     }
     let count = ALLOCATIONS.load(Ordering::Relaxed) - start;
-    server.abort();
-    Ok(count as f64 / REQUESTS as f64)
+    Ok(count as f64 / requests.max(1) as f64)
 }
