@@ -224,7 +224,7 @@ fn hex(b: u8) -> Option<u8> {
 
 /// The identity headers of a request (posthog-js's two headers, and whether it has a cookie),
 /// found once.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
 struct IdentityHeaders<'h> {
     distinct_id: Option<&'h HeaderValue>,
     session_id: Option<&'h HeaderValue>,
@@ -239,12 +239,21 @@ const SCAN_MAX_NAMES: usize = 8;
 impl<'h> IdentityHeaders<'h> {
     fn find(headers: &'h HeaderMap) -> Self {
         if headers.keys_len() > SCAN_MAX_NAMES {
-            return IdentityHeaders {
-                distinct_id: headers.get(&DISTINCT_ID_NAME),
-                session_id: headers.get(&SESSION_ID_NAME),
-                cookie: headers.contains_key(COOKIE),
-            };
+            Self::look_up(headers)
+        } else {
+            Self::scan(headers)
         }
+    }
+
+    fn look_up(headers: &'h HeaderMap) -> Self {
+        IdentityHeaders {
+            distinct_id: headers.get(&DISTINCT_ID_NAME),
+            session_id: headers.get(&SESSION_ID_NAME),
+            cookie: headers.contains_key(COOKIE),
+        }
+    }
+
+    fn scan(headers: &'h HeaderMap) -> Self {
         let mut found = IdentityHeaders::default();
         // A name's values come one after the other, its first value first.
         for (name, value) in headers {
@@ -605,5 +614,35 @@ mod tests {
         assert_eq!(resolved(cases[5], 0).0, Some("d".into()));
         assert_eq!(resolved(cases[6], 0).1, Some("cs".into()));
         assert_eq!(resolved(cases[7], 0).0, Some("mixed-case".into()));
+    }
+
+    proptest::proptest! {
+        /// Whatever the headers (names from a pool that includes the identity headers in any
+        /// case, repeated or not, values of any bytes a header may hold), the one-pass scan
+        /// finds exactly what the hashed lookups find.
+        #[test]
+        fn scan_and_look_up_agree(
+            pairs in proptest::collection::vec(
+                (0usize..8, proptest::collection::vec(
+                    proptest::prop_oneof![0x20u8..0x7f, 0x80u8..=0xff, proptest::strategy::Just(b'\t')],
+                    0..12,
+                )),
+                0..14,
+            )
+        ) {
+            const NAMES: [&str; 8] = [
+                "X-PostHog-Distinct-Id", "x-posthog-distinct-id", "x-posthog-session-id",
+                "Cookie", "host", "x-posthog-distinct", "user-agent", "x-other",
+            ];
+            let mut headers = HeaderMap::new();
+            for (name, value) in &pairs {
+                let value = HeaderValue::from_bytes(value).unwrap();
+                headers.append(HeaderName::from_bytes(NAMES[*name].as_bytes()).unwrap(), value);
+            }
+            proptest::prop_assert_eq!(
+                IdentityHeaders::scan(&headers),
+                IdentityHeaders::look_up(&headers)
+            );
+        }
     }
 }
