@@ -325,6 +325,75 @@ async fn handler_events_inherit_the_request_context_across_awaits() {
 }
 
 #[tokio::test]
+async fn around_the_whole_router_the_layer_runs_before_routing_without_route_templates() {
+    use axum::ServiceExt;
+    use tower::Layer;
+
+    let mock = mock().await;
+    let posthog = client(&mock);
+    let flags_seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = flags_seen.clone();
+    let router = app(&posthog).route(
+        "/flags",
+        get(
+            move |flags: Option<RequestFlags>, ctx: RequestContext| async move {
+                if flags.is_some() {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                ctx.distinct_id().unwrap_or("anonymous").to_owned()
+            },
+        ),
+    );
+    let service = posthog.layer().layer(router);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service),
+        )
+        .await
+        .expect("server runs");
+    });
+
+    let caller = [("X-POSTHOG-DISTINCT-ID", "user-outer")];
+    assert_eq!(get_with(addr, "/work", &caller).await.0, 200);
+    assert_eq!(
+        get_with(addr, "/flags", &caller).await,
+        (200, "user-outer".to_owned())
+    );
+    assert_eq!(get_with(addr, "/users/7", &caller).await.0, 200);
+    assert_eq!(get_with(addr, "/nowhere", &caller).await.0, 404);
+
+    let events = events(&posthog, &mock).await;
+    assert_eq!(flags_seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let handled = one(&events, "handler event");
+    assert_eq!(handled["distinct_id"], "user-outer");
+    assert_eq!(
+        handled["properties"]["$current_url"],
+        "http://app.example/work"
+    );
+    let pageviews = named(&events, "$pageview");
+    let paths: Vec<&str> = pageviews
+        .iter()
+        .map(|e| e["properties"]["$pathname"].as_str().expect("a path"))
+        .collect();
+    for path in ["/work", "/flags", "/users/7", "/nowhere"] {
+        assert!(paths.contains(&path), "a pageview for {path}: {paths:?}");
+    }
+    for pageview in &pageviews {
+        assert_eq!(pageview["distinct_id"], "user-outer");
+        // Before routing there is no matched route to name.
+        assert!(pageview["properties"].get("$route").is_none(), "{pageview}");
+    }
+    let unmatched = pageviews
+        .iter()
+        .find(|e| e["properties"]["$pathname"] == "/nowhere")
+        .expect("the unmatched request's pageview");
+    assert_eq!(unmatched["properties"]["$response_status"], 404);
+}
+
+#[tokio::test]
 async fn spawned_tasks_get_the_context_only_when_handed_over() {
     let mock = mock().await;
     let posthog = client(&mock);
