@@ -334,7 +334,6 @@ where
             inner,
             make: self.make.clone(),
             shared: Arc::new(Shared {
-                posthog: self.posthog.clone(),
                 predicate: self.predicate.clone(),
                 pageviews: self.pageviews,
                 event_name: self.event_name.clone(),
@@ -348,10 +347,10 @@ where
 /// What every clone of a [`PostHogService`] shares: one reference count per clone (axum clones
 /// the service for every request).
 struct Shared<P> {
-    posthog: PostHog,
     predicate: P,
     pageviews: bool,
     event_name: Arc<str>,
+    /// Where the flags come from; its client also takes the pageviews.
     flags: Arc<FlagSource>,
     config: ContextConfig,
 }
@@ -423,7 +422,12 @@ where
                 &mut request,
             );
         let pending = selected.then(|| {
-            capture_pageviews::Pending::new(&shared.posthog, &shared.event_name, &ctx, &request)
+            capture_pageviews::Pending::new(
+                shared.flags.posthog(),
+                &shared.event_name,
+                &ctx,
+                &request,
+            )
         });
         // The context is current while the inner future runs (where handlers run); the inner
         // service's synchronous `call` finds it in the request's extensions.

@@ -65,6 +65,11 @@ impl FlagSource {
     pub(crate) fn eager_keys(&self) -> Option<&Arc<[String]>> {
         self.eager_keys.as_ref()
     }
+
+    /// The client the flags (and the layer's pageviews) go through.
+    pub(crate) fn posthog(&self) -> &PostHog {
+        &self.posthog
+    }
 }
 
 /// One request's evaluations, attached to its context on first use.
