@@ -527,6 +527,19 @@ mod tests {
         assert_eq!(ctx.attached_if_any::<u32>(), Some(&7));
     }
 
+    /// The context of an anonymous `GET` of `uri` over HTTPS from the checked `host`.
+    fn https_get(uri: &Uri, host: &str) -> RequestContext {
+        RequestContext::for_request(
+            None,
+            None,
+            &Method::GET,
+            uri,
+            "https",
+            Host::checked(Some(host)),
+            None,
+        )
+    }
+
     #[test]
     fn hosts_short_and_long_are_kept_whole() {
         let uri: Uri = "/p?q=1".parse().unwrap();
@@ -537,15 +550,7 @@ mod tests {
             format!("{}.example:8080", "é".repeat(40)),
             "x".repeat(300),
         ] {
-            let ctx = RequestContext::for_request(
-                None,
-                None,
-                &Method::GET,
-                &uri,
-                "https",
-                Host::checked(Some(&host)),
-                None,
-            );
+            let ctx = https_get(&uri, &host);
             assert_eq!(ctx.host(), Some(host.as_str()));
             assert_eq!(
                 ctx.current_url(),
@@ -630,15 +635,7 @@ mod tests {
         let uri: Uri = "/a\u{87}b?q=\u{85}"
             .parse()
             .expect("http accepts these bytes");
-        let ctx = RequestContext::for_request(
-            None,
-            None,
-            &Method::GET,
-            &uri,
-            "https",
-            Host::checked(Some("h")),
-            None,
-        );
+        let ctx = https_get(&uri, "h");
         assert_eq!(ctx.path(), Some("/a%C2%87b"));
         assert_eq!(ctx.current_url(), Some("https://h/a%C2%87b?q=%C2%85"));
     }

@@ -80,7 +80,12 @@ pub(crate) fn header_text(value: &HeaderValue) -> Option<&str> {
 
 /// The first value of `name`, cleaned.
 pub(crate) fn header(headers: &HeaderMap, name: impl AsHeaderName) -> Option<String> {
-    headers.get(name).and_then(header_text).and_then(sanitize)
+    cleaned(headers.get(name))
+}
+
+/// A header value as cleaned text (see [`sanitize`]); `None` for invalid UTF-8.
+fn cleaned(value: Option<&HeaderValue>) -> Option<String> {
+    value.and_then(header_text).and_then(sanitize)
 }
 
 /// What posthog-js keeps in its `ph_<project key>_posthog` cookie, as far as the server cares.
@@ -329,10 +334,7 @@ impl<'a> RequestHead<'a> {
 
     /// The `X-POSTHOG-DISTINCT-ID` header, cleaned.
     fn distinct_id_header(&self) -> Option<String> {
-        self.identity()
-            .distinct_id
-            .and_then(header_text)
-            .and_then(sanitize)
+        cleaned(self.identity().distinct_id)
     }
 
     /// The decoded posthog-js cookie, if the request carries a valid one. Parsed once.
@@ -350,8 +352,7 @@ impl<'a> RequestHead<'a> {
 
     /// The session id: the `X-POSTHOG-SESSION-ID` header, else the cookie's.
     pub fn session_id(&self) -> Option<String> {
-        let header = self.identity().session_id;
-        header.and_then(header_text).and_then(sanitize).or_else(|| {
+        cleaned(self.identity().session_id).or_else(|| {
             self.posthog_cookie()
                 .and_then(|c| c.session_id().map(str::to_owned))
         })
