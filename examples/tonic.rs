@@ -237,7 +237,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // Owned copies: nothing borrowed from the request lives across the `.await`.
-        let context = request.extensions().get::<RequestContext>().cloned();
+        let context = RequestContext::from_extensions(request.extensions()).cloned();
         let flags = request.extensions().get::<RequestFlags>().cloned();
         let method = request.uri().path().to_owned();
         Box::pin(async move {

@@ -3,8 +3,9 @@
 //!
 //! [`PostHogLayer`](crate::http::PostHogLayer) (or
 //! [`SetRequestContext`](crate::http::SetRequestContext)) builds a [`RequestContext`] for each
-//! request, puts it in the request's extensions and makes it the *current* context of the task
-//! that runs the handler. While it is current, [`PostHog::capture`](crate::PostHog::capture)
+//! request, puts it in the request's extensions (read it with
+//! [`RequestContext::from_extensions`]) and makes it the *current* context of the task that
+//! runs the handler. While it is current, [`PostHog::capture`](crate::PostHog::capture)
 //! fills in what an event leaves out:
 //!
 //! - an event made with [`Event::named`] gets the caller's distinct id (or, for an anonymous
@@ -16,7 +17,8 @@
 //! The context is task-local: it follows the handler across `.await`s but **not** into tasks it
 //! spawns. Carry it there with [`RequestContext::current`] and [`RequestContext::scope`]. It is
 //! current while the response future runs (where a handler's code runs); a middleware's
-//! synchronous `call` inside the layer finds it in the request's extensions instead.
+//! synchronous `call` inside the layer finds it in the request's extensions instead
+//! ([`RequestContext::from_extensions`]).
 //! Outside a request you can make one yourself, for example for a background job acting for a
 //! user.
 //!
@@ -47,7 +49,10 @@ use std::{
     any::Any,
     fmt,
     future::Future,
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
 };
 
 use http::{uri::Authority, Method, Uri};
@@ -73,6 +78,8 @@ struct Data {
     /// Per-request state the HTTP layer attaches (the request's flag evaluations), created on
     /// first use.
     attached: Attached,
+    /// Whether a layer captures this request's pageview.
+    pageview_claimed: Claimed,
     distinct_id: Option<String>,
     session_id: Option<String>,
     method: Option<Method>,
@@ -91,6 +98,16 @@ struct Attached(OnceLock<Arc<dyn Any + Send + Sync>>);
 impl Clone for Attached {
     fn clone(&self) -> Self {
         Attached::default()
+    }
+}
+
+/// See [`RequestContext::claim_pageview`]. A copy of the data starts unclaimed.
+#[derive(Default)]
+struct Claimed(AtomicBool);
+
+impl Clone for Claimed {
+    fn clone(&self) -> Self {
+        Claimed::default()
     }
 }
 
@@ -250,6 +267,7 @@ impl RequestContext {
         RequestContext {
             inner: Arc::new(Data {
                 attached: Attached::default(),
+                pageview_claimed: Claimed::default(),
                 distinct_id,
                 session_id,
                 method: Some(method.clone()),
@@ -374,6 +392,37 @@ impl RequestContext {
         CURRENT.try_with(RequestContext::clone).ok()
     }
 
+    /// The request context in a request's extensions: a `RequestContext` entry (what
+    /// [`SetRequestContext`](crate::http::SetRequestContext) inserts, or one you insert
+    /// yourself), else the context of the request's
+    /// [`RequestFlags`](crate::http::RequestFlags).
+    ///
+    /// Read it this way rather than with `extensions.get::<RequestContext>()`:
+    /// [`PostHogLayer`](crate::http::PostHogLayer) puts one entry in each request's extensions,
+    /// the `RequestFlags` carrying the context, because every entry costs an allocation, and
+    /// axum's router has already filled the map's first buckets (a second entry would make it
+    /// grow). The axum extractor for `RequestContext` reads it this way too.
+    ///
+    /// ```
+    /// use posthog_tower::context::RequestContext;
+    ///
+    /// let mut request = http::Request::new(());
+    /// assert!(RequestContext::from_extensions(request.extensions()).is_none());
+    ///
+    /// request
+    ///     .extensions_mut()
+    ///     .insert(RequestContext::new(Some("user-42".into())));
+    /// let ctx = RequestContext::from_extensions(request.extensions());
+    /// assert_eq!(ctx.and_then(RequestContext::distinct_id), Some("user-42"));
+    /// ```
+    pub fn from_extensions(extensions: &http::Extensions) -> Option<&RequestContext> {
+        extensions.get::<RequestContext>().or_else(|| {
+            extensions
+                .get::<crate::http::RequestFlags>()
+                .map(crate::http::RequestFlags::context)
+        })
+    }
+
     /// Runs `future` with this context as the current one (across its `.await`s).
     pub fn scope<F: Future>(self, future: F) -> Scoped<F> {
         Scoped {
@@ -396,6 +445,13 @@ impl RequestContext {
             .0
             .get_or_init(|| Arc::new(init()))
             .downcast_ref()
+    }
+
+    /// Claims the request's pageview for the calling layer: `true` the first time (for this
+    /// context and its clones), so a request whose layers share its context has one pageview
+    /// even when the layer is applied twice.
+    pub(crate) fn claim_pageview(&self) -> bool {
+        !self.inner.pageview_claimed.0.swap(true, Ordering::Relaxed)
     }
 
     /// The state of type `T` attached so far, without creating it.

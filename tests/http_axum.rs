@@ -921,3 +921,74 @@ async fn the_parts_work_alone_and_stacked_by_hand() {
         .iter()
         .any(|e| e["properties"]["$process_person_profile"] == false));
 }
+
+#[tokio::test]
+async fn stacked_layers_share_one_context_and_capture_one_pageview_per_request() {
+    use axum::ServiceExt;
+    use posthog_tower::http::{CapturePageviewsLayer, InjectFlagsLayer};
+    use tower::Layer;
+
+    let mock = mock().await;
+    let posthog = client(&mock);
+    // What the handler finds in the extensions: the caller through `from_extensions`, the
+    // flags' caller, and whether a `RequestContext` entry of its own exists.
+    let report = |req: Request| async move {
+        let ext = req.extensions();
+        let ctx = RequestContext::from_extensions(ext).and_then(RequestContext::distinct_id);
+        let flags = ext
+            .get::<RequestFlags>()
+            .and_then(RequestFlags::distinct_id);
+        format!(
+            "{} {} {}",
+            ctx.unwrap_or("-"),
+            flags.unwrap_or("-"),
+            ext.get::<RequestContext>().is_some()
+        )
+    };
+    let router = Router::new()
+        // The full layer twice (per route and around the router), and a third pageview layer.
+        .route(
+            "/twice",
+            get(report).layer(CapturePageviewsLayer::new(&posthog)),
+        )
+        .layer(posthog.layer());
+    let service = posthog.layer().layer(router);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(listener, ServiceExt::<Request>::into_make_service(service))
+            .await
+            .expect("server runs");
+    });
+
+    let caller = [("X-POSTHOG-DISTINCT-ID", "user-twice")];
+    assert_eq!(
+        get_with(addr, "/twice", &caller).await,
+        (200, "user-twice user-twice false".to_owned())
+    );
+    assert_eq!(get_with(addr, "/twice", &caller).await.0, 200);
+
+    // Flags alone: the context travels in them, and the extractor finds it.
+    let direct = Router::new()
+        .route(
+            "/flags-only",
+            get(|ctx: RequestContext| async move { ctx.distinct_id().unwrap_or("-").to_owned() }),
+        )
+        .layer(InjectFlagsLayer::new(&posthog));
+    let direct = serve(direct).await;
+    assert_eq!(
+        get_with(direct, "/flags-only", &caller).await,
+        (200, "user-twice".to_owned())
+    );
+
+    let events = events(&posthog, &mock).await;
+    let views = named(&events, "$pageview");
+    // Two requests through three pageview layers: two pageviews (the outermost layer's, so
+    // without `$route`); `InjectFlags` alone captures none.
+    assert_eq!(views.len(), 2, "{views:#?}");
+    for view in &views {
+        assert_eq!(view["distinct_id"], "user-twice");
+        assert_eq!(view["properties"]["$pathname"], "/twice");
+        assert!(view["properties"].get("$route").is_none(), "{view}");
+    }
+}

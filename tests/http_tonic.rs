@@ -154,7 +154,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let ext = request.extensions();
         let _ = self.seen.send(Seen {
-            context: ext.get::<RequestContext>().cloned(),
+            context: RequestContext::from_extensions(ext).cloned(),
             flags: ext.get::<RequestFlags>().cloned(),
             current: RequestContext::current(),
         });
@@ -190,9 +190,7 @@ impl Health for FlaggedHealth {
             None => None,
         };
         let _ = self.seen.send(HandlerSaw {
-            caller: request
-                .extensions()
-                .get::<RequestContext>()
+            caller: RequestContext::from_extensions(request.extensions())
                 .and_then(|c| c.distinct_id().map(str::to_owned)),
             flags_for: flags.and_then(|f| f.distinct_id().map(str::to_owned)),
             flag_x,

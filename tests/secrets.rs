@@ -530,9 +530,7 @@ async fn the_http_layer_does_not_print_keys() {
         assert_debug_is_clean("RequestFlags", &flags);
         assert!(!flags.is_enabled("beta").await);
         assert_debug_is_clean("RequestFlags after a failure", &flags);
-        let ctx = req
-            .extensions()
-            .get::<posthog_tower::context::RequestContext>()
+        let ctx = posthog_tower::context::RequestContext::from_extensions(req.extensions())
             .cloned()
             .unwrap();
         assert_debug_is_clean("RequestContext", &ctx);

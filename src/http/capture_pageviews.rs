@@ -158,34 +158,34 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
-        let pending = claim(&layer.predicate, &layer.config.cookie_name, &mut request).then(|| {
-            let context = layer
-                .config
-                .ensure(&mut DefaultMakeDistinctId, &mut request);
-            Pending::new(&layer.posthog, &layer.event_name, &context, &request)
-        });
+        let selected = layer
+            .predicate
+            .should_capture(&RequestHead::new(&request, &layer.config.cookie_name));
+        let pending = selected
+            .then(|| {
+                let context = layer
+                    .config
+                    .ensure(&mut DefaultMakeDistinctId, &mut request);
+                context
+                    .claim_pageview()
+                    .then(|| Pending::new(&layer.posthog, &layer.event_name, &context, &request))
+            })
+            .flatten();
         ResponseFuture::new(self.inner.call(request), pending)
     }
 }
 
-/// Marks a request whose pageview an outer layer captures.
-#[derive(Clone, Copy)]
-struct Claimed;
-
-/// Whether this layer captures `request`'s pageview: `predicate` selects it and no outer layer
-/// claimed it already (one pageview per request, even when the layer is applied twice). A
-/// selected request is marked as claimed.
+/// Whether this layer captures the pageview of the request of `context`: `predicate` selects
+/// it and no outer layer claimed it already (one pageview per request, even when the layer is
+/// applied twice). A selected request is claimed in its context, which every layer of the
+/// request shares; nothing is added to its extensions.
 pub(crate) fn claim<B, P: ShouldCapture>(
     predicate: &P,
     cookie_name: &str,
-    request: &mut Request<B>,
+    context: &RequestContext,
+    request: &Request<B>,
 ) -> bool {
-    let selected = request.extensions().get::<Claimed>().is_none()
-        && predicate.should_capture(&RequestHead::new(request, cookie_name));
-    if selected {
-        request.extensions_mut().insert(Claimed);
-    }
-    selected
+    predicate.should_capture(&RequestHead::new(request, cookie_name)) && context.claim_pageview()
 }
 
 /// A pageview being built: its request half is written when the request arrives, the rest

@@ -6,7 +6,7 @@ use axum_core::{
     extract::{FromRequestParts, OptionalFromRequestParts},
     response::{IntoResponse, Response},
 };
-use http::{request::Parts, StatusCode};
+use http::{request::Parts, Extensions, StatusCode};
 
 use super::RequestFlags;
 use crate::context::RequestContext;
@@ -38,14 +38,12 @@ impl IntoResponse for MissingPostHogLayer {
 }
 
 macro_rules! extractor {
-    ($ty:ty, $name:literal) => {
+    ($ty:ty, $name:literal, $find:expr) => {
         impl<S: Send + Sync> FromRequestParts<S> for $ty {
             type Rejection = MissingPostHogLayer;
 
             async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-                parts
-                    .extensions
-                    .get::<$ty>()
+                $find(&parts.extensions)
                     .cloned()
                     .ok_or(MissingPostHogLayer { what: $name })
             }
@@ -58,11 +56,20 @@ macro_rules! extractor {
                 parts: &mut Parts,
                 _: &S,
             ) -> Result<Option<Self>, Self::Rejection> {
-                Ok(parts.extensions.get::<$ty>().cloned())
+                Ok($find(&parts.extensions).cloned())
             }
         }
     };
 }
 
-extractor!(RequestFlags, "RequestFlags");
-extractor!(RequestContext, "RequestContext");
+extractor!(
+    RequestFlags,
+    "RequestFlags",
+    Extensions::get::<RequestFlags>
+);
+// `PostHogLayer` keeps the context in the request's `RequestFlags`.
+extractor!(
+    RequestContext,
+    "RequestContext",
+    RequestContext::from_extensions
+);

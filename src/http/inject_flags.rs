@@ -11,10 +11,12 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    identity::DefaultMakeDistinctId, request_flags::FlagSource, set_context::ContextConfig,
+    identity::{DefaultMakeDistinctId, MakeDistinctId},
+    request_flags::FlagSource,
+    set_context::ContextConfig,
     RequestFlags,
 };
-use crate::PostHog;
+use crate::{context::RequestContext, PostHog};
 
 /// Applies [`InjectFlags`]. See the [module docs](super).
 #[derive(Clone)]
@@ -71,7 +73,8 @@ impl<S> Layer<S> for InjectFlagsLayer {
 }
 
 /// Inserts a [`RequestFlags`] handle for the caller into every request (unless one is
-/// there). It evaluates nothing unless a flag is read, or [eager keys](InjectFlagsLayer::eager)
+/// there); it carries the request context ([`RequestFlags::context`],
+/// [`RequestContext::from_extensions`]). It evaluates nothing unless a flag is read, or [eager keys](InjectFlagsLayer::eager)
 /// are set; it never delays or fails the request.
 ///
 /// The caller is the one of the request's [`RequestContext`](crate::context::RequestContext)
@@ -127,25 +130,38 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if request.extensions().get::<RequestFlags>().is_none() {
-            let ctx = self
-                .shared
-                .config
-                .ensure(&mut DefaultMakeDistinctId, &mut request);
-            insert(&self.shared.source, ctx, &mut request);
-        }
+        let shared = &*self.shared;
+        ensure(
+            &shared.source,
+            &shared.config,
+            &mut DefaultMakeDistinctId,
+            &mut request,
+        );
         self.inner.call(request)
     }
 }
 
-/// Inserts a [`RequestFlags`] handle for `ctx`'s caller into `request`, starting the eager
-/// keys' evaluation.
-pub(crate) fn insert<B>(
+/// The request's context, with a [`RequestFlags`] handle for its caller in `request`'s
+/// extensions: the handle already there (an outer layer's), else a new one for the context
+/// already there, else for a context resolved with `make`. A new handle carries its context
+/// (one extension entry, see [`RequestContext::from_extensions`]) and starts the eager keys'
+/// evaluation.
+pub(crate) fn ensure<B, M: MakeDistinctId>(
     source: &Arc<FlagSource>,
-    ctx: crate::context::RequestContext,
+    config: &ContextConfig,
+    make: &mut M,
     request: &mut Request<B>,
-) {
-    let flags = RequestFlags::with_source(source.clone(), ctx);
+) -> RequestContext {
+    let extensions = request.extensions();
+    if let Some(flags) = extensions.get::<RequestFlags>() {
+        return flags.context().clone();
+    }
+    let ctx = match extensions.get::<RequestContext>() {
+        Some(ctx) => ctx.clone(),
+        None => config.resolve(make, request),
+    };
+    let flags = RequestFlags::with_source(source.clone(), ctx.clone());
     flags.prefetch();
     request.extensions_mut().insert(flags);
+    ctx
 }

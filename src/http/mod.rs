@@ -6,7 +6,7 @@
 //! | middleware | what it does |
 //! |---|---|
 //! | [`SetRequestContext`] | resolves the caller ([`MakeDistinctId`]) and session, puts a [`RequestContext`] in the extensions and makes it current for the handler, so `capture` inherits it |
-//! | [`InjectFlags`] | puts a [`RequestFlags`] handle in the extensions (lazy, or eager for listed keys) |
+//! | [`InjectFlags`] | puts a [`RequestFlags`] handle, which carries the request context, in the extensions (lazy, or eager for listed keys) |
 //! | [`CapturePageviews`] | captures a `$pageview` when the response is ready, for the requests a [`ShouldCapture`] predicate selects |
 //!
 //! Each is generic over the request and response bodies and keeps the inner service's error
@@ -26,8 +26,18 @@
 //! # Spawned tasks
 //!
 //! The request context is task-local: it follows the handler across `.await`s but not into
-//! `tokio::spawn`ed tasks. Take it with [`RequestContext::current`] (or from the extensions)
-//! and run the task inside [`RequestContext::scope`].
+//! `tokio::spawn`ed tasks. Take it with [`RequestContext::current`] (or
+//! [`RequestContext::from_extensions`]) and run the task inside [`RequestContext::scope`].
+//!
+//! # One extension entry
+//!
+//! [`PostHogLayer`] inserts one entry per request: the [`RequestFlags`], which carry the
+//! request's [`RequestContext`]. Read the context with [`RequestContext::from_extensions`] (or
+//! the axum extractor), which finds it there or as an entry of its own
+//! ([`SetRequestContext`]'s, or one you insert before the layer, which the layer then uses);
+//! `extensions().get::<RequestContext>()` only finds the latter. Each entry costs an
+//! allocation, and behind axum's router, which has already put two entries in the map, a second
+//! one would also make the map grow.
 //!
 //! # With axum
 //!
@@ -107,7 +117,8 @@
 //! # }
 //! ```
 //!
-//! Handlers read [`RequestFlags`] and [`RequestContext`] from `request.extensions()` (clone
+//! Handlers read [`RequestFlags`] (`request.extensions().get::<RequestFlags>()`) and
+//! [`RequestContext`] ([`RequestContext::from_extensions`]) from `request.extensions()` (clone
 //! them out before an `.await`). Every gRPC call has HTTP status `200`; a call that fails
 //! before answering also gets `$grpc_status`. `examples/tonic.rs` runs all of it.
 
@@ -411,15 +422,13 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        let ctx = shared.config.ensure(&mut self.make, &mut request);
-        if request.extensions().get::<RequestFlags>().is_none() {
-            inject_flags::insert(&shared.flags, ctx.clone(), &mut request);
-        }
+        let ctx = inject_flags::ensure(&shared.flags, &shared.config, &mut self.make, &mut request);
         let selected = shared.pageviews
             && capture_pageviews::claim(
                 &shared.predicate,
                 &shared.config.cookie_name,
-                &mut request,
+                &ctx,
+                &request,
             );
         let pending = selected.then(|| {
             capture_pageviews::Pending::new(
@@ -430,7 +439,7 @@ where
             )
         });
         // The context is current while the inner future runs (where handlers run); the inner
-        // service's synchronous `call` finds it in the request's extensions.
+        // service's synchronous `call` finds it in the request's extensions (in its flags).
         let future = self.inner.call(request);
         PostHogFuture {
             inner: ctx.scope(capture_pageviews::ResponseFuture::new(future, pending)),
@@ -564,17 +573,19 @@ mod tests {
         let svc = posthog.layer().layer(service_fn(|req: Request<()>| {
             // In the inner service's synchronous `call`: in the extensions (the scope covers
             // the response future).
-            let at_call = req.extensions().get::<RequestContext>().cloned();
+            let at_call = RequestContext::from_extensions(req.extensions()).cloned();
             let at_call = at_call.expect("in the extensions at call");
             async move {
                 let current = crate::context::RequestContext::current().expect("current");
                 assert_eq!(current.distinct_id(), at_call.distinct_id());
-                let ext = req
-                    .extensions()
-                    .get::<RequestContext>()
+                let ext = RequestContext::from_extensions(req.extensions())
                     .cloned()
                     .expect("extension");
-                assert!(req.extensions().get::<RequestFlags>().is_some());
+                // One entry: the flags carry the context (a preset context stays too).
+                let flags = req.extensions().get::<RequestFlags>().expect("flags");
+                assert_eq!(flags.distinct_id(), ext.distinct_id());
+                let preset = req.extensions().get::<RequestContext>().is_some();
+                assert_eq!(req.extensions().len(), 1 + usize::from(preset));
                 Ok::<_, Infallible>(Response::new((
                     current.distinct_id().map(str::to_owned),
                     ext.distinct_id().map(str::to_owned),

@@ -133,6 +133,23 @@ impl RequestFlags {
         self.context.distinct_id()
     }
 
+    /// The request context these flags belong to (the caller, session and URL).
+    ///
+    /// [`PostHogLayer`](super::PostHogLayer) keeps the request's context here rather than in
+    /// an extension entry of its own; [`RequestContext::from_extensions`] finds it either way.
+    ///
+    /// ```
+    /// # fn f(posthog: posthog_tower::PostHog) {
+    /// use posthog_tower::http::RequestFlags;
+    ///
+    /// let flags = RequestFlags::new(posthog, Some("user-42".into()));
+    /// assert_eq!(flags.context().distinct_id(), Some("user-42"));
+    /// # }
+    /// ```
+    pub fn context(&self) -> &RequestContext {
+        &self.context
+    }
+
     /// Whether the flag is on (a variant counts as on); `false` when it is unknown or could
     /// not be evaluated.
     pub async fn is_enabled(&self, key: &str) -> bool {

@@ -41,13 +41,14 @@ impl ContextConfig {
         }
     }
 
-    /// The context already in `request`'s extensions, or a new one (inserted).
+    /// The context already in `request`'s extensions ([`RequestContext::from_extensions`]),
+    /// or a new one, inserted as a `RequestContext` entry.
     pub(crate) fn ensure<B, M: MakeDistinctId>(
         &self,
         make: &mut M,
         request: &mut Request<B>,
     ) -> RequestContext {
-        if let Some(ctx) = request.extensions().get::<RequestContext>() {
+        if let Some(ctx) = RequestContext::from_extensions(request.extensions()) {
             return ctx.clone();
         }
         let ctx = self.resolve(make, request);
@@ -55,7 +56,12 @@ impl ContextConfig {
         ctx
     }
 
-    fn resolve<B, M: MakeDistinctId>(&self, make: &mut M, request: &Request<B>) -> RequestContext {
+    /// A new context for `request`'s caller, resolved with `make`.
+    pub(crate) fn resolve<B, M: MakeDistinctId>(
+        &self,
+        make: &mut M,
+        request: &Request<B>,
+    ) -> RequestContext {
         let head = RequestHead::new(request, &self.cookie_name);
         let id = make
             .make_distinct_id(&head)
