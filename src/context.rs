@@ -55,7 +55,10 @@ use std::{
     },
 };
 
-use http::{uri::Authority, Method, Uri};
+use http::{
+    uri::{Authority, PathAndQuery},
+    Method, Uri,
+};
 use serde_json::Value;
 
 use crate::Event;
@@ -83,7 +86,7 @@ struct Data {
     distinct_id: Option<String>,
     session_id: Option<String>,
     method: Option<Method>,
-    /// The request's URI (its path is `$request_path`), or a path set by hand.
+    /// The request's path and query (its path is `$request_path`), or a path set by hand.
     path: Option<Path>,
     /// `$current_url`: set by hand, or built from the request on first use.
     current_url: Url,
@@ -113,7 +116,8 @@ impl Clone for Claimed {
 
 #[derive(Clone)]
 enum Path {
-    Uri(Uri),
+    /// The request's path and query (`/` when its URI has none).
+    Uri(PathAndQuery),
     Text(String),
     /// A request target holding control characters (`http` accepts some non-ASCII bytes):
     /// kept with those characters percent-encoded.
@@ -171,11 +175,11 @@ impl Host {
         Host::Checked(host.map(|h| ShortBytes::new(h.as_bytes())))
     }
 
-    /// The host `uri` and `headers` name, checked when read. The header's bytes are copied
-    /// (no shared reference count to touch); a value too long to be a host is not.
-    pub(crate) fn of_request(uri: &Uri, headers: &http::HeaderMap) -> Self {
-        let header = headers
-            .get(http::header::HOST)
+    /// The host a request's `Host` header (`header`) or `uri` names, checked when read. The
+    /// header's bytes are copied (no shared reference count to touch); a value too long to be
+    /// a host is not.
+    pub(crate) fn of_request(uri: &Uri, header: Option<&http::HeaderValue>) -> Self {
+        let header = header
             .map(|v| v.as_bytes().trim_ascii())
             .filter(|v| v.len() <= crate::http::MAX_HOST)
             .map(ShortBytes::new);
@@ -340,7 +344,7 @@ impl RequestContext {
                 built,
             } => Some(built.get_or_init(|| {
                 let pq = match &self.inner.path {
-                    Some(Path::Uri(uri)) => uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                    Some(Path::Uri(pq)) => pq.as_str(),
                     Some(Path::Text(path)) => path,
                     Some(Path::Escaped { path_and_query, .. }) => path_and_query,
                     None => "/",
@@ -377,7 +381,7 @@ impl RequestContext {
     /// The request's path.
     pub fn path(&self) -> Option<&str> {
         match self.inner.path.as_ref()? {
-            Path::Uri(uri) => Some(uri.path()),
+            Path::Uri(pq) => Some(pq.path()),
             Path::Text(path) | Path::Escaped { path, .. } => Some(path),
         }
     }
@@ -504,7 +508,11 @@ fn path_of(uri: &Uri) -> Path {
             path_and_query: escape_controls(pq),
         }
     } else {
-        Path::Uri(uri.clone())
+        Path::Uri(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        )
     }
 }
 

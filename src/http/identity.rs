@@ -4,7 +4,7 @@
 use std::{borrow::Cow, cell::OnceCell, fmt};
 
 use http::{
-    header::{AsHeaderName, HeaderName, COOKIE},
+    header::{AsHeaderName, HeaderName, COOKIE, HOST},
     Extensions, HeaderMap, HeaderValue, Method, Request, Uri,
 };
 use serde::Deserialize;
@@ -228,12 +228,13 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// The identity headers of a request (posthog-js's two headers, and whether it has a cookie),
-/// found once.
+/// and its `Host` (which the request context needs), found once.
 #[derive(Clone, Copy, Default, Debug, PartialEq)]
 struct IdentityHeaders<'h> {
     distinct_id: Option<&'h HeaderValue>,
     session_id: Option<&'h HeaderValue>,
     cookie: bool,
+    host: Option<&'h HeaderValue>,
 }
 
 /// Up to this many header names, one pass comparing names (a byte or a length for most)
@@ -255,6 +256,7 @@ impl<'h> IdentityHeaders<'h> {
             distinct_id: headers.get(&DISTINCT_ID_NAME),
             session_id: headers.get(&SESSION_ID_NAME),
             cookie: headers.contains_key(COOKIE),
+            host: headers.get(HOST),
         }
     }
 
@@ -262,7 +264,9 @@ impl<'h> IdentityHeaders<'h> {
         let mut found = IdentityHeaders::default();
         // A name's values come one after the other, its first value first.
         for (name, value) in headers {
-            if *name == COOKIE {
+            if *name == HOST {
+                found.host.get_or_insert(value);
+            } else if *name == COOKIE {
                 found.cookie = true;
             } else if *name == DISTINCT_ID_NAME {
                 found.distinct_id.get_or_insert(value);
@@ -330,6 +334,11 @@ impl<'a> RequestHead<'a> {
     fn identity(&self) -> &IdentityHeaders<'a> {
         self.identity
             .get_or_init(|| IdentityHeaders::find(self.headers))
+    }
+
+    /// The first `Host` header, as it is.
+    pub(crate) fn host_header(&self) -> Option<&'a HeaderValue> {
+        self.identity().host
     }
 
     /// The `X-POSTHOG-DISTINCT-ID` header, cleaned.

@@ -67,6 +67,7 @@ impl ContextConfig {
             .make_distinct_id(&head)
             .and_then(super::identity::sanitize_owned);
         let session = head.session_id();
+        let host_header = head.host_header();
         drop(head);
         let (uri, headers) = (request.uri(), request.headers());
         let ip = if self.capture_ip {
@@ -80,7 +81,7 @@ impl ContextConfig {
             request.method(),
             uri,
             url::scheme(uri, headers, self.trust_proxy),
-            url::host(uri, headers, self.trust_proxy),
+            url::host(uri, headers, host_header, self.trust_proxy),
             ip,
         )
     }

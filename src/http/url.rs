@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use http::{header, HeaderMap, Uri};
+use http::{header, HeaderMap, HeaderValue, Uri};
 
 use super::identity::{header_text, sanitize_borrowed};
 use crate::context::Host;
@@ -79,8 +79,13 @@ pub(crate) fn scheme(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> &'sta
 }
 
 /// The host the client asked for (with port, if any): from a trusted proxy's headers, else
-/// from `Host` or the URI (checked when first read).
-pub(crate) fn host(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> Host {
+/// from `host_header` (the request's first `Host`) or the URI (checked when first read).
+pub(crate) fn host(
+    uri: &Uri,
+    headers: &HeaderMap,
+    host_header: Option<&HeaderValue>,
+    trust_proxy: bool,
+) -> Host {
     if trust_proxy {
         let forwarded = forwarded_param(headers, "host")
             .or_else(|| forwarded_header(headers, "x-forwarded-host"))
@@ -89,7 +94,7 @@ pub(crate) fn host(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> Host {
             return Host::checked(forwarded);
         }
     }
-    Host::of_request(uri, headers)
+    Host::of_request(uri, host_header)
 }
 
 /// The host part of a URL (`https://a.example:8080/x` gives `a.example:8080`).
@@ -134,6 +139,11 @@ pub(crate) fn forwarded_ip(headers: &HeaderMap) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
+    /// The host as the request context gets it (the resolver finds the first `Host`).
+    fn host_of(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> Host {
+        host(uri, headers, headers.get(header::HOST), trust_proxy)
+    }
+
     /// `$current_url` as the request context builds it from these parts.
     fn current_url(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> String {
         let ctx = crate::context::RequestContext::for_request(
@@ -142,7 +152,7 @@ mod tests {
             &http::Method::GET,
             uri,
             scheme(uri, headers, trust_proxy),
-            host(uri, headers, trust_proxy),
+            host_of(uri, headers, trust_proxy),
             None,
         );
         ctx.current_url().unwrap_or_default().to_owned()
@@ -192,13 +202,13 @@ mod tests {
         assert_eq!(current_url(&uri, &h, false), "/");
         let long = "a".repeat(300);
         let h = headers(&[("host", &long)]);
-        assert_eq!(host(&uri, &h, false).get(), None);
+        assert_eq!(host_of(&uri, &h, false).get(), None);
         // An invalid `Host` falls back to the URI's authority, a valid one wins over it.
         let absolute: Uri = "http://origin.example/p".parse().unwrap();
         let h = headers(&[("host", "a b")]);
-        assert_eq!(host(&absolute, &h, false).get(), Some("origin.example"));
+        assert_eq!(host_of(&absolute, &h, false).get(), Some("origin.example"));
         let h = headers(&[("host", " hdr.example ")]);
-        assert_eq!(host(&absolute, &h, false).get(), Some("hdr.example"));
+        assert_eq!(host_of(&absolute, &h, false).get(), Some("hdr.example"));
     }
 
     #[test]
