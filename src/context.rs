@@ -178,6 +178,7 @@ impl Host {
     /// The host a request's `Host` header (`header`) or `uri` names, checked when read. The
     /// header's bytes are copied (no shared reference count to touch); a value too long to be
     /// a host is not.
+    #[inline]
     pub(crate) fn of_request(uri: &Uri, header: Option<&http::HeaderValue>) -> Self {
         let header = header
             .map(|v| v.as_bytes().trim_ascii())
@@ -219,6 +220,7 @@ pub(crate) enum ShortBytes {
 const SHORT: usize = 62;
 
 impl ShortBytes {
+    #[inline]
     fn new(data: &[u8]) -> Self {
         match u8::try_from(data.len()) {
             Ok(len) if data.len() <= SHORT => {
@@ -259,6 +261,7 @@ impl RequestContext {
 
     /// The context of an HTTP request: what the HTTP layer builds. `host` (with its port) and
     /// `scheme` make `$current_url` with the URI's path and query.
+    #[inline]
     pub(crate) fn for_request(
         distinct_id: Option<String>,
         session_id: Option<String>,
@@ -419,6 +422,7 @@ impl RequestContext {
     /// let ctx = RequestContext::from_extensions(request.extensions());
     /// assert_eq!(ctx.and_then(RequestContext::distinct_id), Some("user-42"));
     /// ```
+    #[inline]
     pub fn from_extensions(extensions: &http::Extensions) -> Option<&RequestContext> {
         extensions.get::<RequestContext>().or_else(|| {
             extensions
@@ -454,6 +458,7 @@ impl RequestContext {
     /// Claims the request's pageview for the calling layer: `true` the first time (for this
     /// context and its clones), so a request whose layers share its context has one pageview
     /// even when the layer is applied twice.
+    #[inline]
     pub(crate) fn claim_pageview(&self) -> bool {
         !self.inner.pageview_claimed.0.swap(true, Ordering::Relaxed)
     }
@@ -500,6 +505,7 @@ impl RequestContext {
 }
 
 /// The URI as a path, escaped if a client slipped control characters into it.
+#[inline]
 fn path_of(uri: &Uri) -> Path {
     let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
     if pq.chars().any(char::is_control) {

@@ -84,6 +84,7 @@ pub(crate) fn header(headers: &HeaderMap, name: impl AsHeaderName) -> Option<Str
 }
 
 /// A header value as cleaned text (see [`sanitize`]); `None` for invalid UTF-8.
+#[inline]
 fn cleaned(value: Option<&HeaderValue>) -> Option<String> {
     value.and_then(header_text).and_then(sanitize)
 }
@@ -243,6 +244,7 @@ struct IdentityHeaders<'h> {
 const SCAN_MAX_NAMES: usize = 8;
 
 impl<'h> IdentityHeaders<'h> {
+    #[inline]
     fn find(headers: &'h HeaderMap) -> Self {
         if headers.keys_len() > SCAN_MAX_NAMES {
             Self::look_up(headers)
@@ -331,22 +333,26 @@ impl<'a> RequestHead<'a> {
         header(self.headers, name)
     }
 
+    #[inline]
     fn identity(&self) -> &IdentityHeaders<'a> {
         self.identity
             .get_or_init(|| IdentityHeaders::find(self.headers))
     }
 
     /// The first `Host` header, as it is.
+    #[inline]
     pub(crate) fn host_header(&self) -> Option<&'a HeaderValue> {
         self.identity().host
     }
 
     /// The `X-POSTHOG-DISTINCT-ID` header, cleaned.
+    #[inline]
     fn distinct_id_header(&self) -> Option<String> {
         cleaned(self.identity().distinct_id)
     }
 
     /// The decoded posthog-js cookie, if the request carries a valid one. Parsed once.
+    #[inline]
     pub fn posthog_cookie(&self) -> Option<&PostHogCookie> {
         self.cookie
             .get_or_init(|| {
@@ -360,6 +366,7 @@ impl<'a> RequestHead<'a> {
     }
 
     /// The session id: the `X-POSTHOG-SESSION-ID` header, else the cookie's.
+    #[inline]
     pub fn session_id(&self) -> Option<String> {
         cleaned(self.identity().session_id).or_else(|| {
             self.posthog_cookie()
@@ -432,6 +439,7 @@ where
 pub struct DefaultMakeDistinctId;
 
 impl MakeDistinctId for DefaultMakeDistinctId {
+    #[inline]
     fn make_distinct_id(&mut self, request: &RequestHead<'_>) -> Option<String> {
         request.distinct_id_header().or_else(|| {
             request

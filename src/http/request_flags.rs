@@ -91,6 +91,7 @@ impl RequestFlags {
     }
 
     /// A handle for the caller of `context`, sharing the evaluations already attached to it.
+    #[inline]
     pub(crate) fn with_source(source: Arc<FlagSource>, context: RequestContext) -> Self {
         RequestFlags { context, source }
     }
@@ -100,13 +101,17 @@ impl RequestFlags {
         self.context.attached(Evaluated::default)
     }
 
-    /// Starts evaluating the eager keys: synchronously when local definitions decide them all,
-    /// otherwise on a spawned task (whose answer the handler's reads wait for, without a second
-    /// request).
+    /// Starts evaluating the eager keys, if any: synchronously when local definitions decide
+    /// them all, otherwise on a spawned task (whose answer the handler's reads wait for,
+    /// without a second request).
+    #[inline]
     pub(crate) fn prefetch(&self) {
-        let Some(keys) = self.source.eager_keys.clone() else {
-            return;
-        };
+        if let Some(keys) = &self.source.eager_keys {
+            self.prefetch_keys(keys.clone());
+        }
+    }
+
+    fn prefetch_keys(&self, keys: Arc<[String]>) {
         let Some(request) = self.request(Some(&keys)) else {
             return;
         };
@@ -146,6 +151,7 @@ impl RequestFlags {
     /// assert_eq!(flags.context().distinct_id(), Some("user-42"));
     /// # }
     /// ```
+    #[inline]
     pub fn context(&self) -> &RequestContext {
         &self.context
     }

@@ -64,6 +64,7 @@ fn forwarded_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// `http` or `https`.
+#[inline]
 pub(crate) fn scheme(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> &'static str {
     let from_proxy = trust_proxy
         .then(|| {
@@ -80,6 +81,7 @@ pub(crate) fn scheme(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> &'sta
 
 /// The host the client asked for (with port, if any): from a trusted proxy's headers, else
 /// from `host_header` (the request's first `Host`) or the URI (checked when first read).
+#[inline]
 pub(crate) fn host(
     uri: &Uri,
     headers: &HeaderMap,
