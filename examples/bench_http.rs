@@ -48,7 +48,8 @@
 //! PostHog client down; it reports its responses and the client's stats. Per mode: median and
 //! range of requests/s, the ratio of the medians to `bare`, the median (and range) of the
 //! per-round ratios to the `bare` run of the same round, which cancels slow drifts of the
-//! machine's speed, the best run's ratio to the best `bare` run (interference only ever
+//! machine's speed (and the same for the server's CPU time per request, bare's over the
+//! mode's: the throughput ratio of a saturated server), the best run's ratio to the best `bare` run (interference only ever
 //! slows a run down), and the same for the mean of the fastest quarter of each mode's runs,
 //! the steadiest of these over many short rounds (`--rounds 20 --duration 5 --warmup 1`).
 //! Defaults: 3 rounds, 10 s measured after 2 s of warm-up.
@@ -367,16 +368,23 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             let events = of_mode.iter().map(|r| r.events).sum();
             let lost = of_mode.iter().map(|r| lost(r)).sum();
             // The ratio to the bare run of the same round (run minutes apart at most), so
-            // slow drifts of the machine's speed cancel out.
+            // slow drifts of the machine's speed cancel out; and the same for the server's CPU
+            // time per request (bare's over this mode's: the throughput ratio of a server whose
+            // CPU is saturated, as it is here).
+            let same_round = |r: &Run| {
+                runs.iter()
+                    .find(|b| b.mode == Mode::Bare && b.round == r.round)
+            };
             let mut paired: Vec<f64> = of_mode
                 .iter()
-                .filter_map(|r| {
-                    let bare = runs
-                        .iter()
-                        .find(|b| b.mode == Mode::Bare && b.round == r.round)?;
-                    Some(r.req_per_s / bare.req_per_s * 100.0)
-                })
+                .filter_map(|r| Some(r.req_per_s / same_round(r)?.req_per_s * 100.0))
                 .collect();
+            let mut paired_cpu: Vec<f64> = of_mode
+                .iter()
+                .filter_map(|r| Some(same_round(r)?.cpu_us_per_req / r.cpu_us_per_req * 100.0))
+                .filter(|ratio| ratio.is_finite())
+                .collect();
+            let paired_cpu = (!paired_cpu.is_empty()).then(|| median(&mut paired_cpu));
             let paired = (!paired.is_empty()).then(|| {
                 let (lo, hi) = (
                     paired.iter().copied().fold(f64::INFINITY, f64::min),
@@ -387,6 +395,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             Summary {
                 mode,
                 paired,
+                paired_cpu,
                 med,
                 min,
                 max,
@@ -405,15 +414,16 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
     println!();
     println!(
         "| mode | req/s median | range | ratio to bare | per-round ratio, median (range) \
-         | best run to best bare | fastest quarter to bare's | server CPU µs/req (median) \
-         | sink CPU µs/req | events delivered / lost |"
+         | per-round CPU ratio, median | best run to best bare | fastest quarter to bare's \
+         | server CPU µs/req (median) | sink CPU µs/req | events delivered / lost |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let best_bare = summary.iter().find(|s| s.mode == Mode::Bare).map(|s| s.max);
     let top_bare = summary.iter().find(|s| s.mode == Mode::Bare).map(|s| s.top);
     for Summary {
         mode,
         paired,
+        paired_cpu,
         med,
         min,
         max,
@@ -432,14 +442,15 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             || "–".to_owned(),
             |(m, lo, hi)| format!("{m:.1} % ({lo:.1} – {hi:.1})"),
         );
+        let paired_cpu = paired_cpu.map_or_else(|| "–".to_owned(), |m| format!("{m:.1} %"));
         // Noise on this kind of machine only slows runs down: the best runs compare what each
         // mode costs when nothing else interferes.
         let best =
             best_bare.map_or_else(|| "–".to_owned(), |b| format!("{:.1} %", max / b * 100.0));
         let top = top_bare.map_or_else(|| "–".to_owned(), |b| format!("{:.1} %", top / b * 100.0));
         println!(
-            "| {} | {med:.0} | {min:.0} – {max:.0} | {ratio} | {paired} | {best} | {top} \
-             | {cpu:.2} | {sink_cpu:.2} | {events} / {lost} |",
+            "| {} | {med:.0} | {min:.0} – {max:.0} | {ratio} | {paired} | {paired_cpu} | {best} \
+             | {top} | {cpu:.2} | {sink_cpu:.2} | {events} / {lost} |",
             mode.name()
         );
     }
@@ -458,6 +469,9 @@ struct Summary {
     mode: Mode,
     /// Median, lowest and highest of the per-round ratios to bare, in %.
     paired: Option<(f64, f64, f64)>,
+    /// Median of the per-round ratios of bare's server CPU time per request to this mode's,
+    /// in %.
+    paired_cpu: Option<f64>,
     med: f64,
     min: f64,
     max: f64,
