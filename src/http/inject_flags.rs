@@ -74,8 +74,8 @@ impl<S> Layer<S> for InjectFlagsLayer {
 
 /// Inserts a [`RequestFlags`] handle for the caller into every request (unless one is
 /// there); it carries the request context ([`RequestFlags::context`],
-/// [`RequestContext::from_extensions`]). It evaluates nothing unless a flag is read, or [eager keys](InjectFlagsLayer::eager)
-/// are set; it never delays or fails the request.
+/// [`RequestContext::from_extensions`]). It evaluates nothing unless a flag is read, or
+/// [eager keys](InjectFlagsLayer::eager) are set; it never delays or fails the request.
 ///
 /// The caller is the one of the request's [`RequestContext`](crate::context::RequestContext)
 /// when an outer [`SetRequestContext`](super::SetRequestContext) set it, else resolved with

@@ -39,6 +39,10 @@
 //! allocation, and behind axum's router, which has already put two entries in the map, a second
 //! one would also make the map grow.
 //!
+//! A context you insert yourself should be made for that request: the layers also record in
+//! it that the request's pageview is taken (so stacked layers capture one), and a context
+//! shared by several requests would give the first of them a pageview and the others none.
+//!
 //! # With axum
 //!
 //! ```
