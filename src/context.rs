@@ -79,10 +79,11 @@ pub struct RequestContext {
 #[derive(Clone, Default)]
 struct Data {
     /// Per-request state the HTTP layer attaches (the request's flag evaluations), created on
-    /// first use.
-    attached: Attached,
-    /// Whether a layer captures this request's pageview.
-    pageview_claimed: Claimed,
+    /// first use. See [`RequestContext::attached`].
+    attached: PerRequest<OnceLock<Arc<dyn Any + Send + Sync>>>,
+    /// Whether a layer captures this request's pageview. See
+    /// [`RequestContext::claim_pageview`].
+    pageview_claimed: PerRequest<AtomicBool>,
     distinct_id: Option<String>,
     session_id: Option<String>,
     method: Option<Method>,
@@ -93,24 +94,14 @@ struct Data {
     ip: Option<String>,
 }
 
-/// See [`RequestContext::attached`]. A context changed with a `with_*` method (a copy of the
-/// data) starts without one.
+/// State that belongs to one request: a context changed with a `with_*` method (a copy of the
+/// data) starts with a fresh one.
 #[derive(Default)]
-struct Attached(OnceLock<Arc<dyn Any + Send + Sync>>);
+struct PerRequest<T>(T);
 
-impl Clone for Attached {
+impl<T: Default> Clone for PerRequest<T> {
     fn clone(&self) -> Self {
-        Attached::default()
-    }
-}
-
-/// See [`RequestContext::claim_pageview`]. A copy of the data starts unclaimed.
-#[derive(Default)]
-struct Claimed(AtomicBool);
-
-impl Clone for Claimed {
-    fn clone(&self) -> Self {
-        Claimed::default()
+        PerRequest::default()
     }
 }
 
@@ -273,8 +264,8 @@ impl RequestContext {
     ) -> Self {
         RequestContext {
             inner: Arc::new(Data {
-                attached: Attached::default(),
-                pageview_claimed: Claimed::default(),
+                attached: PerRequest::default(),
+                pageview_claimed: PerRequest::default(),
                 distinct_id,
                 session_id,
                 method: Some(method.clone()),
@@ -507,18 +498,13 @@ impl RequestContext {
 /// The URI as a path, escaped if a client slipped control characters into it.
 #[inline]
 fn path_of(uri: &Uri) -> Path {
-    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    if pq.chars().any(char::is_control) {
-        Path::Escaped {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str().chars().any(char::is_control) => Path::Escaped {
             path: escape_controls(uri.path()),
-            path_and_query: escape_controls(pq),
-        }
-    } else {
-        Path::Uri(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        )
+            path_and_query: escape_controls(pq.as_str()),
+        },
+        Some(pq) => Path::Uri(pq.clone()),
+        None => Path::Uri(PathAndQuery::from_static("/")),
     }
 }
 

@@ -239,8 +239,8 @@ struct IdentityHeaders<'h> {
 }
 
 /// Up to this many header names, one pass comparing names (a byte or a length for most)
-/// finds the identity headers for less than three hashed lookups (hashing a custom name
-/// reads every byte of it); above it, the lookups are cheaper.
+/// finds the identity headers and `Host` for less than the four hashed lookups (hashing a
+/// custom name reads every byte of it); above it, the lookups are cheaper.
 const SCAN_MAX_NAMES: usize = 8;
 
 impl<'h> IdentityHeaders<'h> {
