@@ -99,6 +99,10 @@ pin_project! {
     ///
     /// Shared by every leaf service of the crate: reading the body lets the connection be
     /// reused, and keeps what an error message needs.
+    ///
+    /// By default a 2xx whose body runs past the limit, or breaks off midway, is an error: the
+    /// caller parses that body, and a cut one must not pass for an answer. Answers whose status
+    /// says it all opt out with [`acknowledged_by_status`](Self::acknowledged_by_status).
     pub(crate) struct ReadResponse<F, B>
     where
         B: Body,
@@ -107,6 +111,7 @@ pin_project! {
         #[pin]
         state: State<F, B>,
         limit: usize,
+        acknowledged_by_status: bool,
     }
 }
 
@@ -136,6 +141,7 @@ where
         ReadResponse {
             state: State::Sending { future },
             limit,
+            acknowledged_by_status: false,
         }
     }
 
@@ -143,7 +149,18 @@ where
         ReadResponse {
             state: State::Failed { error: Some(error) },
             limit: 0,
+            acknowledged_by_status: false,
         }
+    }
+
+    /// A 2xx succeeds on its status alone: a body over the limit, or one the connection cuts
+    /// short, leaves [`FullResponse::body`] empty instead of failing the exchange.
+    ///
+    /// For answers whose body the caller does not need, like `/batch/`'s. Error statuses are
+    /// read as usual (the start of their body feeds the error message).
+    pub(crate) fn acknowledged_by_status(mut self) -> Self {
+        self.acknowledged_by_status = true;
+        self
     }
 }
 
@@ -207,8 +224,23 @@ where
                     let Some(parts) = parts.take() else {
                         return Poll::Ready(Err("polled after completion".into()));
                     };
+                    // Drops the body now, not when the caller drops this future. What is left
+                    // of an over-limit body is never read: draining it would let a server
+                    // hold us for as long as it streams. Hyper closes an HTTP/1 connection
+                    // whose body is dropped unread (and resets only the stream on HTTP/2), so
+                    // nothing stale can reach the next request.
+                    this.state.set(State::Failed { error: None });
                     let body = match read {
                         Ok(collected) => collected.to_bytes(),
+                        Err(e) if parts.status.is_success() && *this.acknowledged_by_status => {
+                            // The status line is the acknowledgement; the body adds nothing.
+                            tracing::debug!(
+                                status = %parts.status,
+                                error = %e,
+                                "posthog: 2xx body not read to its end; the status stands",
+                            );
+                            Bytes::new()
+                        }
                         // A 2xx whose body cannot be read is a failed exchange; for an error
                         // status the body only feeds the message.
                         Err(e) if parts.status.is_success() => return Poll::Ready(Err(e)),
@@ -430,5 +462,134 @@ mod tests {
             error.to_string(),
             r#"PostHog answered 400 Bad Request: {"detail":"invalid api_key [redacted]"}"#
         );
+    }
+
+    /// A body of the given chunks, then its end, or a connection error when `broken`.
+    #[derive(Clone)]
+    struct Chunks {
+        chunks: std::collections::VecDeque<Bytes>,
+        broken: bool,
+    }
+
+    impl Chunks {
+        fn new(chunks: impl IntoIterator<Item = Bytes>, broken: bool) -> Self {
+            Chunks {
+                chunks: chunks.into_iter().collect(),
+                broken,
+            }
+        }
+
+        /// `count` chunks of `size` spaces.
+        fn spaces(count: usize, size: usize, broken: bool) -> Self {
+            Self::new((0..count).map(|_| Bytes::from(vec![b' '; size])), broken)
+        }
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(match self.chunks.pop_front() {
+                Some(chunk) => Some(Ok(http_body::Frame::data(chunk))),
+                None if self.broken => Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed before the body's end",
+                ))),
+                None => None,
+            })
+        }
+    }
+
+    type Answer = std::future::Ready<Result<Response<Chunks>, std::convert::Infallible>>;
+
+    fn answer(status: u16, body: Chunks) -> Answer {
+        let mut response = Response::new(body);
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        std::future::ready(Ok(response))
+    }
+
+    #[tokio::test]
+    async fn a_2xx_body_over_the_limit_or_cut_short_fails_a_plain_read() {
+        let over = ReadResponse::new(answer(200, Chunks::spaces(3, 10, false)), 25).await;
+        let error = over.unwrap_err();
+        assert!(
+            error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some(),
+            "{error}"
+        );
+        let cut = ReadResponse::new(answer(200, Chunks::spaces(1, 10, true)), 25).await;
+        assert!(cut.unwrap_err().to_string().contains("closed"));
+        // Within the limit and whole: read in full.
+        let whole = ReadResponse::new(answer(200, Chunks::spaces(2, 10, false)), 25).await;
+        assert_eq!(whole.unwrap().body.len(), 20);
+    }
+
+    #[tokio::test]
+    async fn a_2xx_acknowledged_by_its_status_succeeds_whatever_its_body() {
+        let read = |body| ReadResponse::new(answer(202, body), 25).acknowledged_by_status();
+        for (body, expected) in [
+            (Chunks::spaces(2, 10, false), 20),
+            // Over the limit: not read past it, and the body is left empty.
+            (Chunks::spaces(3, 10, false), 0),
+            (Chunks::spaces(10_000, 10, false), 0),
+            // Cut short by the connection.
+            (Chunks::spaces(1, 10, true), 0),
+        ] {
+            let response = read(body).await.unwrap();
+            assert_eq!(response.status, StatusCode::ACCEPTED);
+            assert_eq!(response.body.len(), expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_status_acknowledged_by_status_is_still_an_error() {
+        let fail = |body| async move {
+            let read = ReadResponse::new(answer(503, body), 25).acknowledged_by_status();
+            ResponseFuture::new(read, |r| Ok(r.status))
+                .await
+                .unwrap_err()
+        };
+        let quoted = fail(Chunks::new([Bytes::from_static(b"busy")], false)).await;
+        let quoted = quoted.downcast_ref::<UnexpectedStatus>().unwrap();
+        assert_eq!((quoted.status().as_u16(), quoted.body()), (503, "busy"));
+        for body in [Chunks::spaces(3, 10, false), Chunks::spaces(1, 10, true)] {
+            let error = fail(body).await;
+            let error = error.downcast_ref::<UnexpectedStatus>().unwrap();
+            assert_eq!((error.status().as_u16(), error.body()), (503, ""));
+        }
+    }
+
+    /// `/flags` bodies are parsed: one over the limit or cut short is an error, never a
+    /// truncated answer taken for a whole one.
+    #[tokio::test]
+    async fn remote_flags_reject_a_2xx_body_over_the_limit_or_cut_short() {
+        use crate::flags::{FlagsRequest, RemoteFlags};
+
+        async fn evaluate(body: Chunks) -> Result<crate::flags::FlagsResponse, BoxError> {
+            let client =
+                tower::service_fn(move |_req: Request<Full<Bytes>>| answer(200, body.clone()));
+            RemoteFlags::with_client(client, "http://127.0.0.1:1", "phc_k")
+                .unwrap()
+                .oneshot(FlagsRequest::new("u"))
+                .await
+        }
+        let json = Bytes::from_static(br#"{"flags":{},"errorsWhileComputingFlags":false}"#);
+        let mib = Bytes::from(vec![b' '; 1 << 20]);
+        // Trailing whitespace is valid JSON: only the limit (16 MiB) can refuse these.
+        let padded = |mibs: usize| [json.clone()].into_iter().chain(vec![mib.clone(); mibs]);
+        assert!(evaluate(Chunks::new(padded(1), false)).await.is_ok());
+        let over = evaluate(Chunks::new(padded(17), false)).await.unwrap_err();
+        assert!(
+            over.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some(),
+            "{over}"
+        );
+        // A whole document whose connection then breaks is no answer either.
+        assert!(evaluate(Chunks::new([json.clone()], true)).await.is_err());
     }
 }

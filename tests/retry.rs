@@ -480,3 +480,201 @@ async fn payload_too_large_everywhere_fails_each_event_once() {
     assert_eq!(failed, expected, "each event reported failed exactly once");
     assert_eq!(ph.stats().failed, 4);
 }
+
+// ===== 2xx answers whose body is not read to the end =====
+
+/// A 2xx is PostHog's acknowledgement as soon as its status line arrives: a body far over what
+/// the transport reads, one that never ends, or one cut off midway neither fails the batch nor
+/// sends it again. `MockPostHog` cannot script such bodies, so these tests bring a bare
+/// HTTP/1.1 server of their own.
+mod acknowledged_by_the_status {
+    use std::sync::{Arc, Mutex};
+
+    use posthog_tower::{Event, PostHog, Uuid};
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{uuids_of, ErrorLog, KEY};
+
+    /// How the bare server answers every `POST /batch/`.
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        /// `200 OK` with a 50 MB body (`Content-Length`), written 64 KiB at a time for as long
+        /// as the client reads.
+        Huge,
+        /// `200 OK` with a chunked body that never ends.
+        Endless,
+        /// `200 OK` announcing 1000 bytes, sending 10, then closing the connection.
+        CutOff,
+    }
+
+    const HUGE: usize = 50 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+
+    /// A bare HTTP/1.1 server on 127.0.0.1: it reads each request, records the uuids of the
+    /// events it carried, and answers with its [`Answer`].
+    struct BareServer {
+        url: String,
+        /// The uuids of each request read, in order of arrival.
+        requests: Arc<Mutex<Vec<Vec<Uuid>>>>,
+    }
+
+    impl BareServer {
+        async fn start(answer: Answer) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let requests = Arc::<Mutex<Vec<Vec<Uuid>>>>::default();
+            let seen = Arc::clone(&requests);
+            tokio::spawn(async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    tokio::spawn(serve(conn, answer, Arc::clone(&seen)));
+                }
+            });
+            BareServer { url, requests }
+        }
+
+        fn requests(&self) -> Vec<Vec<Uuid>> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    /// Serves one connection until the client or the answer closes it.
+    async fn serve(mut conn: TcpStream, answer: Answer, seen: Arc<Mutex<Vec<Vec<Uuid>>>>) {
+        let mut buf = Vec::new();
+        while let Some(body) = read_request(&mut conn, &mut buf).await {
+            let json: Value = serde_json::from_slice(&body).expect("a JSON batch");
+            let events = json["batch"].as_array().expect("a batch array");
+            seen.lock().unwrap().push(uuids_of(events));
+            if !respond(&mut conn, answer).await {
+                return;
+            }
+        }
+    }
+
+    /// Reads one request and returns its body; `None` once the client has closed.
+    async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            read_more(conn, buf).await?;
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        assert!(
+            head.starts_with("post /batch/ "),
+            "unexpected request: {head}"
+        );
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .expect("a Content-Length")
+            .trim()
+            .parse()
+            .expect("a numeric Content-Length");
+        while buf.len() < head_end + len {
+            read_more(conn, buf).await?;
+        }
+        let body = buf[head_end..head_end + len].to_vec();
+        buf.drain(..head_end + len);
+        Some(body)
+    }
+
+    async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                Some(())
+            }
+        }
+    }
+
+    /// Answers one request; `false` when the connection is over.
+    async fn respond(conn: &mut TcpStream, answer: Answer) -> bool {
+        let filler = vec![b' '; CHUNK];
+        match answer {
+            Answer::Huge => {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {HUGE}\r\n\r\n");
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return false;
+                }
+                for _ in 0..HUGE / CHUNK {
+                    // The client stops reading and closes: the rest is never sent.
+                    if conn.write_all(&filler).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+            Answer::Endless => {
+                let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return false;
+                }
+                let mut chunk = format!("{CHUNK:x}\r\n").into_bytes();
+                chunk.extend_from_slice(&filler);
+                chunk.extend_from_slice(b"\r\n");
+                // Until the client gives up: a client draining the body would wait forever.
+                while conn.write_all(&chunk).await.is_ok() {}
+                false
+            }
+            Answer::CutOff => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"status\":";
+                let _ = conn.write_all(head.as_bytes()).await;
+                // Dropping the connection closes it 990 bytes short.
+                false
+            }
+        }
+    }
+
+    /// Captures 20 events in batches of 5 against a server answering `answer`: every event is
+    /// delivered at the first attempt and reaches the server exactly once.
+    async fn delivered_once(answer: Answer) {
+        let server = BareServer::start(answer).await;
+        let errors = ErrorLog::new();
+        let ph = PostHog::builder(KEY)
+            .host(server.url.as_str())
+            .gzip(false)
+            .flush_at(5)
+            .on_error(errors.callback())
+            .build()
+            .unwrap();
+        let mut ids: Vec<Uuid> = (0..20)
+            .map(|i| ph.capture(Event::new("e", "u").property("i", i)).unwrap())
+            .collect();
+
+        let report = ph.flush().await;
+        assert_eq!((report.delivered, report.failed), (20, 0), "{answer:?}");
+        let s = ph.stats();
+        assert_eq!(
+            (s.delivered, s.failed, s.retries, s.requests),
+            (20, 0, 0, 4),
+            "{answer:?}: {s:?}"
+        );
+        assert!(errors.is_empty(), "{answer:?}: {:?}", errors.all());
+
+        let requests = server.requests();
+        assert_eq!(requests.len(), 4, "{answer:?}: one request per batch");
+        let mut seen: Vec<Uuid> = requests.concat();
+        seen.sort();
+        ids.sort();
+        assert_eq!(seen, ids, "{answer:?}: each event exactly once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_200_with_a_50_mb_body_is_delivered_once() {
+        delivered_once(Answer::Huge).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_200_with_an_endless_body_is_delivered_once() {
+        delivered_once(Answer::Endless).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_200_cut_off_midway_is_delivered_once() {
+        delivered_once(Answer::CutOff).await;
+    }
+}

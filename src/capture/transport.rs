@@ -22,6 +22,7 @@ use crate::{
 };
 
 /// Most of a response body the transport reads (to reuse the connection and to quote errors).
+/// A 2xx body past it is left unread, and the batch delivered all the same.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 /// The `User-Agent` of every request: `posthog-tower/<version>`.
@@ -34,9 +35,12 @@ pub const USER_AGENT: &str = concat!("posthog-tower/", env!("CARGO_PKG_VERSION")
 /// timestamps included) are the same bytes on every attempt. With gzip on, the body is
 /// compressed and sent with `Content-Encoding: gzip`.
 ///
-/// A 2xx answer is success. Any other status is an [`UnexpectedStatus`](super::UnexpectedStatus) error carrying the
-/// `Retry-After` delay when the server sent one; transport failures are the HTTP client's own
-/// errors. [`RetryPolicy`](super::RetryPolicy) decides what to retry.
+/// A 2xx answer is success, whatever its body: one over 64 KiB is not read past that, and one
+/// the connection cuts short is no error either (the status line is PostHog's
+/// acknowledgement; sending the batch again would only duplicate it). Any other status is an
+/// [`UnexpectedStatus`](super::UnexpectedStatus) error carrying the `Retry-After` delay when
+/// the server sent one; transport failures are the HTTP client's own errors.
+/// [`RetryPolicy`](super::RetryPolicy) decides what to retry.
 ///
 /// `C` is the HTTP client; by default the shared hyper/rustls client of
 /// [`https::default_client`](crate::https::default_client).
@@ -269,7 +273,7 @@ where
         }
         tracing::trace!(events = batch.len(), uri = %self.uri, "posthog: sending batch");
         ResponseFuture::new(
-            ReadResponse::new(self.client.call(req), MAX_RESPONSE_BODY),
+            ReadResponse::new(self.client.call(req), MAX_RESPONSE_BODY).acknowledged_by_status(),
             status,
         )
         .redact(&self.api_key)
