@@ -488,7 +488,7 @@ impl RequestContext {
         for (key, value) in self.properties() {
             if let Some(value) = value {
                 if !event.properties.contains_key(key) {
-                    event.insert_value(key.to_owned(), Value::String(value.to_owned()));
+                    event.properties.insert_str_if_absent(key, value);
                 }
             }
         }
@@ -515,7 +515,7 @@ pub(crate) fn apply_current(event: &mut Event) {
     let _ = CURRENT.try_with(|ctx| ctx.apply(event));
     if event.distinct_id.is_none() && event.inherits_distinct_id {
         event.inherits_distinct_id = false;
-        event.insert_value("$process_person_profile".to_owned(), Value::Bool(false));
+        event.insert_value("$process_person_profile", Value::Bool(false));
     }
 }
 
@@ -630,13 +630,13 @@ mod tests {
             })
             .await;
         assert_eq!(event.distinct_id(), Some("user-1"));
-        assert_eq!(event.properties()["$session_id"], "s-1");
+        assert_eq!(event.properties().to_map()["$session_id"], "s-1");
         assert_eq!(
-            event.properties()["$current_url"],
+            event.properties().to_map()["$current_url"],
             "https://example.com/a?b=1"
         );
-        assert_eq!(event.properties()["$request_method"], "GET");
-        assert_eq!(event.properties()["$request_path"], "/a");
+        assert_eq!(event.properties().to_map()["$request_method"], "GET");
+        assert_eq!(event.properties().to_map()["$request_path"], "/a");
         assert!(!event.properties().contains_key("$process_person_profile"));
     }
 
@@ -645,7 +645,7 @@ mod tests {
         let mut e = Event::named("job ran");
         apply_current(&mut e);
         assert_eq!(e.distinct_id(), None);
-        assert_eq!(e.properties()["$process_person_profile"], false);
+        assert_eq!(e.properties().to_map()["$process_person_profile"], false);
     }
 
     #[test]
@@ -657,8 +657,8 @@ mod tests {
             e
         });
         assert_eq!(e.distinct_id(), None);
-        assert_eq!(e.properties()["$process_person_profile"], false);
-        assert_eq!(e.properties()["$session_id"], "s-9");
+        assert_eq!(e.properties().to_map()["$process_person_profile"], false);
+        assert_eq!(e.properties().to_map()["$session_id"], "s-9");
     }
 
     #[test]
@@ -672,7 +672,7 @@ mod tests {
             (other, own)
         });
         assert!(!other.properties().contains_key("$session_id"));
-        assert_eq!(own.properties()["$session_id"], "mine");
+        assert_eq!(own.properties().to_map()["$session_id"], "mine");
     }
 
     #[test]

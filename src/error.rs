@@ -200,6 +200,10 @@ pub enum DropReason {
     },
     /// The `before_send` hook panicked.
     HookPanicked,
+    /// The `before_send` hook returned an event `capture` would refuse (an empty name or
+    /// distinct id, an invalid property): sent, it would make PostHog refuse its whole batch.
+    /// (One it made too large is [`DropReason::TooLarge`].)
+    Invalid(CaptureError),
     /// The event could not be serialized.
     Serialize(String),
 }
@@ -214,6 +218,9 @@ impl fmt::Display for DropReason {
                 )
             }
             DropReason::HookPanicked => f.write_str("the before_send hook panicked"),
+            DropReason::Invalid(e) => {
+                write!(f, "the before_send hook returned an invalid event: {e}")
+            }
             DropReason::Serialize(e) => write!(f, "could not serialize: {e}"),
         }
     }

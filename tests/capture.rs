@@ -785,6 +785,109 @@ async fn non_finite_properties_are_rejected_wherever_they_are() {
     assert!(mock.requests().is_empty(), "nothing invalid was sent");
 }
 
+/// `levels` arrays (even levels) and objects (odd levels) around `1`, built without recursion.
+fn nested(levels: usize) -> Value {
+    let mut v = json!(1);
+    for i in 0..levels {
+        v = if i % 2 == 0 {
+            Value::Array(vec![v])
+        } else {
+            Value::Object([("k".to_owned(), v)].into_iter().collect())
+        };
+    }
+    v
+}
+
+/// `{"d": v}`, built without recursion (`json!` would convert `v` recursively).
+fn object_of(v: Value) -> Value {
+    Value::Object([("d".to_owned(), v)].into_iter().collect())
+}
+
+/// Drops `v` without recursing (`Value`'s own `Drop` recurses as deep as it nests).
+fn dismantle(v: Value) {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+}
+
+/// Runs `f` on a thread with a 2 MiB stack (a tokio worker's) inside a current-thread
+/// runtime, as a debug build: recursion as deep as the input would overflow it.
+fn on_a_small_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .expect("no panic, and no stack overflow (which would abort the whole test binary)");
+}
+
+/// A property nested 10 000 levels deep used to overflow a 2 MiB stack (the conversion
+/// recursed through the whole value before checking its depth). It is refused at level 101,
+/// by reference and by value, through the setters, the person and group helpers and the
+/// `before_send` hook, and never recursed into further.
+#[test]
+fn properties_nested_10_000_deep_are_refused_on_a_small_stack() {
+    on_a_small_stack(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mock = start_mock().await;
+            let errors = ErrorLog::new();
+            let ph = builder(&mock)
+                .on_error(errors.callback())
+                .before_send(|e| {
+                    if e.name() == "deepen" {
+                        // By value into the hook's output: refused there too.
+                        Some(e.property("deep", nested(10_000)))
+                    } else {
+                        Some(e)
+                    }
+                })
+                .build()
+                .unwrap();
+            let deep = nested(10_000);
+            let invalid = |result: Result<Uuid, CaptureError>| match result {
+                Err(CaptureError::InvalidProperty { reason, .. }) => {
+                    assert!(reason.contains("nested more than 100 levels"), "{reason}")
+                }
+                other => panic!("expected InvalidProperty, got {other:?}"),
+            };
+            invalid(ph.capture(Event::new("e", "u").property("deep", &deep)));
+            invalid(ph.capture(Event::new("e", "u").property("deep", nested(10_000))));
+            invalid(ph.capture(Event::new("e", "u").set("deep", &deep)));
+            invalid(ph.capture(Event::new("e", "u").properties_from(object_of(nested(10_000)))));
+            invalid(ph.set("u", object_of(nested(10_000))));
+            invalid(ph.set_once("u", HashMap::from([("d", &deep)])));
+            invalid(ph.group_identify("company", "acme", object_of(nested(10_000))));
+            let mut event = Event::new("e", "u");
+            assert!(event.insert("deep", &deep).is_err());
+            assert!(event.properties().is_empty());
+            // 100 levels are fine, 101 are not.
+            assert!(ph.capture(Event::new("e", "u").property("ok", nested(100))).is_ok());
+            invalid(ph.capture(Event::new("e", "u").property("deep", nested(101))));
+
+            let deepened = ph.capture(Event::new("deepen", "u")).unwrap();
+            let report = ph.flush().await;
+            assert_eq!((report.delivered, report.dropped), (1, 1), "{report:?}");
+            assert!(errors.all().iter().any(|e| matches!(
+                e,
+                Error::Dropped { uuid, reason: DropReason::Invalid(CaptureError::InvalidProperty { .. }) }
+                    if *uuid == deepened
+            )));
+            let s = ph.stats();
+            assert_eq!((s.dropped.invalid, s.captured, s.delivered), (9, 2, 1), "{s:?}");
+            dismantle(deep);
+        });
+    });
+}
+
 #[tokio::test(start_paused = true)]
 async fn events_over_900_kib_are_rejected() {
     let mock = start_mock().await;
@@ -999,6 +1102,72 @@ async fn an_event_before_send_makes_too_large_is_dropped_and_reported() {
     assert_eq!(
         (s.captured, s.delivered, s.dropped.too_large),
         (2, 1, 1),
+        "{s:?}"
+    );
+}
+
+/// A hook that returns an event PostHog would refuse (an empty name or distinct id, a NaN)
+/// used to send it, and PostHog answers 400 to the whole batch for one such event. Its output
+/// is now checked as `capture` checks its input: the bad events are dropped and reported, the
+/// rest of the batch is delivered.
+#[tokio::test(start_paused = true)]
+async fn before_send_output_is_validated_like_capture_input() {
+    let mock = start_mock().await;
+    let errors = ErrorLog::new();
+    let ph = builder(&mock)
+        .on_error(errors.callback())
+        .before_send(|e| match e.name() {
+            "blank" => Some(Event::new("", "")),
+            "blank-id" => Some(Event::new("renamed", " ")),
+            "nan" => Some(e.property("ratio", f64::NAN)),
+            _ => Some(e),
+        })
+        .build()
+        .unwrap();
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for i in 0..100 {
+        let name = match i {
+            10 => "blank",
+            50 => "blank-id",
+            90 => "nan",
+            _ => "fine",
+        };
+        let uuid = ph.capture(Event::new(name, "u").property("i", i)).unwrap();
+        if name == "fine" {
+            good.push(uuid)
+        } else {
+            bad.push(uuid)
+        }
+    }
+    let report = ph.flush().await;
+    assert_eq!(
+        (report.delivered, report.failed, report.dropped),
+        (97, 0, 3),
+        "{report:?}"
+    );
+    assert_delivered_once(&mock.events(), &good);
+    let reasons: Vec<(Uuid, CaptureError)> = errors
+        .all()
+        .into_iter()
+        .filter_map(|e| match e {
+            Error::Dropped {
+                uuid,
+                reason: DropReason::Invalid(e),
+            } => Some((uuid, e)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{:?}", errors.all());
+    assert_eq!(reasons[0], (bad[0], CaptureError::EmptyEventName));
+    assert_eq!(reasons[1], (bad[1], CaptureError::EmptyDistinctId));
+    assert!(
+        matches!(&reasons[2], (u, CaptureError::InvalidProperty { key, .. }) if *u == bad[2] && key == "ratio")
+    );
+    let s = ph.stats();
+    assert_eq!(
+        (s.captured, s.delivered, s.dropped.invalid),
+        (100, 97, 3),
         "{s:?}"
     );
 }

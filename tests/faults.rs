@@ -21,13 +21,13 @@
 //!
 //! | scenario | tried | delivered | failed | of which ingested | dropped | duplicates | lost |
 //! |---|---|---|---|---|---|---|---|
-//! | (a) 60 s of 503, then recovery (defaults: 3 retries) | 750 | 323 | 412 | 0 | 15 `before_send` | 0 | 0 |
+//! | (a) 60 s of 503, then recovery (defaults: 3 retries) | 750 | 318 | 417 | 0 | 15 `before_send` | 0 | 0 |
 //! | (a) the same ridden out: 8 retries, 2 in flight, queue of 200 | 750 | 470-514 | 0 | 0 | 236-280 `queue_full` (sum 750) | 0 | 0 |
 //! | (b) connection reset before the server processed the batch (13 of 22 requests) | 500 | 450 | 50 | 0 | 0 | 0 | 0 |
 //! | (b) answers lost after the server ingested the batch (13 of 22) | 500 | 450 | 50 | 50 | 0 | 600 | 0 |
 //! | (c) answers slower than the request timeout (13 of 22) | 500 | 450 | 50 | 50 | 0 | 350 | 0 |
-//! | (d) 60 s of 429 with `Retry-After: 10` | 750 | 498 | 252 | 0 | 0 | 0 | 0 |
-//! | (e) unreachable host (port bound, then closed), 5 s shutdown deadline | 500 | 0 | 500 (38 by the deadline) | 0 | 0 | 0 | 0 |
+//! | (d) 60 s of 429 with `Retry-After: 10` | 750 | 495 | 255 | 0 | 0 | 0 | 0 |
+//! | (e) unreachable host (port bound, then closed), 5 s shutdown deadline | 500 | 0 | 500 (33 by the deadline) | 0 | 0 | 0 | 0 |
 //! | (f) 200 with a malformed body (HTML, truncated JSON, empty) | 500 | 500 | 0 | 0 | 0 | 0 | 0 |
 //!
 //! Every number is exact and asserted, except the split of the ridden-out outage between
@@ -311,7 +311,7 @@ async fn a_60_second_outage_then_recovery() {
         .gzip(true)
         .on_error(errors.callback())
         .before_send(|e| {
-            if e.properties().get("drop") == Some(&Value::Bool(true)) {
+            if e.properties().get("drop") == Some(Value::Bool(true)) {
                 None
             } else {
                 Some(e)
@@ -348,8 +348,8 @@ async fn a_60_second_outage_then_recovery() {
         row,
         Row {
             tried: 750,
-            delivered: 323,
-            failed: 412,
+            delivered: 318,
+            failed: 417,
             failed_but_ingested: 0,
             queue_full: 0,
             before_send: 15,
@@ -612,8 +612,8 @@ async fn a_429_storm_with_retry_after() {
         row,
         Row {
             tried: 750,
-            delivered: 498,
-            failed: 252,
+            delivered: 495,
+            failed: 255,
             failed_but_ingested: 0,
             queue_full: 0,
             before_send: 0,
@@ -678,9 +678,9 @@ async fn an_unreachable_host() {
             lost: 0,
         }
     );
-    // The batches closed by 55.4 s ran out of retries (4 refused connections each, the last
-    // by 64.15 s at the latest); the 38 events of the batch closed by the shutdown at 59.88 s
-    // were still being retried when the deadline passed at 64.88 s.
+    // The earlier batches ran out of retries (4 refused connections each) before the
+    // deadline; the 33 events of the batch closed by the shutdown at 59.88 s were still being
+    // retried when the deadline passed at 64.88 s.
     let by_deadline: usize = errors
         .all()
         .iter()
@@ -691,7 +691,7 @@ async fn an_unreachable_host() {
             _ => None,
         })
         .sum();
-    assert_eq!(by_deadline, 38);
+    assert_eq!(by_deadline, 33);
     let s = ph.stats();
     // Retries are counted when scheduled: the last batch's third retry was waiting out its
     // backoff when the deadline passed, so it counts without a request.

@@ -4,6 +4,9 @@
 
 mod support;
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use posthog_tower::capture::UnexpectedStatus;
@@ -84,6 +87,170 @@ async fn each_flush_reports_the_events_since_the_previous_one() {
     assert_eq!((second.delivered, second.failed, second.dropped), (2, 0, 0));
     assert_eq!(mock.events().len(), 5);
     assert_eq!(mock.requests_to("/batch").len(), 2);
+}
+
+/// Producers that outrun the server kept the worker busy with closed batches, and it read a
+/// flush request only when none waited: `flush()` did not return until the producers stopped.
+/// Now the request waits in the queue behind what was captured before it, and is answered
+/// once exactly that is delivered, however much keeps coming after it. Shutdown, under the
+/// same load, is not starved either.
+#[tokio::test(start_paused = true)]
+async fn flush_and_shutdown_return_while_producers_outrun_the_server() {
+    let mock = start_mock().await;
+    // 8 batches of 100 in flight, 200 ms each: about 4 000 events/s.
+    mock.set_default(
+        "/batch/",
+        MockResponse::status(200).delay(Duration::from_millis(200)),
+    );
+    let ph = builder(&mock).build().unwrap();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let running = Arc::new(AtomicBool::new(true));
+    let mut producers = Vec::new();
+    // 8 producers, one event a millisecond each: 8 000 events/s.
+    for p in 0..8 {
+        let (ph, accepted, running) = (ph.clone(), accepted.clone(), running.clone());
+        producers.push(tokio::spawn(async move {
+            let mut tried = 0u64;
+            while running.load(Ordering::Relaxed) {
+                tried += 1;
+                if let Ok(uuid) = ph.capture(Event::new("e", "u").property("p", p)) {
+                    accepted.lock().unwrap().push(uuid);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tried
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(ph.stats().dropped.queue_full > 0, "the queue filled up");
+
+    // On this single-threaded runtime nothing runs between the snapshot and the flush request.
+    let before: Vec<Uuid> = accepted.lock().unwrap().clone();
+    let report = tokio::time::timeout(Duration::from_secs(60), ph.flush())
+        .await
+        .expect("flush returns while the producers keep going");
+    let flushed_at = Instant::now() - start;
+    assert!(running.load(Ordering::Relaxed));
+    // 10 000 queued at 4 000/s: about 2.5 s after the request.
+    assert!(flushed_at < Duration::from_secs(7), "{flushed_at:?}");
+    assert_eq!(
+        (report.delivered, report.failed, report.dropped),
+        (before.len() as u64, 0, 0)
+    );
+    let arrived: HashSet<Uuid> = uuids_of(&mock.events()).into_iter().collect();
+    assert!(before.iter().all(|u| arrived.contains(u)));
+
+    // Shutdown with the producers still at it: admission closes, the queue drains.
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        ph.shutdown(Duration::from_secs(30)),
+    )
+    .await
+    .expect("shutdown returns while the producers keep going");
+    running.store(false, Ordering::Relaxed);
+    let mut tried = 0;
+    for producer in producers {
+        tried += producer.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().len() as u64;
+    let s = ph.stats();
+    assert_eq!(s.delivered, accepted, "{s:?}");
+    assert_eq!(report.delivered, accepted - before.len() as u64);
+    assert_eq!(tried, s.delivered + s.failed + s.dropped.total(), "{s:?}");
+    assert_delivered_once(&mock.events(), &accepted_uuids(&mock));
+}
+
+/// The uuids that arrived, deduplicated (for `assert_delivered_once` against themselves).
+fn accepted_uuids(mock: &posthog_tower::testing::MockPostHog) -> Vec<Uuid> {
+    uuids_of(&mock.events())
+}
+
+/// `flush()` closed its epoch as soon as one batch filled, so with a backlog beyond one chunk
+/// of the queue (256 events) it returned before what was captured before it was delivered.
+#[tokio::test(start_paused = true)]
+async fn flush_covers_a_backlog_far_larger_than_a_chunk() {
+    let mock = start_mock().await;
+    let ph = builder(&mock).max_queue_size(1_000_000).build().unwrap();
+    for n in [1_000u64, 10_000] {
+        let ids: Vec<Uuid> = (0..n)
+            .map(|i| ph.capture(Event::new("e", "u").property("i", i)).unwrap())
+            .collect();
+        let report = ph.flush().await;
+        assert_eq!((report.delivered, report.failed), (n, 0), "{report:?}");
+        let arrived: HashSet<Uuid> = uuids_of(&mock.events()).into_iter().collect();
+        assert!(ids.iter().all(|u| arrived.contains(u)));
+    }
+    assert_eq!(ph.shutdown(Duration::from_secs(5)).await.delivered, 0);
+}
+
+/// The same on a multi-threaded runtime, where the worker runs beside the producer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_covers_a_backlog_on_a_multi_threaded_runtime() {
+    let mock = start_mock().await;
+    let ph = builder(&mock).max_queue_size(1_000_000).build().unwrap();
+    let n = 50_000u64;
+    for i in 0..n {
+        ph.capture(Event::new("e", "u").property("i", i)).unwrap();
+    }
+    let report = ph.flush().await;
+    assert_eq!((report.delivered, report.failed), (n, 0), "{report:?}");
+    assert_eq!(
+        mock.events().len() as u64,
+        n,
+        "all of it arrived before flush returned"
+    );
+    ph.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Every batch refused, an `on_error` that takes 2 s per call (a slow synchronous logger), a
+/// 100 ms shutdown deadline on 6 threads. The send path reported a failure before recording
+/// the events as settled, and the deadline reported the unsettled ones again (a task in the
+/// middle of a poll on another thread cannot be aborted): events were reported twice and
+/// counted failed twice. And the worker called `on_error` itself while giving up, so the
+/// deadline stretched by each call. Now each event is settled and reported exactly once,
+/// whoever gets there first, and the deadline bounds the wait while callbacks finish later.
+#[test]
+fn a_slow_on_error_neither_doubles_reports_nor_stretches_the_deadline() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(6)
+        .enable_all()
+        .build()
+        .unwrap();
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let log = told.clone();
+    let (ids, report, took, stats) = runtime.block_on(async move {
+        let mock = start_mock().await;
+        mock.set_default("/batch/", MockResponse::status(400));
+        let ph = builder(&mock)
+            .on_error(move |e| {
+                if let Error::Delivery(d) = e {
+                    log.lock().unwrap().extend_from_slice(d.uuids());
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            })
+            .build()
+            .unwrap();
+        let ids: Vec<Uuid> = (0..300)
+            .map(|i| ph.capture(Event::new("e", "u").property("i", i)).unwrap())
+            .collect();
+        let start = std::time::Instant::now();
+        let report = ph.shutdown(Duration::from_millis(100)).await;
+        (ids, report, start.elapsed(), ph.stats())
+    });
+    // Dropping the runtime waits for the callbacks still running.
+    drop(runtime);
+    assert!(took < Duration::from_millis(1500), "shutdown took {took:?}");
+    assert_eq!(
+        (report.delivered, report.failed, report.dropped),
+        (0, 300, 0),
+        "{report:?}"
+    );
+    assert_eq!((stats.delivered, stats.failed), (0, 300), "{stats:?}");
+    let told = told.lock().unwrap();
+    assert_eq!(told.len(), 300, "each failed event is reported once");
+    let told: HashSet<Uuid> = told.iter().copied().collect();
+    assert_eq!(told, ids.into_iter().collect::<HashSet<_>>());
 }
 
 // ===== shutdown =====

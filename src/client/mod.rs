@@ -96,7 +96,7 @@ impl PostHog {
         distinct_id: impl Into<String>,
         properties: impl Serialize,
     ) -> Result<Uuid, CaptureError> {
-        self.capture(Event::person_update(false, distinct_id.into(), &properties))
+        self.capture(Event::person_update(false, distinct_id.into(), properties))
     }
 
     /// Sets person properties only where they have no value yet (`$set_once`).
@@ -105,7 +105,7 @@ impl PostHog {
         distinct_id: impl Into<String>,
         properties: impl Serialize,
     ) -> Result<Uuid, CaptureError> {
-        self.capture(Event::person_update(true, distinct_id.into(), &properties))
+        self.capture(Event::person_update(true, distinct_id.into(), properties))
     }
 
     /// Links `previous_id` (for example an anonymous id) to `distinct_id` (`$create_alias`).
@@ -138,10 +138,7 @@ impl PostHog {
             return Err(self.reject(CaptureError::InvalidArgument("group key is empty")));
         }
         self.capture(Event::group_identify(
-            group_type,
-            group_key,
-            &properties,
-            None,
+            group_type, group_key, properties, None,
         ))
     }
 

@@ -27,6 +27,9 @@ pub(crate) struct EncodeDefaults {
 /// Every key is written once: a key the super properties set is left out of the library
 /// fragments, so the super property's value is the only one (JSON objects with repeated keys
 /// are read differently by different parsers).
+///
+/// An [`Event`] holds its properties as JSON already, so encoding one copies them, in one
+/// piece unless the library or the super properties override some of them.
 #[derive(Debug, Clone)]
 pub(crate) struct Encoder {
     /// `,"$lib":"posthog-tower","$lib_version":"…"`, for minimal events (no super properties).
@@ -38,6 +41,8 @@ pub(crate) struct Encoder {
     /// `,"k":v,…` for the super properties (empty when there are none).
     super_fragment: Vec<u8>,
     super_properties: Map<String, Value>,
+    /// The super properties' keys as serialized, with their quotes and a colon (`"k":`).
+    super_keys: Vec<Vec<u8>>,
     disable_geoip: bool,
 }
 
@@ -60,11 +65,15 @@ impl Encoder {
         let lib_under_super = lib_entries(true);
         let super_sets_geoip = supers.contains_key("$geoip_disable");
         let mut super_fragment = Vec::new();
+        let mut super_keys = Vec::new();
         for (k, v) in &defaults.super_properties {
+            let mut key = Vec::with_capacity(k.len() + 3);
+            write_json(&mut key, k);
+            key.push(b':');
             super_fragment.push(b',');
-            write_json(&mut super_fragment, k);
-            super_fragment.push(b':');
+            super_fragment.extend_from_slice(&key);
             write_json(&mut super_fragment, v);
+            super_keys.push(key);
         }
         Encoder {
             lib_fragment,
@@ -72,6 +81,7 @@ impl Encoder {
             super_sets_geoip,
             super_fragment,
             super_properties: defaults.super_properties,
+            super_keys,
             disable_geoip: defaults.disable_geoip,
         }
     }
@@ -95,6 +105,20 @@ impl Encoder {
         !minimal && !self.super_properties.is_empty() && self.super_properties.contains_key(key)
     }
 
+    /// Whether the encoder writes the key of `entry` (a serialized `"key":value`) itself, or
+    /// moves it out of the properties (`top`), so the event's own entry is left out.
+    fn skips(&self, entry: &[u8], geoip_disabled: bool, minimal: bool, top: &[u8]) -> bool {
+        if entry.get(1) == Some(&b'$')
+            && (entry.starts_with(br#""$lib":"#)
+                || entry.starts_with(br#""$lib_version":"#)
+                || (geoip_disabled && entry.starts_with(br#""$geoip_disable":"#))
+                || (!top.is_empty() && entry.starts_with(top)))
+        {
+            return true;
+        }
+        !minimal && self.super_keys.iter().any(|key| entry.starts_with(key))
+    }
+
     /// Appends `event` as one JSON object to `out`.
     pub(crate) fn encode(
         &self,
@@ -103,10 +127,10 @@ impl Encoder {
         uuid: Uuid,
         timestamp: Timestamp,
     ) {
-        let top_key = match event.top_level {
-            TopLevel::None => None,
-            TopLevel::Set => Some("$set"),
-            TopLevel::SetOnce => Some("$set_once"),
+        let top: &[u8] = match event.top_level {
+            TopLevel::None => b"",
+            TopLevel::Set => br#""$set":"#,
+            TopLevel::SetOnce => br#""$set_once":"#,
         };
         let mut writer = self.writer(
             out,
@@ -115,13 +139,28 @@ impl Encoder {
             event.disable_geoip,
             event.minimal,
         );
-        for (k, v) in &event.properties {
-            if Some(k.as_str()) != top_key {
-                writer.property(k, v);
+        let properties = &event.properties;
+        let (geoip_disabled, minimal) = (writer.geoip_disabled, writer.minimal);
+        let skips = |i: usize| self.skips(properties.entry_json(i), geoip_disabled, minimal, top);
+        let mut top_value: Option<&[u8]> = None;
+        if !(0..properties.len()).any(skips) {
+            // The usual case: nothing overridden, the properties go in as they are.
+            writer.raw_entries(properties.as_json());
+        } else {
+            for i in 0..properties.len() {
+                let entry = properties.entry_json(i);
+                if !top.is_empty() && entry.starts_with(top) {
+                    top_value = Some(&entry[top.len()..]);
+                } else if !skips(i) {
+                    writer.raw_entries(entry);
+                }
             }
         }
-        let top = top_key.and_then(|key| Some((key, event.properties.get(key)?)));
-        writer.finish(timestamp, uuid, top);
+        writer.finish_raw(
+            timestamp,
+            uuid,
+            top_value.map(|value| (&top[..top.len() - 1], value)),
+        );
     }
 
     /// Starts appending an event to `out` (`{"event":…,"distinct_id":…,"properties":{`), for
@@ -213,6 +252,19 @@ impl EventWriter<'_> {
         write_json(self.out, value);
     }
 
+    /// Writes entries already serialized (`"k":v`, comma-separated), none of them a key the
+    /// library or the super properties set.
+    fn raw_entries(&mut self, entries: &[u8]) {
+        if entries.is_empty() {
+            return;
+        }
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.extend_from_slice(entries);
+    }
+
     /// Stops writing, to [resume](Encoder::resume) later.
     pub(crate) fn pause(self) -> WriterState {
         WriterState {
@@ -222,9 +274,15 @@ impl EventWriter<'_> {
         }
     }
 
-    /// Adds the library and super properties, the timestamp, the uuid and `top` (the
-    /// top-level `$set`/`$set_once` of the person helpers), and closes the event.
-    pub(crate) fn finish(self, timestamp: Timestamp, uuid: Uuid, top: Option<(&str, &Value)>) {
+    /// Adds the library and super properties, the timestamp and the uuid, and closes the
+    /// event.
+    pub(crate) fn finish(self, timestamp: Timestamp, uuid: Uuid) {
+        self.finish_raw(timestamp, uuid, None);
+    }
+
+    /// [`finish`](Self::finish), with `top` (the serialized key and value of the person
+    /// helpers' top-level `$set`/`$set_once`) after the uuid.
+    fn finish_raw(self, timestamp: Timestamp, uuid: Uuid, top: Option<(&[u8], &[u8])>) {
         let encoder = self.encoder;
         let out = self.out;
         let mut first = self.first;
@@ -249,9 +307,9 @@ impl EventWriter<'_> {
         write_uuid(out, uuid);
         if let Some((key, value)) = top {
             out.push(b',');
-            write_json(out, key);
+            out.extend_from_slice(key);
             out.push(b':');
-            write_json(out, value);
+            out.extend_from_slice(value);
         }
         out.push(b'}');
     }
@@ -384,7 +442,7 @@ mod tests {
         let mut writer = encoder.resume(&mut out, state);
         writer.property("b", "overridden");
         writer.property("c", &json!({"x": [1, "y"]}));
-        writer.finish(ts, uuid, None);
+        writer.finish(ts, uuid);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             String::from_utf8(expected).unwrap()
@@ -401,7 +459,7 @@ mod tests {
     #[test]
     fn geoip_key_absent_when_enabled_and_set_top_level() {
         let encoder = Encoder::new(EncodeDefaults::default());
-        let event = Event::person_update(false, "u".into(), &json!({"name": "Ada"}));
+        let event = Event::person_update(false, "u".into(), json!({"name": "Ada"}));
         let v = encode(&encoder, &event);
         assert!(v["properties"].get("$geoip_disable").is_none());
         assert_eq!(v["$set"], json!({"name": "Ada"}));

@@ -1,13 +1,13 @@
-//! Converting property values to JSON without silently losing NaN and
-//! infinities.
+//! Converting property values to JSON without silently losing NaN and infinities, and
+//! without recursing into values nested deeper than PostHog can read.
 //!
-//! `serde_json::to_value` turns a non-finite `f32`/`f64` into `null`, which
-//! would quietly corrupt an analytics property. [`to_value`] does the same
-//! conversion in a single pass, through `serde_json`'s own value serializer
-//! (so results are identical), but wraps that serializer in [`Checked`],
-//! which rejects NaN and ±infinity wherever they occur: struct fields,
-//! sequences, tuples, map keys and values, options, newtypes and enum
-//! variants.
+//! `serde_json::to_value` turns a non-finite `f32`/`f64` into `null`, which would quietly
+//! corrupt an analytics property. The conversions here go through `serde_json`'s own
+//! serializers (so results are identical), wrapped in [`Checked`], which rejects NaN and
+//! ±infinity wherever they occur (struct fields, sequences, tuples, map keys and values,
+//! options, newtypes and enum variants) and refuses to enter a 101st level of arrays and
+//! objects: it stops there, so a value nested 10 000 levels deep costs 101 levels of stack,
+//! never 10 000.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -18,14 +18,20 @@ use serde::ser::{self, Serialize, Serializer};
 /// The message of the error for NaN or an infinity.
 const NON_FINITE: &str = "property value is not finite (NaN or infinity): JSON cannot represent it";
 
+/// The deepest nesting of arrays and objects a property value may have: with the batch and
+/// event around it, JSON parsers' usual limit of 128 levels stays out of reach.
+pub(crate) const MAX_DEPTH: usize = 100;
+
 /// A property value that cannot be turned into JSON.
 ///
 /// Returned when a value contains a floating-point NaN or infinity (JSON has
-/// no representation for them), when a map key is not something JSON can use
-/// as an object key, or when the value's `Serialize` implementation fails.
+/// no representation for them), when it nests arrays and objects more than 100 levels deep,
+/// when a map key is not something JSON can use as an object key, or when the value's
+/// `Serialize` implementation fails.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PropertyError {
     message: Cow<'static, str>,
+    too_deep: bool,
 }
 
 impl PropertyError {
@@ -33,6 +39,16 @@ impl PropertyError {
     pub(crate) fn new(message: impl Into<Cow<'static, str>>) -> PropertyError {
         PropertyError {
             message: message.into(),
+            too_deep: false,
+        }
+    }
+
+    fn too_deep() -> PropertyError {
+        PropertyError {
+            message: Cow::Owned(format!(
+                "property is nested more than {MAX_DEPTH} levels deep (JSON parsers, PostHog's among them, refuse such documents)"
+            )),
+            too_deep: true,
         }
     }
 
@@ -50,66 +66,126 @@ impl fmt::Display for PropertyError {
 
 impl std::error::Error for PropertyError {}
 
-/// Like [`serde_json::to_value`], but fails instead of writing `null` for a
-/// NaN or infinite `f32`/`f64` anywhere inside `value`.
+/// Like [`serde_json::to_value`], but fails instead of writing `null` for a NaN or infinite
+/// `f32`/`f64` anywhere inside `value`, and fails without going deeper when `value` nests
+/// more than [`MAX_DEPTH`] levels.
 ///
-/// Other failures (a map key that is not a string, number, bool or char; a
-/// `Serialize` impl that errors) carry `serde_json`'s message. On success the
-/// result is exactly what `serde_json::to_value` returns.
-/// The deepest nesting of arrays and objects a property value may have: with the batch and
-/// event around it, JSON parsers' usual limit of 128 levels stays out of reach.
-pub(crate) const MAX_DEPTH: usize = 100;
-
-/// `true` when `value` nests arrays and objects more than `limit` levels deep. Stops as soon
-/// as it knows, so it never recurses further than `limit + 1`.
-fn too_deep(value: &serde_json::Value, limit: usize) -> bool {
-    use serde_json::Value;
-    match value {
-        Value::Array(items) => limit == 0 || items.iter().any(|v| too_deep(v, limit - 1)),
-        Value::Object(map) => limit == 0 || map.values().any(|v| too_deep(v, limit - 1)),
-        _ => false,
-    }
-}
-
+/// Other failures (a map key that is not a string, number, bool or char; a `Serialize` impl
+/// that errors) carry `serde_json`'s message. On success the result is exactly what
+/// `serde_json::to_value` returns.
 pub(crate) fn to_value<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<serde_json::Value, PropertyError> {
-    let non_finite = Cell::new(false);
-    let checked = Checked {
-        inner: serde_json::value::Serializer,
-        non_finite: &non_finite,
-    };
-    match value.serialize(checked) {
-        Ok(json) if too_deep(&json, MAX_DEPTH) => Err(PropertyError::new(format!(
-            "property is nested more than {MAX_DEPTH} levels deep (JSON parsers, PostHog's among them, refuse such documents)"
-        ))),
-        Ok(json) => Ok(json),
-        Err(_) if non_finite.get() => Err(PropertyError::new(NON_FINITE)),
-        Err(err) => Err(PropertyError::new(format!(
-            "property could not be serialized: {err}"
-        ))),
+    let found = Found::default();
+    let result = value.serialize(Checked::new(serde_json::value::Serializer, &found));
+    found.result(result)
+}
+
+/// Appends `value` to `out` as compact JSON, with the checks of [`to_value`]; the bytes are
+/// those `serde_json::to_writer` writes. On error `out` is left as it was.
+pub(crate) fn write<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), PropertyError> {
+    let start = out.len();
+    let found = Found::default();
+    let mut serializer = serde_json::Serializer::new(&mut *out);
+    let result = value.serialize(Checked::new(&mut serializer, &found));
+    let result = found.result(result);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+/// Gives up `value` after it was converted: dropped as usual, unless the conversion found it
+/// nested too deep. Then it is leaked instead, since dropping it could recurse as deep as it
+/// nests and overflow the stack (`serde_json::Value`'s `Drop` does, serde-rs/json#440); the
+/// caller got the error, and a warning is logged. Values passed by reference are never
+/// dropped here.
+pub(crate) fn give_up<T, R>(value: T, result: &Result<R, PropertyError>) {
+    if matches!(result, Err(e) if e.too_deep) {
+        tracing::warn!(
+            "posthog: a property value nested more than {MAX_DEPTH} levels deep was refused and, \
+             since dropping it could overflow the stack, leaked; pass such values by reference"
+        );
+        std::mem::forget(value);
     }
 }
 
-/// A serializer that forwards everything to `inner`, except that a
-/// non-finite float sets `non_finite` and fails. Nested values are wrapped
-/// in [`Guarded`] so the check reaches every level.
+/// What a [`Checked`] serializer found, besides what the inner serializer reports.
+#[derive(Default)]
+struct Found {
+    non_finite: Cell<bool>,
+    too_deep: Cell<bool>,
+}
+
+impl Found {
+    fn result<R, E: fmt::Display>(&self, result: Result<R, E>) -> Result<R, PropertyError> {
+        match result {
+            Ok(value) => Ok(value),
+            Err(_) if self.too_deep.get() => Err(PropertyError::too_deep()),
+            Err(_) if self.non_finite.get() => Err(PropertyError::new(NON_FINITE)),
+            Err(err) => Err(PropertyError::new(format!(
+                "property could not be serialized: {err}"
+            ))),
+        }
+    }
+}
+
+/// A serializer that forwards everything to `inner`, except that a non-finite float, and an
+/// array or object at a depth beyond [`MAX_DEPTH`], records what it found and fails (before
+/// the inner serializer goes any deeper). Nested values are wrapped in [`Guarded`] so the
+/// checks reach every level.
 struct Checked<'a, S> {
     inner: S,
-    non_finite: &'a Cell<bool>,
+    found: &'a Found,
+    /// Levels of arrays and objects around the value being serialized.
+    depth: usize,
 }
 
-impl<S: Serializer> Checked<'_, S> {
-    fn fail(&self) -> S::Error {
-        self.non_finite.set(true);
+impl<'a, S: Serializer> Checked<'a, S> {
+    fn new(inner: S, found: &'a Found) -> Self {
+        Checked {
+            inner,
+            found,
+            depth: 0,
+        }
+    }
+
+    fn non_finite(&self) -> S::Error {
+        self.found.non_finite.set(true);
         ser::Error::custom(NON_FINITE)
+    }
+
+    /// The depth of what a container opened here holds, or an error when `levels` more
+    /// levels (1, or 2 for a variant wrapping an array or object) would be too deep.
+    fn enter(&self, levels: usize) -> Result<usize, S::Error> {
+        let depth = self.depth + levels;
+        if depth > MAX_DEPTH {
+            self.found.too_deep.set(true);
+            return Err(ser::Error::custom("nested too deep"));
+        }
+        Ok(depth)
+    }
+
+    fn guard<'v, T: ?Sized>(&self, value: &'v T, depth: usize) -> Guarded<'v, T>
+    where
+        'a: 'v,
+    {
+        Guarded {
+            value,
+            found: self.found,
+            depth,
+        }
     }
 }
 
-/// A value to serialize through a [`Checked`] serializer.
+/// A value to serialize through a [`Checked`] serializer, `depth` levels down.
 struct Guarded<'a, T: ?Sized> {
     value: &'a T,
-    non_finite: &'a Cell<bool>,
+    found: &'a Found,
+    depth: usize,
 }
 
 impl<T: Serialize + ?Sized> Serialize for Guarded<'_, T> {
@@ -117,15 +193,17 @@ impl<T: Serialize + ?Sized> Serialize for Guarded<'_, T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.value.serialize(Checked {
             inner: serializer,
-            non_finite: self.non_finite,
+            found: self.found,
+            depth: self.depth,
         })
     }
 }
 
-/// The compound-serializer side of [`Checked`].
+/// The compound-serializer side of [`Checked`]: its elements are `depth` levels down.
 struct Compound<'a, C> {
     inner: C,
-    non_finite: &'a Cell<bool>,
+    found: &'a Found,
+    depth: usize,
 }
 
 impl<'a, C> Compound<'a, C> {
@@ -136,7 +214,8 @@ impl<'a, C> Compound<'a, C> {
     {
         Guarded {
             value,
-            non_finite: self.non_finite,
+            found: self.found,
+            depth: self.depth,
         }
     }
 }
@@ -186,7 +265,7 @@ impl<'a, S: Serializer> Serializer for Checked<'a, S> {
         if v.is_finite() {
             self.inner.serialize_f32(v)
         } else {
-            Err(self.fail())
+            Err(self.non_finite())
         }
     }
 
@@ -195,7 +274,7 @@ impl<'a, S: Serializer> Serializer for Checked<'a, S> {
         if v.is_finite() {
             self.inner.serialize_f64(v)
         } else {
-            Err(self.fail())
+            Err(self.non_finite())
         }
     }
 
@@ -206,10 +285,8 @@ impl<'a, S: Serializer> Serializer for Checked<'a, S> {
 
     #[inline]
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_some(&Guarded {
-            value,
-            non_finite: self.non_finite,
-        })
+        let value = self.guard(value, self.depth);
+        self.inner.serialize_some(&value)
     }
 
     #[inline]
@@ -234,13 +311,8 @@ impl<'a, S: Serializer> Serializer for Checked<'a, S> {
         name: &'static str,
         value: &T,
     ) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_newtype_struct(
-            name,
-            &Guarded {
-                value,
-                non_finite: self.non_finite,
-            },
-        )
+        let value = self.guard(value, self.depth);
+        self.inner.serialize_newtype_struct(name, &value)
     }
 
     #[inline]
@@ -251,32 +323,32 @@ impl<'a, S: Serializer> Serializer for Checked<'a, S> {
         variant: &'static str,
         value: &T,
     ) -> Result<S::Ok, S::Error> {
-        self.inner.serialize_newtype_variant(
-            name,
-            variant_index,
-            variant,
-            &Guarded {
-                value,
-                non_finite: self.non_finite,
-            },
-        )
+        // `{"variant": value}`: one level of object around the value.
+        let depth = self.enter(1)?;
+        let value = self.guard(value, depth);
+        self.inner
+            .serialize_newtype_variant(name, variant_index, variant, &value)
     }
 
     #[inline]
     fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, S::Error> {
+        let (found, depth) = (self.found, self.enter(1)?);
         let inner = self.inner.serialize_seq(len)?;
         Ok(Compound {
             inner,
-            non_finite: self.non_finite,
+            found,
+            depth,
         })
     }
 
     #[inline]
     fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, S::Error> {
+        let (found, depth) = (self.found, self.enter(1)?);
         let inner = self.inner.serialize_tuple(len)?;
         Ok(Compound {
             inner,
-            non_finite: self.non_finite,
+            found,
+            depth,
         })
     }
 
@@ -286,10 +358,12 @@ impl<'a, S: Serializer> Serializer for Checked<'a, S> {
         name: &'static str,
         len: usize,
     ) -> Result<Self::SerializeTupleStruct, S::Error> {
+        let (found, depth) = (self.found, self.enter(1)?);
         let inner = self.inner.serialize_tuple_struct(name, len)?;
         Ok(Compound {
             inner,
-            non_finite: self.non_finite,
+            found,
+            depth,
         })
     }
 
@@ -301,21 +375,25 @@ impl<'a, S: Serializer> Serializer for Checked<'a, S> {
         variant: &'static str,
         len: usize,
     ) -> Result<Self::SerializeTupleVariant, S::Error> {
+        let (found, depth) = (self.found, self.enter(2)?);
         let inner = self
             .inner
             .serialize_tuple_variant(name, variant_index, variant, len)?;
         Ok(Compound {
             inner,
-            non_finite: self.non_finite,
+            found,
+            depth,
         })
     }
 
     #[inline]
     fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
+        let (found, depth) = (self.found, self.enter(1)?);
         let inner = self.inner.serialize_map(len)?;
         Ok(Compound {
             inner,
-            non_finite: self.non_finite,
+            found,
+            depth,
         })
     }
 
@@ -325,10 +403,12 @@ impl<'a, S: Serializer> Serializer for Checked<'a, S> {
         name: &'static str,
         len: usize,
     ) -> Result<Self::SerializeStruct, S::Error> {
+        let (found, depth) = (self.found, self.enter(1)?);
         let inner = self.inner.serialize_struct(name, len)?;
         Ok(Compound {
             inner,
-            non_finite: self.non_finite,
+            found,
+            depth,
         })
     }
 
@@ -340,12 +420,14 @@ impl<'a, S: Serializer> Serializer for Checked<'a, S> {
         variant: &'static str,
         len: usize,
     ) -> Result<Self::SerializeStructVariant, S::Error> {
+        let (found, depth) = (self.found, self.enter(2)?);
         let inner = self
             .inner
             .serialize_struct_variant(name, variant_index, variant, len)?;
         Ok(Compound {
             inner,
-            non_finite: self.non_finite,
+            found,
+            depth,
         })
     }
 

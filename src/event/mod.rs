@@ -16,12 +16,13 @@
 //!     .group("company", "acme")
 //!     .set("plan", "pro");
 //! assert_eq!(event.name(), "order placed");
-//! assert_eq!(event.properties()["amount"], 31.5);
+//! assert_eq!(event.properties().get("amount"), Some(31.5.into()));
 //! ```
 
 mod encode;
 mod finite;
 mod json_len;
+mod properties;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -31,7 +32,8 @@ use crate::timestamp::Timestamp;
 
 pub(crate) use encode::{write_json, EncodeDefaults, Encoder, EventWriter, WriterState};
 pub use finite::PropertyError;
-pub(crate) use json_len::{json_len, json_str_len};
+pub(crate) use json_len::json_len;
+pub use properties::Properties;
 
 /// The most PostHog accepts for one event, serialized: 900 KiB.
 pub const MAX_EVENT_BYTES: usize = 900 * 1024;
@@ -52,12 +54,16 @@ pub(crate) enum TopLevel {
 ///
 /// Build it with [`Event::new`] (or [`Event::anonymous`]) and the chainable setters, then hand
 /// it to [`PostHog::capture`](crate::PostHog::capture). A setter that receives a value JSON
-/// cannot represent (for example `f64::NAN`) remembers the error, and `capture` returns it.
+/// cannot represent (for example `f64::NAN`, or a value nested more than 100 levels deep)
+/// remembers the error, and `capture` returns it.
+///
+/// Each setter serializes its value at once: the event holds its properties as the JSON
+/// PostHog receives ([`Properties`]), so building, queueing and sending it is cheap.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub(crate) name: String,
     pub(crate) distinct_id: Option<String>,
-    pub(crate) properties: Map<String, Value>,
+    pub(crate) properties: Properties,
     pub(crate) timestamp: Option<Timestamp>,
     pub(crate) uuid: Option<Uuid>,
     pub(crate) top_level: TopLevel,
@@ -65,9 +71,6 @@ pub struct Event {
     pub(crate) disable_geoip: Option<bool>,
     /// Keep only PostHog's allow-list of properties (minimized `$feature_flag_called`).
     pub(crate) minimal: bool,
-    /// Serialized size of the properties' entries (`"key":value,` each), kept up to date by
-    /// every setter so `capture` can check the size limit in constant time.
-    props_len: usize,
     pub(crate) error: Option<(String, PropertyError)>,
     /// Made with [`Event::named`]: the distinct id comes from the request context.
     pub(crate) inherits_distinct_id: bool,
@@ -79,13 +82,12 @@ impl Event {
         Event {
             name: name.into(),
             distinct_id: Some(distinct_id.into()),
-            properties: Map::new(),
+            properties: Properties::default(),
             timestamp: None,
             uuid: None,
             top_level: TopLevel::None,
             disable_geoip: None,
             minimal: false,
-            props_len: 0,
             error: None,
             inherits_distinct_id: false,
         }
@@ -116,29 +118,31 @@ impl Event {
     pub fn anonymous(name: impl Into<String>) -> Self {
         let mut event = Event::new(name, String::new());
         event.distinct_id = None;
-        event.insert_value("$process_person_profile".to_owned(), Value::Bool(false));
+        event.insert_value("$process_person_profile", Value::Bool(false));
         event
     }
 
     /// A backend `$pageview` of `url` (sent as `$current_url`).
     pub fn pageview(distinct_id: impl Into<String>, url: impl Into<String>) -> Self {
         let mut event = Event::new("$pageview", distinct_id);
-        event.insert_value("$current_url".to_owned(), Value::String(url.into()));
+        let _ = event.properties.insert("$current_url", &url.into());
         event
     }
 
     /// Sets a property. `value` is anything serde can serialize; a value JSON cannot represent
-    /// (`NaN`, infinity, a map with non-string keys) makes `capture` return
-    /// [`CaptureError::InvalidProperty`](crate::CaptureError::InvalidProperty).
+    /// (`NaN`, infinity, a map with non-string keys, nesting more than 100 levels deep) makes
+    /// `capture` return [`CaptureError::InvalidProperty`](crate::CaptureError::InvalidProperty).
     ///
-    /// Setting a key twice keeps the last value.
+    /// Setting a key twice keeps the last value. The value is serialized now; pass a reference
+    /// (`&value`) to keep it. A value refused for its nesting is not dropped (dropping it could
+    /// overflow the stack) but leaked, so pass a value that may be that deep by reference.
     #[must_use]
-    pub fn property(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
-        match finite::to_value(&value) {
-            Ok(value) => self.insert_value(key.into(), value),
-            Err(e) => {
-                self.error.get_or_insert((key.into(), e));
-            }
+    pub fn property(mut self, key: impl AsRef<str>, value: impl Serialize) -> Self {
+        let key = key.as_ref();
+        let result = self.properties.insert(key, &value);
+        finite::give_up(value, &result);
+        if let Err(e) = result {
+            self.error.get_or_insert((key.to_owned(), e));
         }
         self
     }
@@ -146,19 +150,21 @@ impl Event {
     /// Sets a property in place, returning the error instead of remembering it.
     pub fn insert(
         &mut self,
-        key: impl Into<String>,
+        key: impl AsRef<str>,
         value: impl Serialize,
     ) -> Result<(), PropertyError> {
-        let value = finite::to_value(&value)?;
-        self.insert_value(key.into(), value);
-        Ok(())
+        let result = self.properties.insert(key.as_ref(), &value);
+        finite::give_up(value, &result);
+        result
     }
 
     /// Sets every entry of `properties`, which must serialize to a JSON object (a map or a
     /// struct).
     #[must_use]
     pub fn properties_from(mut self, properties: impl Serialize) -> Self {
-        match to_object(&properties) {
+        let result = to_object(&properties);
+        finite::give_up(properties, &result);
+        match result {
             Ok(map) => {
                 for (k, v) in map {
                     self.insert_value(k, v);
@@ -173,9 +179,7 @@ impl Event {
 
     /// Removes a property, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        let old = self.properties.remove(key)?;
-        self.props_len -= entry_len(key, &old);
-        Some(old)
+        self.properties.remove(key)
     }
 
     /// Sets when the event happened. Any offset is accepted; it is sent in UTC. Defaults to
@@ -227,7 +231,7 @@ impl Event {
     /// Marks the event as anonymous: `$process_person_profile: false`.
     #[must_use]
     pub fn without_person_profile(mut self) -> Self {
-        self.insert_value("$process_person_profile".to_owned(), Value::Bool(false));
+        self.insert_value("$process_person_profile", Value::Bool(false));
         self
     }
 
@@ -242,7 +246,7 @@ impl Event {
     }
 
     /// The properties set so far (without what is added at capture).
-    pub fn properties(&self) -> &Map<String, Value> {
+    pub fn properties(&self) -> &Properties {
         &self.properties
     }
 
@@ -261,39 +265,35 @@ impl Event {
         // Name and distinct id by their length: escaping can only add a little, and the
         // worker checks the exact size again after encoding.
         ENVELOPE_OVERHEAD
-            + self.props_len
+            + self.properties.as_json().len()
             + self.name.len()
             + self.distinct_id.as_deref().map_or(38, str::len)
     }
 
     // ===== internals =====
 
-    /// The serialized size of the properties' entries as the setters tracked it (what
-    /// [`Event::estimated_size`] adds up); the fuzz targets check it against the real size.
+    /// The serialized size of the properties' entries (what [`Event::estimated_size`] adds
+    /// up); the fuzz targets check it against the real size.
     pub(crate) fn tracked_properties_len(&self) -> usize {
-        self.props_len
+        self.properties.as_json().len()
     }
 
     /// Keeps only the properties a minimized event may carry.
     pub(crate) fn strip_to_minimal(&mut self) {
-        let dropped: Vec<String> = self
-            .properties
-            .keys()
-            .filter(|k| !MINIMAL_ALLOWED.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        for key in dropped {
-            self.remove(&key);
-        }
+        self.properties.retain_json_keys(|key| {
+            MINIMAL_ALLOWED.iter().any(|allowed| {
+                key.len() == allowed.len() + 2 && key[1..key.len() - 1] == *allowed.as_bytes()
+            })
+        });
     }
 
-    pub(crate) fn insert_value(&mut self, key: String, value: Value) {
-        let added = entry_len(&key, &value);
-        let key_len = json_str_len(&key);
-        if let Some(old) = self.properties.insert(key, value) {
-            self.props_len -= key_len + 1 + json_len(&old) + 1;
+    /// Sets a property to a value that is known to be valid JSON (built by the crate, or
+    /// parsed from JSON); a value nested too deep is left out, with a log line.
+    pub(crate) fn insert_value(&mut self, key: impl AsRef<str>, value: Value) {
+        let key = key.as_ref();
+        if let Err(e) = self.properties.insert(key, &value) {
+            tracing::warn!(key, error = %e, "posthog: property left out");
         }
-        self.props_len += added;
     }
 
     fn update_object(&mut self, property: &str, key: String, value: Value) {
@@ -302,11 +302,13 @@ impl Event {
             _ => Map::new(),
         };
         object.insert(key, value);
-        self.insert_value(property.to_owned(), Value::Object(object));
+        self.insert_value(property, Value::Object(object));
     }
 
     fn person_property(mut self, property: &str, key: String, value: impl Serialize) -> Self {
-        match finite::to_value(&value) {
+        let result = finite::to_value(&value);
+        finite::give_up(value, &result);
+        match result {
             Ok(value) => self.update_object(property, key, value),
             Err(e) => {
                 self.error.get_or_insert((key, e));
@@ -320,7 +322,7 @@ impl Event {
     pub(crate) fn person_update(
         set_once: bool,
         distinct_id: String,
-        properties: &impl Serialize,
+        properties: impl Serialize,
     ) -> Self {
         let (name, property, top) = if set_once {
             ("$set_once", "$set_once", TopLevel::SetOnce)
@@ -329,8 +331,10 @@ impl Event {
         };
         let mut event = Event::new(name, distinct_id);
         event.top_level = top;
-        match to_object(properties) {
-            Ok(map) => event.insert_value(property.to_owned(), Value::Object(map)),
+        let result = to_object(&properties);
+        finite::give_up(properties, &result);
+        match result {
+            Ok(map) => event.insert_value(property, Value::Object(map)),
             Err(e) => event.error = Some(("(properties)".to_owned(), e)),
         }
         event
@@ -339,8 +343,8 @@ impl Event {
     /// `$create_alias`, shaped as posthog-python sends it.
     pub(crate) fn alias(previous_id: String, distinct_id: String) -> Self {
         let mut event = Event::new("$create_alias", previous_id.clone());
-        event.insert_value("distinct_id".to_owned(), Value::String(previous_id));
-        event.insert_value("alias".to_owned(), Value::String(distinct_id));
+        event.insert_value("distinct_id", Value::String(previous_id));
+        event.insert_value("alias", Value::String(distinct_id));
         event
     }
 
@@ -349,17 +353,19 @@ impl Event {
     pub(crate) fn group_identify(
         group_type: String,
         group_key: String,
-        properties: &impl Serialize,
+        properties: impl Serialize,
         distinct_id: Option<String>,
     ) -> Self {
         let distinct_id = distinct_id.unwrap_or_else(|| format!("${group_type}_{group_key}"));
         let mut event = Event::new("$groupidentify", distinct_id);
-        match to_object(properties) {
-            Ok(map) => event.insert_value("$group_set".to_owned(), Value::Object(map)),
+        let result = to_object(&properties);
+        finite::give_up(properties, &result);
+        match result {
+            Ok(map) => event.insert_value("$group_set", Value::Object(map)),
             Err(e) => event.error = Some(("(properties)".to_owned(), e)),
         }
-        event.insert_value("$group_type".to_owned(), Value::String(group_type));
-        event.insert_value("$group_key".to_owned(), Value::String(group_key));
+        event.insert_value("$group_type", Value::String(group_type));
+        event.insert_value("$group_key", Value::String(group_key));
         event
     }
 }
@@ -426,11 +432,6 @@ pub(crate) fn is_blank(text: &str) -> bool {
     }
 }
 
-/// `"key":value,` as serialized.
-fn entry_len(key: &str, value: &Value) -> usize {
-    json_str_len(key) + 1 + json_len(value) + 1
-}
-
 fn to_object(value: &impl Serialize) -> Result<Map<String, Value>, PropertyError> {
     match finite::to_value(value)? {
         Value::Object(map) => Ok(map),
@@ -458,8 +459,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The size of the properties' entries as `serde_json` writes them, commas included.
     fn exact_props_len(event: &Event) -> usize {
-        event.properties.iter().map(|(k, v)| entry_len(k, v)).sum()
+        serde_json::to_string(&event.properties.to_map())
+            .expect("serializes")
+            .len()
+            - 2
     }
 
     #[test]
@@ -472,15 +477,15 @@ mod tests {
             .group("team", "core")
             .set("plan", "pro")
             .set_once("first", true);
-        assert_eq!(e.props_len, exact_props_len(&e));
+        assert_eq!(e.tracked_properties_len(), exact_props_len(&e));
         e.remove("b");
-        assert_eq!(e.props_len, exact_props_len(&e));
+        assert_eq!(e.tracked_properties_len(), exact_props_len(&e));
         assert_eq!(
-            e.properties["$groups"],
+            e.properties.to_map()["$groups"],
             json!({"company": "acme", "team": "core"})
         );
-        assert_eq!(e.properties["$set"], json!({"plan": "pro"}));
-        assert_eq!(e.properties["$set_once"], json!({"first": true}));
+        assert_eq!(e.properties.to_map()["$set"], json!({"plan": "pro"}));
+        assert_eq!(e.properties.to_map()["$set_once"], json!({"first": true}));
     }
 
     #[test]
@@ -500,22 +505,25 @@ mod tests {
     fn anonymous_events_skip_person_processing() {
         let e = Event::anonymous("e");
         assert_eq!(e.distinct_id(), None);
-        assert_eq!(e.properties["$process_person_profile"], json!(false));
+        assert_eq!(
+            e.properties.to_map()["$process_person_profile"],
+            json!(false)
+        );
     }
 
     #[test]
     fn helpers_have_python_shapes() {
-        let e = Event::person_update(false, "u".into(), &json!({"name": "Ada"}));
+        let e = Event::person_update(false, "u".into(), json!({"name": "Ada"}));
         assert_eq!(e.name, "$set");
         assert_eq!(e.top_level, TopLevel::Set);
         let e = Event::alias("old".into(), "new".into());
         assert_eq!(e.distinct_id(), Some("old"));
-        assert_eq!(e.properties["alias"], "new");
-        assert_eq!(e.properties["distinct_id"], "old");
-        let e = Event::group_identify("company".into(), "acme".into(), &json!({"n": 1}), None);
+        assert_eq!(e.properties.to_map()["alias"], "new");
+        assert_eq!(e.properties.to_map()["distinct_id"], "old");
+        let e = Event::group_identify("company".into(), "acme".into(), json!({"n": 1}), None);
         assert_eq!(e.distinct_id(), Some("$company_acme"));
-        assert_eq!(e.properties["$group_set"], json!({"n": 1}));
-        let e = Event::person_update(true, "u".into(), &json!([1]));
+        assert_eq!(e.properties.to_map()["$group_set"], json!({"n": 1}));
+        let e = Event::person_update(true, "u".into(), json!([1]));
         assert!(e.error.is_some());
     }
 }

@@ -54,39 +54,33 @@ impl FlagCalled {
             .as_ref()
             .map_or(Value::Null, FlagValue::to_json);
         let mut event = Event::new("$feature_flag_called", self.distinct_id);
-        event.insert_value("$feature_flag".into(), Value::String(self.key.clone()));
-        event.insert_value("$feature_flag_response".into(), response.clone());
-        event.insert_value(
-            "locally_evaluated".into(),
-            Value::Bool(self.locally_evaluated),
-        );
+        event.insert_value("$feature_flag", Value::String(self.key.clone()));
+        event.insert_value("$feature_flag_response", response.clone());
+        event.insert_value("locally_evaluated", Value::Bool(self.locally_evaluated));
         event.insert_value(format!("$feature/{}", self.key), response);
         if let Some(payload) = self.payload.filter(|p| !p.is_null()) {
-            event.insert_value("$feature_flag_payload".into(), payload);
+            event.insert_value("$feature_flag_payload", payload);
         }
         if let Some(id) = self.request_id.filter(|r| !r.is_empty()) {
-            event.insert_value("$feature_flag_request_id".into(), Value::String(id));
+            event.insert_value("$feature_flag_request_id", Value::String(id));
         }
         if let Some(at) = self.evaluated_at.filter(|_| !self.locally_evaluated) {
-            event.insert_value("$feature_flag_evaluated_at".into(), Value::from(at));
+            event.insert_value("$feature_flag_evaluated_at", Value::from(at));
         }
         if let Some(reason) = self.reason.filter(|r| !r.is_empty()) {
-            event.insert_value("$feature_flag_reason".into(), Value::String(reason));
+            event.insert_value("$feature_flag_reason", Value::String(reason));
         }
         if let Some(id) = self.id.filter(|id| *id != 0) {
-            event.insert_value("$feature_flag_id".into(), Value::from(id));
+            event.insert_value("$feature_flag_id", Value::from(id));
         }
         if let Some(version) = self.version.filter(|v| *v != 0) {
-            event.insert_value("$feature_flag_version".into(), Value::from(version));
+            event.insert_value("$feature_flag_version", Value::from(version));
         }
         if let Some(error) = self.error {
-            event.insert_value("$feature_flag_error".into(), Value::String(error));
+            event.insert_value("$feature_flag_error", Value::String(error));
         }
         if let Some(has_experiment) = self.has_experiment {
-            event.insert_value(
-                "$feature_flag_has_experiment".into(),
-                Value::Bool(has_experiment),
-            );
+            event.insert_value("$feature_flag_has_experiment", Value::Bool(has_experiment));
         }
         for (group_type, group_key) in self.groups {
             event = event.group(group_type, group_key);
@@ -125,7 +119,7 @@ mod tests {
             ..FlagCalled::default()
         }
         .into_event();
-        let p = event.properties();
+        let p = event.properties().to_map();
         assert_eq!(event.name(), "$feature_flag_called");
         assert_eq!(p["$feature_flag"], "flags-flag");
         assert_eq!(p["$feature_flag_response"], "flags-variant");
@@ -153,7 +147,7 @@ mod tests {
             ..FlagCalled::default()
         }
         .into_event();
-        let p = event.properties();
+        let p = event.properties().to_map();
         assert_eq!(p["$feature_flag_response"], Value::Null);
         assert_eq!(
             p["$feature_flag_error"],

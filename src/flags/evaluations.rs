@@ -400,7 +400,7 @@ impl Event {
             }
         }
         if !active.is_empty() && !self.properties.contains_key("$active_feature_flags") {
-            self.insert_value("$active_feature_flags".to_owned(), Value::Array(active));
+            self.insert_value("$active_feature_flags", Value::Array(active));
         }
         self
     }
@@ -551,7 +551,7 @@ mod tests {
         let event = Event::new("e", "u")
             .property("$feature/b", "mine")
             .flags(&flags);
-        let p = event.properties();
+        let p = event.properties().to_map();
         assert_eq!(p["$feature/b"], "mine");
         assert_eq!(p["$feature/v"], "blue");
         assert_eq!(p["$feature/off"], false);

@@ -286,7 +286,7 @@ impl Pending {
                     response.write(&mut writer);
                     let now = Timestamp::now();
                     let uuid = crate::uuid7::new_v7_from(now.as_unix_millis().max(0) as u64);
-                    writer.finish(now, uuid, None);
+                    writer.finish(now, uuid);
                     Finished::Json { json, uuid }
                 }
                 // The encoder is the client's for its whole life: unreachable. Were it reached,
@@ -356,7 +356,7 @@ impl Properties for EventWriter<'_> {
 
 impl Properties for Event {
     fn put(&mut self, key: &str, value: Prop<'_>) {
-        self.insert_value(key.to_owned(), value.into());
+        self.insert_value(key, value.into());
     }
 }
 

@@ -15,14 +15,23 @@ pub(crate) enum Message {
     /// [`Batch::try_capture_encoded`](super::Batch::try_capture_encoded)): the worker copies
     /// it into the batch as it is.
     Encoded { json: Vec<u8>, uuid: Uuid },
+    /// A [`flush`](super::Batch::flush): answered once every event queued before it is
+    /// settled. It takes no slot in the queue.
+    Flush(oneshot::Sender<FlushReport>),
 }
 
 impl Message {
-    /// The uuid of the event, for reporting it lost.
-    pub(crate) fn uuid(&self) -> Uuid {
+    /// Whether it holds an event (which took a slot in the queue).
+    pub(crate) fn is_event(&self) -> bool {
+        !matches!(self, Message::Flush(_))
+    }
+
+    /// The uuid of the event, for reporting it lost; `None` for a flush request.
+    pub(crate) fn uuid(&self) -> Option<Uuid> {
         match self {
-            Message::Event { event, .. } => event.uuid.unwrap_or_else(crate::uuid7::new_v7),
-            Message::Encoded { uuid, .. } => *uuid,
+            Message::Event { event, .. } => event.uuid,
+            Message::Encoded { uuid, .. } => Some(*uuid),
+            Message::Flush(_) => None,
         }
     }
 }
@@ -31,7 +40,8 @@ impl Message {
 ///
 /// It counts the events accepted since the previous flush (or since the start) up to the
 /// flush: how many PostHog acknowledged, how many failed definitively (each also reported to
-/// `on_error`), and how many the worker dropped (`before_send`, or too large once enriched).
+/// `on_error`), and how many were dropped before sending (by the `before_send` hook, or too
+/// large once enriched).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FlushReport {

@@ -1,13 +1,18 @@
 //! The queue between producers and the worker.
 //!
-//! A lock-free channel carries the events, a semaphore counts the free slots (so the queue is
-//! bounded and producers can also wait for room), and producers wake the worker only when it
-//! has something to do: the first event of a batch (so it can start the batch's timer), every
-//! `threshold` events (a full batch), or every event in send-immediately mode. The worker
-//! otherwise sleeps on its timer, so a `capture` usually costs no system call.
+//! A lock-free channel carries the events, in order, with the flush requests between them; a
+//! semaphore counts the free slots (so the queue is bounded and producers can also wait for
+//! room). A flush request takes no slot, so a full queue never delays it, and it is answered
+//! once everything queued before it is settled.
+//!
+//! Producers almost never wake the worker. While events come, the worker is *armed*: it looks
+//! at the queue on its own schedule (every millisecond under load, less often when events are
+//! sparse), so a `capture` costs no wake-up and no system call. A producer wakes it only when
+//! it is not armed (the first event after a quiet spell), when the queue is half full (the
+//! worker fell behind its schedule), in send-immediately mode, and for a flush.
 
 use std::sync::{
-    atomic::{AtomicBool, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     mpsc, Arc,
 };
 
@@ -21,14 +26,15 @@ pub(crate) struct Signal {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) capacity: usize,
     notify: Notify,
-    /// The worker knows events are coming (a batch is open, its timer running): producers
-    /// need not wake it for each one.
+    /// The worker looks at the queue on its own: producers need not wake it.
     armed: AtomicBool,
     /// Events queued and not yet taken by the worker.
     pending: AtomicUsize,
-    /// Wake the worker every this many pending events.
+    /// Wake the worker every this many pending events even when it is armed.
     threshold: usize,
     wake_every: bool,
+    /// Events the `before_send` hook dropped at capture, not yet counted in a flush report.
+    pub(crate) dropped_at_capture: AtomicU64,
 }
 
 /// The producer side, shared by every handle. Dropping the last one wakes the worker.
@@ -45,7 +51,7 @@ pub(crate) struct Consumer {
     pub(crate) signal: Arc<Signal>,
 }
 
-pub(crate) fn queue(capacity: usize, flush_at: usize, wake_every: bool) -> (Producer, Consumer) {
+pub(crate) fn queue(capacity: usize, wake_every: bool) -> (Producer, Consumer) {
     let (tx, rx) = mpsc::channel();
     let signal = Arc::new(Signal {
         permits: Arc::new(Semaphore::new(capacity)),
@@ -53,8 +59,9 @@ pub(crate) fn queue(capacity: usize, flush_at: usize, wake_every: bool) -> (Prod
         notify: Notify::new(),
         armed: AtomicBool::new(false),
         pending: AtomicUsize::new(0),
-        threshold: flush_at.min((capacity / 2).max(1)).max(1),
+        threshold: (capacity / 2).max(1),
         wake_every,
+        dropped_at_capture: AtomicU64::new(0),
     });
     (
         Producer {
@@ -94,6 +101,16 @@ impl Producer {
     pub(crate) fn push_reserved(&self, permit: OwnedSemaphorePermit, message: Message) {
         permit.forget();
         self.push(message);
+    }
+
+    /// Queues a flush request behind every event queued so far, without a slot, and wakes the
+    /// worker. `false` when the worker is gone.
+    pub(crate) fn push_flush(&self, message: Message) -> bool {
+        if self.tx.send(message).is_err() {
+            return false;
+        }
+        self.signal.notify.notify_one();
+        true
     }
 
     fn push(&self, message: Message) {
@@ -153,12 +170,14 @@ impl Signal {
 }
 
 impl Consumer {
-    /// Takes up to `max` messages without waiting, freeing their slots.
+    /// Takes up to `max` messages without waiting, freeing the slots of the events among them.
     pub(crate) fn take(&mut self, out: &mut Vec<Message>, max: usize) -> Taken {
         let mut n = 0;
+        let mut events = 0;
         while n < max {
             match self.rx.try_recv() {
                 Ok(message) => {
+                    events += usize::from(message.is_event());
                     out.push(message);
                     n += 1;
                 }
@@ -171,15 +190,15 @@ impl Consumer {
                 }
             }
         }
-        if n > 0 {
-            self.signal.pending.fetch_sub(n, Ordering::SeqCst);
-            self.signal.permits.add_permits(n);
+        if events > 0 {
+            self.signal.pending.fetch_sub(events, Ordering::SeqCst);
+            self.signal.permits.add_permits(events);
         }
         Taken::Some(n)
     }
 
-    /// The worker has no open batch: the next event must wake it. Returns `false` when an
-    /// event slipped in meanwhile (the worker stays armed and must take it).
+    /// The worker stops looking at the queue on its own: the next event must wake it. Returns
+    /// `false` when an event slipped in meanwhile (the worker stays armed and must take it).
     pub(crate) fn disarm(&mut self) -> bool {
         self.signal.armed.store(false, Ordering::SeqCst);
         if self.signal.pending.load(Ordering::SeqCst) == 0 {
@@ -188,6 +207,11 @@ impl Consumer {
         // Someone queued after our last take; whoever set `armed` again woke us (or will).
         self.signal.armed.store(true, Ordering::SeqCst);
         false
+    }
+
+    /// The worker looks at the queue on its own from now on (it was woken).
+    pub(crate) fn arm(&mut self) {
+        self.signal.armed.store(true, Ordering::SeqCst);
     }
 
     /// Stops admission: producers get `Closed` from now on.

@@ -1,6 +1,7 @@
 use std::{
     fmt,
     future::Future,
+    panic::AssertUnwindSafe,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -11,7 +12,7 @@ use std::{
 };
 
 use pin_project_lite::pin_project;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
 use uuid::Uuid;
@@ -19,13 +20,14 @@ use uuid::Uuid;
 use super::{
     message::{Message, Notify},
     queue::{self, Producer, PushError},
-    worker::{self, ShutdownChannels, Worker},
-    BatchConfig, FlushReport, OnError,
+    worker::{self, Reporter, ShutdownChannels, Worker},
+    BatchConfig, BeforeSend, FlushReport,
 };
 use crate::{
-    capture::{EncodedBatch, Stats, StatsRecorder},
+    capture::{EncodedBatch, Stats},
+    error::DropReason,
     event::MAX_EVENT_BYTES,
-    BoxError, CaptureError, Error, Event,
+    BoxError, CaptureError, DeliveryError, Error, Event,
 };
 
 /// Middleware that queues events and sends them in batches: the producer side of a batching
@@ -33,11 +35,11 @@ use crate::{
 ///
 /// [`Batch`] is the handle producers use: [`Batch::try_capture`] never blocks (a full queue is
 /// an error the caller sees), and as a `Service<Event>` it applies backpressure in `poll_ready`
-/// and resolves when the event's batch was delivered. The [`Worker`] serializes events, closes
-/// a batch at `flush_at` events, after `flush_interval`, at `max_batch_bytes`, or on
-/// [`Batch::flush`], and sends it through the inner `Service<EncodedBatch>` (retry, timeout,
-/// transport). Up to `max_in_flight` batches are sent at once, so one slow request never stalls
-/// the others.
+/// and resolves when the event's batch was delivered. Admission (validation, stamping and the
+/// `before_send` hook) runs in the caller. The [`Worker`] serializes events, closes a batch at
+/// `flush_at` events, after `flush_interval`, at `max_batch_bytes`, or on [`Batch::flush`],
+/// and sends it through the inner `Service<EncodedBatch>` (retry, timeout, transport). Up to
+/// `max_in_flight` batches are sent at once, so one slow request never stalls the others.
 ///
 /// Like tower's `Buffer`, [`Batch::new`] spawns the worker on the current tokio runtime and
 /// [`Batch::pair`] hands it back to run yourself. The worker stops once every handle is gone
@@ -80,13 +82,21 @@ pub(crate) struct Shared {
     /// The worker's encoder, for producers that write events as JSON themselves; `None` when
     /// a `before_send` hook must see every event as an [`Event`].
     encoder: Option<crate::event::Encoder>,
-    stats: StatsRecorder,
-    on_error: Option<OnError>,
+    before_send: Option<BeforeSend>,
+    reporter: Reporter,
     /// Set once by `shutdown`: when the worker must give up, and the budget it was given.
     deadline: watch::Sender<Option<(tokio::time::Instant, Duration)>>,
     /// Published by the worker when it ends.
     report: watch::Receiver<Option<FlushReport>>,
-    flushes: mpsc::UnboundedSender<oneshot::Sender<FlushReport>>,
+}
+
+/// What admission made of an event.
+enum Admitted {
+    /// To be queued.
+    Queue(Event, Uuid),
+    /// Dropped by the `before_send` hook (already counted and reported): on purpose (`None`),
+    /// or because the hook panicked or returned an invalid event.
+    Dropped(Uuid, Option<DropReason>),
 }
 
 impl Batch {
@@ -118,12 +128,7 @@ impl Batch {
         S::Future: Send + 'static,
         S::Response: Send + 'static,
     {
-        let (producer, consumer) = queue::queue(
-            config.max_queue_size,
-            config.flush_at,
-            config.send_immediately,
-        );
-        let (flushes, flushes_rx) = mpsc::unbounded_channel();
+        let (producer, consumer) = queue::queue(config.max_queue_size, config.send_immediately);
         let encoder = crate::event::Encoder::new(crate::event::EncodeDefaults {
             disable_geoip: config.disable_geoip,
             super_properties: config.super_properties.clone(),
@@ -135,14 +140,15 @@ impl Batch {
             capacity: config.max_queue_size,
             max_event_size: MAX_EVENT_BYTES.saturating_sub(encoder.added_len()),
             encoder: config.before_send.is_none().then(|| encoder.clone()),
-            stats: config.stats.clone(),
-            on_error: config.on_error.clone(),
+            before_send: config.before_send.clone(),
+            reporter: Reporter {
+                stats: config.stats.clone(),
+                on_error: config.on_error.clone(),
+            },
             deadline,
             report,
-            flushes,
         });
         let channels = ShutdownChannels {
-            flushes: flushes_rx,
             deadline: deadline_rx,
             report: report_tx,
         };
@@ -159,18 +165,23 @@ impl Batch {
     /// Queues `event` without waiting and returns its uuid.
     ///
     /// Validates the event (name, distinct id, properties, size), stamps the uuid (a new
-    /// UUIDv7 unless set) and timestamp (now unless set), and queues it. A full queue is an
-    /// error, never a silent drop: [`CaptureError::QueueFull`]. Every rejection is counted and
-    /// reported to `on_error`.
-    pub fn try_capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
-        let uuid = self.admit(&mut event)?;
-        self.try_push(
-            Message::Event {
-                event,
-                notify: None,
-            },
-            uuid,
-        )
+    /// UUIDv7 unless set) and timestamp (now unless set), runs the `before_send` hook and
+    /// validates what it returned, and queues it. A full queue is an error, never a silent
+    /// drop: [`CaptureError::QueueFull`]. Every rejection is counted and reported to
+    /// `on_error`. An event the hook drops returns `Ok`; when the hook panicked or returned an
+    /// event `capture` would refuse, the drop is counted and reported to `on_error`
+    /// ([`Error::Dropped`]).
+    pub fn try_capture(&self, event: Event) -> Result<Uuid, CaptureError> {
+        match self.admit(event)? {
+            Admitted::Queue(event, uuid) => self.try_push(
+                Message::Event {
+                    event,
+                    notify: None,
+                },
+                uuid,
+            ),
+            Admitted::Dropped(uuid, _) => Ok(uuid),
+        }
     }
 
     /// Queues an admitted event without waiting: counted as captured, or refused (counted and
@@ -178,7 +189,7 @@ impl Batch {
     fn try_push(&self, message: Message, uuid: Uuid) -> Result<Uuid, CaptureError> {
         match self.producer.try_push(message) {
             Ok(()) => {
-                self.shared.stats.captured(1);
+                self.shared.reporter.stats.captured(1);
                 Ok(uuid)
             }
             Err(PushError::Full) => Err(self.reject(CaptureError::QueueFull {
@@ -218,8 +229,11 @@ impl Batch {
 
     /// Queues `event`, waiting for room in the queue instead of failing when it is full.
     /// Resolves once the event is queued (not delivered).
-    pub async fn capture_wait(&self, mut event: Event) -> Result<Uuid, CaptureError> {
-        let uuid = self.admit(&mut event)?;
+    pub async fn capture_wait(&self, event: Event) -> Result<Uuid, CaptureError> {
+        let (event, uuid) = match self.admit(event)? {
+            Admitted::Queue(event, uuid) => (event, uuid),
+            Admitted::Dropped(uuid, _) => return Ok(uuid),
+        };
         match self
             .producer
             .push_wait(Message::Event {
@@ -229,7 +243,7 @@ impl Batch {
             .await
         {
             Ok(()) => {
-                self.shared.stats.captured(1);
+                self.shared.reporter.stats.captured(1);
                 Ok(uuid)
             }
             Err(_) => Err(self.reject(CaptureError::Closed)),
@@ -240,8 +254,11 @@ impl Batch {
     /// [`CaptureError::Delivery`] once it definitively failed (or was dropped as too large,
     /// or by a panicking `before_send`). An event the `before_send` hook drops on purpose
     /// resolves `Ok`: it was handled as configured.
-    pub async fn deliver(&self, mut event: Event) -> Result<Uuid, CaptureError> {
-        let uuid = self.admit(&mut event)?;
+    pub async fn deliver(&self, event: Event) -> Result<Uuid, CaptureError> {
+        let (event, uuid) = match self.admit(event)? {
+            Admitted::Queue(event, uuid) => (event, uuid),
+            Admitted::Dropped(uuid, reason) => return dropped_result(uuid, reason),
+        };
         let (notify, rx) = oneshot::channel();
         if self
             .producer
@@ -254,7 +271,7 @@ impl Batch {
         {
             return Err(self.reject(CaptureError::Closed));
         }
-        self.shared.stats.captured(1);
+        self.shared.reporter.stats.captured(1);
         wait_delivery(rx, uuid)
             .await
             .map_err(CaptureError::Delivery)
@@ -263,10 +280,17 @@ impl Batch {
     /// Sends everything queued before this call and resolves once all of it was delivered or
     /// definitively failed. Flushing an empty queue sends nothing.
     ///
+    /// The request waits in the queue behind the events captured before it, without taking
+    /// a slot, so a full queue does not delay it and steady traffic after it cannot starve
+    /// it.
+    ///
     /// After [`shutdown`](Batch::shutdown) it returns an empty report at once.
     pub async fn flush(&self) -> FlushReport {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return FlushReport::default();
+        }
         let (reply, rx) = oneshot::channel();
-        if self.shared.flushes.send(reply).is_err() {
+        if !self.producer.push_flush(Message::Flush(reply)) {
             return FlushReport::default();
         }
         rx.await.unwrap_or_default()
@@ -299,23 +323,75 @@ impl Batch {
 
     /// `true` once [`shutdown`](Batch::shutdown) was called or the worker is gone.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire) || self.shared.flushes.is_closed()
+        self.shared.closed.load(Ordering::Acquire) || self.shared.deadline.is_closed()
     }
 
     /// The pipeline's counters, with the current queue depth.
     pub fn stats(&self) -> Stats {
-        let mut stats = self.shared.stats.snapshot();
+        let mut stats = self.shared.reporter.stats.snapshot();
         stats.queue_depth = self.producer.depth() as u64;
         stats
     }
 
-    /// Checks and stamps an event; on failure counts and reports it.
-    fn admit(&self, event: &mut Event) -> Result<Uuid, CaptureError> {
-        crate::context::apply_current(event);
-        if let Err(e) = self.validate(event) {
+    /// Checks and stamps an event and runs the `before_send` hook; on failure counts and
+    /// reports it.
+    fn admit(&self, mut event: Event) -> Result<Admitted, CaptureError> {
+        crate::context::apply_current(&mut event);
+        if let Err(e) = self.validate(&event) {
             return Err(self.reject(e));
         }
-        let uuid = match (event.uuid, event.timestamp) {
+        let uuid = self.stamp(&mut event);
+        if event.minimal {
+            // Minimized before the hook, so what the hook adds is kept.
+            event.strip_to_minimal();
+        }
+        match &self.shared.before_send {
+            None => Ok(Admitted::Queue(event, uuid)),
+            Some(hook) => Ok(self.run_hook(hook, event, uuid)),
+        }
+    }
+
+    /// Runs the hook on an admitted event and checks what it returns as `capture` checks its
+    /// input: one bad event must not make PostHog refuse the batch it would travel in.
+    fn run_hook(&self, hook: &BeforeSend, event: Event, uuid: Uuid) -> Admitted {
+        let timestamp = event.timestamp;
+        let reason = match std::panic::catch_unwind(AssertUnwindSafe(|| hook(event))) {
+            Ok(Some(mut event)) => {
+                // The uuid and timestamp stay those `capture` returned and stamped.
+                event.uuid = Some(uuid);
+                event.timestamp = timestamp;
+                match crate::event::validate(&event, self.shared.max_event_size) {
+                    Ok(()) => return Admitted::Queue(event, uuid),
+                    Err(CaptureError::EventTooLarge { size, limit }) => {
+                        Some(DropReason::TooLarge { size, limit })
+                    }
+                    Err(e) => Some(DropReason::Invalid(e)),
+                }
+            }
+            Ok(None) => None,
+            Err(_) => Some(DropReason::HookPanicked),
+        };
+        let reporter = &self.shared.reporter;
+        reporter.stats.captured(1);
+        self.producer
+            .signal
+            .dropped_at_capture
+            .fetch_add(1, Ordering::Relaxed);
+        match &reason {
+            None => {
+                reporter.stats.before_send(1);
+            }
+            Some(reason) => {
+                let error = reporter.drop_event(uuid, reason.clone());
+                reporter.tell(&error);
+            }
+        }
+        Admitted::Dropped(uuid, reason)
+    }
+
+    /// Sets the uuid and timestamp unless given, and returns the uuid.
+    fn stamp(&self, event: &mut Event) -> Uuid {
+        match (event.uuid, event.timestamp) {
             (Some(uuid), Some(_)) => uuid,
             (Some(uuid), None) => {
                 event.timestamp = Some(crate::timestamp::Timestamp::now());
@@ -329,8 +405,7 @@ impl Batch {
                 event.uuid = Some(uuid);
                 uuid
             }
-        };
-        Ok(uuid)
+        }
     }
 
     fn validate(&self, event: &Event) -> Result<(), CaptureError> {
@@ -353,20 +428,34 @@ impl Batch {
 
 impl Shared {
     pub(crate) fn reject(&self, error: &CaptureError) {
+        let stats = &self.reporter.stats;
         let count = match error {
-            CaptureError::QueueFull { .. } => self.stats.queue_full(1),
-            CaptureError::EventTooLarge { .. } => self.stats.too_large(1),
-            CaptureError::Closed => self.stats.closed(1),
+            CaptureError::QueueFull { .. } => stats.queue_full(1),
+            CaptureError::EventTooLarge { .. } => stats.too_large(1),
+            CaptureError::Closed => stats.closed(1),
             CaptureError::Delivery(_) => return,
-            _ => self.stats.invalid(1),
+            _ => stats.invalid(1),
         };
         // The caller got the error and `on_error` hears of every one; the log only samples
         // (1st, 2nd, 4th, 8th, ...) so a burst of rejections cannot flood it.
         if count.is_power_of_two() {
             tracing::warn!(error = %error, rejected = count, reason = error.reason(), "posthog: event not captured");
         }
-        if let Some(on_error) = &self.on_error {
-            on_error(&Error::Rejected(error.clone()));
+        self.reporter.tell(&Error::Rejected(error.clone()));
+    }
+}
+
+/// What a waiting capture resolves with for an event the hook dropped: `Ok` when it meant
+/// to, the reason otherwise.
+fn dropped_result(uuid: Uuid, reason: Option<DropReason>) -> Result<Uuid, CaptureError> {
+    match reason {
+        None => Ok(uuid),
+        Some(reason) => {
+            let error: BoxError = Box::new(Error::Dropped { uuid, reason });
+            Err(CaptureError::Delivery(DeliveryError::new(
+                Arc::new([uuid]),
+                Arc::new(error),
+            )))
         }
     }
 }
@@ -431,20 +520,22 @@ impl Service<Event> for Batch {
             None => match self.producer.signal.permits.clone().try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
-                    return ResponseFuture::failed(self.reject(CaptureError::QueueFull {
+                    return ResponseFuture::done(Err(self.reject(CaptureError::QueueFull {
                         capacity: self.shared.capacity,
-                    }))
+                    })))
                 }
                 Err(tokio::sync::TryAcquireError::Closed) => {
-                    return ResponseFuture::failed(self.reject(CaptureError::Closed))
+                    return ResponseFuture::done(Err(self.reject(CaptureError::Closed)))
                 }
             },
         };
-        let mut event = event;
-        let uuid = match self.admit(&mut event) {
-            Ok(uuid) => uuid,
-            // Dropping the permit frees the slot.
-            Err(e) => return ResponseFuture::failed(e),
+        // On an early return, dropping the permit frees the slot.
+        let (event, uuid) = match self.admit(event) {
+            Ok(Admitted::Queue(event, uuid)) => (event, uuid),
+            Ok(Admitted::Dropped(uuid, reason)) => {
+                return ResponseFuture::done(dropped_result(uuid, reason))
+            }
+            Err(e) => return ResponseFuture::done(Err(e)),
         };
         let (notify, rx): (Notify, _) = oneshot::channel();
         self.producer.push_reserved(
@@ -454,7 +545,7 @@ impl Service<Event> for Batch {
                 notify: Some(notify),
             },
         );
-        self.shared.stats.captured(1);
+        self.shared.reporter.stats.captured(1);
         ResponseFuture {
             state: State::Waiting { rx, uuid },
         }
@@ -470,7 +561,8 @@ pin_project! {
 }
 
 enum State {
-    Failed(Option<CaptureError>),
+    /// Decided at the call: refused, or dropped by the hook.
+    Done(Option<Result<Uuid, CaptureError>>),
     Waiting {
         rx: oneshot::Receiver<Result<Uuid, crate::DeliveryError>>,
         uuid: Uuid,
@@ -478,9 +570,9 @@ enum State {
 }
 
 impl ResponseFuture {
-    fn failed(error: CaptureError) -> Self {
+    fn done(result: Result<Uuid, CaptureError>) -> Self {
         ResponseFuture {
-            state: State::Failed(Some(error)),
+            state: State::Done(Some(result)),
         }
     }
 }
@@ -496,9 +588,12 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.project().state {
-            State::Failed(e) => {
-                Poll::Ready(Err(Box::new(e.take().unwrap_or(CaptureError::Closed))))
-            }
+            State::Done(result) => match result.take() {
+                Some(Ok(uuid)) => Poll::Ready(Ok(uuid)),
+                Some(Err(e)) => Poll::Ready(Err(Box::new(e))),
+                // Polled again after it completed.
+                None => Poll::Ready(Err(Box::new(CaptureError::Closed))),
+            },
             State::Waiting { rx, uuid } => match ready!(Pin::new(rx).poll(cx)) {
                 Ok(Ok(uuid)) => Poll::Ready(Ok(uuid)),
                 Ok(Err(e)) => Poll::Ready(Err(Box::new(e))),
@@ -541,7 +636,7 @@ mod tests {
         let mut json = Vec::new();
         let mut writer = encoder.writer(&mut json, "$pageview", Some("u"), None, false);
         writer.property("$host", "a.example");
-        writer.finish(Timestamp::UNIX_EPOCH, uuid, None);
+        writer.finish(Timestamp::UNIX_EPOCH, uuid);
         let text = String::from_utf8(json.clone()).expect("utf-8");
         assert_eq!(batch.try_capture_encoded(json, uuid).expect("queued"), uuid);
 

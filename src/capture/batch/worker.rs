@@ -2,14 +2,14 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     fmt,
     future::Future,
-    panic::AssertUnwindSafe,
     pin::Pin,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc, Mutex},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{oneshot, watch},
     task::{Id, JoinSet},
     time::{sleep_until, Instant},
 };
@@ -31,6 +31,15 @@ use crate::{
 
 /// Most messages taken from the queue at once.
 const RECV_CHUNK: usize = 256;
+
+/// How often an armed worker looks at the queue: every millisecond under load, down to every
+/// 100 ms when events are sparse.
+const MIN_POLL: Duration = Duration::from_millis(1);
+const MAX_POLL: Duration = Duration::from_millis(100);
+
+/// How long the worker keeps looking at the queue after the last event before it waits to be
+/// woken again (so steady traffic, however sparse, never wakes it from `capture`).
+const IDLE_GRACE: Duration = Duration::from_secs(2);
 
 /// The background half of a [`Batch`](super::Batch): a future that turns queued events into
 /// batches and sends them. Returned by [`Batch::pair`](super::Batch::pair); spawn it on tokio.
@@ -100,6 +109,9 @@ where
         epochs: Epochs::new(),
         encoder,
         config,
+        batch_deadline: None,
+        polling: None,
+        taken_since_tick: 0,
     };
     Worker {
         future: Box::pin(run(service, queue, state, channels)),
@@ -108,30 +120,36 @@ where
 
 /// Counts and reports outcomes.
 #[derive(Clone)]
-struct Reporter {
-    stats: StatsRecorder,
-    on_error: Option<super::OnError>,
+pub(super) struct Reporter {
+    pub(super) stats: StatsRecorder,
+    pub(super) on_error: Option<super::OnError>,
 }
 
 impl Reporter {
-    fn failed(&self, uuids: Arc<[Uuid]>, source: Arc<BoxError>) {
+    /// Counts and logs a delivery failure, and returns what `on_error` must be told.
+    fn fail(&self, uuids: Arc<[Uuid]>, source: Arc<BoxError>) -> Error {
         self.stats.failed(uuids.len() as u64);
         let error = DeliveryError::new(uuids, source);
         tracing::error!(error = %error, "posthog: batch not delivered");
-        if let Some(on_error) = &self.on_error {
-            on_error(&Error::Delivery(error));
-        }
+        Error::Delivery(error)
     }
 
-    fn dropped(&self, uuid: Uuid, reason: DropReason) {
-        match reason {
+    /// Counts and logs an accepted event dropped before sending, and returns what `on_error`
+    /// must be told.
+    pub(super) fn drop_event(&self, uuid: Uuid, reason: DropReason) -> Error {
+        match &reason {
             DropReason::TooLarge { .. } => self.stats.too_large(1),
             DropReason::HookPanicked => self.stats.hook_panicked(1),
-            DropReason::Serialize(_) => self.stats.invalid(1),
+            DropReason::Invalid(_) | DropReason::Serialize(_) => self.stats.invalid(1),
         };
         tracing::error!(%uuid, reason = %reason, "posthog: event dropped");
+        Error::Dropped { uuid, reason }
+    }
+
+    /// Tells `on_error`, if there is one.
+    pub(super) fn tell(&self, error: &Error) {
         if let Some(on_error) = &self.on_error {
-            on_error(&Error::Dropped { uuid, reason });
+            on_error(error);
         }
     }
 }
@@ -215,10 +233,12 @@ impl Epochs {
             .unwrap_or_else(|| unreachable!("the open epoch is always present"))
     }
 
-    /// Closes the open epoch with `waiter` and opens a new one.
-    fn close(&mut self, waiter: oneshot::Sender<FlushReport>) {
+    /// Closes the open epoch with `waiter`, counting `dropped` events in it, and opens a new
+    /// one.
+    fn close(&mut self, waiter: Option<oneshot::Sender<FlushReport>>, dropped: u64) {
         let epoch = self.current();
-        epoch.waiters.push(waiter);
+        epoch.waiters.extend(waiter);
+        epoch.report.dropped += dropped;
         epoch.closed = true;
         self.list.push_back(Epoch::default());
         self.settle();
@@ -239,6 +259,24 @@ impl Epochs {
             }
         }
     }
+
+    /// A batch of epoch `id` ended with these counts.
+    fn batch_done(&mut self, id: u64, delivered: u64, failed: u64) {
+        if let Some(epoch) = self.get(id) {
+            epoch.outstanding = epoch.outstanding.saturating_sub(1);
+            epoch.report.delivered += delivered;
+            epoch.report.failed += failed;
+        }
+    }
+}
+
+/// The worker's schedule for looking at the queue while it is armed.
+struct Polling {
+    period: Duration,
+    next: Instant,
+    last_tick: Instant,
+    /// When an event was last taken.
+    last_event: Instant,
 }
 
 struct State {
@@ -250,63 +288,89 @@ struct State {
     epochs: Epochs,
     encoder: Encoder,
     config: BatchConfig,
+    /// When the open batch must be closed (`flush_interval` after its first event).
+    batch_deadline: Option<Instant>,
+    /// Set while the worker is armed.
+    polling: Option<Polling>,
+    /// Events taken since the last poll, to pace the next one.
+    taken_since_tick: usize,
 }
 
 /// A batch being sent, as the worker tracks it.
 struct InFlight {
     epoch: u64,
     uuids: Arc<[Uuid]>,
-    progress: Arc<Progress>,
+    claims: Arc<Claims>,
 }
 
-/// What a sending task has settled so far. A 413 splits a batch, so part of it may be
-/// delivered when the task is aborted (shutdown deadline) or panics.
+/// Who settled which events of one batch: its sending task (delivered or failed, half by half
+/// after a 413) or the worker (failed, when the shutdown deadline passes while the task still
+/// runs). Each event is settled, counted and reported exactly once, by whoever claims it
+/// first; the reporting itself happens after the claim, outside the lock.
 #[derive(Default)]
-struct Progress(std::sync::Mutex<Settled>);
+struct Claims(Mutex<Claimed>);
 
 #[derive(Default)]
-struct Settled {
-    delivered: usize,
-    failed: usize,
-    uuids: HashSet<Uuid>,
+struct Claimed {
+    /// The worker gave up on the batch: nothing more can be claimed.
+    abandoned: bool,
+    delivered: u64,
+    failed: u64,
+    /// The task claimed the whole batch at once (it was not split).
+    whole: bool,
+    /// The uuids claimed part by part, once the batch was split.
+    parts: HashSet<Uuid>,
 }
 
-impl Progress {
-    fn settle(&self, uuids: &[Uuid], delivered: bool) {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if delivered {
-            s.delivered += uuids.len();
-        } else {
-            s.failed += uuids.len();
+impl Claims {
+    /// Claims `uuids` (all of the batch when `whole`) for the sending task; `false` when the
+    /// worker abandoned the batch first (it reported them).
+    fn claim(&self, uuids: &[Uuid], whole: bool, delivered: bool) -> bool {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if c.abandoned {
+            return false;
         }
-        s.uuids.extend(uuids.iter().copied());
+        if whole {
+            c.whole = true;
+        } else {
+            c.parts.extend(uuids.iter().copied());
+        }
+        if delivered {
+            c.delivered += uuids.len() as u64;
+        } else {
+            c.failed += uuids.len() as u64;
+        }
+        true
     }
 
-    /// Counts, after reporting every event not settled yet as failed with `source`.
-    fn finish(
-        &self,
-        all: &[Uuid],
-        source: Option<Arc<BoxError>>,
-        reporter: &Reporter,
-    ) -> (u64, u64) {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(source) = source {
-            let rest: Vec<Uuid> = all
-                .iter()
+    /// Abandons the batch: returns its counts and the uuids nobody claimed, which the caller
+    /// reports failed (and which are counted failed here).
+    fn abandon(&self, all: &[Uuid]) -> (u64, u64, Vec<Uuid>) {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        c.abandoned = true;
+        let rest: Vec<Uuid> = if c.whole {
+            Vec::new()
+        } else if c.parts.is_empty() {
+            all.to_vec()
+        } else {
+            all.iter()
                 .copied()
-                .filter(|u| !s.uuids.contains(u))
-                .collect();
-            if !rest.is_empty() {
-                s.failed += rest.len();
-                reporter.failed(rest.into(), source);
-            }
-        }
-        (s.delivered as u64, s.failed as u64)
+                .filter(|u| !c.parts.contains(u))
+                .collect()
+        };
+        c.failed += rest.len() as u64;
+        (c.delivered, c.failed, rest)
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        let c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (c.delivered, c.failed)
     }
 }
 
 impl State {
     fn close_current(&mut self) {
+        self.batch_deadline = None;
         if self.current.is_empty() {
             return;
         }
@@ -320,46 +384,26 @@ impl State {
         });
     }
 
-    /// Adds one event; returns `true` when it started a new batch (the timer should start).
-    fn add(&mut self, event: Event, notify: Option<Notify>) -> bool {
+    /// Adds one event to the open batch.
+    fn add(&mut self, event: Event, notify: Option<Notify>) {
+        // Admission stamped both.
         let uuid = event.uuid.unwrap_or_else(crate::uuid7::new_v7);
         let timestamp = event
             .timestamp
             .unwrap_or_else(crate::timestamp::Timestamp::now);
-        let mut event = event;
-        if event.minimal {
-            // Minimized before the hook, so what the hook adds is kept.
-            event.strip_to_minimal();
-        }
-        let event = match &self.config.before_send {
-            None => event,
-            Some(hook) => match std::panic::catch_unwind(AssertUnwindSafe(|| hook(event))) {
-                Ok(Some(event)) => event,
-                Ok(None) => {
-                    self.reporter.stats.before_send(1);
-                    self.epochs.current().report.dropped += 1;
-                    if let Some(notify) = notify {
-                        let _ = notify.send(Ok(uuid));
-                    }
-                    return false;
-                }
-                Err(_) => {
-                    self.drop_event(uuid, DropReason::HookPanicked, notify);
-                    return false;
-                }
-            },
-        };
         let start = self.open_slot();
         self.encoder
             .encode(&mut self.current.buf, &event, uuid, timestamp);
-        self.close_slot(start, uuid, notify)
+        // The event's memory goes back before the batch grows further.
+        drop(event);
+        self.close_slot(start, uuid, notify);
     }
 
     /// Adds an event its producer already encoded; like [`add`](Self::add).
-    fn add_encoded(&mut self, json: &[u8], uuid: Uuid) -> bool {
+    fn add_encoded(&mut self, json: &[u8], uuid: Uuid) {
         let start = self.open_slot();
         self.current.buf.extend_from_slice(json);
-        self.close_slot(start, uuid, None)
+        self.close_slot(start, uuid, None);
     }
 
     /// Makes room for one more event in the open batch: returns where the batch ended (the
@@ -373,9 +417,8 @@ impl State {
     }
 
     /// Accounts for the event just written after `start` (see [`open_slot`](Self::open_slot)):
-    /// drops it if too large, closes batches that are full. Returns `true` when the event
-    /// started a new batch (the timer should start).
-    fn close_slot(&mut self, start: usize, uuid: Uuid, notify: Option<Notify>) -> bool {
+    /// drops it if too large, closes batches that are full, starts the batch's timer.
+    fn close_slot(&mut self, start: usize, uuid: Uuid, notify: Option<Notify>) {
         let was_empty = self.current.is_empty();
         let event_start = if was_empty { start } else { start + 1 };
         let size = self.current.buf.len() - event_start;
@@ -386,7 +429,7 @@ impl State {
                 limit: MAX_EVENT_BYTES,
             };
             self.drop_event(uuid, reason, notify);
-            return false;
+            return;
         }
         let mut started = was_empty;
         if !was_empty && self.current.buf.len() > self.config.max_batch_bytes {
@@ -407,19 +450,28 @@ impl State {
             || self.current.buf.len() >= self.config.max_batch_bytes
         {
             self.close_current();
-            started = false;
+        } else if started && !self.config.send_immediately {
+            self.batch_deadline = Some(Instant::now() + self.config.flush_interval);
         }
-        started
     }
 
     /// Drops an accepted event: counted, reported, and its waiter (if any) told why.
     fn drop_event(&mut self, uuid: Uuid, reason: DropReason, notify: Option<Notify>) {
-        self.reporter.dropped(uuid, reason.clone());
+        let error = self.reporter.drop_event(uuid, reason.clone());
+        self.reporter.tell(&error);
         self.epochs.current().report.dropped += 1;
         if let Some(notify) = notify {
             let error: BoxError = Box::new(Error::Dropped { uuid, reason });
             let _ = notify.send(Err(DeliveryError::new(Arc::new([uuid]), Arc::new(error))));
         }
+    }
+
+    /// Closes the open epoch at a flush request, with the events the hook dropped at capture
+    /// since the last one.
+    fn close_epoch(&mut self, queue: &Consumer, waiter: Option<oneshot::Sender<FlushReport>>) {
+        self.close_current();
+        let dropped = queue.signal.dropped_at_capture.swap(0, Ordering::Relaxed);
+        self.epochs.close(waiter, dropped);
     }
 
     fn dispatch<S>(&mut self, service: &S)
@@ -434,83 +486,95 @@ impl State {
                 break;
             };
             let uuids = ready.batch.uuids().clone();
-            let reporter = self.reporter.clone();
-            let progress = Arc::new(Progress::default());
-            reporter.stats.batch_started();
+            let claims = Arc::new(Claims::default());
+            self.reporter.stats.batch_started();
             let handle = self.in_flight.spawn(send(
                 service.clone(),
                 ready.batch,
                 ready.notify,
-                reporter,
-                progress.clone(),
+                self.reporter.clone(),
+                claims.clone(),
             ));
             self.in_flight_info.insert(
                 handle.id(),
                 InFlight {
                     epoch: ready.epoch,
                     uuids,
-                    progress,
+                    claims,
                 },
             );
         }
     }
 
-    /// A sending task ended (`error` is set when it panicked or was aborted).
+    /// A sending task ended; `error` is set when it panicked, and then whatever it had not
+    /// settled is reported failed with it.
     fn finished(&mut self, id: Id, error: Option<Arc<BoxError>>) {
         let Some(info) = self.in_flight_info.remove(&id) else {
             return;
         };
         self.reporter.stats.batch_finished();
-        let (delivered, failed) = info.progress.finish(&info.uuids, error, &self.reporter);
-        if let Some(epoch) = self.epochs.get(info.epoch) {
-            epoch.outstanding = epoch.outstanding.saturating_sub(1);
-            epoch.report.delivered += delivered;
-            epoch.report.failed += failed;
-        }
+        let (delivered, failed) = match error {
+            None => info.claims.counts(),
+            Some(source) => {
+                let (delivered, failed, rest) = info.claims.abandon(&info.uuids);
+                if !rest.is_empty() {
+                    let error = self.reporter.fail(rest.into(), source);
+                    self.reporter.tell(&error);
+                }
+                (delivered, failed)
+            }
+        };
+        self.epochs.batch_done(info.epoch, delivered, failed);
         self.epochs.settle();
     }
 
-    /// The shutdown deadline passed: nothing more is sent, everything not yet delivered is
-    /// reported failed, and every waiting flush is answered.
-    fn abandon(
-        &mut self,
-        queue: &mut Consumer,
-        flushes: &mut mpsc::UnboundedReceiver<oneshot::Sender<FlushReport>>,
-        deadline: std::time::Duration,
-    ) {
+    /// The shutdown deadline passed: nothing more is sent, everything not yet settled is
+    /// counted failed, and every waiting flush is answered. Returns what `on_error` must be
+    /// told, for after the report is published: a slow callback must not stretch the
+    /// deadline.
+    fn abandon(&mut self, queue: &mut Consumer, deadline: Duration) -> Vec<Error> {
         let source: Arc<BoxError> = Arc::new(Box::new(DeadlineElapsed(deadline)));
+        let mut reports = Vec::new();
+        // A task in the middle of a poll on another thread finishes that poll; whatever it
+        // settles after this is refused by its claims.
         self.in_flight.abort_all();
-        let ids: Vec<Id> = self.in_flight_info.keys().copied().collect();
-        for id in ids {
-            self.finished(id, Some(source.clone()));
+        for (_, info) in std::mem::take(&mut self.in_flight_info) {
+            self.reporter.stats.batch_finished();
+            let (delivered, failed, rest) = info.claims.abandon(&info.uuids);
+            if !rest.is_empty() {
+                reports.push(self.reporter.fail(rest.into(), source.clone()));
+            }
+            self.epochs.batch_done(info.epoch, delivered, failed);
         }
         self.close_current();
         for ready in std::mem::take(&mut self.ready) {
             let count = ready.batch.len() as u64;
-            self.reporter
-                .failed(ready.batch.uuids().clone(), source.clone());
-            if let Some(e) = self.epochs.get(ready.epoch) {
-                e.outstanding = e.outstanding.saturating_sub(1);
-                e.report.failed += count;
-            }
+            reports.push(
+                self.reporter
+                    .fail(ready.batch.uuids().clone(), source.clone()),
+            );
+            self.epochs.batch_done(ready.epoch, 0, count);
         }
         queue.close();
         let mut leftover = Vec::new();
         let mut messages = Vec::new();
-        while queue.take(&mut messages, RECV_CHUNK) != Taken::Some(0) {
-            if messages.is_empty() {
+        while let Taken::Some(n) = queue.take(&mut messages, RECV_CHUNK) {
+            if n == 0 {
                 break;
             }
-            leftover.extend(messages.drain(..).map(|message| message.uuid()));
-        }
-        flushes.close();
-        while let Ok(reply) = flushes.try_recv() {
-            self.epochs.current().waiters.push(reply);
+            for message in messages.drain(..) {
+                match message {
+                    Message::Flush(reply) => self.epochs.current().waiters.push(reply),
+                    event => leftover.extend(event.uuid()),
+                }
+            }
         }
         if !leftover.is_empty() {
             self.epochs.current().report.failed += leftover.len() as u64;
-            self.reporter.failed(leftover.into(), source);
+            reports.push(self.reporter.fail(leftover.into(), source));
         }
+        let dropped = queue.signal.dropped_at_capture.swap(0, Ordering::Relaxed);
+        self.epochs.current().report.dropped += dropped;
         // Close every epoch so each waiter gets its answer.
         for epoch in &mut self.epochs.list {
             epoch.closed = true;
@@ -518,25 +582,59 @@ impl State {
         }
         self.epochs.list.push_back(Epoch::default());
         self.epochs.settle();
+        reports
+    }
+
+    /// Paces the next look at the queue from how many events the last interval brought:
+    /// about half a batch per look, between [`MIN_POLL`] and [`MAX_POLL`].
+    fn schedule_poll(&mut self, now: Instant) {
+        let taken = std::mem::take(&mut self.taken_since_tick);
+        let flush_at = u32::try_from(self.config.flush_at).unwrap_or(u32::MAX);
+        let polling = self.polling.get_or_insert(Polling {
+            period: MIN_POLL,
+            next: now,
+            last_tick: now,
+            last_event: now,
+        });
+        let elapsed = now.saturating_duration_since(polling.last_tick);
+        polling.period = if taken == 0 {
+            (polling.period * 2).min(MAX_POLL)
+        } else {
+            polling.last_event = now;
+            (elapsed * flush_at / (2 * taken as u32).max(1)).clamp(MIN_POLL, MAX_POLL)
+        };
+        polling.last_tick = now;
+        polling.next = now + polling.period;
+    }
+
+    /// When the worker must next wake on its own: the open batch's deadline or the next poll.
+    fn next_tick(&self) -> Option<Instant> {
+        let poll = self.polling.as_ref().map(|p| p.next);
+        match (self.batch_deadline, poll) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
-/// The worker's side of flush and shutdown: flush requests, when it must end, and where it
-/// publishes the final report.
+/// The worker's side of shutdown: when it must end, and where it publishes the final report.
 pub(super) struct ShutdownChannels {
-    pub(super) flushes: mpsc::UnboundedReceiver<oneshot::Sender<FlushReport>>,
-    pub(super) deadline: watch::Receiver<Option<(Instant, std::time::Duration)>>,
+    pub(super) deadline: watch::Receiver<Option<(Instant, Duration)>>,
     pub(super) report: watch::Sender<Option<FlushReport>>,
 }
 
-/// Takes what the queue holds into batches; `false` once the queue is finished (every
-/// producer gone, or admission closed and everything taken).
-fn intake(
-    state: &mut State,
-    queue: &mut Consumer,
-    messages: &mut Vec<Message>,
-    timer: &mut Timer,
-) -> Intake {
+#[derive(Debug, PartialEq, Eq)]
+enum Intake {
+    /// The queue is empty for now.
+    Idle,
+    /// There is more to take once a sending slot frees (or a producer finishes queueing).
+    More,
+    /// Nothing will ever arrive again.
+    Finished,
+}
+
+/// Takes what the queue holds into batches, in order, answering flush requests on the way.
+fn intake(state: &mut State, queue: &mut Consumer, messages: &mut Vec<Message>) -> Intake {
     loop {
         if !state.ready.is_empty() {
             // Every sending slot is busy and a closed batch waits: leave the rest queued
@@ -553,22 +651,20 @@ fn intake(
                     // Shutting down, and a producer is between reserving a slot and queueing.
                     return Intake::More;
                 }
-                if state.current.is_empty() && !queue.disarm() {
-                    continue;
-                }
                 return Intake::Idle;
             }
             Taken::Some(_) => {
                 for message in messages.drain(..) {
-                    let started = match message {
-                        Message::Event { event, notify } => state.add(event, notify),
-                        Message::Encoded { json, uuid } => state.add_encoded(&json, uuid),
-                    };
-                    if started && !state.config.send_immediately {
-                        timer.reset(state.config.flush_interval);
-                    }
-                    if state.current.is_empty() {
-                        timer.armed = false;
+                    match message {
+                        Message::Event { event, notify } => {
+                            state.taken_since_tick += 1;
+                            state.add(event, notify);
+                        }
+                        Message::Encoded { json, uuid } => {
+                            state.taken_since_tick += 1;
+                            state.add_encoded(&json, uuid);
+                        }
+                        Message::Flush(reply) => state.close_epoch(queue, Some(reply)),
                     }
                 }
                 if state.config.send_immediately {
@@ -579,29 +675,6 @@ fn intake(
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Intake {
-    /// The queue is empty for now.
-    Idle,
-    /// There is more to take once a sending slot frees (or a producer finishes queueing).
-    More,
-    /// Nothing will ever arrive again.
-    Finished,
-}
-
-/// The open batch's timer.
-struct Timer {
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-    armed: bool,
-}
-
-impl Timer {
-    fn reset(&mut self, after: std::time::Duration) {
-        self.sleep.as_mut().reset(Instant::now() + after);
-        self.armed = true;
-    }
-}
-
 async fn run<S>(service: S, mut queue: Consumer, mut state: State, mut channels: ShutdownChannels)
 where
     S: Service<EncodedBatch> + Clone + Send + 'static,
@@ -609,19 +682,17 @@ where
     S::Future: Send + 'static,
     S::Response: Send + 'static,
 {
-    let mut flushes = channels.flushes;
     let signal = queue.signal.clone();
-    let mut timer = Timer {
-        sleep: Box::pin(sleep_until(Instant::now())),
-        armed: false,
-    };
     let mut messages = Vec::with_capacity(RECV_CHUNK);
     let mut receiving = true;
-    let mut more = false;
+    // Look at the queue on the next turn of the loop.
+    let mut take = false;
     // Set by `Batch::shutdown` through a watch channel, not the queue, so a full queue or a
     // backlog of closed batches cannot delay it.
-    let mut shutdown: Option<(Instant, std::time::Duration)> = None;
+    let mut shutdown: Option<(Instant, Duration)> = None;
     let mut deadline_open = true;
+    // What `on_error` must still be told once the report is out (the deadline passed).
+    let mut late_reports = Vec::new();
     // Answered with the events settled since the last flush, when the worker ends.
     let (final_tx, mut final_rx) = oneshot::channel();
     let mut final_tx = Some(final_tx);
@@ -633,17 +704,30 @@ where
                 if let Some(tx) = final_tx.take() {
                     state.epochs.current().waiters.push(tx);
                 }
-                state.abandon(&mut queue, &mut flushes, budget);
+                late_reports = state.abandon(&mut queue, budget);
                 break;
             }
         }
         state.dispatch(&service);
-        if receiving && more && state.ready.is_empty() {
-            more = false;
-            match intake(&mut state, &mut queue, &mut messages, &mut timer) {
-                Intake::Idle => {}
+        if receiving && take && state.ready.is_empty() {
+            take = false;
+            match intake(&mut state, &mut queue, &mut messages) {
+                Intake::Idle => {
+                    let now = Instant::now();
+                    let quiet = state.polling.as_ref().map_or(true, |p| {
+                        now.saturating_duration_since(p.last_event) >= IDLE_GRACE
+                    });
+                    if quiet && state.current.is_empty() {
+                        if queue.disarm() {
+                            state.polling = None;
+                        } else {
+                            // An event slipped in: take it.
+                            take = true;
+                        }
+                    }
+                }
                 Intake::More => {
-                    more = true;
+                    take = true;
                     if state.ready.is_empty() {
                         // A producer is finishing a push during shutdown: let it run.
                         tokio::task::yield_now().await;
@@ -651,11 +735,8 @@ where
                 }
                 Intake::Finished => {
                     receiving = false;
-                    timer.armed = false;
-                    state.close_current();
-                    if let Some(tx) = final_tx.take() {
-                        state.epochs.close(tx);
-                    }
+                    state.polling = None;
+                    state.close_epoch(&queue, final_tx.take());
                 }
             }
             continue;
@@ -668,6 +749,7 @@ where
             break;
         }
         let deadline = shutdown.map(|(at, _)| at);
+        let tick = if receiving { state.next_tick() } else { None };
         tokio::select! {
             biased;
             changed = channels.deadline.changed(), if deadline_open && shutdown.is_none() => {
@@ -677,7 +759,7 @@ where
                             shutdown = Some(at);
                             // Stop admission; what is already queued is still taken.
                             queue.close();
-                            more = true;
+                            take = true;
                         }
                     }
                     // Every handle is gone: the queue finishing ends the worker.
@@ -694,63 +776,63 @@ where
                         state.finished(id, Some(source));
                     }
                 }
+                // A slot freed: take what waits behind the backlog.
+                take = true;
             }
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 // Handled at the top of the loop.
             }
-            Some(reply) = flushes.recv(), if receiving && state.ready.is_empty() => {
-                // Everything queued before the flush is taken first.
-                let finished = intake(&mut state, &mut queue, &mut messages, &mut timer);
-                if finished == Intake::More {
-                    more = true;
-                }
-                state.close_current();
-                timer.armed = false;
-                state.epochs.close(reply);
-                if finished == Intake::Finished {
-                    receiving = false;
-                    if let Some(tx) = final_tx.take() {
-                        state.epochs.close(tx);
-                    }
-                }
-            }
             () = signal.wait(), if receiving && state.ready.is_empty() => {
-                more = true;
+                // Woken by a producer: the first event after a quiet spell, a half-full queue,
+                // a flush request, or the last handle gone.
+                queue.arm();
+                if state.polling.is_none() {
+                    state.schedule_poll(Instant::now());
+                }
+                take = true;
             }
-            () = timer.sleep.as_mut(), if timer.armed => {
-                timer.armed = false;
-                more = true;
-                // Take what arrived without waking us, then close the batch.
-                if intake(&mut state, &mut queue, &mut messages, &mut timer) == Intake::Finished {
-                    receiving = false;
-                    if let Some(tx) = final_tx.take() {
-                        state.close_current();
-                        state.epochs.close(tx);
+            () = sleep_until(tick.unwrap_or_else(Instant::now)), if tick.is_some() => {
+                let now = Instant::now();
+                if state.ready.is_empty() {
+                    // Take what is queued first, so the closing batch holds all it can.
+                    if intake(&mut state, &mut queue, &mut messages) == Intake::Finished {
+                        receiving = false;
+                        state.polling = None;
+                        state.close_epoch(&queue, final_tx.take());
                     }
                 }
-                state.close_current();
-                timer.armed = false;
+                if state.batch_deadline.is_some_and(|at| at <= now) {
+                    state.close_current();
+                }
+                if state.polling.as_ref().is_some_and(|p| p.next <= now) {
+                    state.schedule_poll(now);
+                    take = true;
+                }
             }
         }
     }
     state.epochs.settle();
     let report = final_rx.try_recv().unwrap_or_default();
     channels.report.send_replace(Some(report));
+    for error in &late_reports {
+        state.reporter.tell(error);
+    }
     tracing::debug!("posthog: batch worker stopped");
 }
 
-/// Sends one batch (splitting it on 413), recording what it settles in `progress`.
+/// Sends one batch (splitting it on 413), settling each part through `claims`.
 async fn send<S>(
     service: S,
     batch: EncodedBatch,
     mut notify: Vec<(Uuid, Notify)>,
     reporter: Reporter,
-    progress: Arc<Progress>,
+    claims: Arc<Claims>,
 ) where
     S: Service<EncodedBatch> + Clone + Send + 'static,
     S::Error: Into<BoxError> + Send,
     S::Future: Send + 'static,
 {
+    let whole = batch.len();
     let mut todo = vec![batch];
     while let Some(batch) = todo.pop() {
         let result = service
@@ -778,13 +860,19 @@ async fn send<S>(
                 Err(Arc::new(error))
             }
         };
+        if !claims.claim(batch.uuids(), batch.len() == whole, outcome.is_ok()) {
+            // The shutdown deadline passed and the worker reported the rest failed.
+            return;
+        }
         match &outcome {
             Ok(()) => {
                 reporter.stats.delivered(batch.len() as u64);
             }
-            Err(source) => reporter.failed(batch.uuids().clone(), source.clone()),
+            Err(source) => {
+                let error = reporter.fail(batch.uuids().clone(), source.clone());
+                reporter.tell(&error);
+            }
         }
-        progress.settle(batch.uuids(), outcome.is_ok());
         if !notify.is_empty() {
             let uuids = batch.uuids();
             let mut i = 0;

@@ -1,0 +1,338 @@
+//! An event's properties, kept as the JSON they are sent as.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::finite::{self, PropertyError};
+
+/// An event's properties, held as the JSON object PostHog receives.
+///
+/// Each setter serializes its value once, when it is called, and checks it then (NaN,
+/// infinities, nesting); the event keeps the JSON text, not a tree of values. An event with
+/// ten properties is four allocations, and sending it copies its properties as they are.
+/// Reading a property parses it back ([`get`](Properties::get)), which is for tests and hooks,
+/// not for hot paths.
+///
+/// Keys are unique: setting a key again replaces its value in place.
+///
+/// # Example
+///
+/// ```
+/// use posthog_tower::Event;
+/// use serde_json::json;
+///
+/// let event = Event::new("order placed", "user-42")
+///     .property("amount", 31.5)
+///     .property("items", vec!["book", "pen"]);
+/// let properties = event.properties();
+/// assert_eq!(properties.len(), 2);
+/// assert_eq!(properties.get("amount"), Some(json!(31.5)));
+/// assert_eq!(properties.to_string(), r#"{"amount":31.5,"items":["book","pen"]}"#);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// `"key":value` entries separated by commas: a JSON object without its braces.
+    json: Vec<u8>,
+    /// Where each entry starts in `json` (its key's opening quote), in order.
+    starts: Vec<u32>,
+}
+
+impl Properties {
+    /// The number of properties.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// `true` when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// `true` when `key` is set.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_some()
+    }
+
+    /// The value of `key`, parsed from its JSON.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        let i = self.find(key)?;
+        serde_json::from_slice(self.value_json(i)).ok()
+    }
+
+    /// The keys, in the order they were first set.
+    pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.len()).filter_map(|i| serde_json::from_slice(self.key_json(i)).ok())
+    }
+
+    /// Every property, parsed, in the order they were first set.
+    pub fn iter(&self) -> impl Iterator<Item = (String, Value)> + '_ {
+        (0..self.len()).filter_map(|i| {
+            let key = serde_json::from_slice(self.key_json(i)).ok()?;
+            let value = serde_json::from_slice(self.value_json(i)).ok()?;
+            Some((key, value))
+        })
+    }
+
+    /// Every property, parsed into a JSON object.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.iter().collect()
+    }
+
+    // ===== internals =====
+
+    /// The entries as serialized (`"k":v,"k2":v2`), the inside of the JSON object.
+    pub(crate) fn as_json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// Entry `i`, without the comma that separates it from the next.
+    pub(crate) fn entry_json(&self, i: usize) -> &[u8] {
+        &self.json[self.start(i)..self.end(i)]
+    }
+
+    /// Sets `key` to `value`, serialized now with the checks of [`finite::write`]; on error
+    /// nothing changes.
+    pub(crate) fn insert<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), PropertyError> {
+        let start = self.json.len();
+        if start > u32::MAX as usize - 1 {
+            return Err(PropertyError::new(
+                "too many properties: over 4 GiB of JSON",
+            ));
+        }
+        if self.json.is_empty() {
+            // Room for a typical event's properties at once, instead of growing four times.
+            self.json.reserve(256);
+        } else {
+            self.json.push(b',');
+        }
+        let entry = self.json.len();
+        super::write_json(&mut self.json, key);
+        self.json.push(b':');
+        let key_end = self.json.len();
+        if let Err(e) = finite::write(&mut self.json, value) {
+            self.json.truncate(start);
+            return Err(e);
+        }
+        match self.position(&self.json[entry..key_end], self.len()) {
+            None => self.starts.push(entry as u32),
+            Some(old) => {
+                // Move the new value into the old entry's place; the key keeps its position.
+                let value = self.json.split_off(key_end);
+                self.json.truncate(start);
+                let range = self.start(old) + (key_end - entry)..self.end(old);
+                let grown = value.len() as isize - range.len() as isize;
+                self.json.splice(range, value);
+                for s in &mut self.starts[old + 1..] {
+                    *s = (*s as isize + grown) as u32;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `key` to the JSON string `value` unless `key` is already set.
+    pub(crate) fn insert_str_if_absent(&mut self, key: &str, value: &str) {
+        if !self.contains_key(key) {
+            // A string always serializes.
+            let _ = self.insert(key, value);
+        }
+    }
+
+    /// Removes `key`, returning its value.
+    pub(crate) fn remove(&mut self, key: &str) -> Option<Value> {
+        let i = self.find(key)?;
+        let value = serde_json::from_slice(self.value_json(i)).ok();
+        self.remove_at(i);
+        value
+    }
+
+    /// Keeps only the properties whose key (as serialized, with its quotes) `keep` accepts.
+    pub(crate) fn retain_json_keys(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
+        let mut i = 0;
+        while i < self.len() {
+            if keep(self.key_json(i)) {
+                i += 1;
+            } else {
+                self.remove_at(i);
+            }
+        }
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        // The entry and the comma after it, or before it for the last entry.
+        let (from, to) = if i + 1 < self.len() {
+            (self.start(i), self.start(i + 1))
+        } else if i > 0 {
+            (self.end(i - 1), self.json.len())
+        } else {
+            (0, self.json.len())
+        };
+        self.json.drain(from..to);
+        self.starts.remove(i);
+        let removed = (to - from) as u32;
+        for s in &mut self.starts[i..] {
+            *s -= removed;
+        }
+    }
+
+    fn start(&self, i: usize) -> usize {
+        self.starts[i] as usize
+    }
+
+    /// Where entry `i` ends (before the comma that follows it).
+    fn end(&self, i: usize) -> usize {
+        match self.starts.get(i + 1) {
+            Some(&next) => next as usize - 1,
+            None => self.json.len(),
+        }
+    }
+
+    /// The index of the entry whose serialized key and colon are `prefix` (`"key":`), among
+    /// the first `n`.
+    fn position(&self, prefix: &[u8], n: usize) -> Option<usize> {
+        let len = prefix.len();
+        self.starts[..n].iter().position(|&s| {
+            let s = s as usize;
+            // A key of another length rarely has `":` exactly there: a cheap first test.
+            self.json.get(s + len - 2..s + len) == Some(b"\":") && self.json[s..s + len] == *prefix
+        })
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        if self.is_empty() {
+            return None;
+        }
+        let mut prefix = Vec::with_capacity(key.len() + 3);
+        super::write_json(&mut prefix, key);
+        prefix.push(b':');
+        self.position(&prefix, self.len())
+    }
+
+    /// Entry `i`'s key as serialized, with its quotes.
+    fn key_json(&self, i: usize) -> &[u8] {
+        let entry = self.entry_json(i);
+        &entry[..key_len(entry)]
+    }
+
+    fn value_json(&self, i: usize) -> &[u8] {
+        let entry = self.entry_json(i);
+        &entry[key_len(entry) + 1..]
+    }
+}
+
+/// The length of the serialized key (with its quotes) that `entry` starts with.
+fn key_len(entry: &[u8]) -> usize {
+    // Inside a JSON string a quote is either escaped (after an odd run of backslashes) or the
+    // closing one.
+    let mut escaped = false;
+    for (i, &b) in entry.iter().enumerate().skip(1) {
+        match b {
+            b'\\' => escaped = !escaped,
+            b'"' if !escaped => return i + 1,
+            _ => escaped = false,
+        }
+    }
+    entry.len()
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The properties as one compact JSON object.
+impl fmt::Display for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        f.write_str(&String::from_utf8_lossy(&self.json))?;
+        f.write_str("}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parsed(p: &Properties) -> Value {
+        serde_json::from_str(&p.to_string()).expect("valid JSON")
+    }
+
+    #[test]
+    fn keys_are_unique_and_keep_their_place() {
+        let mut p = Properties::default();
+        p.insert("a", &1).unwrap();
+        p.insert("b", "two").unwrap();
+        p.insert("c", &[3]).unwrap();
+        p.insert("b", &json!({"x": "longer than before"})).unwrap();
+        p.insert("a", &0).unwrap();
+        assert_eq!(
+            p.to_string(),
+            r#"{"a":0,"b":{"x":"longer than before"},"c":[3]}"#
+        );
+        assert_eq!(p.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(p.remove("b"), Some(json!({"x": "longer than before"})));
+        assert_eq!(p.to_string(), r#"{"a":0,"c":[3]}"#);
+        assert_eq!(p.remove("c"), Some(json!([3])));
+        assert_eq!(p.remove("c"), None);
+        assert_eq!(p.remove("a"), Some(json!(0)));
+        assert!(p.is_empty());
+        assert_eq!(p.to_string(), "{}");
+        p.insert("z", &true).unwrap();
+        assert_eq!(p.to_string(), r#"{"z":true}"#);
+    }
+
+    #[test]
+    fn keys_that_need_escaping_and_keys_that_contain_others() {
+        let mut p = Properties::default();
+        for key in [
+            "q\"uote",
+            "back\\slash",
+            "a",
+            "a\":",
+            "\"a\"",
+            "\u{1}",
+            "é",
+            "",
+        ] {
+            p.insert(key, key).unwrap();
+        }
+        p.insert("a\":", "again").unwrap();
+        assert_eq!(p.len(), 8);
+        for key in ["q\"uote", "back\\slash", "a", "\"a\"", "\u{1}", "é", ""] {
+            assert_eq!(p.get(key), Some(json!(key)), "{key:?}");
+        }
+        assert_eq!(p.get("a\":"), Some(json!("again")));
+        assert_eq!(parsed(&p).as_object().map(Map::len), Some(8));
+        assert_eq!(p.to_map(), *parsed(&p).as_object().unwrap());
+    }
+
+    #[test]
+    fn a_failed_insert_changes_nothing() {
+        let mut p = Properties::default();
+        p.insert("a", &1).unwrap();
+        let before = p.clone();
+        assert!(p.insert("b", &f64::NAN).is_err());
+        assert!(p.insert("a", &vec![1.0, f64::INFINITY]).is_err());
+        assert_eq!(p, before);
+    }
+
+    #[test]
+    fn retain_removes_from_anywhere() {
+        let mut p = Properties::default();
+        for (i, key) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            p.insert(key, &i).unwrap();
+        }
+        p.retain_json_keys(|k| k == b"\"b\"" || k == b"\"d\"");
+        assert_eq!(p.to_string(), r#"{"b":1,"d":3}"#);
+        p.retain_json_keys(|_| false);
+        assert_eq!(p.to_string(), "{}");
+    }
+}
