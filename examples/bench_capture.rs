@@ -5,7 +5,18 @@
 //! cargo run --release --example bench_capture -- [--events N] [--gzip] [--flush-at N]
 //!     [--producers N] [--max-in-flight N] [--max-queue-size N] [--threads N] [--mode wait|retry]
 //!     [--prebuild]
+//! cargo run --release --example bench_capture -- --burst [--events N] [--gzip] [--flush-at N]
 //! ```
+//!
+//! `--burst` is what a user's script or a serverless function does: one loop on the main
+//! thread (inside `block_on` of a multi-thread runtime, one worker thread per core) builds
+//! `--events` events (default 200 000) and `capture()`s each, into a queue of that size, then
+//! `flush()` and `shutdown()`. It reports delivered events per second (events over the wall
+//! time from the first capture to the end of the shutdown), the process's CPU time per
+//! delivered event (building the events included), the latency of each `capture()` call
+//! (p50, p99, p99.9 and the slowest, timed one by one with `Instant`, whose own cost of about
+//! 20-40 ns is included), and the peak RSS (`VmHWM`) against a bound of twice the events'
+//! JSON plus 20 MiB.
 //!
 //! The sink is this same binary re-executed with `--sink`, in a separate process, so the CPU
 //! time measured here is the client's only. It serves HTTP/1.1 on `127.0.0.1:<free port>`
@@ -84,11 +95,12 @@ struct Args {
     threads: Option<usize>,
     mode: Mode,
     prebuild: bool,
+    burst: bool,
 }
 
 const USAGE: &str = "usage: bench_capture [--events N] [--gzip] [--flush-at N] [--producers N] \
                      [--max-in-flight N] [--max-queue-size N] [--threads N] [--mode wait|retry] \
-                     [--prebuild]";
+                     [--prebuild] | --burst [--events N] [--gzip] [--flush-at N]";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut parsed = Args {
@@ -101,7 +113,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         threads: None,
         mode: Mode::Wait,
         prebuild: false,
+        burst: false,
     };
+    let mut events_given = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| -> Result<u64, String> {
@@ -116,7 +130,11 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             Ok(v)
         };
         match arg.as_str() {
-            "--events" => parsed.events = value("--events")?,
+            "--events" => {
+                parsed.events = value("--events")?;
+                events_given = true;
+            }
+            "--burst" => parsed.burst = true,
             "--gzip" => parsed.gzip = true,
             "--prebuild" => parsed.prebuild = true,
             "--flush-at" => parsed.flush_at = Some(value("--flush-at")? as usize),
@@ -134,6 +152,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
+    }
+    if parsed.burst && !events_given {
+        parsed.events = 200_000;
     }
     Ok(parsed)
 }
@@ -156,7 +177,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match client(&args) {
+    let run = if args.burst { burst } else { client };
+    match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -426,6 +448,144 @@ fn client(args: &Args) -> Result<bool, BoxError> {
         );
     }
     Ok(ok)
+}
+
+// ===== burst =====
+
+/// `--burst`: one loop on the main thread captures `--events` events into a queue that holds
+/// them all, then flushes and shuts down.
+fn burst(args: &Args) -> Result<bool, BoxError> {
+    let sink = sink::Process::start()?;
+    let before = sink.counters()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    let n = args.events;
+    let rss_before = proc_status_bytes("VmRSS");
+    let mut builder = PostHog::builder("phc_bench_capture")
+        .host(format!("http://127.0.0.1:{}", sink.port))
+        .gzip(args.gzip)
+        .max_queue_size(n as usize);
+    if let Some(flush_at) = args.flush_at {
+        builder = builder.flush_at(flush_at);
+    }
+    let mut latencies: Vec<u32> = Vec::with_capacity(n as usize);
+    let (wall, cpu, report, stats, errors) = runtime.block_on(async {
+        let posthog = builder.build()?;
+        let cpu_start = Cpu::now();
+        let start = Instant::now();
+        let mut errors = 0u64;
+        for i in 0..n {
+            let event = event_10_props(i);
+            let t = Instant::now();
+            let result = posthog.capture(event);
+            latencies.push(t.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+            errors += u64::from(result.is_err());
+        }
+        let flushed = posthog.flush().await;
+        let stats = posthog.stats();
+        let last = posthog.shutdown(Duration::from_secs(60)).await;
+        let wall = start.elapsed();
+        let cpu = Cpu::now().since(&cpu_start);
+        let report = FlushReport {
+            delivered: flushed.delivered + last.delivered,
+            failed: flushed.failed + last.failed,
+        };
+        Ok::<_, BoxError>((wall, cpu, report, stats, errors))
+    })?;
+    drop(runtime);
+    let peak = proc_status_bytes("VmHWM");
+    let after = sink.counters()?;
+    drop(sink);
+    let counted = after.events - before.events;
+    let json_bytes = after.json_bytes - before.json_bytes;
+
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let (p50, p99, p999, max) = (at(0.50), at(0.99), at(0.999), at(1.0));
+    let secs = wall.as_secs_f64();
+    let cpu_us = cpu.total_ns() as f64 / report.delivered.max(1) as f64 / 1000.0;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let bound = 2 * json_bytes + 20 * 1024 * 1024;
+    println!(
+        "bench_capture --burst: {n} events with 10 properties built and captured in one loop \
+         on the main thread, queue of {n}, {threads} runtime threads, then flush and shutdown"
+    );
+    let rows = [
+        ("wall time, first capture → shutdown done", format!("{secs:.3} s")),
+        (
+            "delivered (reports / sink count), failed",
+            format!("{} / {counted}, {}", report.delivered, report.failed),
+        ),
+        ("DELIVERED events/s", format!("{:.0}", report.delivered as f64 / secs)),
+        (
+            "process CPU (user + sys)",
+            format!(
+                "{:.3} s = {:.3} + {:.3}",
+                cpu.total_ns() as f64 / 1e9,
+                cpu.user_ns as f64 / 1e9,
+                cpu.sys_ns as f64 / 1e9
+            ),
+        ),
+        ("CPU per delivered event", format!("{cpu_us:.3} µs (building it included)")),
+        (
+            "capture() p50 / p99 / p99.9 / max",
+            format!("{p50} / {p99} / {p999} / {max} ns"),
+        ),
+        (
+            "PEAK RSS (VmHWM), RSS before the client",
+            format!("{:.1} MiB, {:.1} MiB", mib(peak), mib(rss_before)),
+        ),
+        (
+            "bound: 2 × events' JSON + 20 MiB",
+            format!(
+                "2 × {:.1} + 20 = {:.1} MiB ({})",
+                mib(json_bytes),
+                mib(bound),
+                if peak <= bound { "within" } else { "EXCEEDED" }
+            ),
+        ),
+        ("requests, capture errors", format!("{}, {errors}", stats.requests)),
+    ];
+    for (name, value) in rows {
+        println!("  {name:<42} {value}");
+    }
+    println!(
+        "RESULT burst events={n} gzip={} events_per_s={:.0} cpu_us_per_event={cpu_us:.3} \
+         p50_ns={p50} p99_ns={p99} p999_ns={p999} max_ns={max} peak_rss_mib={:.1} \
+         bound_mib={:.1}",
+        args.gzip,
+        report.delivered as f64 / secs,
+        mib(peak),
+        mib(bound),
+    );
+    let ok = counted == n && report.delivered == n && report.failed == 0 && errors == 0;
+    if !ok {
+        eprintln!(
+            "FAILED: sink counted {counted}, reports delivered {}, failed {}, capture errors \
+             {errors} (expected {n})",
+            report.delivered, report.failed
+        );
+    }
+    Ok(ok)
+}
+
+/// What the flush and the shutdown reported together.
+struct FlushReport {
+    delivered: u64,
+    failed: u64,
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`), in bytes; 0 without `/proc`.
+fn proc_status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Nanoseconds one thread takes to build an event (and nothing else): the median, over 20

@@ -155,7 +155,8 @@ impl PostHogBuilder {
         self
     }
 
-    /// Sends a non-empty batch this long after its first event (5 s).
+    /// Sends a non-empty batch this long after the worker took its first event (5 s; the
+    /// worker takes events within 100 ms of their capture).
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.config = self.config.flush_interval(interval);
         self
@@ -234,7 +235,11 @@ impl PostHogBuilder {
 
     /// A hook that sees every event before it is sent and may change it or drop it (`None`).
     ///
-    /// It runs on the background worker; a panic in it drops the event and reports it.
+    /// It runs in `capture`, on the caller's thread, after the event was validated and
+    /// stamped. What it returns is validated again: an event `capture` would refuse (an empty
+    /// name or distinct id, a NaN, too large) is dropped and reported to `on_error`, as is the
+    /// event when the hook panics; `capture` still returns its uuid. The uuid and timestamp
+    /// cannot be changed by the hook.
     pub fn before_send(
         mut self,
         hook: impl Fn(Event) -> Option<Event> + Send + Sync + 'static,

@@ -5,11 +5,15 @@ use serde_json::{Map, Value};
 use crate::{capture::StatsRecorder, Error, Event};
 
 /// A hook that sees every event before it is sent and may change it, or drop it by returning
-/// `None`. It runs on the batch worker, so keep it fast.
+/// `None`. It runs in `capture`, on the caller's thread, so keep it fast. What it returns is
+/// validated like `capture`'s input; an invalid event is dropped and reported.
 pub type BeforeSend = Arc<dyn Fn(Event) -> Option<Event> + Send + Sync>;
 
 /// A callback told about every event that is refused, dropped or not delivered. It runs on the
-/// thread where that happened (the caller of `capture` for refusals), so keep it fast.
+/// thread where that happened (the caller of `capture` for refusals and hook drops, the task
+/// sending a batch for delivery failures), so keep it fast. Events abandoned at a shutdown
+/// deadline are reported after the shutdown report is out, so the callback may still run
+/// shortly after `shutdown` returned.
 pub type OnError = Arc<dyn Fn(&Error) + Send + Sync>;
 
 /// Settings of a [`Batch`](super::Batch). Defaults follow posthog-python.
@@ -68,7 +72,8 @@ impl BatchConfig {
         self
     }
 
-    /// Closes a non-empty batch this long after its first event arrived.
+    /// Closes a non-empty batch this long after the worker took its first event (within
+    /// 100 ms of its capture).
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.flush_interval = interval;
         self
