@@ -215,7 +215,7 @@ impl PostHogBuilder {
     /// Adds a property to every event, over the event's own value.
     pub fn super_property(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
         let key = key.into();
-        match crate::event::to_property_value(&value) {
+        match crate::event::to_property_value(value) {
             Ok(value) => {
                 self.config.super_properties.insert(key, value);
             }

@@ -8,7 +8,10 @@
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{Event, TopLevel};
+use super::{
+    json::{write_simple, write_str},
+    Event, TopLevel,
+};
 use crate::timestamp::Timestamp;
 
 const GEOIP_FRAGMENT: &[u8] = br#","$geoip_disable":true"#;
@@ -179,10 +182,10 @@ impl Encoder {
         minimal: bool,
     ) -> EventWriter<'a> {
         out.extend_from_slice(br#"{"event":"#);
-        write_json(out, name);
+        write_str(out, name);
         out.extend_from_slice(br#","distinct_id":"#);
         match distinct_id {
-            Some(id) => write_json(out, id),
+            Some(id) => write_str(out, id),
             None => write_uuid(out, crate::uuid7::new_v4()),
         }
         out.extend_from_slice(br#","properties":{"#);
@@ -247,9 +250,11 @@ impl EventWriter<'_> {
             self.out.push(b',');
         }
         self.first = false;
-        write_json(self.out, key);
+        write_str(self.out, key);
         self.out.push(b':');
-        write_json(self.out, value);
+        if !write_simple(self.out, value) {
+            write_json(self.out, value);
+        }
     }
 
     /// Writes entries already serialized (`"k":v`, comma-separated), none of them a key the

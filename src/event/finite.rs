@@ -87,6 +87,9 @@ pub(crate) fn write<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     value: &T,
 ) -> Result<(), PropertyError> {
+    if super::json::write_simple(out, value) {
+        return Ok(());
+    }
     let start = out.len();
     let found = Found::default();
     let mut serializer = serde_json::Serializer::new(&mut *out);

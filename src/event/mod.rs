@@ -21,6 +21,7 @@
 
 mod encode;
 mod finite;
+mod json;
 mod json_len;
 mod properties;
 
@@ -71,7 +72,9 @@ pub struct Event {
     pub(crate) disable_geoip: Option<bool>,
     /// Keep only PostHog's allow-list of properties (minimized `$feature_flag_called`).
     pub(crate) minimal: bool,
-    pub(crate) error: Option<(String, PropertyError)>,
+    /// The first property that could not be set, and why (boxed: it is rare, and the event
+    /// moves through every setter).
+    pub(crate) error: Option<Box<(String, PropertyError)>>,
     /// Made with [`Event::named`]: the distinct id comes from the request context.
     pub(crate) inherits_distinct_id: bool,
 }
@@ -142,7 +145,7 @@ impl Event {
         let result = self.properties.insert(key, &value);
         finite::give_up(value, &result);
         if let Err(e) = result {
-            self.error.get_or_insert((key.to_owned(), e));
+            self.error.get_or_insert(Box::new((key.to_owned(), e)));
         }
         self
     }
@@ -171,7 +174,7 @@ impl Event {
                 }
             }
             Err(e) => {
-                self.error.get_or_insert(("(properties)".to_owned(), e));
+                self.error.get_or_insert(Box::new(("(properties)".to_owned(), e)));
             }
         }
         self
@@ -311,7 +314,7 @@ impl Event {
         match result {
             Ok(value) => self.update_object(property, key, value),
             Err(e) => {
-                self.error.get_or_insert((key, e));
+                self.error.get_or_insert(Box::new((key, e)));
             }
         }
         self
@@ -335,7 +338,7 @@ impl Event {
         finite::give_up(properties, &result);
         match result {
             Ok(map) => event.insert_value(property, Value::Object(map)),
-            Err(e) => event.error = Some(("(properties)".to_owned(), e)),
+            Err(e) => event.error = Some(Box::new(("(properties)".to_owned(), e))),
         }
         event
     }
@@ -362,7 +365,7 @@ impl Event {
         finite::give_up(properties, &result);
         match result {
             Ok(map) => event.insert_value("$group_set", Value::Object(map)),
-            Err(e) => event.error = Some(("(properties)".to_owned(), e)),
+            Err(e) => event.error = Some(Box::new(("(properties)".to_owned(), e))),
         }
         event.insert_value("$group_type", Value::String(group_type));
         event.insert_value("$group_key", Value::String(group_key));
@@ -371,9 +374,16 @@ impl Event {
 }
 
 /// Converts a property value to JSON, refusing what JSON cannot represent (`NaN`, infinity).
-pub(crate) fn to_property_value(value: &impl Serialize) -> Result<Value, PropertyError> {
-    finite::to_value(value)
+/// Takes `value` by value: one refused for its nesting is leaked rather than dropped (see
+/// [`Event::property`]).
+pub(crate) fn to_property_value(value: impl Serialize) -> Result<Value, PropertyError> {
+    let result = finite::to_value(&value);
+    finite::give_up(value, &result);
+    result
 }
+
+/// The deepest nesting of arrays and objects a property value may have.
+pub(crate) use finite::MAX_DEPTH as MAX_PROPERTY_DEPTH;
 
 /// The checks `capture` makes before queueing: name, distinct id, properties, size.
 /// `max_size` is the limit for [`Event::estimated_size`].
@@ -385,7 +395,8 @@ pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), crate::Capt
     if matches!(&event.distinct_id, Some(id) if is_blank(id)) {
         return Err(CaptureError::EmptyDistinctId);
     }
-    if let Some((key, e)) = &event.error {
+    if let Some(error) = &event.error {
+        let (key, e) = &**error;
         return Err(CaptureError::InvalidProperty {
             key: key.clone(),
             reason: e.message().to_owned(),
@@ -493,7 +504,7 @@ mod tests {
         let e = Event::new("e", "u")
             .property("ok", 1)
             .property("bad", f64::NAN);
-        let (key, err) = e.error.clone().expect("error recorded");
+        let (key, err) = *e.error.clone().expect("error recorded");
         assert_eq!(key, "bad");
         assert!(err.message().contains("finite"), "{}", err.message());
         assert!(!e.properties.contains_key("bad"));

@@ -31,13 +31,30 @@ use super::finite::{self, PropertyError};
 /// assert_eq!(properties.get("amount"), Some(json!(31.5)));
 /// assert_eq!(properties.to_string(), r#"{"amount":31.5,"items":["book","pen"]}"#);
 /// ```
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Properties {
     /// `"key":value` entries separated by commas: a JSON object without its braces.
     json: Vec<u8>,
     /// Where each entry starts in `json` (its key's opening quote), in order.
     starts: Vec<u32>,
+    /// Bit `n % 64` is set when some key, serialized with its quotes and colon, is `n` bytes
+    /// long (or was: removing a key leaves its bit). A key whose bit is clear is new, without
+    /// a look at the others.
+    lengths: u64,
 }
+
+/// The bit of [`Properties::lengths`] for a serialized key of `len` bytes.
+fn length_bit(len: usize) -> u64 {
+    1 << (len % 64)
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.json == other.json
+    }
+}
+
+impl Eq for Properties {}
 
 impl Properties {
     /// The number of properties.
@@ -108,18 +125,26 @@ impl Properties {
         if self.json.is_empty() {
             // Room for a typical event's properties at once, instead of growing four times.
             self.json.reserve(256);
+            self.starts.reserve(16);
         } else {
             self.json.push(b',');
         }
         let entry = self.json.len();
-        super::write_json(&mut self.json, key);
+        super::json::write_str(&mut self.json, key);
         self.json.push(b':');
         let key_end = self.json.len();
         if let Err(e) = finite::write(&mut self.json, value) {
             self.json.truncate(start);
             return Err(e);
         }
-        match self.position(&self.json[entry..key_end], self.len()) {
+        let bit = length_bit(key_end - entry);
+        let existing = if self.lengths & bit == 0 {
+            None
+        } else {
+            self.position(&self.json[entry..key_end], self.len())
+        };
+        self.lengths |= bit;
+        match existing {
             None => self.starts.push(entry as u32),
             Some(old) => {
                 // Move the new value into the old entry's place; the key keeps its position.
@@ -209,8 +234,11 @@ impl Properties {
             return None;
         }
         let mut prefix = Vec::with_capacity(key.len() + 3);
-        super::write_json(&mut prefix, key);
+        super::json::write_str(&mut prefix, key);
         prefix.push(b':');
+        if self.lengths & length_bit(prefix.len()) == 0 {
+            return None;
+        }
         self.position(&prefix, self.len())
     }
 

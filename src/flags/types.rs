@@ -145,6 +145,10 @@ impl FlagsResponse {
     }
 
     /// Parses a response body.
+    ///
+    /// A part read as JSON (a v1 value or payload, a v2 payload) nested more than 128 levels
+    /// deep is an error (serde_json's recursion limit); a field nobody reads is skipped
+    /// without recursing, however deep.
     pub fn from_json(body: &[u8]) -> Result<Self, InvalidFlagsResponse> {
         let raw: RawResponse =
             serde_json::from_slice(body).map_err(|e| InvalidFlagsResponse(e.to_string()))?;
@@ -278,6 +282,57 @@ impl fmt::Display for InvalidFlagsResponse {
 
 impl std::error::Error for InvalidFlagsResponse {}
 
+// The deepest nesting of arrays and objects a request property may have, as for event
+// properties: the `/flags` body around it stays within the 128 levels JSON parsers accept,
+// and the local matcher's walks over property values stay this shallow.
+use crate::event::MAX_PROPERTY_DEPTH;
+
+/// `properties` without the values nested more than [`MAX_PROPERTY_DEPTH`] levels deep.
+fn within_depth(properties: Map<String, Value>) -> Map<String, Value> {
+    if !properties
+        .values()
+        .any(|v| nests_deeper_than(v, MAX_PROPERTY_DEPTH))
+    {
+        return properties;
+    }
+    let mut kept = Map::new();
+    for (key, value) in properties {
+        if nests_deeper_than(&value, MAX_PROPERTY_DEPTH) {
+            tracing::warn!(
+                property = %key,
+                "posthog: a flag request property nested more than {MAX_PROPERTY_DEPTH} levels deep was left out"
+            );
+            drop_flat(value);
+        } else {
+            kept.insert(key, value);
+        }
+    }
+    kept
+}
+
+/// Whether `value` nests arrays and objects more than `limit` levels deep. It stops as soon
+/// as it knows, so it never recurses more than `limit + 1` levels.
+fn nests_deeper_than(value: &Value, limit: usize) -> bool {
+    match value {
+        Value::Array(items) => limit == 0 || items.iter().any(|v| nests_deeper_than(v, limit - 1)),
+        Value::Object(map) => limit == 0 || map.values().any(|v| nests_deeper_than(v, limit - 1)),
+        _ => false,
+    }
+}
+
+/// Drops `value` without recursing: `serde_json::Value`'s own `Drop` recurses as deep as the
+/// value nests (serde-rs/json#440), which overflows a 2 MiB stack a few thousand levels down.
+fn drop_flat(value: Value) {
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Array(items) => pending.extend(items),
+            Value::Object(map) => pending.extend(map.into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+}
+
 /// Who and what to evaluate flags for: the request of the flag services.
 ///
 /// # Example
@@ -341,19 +396,22 @@ impl FlagsRequest {
     }
 
     /// A person property the conditions may use (the server also knows stored ones).
-    /// Values JSON cannot represent (`NaN`) are left out.
+    /// Values JSON cannot represent (`NaN`, nesting more than 100 levels deep) are left out;
+    /// a value refused for its nesting is leaked rather than dropped, as in
+    /// [`Event::property`](crate::Event::property).
     #[must_use]
     pub fn person_property(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
-        if let Ok(value) = crate::event::to_property_value(&value) {
+        if let Ok(value) = crate::event::to_property_value(value) {
             self.person_properties.insert(key.into(), value);
         }
         self
     }
 
-    /// Replaces all person properties.
+    /// Replaces all person properties. Values nested more than 100 levels deep (arrays and
+    /// objects) are left out, as PostHog could not read them.
     #[must_use]
     pub fn person_properties(mut self, properties: Map<String, Value>) -> Self {
-        self.person_properties = properties;
+        self.person_properties = within_depth(properties);
         self
     }
 
@@ -365,7 +423,7 @@ impl FlagsRequest {
         key: impl Into<String>,
         value: impl Serialize,
     ) -> Self {
-        if let Ok(value) = crate::event::to_property_value(&value) {
+        if let Ok(value) = crate::event::to_property_value(value) {
             self.group_properties
                 .entry(group_type.into())
                 .or_default()
@@ -374,14 +432,16 @@ impl FlagsRequest {
         self
     }
 
-    /// Replaces one group type's properties.
+    /// Replaces one group type's properties. Values nested more than 100 levels deep
+    /// (arrays and objects) are left out, as PostHog could not read them.
     #[must_use]
     pub fn group_properties(
         mut self,
         group_type: impl Into<String>,
         properties: Map<String, Value>,
     ) -> Self {
-        self.group_properties.insert(group_type.into(), properties);
+        self.group_properties
+            .insert(group_type.into(), within_depth(properties));
         self
     }
 
@@ -605,6 +665,35 @@ mod tests {
             assert!(FlagsResponse::from_json(body.as_bytes()).is_err(), "{body}");
         }
         assert!(FlagsResponse::from_json(b"{}").unwrap().flags.is_empty());
+    }
+
+    #[test]
+    fn request_properties_nested_over_100_deep_are_left_out() {
+        let nested = |depth: usize| {
+            (0..depth).fold(json!(1), |inner, i| {
+                if i % 2 == 0 {
+                    json!([inner])
+                } else {
+                    json!({ "k": inner })
+                }
+            })
+        };
+        let mut properties = Map::new();
+        properties.insert("ok".into(), nested(MAX_PROPERTY_DEPTH));
+        properties.insert("deep".into(), nested(MAX_PROPERTY_DEPTH + 1));
+        properties.insert("flat".into(), json!("x"));
+        let request = FlagsRequest::new("u")
+            .person_properties(properties.clone())
+            .group_properties("company", properties);
+        let keys = |map: &Map<String, Value>| map.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(request.person_properties_map()), ["flat", "ok"]);
+        assert_eq!(
+            keys(&request.group_properties_map()["company"]),
+            ["flat", "ok"]
+        );
+        assert!(!nests_deeper_than(&json!([[]]), 2));
+        assert!(nests_deeper_than(&json!([[[]]]), 2));
+        assert!(nests_deeper_than(&json!({"a": 1, "b": [{}]}), 1));
     }
 
     #[test]

@@ -141,6 +141,9 @@ impl PostHogCookie {
         }
         let raw = raw.trim().trim_matches('"');
         let decoded = percent_decode(raw.as_bytes())?;
+        // Bounded: the fields read as JSON nest at most 128 levels (serde_json's recursion
+        // limit; deeper is an error and the cookie is ignored), and the others are skipped
+        // without recursing.
         let parsed: RawCookie = serde_json::from_slice(&decoded).ok()?;
         let text = |v: Option<serde_json::Value>| match v {
             Some(serde_json::Value::String(s)) => sanitize_owned(s),

@@ -27,6 +27,19 @@ pub(super) const MAX_DEPENDENCY_DEPTH: usize = 100;
 pub(super) const MAX_DEPENDENCY_EVALUATIONS: usize = 10_000;
 /// Cohorts nested deeper than this (or than the number of cohorts: a cycle) likewise.
 pub(super) const MAX_COHORT_DEPTH: usize = 200;
+/// Property groups (a cohort's, or one nested in it) and dependency evaluations one flag
+/// evaluation may have open at once, all kinds together. The limits above bound each kind
+/// alone, not the mix: cohorts 199 deep whose last one needs a flag that needs the first
+/// cohort nest 100 × 199 levels, and JSON's 128 levels let each of 200 chained cohorts nest
+/// some 60 groups. A level of either kind is a few frames (in a debug build about 1.6 KiB of
+/// stack for a group, 5 KiB for a dependency), so the deepest evaluation these limits allow
+/// needs less than 1 MiB of stack in a debug build (`tests/deep_input.rs` runs it on a
+/// 2 MiB thread), a fraction of that optimized. posthog-python stops such definitions only
+/// at its recursion limit; here the flag is inconclusive.
+pub(super) const MAX_NESTING: usize = 300;
+/// Cohort property group entries one flag evaluation may evaluate: a cohort referring twice
+/// to the next one, 200 deep, would otherwise evaluate its last cohort 2^199 times.
+pub(super) const MAX_COHORT_STEPS: usize = 100_000;
 
 /// All flag definitions of a project, ready to evaluate. Immutable once compiled.
 pub(crate) struct CompiledFlags {
@@ -557,6 +570,9 @@ impl Compiler<'_> {
         }
     }
 
+    /// Recurses through nested groups ([`Compiler::entry`]), at most 64 levels: each is an
+    /// object and a list in the definitions, which nest at most 128 levels. References to
+    /// other cohorts are indices, resolved at evaluation.
     fn group(&self, raw: &Value) -> PropertyGroup {
         let Some(object) = raw.as_object() else {
             return PropertyGroup::Malformed(Malformed("a cohort property group is not an object"));

@@ -140,6 +140,12 @@ pub(crate) struct Definitions {
 impl Definitions {
     /// Parses a response body. Fails only when the body is not JSON, not an object, lacks
     /// `flags`, or has a `flags` that is neither a list nor null.
+    ///
+    /// The whole body is parsed as one [`Value`], so serde_json's recursion limit (128
+    /// levels; nothing in the crate's dependency graph enables `unbounded_depth`) refuses a
+    /// body nested deeper, wherever the nesting is. That bounds every later walk over the
+    /// definitions' JSON: the typed pass below, the compiler's walk over nested property
+    /// groups, the operators' walks over filter values, and `Drop`.
     pub(crate) fn from_json(bytes: &[u8]) -> Result<Definitions, DefinitionsError> {
         let raw: Value = serde_json::from_slice(bytes).map_err(DefinitionsError::Json)?;
         Definitions::from_value(raw)

@@ -6,6 +6,14 @@
 //! hashes are fed in pieces, and the per-evaluation dependency cache is a vector that stays
 //! unallocated unless the flag has dependencies. Only a variant answer allocates, for the
 //! `String` inside [`FlagValue::Variant`].
+//!
+//! Definitions can make an evaluation recurse without end (cohorts and flags that need each
+//! other) or repeat work exponentially (a cohort referring twice to the next). Limits in
+//! [`super::compiled`] stop both before the stack or the clock runs out: cohorts nest at most
+//! 200 deep, dependencies 100, property groups and dependencies together 300, and one
+//! evaluation makes at most 10 000 dependency evaluations and 100 000 cohort steps. Past the
+//! cohort limit evaluation fails as on a malformed cohort; past the others the flag is
+//! inconclusive.
 
 use std::collections::BTreeMap;
 
@@ -13,9 +21,9 @@ use serde_json::{Map, Value};
 
 use super::compiled::{
     ChainItem, CohortFilter, CohortOperator, CompiledFlag, CompiledFlags, Condition,
-    ConditionScope, EntryKind, Expected, Filter, FlagBody, FlagDependency, FlagScope, GroupLookup,
-    Holdout, Malformed, PropertyGroup, Rollout, Variants, MAX_COHORT_DEPTH, MAX_DEPENDENCY_DEPTH,
-    MAX_DEPENDENCY_EVALUATIONS,
+    ConditionScope, EntryKind, Expected, Filter, FlagBody, FlagDependency, FlagScope, GroupEntry,
+    GroupLookup, Holdout, Malformed, PropertyGroup, Rollout, Variants, MAX_COHORT_DEPTH,
+    MAX_COHORT_STEPS, MAX_DEPENDENCY_DEPTH, MAX_DEPENDENCY_EVALUATIONS, MAX_NESTING,
 };
 use super::hash::{hash, holdout_hash, VARIANT_SALT};
 use super::operators::match_property;
@@ -65,11 +73,13 @@ impl CompiledFlags {
             cache: Vec::new(),
             depth: 0,
             work: 0,
-            runaway: false,
+            nesting: 0,
+            steps: 0,
+            runaway: None,
         };
         let outcome = evaluation.top_level(flag);
-        if evaluation.runaway {
-            return Err(Inconclusive("flag dependencies recurse without end"));
+        if let Some(reason) = evaluation.runaway {
+            return Err(Inconclusive(reason));
         }
         let outcome = outcome.map_err(|fail| Inconclusive(fail.reason()))?;
         let (value, payload) = match outcome {
@@ -110,6 +120,11 @@ impl Fail {
 fn unexpected(malformed: &Malformed) -> Fail {
     Fail::Unexpected(malformed.0)
 }
+
+// Why an evaluation ran away (see `Evaluation::runaway`).
+const DEPENDENCIES_RUN_AWAY: &str = "flag dependencies recurse without end";
+const NESTED_TOO_DEEP: &str = "cohorts and flag dependencies nest too deep";
+const TOO_MANY_COHORT_STEPS: &str = "cohorts refer to each other too many times";
 
 /// A flag's value before it leaves the matcher: borrowed, so dependencies cost nothing.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -176,13 +191,35 @@ struct Evaluation<'c, 'x> {
     depth: usize,
     /// Dependency evaluations so far (failed ones are not cached and can repeat).
     work: usize,
-    /// Set when the nesting or work limit stopped a runaway evaluation. posthog-python only
-    /// escapes such definitions through its recursion limit, at a depth nothing here can
-    /// reproduce, so the flag is then inconclusive whatever the evaluation made of the error.
-    runaway: bool,
+    /// Property groups and dependency evaluations open now, all kinds together: what bounds
+    /// the stack ([`MAX_NESTING`]).
+    nesting: usize,
+    /// Cohort group entries evaluated so far ([`MAX_COHORT_STEPS`]).
+    steps: usize,
+    /// Set (with the reason) when a nesting or work limit stopped a runaway evaluation.
+    /// posthog-python only escapes such definitions through its recursion limit, at a depth
+    /// nothing here can reproduce, or not at all, so the flag is then inconclusive whatever
+    /// the evaluation made of the error.
+    runaway: Option<&'static str>,
 }
 
 impl<'c, 'x> Evaluation<'c, 'x> {
+    /// Marks the evaluation as a runaway (the first reason stays) and fails.
+    fn run_away(&mut self, reason: &'static str) -> Fail {
+        self.runaway.get_or_insert(reason);
+        Fail::Unexpected(reason)
+    }
+
+    /// Opens one more level of nesting (a property group or a dependency evaluation), unless
+    /// [`MAX_NESTING`] are open already. The caller closes it (`nesting -= 1`).
+    fn enter(&mut self) -> Result<(), Fail> {
+        if self.nesting >= MAX_NESTING {
+            return Err(self.run_away(NESTED_TOO_DEEP));
+        }
+        self.nesting += 1;
+        Ok(())
+    }
+
     fn top_level(&mut self, flag: &'c CompiledFlag) -> Result<Outcome<'c>, Fail> {
         if !flag.active {
             return Ok(Outcome::Bool(false));
@@ -473,6 +510,20 @@ impl<'c, 'x> Evaluation<'c, 'x> {
             PropertyGroup::Malformed(m) => return Err(Fail::Server(m.0)),
             PropertyGroup::Entries { and, entries } => (*and, entries),
         };
+        self.enter()?;
+        let result = self.match_entries(and, entries, distinct_id, props, depth);
+        self.nesting -= 1;
+        result
+    }
+
+    fn match_entries(
+        &mut self,
+        and: bool,
+        entries: &'c [GroupEntry],
+        distinct_id: &'x str,
+        props: Props<'x>,
+        depth: usize,
+    ) -> Result<bool, Fail> {
         let mut decisive = None;
         let mut undecided = None;
         for entry in entries {
@@ -481,6 +532,10 @@ impl<'c, 'x> Evaluation<'c, 'x> {
             if decisive.is_some() && entry.pure {
                 continue;
             }
+            if self.steps >= MAX_COHORT_STEPS {
+                return Err(self.run_away(TOO_MANY_COHORT_STEPS));
+            }
+            self.steps += 1;
             let result = match &entry.kind {
                 EntryKind::Filter(filter) => self
                     .match_filter(filter, distinct_id, props, depth)
@@ -599,13 +654,14 @@ impl<'c, 'x> Evaluation<'c, 'x> {
             ));
         }
         if self.depth >= MAX_DEPENDENCY_DEPTH || self.work >= MAX_DEPENDENCY_EVALUATIONS {
-            self.runaway = true;
-            return Err(Fail::Unexpected("flag dependencies recurse without end"));
+            return Err(self.run_away(DEPENDENCIES_RUN_AWAY));
         }
+        self.enter()?;
         self.work += 1;
         self.depth += 1;
         let result = self.dependency_value(index, distinct_id, props);
         self.depth -= 1;
+        self.nesting -= 1;
         match result {
             Ok(value) => {
                 self.set_cached(key, Some(value));
@@ -1610,6 +1666,80 @@ mod tests {
             json!([{"properties": [cohort(json!(1))]}]),
         );
         assert!(Caller::new("u").value(&flags, "c").is_err());
+    }
+
+    /// Cohorts `1..=len`, each `make(id)`.
+    fn cohort_chain(len: usize, make: impl Fn(usize) -> Value) -> Value {
+        Value::Object((1..=len).map(|id| (id.to_string(), make(id))).collect())
+    }
+
+    fn nest_groups(levels: usize, inner: Value) -> Value {
+        (0..levels).fold(inner, |inner, _| json!({"type": "AND", "values": [inner]}))
+    }
+
+    #[test]
+    fn cohorts_and_dependencies_nest_within_one_bound() {
+        // Each kind alone stays within its own limit; together they nest without end.
+        let cohorts = cohort_chain(150, |id| match id {
+            150 => json!({"type": "AND", "values": [
+                {"type": "flag", "key": "c", "operator": "flag_evaluates_to", "value": true,
+                 "dependency_chain": ["c"]}
+            ]}),
+            _ => json!({"type": "AND", "values": [cohort(json!(id + 1))]}),
+        });
+        let conditions = json!([{"properties": [cohort(json!(1))]}, {"rollout_percentage": 100}]);
+        let flags = cohort_flags(cohorts, conditions);
+        // Inconclusive, although the second condition matches.
+        assert_eq!(
+            Caller::new("u").value(&flags, "c"),
+            Err(Inconclusive(NESTED_TOO_DEEP))
+        );
+    }
+
+    #[test]
+    fn groups_nested_in_chained_cohorts_count_towards_the_bound() {
+        // Each cohort nests its groups 60 deep around the next one: 5 cohorts open exactly
+        // MAX_NESTING groups.
+        let flags = |len: usize| {
+            let cohorts = cohort_chain(len, |id| {
+                let inner = if id == len {
+                    prop("plan", "pro")
+                } else {
+                    cohort(json!(id + 1))
+                };
+                nest_groups(60, inner)
+            });
+            cohort_flags(cohorts, json!([{"properties": [cohort(json!(1))]}]))
+        };
+        let pro = Caller::new("u").person(json!({"plan": "pro"}));
+        assert_eq!(MAX_NESTING, 5 * 60);
+        assert_eq!(pro.value(&flags(5), "c"), on());
+        assert_eq!(
+            pro.value(&flags(6), "c"),
+            Err(Inconclusive(NESTED_TOO_DEEP))
+        );
+    }
+
+    #[test]
+    fn cohort_work_is_bounded() {
+        // Cohort `i` is "`i + 1` OR `i + 1`": the last one is evaluated 2^(len - 1) times.
+        let flags = |len: usize| {
+            let cohorts = cohort_chain(len, |id| {
+                let next = || cohort(json!(id + 1));
+                if id == len {
+                    json!({"type": "AND", "values": [prop("plan", "pro")]})
+                } else {
+                    json!({"type": "OR", "values": [next(), next()]})
+                }
+            });
+            cohort_flags(cohorts, json!([{"properties": [cohort(json!(1))]}]))
+        };
+        let free = Caller::new("u").person(json!({"plan": "free"}));
+        assert_eq!(free.value(&flags(10), "c"), off());
+        assert_eq!(
+            free.value(&flags(40), "c"),
+            Err(Inconclusive(TOO_MANY_COHORT_STEPS))
+        );
     }
 
     // --- flag dependencies ----------------------------------------------------------------

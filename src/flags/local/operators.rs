@@ -189,7 +189,8 @@ fn python_truthy(value: &Value) -> bool {
 }
 
 /// `_is_truthy_or_falsy_property_value`: a boolean, `"true"`/`"false"` in any case, or a list
-/// of them.
+/// of them. Recursive, over filter values, which nest at most 128 levels (the definitions'
+/// parser limit).
 fn is_boolean_like(value: &Value) -> bool {
     match value {
         Value::Bool(_) => true,
@@ -200,7 +201,8 @@ fn is_boolean_like(value: &Value) -> bool {
 }
 
 /// `_is_truthy_property_value`: `true`, `"true"` in any case, or a list of only those (so `[]`
-/// is truthy); anything else is not.
+/// is truthy); anything else is not. Recursive, over filter values (at most 128 levels deep)
+/// and property values (at most 100: `FlagsRequest` leaves deeper ones out).
 fn is_truthy(value: PropRef<'_>) -> bool {
     fn json(value: &Value) -> bool {
         match value {

@@ -213,6 +213,10 @@ fn write_json_quoted(out: &mut String, s: &str) {
 
 /// posthog-python's `_json_value_to_string` (strings nested in lists and objects are quoted;
 /// object keys are sorted; no spaces).
+///
+/// It recurses as deep as `value` nests, which is bounded: a filter value at most 128
+/// levels (serde_json's recursion limit on the definitions), a property value at most 100
+/// (`FlagsRequest` leaves deeper ones out).
 fn write_json_nested(out: &mut String, value: &Value) {
     match value {
         Value::Null => out.push_str("null"),

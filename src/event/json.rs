@@ -1,0 +1,339 @@
+//! Fast paths for writing JSON: strings that need no escaping, and values that are a single
+//! string, number, boolean or null. Everything else goes through `serde_json`, so the bytes
+//! are always those `serde_json::to_writer` writes.
+//!
+//! Building an event writes a dozen short strings (keys, names, ids, values); `serde_json`
+//! looks each byte up in its escape table, this checks eight bytes at a time and copies the
+//! string whole when none needs escaping (nearly always).
+
+use std::fmt;
+
+use serde::ser::{self, Impossible, Serialize, Serializer};
+
+const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// Whether some byte of `word` is below `n` (`n` at most 128). Exact: bytes of 128 and above
+/// (UTF-8 beyond ASCII) never count.
+#[inline]
+fn has_byte_below(word: u64, n: u8) -> bool {
+    word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS != 0
+}
+
+#[inline]
+fn has_byte(word: u64, byte: u8) -> bool {
+    has_byte_below(word ^ (ONES * u64::from(byte)), 1)
+}
+
+/// Whether JSON needs any byte of `text` escaped: a control character, `"` or `\`.
+#[inline]
+fn needs_escape(text: &[u8]) -> bool {
+    let mut chunks = text.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        if has_byte_below(word, 0x20) || has_byte(word, b'"') || has_byte(word, b'\\') {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// Appends `text` as a JSON string.
+#[inline]
+pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
+    if needs_escape(text.as_bytes()) {
+        super::write_json(out, text);
+    } else {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Appends `value` when it is a single string, integer, finite float, boolean, char or null
+/// (through options and newtypes); returns `false`, having written nothing, for anything
+/// else, which the caller serializes the general way.
+#[inline]
+pub(crate) fn write_simple<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> bool {
+    let start = out.len();
+    if value.serialize(Simple { out }).is_ok() {
+        return true;
+    }
+    out.truncate(start);
+    false
+}
+
+/// The value is not one [`write_simple`] handles.
+#[derive(Debug)]
+struct NotSimple;
+
+impl fmt::Display for NotSimple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not a simple value")
+    }
+}
+
+impl std::error::Error for NotSimple {}
+
+impl ser::Error for NotSimple {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        NotSimple
+    }
+}
+
+struct Simple<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl Simple<'_> {
+    /// A number, as `serde_json` writes it.
+    #[inline]
+    fn number<N: Serialize>(self, n: N) -> Result<(), NotSimple> {
+        serde_json::to_writer(&mut *self.out, &n).map_err(|_| NotSimple)
+    }
+}
+
+macro_rules! numbers {
+    ($($method:ident($ty:ty);)*) => {
+        $(
+            #[inline]
+            fn $method(self, v: $ty) -> Result<(), NotSimple> {
+                self.number(v)
+            }
+        )*
+    };
+}
+
+impl Serializer for Simple<'_> {
+    type Ok = ();
+    type Error = NotSimple;
+    type SerializeSeq = Impossible<(), NotSimple>;
+    type SerializeTuple = Impossible<(), NotSimple>;
+    type SerializeTupleStruct = Impossible<(), NotSimple>;
+    type SerializeTupleVariant = Impossible<(), NotSimple>;
+    type SerializeMap = Impossible<(), NotSimple>;
+    type SerializeStruct = Impossible<(), NotSimple>;
+    type SerializeStructVariant = Impossible<(), NotSimple>;
+
+    numbers! {
+        serialize_i8(i8);
+        serialize_i16(i16);
+        serialize_i32(i32);
+        serialize_i64(i64);
+        serialize_i128(i128);
+        serialize_u8(u8);
+        serialize_u16(u16);
+        serialize_u32(u32);
+        serialize_u64(u64);
+        serialize_u128(u128);
+    }
+
+    #[inline]
+    fn serialize_f32(self, v: f32) -> Result<(), NotSimple> {
+        // NaN and infinities are refused, with their own message, on the general path.
+        if v.is_finite() {
+            self.number(v)
+        } else {
+            Err(NotSimple)
+        }
+    }
+
+    #[inline]
+    fn serialize_f64(self, v: f64) -> Result<(), NotSimple> {
+        if v.is_finite() {
+            self.number(v)
+        } else {
+            Err(NotSimple)
+        }
+    }
+
+    #[inline]
+    fn serialize_bool(self, v: bool) -> Result<(), NotSimple> {
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+
+    #[inline]
+    fn serialize_char(self, v: char) -> Result<(), NotSimple> {
+        write_str(self.out, v.encode_utf8(&mut [0; 4]));
+        Ok(())
+    }
+
+    #[inline]
+    fn serialize_str(self, v: &str) -> Result<(), NotSimple> {
+        write_str(self.out, v);
+        Ok(())
+    }
+
+    fn serialize_bytes(self, _: &[u8]) -> Result<(), NotSimple> {
+        Err(NotSimple)
+    }
+
+    #[inline]
+    fn serialize_none(self) -> Result<(), NotSimple> {
+        self.serialize_unit()
+    }
+
+    #[inline]
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), NotSimple> {
+        value.serialize(self)
+    }
+
+    #[inline]
+    fn serialize_unit(self) -> Result<(), NotSimple> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), NotSimple> {
+        self.serialize_unit()
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), NotSimple> {
+        self.serialize_str(variant)
+    }
+
+    #[inline]
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), NotSimple> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), NotSimple> {
+        Err(NotSimple)
+    }
+
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, NotSimple> {
+        Err(NotSimple)
+    }
+
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, NotSimple> {
+        Err(NotSimple)
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, NotSimple> {
+        Err(NotSimple)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, NotSimple> {
+        Err(NotSimple)
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, NotSimple> {
+        Err(NotSimple)
+    }
+
+    fn serialize_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStruct, NotSimple> {
+        Err(NotSimple)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, NotSimple> {
+        Err(NotSimple)
+    }
+
+    fn collect_str<T: fmt::Display + ?Sized>(self, value: &T) -> Result<(), NotSimple> {
+        self.serialize_str(&value.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn same_as_serde_json<T: Serialize + ?Sized>(value: &T) {
+        let mut out = b"x".to_vec();
+        assert!(write_simple(&mut out, value));
+        assert_eq!(
+            String::from_utf8(out[1..].to_vec()).unwrap(),
+            serde_json::to_string(value).unwrap()
+        );
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        let mut every_byte = String::new();
+        for c in (0u8..=0x7f).map(char::from).chain(['é', '€', '😀', '\u{2028}']) {
+            every_byte.push(c);
+            // Every position within the 8-byte words, and the remainder.
+            for prefix in 0..9 {
+                let text = format!("{}{c}{}", "a".repeat(prefix), "b".repeat(prefix));
+                let mut out = Vec::new();
+                write_str(&mut out, &text);
+                assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+            }
+        }
+        same_as_serde_json(every_byte.as_str());
+        same_as_serde_json("");
+    }
+
+    #[test]
+    fn simple_values_match_serde_json_and_the_rest_is_left_alone() {
+        same_as_serde_json(&true);
+        same_as_serde_json(&-7i8);
+        same_as_serde_json(&u64::MAX);
+        same_as_serde_json(&i128::MIN);
+        same_as_serde_json(&49.90f64);
+        same_as_serde_json(&0.1f32);
+        same_as_serde_json(&1e300);
+        same_as_serde_json(&'q');
+        same_as_serde_json(&Some("x"));
+        same_as_serde_json(&None::<u8>);
+        same_as_serde_json(&());
+        same_as_serde_json(&json!("v"));
+        same_as_serde_json(&json!(null));
+        same_as_serde_json(&json!(3.5));
+        for value in [json!([1]), json!({"a": 1}), json!([])] {
+            let mut out = b"x".to_vec();
+            assert!(!write_simple(&mut out, &value));
+            assert_eq!(out, b"x");
+        }
+        let mut out = Vec::new();
+        assert!(!write_simple(&mut out, &f64::NAN));
+        assert!(!write_simple(&mut out, &Some(vec![1])));
+        assert!(!write_simple(&mut out, &BTreeMap::from([("k", 1)])));
+        assert!(out.is_empty());
+    }
+}
