@@ -495,6 +495,7 @@ fn burst(args: &Args) -> Result<bool, BoxError> {
         };
         Ok::<_, BoxError>((wall, cpu, report, stats, errors))
     })?;
+    let switches = context_switches();
     drop(runtime);
     let peak = proc_status_bytes("VmHWM");
     let after = sink.counters()?;
@@ -514,12 +515,18 @@ fn burst(args: &Args) -> Result<bool, BoxError> {
          on the main thread, queue of {n}, {threads} runtime threads, then flush and shutdown"
     );
     let rows = [
-        ("wall time, first capture → shutdown done", format!("{secs:.3} s")),
+        (
+            "wall time, first capture → shutdown done",
+            format!("{secs:.3} s"),
+        ),
         (
             "delivered (reports / sink count), failed",
             format!("{} / {counted}, {}", report.delivered, report.failed),
         ),
-        ("DELIVERED events/s", format!("{:.0}", report.delivered as f64 / secs)),
+        (
+            "DELIVERED events/s",
+            format!("{:.0}", report.delivered as f64 / secs),
+        ),
         (
             "process CPU (user + sys)",
             format!(
@@ -529,7 +536,10 @@ fn burst(args: &Args) -> Result<bool, BoxError> {
                 cpu.sys_ns as f64 / 1e9
             ),
         ),
-        ("CPU per delivered event", format!("{cpu_us:.3} µs (building it included)")),
+        (
+            "CPU per delivered event",
+            format!("{cpu_us:.3} µs (building it included)"),
+        ),
         (
             "capture() p50 / p99 / p99.9 / max",
             format!("{p50} / {p99} / {p999} / {max} ns"),
@@ -547,7 +557,17 @@ fn burst(args: &Args) -> Result<bool, BoxError> {
                 if peak <= bound { "within" } else { "EXCEEDED" }
             ),
         ),
-        ("requests, capture errors", format!("{}, {errors}", stats.requests)),
+        (
+            "requests, capture errors",
+            format!("{}, {errors}", stats.requests),
+        ),
+        (
+            "context switches, voluntary / involuntary",
+            format!(
+                "{} / {} (every thread of the process)",
+                switches.0, switches.1
+            ),
+        ),
     ];
     for (name, value) in rows {
         println!("  {name:<42} {value}");
@@ -572,6 +592,27 @@ fn burst(args: &Args) -> Result<bool, BoxError> {
     Ok(ok)
 }
 
+/// Context switches of every live thread of this process so far (voluntary, involuntary),
+/// from `/proc/self/task/*/status`.
+fn context_switches() -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return total;
+    };
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total.0 += field("voluntary_ctxt_switches:");
+        total.1 += field("nonvoluntary_ctxt_switches:");
+    }
+    total
+}
+
 /// What the flush and the shutdown reported together.
 struct FlushReport {
     delivered: u64,
@@ -584,7 +625,13 @@ fn proc_status_bytes(field: &str) -> u64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map_or(0, |kb| kb * 1024)
 }
 

@@ -472,12 +472,12 @@ impl RequestContext {
 
     pub(crate) fn apply(&self, event: &mut Event) {
         let data = &*self.inner;
-        if event.distinct_id.is_none() && event.inherits_distinct_id {
+        if event.inner.distinct_id.is_none() && event.inner.inherits_distinct_id {
             if let Some(id) = &data.distinct_id {
-                event.distinct_id = Some(id.clone());
+                event.inner.distinct_id = Some(id.clone());
             }
         }
-        let own = match (&event.distinct_id, &data.distinct_id) {
+        let own = match (&event.inner.distinct_id, &data.distinct_id) {
             (None, _) => true,
             (Some(a), Some(b)) => a == b,
             (Some(_), None) => false,
@@ -487,8 +487,8 @@ impl RequestContext {
         }
         for (key, value) in self.properties() {
             if let Some(value) = value {
-                if !event.properties.contains_key(key) {
-                    event.properties.insert_str_if_absent(key, value);
+                if !event.inner.properties.contains_key(key) {
+                    event.inner.properties.insert_str_if_absent(key, value);
                 }
             }
         }
@@ -513,8 +513,8 @@ fn path_of(uri: &Uri) -> Path {
 pub(crate) fn apply_current(event: &mut Event) {
     // `try_with` fails only outside a scope: nothing to apply then.
     let _ = CURRENT.try_with(|ctx| ctx.apply(event));
-    if event.distinct_id.is_none() && event.inherits_distinct_id {
-        event.inherits_distinct_id = false;
+    if event.inner.distinct_id.is_none() && event.inner.inherits_distinct_id {
+        event.inner.inherits_distinct_id = false;
         event.insert_value("$process_person_profile", Value::Bool(false));
     }
 }

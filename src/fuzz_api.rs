@@ -35,7 +35,7 @@ pub fn tracked_properties_len(event: &Event) -> usize {
 
 /// Cuts an event down to the properties a minimal `$feature_flag_called` event keeps.
 pub fn strip_to_minimal(event: &mut Event) {
-    event.minimal = true;
+    event.inner.minimal = true;
     event.strip_to_minimal();
 }
 

@@ -224,7 +224,7 @@ impl PostHog {
     fn disabled_capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
         crate::context::apply_current(&mut event);
         crate::event::validate(&event, self.inner.max_event_size)?;
-        Ok(event.uuid.unwrap_or_else(crate::uuid7::new_v7))
+        Ok(event.inner.uuid.unwrap_or_else(crate::uuid7::new_v7))
     }
 
     fn reject(&self, error: CaptureError) -> CaptureError {

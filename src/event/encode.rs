@@ -130,19 +130,19 @@ impl Encoder {
         uuid: Uuid,
         timestamp: Timestamp,
     ) {
-        let top: &[u8] = match event.top_level {
+        let top: &[u8] = match event.inner.top_level {
             TopLevel::None => b"",
             TopLevel::Set => br#""$set":"#,
             TopLevel::SetOnce => br#""$set_once":"#,
         };
         let mut writer = self.writer(
             out,
-            &event.name,
-            event.distinct_id.as_deref(),
-            event.disable_geoip,
-            event.minimal,
+            &event.inner.name,
+            event.inner.distinct_id.as_deref(),
+            event.inner.disable_geoip,
+            event.inner.minimal,
         );
-        let properties = &event.properties;
+        let properties = &event.inner.properties;
         let (geoip_disabled, minimal) = (writer.geoip_disabled, writer.minimal);
         let skips = |i: usize| self.skips(properties.entry_json(i), geoip_disabled, minimal, top);
         let mut top_value: Option<&[u8]> = None;
@@ -410,7 +410,7 @@ mod tests {
         }
         // A minimal event carries no super properties, so it keeps the library's own.
         let mut event = Event::new("e", "u").property("$feature_flag", "f");
-        event.minimal = true;
+        event.inner.minimal = true;
         let v = encode(&encoder, &event);
         assert_eq!(v["properties"]["$lib"], "posthog-tower");
         assert_eq!(v["properties"]["$geoip_disable"], true);

@@ -295,7 +295,10 @@ mod tests {
     #[test]
     fn strings_are_written_as_serde_json_writes_them() {
         let mut every_byte = String::new();
-        for c in (0u8..=0x7f).map(char::from).chain(['é', '€', '😀', '\u{2028}']) {
+        for c in (0u8..=0x7f)
+            .map(char::from)
+            .chain(['é', '€', '😀', '\u{2028}'])
+        {
             every_byte.push(c);
             // Every position within the 8-byte words, and the remainder.
             for prefix in 0..9 {

@@ -62,6 +62,13 @@ pub(crate) enum TopLevel {
 /// PostHog receives ([`Properties`]), so building, queueing and sending it is cheap.
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// Boxed, so that an event moves through the setters and waits in the queue as a pointer.
+    pub(crate) inner: Box<Inner>,
+}
+
+/// What an [`Event`] holds.
+#[derive(Debug, Clone)]
+pub(crate) struct Inner {
     pub(crate) name: String,
     pub(crate) distinct_id: Option<String>,
     pub(crate) properties: Properties,
@@ -72,8 +79,7 @@ pub struct Event {
     pub(crate) disable_geoip: Option<bool>,
     /// Keep only PostHog's allow-list of properties (minimized `$feature_flag_called`).
     pub(crate) minimal: bool,
-    /// The first property that could not be set, and why (boxed: it is rare, and the event
-    /// moves through every setter).
+    /// The first property that could not be set, and why (boxed: it is rare).
     pub(crate) error: Option<Box<(String, PropertyError)>>,
     /// Made with [`Event::named`]: the distinct id comes from the request context.
     pub(crate) inherits_distinct_id: bool,
@@ -82,7 +88,7 @@ pub struct Event {
 impl Event {
     /// An event done by `distinct_id`.
     pub fn new(name: impl Into<String>, distinct_id: impl Into<String>) -> Self {
-        Event {
+        let inner = Inner {
             name: name.into(),
             distinct_id: Some(distinct_id.into()),
             properties: Properties::default(),
@@ -93,6 +99,9 @@ impl Event {
             minimal: false,
             error: None,
             inherits_distinct_id: false,
+        };
+        Event {
+            inner: Box::new(inner),
         }
     }
 
@@ -111,8 +120,8 @@ impl Event {
     /// ```
     pub fn named(name: impl Into<String>) -> Self {
         let mut event = Event::new(name, String::new());
-        event.distinct_id = None;
-        event.inherits_distinct_id = true;
+        event.inner.distinct_id = None;
+        event.inner.inherits_distinct_id = true;
         event
     }
 
@@ -120,7 +129,7 @@ impl Event {
     /// `$process_person_profile: false`, so PostHog creates no person profile for it.
     pub fn anonymous(name: impl Into<String>) -> Self {
         let mut event = Event::new(name, String::new());
-        event.distinct_id = None;
+        event.inner.distinct_id = None;
         event.insert_value("$process_person_profile", Value::Bool(false));
         event
     }
@@ -128,7 +137,7 @@ impl Event {
     /// A backend `$pageview` of `url` (sent as `$current_url`).
     pub fn pageview(distinct_id: impl Into<String>, url: impl Into<String>) -> Self {
         let mut event = Event::new("$pageview", distinct_id);
-        let _ = event.properties.insert("$current_url", &url.into());
+        let _ = event.inner.properties.insert("$current_url", &url.into());
         event
     }
 
@@ -142,10 +151,12 @@ impl Event {
     #[must_use]
     pub fn property(mut self, key: impl AsRef<str>, value: impl Serialize) -> Self {
         let key = key.as_ref();
-        let result = self.properties.insert(key, &value);
+        let result = self.inner.properties.insert(key, &value);
         finite::give_up(value, &result);
         if let Err(e) = result {
-            self.error.get_or_insert(Box::new((key.to_owned(), e)));
+            self.inner
+                .error
+                .get_or_insert(Box::new((key.to_owned(), e)));
         }
         self
     }
@@ -156,7 +167,7 @@ impl Event {
         key: impl AsRef<str>,
         value: impl Serialize,
     ) -> Result<(), PropertyError> {
-        let result = self.properties.insert(key.as_ref(), &value);
+        let result = self.inner.properties.insert(key.as_ref(), &value);
         finite::give_up(value, &result);
         result
     }
@@ -174,7 +185,9 @@ impl Event {
                 }
             }
             Err(e) => {
-                self.error.get_or_insert(Box::new(("(properties)".to_owned(), e)));
+                self.inner
+                    .error
+                    .get_or_insert(Box::new(("(properties)".to_owned(), e)));
             }
         }
         self
@@ -182,21 +195,21 @@ impl Event {
 
     /// Removes a property, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        self.properties.remove(key)
+        self.inner.properties.remove(key)
     }
 
     /// Sets when the event happened. Any offset is accepted; it is sent in UTC. Defaults to
     /// the moment of `capture`.
     #[must_use]
     pub fn timestamp(mut self, timestamp: impl Into<Timestamp>) -> Self {
-        self.timestamp = Some(timestamp.into());
+        self.inner.timestamp = Some(timestamp.into());
         self
     }
 
     /// Sets the event's uuid (PostHog deduplicates on it). Defaults to a new UUIDv7.
     #[must_use]
     pub fn uuid(mut self, uuid: Uuid) -> Self {
-        self.uuid = Some(uuid);
+        self.inner.uuid = Some(uuid);
         self
     }
 
@@ -227,7 +240,7 @@ impl Event {
     /// `$geoip_disable: true`, `false` leaves it out so PostHog resolves the location.
     #[must_use]
     pub fn disable_geoip(mut self, disabled: bool) -> Self {
-        self.disable_geoip = Some(disabled);
+        self.inner.disable_geoip = Some(disabled);
         self
     }
 
@@ -240,27 +253,27 @@ impl Event {
 
     /// The event's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
 
     /// The distinct id, or `None` for an anonymous event.
     pub fn distinct_id(&self) -> Option<&str> {
-        self.distinct_id.as_deref()
+        self.inner.distinct_id.as_deref()
     }
 
     /// The properties set so far (without what is added at capture).
     pub fn properties(&self) -> &Properties {
-        &self.properties
+        &self.inner.properties
     }
 
     /// The timestamp, if one was set.
     pub fn timestamp_value(&self) -> Option<Timestamp> {
-        self.timestamp
+        self.inner.timestamp
     }
 
     /// The uuid, if one was set (after `capture` the worker's copy always has one).
     pub fn uuid_value(&self) -> Option<Uuid> {
-        self.uuid
+        self.inner.uuid
     }
 
     /// The serialized size of the event in bytes, as `capture` estimates it.
@@ -268,9 +281,9 @@ impl Event {
         // Name and distinct id by their length: escaping can only add a little, and the
         // worker checks the exact size again after encoding.
         ENVELOPE_OVERHEAD
-            + self.properties.as_json().len()
-            + self.name.len()
-            + self.distinct_id.as_deref().map_or(38, str::len)
+            + self.inner.properties.as_json().len()
+            + self.inner.name.len()
+            + self.inner.distinct_id.as_deref().map_or(38, str::len)
     }
 
     // ===== internals =====
@@ -278,12 +291,12 @@ impl Event {
     /// The serialized size of the properties' entries (what [`Event::estimated_size`] adds
     /// up); the fuzz targets check it against the real size.
     pub(crate) fn tracked_properties_len(&self) -> usize {
-        self.properties.as_json().len()
+        self.inner.properties.as_json().len()
     }
 
     /// Keeps only the properties a minimized event may carry.
     pub(crate) fn strip_to_minimal(&mut self) {
-        self.properties.retain_json_keys(|key| {
+        self.inner.properties.retain_json_keys(|key| {
             MINIMAL_ALLOWED.iter().any(|allowed| {
                 key.len() == allowed.len() + 2 && key[1..key.len() - 1] == *allowed.as_bytes()
             })
@@ -294,7 +307,7 @@ impl Event {
     /// parsed from JSON); a value nested too deep is left out, with a log line.
     pub(crate) fn insert_value(&mut self, key: impl AsRef<str>, value: Value) {
         let key = key.as_ref();
-        if let Err(e) = self.properties.insert(key, &value) {
+        if let Err(e) = self.inner.properties.insert(key, &value) {
             tracing::warn!(key, error = %e, "posthog: property left out");
         }
     }
@@ -314,7 +327,7 @@ impl Event {
         match result {
             Ok(value) => self.update_object(property, key, value),
             Err(e) => {
-                self.error.get_or_insert(Box::new((key, e)));
+                self.inner.error.get_or_insert(Box::new((key, e)));
             }
         }
         self
@@ -333,12 +346,12 @@ impl Event {
             ("$set", "$set", TopLevel::Set)
         };
         let mut event = Event::new(name, distinct_id);
-        event.top_level = top;
+        event.inner.top_level = top;
         let result = to_object(&properties);
         finite::give_up(properties, &result);
         match result {
             Ok(map) => event.insert_value(property, Value::Object(map)),
-            Err(e) => event.error = Some(Box::new(("(properties)".to_owned(), e))),
+            Err(e) => event.inner.error = Some(Box::new(("(properties)".to_owned(), e))),
         }
         event
     }
@@ -365,7 +378,7 @@ impl Event {
         finite::give_up(properties, &result);
         match result {
             Ok(map) => event.insert_value("$group_set", Value::Object(map)),
-            Err(e) => event.error = Some(Box::new(("(properties)".to_owned(), e))),
+            Err(e) => event.inner.error = Some(Box::new(("(properties)".to_owned(), e))),
         }
         event.insert_value("$group_type", Value::String(group_type));
         event.insert_value("$group_key", Value::String(group_key));
@@ -389,13 +402,13 @@ pub(crate) use finite::MAX_DEPTH as MAX_PROPERTY_DEPTH;
 /// `max_size` is the limit for [`Event::estimated_size`].
 pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), crate::CaptureError> {
     use crate::CaptureError;
-    if is_blank(&event.name) {
+    if is_blank(&event.inner.name) {
         return Err(CaptureError::EmptyEventName);
     }
-    if matches!(&event.distinct_id, Some(id) if is_blank(id)) {
+    if matches!(&event.inner.distinct_id, Some(id) if is_blank(id)) {
         return Err(CaptureError::EmptyDistinctId);
     }
-    if let Some(error) = &event.error {
+    if let Some(error) = &event.inner.error {
         let (key, e) = &**error;
         return Err(CaptureError::InvalidProperty {
             key: key.clone(),
@@ -472,7 +485,7 @@ mod tests {
 
     /// The size of the properties' entries as `serde_json` writes them, commas included.
     fn exact_props_len(event: &Event) -> usize {
-        serde_json::to_string(&event.properties.to_map())
+        serde_json::to_string(&event.inner.properties.to_map())
             .expect("serializes")
             .len()
             - 2
@@ -492,11 +505,14 @@ mod tests {
         e.remove("b");
         assert_eq!(e.tracked_properties_len(), exact_props_len(&e));
         assert_eq!(
-            e.properties.to_map()["$groups"],
+            e.inner.properties.to_map()["$groups"],
             json!({"company": "acme", "team": "core"})
         );
-        assert_eq!(e.properties.to_map()["$set"], json!({"plan": "pro"}));
-        assert_eq!(e.properties.to_map()["$set_once"], json!({"first": true}));
+        assert_eq!(e.inner.properties.to_map()["$set"], json!({"plan": "pro"}));
+        assert_eq!(
+            e.inner.properties.to_map()["$set_once"],
+            json!({"first": true})
+        );
     }
 
     #[test]
@@ -504,12 +520,12 @@ mod tests {
         let e = Event::new("e", "u")
             .property("ok", 1)
             .property("bad", f64::NAN);
-        let (key, err) = *e.error.clone().expect("error recorded");
+        let (key, err) = *e.inner.error.clone().expect("error recorded");
         assert_eq!(key, "bad");
         assert!(err.message().contains("finite"), "{}", err.message());
-        assert!(!e.properties.contains_key("bad"));
+        assert!(!e.inner.properties.contains_key("bad"));
         let e = Event::new("e", "u").set("inf", f64::INFINITY);
-        assert!(e.error.is_some());
+        assert!(e.inner.error.is_some());
     }
 
     #[test]
@@ -517,7 +533,7 @@ mod tests {
         let e = Event::anonymous("e");
         assert_eq!(e.distinct_id(), None);
         assert_eq!(
-            e.properties.to_map()["$process_person_profile"],
+            e.inner.properties.to_map()["$process_person_profile"],
             json!(false)
         );
     }
@@ -525,16 +541,16 @@ mod tests {
     #[test]
     fn helpers_have_python_shapes() {
         let e = Event::person_update(false, "u".into(), json!({"name": "Ada"}));
-        assert_eq!(e.name, "$set");
-        assert_eq!(e.top_level, TopLevel::Set);
+        assert_eq!(e.inner.name, "$set");
+        assert_eq!(e.inner.top_level, TopLevel::Set);
         let e = Event::alias("old".into(), "new".into());
         assert_eq!(e.distinct_id(), Some("old"));
-        assert_eq!(e.properties.to_map()["alias"], "new");
-        assert_eq!(e.properties.to_map()["distinct_id"], "old");
+        assert_eq!(e.inner.properties.to_map()["alias"], "new");
+        assert_eq!(e.inner.properties.to_map()["distinct_id"], "old");
         let e = Event::group_identify("company".into(), "acme".into(), json!({"n": 1}), None);
         assert_eq!(e.distinct_id(), Some("$company_acme"));
-        assert_eq!(e.properties.to_map()["$group_set"], json!({"n": 1}));
+        assert_eq!(e.inner.properties.to_map()["$group_set"], json!({"n": 1}));
         let e = Event::person_update(true, "u".into(), json!([1]));
-        assert!(e.error.is_some());
+        assert!(e.inner.error.is_some());
     }
 }

@@ -85,10 +85,10 @@ impl FlagCalled {
         for (group_type, group_key) in self.groups {
             event = event.group(group_type, group_key);
         }
-        event.disable_geoip = self.disable_geoip;
+        event.inner.disable_geoip = self.disable_geoip;
         // Minimized only when the server asked and the flag is known not to be in an
         // experiment.
-        event.minimal = self.minimal_gate && self.has_experiment == Some(false);
+        event.inner.minimal = self.minimal_gate && self.has_experiment == Some(false);
         event
     }
 }
@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(p["$feature_flag_evaluated_at"], 1234567890);
         assert_eq!(p["$feature_flag_payload"], 300);
         assert!(p.get("$feature_flag_error").is_none());
-        assert!(!event.minimal);
+        assert!(!event.inner.minimal);
     }
 
     #[test]
@@ -154,13 +154,13 @@ mod tests {
             "errors_while_computing_flags,flag_missing"
         );
         assert_eq!(p["$groups"], json!({"company": "acme"}));
-        assert!(event.minimal);
+        assert!(event.inner.minimal);
         let gated_unknown = FlagCalled {
             minimal_gate: true,
             has_experiment: None,
             ..FlagCalled::default()
         }
         .into_event();
-        assert!(!gated_unknown.minimal);
+        assert!(!gated_unknown.inner.minimal);
     }
 }

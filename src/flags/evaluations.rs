@@ -392,14 +392,14 @@ impl Event {
         let mut active = Vec::new();
         for (key, record) in flags.records() {
             let name = format!("$feature/{key}");
-            if !self.properties.contains_key(&name) {
+            if !self.inner.properties.contains_key(&name) {
                 self.insert_value(name, record.value.to_json());
             }
             if record.value.is_enabled() {
                 active.push(Value::from(key));
             }
         }
-        if !active.is_empty() && !self.properties.contains_key("$active_feature_flags") {
+        if !active.is_empty() && !self.inner.properties.contains_key("$active_feature_flags") {
             self.insert_value("$active_feature_flags", Value::Array(active));
         }
         self

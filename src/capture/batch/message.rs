@@ -29,7 +29,7 @@ impl Message {
     /// The uuid of the event, for reporting it lost; `None` for a flush request.
     pub(crate) fn uuid(&self) -> Option<Uuid> {
         match self {
-            Message::Event { event, .. } => event.uuid,
+            Message::Event { event, .. } => event.inner.uuid,
             Message::Encoded { uuid, .. } => Some(*uuid),
             Message::Flush(_) => None,
         }

@@ -280,9 +280,8 @@ impl Batch {
     /// Sends everything queued before this call and resolves once all of it was delivered or
     /// definitively failed. Flushing an empty queue sends nothing.
     ///
-    /// The request waits in the queue behind the events captured before it, without taking
-    /// a slot, so a full queue does not delay it and steady traffic after it cannot starve
-    /// it.
+    /// The request waits in the queue behind the events captured before it, in a slot of its
+    /// own, so a full queue does not delay it and steady traffic after it cannot starve it.
     ///
     /// After [`shutdown`](Batch::shutdown) it returns an empty report at once.
     pub async fn flush(&self) -> FlushReport {
@@ -290,7 +289,7 @@ impl Batch {
             return FlushReport::default();
         }
         let (reply, rx) = oneshot::channel();
-        if !self.producer.push_flush(Message::Flush(reply)) {
+        if !self.producer.push_flush(Message::Flush(reply)).await {
             return FlushReport::default();
         }
         rx.await.unwrap_or_default()
@@ -341,7 +340,7 @@ impl Batch {
             return Err(self.reject(e));
         }
         let uuid = self.stamp(&mut event);
-        if event.minimal {
+        if event.inner.minimal {
             // Minimized before the hook, so what the hook adds is kept.
             event.strip_to_minimal();
         }
@@ -354,12 +353,12 @@ impl Batch {
     /// Runs the hook on an admitted event and checks what it returns as `capture` checks its
     /// input: one bad event must not make PostHog refuse the batch it would travel in.
     fn run_hook(&self, hook: &BeforeSend, event: Event, uuid: Uuid) -> Admitted {
-        let timestamp = event.timestamp;
+        let timestamp = event.inner.timestamp;
         let reason = match std::panic::catch_unwind(AssertUnwindSafe(|| hook(event))) {
             Ok(Some(mut event)) => {
                 // The uuid and timestamp stay those `capture` returned and stamped.
-                event.uuid = Some(uuid);
-                event.timestamp = timestamp;
+                event.inner.uuid = Some(uuid);
+                event.inner.timestamp = timestamp;
                 match crate::event::validate(&event, self.shared.max_event_size) {
                     Ok(()) => return Admitted::Queue(event, uuid),
                     Err(CaptureError::EventTooLarge { size, limit }) => {
@@ -391,18 +390,18 @@ impl Batch {
 
     /// Sets the uuid and timestamp unless given, and returns the uuid.
     fn stamp(&self, event: &mut Event) -> Uuid {
-        match (event.uuid, event.timestamp) {
+        match (event.inner.uuid, event.inner.timestamp) {
             (Some(uuid), Some(_)) => uuid,
             (Some(uuid), None) => {
-                event.timestamp = Some(crate::timestamp::Timestamp::now());
+                event.inner.timestamp = Some(crate::timestamp::Timestamp::now());
                 uuid
             }
             (None, timestamp) => {
                 // One clock read for both.
                 let now = timestamp.unwrap_or_else(crate::timestamp::Timestamp::now);
-                event.timestamp = Some(now);
+                event.inner.timestamp = Some(now);
                 let uuid = crate::uuid7::new_v7_from(now.as_unix_millis().max(0) as u64);
-                event.uuid = Some(uuid);
+                event.inner.uuid = Some(uuid);
                 uuid
             }
         }

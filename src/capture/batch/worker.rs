@@ -387,8 +387,9 @@ impl State {
     /// Adds one event to the open batch.
     fn add(&mut self, event: Event, notify: Option<Notify>) {
         // Admission stamped both.
-        let uuid = event.uuid.unwrap_or_else(crate::uuid7::new_v7);
+        let uuid = event.inner.uuid.unwrap_or_else(crate::uuid7::new_v7);
         let timestamp = event
+            .inner
             .timestamp
             .unwrap_or_else(crate::timestamp::Timestamp::now);
         let start = self.open_slot();
