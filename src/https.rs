@@ -220,7 +220,17 @@ where
                     });
                 }
                 StateProj::Reading { body, parts } => {
-                    let read = ready!(body.poll(cx));
+                    let acknowledged = *this.acknowledged_by_status
+                        && parts.as_ref().is_some_and(|p| p.status.is_success());
+                    let read = match body.poll(cx) {
+                        Poll::Ready(read) => read,
+                        // The status is the answer: what of the body has not arrived yet is
+                        // not waited for (a slow body must not run into the request timeout
+                        // and have the batch sent again). A small body usually comes with
+                        // the head and is read, which keeps the connection reusable.
+                        Poll::Pending if acknowledged => Err("the body is still arriving".into()),
+                        Poll::Pending => return Poll::Pending,
+                    };
                     let Some(parts) = parts.take() else {
                         return Poll::Ready(Err("polled after completion".into()));
                     };
@@ -232,7 +242,7 @@ where
                     this.state.set(State::Failed { error: None });
                     let body = match read {
                         Ok(collected) => collected.to_bytes(),
-                        Err(e) if parts.status.is_success() && *this.acknowledged_by_status => {
+                        Err(e) if acknowledged => {
                             // The status line is the acknowledgement; the body adds nothing.
                             tracing::debug!(
                                 status = %parts.status,

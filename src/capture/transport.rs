@@ -35,9 +35,10 @@ pub const USER_AGENT: &str = concat!("posthog-tower/", env!("CARGO_PKG_VERSION")
 /// timestamps included) are the same bytes on every attempt. With gzip on, the body is
 /// compressed and sent with `Content-Encoding: gzip`.
 ///
-/// A 2xx answer is success, whatever its body: one over 64 KiB is not read past that, and one
-/// the connection cuts short is no error either (the status line is PostHog's
-/// acknowledgement; sending the batch again would only duplicate it). Any other status is an
+/// A 2xx answer is success, whatever its body: what of it came with the head is read (at most
+/// 64 KiB), the rest is not waited for, and one the connection cuts short is no error either
+/// (the status line is PostHog's acknowledgement; sending the batch again would only
+/// duplicate it). Any other status is an
 /// [`UnexpectedStatus`](super::UnexpectedStatus) error carrying the `Retry-After` delay when
 /// the server sent one; transport failures are the HTTP client's own errors.
 /// [`RetryPolicy`](super::RetryPolicy) decides what to retry.

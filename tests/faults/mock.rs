@@ -1,294 +1,18 @@
-//! Fault injection over real HTTP to `MockPostHog`, on tokio's paused clock: a long outage,
-//! connection resets (before and after the server ingested the batch), a server slower than
-//! the request timeout, 429 storms with `Retry-After`, an unreachable host, and 200 answers
-//! with a malformed body.
-//!
-//! Every scenario captures several hundred events spread over (virtual) time, shuts the
-//! client down, and checks that the accounting adds up exactly, from the client's counters
-//! and from the uuids that reached the mock:
-//!
-//! - `tried == delivered + failed + dropped` (by reason), and every accepted uuid is either
-//!   delivered (acknowledged by the mock exactly once) or failed (named by `on_error`) or
-//!   dropped on purpose by `before_send`; none is unaccounted for ("lost").
-//! - A uuid reaches the mock more than once only when an earlier copy was ingested and its
-//!   answer lost (reset after reading, or an answer slower than the request timeout), and every
-//!   copy is the very same event. PostHog deduplicates events on uuid, so such re-sends are
-//!   harmless; without them a lost answer would lose the events.
-//! - `capture()` never waits: it returns `Ok` or `QueueFull` at once, even during an outage.
-//!
-//! What each scenario tried and what became of it (events; "ingested" counts failed events
-//! that the server did store before their answer was lost; "lost" is always 0):
-//!
-//! | scenario | tried | delivered | failed | of which ingested | dropped | duplicates | lost |
-//! |---|---|---|---|---|---|---|---|
-//! | (a) 60 s of 503, then recovery (defaults: 3 retries) | 750 | 318 | 417 | 0 | 15 `before_send` | 0 | 0 |
-//! | (a) the same ridden out: 8 retries, 2 in flight, queue of 200 | 750 | 470-514 | 0 | 0 | 236-280 `queue_full` (sum 750) | 0 | 0 |
-//! | (b) connection reset before the server processed the batch (13 of 22 requests) | 500 | 450 | 50 | 0 | 0 | 0 | 0 |
-//! | (b) answers lost after the server ingested the batch (13 of 22) | 500 | 450 | 50 | 50 | 0 | 600 | 0 |
-//! | (c) answers slower than the request timeout (13 of 22) | 500 | 450 | 50 | 50 | 0 | 350 | 0 |
-//! | (d) 60 s of 429 with `Retry-After: 10` | 750 | 495 | 255 | 0 | 0 | 0 | 0 |
-//! | (e) unreachable host (port bound, then closed), 5 s shutdown deadline | 500 | 0 | 500 (33 by the deadline) | 0 | 0 | 0 | 0 |
-//! | (f) 200 with a malformed body (HTML, truncated JSON, empty) | 500 | 500 | 0 | 0 | 0 | 0 | 0 |
-//!
-//! Every number is exact and asserted, except the split of the ridden-out outage between
-//! delivered and refused, which depends on the backoff jitter (range over 12 runs).
-
-mod support;
+//! Scenarios against `MockPostHog` on tokio's paused clock: a long outage, connection resets
+//! (before and after the server ingested the batch), a server slower than the request timeout,
+//! 429 storms with `Retry-After`, an unreachable host, and 200 answers with a malformed body.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use posthog_tower::error::DeadlineElapsed;
-use posthog_tower::testing::{MockPostHog, MockResponse, RecordedRequest};
-use posthog_tower::{CaptureError, Error, Event, FlushReport, PostHog, Uuid};
+use posthog_tower::testing::{MockResponse, RecordedRequest};
+use posthog_tower::{Error, PostHog, Uuid};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use support::*;
-
-/// Generous: every scenario settles well before it, so shutdown never cuts delivery short
-/// unless a scenario says so.
-const SHUTDOWN: Duration = Duration::from_secs(300);
-
-/// What the producer saw.
-#[derive(Debug, Default)]
-struct Produced {
-    /// `capture` calls.
-    tried: u64,
-    /// uuids `capture` returned.
-    accepted: Vec<Uuid>,
-    /// Accepted uuids that `before_send` drops on purpose.
-    hook_dropped: HashSet<Uuid>,
-    /// `capture` answered `QueueFull`.
-    queue_full: u64,
-}
-
-impl Produced {
-    /// Captures one event and checks that `capture` did not wait: it is synchronous, and on
-    /// this single-threaded runtime the worker and the mock only run when the test task
-    /// yields, so a `capture` waiting for room, for the worker or for the network would hang
-    /// here; the paused clock must not have moved either.
-    fn capture(&mut self, ph: &PostHog, i: u64, drop_it: bool) {
-        let before = Instant::now();
-        let result = ph.capture(
-            Event::new("fault", format!("user-{}", i % 7))
-                .property("i", i)
-                .property("drop", drop_it),
-        );
-        assert_eq!(Instant::now(), before, "capture waited");
-        self.tried += 1;
-        match result {
-            Ok(uuid) => {
-                self.accepted.push(uuid);
-                if drop_it {
-                    self.hook_dropped.insert(uuid);
-                }
-            }
-            Err(CaptureError::QueueFull { .. }) => self.queue_full += 1,
-            Err(e) => panic!("capture {i}: unexpected error {e}"),
-        }
-    }
-
-    /// `n` events, one every `spacing` from `start`.
-    async fn spread(&mut self, ph: &PostHog, start: Instant, n: u64, spacing: Duration) {
-        for i in 0..n {
-            tokio::time::sleep_until(start + spacing * i as u32).await;
-            self.capture(ph, self.tried, false);
-        }
-    }
-
-    /// `bursts` bursts of `size` events, `gap` apart from `start`.
-    async fn bursts(
-        &mut self,
-        ph: &PostHog,
-        start: Instant,
-        bursts: u32,
-        size: u64,
-        gap: Duration,
-    ) {
-        for b in 0..bursts {
-            tokio::time::sleep_until(start + gap * b).await;
-            for _ in 0..size {
-                self.capture(ph, self.tried, false);
-            }
-        }
-    }
-}
-
-/// A scenario's outcome, checked.
-#[derive(Debug, PartialEq, Eq)]
-struct Row {
-    tried: u64,
-    delivered: u64,
-    failed: u64,
-    /// Failed for the client, yet ingested by the server (every answer lost).
-    failed_but_ingested: u64,
-    queue_full: u64,
-    before_send: u64,
-    /// Arrivals beyond the first of each uuid.
-    duplicates: u64,
-    /// Accepted events neither delivered, failed nor dropped.
-    lost: u64,
-}
-
-fn uuid_in(event: &Value) -> Uuid {
-    uuid_of(event)
-}
-
-/// Checks the accounting of a finished scenario and returns its row.
-///
-/// `ack_lost(i, request)` tells whether the `i`-th request to `/batch/` was ingested by the
-/// mock (2xx) but its answer never reached the client (a lost response, or an answer slower
-/// than the request timeout). Everywhere else the client heard every 2xx.
-fn account(
-    ph: &PostHog,
-    report: FlushReport,
-    produced: &Produced,
-    errors: &ErrorLog,
-    mock: Option<&MockPostHog>,
-    ack_lost: impl Fn(usize, &RecordedRequest) -> bool,
-) -> Row {
-    let s = ph.stats();
-    // Everything settled.
-    assert_eq!((s.queue_depth, s.batches_in_flight), (0, 0), "{s:?}");
-
-    // The client's counters.
-    assert_eq!(s.captured, produced.accepted.len() as u64, "{s:?}");
-    assert_eq!(s.dropped.queue_full, produced.queue_full, "{s:?}");
-    assert_eq!(
-        s.dropped.before_send,
-        produced.hook_dropped.len() as u64,
-        "{s:?}"
-    );
-    assert_eq!(
-        produced.tried,
-        s.delivered + s.failed + s.dropped.total(),
-        "tried != delivered + failed + dropped: {s:?}"
-    );
-    assert_eq!(
-        (report.delivered, report.failed, report.dropped),
-        (
-            s.delivered,
-            s.failed,
-            s.dropped.before_send + s.dropped.hook_panicked + s.dropped.too_large
-        ),
-        "the shutdown report covers every event: {report:?} vs {s:?}"
-    );
-
-    // The uuids: accepted = delivered + failed + dropped by the hook, disjoint.
-    let accepted: HashSet<Uuid> = produced.accepted.iter().copied().collect();
-    assert_eq!(
-        accepted.len(),
-        produced.accepted.len(),
-        "capture returned a uuid twice"
-    );
-    let failed_list = errors.delivery_uuids();
-    let failed: HashSet<Uuid> = failed_list.iter().copied().collect();
-    assert_eq!(
-        failed.len(),
-        failed_list.len(),
-        "an event was reported failed twice"
-    );
-    assert_eq!(failed.len() as u64, s.failed, "on_error and stats disagree");
-    assert!(
-        failed.is_subset(&accepted),
-        "on_error named an event never accepted"
-    );
-    assert!(failed.is_disjoint(&produced.hook_dropped));
-    let queue_full_reports = errors
-        .all()
-        .iter()
-        .filter(|e| matches!(e, Error::Rejected(CaptureError::QueueFull { .. })))
-        .count() as u64;
-    assert_eq!(queue_full_reports, produced.queue_full);
-    let delivered: HashSet<Uuid> = accepted
-        .iter()
-        .copied()
-        .filter(|u| !failed.contains(u) && !produced.hook_dropped.contains(u))
-        .collect();
-    assert_eq!(delivered.len() as u64, s.delivered, "{s:?}");
-
-    // What reached the wire.
-    let mut acked: HashMap<Uuid, u64> = HashMap::new();
-    let mut unacked: HashMap<Uuid, u64> = HashMap::new();
-    let mut first_copy: HashMap<Uuid, Value> = HashMap::new();
-    if let Some(mock) = mock {
-        for (i, req) in mock.requests_to("/batch").iter().enumerate() {
-            if !req.status.is_success() {
-                continue;
-            }
-            let lost_answer = ack_lost(i, req);
-            for event in batch_of(req) {
-                let uuid = uuid_in(&event);
-                assert!(
-                    accepted.contains(&uuid),
-                    "an unknown event arrived: {event}"
-                );
-                assert!(
-                    !produced.hook_dropped.contains(&uuid),
-                    "an event dropped by before_send was sent"
-                );
-                // Every copy of a uuid is the very same event.
-                let first = first_copy.entry(uuid).or_insert_with(|| event.clone());
-                assert_eq!(*first, event, "a re-send changed the event");
-                *if lost_answer {
-                    &mut unacked
-                } else {
-                    &mut acked
-                }
-                .entry(uuid)
-                .or_default() += 1;
-            }
-        }
-        // The mock's own view of accepted batches agrees.
-        let arrived = uuids_of(&mock.events());
-        let total: u64 = acked.values().sum::<u64>() + unacked.values().sum::<u64>();
-        assert_eq!(arrived.len() as u64, total);
-    }
-    for uuid in &delivered {
-        assert_eq!(
-            acked.get(uuid).copied().unwrap_or(0),
-            1,
-            "delivered event {uuid} was not acknowledged exactly once"
-        );
-    }
-    for uuid in &failed {
-        assert_eq!(
-            acked.get(uuid).copied().unwrap_or(0),
-            0,
-            "failed event {uuid} was acknowledged"
-        );
-    }
-    let failed_but_ingested = failed.iter().filter(|u| unacked.contains_key(u)).count() as u64;
-    let arrivals: u64 = acked.values().sum::<u64>() + unacked.values().sum::<u64>();
-    let unique: HashSet<&Uuid> = acked.keys().chain(unacked.keys()).collect();
-    let duplicates = arrivals - unique.len() as u64;
-    let lost = accepted
-        .iter()
-        .filter(|u| {
-            !delivered.contains(u) && !failed.contains(u) && !produced.hook_dropped.contains(u)
-        })
-        .count() as u64;
-
-    let row = Row {
-        tried: produced.tried,
-        delivered: s.delivered,
-        failed: s.failed,
-        failed_but_ingested,
-        queue_full: s.dropped.queue_full,
-        before_send: s.dropped.before_send,
-        duplicates,
-        lost,
-    };
-    assert_eq!(row.lost, 0, "{row:?}");
-    eprintln!("{row:?}");
-    row
-}
-
-/// No answer was lost: no uuid may arrive twice.
-fn no_lost_answers(_: usize, _: &RecordedRequest) -> bool {
-    false
-}
+use crate::support::*;
+use crate::{account, account_mock, no_lost_answers, scripted_bursts, Produced, Row, SHUTDOWN};
 
 // ===== (a) outage =====
 
@@ -331,19 +55,12 @@ async fn a_60_second_outage_then_recovery() {
     let mut produced = Produced::default();
     for i in 0..750u64 {
         tokio::time::sleep_until(start + Duration::from_millis(120) * i as u32).await;
-        produced.capture(&ph, i, i % 50 == 49);
+        let _ = produced.capture(&ph, i, i % 50 == 49);
     }
     recovery.await.unwrap();
     let report = ph.shutdown(SHUTDOWN).await;
 
-    let row = account(
-        &ph,
-        report,
-        &produced,
-        &errors,
-        Some(&mock),
-        no_lost_answers,
-    );
+    let row = account_mock(&ph, report, &produced, &errors, &mock, no_lost_answers);
     assert_eq!(
         row,
         Row {
@@ -352,6 +69,7 @@ async fn a_60_second_outage_then_recovery() {
             failed: 417,
             failed_but_ingested: 0,
             queue_full: 0,
+            closed: 0,
             before_send: 15,
             duplicates: 0,
             lost: 0,
@@ -398,44 +116,13 @@ async fn a_60_second_outage_ridden_out_with_more_retries_and_a_full_queue() {
     recovery.await.unwrap();
     let report = ph.shutdown(SHUTDOWN).await;
 
-    let row = account(
-        &ph,
-        report,
-        &produced,
-        &errors,
-        Some(&mock),
-        no_lost_answers,
-    );
+    let row = account_mock(&ph, report, &produced, &errors, &mock, no_lost_answers);
     assert_eq!((row.failed, row.duplicates), (0, 0), "{row:?}");
     assert!(row.queue_full > 0, "the queue never filled: {row:?}");
     assert_eq!(row.delivered + row.queue_full, 750, "{row:?}");
 }
 
 // ===== (b) connection resets =====
-
-/// Ten bursts of 50 events, 20 s apart: with `flush_at(50)` and one batch in flight, each
-/// burst is one batch, settled before the next burst, and the scripted answers map to
-/// batches one to one.
-async fn scripted_bursts(
-    mock: &MockPostHog,
-    errors: &ErrorLog,
-    configure: impl FnOnce(posthog_tower::PostHogBuilder) -> posthog_tower::PostHogBuilder,
-) -> (PostHog, Produced, FlushReport) {
-    let ph = configure(
-        builder(mock)
-            .flush_at(50)
-            .max_in_flight(1)
-            .on_error(errors.callback()),
-    )
-    .build()
-    .unwrap();
-    let mut produced = Produced::default();
-    produced
-        .bursts(&ph, Instant::now(), 10, 50, Duration::from_secs(20))
-        .await;
-    let report = ph.shutdown(SHUTDOWN).await;
-    (ph, produced, report)
-}
 
 /// The connection is reset after the request was read but before it was processed: the
 /// client retries, nothing arrives twice. The first batch meets four resets and fails; every
@@ -451,16 +138,9 @@ async fn connection_resets_before_the_batch_is_processed() {
         mock.enqueue("/batch/", MockResponse::status(200));
     }
     let errors = ErrorLog::new();
-    let (ph, produced, report) = scripted_bursts(&mock, &errors, |b| b.gzip(true)).await;
+    let (ph, produced, report) = scripted_bursts(&mock.url(), &errors, |b| b.gzip(true)).await;
 
-    let row = account(
-        &ph,
-        report,
-        &produced,
-        &errors,
-        Some(&mock),
-        no_lost_answers,
-    );
+    let row = account_mock(&ph, report, &produced, &errors, &mock, no_lost_answers);
     assert_eq!(
         row,
         Row {
@@ -469,6 +149,7 @@ async fn connection_resets_before_the_batch_is_processed() {
             failed: 50,
             failed_but_ingested: 0,
             queue_full: 0,
+            closed: 0,
             before_send: 0,
             duplicates: 0,
             lost: 0,
@@ -496,9 +177,9 @@ async fn answers_lost_after_the_batch_was_ingested_are_resent_with_the_same_uuid
         mock.enqueue("/batch/", MockResponse::status(200));
     }
     let errors = ErrorLog::new();
-    let (ph, produced, report) = scripted_bursts(&mock, &errors, |b| b.gzip(true)).await;
+    let (ph, produced, report) = scripted_bursts(&mock.url(), &errors, |b| b.gzip(true)).await;
 
-    let row = account(&ph, report, &produced, &errors, Some(&mock), |_, r| r.reset);
+    let row = account_mock(&ph, report, &produced, &errors, &mock, |_, r| r.reset);
     assert_eq!(
         row,
         Row {
@@ -507,6 +188,7 @@ async fn answers_lost_after_the_batch_was_ingested_are_resent_with_the_same_uuid
             failed: 50,
             failed_but_ingested: 50,
             queue_full: 0,
+            closed: 0,
             before_send: 0,
             // Batch 1: 3 extra copies of 50 events; batches 2-10: 1 extra copy of 50.
             duplicates: 3 * 50 + 9 * 50,
@@ -547,12 +229,12 @@ async fn a_server_slower_than_the_request_timeout() {
         script(MockResponse::status(200), false);
     }
     let errors = ErrorLog::new();
-    let (ph, produced, report) = scripted_bursts(&mock, &errors, |b| {
+    let (ph, produced, report) = scripted_bursts(&mock.url(), &errors, |b| {
         b.request_timeout(Duration::from_secs(2))
     })
     .await;
 
-    let row = account(&ph, report, &produced, &errors, Some(&mock), |i, _| {
+    let row = account_mock(&ph, report, &produced, &errors, &mock, |i, _| {
         lost_answers.contains(&i)
     });
     assert_eq!(
@@ -563,6 +245,7 @@ async fn a_server_slower_than_the_request_timeout() {
             failed: 50,
             failed_but_ingested: 50,
             queue_full: 0,
+            closed: 0,
             before_send: 0,
             duplicates: 3 * 50 + 4 * 50,
             lost: 0,
@@ -600,14 +283,7 @@ async fn a_429_storm_with_retry_after() {
     storm.await.unwrap();
     let report = ph.shutdown(SHUTDOWN).await;
 
-    let row = account(
-        &ph,
-        report,
-        &produced,
-        &errors,
-        Some(&mock),
-        no_lost_answers,
-    );
+    let row = account_mock(&ph, report, &produced, &errors, &mock, no_lost_answers);
     assert_eq!(
         row,
         Row {
@@ -616,6 +292,7 @@ async fn a_429_storm_with_retry_after() {
             failed: 255,
             failed_but_ingested: 0,
             queue_full: 0,
+            closed: 0,
             before_send: 0,
             duplicates: 0,
             lost: 0,
@@ -664,7 +341,7 @@ async fn an_unreachable_host() {
         .await;
     let report = ph.shutdown(Duration::from_secs(5)).await;
 
-    let row = account(&ph, report, &produced, &errors, None, no_lost_answers);
+    let row = account(&ph, report, &produced, &(&errors).into(), &[]);
     assert_eq!(
         row,
         Row {
@@ -673,6 +350,7 @@ async fn an_unreachable_host() {
             failed: 500,
             failed_but_ingested: 0,
             queue_full: 0,
+            closed: 0,
             before_send: 0,
             duplicates: 0,
             lost: 0,
@@ -715,16 +393,9 @@ async fn a_200_with_a_malformed_body_is_delivered() {
         );
     }
     let errors = ErrorLog::new();
-    let (ph, produced, report) = scripted_bursts(&mock, &errors, |b| b.gzip(true)).await;
+    let (ph, produced, report) = scripted_bursts(&mock.url(), &errors, |b| b.gzip(true)).await;
 
-    let row = account(
-        &ph,
-        report,
-        &produced,
-        &errors,
-        Some(&mock),
-        no_lost_answers,
-    );
+    let row = account_mock(&ph, report, &produced, &errors, &mock, no_lost_answers);
     assert_eq!(
         row,
         Row {
@@ -733,6 +404,7 @@ async fn a_200_with_a_malformed_body_is_delivered() {
             failed: 0,
             failed_but_ingested: 0,
             queue_full: 0,
+            closed: 0,
             before_send: 0,
             duplicates: 0,
             lost: 0,
