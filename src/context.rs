@@ -472,12 +472,12 @@ impl RequestContext {
 
     pub(crate) fn apply(&self, event: &mut Event) {
         let data = &*self.inner;
-        if event.inner.distinct_id.is_none() && event.inner.inherits_distinct_id {
+        if event.inner.distinct_id().is_none() && event.inner.inherits_distinct_id {
             if let Some(id) = &data.distinct_id {
-                event.inner.distinct_id = Some(id.clone());
+                event.inner.set_distinct_id(Some(id));
             }
         }
-        let own = match (&event.inner.distinct_id, &data.distinct_id) {
+        let own = match (event.inner.distinct_id(), &data.distinct_id) {
             (None, _) => true,
             (Some(a), Some(b)) => a == b,
             (Some(_), None) => false,
@@ -487,9 +487,7 @@ impl RequestContext {
         }
         for (key, value) in self.properties() {
             if let Some(value) = value {
-                if !event.inner.properties.contains_key(key) {
-                    event.inner.properties.insert_str_if_absent(key, value);
-                }
+                event.inner.properties.insert_str_if_absent(key, value);
             }
         }
     }
@@ -513,7 +511,7 @@ fn path_of(uri: &Uri) -> Path {
 pub(crate) fn apply_current(event: &mut Event) {
     // `try_with` fails only outside a scope: nothing to apply then.
     let _ = CURRENT.try_with(|ctx| ctx.apply(event));
-    if event.inner.distinct_id.is_none() && event.inner.inherits_distinct_id {
+    if event.inner.distinct_id().is_none() && event.inner.inherits_distinct_id {
         event.inner.inherits_distinct_id = false;
         event.insert_value("$process_person_profile", Value::Bool(false));
     }

@@ -145,8 +145,8 @@ impl PostHog {
     /// Captures a backend `$pageview` of `url`.
     pub fn pageview(
         &self,
-        distinct_id: impl Into<String>,
-        url: impl Into<String>,
+        distinct_id: impl AsRef<str>,
+        url: impl AsRef<str>,
     ) -> Result<Uuid, CaptureError> {
         self.capture(Event::pageview(distinct_id, url))
     }

@@ -137,8 +137,8 @@ impl Encoder {
         };
         let mut writer = self.writer(
             out,
-            &event.inner.name,
-            event.inner.distinct_id.as_deref(),
+            event.inner.name(),
+            event.inner.distinct_id(),
             event.inner.disable_geoip,
             event.inner.minimal,
         );

@@ -69,8 +69,10 @@ pub struct Event {
 /// What an [`Event`] holds.
 #[derive(Debug, Clone)]
 pub(crate) struct Inner {
-    pub(crate) name: String,
-    pub(crate) distinct_id: Option<String>,
+    /// The name, then the distinct id if there is one: one allocation for both.
+    text: String,
+    name_len: usize,
+    has_distinct_id: bool,
     pub(crate) properties: Properties,
     pub(crate) timestamp: Option<Timestamp>,
     pub(crate) uuid: Option<Uuid>,
@@ -87,10 +89,18 @@ pub(crate) struct Inner {
 
 impl Event {
     /// An event done by `distinct_id`.
-    pub fn new(name: impl Into<String>, distinct_id: impl Into<String>) -> Self {
+    pub fn new(name: impl AsRef<str>, distinct_id: impl AsRef<str>) -> Self {
+        Event::with_texts(name.as_ref(), Some(distinct_id.as_ref()))
+    }
+
+    fn with_texts(name: &str, distinct_id: Option<&str>) -> Self {
+        let mut text = String::with_capacity(name.len() + distinct_id.map_or(0, str::len));
+        text.push_str(name);
+        text.push_str(distinct_id.unwrap_or_default());
         let inner = Inner {
-            name: name.into(),
-            distinct_id: Some(distinct_id.into()),
+            text,
+            name_len: name.len(),
+            has_distinct_id: distinct_id.is_some(),
             properties: Properties::default(),
             timestamp: None,
             uuid: None,
@@ -118,26 +128,24 @@ impl Event {
     /// let event = Event::named("report exported").property("rows", 120);
     /// assert_eq!(event.distinct_id(), None);
     /// ```
-    pub fn named(name: impl Into<String>) -> Self {
-        let mut event = Event::new(name, String::new());
-        event.inner.distinct_id = None;
+    pub fn named(name: impl AsRef<str>) -> Self {
+        let mut event = Event::with_texts(name.as_ref(), None);
         event.inner.inherits_distinct_id = true;
         event
     }
 
     /// An event with no person behind it: it is sent with a random distinct id and
     /// `$process_person_profile: false`, so PostHog creates no person profile for it.
-    pub fn anonymous(name: impl Into<String>) -> Self {
-        let mut event = Event::new(name, String::new());
-        event.inner.distinct_id = None;
+    pub fn anonymous(name: impl AsRef<str>) -> Self {
+        let mut event = Event::with_texts(name.as_ref(), None);
         event.insert_value("$process_person_profile", Value::Bool(false));
         event
     }
 
     /// A backend `$pageview` of `url` (sent as `$current_url`).
-    pub fn pageview(distinct_id: impl Into<String>, url: impl Into<String>) -> Self {
+    pub fn pageview(distinct_id: impl AsRef<str>, url: impl AsRef<str>) -> Self {
         let mut event = Event::new("$pageview", distinct_id);
-        let _ = event.inner.properties.insert("$current_url", &url.into());
+        let _ = event.inner.properties.insert("$current_url", url.as_ref());
         event
     }
 
@@ -253,12 +261,12 @@ impl Event {
 
     /// The event's name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        self.inner.name()
     }
 
     /// The distinct id, or `None` for an anonymous event.
     pub fn distinct_id(&self) -> Option<&str> {
-        self.inner.distinct_id.as_deref()
+        self.inner.distinct_id()
     }
 
     /// The properties set so far (without what is added at capture).
@@ -282,8 +290,8 @@ impl Event {
         // worker checks the exact size again after encoding.
         ENVELOPE_OVERHEAD
             + self.inner.properties.as_json().len()
-            + self.inner.name.len()
-            + self.inner.distinct_id.as_deref().map_or(38, str::len)
+            + self.inner.name_len
+            + self.inner.distinct_id().map_or(38, str::len)
     }
 
     // ===== internals =====
@@ -386,6 +394,25 @@ impl Event {
     }
 }
 
+impl Inner {
+    pub(crate) fn name(&self) -> &str {
+        // `name_len` is where the name ends within `text`: a char boundary.
+        self.text.get(..self.name_len).unwrap_or_default()
+    }
+
+    pub(crate) fn distinct_id(&self) -> Option<&str> {
+        self.has_distinct_id
+            .then(|| self.text.get(self.name_len..).unwrap_or_default())
+    }
+
+    /// Sets or clears the distinct id.
+    pub(crate) fn set_distinct_id(&mut self, distinct_id: Option<&str>) {
+        self.text.truncate(self.name_len);
+        self.text.push_str(distinct_id.unwrap_or_default());
+        self.has_distinct_id = distinct_id.is_some();
+    }
+}
+
 /// Converts a property value to JSON, refusing what JSON cannot represent (`NaN`, infinity).
 /// Takes `value` by value: one refused for its nesting is leaked rather than dropped (see
 /// [`Event::property`]).
@@ -402,10 +429,10 @@ pub(crate) use finite::MAX_DEPTH as MAX_PROPERTY_DEPTH;
 /// `max_size` is the limit for [`Event::estimated_size`].
 pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), crate::CaptureError> {
     use crate::CaptureError;
-    if is_blank(&event.inner.name) {
+    if is_blank(event.inner.name()) {
         return Err(CaptureError::EmptyEventName);
     }
-    if matches!(&event.inner.distinct_id, Some(id) if is_blank(id)) {
+    if matches!(event.inner.distinct_id(), Some(id) if is_blank(id)) {
         return Err(CaptureError::EmptyDistinctId);
     }
     if let Some(error) = &event.inner.error {
@@ -541,7 +568,7 @@ mod tests {
     #[test]
     fn helpers_have_python_shapes() {
         let e = Event::person_update(false, "u".into(), json!({"name": "Ada"}));
-        assert_eq!(e.inner.name, "$set");
+        assert_eq!(e.name(), "$set");
         assert_eq!(e.inner.top_level, TopLevel::Set);
         let e = Event::alias("old".into(), "new".into());
         assert_eq!(e.distinct_id(), Some("old"));
