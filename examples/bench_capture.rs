@@ -457,7 +457,9 @@ fn client(args: &Args) -> Result<bool, BoxError> {
 fn burst(args: &Args) -> Result<bool, BoxError> {
     let sink = sink::Process::start()?;
     let before = sink.counters()?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()

@@ -36,7 +36,7 @@ pub struct Properties {
     /// `"key":value` entries separated by commas: a JSON object without its braces.
     json: Vec<u8>,
     /// Where each entry starts in `json` (its key's opening quote), in order.
-    starts: Vec<u32>,
+    starts: Offsets,
     /// Bit `n % 64` is set when some key, serialized with its quotes and colon, is `n` bytes
     /// long (or was: removing a key leaves its bit). A key whose bit is clear is new, without
     /// a look at the others.
@@ -59,12 +59,12 @@ impl Eq for Properties {}
 impl Properties {
     /// The number of properties.
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.starts.as_slice().len()
     }
 
     /// `true` when there are none.
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.starts.as_slice().is_empty()
     }
 
     /// `true` when `key` is set.
@@ -125,7 +125,6 @@ impl Properties {
         if self.json.is_empty() {
             // Room for a typical event's properties at once, instead of growing four times.
             self.json.reserve(256);
-            self.starts.reserve(16);
         } else {
             self.json.push(b',');
         }
@@ -153,7 +152,7 @@ impl Properties {
                 let range = self.start(old) + (key_end - entry)..self.end(old);
                 let grown = value.len() as isize - range.len() as isize;
                 self.json.splice(range, value);
-                for s in &mut self.starts[old + 1..] {
+                for s in &mut self.starts.as_mut_slice()[old + 1..] {
                     *s = (*s as isize + grown) as u32;
                 }
             }
@@ -201,18 +200,18 @@ impl Properties {
         self.json.drain(from..to);
         self.starts.remove(i);
         let removed = (to - from) as u32;
-        for s in &mut self.starts[i..] {
+        for s in &mut self.starts.as_mut_slice()[i..] {
             *s -= removed;
         }
     }
 
     fn start(&self, i: usize) -> usize {
-        self.starts[i] as usize
+        self.starts.as_slice()[i] as usize
     }
 
     /// Where entry `i` ends (before the comma that follows it).
     fn end(&self, i: usize) -> usize {
-        match self.starts.get(i + 1) {
+        match self.starts.as_slice().get(i + 1) {
             Some(&next) => next as usize - 1,
             None => self.json.len(),
         }
@@ -222,7 +221,7 @@ impl Properties {
     /// the first `n`.
     fn position(&self, prefix: &[u8], n: usize) -> Option<usize> {
         let len = prefix.len();
-        self.starts[..n].iter().position(|&s| {
+        self.starts.as_slice()[..n].iter().position(|&s| {
             let s = s as usize;
             // A key of another length rarely has `":` exactly there: a cheap first test.
             self.json.get(s + len - 2..s + len) == Some(b"\":") && self.json[s..s + len] == *prefix
@@ -251,6 +250,70 @@ impl Properties {
     fn value_json(&self, i: usize) -> &[u8] {
         let entry = self.entry_json(i);
         &entry[key_len(entry) + 1..]
+    }
+}
+
+/// How many entry offsets [`Offsets`] keeps without allocating.
+const INLINE: usize = 15;
+
+/// Entry offsets: inline up to [`INLINE`] of them (an event's properties then take one
+/// allocation, not two), on the heap beyond.
+#[derive(Clone, Debug)]
+enum Offsets {
+    Inline { len: u8, items: [u32; INLINE] },
+    Heap(Vec<u32>),
+}
+
+impl Default for Offsets {
+    fn default() -> Self {
+        Offsets::Inline {
+            len: 0,
+            items: [0; INLINE],
+        }
+    }
+}
+
+impl Offsets {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Offsets::Inline { len, items } => &items[..usize::from(*len)],
+            Offsets::Heap(items) => items,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u32] {
+        match self {
+            Offsets::Inline { len, items } => &mut items[..usize::from(*len)],
+            Offsets::Heap(items) => items,
+        }
+    }
+
+    fn push(&mut self, offset: u32) {
+        match self {
+            Offsets::Inline { len, items } if usize::from(*len) < INLINE => {
+                items[usize::from(*len)] = offset;
+                *len += 1;
+            }
+            Offsets::Inline { items, .. } => {
+                let mut heap = Vec::with_capacity(INLINE * 2 + 2);
+                heap.extend_from_slice(items);
+                heap.push(offset);
+                *self = Offsets::Heap(heap);
+            }
+            Offsets::Heap(items) => items.push(offset),
+        }
+    }
+
+    fn remove(&mut self, i: usize) {
+        match self {
+            Offsets::Inline { len, items } => {
+                items.copy_within(i + 1..usize::from(*len), i);
+                *len -= 1;
+            }
+            Offsets::Heap(items) => {
+                items.remove(i);
+            }
+        }
     }
 }
 
@@ -350,6 +413,36 @@ mod tests {
         assert!(p.insert("b", &f64::NAN).is_err());
         assert!(p.insert("a", &vec![1.0, f64::INFINITY]).is_err());
         assert_eq!(p, before);
+    }
+
+    #[test]
+    fn many_properties_spill_to_the_heap_and_stay_consistent() {
+        let mut p = Properties::default();
+        let mut expected = Map::new();
+        for i in 0..40 {
+            p.insert(&format!("key{i}"), &i).unwrap();
+            expected.insert(format!("key{i}"), json!(i));
+            assert_eq!(p.len(), expected.len());
+        }
+        for i in (0..40).step_by(3) {
+            assert_eq!(p.remove(&format!("key{i}")), Some(json!(i)));
+            expected.remove(&format!("key{i}"));
+        }
+        p.insert("key1", "replaced").unwrap();
+        expected.insert("key1".into(), json!("replaced"));
+        assert_eq!(p.to_map(), expected);
+        assert_eq!(parsed(&p), Value::Object(expected));
+        // And within the inline offsets: removals from the front, the middle and the end.
+        let mut small = Properties::default();
+        for i in 0..INLINE {
+            small.insert(&i.to_string(), &i).unwrap();
+        }
+        for key in ["0", "7", "14"] {
+            small.remove(key);
+        }
+        assert_eq!(small.len(), INLINE - 3);
+        assert_eq!(small.get("13"), Some(json!(13)));
+        assert_eq!(small.get("7"), None);
     }
 
     #[test]
