@@ -122,7 +122,64 @@ impl Encoder {
         !minimal && self.super_keys.iter().any(|key| entry.starts_with(key))
     }
 
-    /// Appends `event` as one JSON object to `out`.
+    /// Turns `event` into its JSON object, in the event's own buffer: the properties' entries
+    /// are there already, the head (`{"event":…,"properties":{`) is written after them and
+    /// rotated in front, and the library and super properties, the timestamp and the uuid
+    /// follow. The setters keep room for all that, so this allocates nothing for a usual
+    /// event, and the event's other memory is freed here, on the caller's thread.
+    pub(crate) fn encode_owned(
+        &self,
+        mut event: Event,
+        uuid: Uuid,
+        timestamp: Timestamp,
+    ) -> Vec<u8> {
+        let inner = &mut *event.inner;
+        let top: &[u8] = match inner.top_level {
+            TopLevel::None => b"",
+            TopLevel::Set => br#""$set":"#,
+            TopLevel::SetOnce => br#""$set_once":"#,
+        };
+        let geoip_disabled = inner.disable_geoip.unwrap_or(self.disable_geoip);
+        let minimal = inner.minimal;
+        // The entries the encoder writes itself, or moves to the top level, leave the
+        // properties (rare: usually nothing is removed).
+        let mut top_value = None;
+        let mut i = 0;
+        while i < inner.properties.len() {
+            let entry = inner.properties.entry_json(i);
+            if self.skips(entry, geoip_disabled, minimal, top) {
+                if !top.is_empty() && entry.starts_with(top) {
+                    top_value = Some(entry[top.len()..].to_vec());
+                }
+                inner.properties.remove_at(i);
+            } else {
+                i += 1;
+            }
+        }
+        let mut out = inner.properties.take_json();
+        let entries = out.len();
+        self.write_head(&mut out, inner.name(), inner.distinct_id());
+        let head = out.len() - entries;
+        out.rotate_right(head);
+        let writer = EventWriter {
+            encoder: self,
+            out: &mut out,
+            first: entries == 0,
+            geoip_disabled,
+            minimal,
+        };
+        writer.finish_raw(
+            timestamp,
+            uuid,
+            top_value
+                .as_deref()
+                .map(|value| (&top[..top.len() - 1], value)),
+        );
+        out
+    }
+
+    /// Appends `event` as one JSON object to `out` (a copy of what
+    /// [`encode_owned`](Self::encode_owned) makes of it).
     pub(crate) fn encode(
         &self,
         out: &mut Vec<u8>,
@@ -130,40 +187,19 @@ impl Encoder {
         uuid: Uuid,
         timestamp: Timestamp,
     ) {
-        let top: &[u8] = match event.inner.top_level {
-            TopLevel::None => b"",
-            TopLevel::Set => br#""$set":"#,
-            TopLevel::SetOnce => br#""$set_once":"#,
-        };
-        let mut writer = self.writer(
-            out,
-            event.inner.name(),
-            event.inner.distinct_id(),
-            event.inner.disable_geoip,
-            event.inner.minimal,
-        );
-        let properties = &event.inner.properties;
-        let (geoip_disabled, minimal) = (writer.geoip_disabled, writer.minimal);
-        let skips = |i: usize| self.skips(properties.entry_json(i), geoip_disabled, minimal, top);
-        let mut top_value: Option<&[u8]> = None;
-        if !(0..properties.len()).any(skips) {
-            // The usual case: nothing overridden, the properties go in as they are.
-            writer.raw_entries(properties.as_json());
-        } else {
-            for i in 0..properties.len() {
-                let entry = properties.entry_json(i);
-                if !top.is_empty() && entry.starts_with(top) {
-                    top_value = Some(&entry[top.len()..]);
-                } else if !skips(i) {
-                    writer.raw_entries(entry);
-                }
-            }
+        out.extend_from_slice(&self.encode_owned(event.clone(), uuid, timestamp));
+    }
+
+    /// `{"event":…,"distinct_id":…,"properties":{`.
+    fn write_head(&self, out: &mut Vec<u8>, name: &str, distinct_id: Option<&str>) {
+        out.extend_from_slice(br#"{"event":"#);
+        write_str(out, name);
+        out.extend_from_slice(br#","distinct_id":"#);
+        match distinct_id {
+            Some(id) => write_str(out, id),
+            None => write_uuid(out, crate::uuid7::new_v4()),
         }
-        writer.finish_raw(
-            timestamp,
-            uuid,
-            top_value.map(|value| (&top[..top.len() - 1], value)),
-        );
+        out.extend_from_slice(br#","properties":{"#);
     }
 
     /// Starts appending an event to `out` (`{"event":…,"distinct_id":…,"properties":{`), for
@@ -181,14 +217,7 @@ impl Encoder {
         disable_geoip: Option<bool>,
         minimal: bool,
     ) -> EventWriter<'a> {
-        out.extend_from_slice(br#"{"event":"#);
-        write_str(out, name);
-        out.extend_from_slice(br#","distinct_id":"#);
-        match distinct_id {
-            Some(id) => write_str(out, id),
-            None => write_uuid(out, crate::uuid7::new_v4()),
-        }
-        out.extend_from_slice(br#","properties":{"#);
+        self.write_head(out, name, distinct_id);
         EventWriter {
             encoder: self,
             out,
@@ -255,19 +284,6 @@ impl EventWriter<'_> {
         if !write_simple(self.out, value) {
             write_json(self.out, value);
         }
-    }
-
-    /// Writes entries already serialized (`"k":v`, comma-separated), none of them a key the
-    /// library or the super properties set.
-    fn raw_entries(&mut self, entries: &[u8]) {
-        if entries.is_empty() {
-            return;
-        }
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        self.out.extend_from_slice(entries);
     }
 
     /// Stops writing, to [resume](Encoder::resume) later.

@@ -43,6 +43,11 @@ pub struct Properties {
     lengths: u64,
 }
 
+/// Room the setters keep free after the entries for what encoding the event adds around them
+/// (its head, the library properties, the timestamp and the uuid: about 200 bytes with a
+/// short name and distinct id), so that `capture` encodes it in place, without allocating.
+const ENCODING_ROOM: usize = 256;
+
 /// The bit of [`Properties::lengths`] for a serialized key of `len` bytes.
 fn length_bit(len: usize) -> u64 {
     1 << (len % 64)
@@ -123,8 +128,9 @@ impl Properties {
             ));
         }
         if self.json.is_empty() {
-            // Room for a typical event's properties at once, instead of growing four times.
-            self.json.reserve(256);
+            // Room for a typical event's properties at once, instead of growing four times,
+            // and for what encoding adds around them.
+            self.json.reserve(256 + ENCODING_ROOM);
         } else {
             self.json.push(b',');
         }
@@ -157,7 +163,17 @@ impl Properties {
                 }
             }
         }
+        // Growing here, while the event is built, keeps `capture` from having to.
+        self.json.reserve(ENCODING_ROOM);
         Ok(())
+    }
+
+    /// Takes the entries out, leaving no property: the start of the event's encoding (see
+    /// [`Encoder::encode_owned`](super::Encoder::encode_owned)).
+    pub(crate) fn take_json(&mut self) -> Vec<u8> {
+        self.starts = Offsets::default();
+        self.lengths = 0;
+        std::mem::take(&mut self.json)
     }
 
     /// Sets `key` to the JSON string `value` unless `key` is already set.
@@ -188,7 +204,8 @@ impl Properties {
         }
     }
 
-    fn remove_at(&mut self, i: usize) {
+    /// Removes entry `i`.
+    pub(crate) fn remove_at(&mut self, i: usize) {
         // The entry and the comma after it, or before it for the last entry.
         let (from, to) = if i + 1 < self.len() {
             (self.start(i), self.start(i + 1))

@@ -1,38 +1,29 @@
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::{DeliveryError, Event};
+use crate::DeliveryError;
 
 /// Tells a waiting producer what became of its event.
 pub(crate) type Notify = oneshot::Sender<Result<Uuid, DeliveryError>>;
 
 pub(crate) enum Message {
+    /// An event, encoded by `capture` as the JSON object the batch carries (see
+    /// [`Encoder::encode_owned`](crate::event::Encoder::encode_owned)): the worker copies it
+    /// in as it is.
     Event {
-        event: Event,
+        json: Vec<u8>,
+        uuid: Uuid,
         notify: Option<Notify>,
     },
-    /// An event its producer already wrote as JSON with the pipeline's encoder (see
-    /// [`Batch::try_capture_encoded`](super::Batch::try_capture_encoded)): the worker copies
-    /// it into the batch as it is.
-    Encoded { json: Vec<u8>, uuid: Uuid },
     /// A [`flush`](super::Batch::flush): answered once every event queued before it is
-    /// settled. It takes no slot in the queue.
+    /// settled. It takes none of the events' slots in the queue.
     Flush(oneshot::Sender<FlushReport>),
 }
 
 impl Message {
     /// Whether it holds an event (which took a slot in the queue).
     pub(crate) fn is_event(&self) -> bool {
-        !matches!(self, Message::Flush(_))
-    }
-
-    /// The uuid of the event, for reporting it lost; `None` for a flush request.
-    pub(crate) fn uuid(&self) -> Option<Uuid> {
-        match self {
-            Message::Event { event, .. } => event.inner.uuid,
-            Message::Encoded { uuid, .. } => Some(*uuid),
-            Message::Flush(_) => None,
-        }
+        matches!(self, Message::Event { .. })
     }
 }
 

@@ -27,7 +27,7 @@ use crate::{
     capture::{EncodedBatch, Stats},
     error::DropReason,
     event::MAX_EVENT_BYTES,
-    BoxError, CaptureError, DeliveryError, Error, Event,
+    BoxError, CaptureError, DeliveryError, Error, Event, Timestamp,
 };
 
 /// Middleware that queues events and sends them in batches: the producer side of a batching
@@ -79,9 +79,8 @@ pub(crate) struct Shared {
     capacity: usize,
     /// Largest `Event::estimated_size` accepted: 900 KiB less what the encoder adds.
     max_event_size: usize,
-    /// The worker's encoder, for producers that write events as JSON themselves; `None` when
-    /// a `before_send` hook must see every event as an [`Event`].
-    encoder: Option<crate::event::Encoder>,
+    /// Turns admitted events into the JSON the worker batches.
+    encoder: crate::event::Encoder,
     before_send: Option<BeforeSend>,
     reporter: Reporter,
     /// Set once by `shutdown`: when the worker must give up, and the budget it was given.
@@ -92,8 +91,8 @@ pub(crate) struct Shared {
 
 /// What admission made of an event.
 enum Admitted {
-    /// To be queued.
-    Queue(Event, Uuid),
+    /// To be queued, encoded.
+    Queue(Vec<u8>, Uuid),
     /// Dropped by the `before_send` hook (already counted and reported): on purpose (`None`),
     /// or because the hook panicked or returned an invalid event.
     Dropped(Uuid, Option<DropReason>),
@@ -139,7 +138,7 @@ impl Batch {
             closed: AtomicBool::new(false),
             capacity: config.max_queue_size,
             max_event_size: MAX_EVENT_BYTES.saturating_sub(encoder.added_len()),
-            encoder: config.before_send.is_none().then(|| encoder.clone()),
+            encoder,
             before_send: config.before_send.clone(),
             reporter: Reporter {
                 stats: config.stats.clone(),
@@ -152,7 +151,7 @@ impl Batch {
             deadline: deadline_rx,
             report: report_tx,
         };
-        let worker = worker::spawnable(service, consumer, config, encoder, channels);
+        let worker = worker::spawnable(service, consumer, config, channels);
         let batch = Batch {
             poll: PollSemaphore::new(producer.signal.permits.clone()),
             permit: None,
@@ -173,9 +172,10 @@ impl Batch {
     /// ([`Error::Dropped`]).
     pub fn try_capture(&self, event: Event) -> Result<Uuid, CaptureError> {
         match self.admit(event)? {
-            Admitted::Queue(event, uuid) => self.try_push(
+            Admitted::Queue(json, uuid) => self.try_push(
                 Message::Event {
-                    event,
+                    json,
+                    uuid,
                     notify: None,
                 },
                 uuid,
@@ -203,7 +203,10 @@ impl Batch {
     /// JSON itself and queues it with [`try_capture_encoded`](Self::try_capture_encoded).
     /// `None` when a `before_send` hook is configured: it must see every event as an [`Event`].
     pub(crate) fn encoder(&self) -> Option<&crate::event::Encoder> {
-        self.shared.encoder.as_ref()
+        self.shared
+            .before_send
+            .is_none()
+            .then_some(&self.shared.encoder)
     }
 
     /// Queues an event already written as JSON with [`encoder`](Self::encoder) (one object,
@@ -224,20 +227,28 @@ impl Batch {
                 limit: MAX_EVENT_BYTES,
             }));
         }
-        self.try_push(Message::Encoded { json, uuid }, uuid)
+        self.try_push(
+            Message::Event {
+                json,
+                uuid,
+                notify: None,
+            },
+            uuid,
+        )
     }
 
     /// Queues `event`, waiting for room in the queue instead of failing when it is full.
     /// Resolves once the event is queued (not delivered).
     pub async fn capture_wait(&self, event: Event) -> Result<Uuid, CaptureError> {
-        let (event, uuid) = match self.admit(event)? {
-            Admitted::Queue(event, uuid) => (event, uuid),
+        let (json, uuid) = match self.admit(event)? {
+            Admitted::Queue(json, uuid) => (json, uuid),
             Admitted::Dropped(uuid, _) => return Ok(uuid),
         };
         match self
             .producer
             .push_wait(Message::Event {
-                event,
+                json,
+                uuid,
                 notify: None,
             })
             .await
@@ -255,15 +266,16 @@ impl Batch {
     /// or by a panicking `before_send`). An event the `before_send` hook drops on purpose
     /// resolves `Ok`: it was handled as configured.
     pub async fn deliver(&self, event: Event) -> Result<Uuid, CaptureError> {
-        let (event, uuid) = match self.admit(event)? {
-            Admitted::Queue(event, uuid) => (event, uuid),
+        let (json, uuid) = match self.admit(event)? {
+            Admitted::Queue(json, uuid) => (json, uuid),
             Admitted::Dropped(uuid, reason) => return dropped_result(uuid, reason),
         };
         let (notify, rx) = oneshot::channel();
         if self
             .producer
             .push_wait(Message::Event {
-                event,
+                json,
+                uuid,
                 notify: Some(notify),
             })
             .await
@@ -332,44 +344,68 @@ impl Batch {
         stats
     }
 
-    /// Checks and stamps an event and runs the `before_send` hook; on failure counts and
-    /// reports it.
+    /// Checks and stamps an event, runs the `before_send` hook, and encodes the event as the
+    /// JSON it is sent as; on failure counts and reports it.
     fn admit(&self, mut event: Event) -> Result<Admitted, CaptureError> {
         crate::context::apply_current(&mut event);
         if let Err(e) = self.validate(&event) {
             return Err(self.reject(e));
         }
-        let uuid = self.stamp(&mut event);
+        let (uuid, timestamp) = self.stamp(&mut event);
         if event.inner.minimal {
             // Minimized before the hook, so what the hook adds is kept.
             event.strip_to_minimal();
         }
-        match &self.shared.before_send {
-            None => Ok(Admitted::Queue(event, uuid)),
-            Some(hook) => Ok(self.run_hook(hook, event, uuid)),
+        let (event, hooked) = match &self.shared.before_send {
+            None => (event, false),
+            Some(hook) => match self.run_hook(hook, event, uuid, timestamp) {
+                Ok(event) => (event, true),
+                Err(reason) => return Ok(self.dropped(uuid, reason)),
+            },
+        };
+        let json = self.shared.encoder.encode_owned(event, uuid, timestamp);
+        if json.len() > MAX_EVENT_BYTES {
+            let (size, limit) = (json.len(), MAX_EVENT_BYTES);
+            if hooked {
+                let reason = DropReason::TooLarge { size, limit };
+                return Ok(self.dropped(uuid, Some(reason)));
+            }
+            return Err(self.reject(CaptureError::EventTooLarge { size, limit }));
         }
+        Ok(Admitted::Queue(json, uuid))
     }
 
     /// Runs the hook on an admitted event and checks what it returns as `capture` checks its
-    /// input: one bad event must not make PostHog refuse the batch it would travel in.
-    fn run_hook(&self, hook: &BeforeSend, event: Event, uuid: Uuid) -> Admitted {
-        let timestamp = event.inner.timestamp;
-        let reason = match std::panic::catch_unwind(AssertUnwindSafe(|| hook(event))) {
+    /// input: one bad event must not make PostHog refuse the batch it would travel in. `Err`
+    /// with why it was dropped (`None`: on purpose).
+    fn run_hook(
+        &self,
+        hook: &BeforeSend,
+        event: Event,
+        uuid: Uuid,
+        timestamp: Timestamp,
+    ) -> Result<Event, Option<DropReason>> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| hook(event))) {
             Ok(Some(mut event)) => {
                 // The uuid and timestamp stay those `capture` returned and stamped.
                 event.inner.uuid = Some(uuid);
-                event.inner.timestamp = timestamp;
+                event.inner.timestamp = Some(timestamp);
                 match crate::event::validate(&event, self.shared.max_event_size) {
-                    Ok(()) => return Admitted::Queue(event, uuid),
+                    Ok(()) => Ok(event),
                     Err(CaptureError::EventTooLarge { size, limit }) => {
-                        Some(DropReason::TooLarge { size, limit })
+                        Err(Some(DropReason::TooLarge { size, limit }))
                     }
-                    Err(e) => Some(DropReason::Invalid(e)),
+                    Err(e) => Err(Some(DropReason::Invalid(e))),
                 }
             }
-            Ok(None) => None,
-            Err(_) => Some(DropReason::HookPanicked),
-        };
+            Ok(None) => Err(None),
+            Err(_) => Err(Some(DropReason::HookPanicked)),
+        }
+    }
+
+    /// Counts and reports an accepted event the hook dropped (`reason` is `None` when it
+    /// meant to).
+    fn dropped(&self, uuid: Uuid, reason: Option<DropReason>) -> Admitted {
         let reporter = &self.shared.reporter;
         reporter.stats.captured(1);
         self.producer
@@ -388,23 +424,15 @@ impl Batch {
         Admitted::Dropped(uuid, reason)
     }
 
-    /// Sets the uuid and timestamp unless given, and returns the uuid.
-    fn stamp(&self, event: &mut Event) -> Uuid {
-        match (event.inner.uuid, event.inner.timestamp) {
-            (Some(uuid), Some(_)) => uuid,
-            (Some(uuid), None) => {
-                event.inner.timestamp = Some(crate::timestamp::Timestamp::now());
-                uuid
-            }
-            (None, timestamp) => {
-                // One clock read for both.
-                let now = timestamp.unwrap_or_else(crate::timestamp::Timestamp::now);
-                event.inner.timestamp = Some(now);
-                let uuid = crate::uuid7::new_v7_from(now.as_unix_millis().max(0) as u64);
-                event.inner.uuid = Some(uuid);
-                uuid
-            }
-        }
+    /// Sets the uuid and timestamp unless given, and returns them.
+    fn stamp(&self, event: &mut Event) -> (Uuid, Timestamp) {
+        let inner = &mut event.inner;
+        // One clock read for both.
+        let timestamp = *inner.timestamp.get_or_insert_with(Timestamp::now);
+        let uuid = *inner.uuid.get_or_insert_with(|| {
+            crate::uuid7::new_v7_from(timestamp.as_unix_millis().max(0) as u64)
+        });
+        (uuid, timestamp)
     }
 
     fn validate(&self, event: &Event) -> Result<(), CaptureError> {
@@ -529,8 +557,8 @@ impl Service<Event> for Batch {
             },
         };
         // On an early return, dropping the permit frees the slot.
-        let (event, uuid) = match self.admit(event) {
-            Ok(Admitted::Queue(event, uuid)) => (event, uuid),
+        let (json, uuid) = match self.admit(event) {
+            Ok(Admitted::Queue(json, uuid)) => (json, uuid),
             Ok(Admitted::Dropped(uuid, reason)) => {
                 return ResponseFuture::done(dropped_result(uuid, reason))
             }
@@ -540,7 +568,8 @@ impl Service<Event> for Batch {
         self.producer.push_reserved(
             permit,
             Message::Event {
-                event,
+                json,
+                uuid,
                 notify: Some(notify),
             },
         );

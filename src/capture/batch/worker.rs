@@ -25,8 +25,7 @@ use super::{
 use crate::{
     capture::{EncodedBatch, StatsRecorder, UnexpectedStatus},
     error::{DeadlineElapsed, DropReason},
-    event::{Encoder, MAX_EVENT_BYTES},
-    BoxError, DeliveryError, Error, Event,
+    BoxError, DeliveryError, Error,
 };
 
 /// Most messages taken from the queue at once.
@@ -88,7 +87,6 @@ pub(super) fn spawnable<S>(
     service: S,
     queue: Consumer,
     config: BatchConfig,
-    encoder: Encoder,
     channels: ShutdownChannels,
 ) -> Worker
 where
@@ -107,7 +105,6 @@ where
         in_flight: JoinSet::new(),
         in_flight_info: HashMap::new(),
         epochs: Epochs::new(),
-        encoder,
         config,
         batch_deadline: None,
         polling: None,
@@ -286,7 +283,6 @@ struct State {
     in_flight: JoinSet<()>,
     in_flight_info: HashMap<Id, InFlight>,
     epochs: Epochs,
-    encoder: Encoder,
     config: BatchConfig,
     /// When the open batch must be closed (`flush_interval` after its first event).
     batch_deadline: Option<Instant>,
@@ -384,27 +380,11 @@ impl State {
         });
     }
 
-    /// Adds one event to the open batch.
-    fn add(&mut self, event: Event, notify: Option<Notify>) {
-        // Admission stamped both.
-        let uuid = event.inner.uuid.unwrap_or_else(crate::uuid7::new_v7);
-        let timestamp = event
-            .inner
-            .timestamp
-            .unwrap_or_else(crate::timestamp::Timestamp::now);
-        let start = self.open_slot();
-        self.encoder
-            .encode(&mut self.current.buf, &event, uuid, timestamp);
-        // The event's memory goes back before the batch grows further.
-        drop(event);
-        self.close_slot(start, uuid, notify);
-    }
-
-    /// Adds an event its producer already encoded; like [`add`](Self::add).
-    fn add_encoded(&mut self, json: &[u8], uuid: Uuid) {
+    /// Adds one event, encoded by `capture`, to the open batch.
+    fn add(&mut self, json: &[u8], uuid: Uuid, notify: Option<Notify>) {
         let start = self.open_slot();
         self.current.buf.extend_from_slice(json);
-        self.close_slot(start, uuid, None);
+        self.close_slot(start, uuid, notify);
     }
 
     /// Makes room for one more event in the open batch: returns where the batch ended (the
@@ -418,20 +398,11 @@ impl State {
     }
 
     /// Accounts for the event just written after `start` (see [`open_slot`](Self::open_slot)):
-    /// drops it if too large, closes batches that are full, starts the batch's timer.
+    /// closes batches that are full, starts the batch's timer. (Its size was checked when it
+    /// was captured.)
     fn close_slot(&mut self, start: usize, uuid: Uuid, notify: Option<Notify>) {
         let was_empty = self.current.is_empty();
         let event_start = if was_empty { start } else { start + 1 };
-        let size = self.current.buf.len() - event_start;
-        if size > MAX_EVENT_BYTES {
-            self.current.buf.truncate(start);
-            let reason = DropReason::TooLarge {
-                size,
-                limit: MAX_EVENT_BYTES,
-            };
-            self.drop_event(uuid, reason, notify);
-            return;
-        }
         let mut started = was_empty;
         if !was_empty && self.current.buf.len() > self.config.max_batch_bytes {
             // This event would push the batch over the byte limit: close the batch without
@@ -453,17 +424,6 @@ impl State {
             self.close_current();
         } else if started && !self.config.send_immediately {
             self.batch_deadline = Some(Instant::now() + self.config.flush_interval);
-        }
-    }
-
-    /// Drops an accepted event: counted, reported, and its waiter (if any) told why.
-    fn drop_event(&mut self, uuid: Uuid, reason: DropReason, notify: Option<Notify>) {
-        let error = self.reporter.drop_event(uuid, reason.clone());
-        self.reporter.tell(&error);
-        self.epochs.current().report.dropped += 1;
-        if let Some(notify) = notify {
-            let error: BoxError = Box::new(Error::Dropped { uuid, reason });
-            let _ = notify.send(Err(DeliveryError::new(Arc::new([uuid]), Arc::new(error))));
         }
     }
 
@@ -566,7 +526,7 @@ impl State {
             for message in messages.drain(..) {
                 match message {
                     Message::Flush(reply) => self.epochs.current().waiters.push(reply),
-                    event => leftover.extend(event.uuid()),
+                    Message::Event { uuid, .. } => leftover.push(uuid),
                 }
             }
         }
@@ -657,13 +617,9 @@ fn intake(state: &mut State, queue: &mut Consumer, messages: &mut Vec<Message>) 
             Taken::Some(_) => {
                 for message in messages.drain(..) {
                     match message {
-                        Message::Event { event, notify } => {
+                        Message::Event { json, uuid, notify } => {
                             state.taken_since_tick += 1;
-                            state.add(event, notify);
-                        }
-                        Message::Encoded { json, uuid } => {
-                            state.taken_since_tick += 1;
-                            state.add_encoded(&json, uuid);
+                            state.add(&json, uuid, notify);
                         }
                         Message::Flush(reply) => state.close_epoch(queue, Some(reply)),
                     }
