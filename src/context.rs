@@ -332,30 +332,36 @@ impl RequestContext {
         match &self.inner.current_url {
             Url::None => None,
             Url::Text(url) => Some(url),
-            Url::Parts {
-                scheme,
-                host,
-                built,
-            } => Some(built.get_or_init(|| {
+            Url::Parts { host, built, .. } => Some(built.get_or_init(|| {
+                self.current_url_parts(host.get())
+                    .unwrap_or_default()
+                    .concat()
+            })),
+        }
+    }
+
+    /// [`current_url`](Self::current_url) as the pieces it is made of (scheme, `://`, host,
+    /// path and query), for writing it without building it; `host` is [`host`](Self::host),
+    /// which the caller has already read.
+    pub(crate) fn current_url_parts<'a>(&'a self, host: Option<&'a str>) -> Option<[&'a str; 4]> {
+        match &self.inner.current_url {
+            Url::None => None,
+            Url::Text(url) => Some([url, "", "", ""]),
+            Url::Parts { built, .. } if built.get().is_some() => {
+                built.get().map(|url| [url.as_str(), "", "", ""])
+            }
+            Url::Parts { scheme, .. } => {
                 let pq = match &self.inner.path {
                     Some(Path::Uri(pq)) => pq.as_str(),
                     Some(Path::Text(path)) => path,
                     Some(Path::Escaped { path_and_query, .. }) => path_and_query,
                     None => "/",
                 };
-                match host.get() {
-                    Some(host) => {
-                        let mut url =
-                            String::with_capacity(scheme.len() + 3 + host.len() + pq.len());
-                        url.push_str(scheme);
-                        url.push_str("://");
-                        url.push_str(host);
-                        url.push_str(pq);
-                        url
-                    }
-                    None => pq.to_owned(),
-                }
-            })),
+                Some(match host {
+                    Some(host) => [scheme, "://", host, pq],
+                    None => [pq, "", "", ""],
+                })
+            }
         }
     }
 
@@ -461,9 +467,21 @@ impl RequestContext {
 
     /// The properties this context gives the caller's events.
     pub(crate) fn properties(&self) -> [(&'static str, Option<&str>); 5] {
+        let [session, method, path, ip] = self.properties_but_url();
+        [
+            session,
+            ("$current_url", self.current_url()),
+            method,
+            path,
+            ip,
+        ]
+    }
+
+    /// [`properties`](Self::properties) without `$current_url` (which a pageview writes from
+    /// [`current_url_parts`](Self::current_url_parts), without building it).
+    pub(crate) fn properties_but_url(&self) -> [(&'static str, Option<&str>); 4] {
         [
             ("$session_id", self.session_id()),
-            ("$current_url", self.current_url()),
             ("$request_method", self.method()),
             ("$request_path", self.path()),
             ("$ip", self.ip()),

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{
-    json::{write_simple, write_str},
+    json::{write_simple, write_str, write_str_parts},
     Event, TopLevel,
 };
 use crate::timestamp::Timestamp;
@@ -269,11 +269,41 @@ impl EventWriter<'_> {
     /// Writes one property, unless the library or the super properties set `key` (they win).
     /// Each key must be written at most once.
     pub(crate) fn property<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if self.key(key) && !write_simple(self.out, value) {
+            write_json(self.out, value);
+        }
+    }
+
+    /// [`property`](Self::property) for a string.
+    pub(crate) fn property_str(&mut self, key: &str, value: &str) {
+        if self.key(key) {
+            write_str(self.out, value);
+        }
+    }
+
+    /// [`property`](Self::property) for a string made of `parts`, without building it.
+    pub(crate) fn property_str_parts(&mut self, key: &str, parts: &[&str]) {
+        if self.key(key) {
+            write_str_parts(self.out, parts);
+        }
+    }
+
+    /// [`property`](Self::property) for a boolean.
+    pub(crate) fn property_bool(&mut self, key: &str, value: bool) {
+        if self.key(key) {
+            self.out
+                .extend_from_slice(if value { b"true" } else { b"false" });
+        }
+    }
+
+    /// Writes `"key":` (after a comma unless it is the first), unless the library or the
+    /// super properties set `key`: then `false`, and the value is not to be written.
+    fn key(&mut self, key: &str) -> bool {
         if self
             .encoder
             .overridden(key, self.geoip_disabled, self.minimal)
         {
-            return;
+            return false;
         }
         if !self.first {
             self.out.push(b',');
@@ -281,9 +311,7 @@ impl EventWriter<'_> {
         self.first = false;
         write_str(self.out, key);
         self.out.push(b':');
-        if !write_simple(self.out, value) {
-            write_json(self.out, value);
-        }
+        true
     }
 
     /// Stops writing, to [resume](Encoder::resume) later.

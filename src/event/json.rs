@@ -28,19 +28,22 @@ fn has_byte(word: u64, byte: u8) -> bool {
 /// Whether JSON needs any byte of `text` escaped: a control character, `"` or `\`.
 #[inline]
 fn needs_escape(text: &[u8]) -> bool {
-    let mut chunks = text.chunks_exact(8);
-    for chunk in &mut chunks {
+    let special =
+        |word: u64| has_byte_below(word, 0x20) || has_byte(word, b'"') || has_byte(word, b'\\');
+    let word_at = |at: usize| {
         let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(word);
-        if has_byte_below(word, 0x20) || has_byte(word, b'"') || has_byte(word, b'\\') {
-            return true;
-        }
+        word.copy_from_slice(&text[at..at + 8]);
+        u64::from_le_bytes(word)
+    };
+    if text.len() < 8 {
+        // Padded with spaces, which need no escaping.
+        let mut word = [b' '; 8];
+        word[..text.len()].copy_from_slice(text);
+        return special(u64::from_le_bytes(word));
     }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    // Whole words, then the last eight bytes (overlapping the words before them): no loop
+    // over single bytes.
+    (0..text.len() / 8).any(|i| special(word_at(i * 8))) || special(word_at(text.len() - 8))
 }
 
 /// Appends `text` as a JSON string.
@@ -54,6 +57,20 @@ pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
     }
+}
+
+/// Appends the concatenation of `parts` as one JSON string, without building it first.
+pub(crate) fn write_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
+    if parts.iter().any(|part| needs_escape(part.as_bytes())) {
+        // Rare: escape the whole, the way `serde_json` does.
+        super::write_json(out, &parts.concat());
+        return;
+    }
+    out.push(b'"');
+    for part in parts {
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.push(b'"');
 }
 
 /// Appends `value` when it is a single string, integer, finite float, boolean, char or null
@@ -310,6 +327,19 @@ mod tests {
         }
         same_as_serde_json(every_byte.as_str());
         same_as_serde_json("");
+    }
+
+    #[test]
+    fn parts_are_written_as_their_concatenation() {
+        for parts in [
+            &["https", "://", "a.example", "/p?q=1"][..],
+            &["a\"", "b\n"],
+            &[],
+        ] {
+            let mut out = Vec::new();
+            write_str_parts(&mut out, parts);
+            assert_eq!(out, serde_json::to_vec(&parts.concat()).unwrap());
+        }
     }
 
     #[test]

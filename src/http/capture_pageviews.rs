@@ -206,9 +206,11 @@ enum Draft {
     Event(Box<Event>),
 }
 
-/// Bytes a pageview's JSON takes besides its variable values: keys, punctuation, the
-/// timestamp, the uuid and the numbers. Only sizes the first allocation.
-const PAGEVIEW_FIXED_LEN: usize = 512;
+/// Bytes a pageview's JSON takes besides its variable values and the library properties:
+/// keys, punctuation, the timestamp, the uuid and the numbers (about 300), and some room.
+/// Only sizes the first allocation, which should stay small enough for the allocator's
+/// per-thread cache (glibc's takes up to 1 KiB): a usual pageview is 600-700 bytes.
+const PAGEVIEW_FIXED_LEN: usize = 320;
 
 impl Pending {
     pub(crate) fn new<B>(
@@ -226,6 +228,7 @@ impl Pending {
         let route = matched_route(request);
         let request_props = RequestProperties {
             context,
+            host: context.host(),
             user_agent: user_agent.as_deref(),
             referrer: referrer.as_deref(),
             route,
@@ -322,6 +325,8 @@ enum Prop<'a> {
     Int(u64),
     Float(f64),
     Keys(&'a [&'a str]),
+    /// A string made of these pieces.
+    Parts(&'a [&'a str]),
 }
 
 impl Serialize for Prop<'_> {
@@ -332,6 +337,7 @@ impl Serialize for Prop<'_> {
             Prop::Int(n) => serializer.serialize_u64(n),
             Prop::Float(x) => serializer.serialize_f64(x),
             Prop::Keys(keys) => keys.serialize(serializer),
+            Prop::Parts(parts) => serializer.serialize_str(&parts.concat()),
         }
     }
 }
@@ -344,13 +350,19 @@ impl From<Prop<'_>> for Value {
             Prop::Int(n) => Value::from(n),
             Prop::Float(x) => Value::from(x),
             Prop::Keys(keys) => keys.iter().map(|k| Value::from(*k)).collect(),
+            Prop::Parts(parts) => Value::String(parts.concat()),
         }
     }
 }
 
 impl Properties for EventWriter<'_> {
     fn put(&mut self, key: &str, value: Prop<'_>) {
-        self.property(key, &value);
+        match value {
+            Prop::Str(s) => self.property_str(key, s),
+            Prop::Bool(b) => self.property_bool(key, b),
+            Prop::Parts(parts) => self.property_str_parts(key, parts),
+            other => self.property(key, &other),
+        }
     }
 }
 
@@ -363,6 +375,8 @@ impl Properties for Event {
 /// The pageview's properties known when the request arrives.
 struct RequestProperties<'a> {
     context: &'a RequestContext,
+    /// The context's host, checked once.
+    host: Option<&'a str>,
     user_agent: Option<&'a str>,
     referrer: Option<&'a str>,
     route: Option<&'a str>,
@@ -376,14 +390,19 @@ impl RequestProperties<'_> {
             self.user_agent,
             self.referrer,
             self.route,
-            ctx.host(),
+            self.host,
             ctx.session_id(),
             ctx.ip(),
             ctx.distinct_id(),
         ];
         let path = ctx.path().map_or(0, str::len);
-        // The path appears as `$pathname`, `$request_path` and in `$current_url`.
-        strings.iter().flatten().map(|s| s.len()).sum::<usize>() * 2 + path * 3
+        // The path appears as `$pathname`, `$request_path` and in `$current_url`, the host in
+        // `$host` and `$current_url`, the referrer in `$referrer` and maybe
+        // `$referring_domain`. Escaping rarely adds anything.
+        strings.iter().flatten().map(|s| s.len()).sum::<usize>()
+            + path * 3
+            + self.host.map_or(0, str::len)
+            + self.referrer.map_or(0, str::len)
     }
 
     fn write(&self, out: &mut impl Properties) {
@@ -391,7 +410,7 @@ impl RequestProperties<'_> {
         if ctx.distinct_id().is_none() {
             out.put("$process_person_profile", Prop::Bool(false));
         }
-        if let Some(host) = ctx.host() {
+        if let Some(host) = self.host {
             out.put("$host", Prop::Str(host));
         }
         if let Some(path) = ctx.path() {
@@ -409,10 +428,13 @@ impl RequestProperties<'_> {
         if let Some(route) = self.route {
             out.put("$route", Prop::Str(route));
         }
-        for (key, value) in ctx.properties() {
+        for (key, value) in ctx.properties_but_url() {
             if let Some(value) = value {
                 out.put(key, Prop::Str(value));
             }
+        }
+        if let Some(parts) = ctx.current_url_parts(self.host) {
+            out.put("$current_url", Prop::Parts(&parts));
         }
     }
 }

@@ -101,7 +101,10 @@ pub(crate) fn host(
 
 /// The host part of a URL (`https://a.example:8080/x` gives `a.example:8080`).
 pub(crate) fn url_host(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
+    // The scheme ends at the first `:`, which must open `://` (a byte search, where
+    // `split_once("://")` sets up a substring searcher for every referrer).
+    let colon = url.find(':')?;
+    let rest = url.get(colon..)?.strip_prefix("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     valid_host(host)

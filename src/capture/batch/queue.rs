@@ -129,6 +129,20 @@ impl Producer {
     }
 
     fn push(&self, message: Message) {
+        let s = &*self.signal;
+        // Counted before the message is in the ring, not after: the increment is a locked
+        // instruction, which waits for every store before it to complete, and writing the
+        // message into its slot (a cache line not touched for a whole turn of the ring) is the
+        // slowest of those; after the increment, that store completes while we go on. So
+        // `pending` is never below the number of messages in the ring.
+        //
+        // With `Consumer::disarm` this is a Dekker pair over two SeqCst locations: in the
+        // single order of SeqCst operations either the worker's `armed = false` comes before
+        // our load (we see it and wake the worker), or our increment comes before its store and
+        // its `pending` load sees the event (it stays armed, and looks again until the message
+        // is in the ring).
+        let pending = s.pending.fetch_add(1, Ordering::SeqCst) + 1;
+        let first = !s.armed.load(Ordering::SeqCst) && !s.armed.swap(true, Ordering::SeqCst);
         // The permits keep the ring from filling (events and flush requests each have their
         // slots), so this fails only when the worker is gone: the event is lost with it, which
         // only happens when its runtime was dropped.
@@ -136,19 +150,6 @@ impl Producer {
             tracing::error!("posthog: the batch worker is gone; an event was not queued");
             return;
         }
-        let s = &*self.signal;
-        // With `Consumer::disarm` this is a Dekker pair over two SeqCst locations: in the
-        // single order of SeqCst operations either the worker's `armed = false` comes before
-        // our load (we see it and wake the worker), or our increment comes before its store and
-        // its `pending` load sees the event (it stays armed and takes it).
-        //
-        // The worker may take the message between our `send` and this increment, so its
-        // `fetch_sub` can come first and `pending` can briefly wrap below zero: add with
-        // wrapping (a plain `+ 1` overflows and panics in debug builds). Meanwhile the
-        // worker's `disarm` sees a non-zero count and looks again until the increment lands;
-        // the wrapped value may also wake the worker once for nothing. Both are harmless.
-        let pending = s.pending.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
-        let first = !s.armed.load(Ordering::SeqCst) && !s.armed.swap(true, Ordering::SeqCst);
         if first || s.wake_every || pending % s.threshold == 0 {
             s.notify.notify_one();
         }
