@@ -64,13 +64,15 @@ fuzz_target!(|data: &[u8]| {
 
         // The snapshot recorded on an event keeps the event's size accounting exact.
         let event = Event::new("checkout", "user-1").flags(&evaluations);
+        let count = event.properties().len();
         let real: usize = event
             .properties()
             .iter()
             .map(|(k, v)| {
-                serde_json::to_vec(k).unwrap().len() + serde_json::to_vec(v).unwrap().len() + 2
+                serde_json::to_vec(&k).unwrap().len() + serde_json::to_vec(&v).unwrap().len() + 1
             })
-            .sum();
+            .sum::<usize>()
+            + count.saturating_sub(1);
         assert_eq!(tracked_properties_len(&event), real);
         let _ = validate(&event, usize::MAX);
     }
