@@ -42,9 +42,10 @@
 //!
 //! The client holds events in three places, each bounded by a setting:
 //!
-//! 1. the queue: at most `max_queue_size` events (Q), as the caller built them (an `Event`
-//!    with its strings and property map): `h` bytes of heap each, `e` bytes of RSS once the
-//!    allocator's per-allocation overhead is added;
+//! 1. the queue: at most `max_queue_size` events (Q), each encoded by `capture` as the JSON it
+//!    is sent as: `h` bytes of heap each (its buffer), `e` bytes of RSS once the allocator's
+//!    per-allocation overhead is added; and the ring they wait in, allocated when the client
+//!    is built: `S = (Q + 64) × 64` bytes (a slot per event and per flush request);
 //! 2. the worker's batches not yet sending: the open batch, and the closed batches waiting for
 //!    a sending slot. The worker takes at most 256 events from the queue at a time and takes
 //!    none while a closed batch waits, so at most `R = ceil((flush_at - 1 + 256) / flush_at)`
@@ -58,7 +59,7 @@
 //! side). Live heap is therefore bounded by
 //!
 //! ```text
-//! peak heap ≤ Q × h + (2 × M + R + 1) × B + F_heap          F_heap = 1 MiB + M × 128 KiB
+//! peak heap ≤ S + Q × h + (2 × M + R + 1) × B + F_heap      F_heap = 1 MiB + M × 128 KiB
 //! ```
 //!
 //! where `F_heap` covers what does not grow with the load (tokio's tasks, one HTTP/1.1
@@ -70,7 +71,7 @@
 //! hold a whole queue's worth at some moment, so
 //!
 //! ```text
-//! peak RSS ≤ baseline + A × Q × e + (2 × M + R + 1) × B + F   F = 8 MiB + M × 256 KiB
+//! peak RSS ≤ baseline + S + A × Q × e + (2 × M + R + 1) × B + F   F = 8 MiB + M × 256 KiB
 //! ```
 //!
 //! with A = the runtime threads (capped by `MALLOC_ARENA_MAX`), and `F` also covering the
@@ -90,6 +91,11 @@ use std::{
     sync::atomic::{AtomicBool, AtomicI64, Ordering},
     time::{Duration, Instant},
 };
+
+/// Bytes of one slot of the queue's ring (a queued message and the ring's stamp), and the
+/// slots it has besides the events' (for flush requests).
+const RING_SLOT_BYTES: f64 = 64.0;
+const RING_EXTRA_SLOTS: f64 = 64.0;
 
 use posthog_tower::{CaptureError, Event, PostHog};
 
@@ -496,11 +502,12 @@ fn client(args: &Args) -> Result<bool, BoxError> {
     let arenas = arenas(threads);
     let queue_term = queue_size as f64 * per_event.rss;
     let batch_term = batches as f64 * batch_bytes;
-    let bound = baseline as f64 + arenas as f64 * queue_term + batch_term + fixed;
+    let ring = (queue_size as f64 + RING_EXTRA_SLOTS) * RING_SLOT_BYTES;
+    let bound = baseline as f64 + ring + arenas as f64 * queue_term + batch_term + fixed;
     let within = (peak as f64) <= bound;
     // The same without the allocator: requested bytes only.
     let fixed_heap = MIB + in_flight as f64 * 128.0 * 1024.0;
-    let heap_bound = queue_size as f64 * per_event.heap + batch_term + fixed_heap;
+    let heap_bound = ring + queue_size as f64 * per_event.heap + batch_term + fixed_heap;
     let heap_within = peak_heap <= heap_bound;
 
     let secs = wall.as_secs_f64();
@@ -603,11 +610,12 @@ fn client(args: &Args) -> Result<bool, BoxError> {
             format!("{json_per_event:.0} B, {:.0} KiB", batch_bytes / 1024.0),
         ),
         (
-            "BOUND baseline + A×Q×e + (2M+R+1)×B + F",
+            "BOUND baseline + S + A×Q×e + (2M+R+1)×B + F",
             format!(
-                "{:.1} + {arenas}×{queue_size}×{:.0} B + {batches}×{:.0} KiB + {:.1} MiB \
-                 = {:.1} MiB",
+                "{:.1} + {:.1} MiB + {arenas}×{queue_size}×{:.0} B + {batches}×{:.0} KiB \
+                 + {:.1} MiB = {:.1} MiB",
                 baseline as f64 / MIB,
+                ring / MIB,
                 per_event.rss,
                 batch_bytes / 1024.0,
                 fixed / MIB,
@@ -631,9 +639,10 @@ fn client(args: &Args) -> Result<bool, BoxError> {
             format!("{:.1} MiB over the heap before the client", peak_heap / MIB),
         ));
         rows.push((
-            "heap bound Q×h + (2M+R+1)×B + F_heap",
+            "heap bound S + Q×h + (2M+R+1)×B + F_heap",
             format!(
-                "{queue_size}×{:.0} B + {:.1} MiB + {:.1} MiB = {:.1} MiB ({})",
+                "{:.1} MiB + {queue_size}×{:.0} B + {:.1} MiB + {:.1} MiB = {:.1} MiB ({})",
+                ring / MIB,
                 per_event.heap,
                 batch_term / MIB,
                 fixed_heap / MIB,

@@ -59,11 +59,6 @@ pub fn alias(previous_id: String, distinct_id: String) -> Event {
     Event::alias(previous_id, distinct_id)
 }
 
-/// The exact length of `value` as compact JSON, computed without writing it.
-pub fn json_len(value: &Value) -> usize {
-    crate::event::json_len(value)
-}
-
 /// The batch worker's event encoder.
 #[derive(Debug, Clone)]
 pub struct EventEncoder(Encoder);

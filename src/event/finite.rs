@@ -81,8 +81,10 @@ pub(crate) fn to_value<T: Serialize + ?Sized>(
     found.result(result)
 }
 
-/// Appends `value` to `out` as compact JSON, with the checks of [`to_value`]; the bytes are
-/// those `serde_json::to_writer` writes. On error `out` is left as it was.
+/// Appends `value` to `out` as the compact JSON of [`to_value`]'s result, with its checks.
+/// A single string, number, boolean or null is written directly; an array or object goes
+/// through a [`serde_json::Value`], which also merges repeated keys (a map type may yield
+/// the same key twice, and parsers read such objects differently).
 pub(crate) fn write<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     value: &T,
@@ -90,15 +92,9 @@ pub(crate) fn write<T: Serialize + ?Sized>(
     if super::json::write_simple(out, value) {
         return Ok(());
     }
-    let start = out.len();
-    let found = Found::default();
-    let mut serializer = serde_json::Serializer::new(&mut *out);
-    let result = value.serialize(Checked::new(&mut serializer, &found));
-    let result = found.result(result);
-    if result.is_err() {
-        out.truncate(start);
-    }
-    result
+    let value = to_value(value)?;
+    super::write_json(out, &value);
+    Ok(())
 }
 
 /// Gives up `value` after it was converted: dropped as usual, unless the conversion found it
@@ -251,16 +247,36 @@ impl<'a, S: Serializer> Serializer for Checked<'a, S> {
         serialize_i16(i16);
         serialize_i32(i32);
         serialize_i64(i64);
-        serialize_i128(i128);
         serialize_u8(u8);
         serialize_u16(u16);
         serialize_u32(u32);
         serialize_u64(u64);
-        serialize_u128(u128);
         serialize_char(char);
         serialize_str(&str);
         serialize_bytes(&[u8]);
         serialize_unit_struct(&'static str);
+    }
+
+    /// Within `i64` or `u64` only, as `serde_json::Value` holds numbers (PostHog reads wider
+    /// integers as floats, losing digits).
+    #[inline]
+    fn serialize_i128(self, v: i128) -> Result<S::Ok, S::Error> {
+        if let Ok(v) = i64::try_from(v) {
+            self.inner.serialize_i64(v)
+        } else if let Ok(v) = u64::try_from(v) {
+            self.inner.serialize_u64(v)
+        } else {
+            Err(ser::Error::custom("number out of range"))
+        }
+    }
+
+    /// Within `u64` only, as [`serialize_i128`](Self::serialize_i128).
+    #[inline]
+    fn serialize_u128(self, v: u128) -> Result<S::Ok, S::Error> {
+        match u64::try_from(v) {
+            Ok(v) => self.inner.serialize_u64(v),
+            Err(_) => Err(ser::Error::custom("number out of range")),
+        }
     }
 
     #[inline]

@@ -74,8 +74,9 @@ pub(crate) fn write_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
 }
 
 /// Appends `value` when it is a single string, integer, finite float, boolean, char or null
-/// (through options and newtypes); returns `false`, having written nothing, for anything
-/// else, which the caller serializes the general way.
+/// (through options and newtypes), as `serde_json::to_value` would represent it; returns
+/// `false`, having written nothing, for anything else, which the caller serializes the
+/// general way.
 #[inline]
 pub(crate) fn write_simple<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> bool {
     let start = out.len();
@@ -143,22 +144,32 @@ impl Serializer for Simple<'_> {
         serialize_i16(i16);
         serialize_i32(i32);
         serialize_i64(i64);
-        serialize_i128(i128);
         serialize_u8(u8);
         serialize_u16(u16);
         serialize_u32(u32);
         serialize_u64(u64);
-        serialize_u128(u128);
+    }
+
+    #[inline]
+    fn serialize_i128(self, v: i128) -> Result<(), NotSimple> {
+        // Beyond `i64` and `u64`, refused with its reason on the general path.
+        match (i64::try_from(v), u64::try_from(v)) {
+            (Ok(v), _) => self.number(v),
+            (_, Ok(v)) => self.number(v),
+            _ => Err(NotSimple),
+        }
+    }
+
+    #[inline]
+    fn serialize_u128(self, v: u128) -> Result<(), NotSimple> {
+        u64::try_from(v).map_err(|_| NotSimple)?.serialize(self)
     }
 
     #[inline]
     fn serialize_f32(self, v: f32) -> Result<(), NotSimple> {
-        // NaN and infinities are refused, with their own message, on the general path.
-        if v.is_finite() {
-            self.number(v)
-        } else {
-            Err(NotSimple)
-        }
+        // Widened, as `serde_json::to_value` does (the general path goes through it). NaN and
+        // infinities are refused, with their own message, on the general path.
+        self.serialize_f64(f64::from(v))
     }
 
     #[inline]
@@ -347,9 +358,9 @@ mod tests {
         same_as_serde_json(&true);
         same_as_serde_json(&-7i8);
         same_as_serde_json(&u64::MAX);
-        same_as_serde_json(&i128::MIN);
+        same_as_serde_json(&i128::from(i64::MIN));
+        same_as_serde_json(&u128::from(u64::MAX));
         same_as_serde_json(&49.90f64);
-        same_as_serde_json(&0.1f32);
         same_as_serde_json(&1e300);
         same_as_serde_json(&'q');
         same_as_serde_json(&Some("x"));
@@ -358,6 +369,13 @@ mod tests {
         same_as_serde_json(&json!("v"));
         same_as_serde_json(&json!(null));
         same_as_serde_json(&json!(3.5));
+        // An `f32` widened, as in a `Value`.
+        let mut out = Vec::new();
+        assert!(write_simple(&mut out, &0.1f32));
+        assert_eq!(
+            out,
+            serde_json::to_vec(&serde_json::to_value(0.1f32).unwrap()).unwrap()
+        );
         for value in [json!([1]), json!({"a": 1}), json!([])] {
             let mut out = b"x".to_vec();
             assert!(!write_simple(&mut out, &value));
@@ -365,6 +383,8 @@ mod tests {
         }
         let mut out = Vec::new();
         assert!(!write_simple(&mut out, &f64::NAN));
+        assert!(!write_simple(&mut out, &i128::MIN));
+        assert!(!write_simple(&mut out, &u128::MAX));
         assert!(!write_simple(&mut out, &Some(vec![1])));
         assert!(!write_simple(&mut out, &BTreeMap::from([("k", 1)])));
         assert!(out.is_empty());

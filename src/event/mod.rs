@@ -22,7 +22,6 @@
 mod encode;
 mod finite;
 mod json;
-mod json_len;
 mod properties;
 
 use serde::Serialize;
@@ -33,7 +32,6 @@ use crate::timestamp::Timestamp;
 
 pub(crate) use encode::{write_json, EncodeDefaults, Encoder, EventWriter, WriterState};
 pub use finite::PropertyError;
-pub(crate) use json_len::json_len;
 pub use properties::Properties;
 
 /// The most PostHog accepts for one event, serialized: 900 KiB.
