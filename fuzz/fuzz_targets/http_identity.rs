@@ -116,7 +116,7 @@ fuzz_target!(|input: Input| {
         .capture_ip(true)
         .should_capture(|_: &RequestHead<'_>| true);
     let mut svc = layer.layer(tower::service_fn(move |req: Request<()>| {
-        let ctx = req.extensions().get::<RequestContext>().cloned();
+        let ctx = RequestContext::from_extensions(req.extensions()).cloned();
         *record.lock().unwrap() = ctx;
         std::future::ready(Ok::<_, Infallible>(Response::new(())))
     }));
