@@ -23,7 +23,8 @@
 //!   - `pageviews`: `posthog.layer().should_capture(|_: &RequestHead<'_>| true)`, a `$pageview`
 //!     for every request.
 //!
-//!   Its PostHog client (`flush_at(500)`, `max_queue_size(1_000_000)`) sends to the sink.
+//!   Its PostHog client (`flush_at(500)`, the default queue of 10 000 events) sends to the
+//!   sink.
 //!   The client runs in the server's process: its CPU (queueing, encoding, HTTP) is counted
 //!   against the server, as in production.
 //! - the sink: this binary re-executed with `--sink`, a PostHog stand-in that answers
@@ -800,7 +801,6 @@ mod server {
             let posthog = PostHog::builder("phc_bench_http")
                 .host(format!("http://127.0.0.1:{sink_port}"))
                 .flush_at(500)
-                .max_queue_size(1_000_000)
                 .build()?;
             let app = Router::new().route("/", get(hello));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
