@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
@@ -155,7 +155,7 @@ async fn serve(mut conn: TcpStream, id: usize, state: Arc<Mutex<State>>) {
     // cannot see, so the client's timers would fire while the bytes sit in the kernel.
     conn.set_nodelay(true).unwrap();
     let mut buf = Vec::new();
-    while let Some(body) = read_request(&mut conn, &mut buf).await {
+    while let Some(body) = crate::support::read_batch_request(&mut conn, &mut buf).await {
         let json: Value = serde_json::from_slice(&body).expect("a JSON batch");
         let events = json["batch"].as_array().expect("a batch array").clone();
         let answer = {
@@ -174,49 +174,6 @@ async fn serve(mut conn: TcpStream, id: usize, state: Arc<Mutex<State>>) {
         };
         if !respond(&mut conn, &answer).await {
             return;
-        }
-    }
-}
-
-/// Reads one request and returns its body; `None` once the client has closed.
-async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        read_more(conn, buf).await?;
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    assert!(
-        head.starts_with("post /batch/ "),
-        "unexpected request: {head}"
-    );
-    assert!(
-        !head.contains("content-encoding"),
-        "the bare server reads plain bodies only: {head}"
-    );
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .expect("a Content-Length")
-        .trim()
-        .parse()
-        .expect("a numeric Content-Length");
-    while buf.len() < head_end + len {
-        read_more(conn, buf).await?;
-    }
-    let body = buf[head_end..head_end + len].to_vec();
-    buf.drain(..head_end + len);
-    Some(body)
-}
-
-async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
-    let mut chunk = [0u8; 16 * 1024];
-    match conn.read(&mut chunk).await {
-        Ok(0) | Err(_) => None,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Some(())
         }
     }
 }

@@ -153,3 +153,52 @@ pub fn find_event(events: &[Value], uuid: Uuid) -> Value {
         .cloned()
         .unwrap_or_else(|| panic!("event {uuid} did not arrive"))
 }
+
+/// Reads one `POST /batch/` request with a plain body from `conn`, for the tests' hand-written
+/// servers (which give answers `MockPostHog` cannot: endless or dripped bodies, garbage);
+/// `buf` keeps what was read past it. `None` once the client has closed.
+pub async fn read_batch_request(
+    conn: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        read_more(conn, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    assert!(
+        head.starts_with("post /batch/ "),
+        "unexpected request: {head}"
+    );
+    assert!(
+        !head.contains("content-encoding"),
+        "the bare servers read plain bodies only: {head}"
+    );
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .expect("a Content-Length")
+        .trim()
+        .parse()
+        .expect("a numeric Content-Length");
+    while buf.len() < head_end + len {
+        read_more(conn, buf).await?;
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    buf.drain(..head_end + len);
+    Some(body)
+}
+
+async fn read_more(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 16 * 1024];
+    match conn.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
