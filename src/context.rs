@@ -61,7 +61,7 @@ use http::{
 };
 use serde_json::Value;
 
-use crate::Event;
+use crate::{event::StaticKey, Event};
 
 tokio::task_local! {
     static CURRENT: RequestContext;
@@ -466,11 +466,11 @@ impl RequestContext {
     }
 
     /// The properties this context gives the caller's events.
-    pub(crate) fn properties(&self) -> [(&'static str, Option<&str>); 5] {
+    pub(crate) fn properties(&self) -> [(StaticKey, Option<&str>); 5] {
         let [session, method, path, ip] = self.properties_but_url();
         [
             session,
-            ("$current_url", self.current_url()),
+            (static_key!("$current_url"), self.current_url()),
             method,
             path,
             ip,
@@ -479,12 +479,12 @@ impl RequestContext {
 
     /// [`properties`](Self::properties) without `$current_url` (which a pageview writes from
     /// [`current_url_parts`](Self::current_url_parts), without building it).
-    pub(crate) fn properties_but_url(&self) -> [(&'static str, Option<&str>); 4] {
+    pub(crate) fn properties_but_url(&self) -> [(StaticKey, Option<&str>); 4] {
         [
-            ("$session_id", self.session_id()),
-            ("$request_method", self.method()),
-            ("$request_path", self.path()),
-            ("$ip", self.ip()),
+            (static_key!("$session_id"), self.session_id()),
+            (static_key!("$request_method"), self.method()),
+            (static_key!("$request_path"), self.path()),
+            (static_key!("$ip"), self.ip()),
         ]
     }
 
@@ -505,7 +505,7 @@ impl RequestContext {
         }
         for (key, value) in self.properties() {
             if let Some(value) = value {
-                event.inner.properties.insert_str_if_absent(key, value);
+                event.inner.properties.insert_str_if_absent(key.name, value);
             }
         }
     }

@@ -99,6 +99,16 @@ macro_rules! define_inner_service_accessors {
     };
 }
 
+/// A property key known at compile time (`crate::event::StaticKey`), checked (no JSON escaping
+/// needed) and with its entry's prefix `,"key":` spelled out, at compile time.
+macro_rules! static_key {
+    ($name:literal) => {{
+        const KEY: crate::event::StaticKey =
+            crate::event::StaticKey::new($name, concat!(",\"", $name, "\":"));
+        KEY
+    }};
+}
+
 #[doc(hidden)]
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;

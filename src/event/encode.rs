@@ -255,6 +255,34 @@ impl Encoder {
     }
 }
 
+/// A property key known when the crate is compiled, with its entry's prefix (`,"key":`)
+/// spelled out then: writing it is one copy, with no escaping to look for. Made by
+/// `static_key!`, which checks at compile time that the key needs no
+/// escaping.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StaticKey {
+    pub(crate) name: &'static str,
+    /// `,"name":`.
+    entry: &'static str,
+}
+
+impl StaticKey {
+    /// `entry` must be `,"name":`; `static_key!` builds both.
+    pub(crate) const fn new(name: &'static str, entry: &'static str) -> Self {
+        let bytes = name.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            assert!(
+                bytes[i] >= 0x20 && bytes[i] != b'"' && bytes[i] != b'\\',
+                "a static key needs no JSON escaping"
+            );
+            i += 1;
+        }
+        assert!(entry.len() == name.len() + 4, "entry is `,\"name\":`");
+        StaticKey { name, entry }
+    }
+}
+
 /// An event being appended to a buffer: see [`Encoder::writer`].
 pub(crate) struct EventWriter<'a> {
     encoder: &'a Encoder,
@@ -294,6 +322,56 @@ impl EventWriter<'_> {
             self.out
                 .extend_from_slice(if value { b"true" } else { b"false" });
         }
+    }
+
+    /// [`property_str`](Self::property_str) for a key known at compile time.
+    pub(crate) fn static_str(&mut self, key: StaticKey, value: &str) {
+        if self.static_key(key) {
+            write_str(self.out, value);
+        }
+    }
+
+    /// [`property_str_parts`](Self::property_str_parts) for a key known at compile time.
+    pub(crate) fn static_str_parts(&mut self, key: StaticKey, parts: &[&str]) {
+        if self.static_key(key) {
+            write_str_parts(self.out, parts);
+        }
+    }
+
+    /// [`property_bool`](Self::property_bool) for a key known at compile time.
+    pub(crate) fn static_bool(&mut self, key: StaticKey, value: bool) {
+        if self.static_key(key) {
+            self.out
+                .extend_from_slice(if value { b"true" } else { b"false" });
+        }
+    }
+
+    /// [`property`](Self::property) for a key known at compile time.
+    pub(crate) fn static_property<T: serde::Serialize + ?Sized>(
+        &mut self,
+        key: StaticKey,
+        value: &T,
+    ) {
+        if self.static_key(key) && !write_simple(self.out, value) {
+            write_json(self.out, value);
+        }
+    }
+
+    /// [`key`](Self::key) for a key known at compile time: its entry's prefix is copied whole.
+    #[inline]
+    fn static_key(&mut self, key: StaticKey) -> bool {
+        if self
+            .encoder
+            .overridden(key.name, self.geoip_disabled, self.minimal)
+        {
+            return false;
+        }
+        let entry = key.entry.as_bytes();
+        // `entry` starts with the comma, one byte.
+        self.out
+            .extend_from_slice(if self.first { &entry[1..] } else { entry });
+        self.first = false;
+        true
     }
 
     /// Writes `"key":` (after a comma unless it is the first), unless the library or the
@@ -496,6 +574,46 @@ mod tests {
             String::from_utf8(out).unwrap(),
             String::from_utf8(expected).unwrap()
         );
+    }
+
+    /// A key known at compile time writes the bytes the same key written at run time does,
+    /// first or not, and is left out the same way when a super property sets it.
+    #[test]
+    fn static_keys_write_what_run_time_keys_write() {
+        let mut super_properties = Map::new();
+        super_properties.insert("$host".into(), json!("super"));
+        let encoder = Encoder::new(EncodeDefaults {
+            disable_geoip: false,
+            super_properties,
+        });
+        let (uuid, ts) = (Uuid::from_u128(7), Timestamp::UNIX_EPOCH);
+        let mut dynamic = Vec::new();
+        let mut writer = encoder.writer(&mut dynamic, "e", Some("u"), None, false);
+        writer.property_str("$pathname", "/a");
+        writer.property_str("$host", "h");
+        writer.property_bool("$ok", true);
+        writer.property("$n", &3);
+        writer.property_str_parts("$url", &["a", "b"]);
+        writer.finish(ts, uuid);
+        let mut fixed = Vec::new();
+        let mut writer = encoder.writer(&mut fixed, "e", Some("u"), None, false);
+        writer.static_str(static_key!("$pathname"), "/a");
+        writer.static_str(static_key!("$host"), "h");
+        writer.static_bool(static_key!("$ok"), true);
+        writer.static_property(static_key!("$n"), &3);
+        writer.static_str_parts(static_key!("$url"), &["a", "b"]);
+        writer.finish(ts, uuid);
+        assert_eq!(
+            String::from_utf8(fixed).unwrap(),
+            String::from_utf8(dynamic).unwrap()
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no JSON escaping")]
+    fn a_static_key_that_needs_escaping_is_refused() {
+        // In a `const`, as `static_key!` builds it, this fails the build instead.
+        let _ = StaticKey::new("a\"b", ",\"a\"b\":");
     }
 
     #[test]

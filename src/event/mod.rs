@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::timestamp::Timestamp;
 
-pub(crate) use encode::{write_json, EncodeDefaults, Encoder, EventWriter, WriterState};
+pub(crate) use encode::{write_json, EncodeDefaults, Encoder, EventWriter, StaticKey, WriterState};
 pub use finite::PropertyError;
 pub use properties::Properties;
 

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     context::RequestContext,
-    event::{EventWriter, WriterState},
+    event::{EventWriter, StaticKey, WriterState},
     flags::FlagValue,
     timestamp::Timestamp,
     Event, PostHog,
@@ -316,7 +316,10 @@ enum Finished {
 
 /// Where a pageview's properties go: an [`Event`], or the JSON of one being written.
 trait Properties {
-    fn put(&mut self, key: &str, value: Prop<'_>);
+    /// A property whose key is known at compile time (nearly all of them).
+    fn put(&mut self, key: StaticKey, value: Prop<'_>);
+    /// A property whose key is built at run time (`$feature/<key>`).
+    fn put_dynamic(&mut self, key: &str, value: Prop<'_>);
 }
 
 /// A property value, borrowed.
@@ -358,7 +361,16 @@ impl From<Prop<'_>> for Value {
 }
 
 impl Properties for EventWriter<'_> {
-    fn put(&mut self, key: &str, value: Prop<'_>) {
+    fn put(&mut self, key: StaticKey, value: Prop<'_>) {
+        match value {
+            Prop::Str(s) => self.static_str(key, s),
+            Prop::Bool(b) => self.static_bool(key, b),
+            Prop::Parts(parts) => self.static_str_parts(key, parts),
+            other => self.static_property(key, &other),
+        }
+    }
+
+    fn put_dynamic(&mut self, key: &str, value: Prop<'_>) {
         match value {
             Prop::Str(s) => self.property_str(key, s),
             Prop::Bool(b) => self.property_bool(key, b),
@@ -369,7 +381,11 @@ impl Properties for EventWriter<'_> {
 }
 
 impl Properties for Event {
-    fn put(&mut self, key: &str, value: Prop<'_>) {
+    fn put(&mut self, key: StaticKey, value: Prop<'_>) {
+        self.insert_value(key.name, value.into());
+    }
+
+    fn put_dynamic(&mut self, key: &str, value: Prop<'_>) {
         self.insert_value(key, value.into());
     }
 }
@@ -410,25 +426,25 @@ impl RequestProperties<'_> {
     fn write(&self, out: &mut impl Properties) {
         let ctx = self.context;
         if ctx.distinct_id().is_none() {
-            out.put("$process_person_profile", Prop::Bool(false));
+            out.put(static_key!("$process_person_profile"), Prop::Bool(false));
         }
         if let Some(host) = self.host {
-            out.put("$host", Prop::Str(host));
+            out.put(static_key!("$host"), Prop::Str(host));
         }
         if let Some(path) = ctx.path() {
-            out.put("$pathname", Prop::Str(path));
+            out.put(static_key!("$pathname"), Prop::Str(path));
         }
         if let Some(ua) = self.user_agent {
-            out.put("$raw_user_agent", Prop::Str(ua));
+            out.put(static_key!("$raw_user_agent"), Prop::Str(ua));
         }
         let (referrer, domain) = match self.referrer {
             Some(r) => (r, url::url_host(r).unwrap_or("$direct")),
             None => ("$direct", "$direct"),
         };
-        out.put("$referrer", Prop::Str(referrer));
-        out.put("$referring_domain", Prop::Str(domain));
+        out.put(static_key!("$referrer"), Prop::Str(referrer));
+        out.put(static_key!("$referring_domain"), Prop::Str(domain));
         if let Some(route) = self.route {
-            out.put("$route", Prop::Str(route));
+            out.put(static_key!("$route"), Prop::Str(route));
         }
         for (key, value) in ctx.properties_but_url() {
             if let Some(value) = value {
@@ -436,7 +452,7 @@ impl RequestProperties<'_> {
             }
         }
         if let Some(parts) = ctx.current_url_parts(self.host) {
-            out.put("$current_url", Prop::Parts(&parts));
+            out.put(static_key!("$current_url"), Prop::Parts(&parts));
         }
     }
 }
@@ -451,11 +467,14 @@ struct ResponseProperties<'a> {
 
 impl ResponseProperties<'_> {
     fn write(&self, out: &mut impl Properties) {
-        out.put("$response_status", Prop::Int(self.status.into()));
+        out.put(
+            static_key!("$response_status"),
+            Prop::Int(self.status.into()),
+        );
         if let Some(code) = self.grpc_status {
-            out.put("$grpc_status", Prop::Int(code.into()));
+            out.put(static_key!("$grpc_status"), Prop::Int(code.into()));
         }
-        out.put("$duration_ms", Prop::Float(self.duration_ms));
+        out.put(static_key!("$duration_ms"), Prop::Float(self.duration_ms));
         let Some(flags) = self.flags else {
             return;
         };
@@ -470,8 +489,8 @@ impl ResponseProperties<'_> {
                 }
                 let name = format!("$feature/{key}");
                 match &record.value {
-                    FlagValue::Bool(b) => out.put(&name, Prop::Bool(*b)),
-                    FlagValue::Variant(v) => out.put(&name, Prop::Str(v)),
+                    FlagValue::Bool(b) => out.put_dynamic(&name, Prop::Bool(*b)),
+                    FlagValue::Variant(v) => out.put_dynamic(&name, Prop::Str(v)),
                 }
                 if record.value.is_enabled() {
                     active.push(key);
@@ -480,7 +499,7 @@ impl ResponseProperties<'_> {
         }
         if !active.is_empty() {
             active.sort_unstable();
-            out.put("$active_feature_flags", Prop::Keys(&active));
+            out.put(static_key!("$active_feature_flags"), Prop::Keys(&active));
         }
     }
 }
