@@ -20,7 +20,7 @@
 //! #[tonic::async_trait]
 //! impl Checkout for MyCheckout {
 //!     async fn pay(&self, request: Request<PayRequest>) -> Result<Response<PayReply>, Status> {
-//!         let flags = request.extensions().get::<RequestFlags>().cloned();
+//!         let flags = RequestFlags::from_extensions(request.extensions());
 //!         let new_flow = match flags {
 //!             Some(flags) => flags.is_enabled("new-payment-flow").await,
 //!             None => false, // the layer is not installed
@@ -238,7 +238,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // Owned copies: nothing borrowed from the request lives across the `.await`.
         let context = RequestContext::from_extensions(request.extensions()).cloned();
-        let flags = request.extensions().get::<RequestFlags>().cloned();
+        let flags = RequestFlags::from_extensions(request.extensions());
         let method = request.uri().path().to_owned();
         Box::pin(async move {
             let caller = context

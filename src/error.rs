@@ -5,11 +5,9 @@
 //! be recovered with `downcast_ref`. At the facade, errors are small `#[non_exhaustive]` enums
 //! whose messages say what to do.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 
 use uuid::Uuid;
-
-pub use crate::event::PropertyError;
 
 /// Alias for a type-erased error type, as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -268,3 +266,53 @@ impl fmt::Display for DeadlineElapsed {
 }
 
 impl std::error::Error for DeadlineElapsed {}
+
+/// A property value that cannot be turned into JSON.
+///
+/// Returned when a value contains a floating-point NaN or infinity (JSON has
+/// no representation for them), when it nests arrays and objects more than 100 levels deep,
+/// when a map key is not something JSON can use as an object key, or when the value's
+/// `Serialize` implementation fails.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PropertyError {
+    message: Cow<'static, str>,
+    too_deep: bool,
+}
+
+impl PropertyError {
+    /// An error with the given message.
+    pub(crate) fn new(message: impl Into<Cow<'static, str>>) -> PropertyError {
+        PropertyError {
+            message: message.into(),
+            too_deep: false,
+        }
+    }
+
+    /// The value nests arrays and objects more than `max_depth` levels deep.
+    pub(crate) fn too_deep(max_depth: usize) -> PropertyError {
+        PropertyError {
+            message: Cow::Owned(format!(
+                "property is nested more than {max_depth} levels deep (JSON parsers, PostHog's among them, refuse such documents)"
+            )),
+            too_deep: true,
+        }
+    }
+
+    /// Whether the value was refused for its depth (the conversion stopped part way).
+    pub(crate) fn is_too_deep(&self) -> bool {
+        self.too_deep
+    }
+
+    /// What went wrong, in words; the same text as the `Display` output.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for PropertyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PropertyError {}

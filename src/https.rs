@@ -18,6 +18,9 @@ use tower::{util::BoxCloneSyncService, ServiceExt};
 
 use crate::BoxError;
 
+/// The `User-Agent` of every request: `posthog-tower/<version>`.
+pub const USER_AGENT: &str = concat!("posthog-tower/", env!("CARGO_PKG_VERSION"));
+
 /// The response body of an [`HttpClient`].
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
 

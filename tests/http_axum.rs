@@ -931,13 +931,12 @@ async fn stacked_layers_share_one_context_and_capture_one_pageview_per_request()
     let mock = mock().await;
     let posthog = client(&mock);
     // What the handler finds in the extensions: the caller through `from_extensions`, the
-    // flags' caller, and whether a `RequestContext` entry of its own exists.
+    // flags' caller, and whether the `RequestContext` entry (the one the flags hang off) exists.
     let report = |req: Request| async move {
         let ext = req.extensions();
         let ctx = RequestContext::from_extensions(ext).and_then(RequestContext::distinct_id);
-        let flags = ext
-            .get::<RequestFlags>()
-            .and_then(RequestFlags::distinct_id);
+        let flags = RequestFlags::from_extensions(ext);
+        let flags = flags.as_ref().and_then(RequestFlags::distinct_id);
         format!(
             "{} {} {}",
             ctx.unwrap_or("-"),
@@ -964,11 +963,11 @@ async fn stacked_layers_share_one_context_and_capture_one_pageview_per_request()
     let caller = [("X-POSTHOG-DISTINCT-ID", "user-twice")];
     assert_eq!(
         get_with(addr, "/twice", &caller).await,
-        (200, "user-twice user-twice false".to_owned())
+        (200, "user-twice user-twice true".to_owned())
     );
     assert_eq!(get_with(addr, "/twice", &caller).await.0, 200);
 
-    // Flags alone: the context travels in them, and the extractor finds it.
+    // Flags alone: they insert the context, and the extractor finds it.
     let direct = Router::new()
         .route(
             "/flags-only",

@@ -155,7 +155,7 @@ where
         let ext = request.extensions();
         let _ = self.seen.send(Seen {
             context: RequestContext::from_extensions(ext).cloned(),
-            flags: ext.get::<RequestFlags>().cloned(),
+            flags: RequestFlags::from_extensions(ext),
             current: RequestContext::current(),
         });
         self.inner.call(request)
@@ -184,7 +184,7 @@ impl Health for FlaggedHealth {
         &self,
         request: tonic::Request<HealthCheckRequest>,
     ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
-        let flags = request.extensions().get::<RequestFlags>().cloned();
+        let flags = RequestFlags::from_extensions(request.extensions());
         let flag_x = match &flags {
             Some(flags) => Some(flags.is_enabled("x").await),
             None => None,

@@ -526,7 +526,7 @@ async fn the_http_layer_does_not_print_keys() {
     let layer = ph.layer().eager_flags(["beta"]);
     assert_debug_is_clean("PostHogLayer", &layer);
     let inner = tower::service_fn(|req: http::Request<()>| async move {
-        let flags = req.extensions().get::<RequestFlags>().cloned().unwrap();
+        let flags = RequestFlags::from_extensions(req.extensions()).unwrap();
         assert_debug_is_clean("RequestFlags", &flags);
         assert!(!flags.is_enabled("beta").await);
         assert_debug_is_clean("RequestFlags after a failure", &flags);

@@ -36,10 +36,11 @@ mod stats;
 mod transport;
 
 pub use crate::https::UnexpectedStatus;
+pub use crate::https::USER_AGENT;
 pub use batch::{
     Batch, BatchConfig, BatchLayer, BeforeSend, FlushReport, OnError, ResponseFuture, Worker,
 };
 pub use encoded::EncodedBatch;
 pub use policy::{classify, RetryPolicy};
 pub use stats::{Dropped, Stats, StatsRecorder};
-pub use transport::{CaptureTransport, TransportFuture, USER_AGENT};
+pub use transport::{CaptureTransport, TransportFuture};

@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use super::{EncodedBatch, StatsRecorder};
 use crate::{
-    https::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture},
+    https::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, USER_AGENT},
     timestamp::Timestamp,
     BoxError,
 };
@@ -24,9 +24,6 @@ use crate::{
 /// Most of a response body the transport reads (to reuse the connection and to quote errors).
 /// A 2xx body past it is left unread, and the batch delivered all the same.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
-
-/// The `User-Agent` of every request: `posthog-tower/<version>`.
-pub const USER_AGENT: &str = concat!("posthog-tower/", env!("CARGO_PKG_VERSION"));
 
 /// The leaf service of the capture stack: turns an [`EncodedBatch`] into
 /// `POST {host}/batch/` with the body `{api_key, batch, historical_migration, sent_at}`.

@@ -70,7 +70,8 @@ impl PostHog {
     /// Errors: an empty name or distinct id, a property JSON cannot represent, an event over
     /// 900 KiB, a full queue, or a shut-down client. Each is also counted in
     /// [`stats`](Self::stats) and passed to `on_error`.
-    pub fn capture(&self, event: Event) -> Result<Uuid, CaptureError> {
+    pub fn capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
+        crate::context::apply_current(&mut event);
         match &self.inner.batch {
             Some(batch) => batch.try_capture(event),
             None => self.disabled_capture(event),
@@ -81,7 +82,8 @@ impl PostHog {
     ///
     /// In [sync mode](PostHogBuilder::sync_mode) it resolves only once PostHog acknowledged the
     /// event, or fails with [`CaptureError::Delivery`]: use it in serverless functions.
-    pub async fn capture_wait(&self, event: Event) -> Result<Uuid, CaptureError> {
+    pub async fn capture_wait(&self, mut event: Event) -> Result<Uuid, CaptureError> {
+        crate::context::apply_current(&mut event);
         match &self.inner.batch {
             Some(batch) if self.inner.sync_mode => batch.deliver(event).await,
             Some(batch) => batch.capture_wait(event).await,
@@ -221,10 +223,10 @@ impl PostHog {
         }
     }
 
+    /// A disabled client checks the event as an enabled one would, and sends nothing.
     fn disabled_capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
-        crate::context::apply_current(&mut event);
         crate::event::validate(&event, self.inner.max_event_size)?;
-        Ok(event.inner.uuid.unwrap_or_else(crate::uuid7::new_v7))
+        Ok(event.stamp().0)
     }
 
     fn reject(&self, error: CaptureError) -> CaptureError {

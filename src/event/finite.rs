@@ -9,11 +9,12 @@
 //! objects: it stops there, so a value nested 10 000 levels deep costs 101 levels of stack,
 //! never 10 000.
 
-use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
 use serde::ser::{self, Serialize, Serializer};
+
+use crate::error::PropertyError;
 
 /// The message of the error for NaN or an infinity.
 const NON_FINITE: &str = "property value is not finite (NaN or infinity): JSON cannot represent it";
@@ -21,50 +22,6 @@ const NON_FINITE: &str = "property value is not finite (NaN or infinity): JSON c
 /// The deepest nesting of arrays and objects a property value may have: with the batch and
 /// event around it, JSON parsers' usual limit of 128 levels stays out of reach.
 pub(crate) const MAX_DEPTH: usize = 100;
-
-/// A property value that cannot be turned into JSON.
-///
-/// Returned when a value contains a floating-point NaN or infinity (JSON has
-/// no representation for them), when it nests arrays and objects more than 100 levels deep,
-/// when a map key is not something JSON can use as an object key, or when the value's
-/// `Serialize` implementation fails.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PropertyError {
-    message: Cow<'static, str>,
-    too_deep: bool,
-}
-
-impl PropertyError {
-    /// An error with the given message.
-    pub(crate) fn new(message: impl Into<Cow<'static, str>>) -> PropertyError {
-        PropertyError {
-            message: message.into(),
-            too_deep: false,
-        }
-    }
-
-    fn too_deep() -> PropertyError {
-        PropertyError {
-            message: Cow::Owned(format!(
-                "property is nested more than {MAX_DEPTH} levels deep (JSON parsers, PostHog's among them, refuse such documents)"
-            )),
-            too_deep: true,
-        }
-    }
-
-    /// What went wrong, in words; the same text as the `Display` output.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for PropertyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for PropertyError {}
 
 /// Like [`serde_json::to_value`], but fails instead of writing `null` for a NaN or infinite
 /// `f32`/`f64` anywhere inside `value`, and fails without going deeper when `value` nests
@@ -103,7 +60,7 @@ pub(crate) fn write<T: Serialize + ?Sized>(
 /// caller got the error, and a warning is logged. Values passed by reference are never
 /// dropped here.
 pub(crate) fn give_up<T, R>(value: T, result: &Result<R, PropertyError>) {
-    if matches!(result, Err(e) if e.too_deep) {
+    if matches!(result, Err(e) if e.is_too_deep()) {
         tracing::warn!(
             "posthog: a property value nested more than {MAX_DEPTH} levels deep was refused and, \
              since dropping it could overflow the stack, leaked; pass such values by reference"
@@ -123,7 +80,7 @@ impl Found {
     fn result<R, E: fmt::Display>(&self, result: Result<R, E>) -> Result<R, PropertyError> {
         match result {
             Ok(value) => Ok(value),
-            Err(_) if self.too_deep.get() => Err(PropertyError::too_deep()),
+            Err(_) if self.too_deep.get() => Err(PropertyError::too_deep(MAX_DEPTH)),
             Err(_) if self.non_finite.get() => Err(PropertyError::new(NON_FINITE)),
             Err(err) => Err(PropertyError::new(format!(
                 "property could not be serialized: {err}"

@@ -28,10 +28,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::timestamp::Timestamp;
+use crate::{error::PropertyError, timestamp::Timestamp};
 
 pub(crate) use encode::{write_json, EncodeDefaults, Encoder, EventWriter, StaticKey, WriterState};
-pub use finite::PropertyError;
 pub use properties::Properties;
 
 /// The most PostHog accepts for one event, serialized: 900 KiB.
@@ -422,6 +421,28 @@ pub(crate) fn to_property_value(value: impl Serialize) -> Result<Value, Property
 
 /// The deepest nesting of arrays and objects a property value may have.
 pub(crate) use finite::MAX_DEPTH as MAX_PROPERTY_DEPTH;
+
+/// A uuid and timestamp for an event captured now, from one clock read: the uuid is a v7 of
+/// the timestamp's millisecond.
+pub(crate) fn stamp_now() -> (Uuid, Timestamp) {
+    stamp_at(Timestamp::now())
+}
+
+fn stamp_at(timestamp: Timestamp) -> (Uuid, Timestamp) {
+    let millis = timestamp.as_unix_millis().max(0) as u64;
+    (crate::uuid7::new_v7_from(millis), timestamp)
+}
+
+impl Event {
+    /// Sets the uuid and timestamp unless the event has them (a uuid made here is a v7 of the
+    /// event's timestamp), and returns them: what every capture path stamps an event with.
+    pub(crate) fn stamp(&mut self) -> (Uuid, Timestamp) {
+        let inner = &mut *self.inner;
+        let timestamp = *inner.timestamp.get_or_insert_with(Timestamp::now);
+        let uuid = *inner.uuid.get_or_insert_with(|| stamp_at(timestamp).0);
+        (uuid, timestamp)
+    }
+}
 
 /// The checks `capture` makes before queueing: name, distinct id, properties, size.
 /// `max_size` is the limit for [`Event::estimated_size`].

@@ -5,7 +5,8 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::finite::{self, PropertyError};
+use super::finite;
+use crate::error::PropertyError;
 
 /// An event's properties, held as the JSON object PostHog receives.
 ///

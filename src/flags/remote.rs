@@ -17,8 +17,10 @@ use tower_service::Service;
 
 use super::{FlagsRequest, FlagsResponse};
 use crate::{
-    capture::USER_AGENT,
-    https::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, UnexpectedStatus},
+    https::{
+        endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, UnexpectedStatus,
+        USER_AGENT,
+    },
     BoxError,
 };
 

@@ -25,7 +25,6 @@ use crate::{
     context::RequestContext,
     event::{EventWriter, StaticKey, WriterState},
     flags::FlagValue,
-    timestamp::Timestamp,
     Event, PostHog,
 };
 
@@ -262,7 +261,7 @@ impl Pending {
         Pending {
             posthog: posthog.clone(),
             draft,
-            flags: request.extensions().get::<RequestFlags>().cloned(),
+            flags: RequestFlags::of_context(context),
             start: Instant::now(),
         }
     }
@@ -289,8 +288,7 @@ impl Pending {
                 Some(encoder) => {
                     let mut writer = encoder.resume(&mut json, state);
                     response.write(&mut writer);
-                    let now = Timestamp::now();
-                    let uuid = crate::uuid7::new_v7_from(now.as_unix_millis().max(0) as u64);
+                    let (uuid, now) = crate::event::stamp_now();
                     writer.finish(now, uuid);
                     Finished::Json { json, uuid }
                 }
@@ -563,6 +561,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timestamp::Timestamp;
     use http::HeaderValue;
     use proptest::prelude::*;
 

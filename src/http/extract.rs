@@ -43,9 +43,7 @@ macro_rules! extractor {
             type Rejection = MissingPostHogLayer;
 
             async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-                $find(&parts.extensions)
-                    .cloned()
-                    .ok_or(MissingPostHogLayer { what: $name })
+                $find(&parts.extensions).ok_or(MissingPostHogLayer { what: $name })
             }
         }
 
@@ -56,20 +54,17 @@ macro_rules! extractor {
                 parts: &mut Parts,
                 _: &S,
             ) -> Result<Option<Self>, Self::Rejection> {
-                Ok($find(&parts.extensions).cloned())
+                Ok($find(&parts.extensions))
             }
         }
     };
 }
 
-extractor!(
-    RequestFlags,
-    "RequestFlags",
-    Extensions::get::<RequestFlags>
-);
-// `PostHogLayer` keeps the context in the request's `RequestFlags`.
+extractor!(RequestFlags, "RequestFlags", |extensions: &Extensions| {
+    RequestFlags::from_extensions(extensions)
+});
 extractor!(
     RequestContext,
     "RequestContext",
-    RequestContext::from_extensions
+    |extensions: &Extensions| { RequestContext::from_extensions(extensions).cloned() }
 );

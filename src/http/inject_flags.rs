@@ -72,9 +72,10 @@ impl<S> Layer<S> for InjectFlagsLayer {
     }
 }
 
-/// Inserts a [`RequestFlags`] handle for the caller into every request (unless one is
-/// there); it carries the request context ([`RequestFlags::context`],
-/// [`RequestContext::from_extensions`]). It evaluates nothing unless a flag is read, or
+/// Gives every request a [`RequestFlags`] handle for its caller
+/// ([`RequestFlags::from_extensions`]): it attaches the flags to the request's context (the one
+/// an outer layer inserted, else a new one it inserts), whose extension entry is the only one it
+/// adds ([`RequestContext::from_extensions`]). It evaluates nothing unless a flag is read, or
 /// [eager keys](InjectFlagsLayer::eager) are set; it never delays or fails the request.
 ///
 /// The caller is the one of the request's [`RequestContext`](crate::context::RequestContext)
@@ -141,27 +142,26 @@ where
     }
 }
 
-/// The request's context, with a [`RequestFlags`] handle for its caller in `request`'s
-/// extensions: the handle already there (an outer layer's), else a new one for the context
-/// already there, else for a context resolved with `make`. A new handle carries its context
-/// (one extension entry, see [`RequestContext::from_extensions`]) and starts the eager keys'
-/// evaluation.
+/// The request's context, with its caller's flags attached: the context already in
+/// `request`'s extensions, else a context resolved with `make` and inserted there (the one
+/// extension entry the layer adds). The flags come from the first layer that attaches them;
+/// attaching starts the eager keys' evaluation.
 pub(crate) fn ensure<B, M: MakeDistinctId>(
     source: &Arc<FlagSource>,
     config: &ContextConfig,
     make: &mut M,
     request: &mut Request<B>,
 ) -> RequestContext {
-    let extensions = request.extensions();
-    if let Some(flags) = extensions.get::<RequestFlags>() {
-        return flags.context().clone();
-    }
-    let ctx = match extensions.get::<RequestContext>() {
-        Some(ctx) => ctx.clone(),
-        None => config.resolve(make, request),
+    let (ctx, insert) = match RequestContext::from_extensions(request.extensions()) {
+        Some(ctx) => (ctx.clone(), false),
+        None => (config.resolve(make, request), true),
     };
-    let flags = RequestFlags::with_source(source.clone(), ctx.clone());
-    flags.prefetch();
-    request.extensions_mut().insert(flags);
+    // The source is shared by every request: attaching it clones an `Arc`.
+    if ctx.attach_layer_state(source.clone()) {
+        RequestFlags::with_source(source.clone(), ctx.clone()).prefetch();
+    }
+    if insert {
+        request.extensions_mut().insert(ctx.clone());
+    }
     ctx
 }

@@ -11,8 +11,9 @@ use crate::{
     PostHog,
 };
 
-/// The caller's feature flags, in the extensions of every request that went through
-/// [`InjectFlags`](super::InjectFlags) (part of [`PostHogLayer`](super::PostHogLayer)).
+/// The caller's feature flags, for every request that went through
+/// [`InjectFlags`](super::InjectFlags) (part of [`PostHogLayer`](super::PostHogLayer)): an axum
+/// extractor, or [`RequestFlags::from_extensions`] elsewhere (tonic).
 ///
 /// Cheap to clone (two reference counts, no allocation); every clone shares one evaluation.
 /// By default nothing is evaluated (or allocated) until a flag is read: the first read
@@ -90,6 +91,32 @@ impl RequestFlags {
         )
     }
 
+    /// The flags of the request whose extensions these are: those [`PostHogLayer`] (or
+    /// [`InjectFlags`](super::InjectFlags)) attached to its [`RequestContext`]. `None` when the
+    /// request did not go through the layer. Every handle of one request shares one
+    /// evaluation.
+    ///
+    /// [`PostHogLayer`]: super::PostHogLayer
+    ///
+    /// ```
+    /// use posthog_tower::http::RequestFlags;
+    ///
+    /// fn handler(request: &http::Request<()>) -> Option<bool> {
+    ///     let flags = RequestFlags::from_extensions(request.extensions())?;
+    ///     Some(flags.distinct_id().is_some())
+    /// }
+    /// assert_eq!(handler(&http::Request::new(())), None);
+    /// ```
+    pub fn from_extensions(extensions: &http::Extensions) -> Option<RequestFlags> {
+        RequestContext::from_extensions(extensions).and_then(RequestFlags::of_context)
+    }
+
+    /// The flags a layer attached to `context`, if any.
+    pub(crate) fn of_context(context: &RequestContext) -> Option<RequestFlags> {
+        let source = context.layer_state::<FlagSource>()?;
+        Some(RequestFlags::with_source(source, context.clone()))
+    }
+
     /// A handle for the caller of `context`, sharing the evaluations already attached to it.
     #[inline]
     pub(crate) fn with_source(source: Arc<FlagSource>, context: RequestContext) -> Self {
@@ -140,8 +167,8 @@ impl RequestFlags {
 
     /// The request context these flags belong to (the caller, session and URL).
     ///
-    /// [`PostHogLayer`](super::PostHogLayer) keeps the request's context here rather than in
-    /// an extension entry of its own; [`RequestContext::from_extensions`] finds it either way.
+    /// Behind [`PostHogLayer`](super::PostHogLayer) it is the request's context, the one
+    /// [`RequestContext::from_extensions`] finds.
     ///
     /// ```
     /// # fn f(posthog: posthog_tower::PostHog) {

@@ -8,39 +8,7 @@ use std::{
 use http::{header, HeaderMap, HeaderValue, Uri};
 
 use super::identity::{header_text, sanitize_borrowed};
-use crate::context::Host;
-
-/// The longest host name accepted from a header.
-pub(crate) const MAX_HOST: usize = 255;
-
-/// The bytes a host (with optional port) may hold in `Host`: letters, digits, `.-_:[]`.
-static HOST_BYTES: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] =
-            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b':' | b'[' | b']');
-        b += 1;
-    }
-    table
-};
-
-/// A host (with optional port) as it may appear in `Host`, surrounding whitespace trimmed.
-fn valid_host(host: &str) -> Option<&str> {
-    valid_host_bytes(host.as_bytes())
-}
-
-/// [`valid_host`] on raw header bytes: every accepted byte is ASCII, so no separate UTF-8
-/// check is needed first.
-pub(crate) fn valid_host_bytes(host: &[u8]) -> Option<&str> {
-    let host = host.trim_ascii();
-    let ok = !host.is_empty()
-        && host.len() <= MAX_HOST
-        && host.iter().all(|&b| HOST_BYTES[usize::from(b)]);
-    // Only ASCII bytes passed: `from_utf8` cannot fail.
-    ok.then(|| std::str::from_utf8(host).ok()).flatten()
-}
+use crate::context::host::{valid_host, Host};
 
 /// The first element of a comma-separated header value.
 fn first_item(value: &str) -> &str {

@@ -347,11 +347,10 @@ impl Batch {
     /// Checks and stamps an event, runs the `before_send` hook, and encodes the event as the
     /// JSON it is sent as; on failure counts and reports it.
     fn admit(&self, mut event: Event) -> Result<Admitted, CaptureError> {
-        crate::context::apply_current(&mut event);
         if let Err(e) = self.validate(&event) {
             return Err(self.reject(e));
         }
-        let (uuid, timestamp) = self.stamp(&mut event);
+        let (uuid, timestamp) = event.stamp();
         if event.inner.minimal {
             // Minimized before the hook, so what the hook adds is kept.
             event.strip_to_minimal();
@@ -422,17 +421,6 @@ impl Batch {
             }
         }
         Admitted::Dropped(uuid, reason)
-    }
-
-    /// Sets the uuid and timestamp unless given, and returns them.
-    fn stamp(&self, event: &mut Event) -> (Uuid, Timestamp) {
-        let inner = &mut event.inner;
-        // One clock read for both.
-        let timestamp = *inner.timestamp.get_or_insert_with(Timestamp::now);
-        let uuid = *inner.uuid.get_or_insert_with(|| {
-            crate::uuid7::new_v7_from(timestamp.as_unix_millis().max(0) as u64)
-        });
-        (uuid, timestamp)
     }
 
     fn validate(&self, event: &Event) -> Result<(), CaptureError> {

@@ -10,8 +10,7 @@ use tokio::sync::watch;
 use tower::{util::Oneshot, ServiceExt};
 
 use crate::{
-    capture::USER_AGENT,
-    https::{FullResponse, HttpClient, ReadResponse, ResponseBody},
+    https::{FullResponse, HttpClient, ReadResponse, ResponseBody, USER_AGENT},
     BoxError,
 };
 

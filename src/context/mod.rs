@@ -55,13 +55,14 @@ use std::{
     },
 };
 
-use http::{
-    uri::{Authority, PathAndQuery},
-    Method, Uri,
-};
+use http::{uri::PathAndQuery, Method, Uri};
 use serde_json::Value;
 
 use crate::{event::StaticKey, Event};
+
+pub(crate) mod host;
+
+use host::Host;
 
 tokio::task_local! {
     static CURRENT: RequestContext;
@@ -81,6 +82,9 @@ struct Data {
     /// Per-request state the HTTP layer attaches (the request's flag evaluations), created on
     /// first use. See [`RequestContext::attached`].
     attached: PerRequest<OnceLock<Arc<dyn Any + Send + Sync>>>,
+    /// State shared by every request of the layer that handles this one (where its flags come
+    /// from), attached when the request arrives. See [`RequestContext::attach_layer_state`].
+    layer_state: PerRequest<OnceLock<Arc<dyn Any + Send + Sync>>>,
     /// Whether a layer captures this request's pageview. See
     /// [`RequestContext::claim_pageview`].
     pageview_claimed: PerRequest<AtomicBool>,
@@ -147,90 +151,6 @@ enum Url {
     },
 }
 
-/// The host of a request's URL (with its port, if any).
-#[derive(Clone)]
-pub(crate) enum Host {
-    /// The `Host` header's bytes when they are a valid host, else the URI's authority
-    /// (HTTP/2), checked when first read: most requests never need their host.
-    Request {
-        header: Option<ShortBytes>,
-        authority: Option<Authority>,
-    },
-    /// Already checked (UTF-8).
-    Checked(Option<ShortBytes>),
-}
-
-impl Host {
-    /// A host that was already checked (`None`: no valid host).
-    pub(crate) fn checked(host: Option<&str>) -> Self {
-        Host::Checked(host.map(|h| ShortBytes::new(h.as_bytes())))
-    }
-
-    /// The host a request's `Host` header (`header`) or `uri` names, checked when read. The
-    /// header's bytes are copied (no shared reference count to touch); a value too long to be
-    /// a host is not.
-    #[inline]
-    pub(crate) fn of_request(uri: &Uri, header: Option<&http::HeaderValue>) -> Self {
-        let header = header
-            .map(|v| v.as_bytes().trim_ascii())
-            .filter(|v| v.len() <= crate::http::MAX_HOST)
-            .map(ShortBytes::new);
-        Host::Request {
-            header,
-            authority: uri.authority().cloned(),
-        }
-    }
-
-    /// The host, if valid.
-    pub(crate) fn get(&self) -> Option<&str> {
-        match self {
-            Host::Request { header, authority } => header
-                .as_ref()
-                .and_then(|h| crate::http::valid_host_bytes(h.as_bytes()))
-                .or_else(|| {
-                    authority
-                        .as_ref()
-                        .and_then(|a| crate::http::valid_host_bytes(a.as_str().as_bytes()))
-                }),
-            // Made from a `&str`: always UTF-8, so never the default.
-            Host::Checked(host) => host
-                .as_ref()
-                .map(|h| std::str::from_utf8(h.as_bytes()).unwrap_or_default()),
-        }
-    }
-}
-
-/// Bytes kept inline when short, as host names usually are: no allocation, no reference count.
-#[derive(Clone)]
-pub(crate) enum ShortBytes {
-    Inline { len: u8, bytes: [u8; SHORT] },
-    Heap(Box<[u8]>),
-}
-
-/// The most bytes a [`ShortBytes`] keeps inline.
-const SHORT: usize = 62;
-
-impl ShortBytes {
-    #[inline]
-    fn new(data: &[u8]) -> Self {
-        match u8::try_from(data.len()) {
-            Ok(len) if data.len() <= SHORT => {
-                let mut bytes = [0; SHORT];
-                bytes[..data.len()].copy_from_slice(data);
-                ShortBytes::Inline { len, bytes }
-            }
-            _ => ShortBytes::Heap(data.into()),
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            ShortBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            ShortBytes::Heap(data) => data,
-        }
-    }
-}
-
 impl RequestContext {
     /// A context for `distinct_id` (`None`: an anonymous caller) with nothing else set.
     ///
@@ -265,6 +185,7 @@ impl RequestContext {
         RequestContext {
             inner: Arc::new(Data {
                 attached: PerRequest::default(),
+                layer_state: PerRequest::default(),
                 pageview_claimed: PerRequest::default(),
                 distinct_id,
                 session_id,
@@ -396,16 +317,12 @@ impl RequestContext {
         CURRENT.try_with(RequestContext::clone).ok()
     }
 
-    /// The request context in a request's extensions: a `RequestContext` entry (what
-    /// [`SetRequestContext`](crate::http::SetRequestContext) inserts, or one you insert
-    /// yourself), else the context of the request's
-    /// [`RequestFlags`](crate::http::RequestFlags).
-    ///
-    /// Read it this way rather than with `extensions.get::<RequestContext>()`:
-    /// [`PostHogLayer`](crate::http::PostHogLayer) puts one entry in each request's extensions,
-    /// the `RequestFlags` carrying the context, because every entry costs an allocation, and
-    /// axum's router has already filled the map's first buckets (a second entry would make it
-    /// grow). The axum extractor for `RequestContext` reads it this way too.
+    /// The request context in a request's extensions: the `RequestContext` entry that
+    /// [`PostHogLayer`](crate::http::PostHogLayer) (or
+    /// [`SetRequestContext`](crate::http::SetRequestContext)) inserts, or one you insert
+    /// yourself. The layer puts nothing else there: the request's flags hang off its context
+    /// (one entry, one allocation, per request). The axum extractor for `RequestContext` reads
+    /// it this way too.
     ///
     /// ```
     /// use posthog_tower::context::RequestContext;
@@ -421,11 +338,7 @@ impl RequestContext {
     /// ```
     #[inline]
     pub fn from_extensions(extensions: &http::Extensions) -> Option<&RequestContext> {
-        extensions.get::<RequestContext>().or_else(|| {
-            extensions
-                .get::<crate::http::RequestFlags>()
-                .map(crate::http::RequestFlags::context)
-        })
+        extensions.get::<RequestContext>()
     }
 
     /// Runs `future` with this context as the current one (across its `.await`s).
@@ -458,6 +371,17 @@ impl RequestContext {
     #[inline]
     pub(crate) fn claim_pageview(&self) -> bool {
         !self.inner.pageview_claimed.0.swap(true, Ordering::Relaxed)
+    }
+
+    /// Attaches the state every request of one layer shares (an `Arc` clone: no allocation),
+    /// unless some was attached already: `true` when this call attached it.
+    pub(crate) fn attach_layer_state(&self, state: Arc<dyn Any + Send + Sync>) -> bool {
+        self.inner.layer_state.0.set(state).is_ok()
+    }
+
+    /// The layer state of type `T` attached to this context, if any.
+    pub(crate) fn layer_state<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.inner.layer_state.0.get()?.clone().downcast().ok()
     }
 
     /// The state of type `T` attached so far, without creating it.
@@ -617,8 +541,8 @@ mod tests {
         let uri: Uri = "/p?q=1".parse().unwrap();
         for host in [
             "a.example".to_owned(),
-            "h".repeat(SHORT),
-            "h".repeat(SHORT + 1),
+            "h".repeat(host::SHORT),
+            "h".repeat(host::SHORT + 1),
             format!("{}.example:8080", "é".repeat(40)),
             "x".repeat(300),
         ] {
