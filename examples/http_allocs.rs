@@ -2,6 +2,9 @@
 //! layer, with a pass-through layer, with `PostHogLayer` (by `Router::layer`, and around the
 //! whole `Router`) and with a pageview per request.
 //!
+//! A measurement tool, not an example to copy: `BENCHMARKS.md` has the method and the
+//! current figures, and the README lists the examples to start from.
+//!
 //! ```text
 //! cargo run --release --features axum --example http_allocs [-- --only MODE --requests N]
 //! ```
