@@ -1,6 +1,9 @@
 //! Throughput benchmark: how many events per second the client delivers to a loopback
 //! PostHog, and how much CPU it spends per event.
 //!
+//! A measurement tool, not an example to copy: `BENCHMARKS.md` has the method and the
+//! current figures, and the README lists the examples to start from.
+//!
 //! ```text
 //! cargo run --release --example bench_capture -- [--events N] [--gzip] [--flush-at N]
 //!     [--producers N] [--max-in-flight N] [--max-queue-size N] [--threads N] [--mode wait|retry]

@@ -1,6 +1,9 @@
 //! Load benchmark of the HTTP layer: a trivial axum server without the layer, with it (no
 //! pageviews), and with a pageview captured on every request, driven by `wrk`.
 //!
+//! A measurement tool, not an example to copy: `BENCHMARKS.md` has the method and the
+//! current figures, and the README lists the examples to start from.
+//!
 //! ```text
 //! cargo run --release --features axum --example bench_http -- [--mode all|MODE[,MODE...]]
 //!     [--rounds N] [--duration S] [--warmup S] [--shared] [--connections N] [--wrk-threads N]

@@ -1,6 +1,9 @@
 //! Load benchmark: many producers capture as fast as they can, and we check that nothing is
 //! lost, that the counters add up, and that memory stays within a bound set by the queue size.
 //!
+//! A measurement tool, not an example to copy: `BENCHMARKS.md` has the method and the
+//! current figures, and the README lists the examples to start from.
+//!
 //! ```text
 //! cargo run --release --example bench_load -- --mode error|wait [--events N] [--producers N]
 //!     [--max-queue-size N] [--max-in-flight N] [--flush-at N] [--gzip] [--threads N]

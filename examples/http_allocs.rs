@@ -2,6 +2,9 @@
 //! layer, with a pass-through layer, with `PostHogLayer` (by `Router::layer`, and around the
 //! whole `Router`) and with a pageview per request.
 //!
+//! A measurement tool, not an example to copy: `BENCHMARKS.md` has the method and the
+//! current figures, and the README lists the examples to start from.
+//!
 //! ```text
 //! cargo run --release --features axum --example http_allocs [-- --only MODE --requests N]
 //! ```
@@ -10,7 +13,7 @@
 //! `--requests N` sets how many requests are measured (default 20 000). Run under callgrind
 //! with two values of N, the difference of the instruction totals divided by the difference
 //! of N is the instructions per request, client included (the same in every mode); unlike
-//! time, it does not depend on what else the machine is doing (`HTTPBENCH.md` has the
+//! time, it does not depend on what else the machine is doing (`BENCHMARKS.md` has the
 //! commands).
 //!
 //! One process: the server and a client on one keep-alive loopback connection, on a

@@ -1,5 +1,8 @@
 //! Counts heap allocations made while evaluating flags locally.
 //!
+//! A measurement tool, not an example to copy: `BENCHMARKS.md` has the method and the
+//! current figures, and the README lists the examples to start from.
+//!
 //! ```text
 //! cargo run --release --example local_eval_allocs
 //! ```

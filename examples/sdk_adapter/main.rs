@@ -1,5 +1,8 @@
 //! The adapter PostHog's SDK compliance harness drives `posthog-tower` through.
 //!
+//! A tool for the harness, not an example to copy (the README lists the examples to start
+//! from). Tools outside this repository start it with this command, so it stays as it is:
+//!
 //! ```text
 //! cargo run --release --all-features --example sdk_adapter -- --port 8080
 //! ```
