@@ -18,8 +18,9 @@ use tower_service::Service;
 use super::{
     identity::{header_text, sanitize_borrowed, DefaultMakeDistinctId, RequestHead},
     predicate::{DefaultShouldCapture, ShouldCapture},
+    request_flags,
     set_context::ContextConfig,
-    url, RequestFlags,
+    url,
 };
 use crate::{
     context::RequestContext,
@@ -192,7 +193,8 @@ pub(crate) fn claim<B, P: ShouldCapture>(
 pub(crate) struct Pending {
     posthog: PostHog,
     draft: Draft,
-    flags: Option<RequestFlags>,
+    /// The request's context, whose flag evaluations the pageview reports.
+    context: RequestContext,
     start: Instant,
 }
 
@@ -261,7 +263,7 @@ impl Pending {
         Pending {
             posthog: posthog.clone(),
             draft,
-            flags: RequestFlags::of_context(context),
+            context: context.clone(),
             start: Instant::now(),
         }
     }
@@ -281,7 +283,7 @@ impl Pending {
             status,
             grpc_status,
             duration_ms: (ms * 1000.0).round() / 1000.0,
-            flags: self.flags.as_ref(),
+            flags: &self.context,
         };
         let finished = match self.draft {
             Draft::Json { mut json, state } => match self.posthog.event_encoder() {
@@ -460,7 +462,8 @@ struct ResponseProperties<'a> {
     status: u16,
     grpc_status: Option<u32>,
     duration_ms: f64,
-    flags: Option<&'a RequestFlags>,
+    /// The context whose flag evaluations are reported.
+    flags: &'a RequestContext,
 }
 
 impl ResponseProperties<'_> {
@@ -473,12 +476,9 @@ impl ResponseProperties<'_> {
             out.put(static_key!("$grpc_status"), Prop::Int(code.into()));
         }
         out.put(static_key!("$duration_ms"), Prop::Float(self.duration_ms));
-        let Some(flags) = self.flags else {
-            return;
-        };
         // Every flag evaluated during the request; a key in several snapshots (the eager
         // keys are also in the full evaluation) is written once, from the first.
-        let snapshots = flags.evaluated();
+        let snapshots = request_flags::evaluated_in(self.flags);
         let mut active = Vec::new();
         for (i, snapshot) in snapshots.iter().enumerate() {
             for (key, record) in snapshot.records() {

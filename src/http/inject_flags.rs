@@ -152,16 +152,19 @@ pub(crate) fn ensure<B, M: MakeDistinctId>(
     make: &mut M,
     request: &mut Request<B>,
 ) -> RequestContext {
-    let (ctx, insert) = match RequestContext::from_extensions(request.extensions()) {
-        Some(ctx) => (ctx.clone(), false),
-        None => (config.resolve(make, request), true),
-    };
+    let eager = source.eager_keys().is_some();
     // The source is shared by every request: attaching it clones an `Arc`.
-    if ctx.attach_layer_state(source.clone()) {
+    if let Some(ctx) = RequestContext::from_extensions(request.extensions()) {
+        let ctx = ctx.clone();
+        if ctx.attach_layer_state(source.clone()) && eager {
+            RequestFlags::with_source(source.clone(), ctx.clone()).prefetch();
+        }
+        return ctx;
+    }
+    let ctx = config.resolve(make, request, Some(source.clone()));
+    if eager {
         RequestFlags::with_source(source.clone(), ctx.clone()).prefetch();
     }
-    if insert {
-        request.extensions_mut().insert(ctx.clone());
-    }
+    request.extensions_mut().insert(ctx.clone());
     ctx
 }

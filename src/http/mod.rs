@@ -136,7 +136,6 @@ mod request_flags;
 mod set_context;
 mod url;
 
-
 use std::{
     fmt,
     future::Future,

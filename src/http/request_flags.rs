@@ -213,16 +213,7 @@ impl RequestFlags {
     /// What was evaluated so far, without evaluating anything: every flag if a read needed
     /// them, else the eager keys if they are ready.
     pub fn evaluated(&self) -> Vec<FlagEvaluations> {
-        let Some(state) = self.context.attached_if_any::<Evaluated>() else {
-            return Vec::new();
-        };
-        state
-            .all
-            .get()
-            .into_iter()
-            .chain(state.eager.get())
-            .cloned()
-            .collect()
+        evaluated_in(&self.context)
     }
 
     async fn snapshot_for(&self, key: &str) -> Option<&FlagEvaluations> {
@@ -259,6 +250,20 @@ impl RequestFlags {
         }
         snapshot
     }
+}
+
+/// [`RequestFlags::evaluated`] for the flags of `context`, if any were attached to it.
+pub(crate) fn evaluated_in(context: &RequestContext) -> Vec<FlagEvaluations> {
+    let Some(state) = context.attached_if_any::<Evaluated>() else {
+        return Vec::new();
+    };
+    state
+        .all
+        .get()
+        .into_iter()
+        .chain(state.eager.get())
+        .cloned()
+        .collect()
 }
 
 impl fmt::Debug for RequestFlags {

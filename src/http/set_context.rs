@@ -1,6 +1,7 @@
 //! [`SetRequestContext`]: resolves who is calling and makes it the handler's request context.
 
 use std::{
+    any::Any,
     fmt,
     future::Future,
     net::{IpAddr, SocketAddr},
@@ -18,7 +19,7 @@ use super::{
     url,
 };
 use crate::{
-    context::{RequestContext, Scoped},
+    context::{RequestContext, RequestParts, Scoped},
     PostHog,
 };
 
@@ -51,16 +52,18 @@ impl ContextConfig {
         if let Some(ctx) = RequestContext::from_extensions(request.extensions()) {
             return ctx.clone();
         }
-        let ctx = self.resolve(make, request);
+        let ctx = self.resolve(make, request, None);
         request.extensions_mut().insert(ctx.clone());
         ctx
     }
 
-    /// A new context for `request`'s caller, resolved with `make`.
+    /// A new context for `request`'s caller, resolved with `make`, with `layer_state`
+    /// attached.
     pub(crate) fn resolve<B, M: MakeDistinctId>(
         &self,
         make: &mut M,
         request: &Request<B>,
+        layer_state: Option<Arc<dyn Any + Send + Sync>>,
     ) -> RequestContext {
         let head = RequestHead::new(request, &self.cookie_name);
         let id = make
@@ -75,15 +78,16 @@ impl ContextConfig {
         } else {
             None
         };
-        RequestContext::for_request(
-            id,
-            session,
-            request.method(),
+        RequestContext::for_request(RequestParts {
+            distinct_id: id,
+            session_id: session,
+            method: request.method(),
             uri,
-            url::scheme(uri, headers, self.trust_proxy),
-            url::host(uri, headers, host_header, self.trust_proxy),
+            scheme: url::scheme(uri, headers, self.trust_proxy),
+            host: url::host(uri, headers, host_header, self.trust_proxy),
             ip,
-        )
+            layer_state,
+        })
     }
 
     fn client_ip<B>(&self, request: &Request<B>) -> Option<IpAddr> {

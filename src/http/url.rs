@@ -119,15 +119,16 @@ mod tests {
 
     /// `$current_url` as the request context builds it from these parts.
     fn current_url(uri: &Uri, headers: &HeaderMap, trust_proxy: bool) -> String {
-        let ctx = crate::context::RequestContext::for_request(
-            None,
-            None,
-            &http::Method::GET,
+        let ctx = crate::context::RequestContext::for_request(crate::context::RequestParts {
+            distinct_id: None,
+            session_id: None,
+            method: &http::Method::GET,
             uri,
-            scheme(uri, headers, trust_proxy),
-            host_of(uri, headers, trust_proxy),
-            None,
-        );
+            scheme: scheme(uri, headers, trust_proxy),
+            host: host_of(uri, headers, trust_proxy),
+            ip: None,
+            layer_state: None,
+        });
         ctx.current_url().unwrap_or_default().to_owned()
     }
 
