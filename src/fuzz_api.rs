@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::event::{EncodeDefaults, Encoder};
 use crate::flags::local::compiled::CompiledFlags;
-use crate::flags::local::matcher::EvalContext;
+use crate::flags::local::eval_context;
 use crate::flags::{FlagEvaluations, FlagValue, FlagsRequest, FlagsResponse};
 use crate::{CaptureError, Event, Timestamp};
 
@@ -117,13 +117,7 @@ impl Definitions {
         key: &str,
         request: &FlagsRequest,
     ) -> Result<(FlagValue, Option<&str>), &'static str> {
-        let ctx = EvalContext {
-            distinct_id: &request.distinct_id,
-            device_id: request.device_id.as_deref(),
-            person_properties: &request.person_properties,
-            groups: &request.groups,
-            group_properties: &request.group_properties,
-        };
+        let ctx = eval_context(request);
         self.0
             .evaluate(key, &ctx)
             .map(|m| (m.value, m.payload))

@@ -14,11 +14,8 @@ use crate::{
         Batch, BatchConfig, CaptureTransport, EncodedBatch, RetryPolicy, StatsRecorder, Worker,
     },
     flags::{
-        local::{
-            compiled::CompiledFlags,
-            poller::{Poller, PollerConfig, Shared},
-        },
-        CoalesceLayer, FallbackCache, FlagCalledDedup, FlagsRetryPolicy, RemoteFlags,
+        CoalesceLayer, Decide, DecideConfig, FlagCalledDedup, FlagsRetryPolicy, PolledDefinitions,
+        RemoteFlags, RemoteStack,
     },
     https::HttpClient,
     BoxError, BuildError, Error, Event,
@@ -360,7 +357,7 @@ impl PostHogBuilder {
             .http_client
             .unwrap_or_else(crate::https::default_client);
         let poller_client = http_client.clone();
-        let flags_service: super::flags::FlagsService = BoxCloneSyncService::new(
+        let flags_service: RemoteStack = BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .layer(CoalesceLayer::new())
                 .retry(FlagsRetryPolicy::new(self.flags_max_retries))
@@ -388,29 +385,32 @@ impl PostHogBuilder {
             }
         };
         let (batch, worker) = Batch::pair(stack, config);
-        let (local, stop_poller, worker) = match &self.personal_api_key {
+        let (local, worker) = match &self.personal_api_key {
             Some(secret) => {
-                let poller_config =
-                    PollerConfig::new(poller_client, &host, &api_key, secret, self.poll_interval)?;
-                let shared = Shared::<CompiledFlags>::new();
-                let (stop, stop_rx) = tokio::sync::watch::channel(false);
-                let poller = Poller::new(poller_config, shared.clone(), stop_rx);
-                (Some(shared), Some(stop), worker.join(poller.run()))
+                let (definitions, poller) = PolledDefinitions::start(
+                    poller_client,
+                    &host,
+                    &api_key,
+                    secret,
+                    self.poll_interval,
+                )?;
+                (Some(definitions), worker.join(poller))
             }
-            None => (None, None, worker),
+            None => (None, worker),
         };
+        let reporter = Arc::new(FlagCalledReporter {
+            batch: Some(batch.clone()),
+            dedup: FlagCalledDedup::new(self.flag_called_dedup_capacity),
+        });
         let flags = FlagsClient {
-            service: flags_service,
-            reporter: Arc::new(FlagCalledReporter {
-                batch: Some(batch.clone()),
-                dedup: FlagCalledDedup::new(self.flag_called_dedup_capacity),
+            decide: Decide::new(DecideConfig {
+                remote: flags_service,
+                reporter: reporter.clone(),
+                send_events: self.send_feature_flag_events,
+                fallback_max_age: self.flag_fallback_max_age,
+                local,
             }),
-            fallback: self
-                .flag_fallback_max_age
-                .map(|age| FallbackCache::new(age, 10_000)),
-            send_events: self.send_feature_flag_events,
-            local,
-            stop_poller,
+            reporter,
         };
         let client = PostHog {
             inner: Arc::new(Inner {

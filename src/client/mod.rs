@@ -168,9 +168,7 @@ impl PostHog {
     pub async fn shutdown(&self, deadline: Duration) -> FlushReport {
         if let Some(flags) = &self.inner.flags {
             flags.reporter.dedup.clear();
-            if let Some(stop) = &flags.stop_poller {
-                stop.send_replace(true);
-            }
+            flags.decide.stop_polling();
         }
         match &self.inner.batch {
             Some(batch) => batch.shutdown(deadline).await,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::FlagValue;
+use super::{FeatureFlagResult, FlagError, FlagRecord, FlagValue, FlagsRequest};
 use crate::Event;
 
 /// What a flag access reports: everything `$feature_flag_called` carries. The flags module
@@ -46,7 +46,88 @@ pub(crate) trait ReportFlagCalled: Send + Sync {
     fn report(&self, called: FlagCalled);
 }
 
+/// What a read from an evaluation knows besides the flag's record: who, and what the
+/// evaluation said about itself.
+pub(crate) struct ReadContext<'a> {
+    pub(crate) distinct_id: &'a str,
+    pub(crate) groups: &'a BTreeMap<String, String>,
+    pub(crate) disable_geoip: Option<bool>,
+    pub(crate) request_id: Option<&'a str>,
+    pub(crate) evaluated_at: Option<i64>,
+    pub(crate) errors_while_computing: bool,
+    pub(crate) quota_limited: bool,
+    /// The minimal-events setting of the evaluation that produced the values.
+    pub(crate) minimal_gate: bool,
+}
+
+/// Every `$feature_flag_called` is assembled here, from one of three situations.
 impl FlagCalled {
+    /// A read of `key` from an evaluation (local or `/flags`), whose `record` is `None` when
+    /// the evaluation does not have the flag.
+    pub(crate) fn read(ctx: ReadContext<'_>, key: &str, record: Option<&FlagRecord>) -> Self {
+        let error = join_errors(&[
+            if ctx.errors_while_computing {
+                "errors_while_computing_flags"
+            } else {
+                ""
+            },
+            if ctx.quota_limited {
+                "quota_limited"
+            } else {
+                ""
+            },
+            if record.is_none() { "flag_missing" } else { "" },
+        ]);
+        FlagCalled {
+            distinct_id: ctx.distinct_id.to_owned(),
+            key: key.to_owned(),
+            response: record.map(|r| r.value.clone()),
+            payload: record.and_then(|r| r.payload.clone()),
+            locally_evaluated: record.is_some_and(|r| r.locally_evaluated),
+            request_id: ctx.request_id.map(str::to_owned),
+            evaluated_at: ctx.evaluated_at,
+            reason: record.and_then(|r| r.reason.clone()),
+            id: record.and_then(|r| r.id),
+            version: record.and_then(|r| r.version),
+            error,
+            has_experiment: record.and_then(|r| r.has_experiment),
+            minimal_gate: ctx.minimal_gate,
+            groups: ctx.groups.clone(),
+            disable_geoip: ctx.disable_geoip,
+        }
+    }
+
+    /// A single-flag read that only local evaluation could answer, and could not: no value
+    /// and no error code, as posthog-python reports it.
+    pub(crate) fn undecided(request: &FlagsRequest, key: &str) -> Self {
+        FlagCalled {
+            distinct_id: request.distinct_id.clone(),
+            key: key.to_owned(),
+            groups: request.groups.clone(),
+            disable_geoip: request.disable_geoip,
+            ..FlagCalled::default()
+        }
+    }
+
+    /// A single-flag read whose `/flags` request failed with `error`, answered with the
+    /// fallback cache's `stale` value if there is one.
+    pub(crate) fn failed(
+        request: &FlagsRequest,
+        key: &str,
+        error: &FlagError,
+        stale: Option<&FeatureFlagResult>,
+    ) -> Self {
+        FlagCalled {
+            error: Some(error.code()),
+            response: stale.map(|r| r.value.clone()),
+            payload: stale.and_then(|r| r.payload.clone()),
+            reason: stale.and_then(|r| r.reason.clone()),
+            id: stale.and_then(|r| r.id),
+            version: stale.and_then(|r| r.version),
+            ..FlagCalled::undecided(request, key)
+        }
+    }
+
     /// The event, with the properties posthog-python sends.
     pub(crate) fn into_event(self) -> Event {
         let response = self

@@ -10,7 +10,7 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    called::{join_errors, FlagCalled, ReportFlagCalled},
+    called::{FlagCalled, ReadContext, ReportFlagCalled},
     FlagError, FlagValue, FlagsResponse,
 };
 use crate::Event;
@@ -310,40 +310,34 @@ impl FlagEvaluations {
             if !d.distinct_id.is_empty()
                 && reporter.first_time(&d.distinct_id, key, record.map(|r| &r.value), &d.groups)
             {
-                reporter.report(self.called(key, record));
+                reporter.report(self.called(key));
             }
         }
         record.map(|r| r.value.clone())
     }
 
-    fn called(&self, key: &str, record: Option<&FlagRecord>) -> FlagCalled {
+    /// What a read of `key` reports.
+    pub(crate) fn called(&self, key: &str) -> FlagCalled {
         let d = &self.data;
-        let error = join_errors(&[
-            if d.errors_while_computing {
-                "errors_while_computing_flags"
-            } else {
-                ""
+        FlagCalled::read(
+            ReadContext {
+                distinct_id: &d.distinct_id,
+                groups: &d.groups,
+                disable_geoip: d.disable_geoip,
+                request_id: d.request_id.as_deref(),
+                evaluated_at: d.evaluated_at,
+                errors_while_computing: d.errors_while_computing,
+                quota_limited: d.quota_limited,
+                minimal_gate: d.minimal_gate,
             },
-            if d.quota_limited { "quota_limited" } else { "" },
-            if record.is_none() { "flag_missing" } else { "" },
-        ]);
-        FlagCalled {
-            distinct_id: d.distinct_id.clone(),
-            key: key.to_owned(),
-            response: record.map(|r| r.value.clone()),
-            payload: record.and_then(|r| r.payload.clone()),
-            locally_evaluated: record.is_some_and(|r| r.locally_evaluated),
-            request_id: d.request_id.clone(),
-            evaluated_at: d.evaluated_at,
-            reason: record.and_then(|r| r.reason.clone()),
-            id: record.and_then(|r| r.id),
-            version: record.and_then(|r| r.version),
-            error,
-            has_experiment: record.and_then(|r| r.has_experiment),
-            minimal_gate: d.minimal_gate,
-            groups: d.groups.clone(),
-            disable_geoip: d.disable_geoip,
-        }
+            key,
+            d.records.get(key),
+        )
+    }
+
+    /// The server's request id, when `/flags` answered.
+    pub(crate) fn request_id(&self) -> Option<&str> {
+        self.data.request_id.as_deref()
     }
 }
 

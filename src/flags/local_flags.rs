@@ -3,7 +3,7 @@
 use std::{fmt, sync::Arc};
 
 use super::{
-    local::{compiled::CompiledFlags, matcher::EvalContext},
+    local::{compiled::CompiledFlags, eval_context},
     FlagError, FlagValue, FlagsRequest,
 };
 
@@ -54,13 +54,7 @@ impl LocalFlags {
     /// [`FlagError::Inconclusive`] when it cannot be decided exactly in-process (the server
     /// must be asked), including for a key not in the definitions.
     pub fn evaluate(&self, key: &str, request: &FlagsRequest) -> Result<FlagValue, FlagError> {
-        let ctx = EvalContext {
-            distinct_id: &request.distinct_id,
-            device_id: request.device_id.as_deref(),
-            person_properties: &request.person_properties,
-            groups: &request.groups,
-            group_properties: &request.group_properties,
-        };
+        let ctx = eval_context(request);
         self.compiled
             .evaluate(key, &ctx)
             .map(|m| m.value)

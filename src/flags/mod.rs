@@ -6,6 +6,7 @@
 
 mod called;
 mod coalesce;
+mod decide;
 mod dedup;
 mod error;
 mod evaluations;
@@ -16,12 +17,11 @@ mod remote;
 mod result;
 mod types;
 
-pub(crate) use called::{join_errors, FlagCalled, ReportFlagCalled};
-pub(crate) use evaluations::decode_payload;
+pub(crate) use called::{FlagCalled, ReportFlagCalled};
+pub(crate) use decide::{Decide, DecideConfig, PolledDefinitions, RemoteStack};
 #[doc(hidden)]
 pub use evaluations::FlagCalledBench;
 pub use evaluations::{FlagEvaluations, FlagRecord};
-pub(crate) use fallback::FallbackCache;
 pub use result::{AllFlags, FeatureFlagResult};
 
 pub use coalesce::{Coalesce, CoalesceFuture, CoalesceLayer, SharedError};

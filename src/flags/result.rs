@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::{FlagError, FlagValue};
+use super::{FlagError, FlagRecord, FlagValue};
 
 /// A flag's value, payload and reason, from one evaluation.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +32,21 @@ pub struct FeatureFlagResult {
 }
 
 impl FeatureFlagResult {
+    /// The result of `key` from its record in an evaluation (`request_id`: the server's).
+    pub(crate) fn from_record(key: &str, record: &FlagRecord, request_id: Option<&str>) -> Self {
+        FeatureFlagResult {
+            key: key.to_owned(),
+            value: record.value.clone(),
+            payload: record.payload.clone(),
+            reason: record.reason.clone(),
+            id: record.id,
+            version: record.version,
+            locally_evaluated: record.locally_evaluated,
+            request_id: request_id.map(str::to_owned),
+            stale_because: None,
+        }
+    }
+
     /// Whether the flag is on (a variant counts as on).
     pub fn is_enabled(&self) -> bool {
         self.value.is_enabled()

@@ -7,6 +7,17 @@ pub(crate) mod matcher;
 pub(crate) mod operators;
 pub(crate) mod poller;
 
+/// The matcher's input for `request`: who, and the properties and groups it carries.
+pub(crate) fn eval_context(request: &super::FlagsRequest) -> matcher::EvalContext<'_> {
+    matcher::EvalContext {
+        distinct_id: &request.distinct_id,
+        device_id: request.device_id.as_deref(),
+        person_properties: &request.person_properties,
+        groups: &request.groups,
+        group_properties: &request.group_properties,
+    }
+}
+
 /// Local evaluation cannot decide this flag exactly: ask the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Inconclusive(pub(crate) &'static str);

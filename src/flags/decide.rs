@@ -1,0 +1,407 @@
+//! [`Decide`]: the one place a flag is decided. Local definitions first, `/flags` for only
+//! what they leave undecided, the fallback cache when `/flags` fails, and the
+//! `$feature_flag_called` report of each read.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use tower::{util::BoxCloneSyncService, ServiceExt};
+use tower_service::Service;
+
+use super::{
+    called::{FlagCalled, ReportFlagCalled},
+    evaluations::{decode_payload, FlagEvaluations, FlagRecord},
+    fallback::FallbackCache,
+    local::{
+        compiled::CompiledFlags,
+        eval_context,
+        poller::{Poller, PollerConfig, Shared},
+    },
+    FeatureFlagResult, FlagError, FlagsRequest, FlagsResponse, LocalFlags,
+};
+use crate::{
+    error::{BoxError, BuildError},
+    https::HttpClient,
+};
+
+/// The remote half of the decision, type-erased: coalesce, retry, timeout, `RemoteFlags`.
+pub(crate) type RemoteStack = BoxCloneSyncService<FlagsRequest, Arc<FlagsResponse>, BoxError>;
+
+/// The reason recorded for flags decided in-process.
+const EVALUATED_LOCALLY: &str = "Evaluated locally";
+
+/// How many distinct ids the fallback cache remembers.
+const FALLBACK_CAPACITY: usize = 10_000;
+
+/// Flag definitions kept current by a poller, for local evaluation.
+pub(crate) struct PolledDefinitions {
+    shared: Arc<Shared<CompiledFlags>>,
+    stop: watch::Sender<bool>,
+}
+
+impl PolledDefinitions {
+    /// The definitions and the poller that fetches them (`/flags/definitions` every
+    /// `interval`, with the personal API key `secret`), which the caller runs until shutdown.
+    pub(crate) fn start(
+        client: HttpClient,
+        host: &str,
+        api_key: &str,
+        secret: &str,
+        interval: Duration,
+    ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), BuildError> {
+        let config = PollerConfig::new(client, host, api_key, secret, interval)?;
+        let shared = Shared::<CompiledFlags>::new();
+        let (stop, stop_rx) = watch::channel(false);
+        let poller = Poller::new(config, shared.clone(), stop_rx);
+        Ok((PolledDefinitions { shared, stop }, poller.run()))
+    }
+}
+
+/// What [`Decide`] is built from.
+pub(crate) struct DecideConfig {
+    pub(crate) remote: RemoteStack,
+    /// Where reads report `$feature_flag_called` (the client: dedup, then capture).
+    pub(crate) reporter: Arc<dyn ReportFlagCalled>,
+    /// Whether reads report `$feature_flag_called` unless a request says otherwise.
+    pub(crate) send_events: bool,
+    /// Serve the last good value of a flag for this long when `/flags` fails.
+    pub(crate) fallback_max_age: Option<Duration>,
+    pub(crate) local: Option<PolledDefinitions>,
+}
+
+/// The flag decision, a `Service<FlagsRequest, Response = FlagEvaluations>` that never
+/// fails: local definitions decide what they can, one `/flags` request asks for the rest (only
+/// the undecided keys), and a failure is recorded in the snapshot. The client's flag methods
+/// and the HTTP layer's `RequestFlags` all go through it. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Decide {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    remote: RemoteStack,
+    reporter: Arc<dyn ReportFlagCalled>,
+    send_events: bool,
+    fallback: Option<FallbackCache>,
+    local: Option<PolledDefinitions>,
+}
+
+/// Where a request stands after local evaluation.
+enum LocalPart {
+    /// Decided without `/flags` (every key, or all that local evaluation may decide).
+    Done(FlagEvaluations),
+    /// `/flags` is asked `remote` (the undecided keys); `decided` joins its answer.
+    Ask {
+        remote: FlagsRequest,
+        decided: BTreeMap<String, FlagRecord>,
+        minimal_gate: bool,
+    },
+}
+
+impl Decide {
+    pub(crate) fn new(config: DecideConfig) -> Self {
+        Decide {
+            inner: Arc::new(Inner {
+                remote: config.remote,
+                reporter: config.reporter,
+                send_events: config.send_events,
+                fallback: config
+                    .fallback_max_age
+                    .map(|age| FallbackCache::new(age, FALLBACK_CAPACITY)),
+                local: config.local,
+            }),
+        }
+    }
+
+    /// The current local definitions, if local evaluation is on and they are loaded.
+    fn definitions(&self) -> Option<Arc<CompiledFlags>> {
+        self.inner.local.as_ref()?.shared.current()
+    }
+
+    /// The definitions to evaluate `request` with, unless it asks for the server.
+    fn definitions_for(&self, request: &FlagsRequest) -> Option<Arc<CompiledFlags>> {
+        if request.force_remote {
+            return None;
+        }
+        self.definitions()
+    }
+
+    /// The loaded definitions as [`LocalFlags`].
+    pub(crate) fn local_flags(&self) -> Option<LocalFlags> {
+        self.definitions().map(LocalFlags::from_compiled)
+    }
+
+    /// Waits until the first fetch of definitions settled, at most `timeout`; `true` when
+    /// they are loaded. `false` at once without local evaluation.
+    pub(crate) async fn wait_for_definitions(&self, timeout: Duration) -> bool {
+        match &self.inner.local {
+            Some(local) => local.shared.wait_loaded(timeout).await,
+            None => false,
+        }
+    }
+
+    /// Stops the definitions poller, if any.
+    pub(crate) fn stop_polling(&self) {
+        if let Some(local) = &self.inner.local {
+            local.stop.send_replace(true);
+        }
+    }
+
+    /// The reporter for reads of `request`'s answers, unless it or the defaults say not to
+    /// report.
+    pub(crate) fn reporter_for(&self, request: &FlagsRequest) -> Option<Arc<dyn ReportFlagCalled>> {
+        request
+            .send_feature_flag_events
+            .unwrap_or(self.inner.send_events)
+            .then(|| self.inner.reporter.clone())
+    }
+
+    /// Evaluates `request` (every flag, or its keys), reporting reads as the request and the
+    /// defaults say.
+    pub(crate) async fn evaluate(&self, request: FlagsRequest) -> FlagEvaluations {
+        let reporter = self.reporter_for(&request);
+        self.evaluate_with(request, reporter).await
+    }
+
+    /// [`evaluate`](Self::evaluate), whose reads report nothing.
+    pub(crate) async fn evaluate_silently(&self, request: FlagsRequest) -> FlagEvaluations {
+        self.evaluate_with(request, None).await
+    }
+
+    /// [`evaluate`](Self::evaluate) without I/O: `Some` when the loaded definitions decide
+    /// every requested flag (or the request allows only local evaluation), `None` when
+    /// `/flags` would have to be asked.
+    pub(crate) fn try_evaluate_locally(&self, request: &FlagsRequest) -> Option<FlagEvaluations> {
+        self.definitions_for(request)?;
+        match self.local_part(request, self.reporter_for(request)) {
+            LocalPart::Done(snapshot) => Some(snapshot),
+            LocalPart::Ask { .. } => None,
+        }
+    }
+
+    async fn evaluate_with(
+        &self,
+        request: FlagsRequest,
+        reporter: Option<Arc<dyn ReportFlagCalled>>,
+    ) -> FlagEvaluations {
+        let (remote, decided, minimal_gate) = match self.local_part(&request, reporter.clone()) {
+            LocalPart::Done(snapshot) => return snapshot,
+            LocalPart::Ask {
+                remote,
+                decided,
+                minimal_gate,
+            } => (remote, decided, minimal_gate),
+        };
+        let snapshot = match self.call(remote.clone()).await {
+            Ok(response) => FlagEvaluations::from_response(&remote, &response, reporter),
+            Err(error) => {
+                tracing::warn!(error = %error, "posthog: flags could not be evaluated");
+                FlagEvaluations::failed(&request, Some(error), reporter)
+            }
+        };
+        snapshot.with_local(decided, minimal_gate, true)
+    }
+
+    /// Evaluates what the local definitions can decide.
+    fn local_part(
+        &self,
+        request: &FlagsRequest,
+        reporter: Option<Arc<dyn ReportFlagCalled>>,
+    ) -> LocalPart {
+        let Some(defs) = self.definitions_for(request) else {
+            if request.only_evaluate_locally {
+                let error = Some(FlagError::Inconclusive);
+                return LocalPart::Done(FlagEvaluations::failed(request, error, reporter));
+            }
+            return LocalPart::Ask {
+                remote: request.clone(),
+                decided: BTreeMap::new(),
+                minimal_gate: false,
+            };
+        };
+        let (decided, undecided) = evaluate_locally(&defs, request);
+        let minimal_gate = defs.minimal_flag_called_events();
+        if undecided.is_empty() || request.only_evaluate_locally {
+            return LocalPart::Done(FlagEvaluations::failed(request, None, reporter).with_local(
+                decided,
+                minimal_gate,
+                false,
+            ));
+        }
+        // One request, for only what local evaluation left undecided.
+        let mut remote = request.clone();
+        remote.flag_keys = Some(undecided);
+        LocalPart::Ask {
+            remote,
+            decided,
+            minimal_gate,
+        }
+    }
+
+    /// One flag, with what a single-flag read tells: the value and its attribution, the last
+    /// good value when `/flags` fails and the fallback cache has one, and one
+    /// `$feature_flag_called` (when `send` allows it).
+    pub(crate) async fn one(
+        &self,
+        key: &str,
+        mut request: FlagsRequest,
+        sends_by_default: bool,
+    ) -> Result<FeatureFlagResult, FlagError> {
+        let send = request
+            .send_feature_flag_events
+            .unwrap_or(sends_by_default && self.inner.send_events);
+        request.flag_keys = Some(vec![key.to_owned()]);
+        let snapshot = match self.local_part(&request, None) {
+            LocalPart::Done(snapshot) if snapshot.record(key).is_some() => snapshot,
+            LocalPart::Done(_) | LocalPart::Ask { .. } if request.only_evaluate_locally => {
+                // posthog-python reports the lookup even then, with no value and no error.
+                self.report(send, &request, key, None, || {
+                    FlagCalled::undecided(&request, key)
+                });
+                return Err(FlagError::Inconclusive);
+            }
+            _ => match self.call(request.clone()).await {
+                Ok(response) => FlagEvaluations::from_response(&request, &response, None),
+                Err(error) => return self.failed_one(send, &request, key, error),
+            },
+        };
+        let outcome = match snapshot.record(key) {
+            Some(record) => {
+                let result = FeatureFlagResult::from_record(key, record, snapshot.request_id());
+                if let Some(cache) = &self.inner.fallback {
+                    cache.put(&request.distinct_id, &result);
+                }
+                Ok(result)
+            }
+            None => Err(FlagError::Missing),
+        };
+        let value = outcome.as_ref().ok().map(|r| &r.value);
+        self.report(send, &request, key, value, || snapshot.called(key));
+        outcome
+    }
+
+    /// A single-flag read whose `/flags` request failed: the last good value if the fallback
+    /// cache has one, else the error.
+    fn failed_one(
+        &self,
+        send: bool,
+        request: &FlagsRequest,
+        key: &str,
+        error: FlagError,
+    ) -> Result<FeatureFlagResult, FlagError> {
+        let stale = self
+            .inner
+            .fallback
+            .as_ref()
+            .and_then(|cache| cache.get(&request.distinct_id, key));
+        let value = stale.as_ref().map(|r| &r.value);
+        self.report(send, request, key, value, || {
+            FlagCalled::failed(request, key, &error, stale.as_ref())
+        });
+        match stale {
+            Some(mut stale) => {
+                tracing::warn!(flag = key, error = %error, "posthog: /flags failed; serving the last good value");
+                stale.stale_because = Some(error);
+                Ok(stale)
+            }
+            None => Err(error),
+        }
+    }
+
+    /// Reports `called()` unless `send` is off or the read was reported before.
+    fn report(
+        &self,
+        send: bool,
+        request: &FlagsRequest,
+        key: &str,
+        value: Option<&super::FlagValue>,
+        called: impl FnOnce() -> FlagCalled,
+    ) {
+        let reporter = &self.inner.reporter;
+        if send && reporter.first_time(&request.distinct_id, key, value, &request.groups) {
+            reporter.report(called());
+        }
+    }
+
+    /// Calls the remote stack, turning a quota-limited answer into an error.
+    async fn call(&self, request: FlagsRequest) -> Result<Arc<FlagsResponse>, FlagError> {
+        let response = self
+            .inner
+            .remote
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| FlagError::from_service(&e))?;
+        if response.is_quota_limited() {
+            tracing::warn!("posthog: feature flags are quota limited");
+            return Err(FlagError::QuotaLimited);
+        }
+        Ok(response)
+    }
+}
+
+impl Service<FlagsRequest> for Decide {
+    type Response = FlagEvaluations;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<FlagEvaluations, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The remote stack is cloned per call and made ready there.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: FlagsRequest) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.evaluate(request).await) })
+    }
+}
+
+impl fmt::Debug for Decide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decide")
+            .field("local", &self.inner.local.is_some())
+            .field("fallback", &self.inner.fallback.is_some())
+            .field("send_events", &self.inner.send_events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Evaluates the request's keys (or every defined flag) locally: the answers, and the keys
+/// left undecided.
+fn evaluate_locally(
+    defs: &CompiledFlags,
+    request: &FlagsRequest,
+) -> (BTreeMap<String, FlagRecord>, Vec<String>) {
+    let ctx = eval_context(request);
+    let mut decided = BTreeMap::new();
+    let mut undecided = Vec::new();
+    let mut one = |key: &str| match defs.evaluate(key, &ctx) {
+        Ok(m) => {
+            let record = FlagRecord {
+                payload: decode_payload(key, m.payload),
+                value: m.value,
+                reason: Some(EVALUATED_LOCALLY.to_owned()),
+                id: m.id,
+                version: None,
+                locally_evaluated: true,
+                has_experiment: m.has_experiment,
+            };
+            decided.insert(key.to_owned(), record);
+        }
+        Err(_) => undecided.push(key.to_owned()),
+    };
+    match &request.flag_keys {
+        Some(keys) => keys.iter().for_each(|k| one(k)),
+        None => defs.keys().for_each(&mut one),
+    }
+    (decided, undecided)
+}
