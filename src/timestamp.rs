@@ -167,6 +167,8 @@ impl Timestamp {
         let sod = (since_min % SECS_PER_DAY as u64) as u32;
         let days = (since_min / SECS_PER_DAY as u64) as i64 + MIN_SECS / SECS_PER_DAY;
         let (year, month, day) = civil_from_days(days);
+        // In range, the year is 1..=9999.
+        let year = year as u32;
         let micros = self.nanos / 1000;
         let mut b = *b"0000-00-00T00:00:00.000000Z";
         put2(&mut b, 0, year / 100);
@@ -203,9 +205,14 @@ fn put2(out: &mut [u8; RFC3339_LEN], at: usize, value: u32) {
     out[at + 1] = DIGIT_PAIRS[i + 1];
 }
 
-/// Days since 1970-01-01 of the proleptic Gregorian date `y-m-d`
-/// (Howard Hinnant's `days_from_civil`). `m` is 1..=12, `d` is 1..=31.
-const fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+// The one calendar of the crate (the printer and parser here, and the date operators of local
+// evaluation use it): proleptic Gregorian, Howard Hinnant's `days_from_civil` /
+// `civil_from_days` algorithms, which count years from March so that the leap day is the last
+// day of a year.
+
+/// Days since 1970-01-01 of the proleptic Gregorian date `y-m-d` (negative before it).
+/// `m` is 1..=12, `d` is 1..=31; any year whose day count fits an `i64` works.
+pub(crate) const fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400; // [0, 399]
@@ -215,32 +222,32 @@ const fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The proleptic Gregorian `(year, month, day)` of `days` since 1970-01-01
-/// (Howard Hinnant's `civil_from_days`), for days on or after 0000-03-01,
-/// which covers the whole supported range; that keeps the arithmetic
-/// unsigned (cheaper divisions).
-const fn civil_from_days(days: i64) -> (u32, u32, u32) {
-    debug_assert!(days >= -719_468);
-    // Days since 0000-03-01; non-negative per the precondition.
-    let z = (days + 719_468) as u64;
-    let era = z / 146_097;
-    let doe = z - era * 146_097; // [0, 146096]
+/// The proleptic Gregorian `(year, month, day)` of `days` since 1970-01-01 (negative before
+/// it), for any `days` in `i64::MIN + 719_468..=i64::MAX - 719_468` (far beyond the
+/// supported years).
+pub(crate) const fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    // Days since 0000-03-01, split into 400-year eras (146 097 days each) and the day within
+    // the era: only the era is signed, the rest is small unsigned arithmetic.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    // `rem_euclid` is in [0, 146096], so it fits a u32.
+    let doe = z.rem_euclid(146_097) as u32;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11]
-                                  // Small values (see the ranges above); the year is below 2^32 for any
-                                  // `days` that fits the supported range by a wide margin.
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
-    let y = (yoe + era * 400) as u32 + if m <= 2 { 1 } else { 0 };
+    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
+    let d = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
+    let m = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
+    let y = era * 400 + yoe as i64 + if m <= 2 { 1 } else { 0 };
     (y, m, d)
 }
 
-const fn is_leap_year(y: i64) -> bool {
+/// Whether `y` has a February 29 in the proleptic Gregorian calendar.
+pub(crate) const fn is_leap_year(y: i64) -> bool {
     y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
 }
 
-const fn days_in_month(y: i64, m: u32) -> u32 {
+/// The number of days in month `m` (1..=12) of year `y`.
+pub(crate) const fn days_in_month(y: i64, m: u32) -> u32 {
     match m {
         2 if is_leap_year(y) => 29,
         2 => 28,
@@ -947,6 +954,18 @@ mod tests {
     }
 
     #[test]
+    fn civil_round_trip() {
+        // Also before year 1 (the date operators of local evaluation may ask).
+        for days in [-719_468 - 366, -1, 0, 1, 11_016, 19_782, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
     fn round_trips() {
         // Every day from 1 BC+1 to 9999 through civil/days conversions.
         let mut days = days_from_civil(1, 1, 1);
@@ -954,7 +973,7 @@ mod tests {
             for m in 1..=12u32 {
                 for d in 1..=days_in_month(y, m) {
                     assert_eq!(days_from_civil(y, m, d), days);
-                    assert_eq!(civil_from_days(days), (y as u32, m, d));
+                    assert_eq!(civil_from_days(days), (y, m, d));
                     days += 1;
                 }
             }
