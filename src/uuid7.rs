@@ -2,14 +2,16 @@
 //!
 //! # Randomness
 //!
-//! Each thread owns a [wyrand] generator (64-bit state, one 128-bit multiply
-//! per output; passes BigCrush and PractRand). It is seeded lazily, on the
-//! thread's first use, from a fresh [`RandomState`] (whose SipHash keys the
-//! standard library draws from the OS once per thread) hashing a global
-//! counter, the current time and the address of the thread's state. That
-//! makes ids unpredictable enough for event ids and jitter, and distinct
-//! across threads, but this is **not** a cryptographic generator: never use
-//! it for secrets or tokens.
+//! Each thread owns a [`fastrand`] generator (wyrand: 64-bit state, one
+//! 128-bit multiply per output). It is this module's own, not `fastrand`'s
+//! thread-local one, so that another crate calling `fastrand::seed` cannot
+//! make threads repeat each other's ids. It is seeded lazily, on the thread's
+//! first use, from a fresh [`RandomState`] (whose SipHash keys the standard
+//! library draws from the OS once per thread) hashing a global counter, the
+//! current time and the address of the thread's state. That makes ids
+//! unpredictable enough for event ids and jitter, and distinct across
+//! threads, but this is **not** a cryptographic generator: never use it for
+//! secrets or tokens.
 //!
 //! # UUIDv7 layout and ordering (RFC 9562 §5.7, "Method 1" counter)
 //!
@@ -17,23 +19,27 @@
 //!  48 bits unix_ts_ms | ver=0111 | 12 bits rand_a | var=10 | 62 bits rand_b
 //! ```
 //!
-//! [`new_v7`] uses `rand_a` as a per-thread counter: when the millisecond
-//! changes, it restarts at a random value below 2048 (so at least 2048 ids
-//! fit before it rolls over); within the same millisecond it increments. If
-//! it would pass 4095, the timestamp is moved one millisecond ahead of the
-//! last one used and the counter restarts. If the clock goes backwards by up
-//! to 10 s, the last timestamp keeps being used (with the counter) until the
-//! clock catches up; a larger backwards jump is accepted as is. So ids from
-//! one thread are strictly increasing unless the clock steps back more than
-//! 10 s, and their timestamp may run slightly ahead of the clock only when a
-//! thread makes more than ~2048 ids per millisecond or the clock stepped
-//! back. `rand_b` is always 62 fresh random bits, which is what keeps ids
-//! from different threads (or processes) apart.
+//! [`uuid::Builder`] sets the version and variant. [`new_v7`] uses `rand_a` as
+//! a per-thread counter: when the millisecond changes, it restarts at a random
+//! value below 2048 (so at least 2048 ids fit before it rolls over); within
+//! the same millisecond it increments. If it would pass 4095, the timestamp
+//! is moved one millisecond ahead of the last one used and the counter
+//! restarts. If the clock goes backwards by up to 10 s, the last timestamp
+//! keeps being used (with the counter) until the clock catches up; a larger
+//! backwards jump is accepted as is. So ids from one thread are strictly
+//! increasing unless the clock steps back more than 10 s, and their
+//! timestamp may run slightly ahead of the clock only when a thread makes
+//! more than ~2048 ids per millisecond or the clock stepped back. `rand_b` is
+//! always 62 fresh random bits, which is what keeps ids from different
+//! threads (or processes) apart.
+//!
+//! The counter is per thread so that `capture()` takes no lock for its id:
+//! `uuid::Uuid::now_v7` orders ids across the process behind a mutex and asks
+//! the OS for its random bits, and costs about ten times as much
+//! (`benches/id.rs`).
 //!
 //! [`new_v7_at`] takes an explicit timestamp (e.g. an event's own time), has
 //! no counter (`rand_a` is random) and no ordering guarantee.
-//!
-//! [wyrand]: https://github.com/wangyi-fudan/wyhash
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -41,7 +47,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use uuid::Uuid;
+use fastrand::Rng;
+use uuid::{Builder, Uuid, Variant, Version};
 
 /// How far back the clock may step while `new_v7` keeps its ordering by
 /// reusing the last timestamp.
@@ -53,7 +60,7 @@ const COUNTER_MAX: u16 = 0x0FFF;
 /// Per-thread state. Const-initialized and without `Drop`, so access is a
 /// plain TLS load, with no lazy-init check or destructor registration.
 struct ThreadState {
-    /// wyrand state; 0 means "not seeded yet".
+    /// The generator's state ([`Rng::get_seed`]); 0 means "not seeded yet".
     rng: Cell<u64>,
     /// Timestamp of the last `new_v7`, in Unix ms.
     last_ms: Cell<u64>,
@@ -71,27 +78,26 @@ thread_local! {
     };
 }
 
-/// The next output of the thread's wyrand generator.
+/// Runs `f` with the thread's generator, seeding it on first use.
 #[inline]
-fn next(rng: &Cell<u64>) -> u64 {
-    let mut state = rng.get();
-    if state == 0 {
+fn with_rng<R>(state: &Cell<u64>, f: impl FnOnce(&mut Rng) -> R) -> R {
+    let mut seed = state.get();
+    if seed == 0 {
         // First use on this thread. (wyrand's state also passes through 0
         // once every 2^64 steps; reseeding then is harmless.)
-        state = seed(rng);
+        seed = fresh_seed(state);
     }
-    state = state.wrapping_add(0xA076_1D64_78BD_642F);
-    rng.set(state);
-    let product = u128::from(state) * u128::from(state ^ 0xE703_7ED1_A0B4_28DB);
-    // Fold the 128-bit product: low half xor high half.
-    (product as u64) ^ ((product >> 64) as u64)
+    let mut rng = Rng::with_seed(seed);
+    let out = f(&mut rng);
+    state.set(rng.get_seed());
+    out
 }
 
 /// A non-zero seed from OS-seeded SipHash keys, a process-wide counter, the
 /// time and the address of this thread's state.
 #[cold]
 #[inline(never)]
-fn seed(rng: &Cell<u64>) -> u64 {
+fn fresh_seed(state: &Cell<u64>) -> u64 {
     static SEEDS: AtomicU64 = AtomicU64::new(0);
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(SEEDS.fetch_add(1, Ordering::Relaxed));
@@ -99,7 +105,7 @@ fn seed(rng: &Cell<u64>) -> u64 {
         hasher.write_u128(since_epoch.as_nanos());
     }
     // Distinct per live thread (and randomized by ASLR).
-    hasher.write_usize(rng as *const Cell<u64> as usize);
+    hasher.write_usize(state as *const Cell<u64> as usize);
     match hasher.finish() {
         0 => 0x9E37_79B9_7F4A_7C15,
         seed => seed,
@@ -110,23 +116,14 @@ fn seed(rng: &Cell<u64>) -> u64 {
 /// the like; not cryptographically secure).
 #[inline]
 pub(crate) fn random_u64() -> u64 {
-    STATE.with(|state| next(&state.rng))
-}
-
-/// Assembles a v7 UUID: `ms` (low 48 bits), version 7, 12 bits of `rand_a`,
-/// the RFC 9562 variant and the top 62 bits of `rand_b`.
-#[inline]
-fn v7_from_parts(ms: u64, rand_a: u16, rand_b: u64) -> Uuid {
-    let bits = (u128::from(ms & 0xFFFF_FFFF_FFFF) << 80)
-        | (0x7 << 76)
-        | (u128::from(rand_a & COUNTER_MAX) << 64)
-        | (0b10 << 62)
-        | u128::from(rand_b >> 2);
-    Uuid::from_u128(bits)
+    STATE.with(|state| with_rng(&state.rng, |rng| rng.u64(..)))
 }
 
 /// A UUIDv7 for the current time; strictly increasing within a thread (see
 /// the module docs for the exact guarantee).
+// The capture paths stamp an event's uuid from its timestamp's clock reading
+// (`new_v7_from`); this one is for the tests and `benches/id.rs`.
+#[allow(dead_code)]
 pub(crate) fn new_v7() -> Uuid {
     let now_ms = match SystemTime::now().duration_since(UNIX_EPOCH) {
         // Avoids `as_millis`, a 128-bit division; saturates (never in practice).
@@ -143,27 +140,44 @@ pub(crate) fn new_v7() -> Uuid {
 /// event's timestamp and its uuid).
 pub(crate) fn new_v7_from(now_ms: u64) -> Uuid {
     STATE.with(|state| {
-        let last_ms = state.last_ms.get();
-        let (ms, counter) = if now_ms > last_ms || last_ms - now_ms > MAX_CLOCK_STEP_BACK_MS {
-            (now_ms, fresh_counter(&state.rng))
-        } else {
-            // Same millisecond, or the clock stepped back a little.
-            match state.counter.get() {
-                c if c < COUNTER_MAX => (last_ms, c + 1),
-                _ => (last_ms.wrapping_add(1), fresh_counter(&state.rng)),
-            }
-        };
-        state.last_ms.set(ms);
-        state.counter.set(counter);
-        v7_from_parts(ms, counter, next(&state.rng))
+        with_rng(&state.rng, |rng| {
+            let last_ms = state.last_ms.get();
+            let (ms, counter) = if now_ms > last_ms || last_ms - now_ms > MAX_CLOCK_STEP_BACK_MS {
+                (now_ms, fresh_counter(rng))
+            } else {
+                // Same millisecond, or the clock stepped back a little.
+                match state.counter.get() {
+                    c if c < COUNTER_MAX => (last_ms, c + 1),
+                    _ => (last_ms.wrapping_add(1), fresh_counter(rng)),
+                }
+            };
+            state.last_ms.set(ms);
+            state.counter.set(counter);
+            v7_from_parts(ms, counter, rng.u64(..))
+        })
     })
+}
+
+/// A v7 UUID: `ms` (its low 48 bits), 12 bits of `rand_a` and the low 62 bits of `rand_b`,
+/// under the version and variant that [`Builder`] sets.
+#[inline]
+fn v7_from_parts(ms: u64, rand_a: u16, rand_b: u64) -> Uuid {
+    // The layout of `Builder::from_unix_timestamp_millis` (a test checks it), built as one
+    // u128: that function's helpers are not inlined across crates, which doubled the cost of
+    // `new_v7_from` (`benches/id.rs`: 17-19 ns against 8-10 ns).
+    let bits = (u128::from(ms & 0xFFFF_FFFF_FFFF) << 80)
+        | (u128::from(rand_a & COUNTER_MAX) << 64)
+        | u128::from(rand_b);
+    Builder::from_u128(bits)
+        .with_version(Version::SortRand)
+        .with_variant(Variant::RFC4122)
+        .into_uuid()
 }
 
 /// A random counter start in `0..2048`, leaving room for 2048 increments.
 #[inline]
-fn fresh_counter(rng: &Cell<u64>) -> u16 {
-    // The top 11 bits of a u64 fit a u16.
-    (next(rng) >> 53) as u16
+fn fresh_counter(rng: &mut Rng) -> u16 {
+    rng.u16(..2048)
 }
 
 /// A UUIDv7 carrying `unix_millis` (only its low 48 bits, per RFC 9562; that
@@ -171,32 +185,23 @@ fn fresh_counter(rng: &Cell<u64>) -> u16 {
 /// promised between ids with the same timestamp.
 #[cfg(test)]
 pub(crate) fn new_v7_at(unix_millis: u64) -> Uuid {
-    STATE.with(|state| {
-        let rand_a = next(&state.rng);
-        let rand_b = next(&state.rng);
-        // The top 12 bits of a u64 fit a u16.
-        v7_from_parts(unix_millis, (rand_a >> 52) as u16, rand_b)
-    })
+    let mut bytes = [0; 10];
+    STATE.with(|state| with_rng(&state.rng, |rng| rng.fill(&mut bytes)));
+    Builder::from_unix_timestamp_millis(unix_millis, &bytes).into_uuid()
 }
 
 /// A random (version 4, RFC 9562 variant) UUID, with 122 bits from the
 /// thread's generator.
 pub(crate) fn new_v4() -> Uuid {
-    STATE.with(|state| {
-        let high = u128::from(next(&state.rng));
-        let low = u128::from(next(&state.rng));
-        let bits = (high << 64) | low;
-        let bits = (bits & !(0xF << 76)) | (0x4 << 76);
-        let bits = (bits & !(0b11 << 62)) | (0b10 << 62);
-        Uuid::from_u128(bits)
-    })
+    let mut bytes = [0; 16];
+    STATE.with(|state| with_rng(&state.rng, |rng| rng.fill(&mut bytes)));
+    Builder::from_random_bytes(bytes).into_uuid()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
-    use uuid::{Variant, Version};
 
     fn ms_of(id: Uuid) -> u64 {
         let b = id.as_bytes();
@@ -221,6 +226,20 @@ mod tests {
                 assert_eq!(id.as_bytes()[8] >> 6, 0b10);
                 assert_eq!(id.to_string().as_bytes()[14], b'7');
             }
+        }
+    }
+
+    #[test]
+    fn v7_layout_is_the_builders() {
+        for _ in 0..10_000 {
+            let (ms, rand_a, rand_b) = (random_u64(), random_u64() as u16, random_u64());
+            let mut bytes = [0; 10];
+            bytes[..2].copy_from_slice(&rand_a.to_be_bytes());
+            bytes[2..].copy_from_slice(&rand_b.to_be_bytes());
+            assert_eq!(
+                v7_from_parts(ms, rand_a, rand_b),
+                Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid()
+            );
         }
     }
 
