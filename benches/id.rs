@@ -28,20 +28,20 @@ use uuid::Uuid;
 // The bench uses only the v7 generators, and the file's test module (compiled here, as
 // benches build with `cfg(test)`) has no tests to run.
 #[allow(dead_code, unused_imports)]
-#[path = "../src/uuid7.rs"]
-mod uuid7;
+#[path = "../src/id.rs"]
+mod id;
 
 /// 2025-01-02T03:04:05Z, in Unix milliseconds.
 const START_MS: u64 = 1_735_787_045_000;
 
 fn single_thread(c: &mut Criterion) {
     let mut group = c.benchmark_group("id");
-    group.bench_function("new_v7", |b| b.iter(uuid7::new_v7));
+    group.bench_function("new_v7", |b| b.iter(id::new_v7));
     let mut i = 0u64;
     group.bench_function("new_v7_from", |b| {
         b.iter(|| {
             i += 1;
-            uuid7::new_v7_from(black_box(START_MS + (i >> 10)))
+            id::new_v7_from(black_box(START_MS + (i >> 10)))
         })
     });
     group.bench_function("uuid_now_v7", |b| b.iter(Uuid::now_v7));
@@ -66,7 +66,7 @@ fn on_two_threads(iters: u64, make: fn() -> Uuid) -> Duration {
 fn two_threads(c: &mut Criterion) {
     let mut group = c.benchmark_group("id_2_threads");
     group.bench_function("new_v7", |b| {
-        b.iter_custom(|iters| on_two_threads(iters, uuid7::new_v7))
+        b.iter_custom(|iters| on_two_threads(iters, id::new_v7))
     });
     group.bench_function("uuid_now_v7", |b| {
         b.iter_custom(|iters| on_two_threads(iters, Uuid::now_v7))

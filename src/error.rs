@@ -150,7 +150,7 @@ impl std::error::Error for DeliveryError {
 /// What the `on_error` callback receives.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ErrorReport {
     /// `capture` rejected an event; the same error was returned to the caller.
     Rejected(CaptureError),
     /// A batch failed definitively (retries exhausted, a non-retryable status, or the shutdown
@@ -165,22 +165,22 @@ pub enum Error {
     },
 }
 
-impl fmt::Display for Error {
+impl fmt::Display for ErrorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Rejected(e) => write!(f, "event rejected: {e}"),
-            Error::Delivery(e) => fmt::Display::fmt(e, f),
-            Error::Dropped { uuid, reason } => write!(f, "event {uuid} dropped: {reason}"),
+            ErrorReport::Rejected(e) => write!(f, "event rejected: {e}"),
+            ErrorReport::Delivery(e) => fmt::Display::fmt(e, f),
+            ErrorReport::Dropped { uuid, reason } => write!(f, "event {uuid} dropped: {reason}"),
         }
     }
 }
 
-impl std::error::Error for Error {
+impl std::error::Error for ErrorReport {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Rejected(e) => Some(e),
-            Error::Delivery(e) => Some(e),
-            Error::Dropped { .. } => None,
+            ErrorReport::Rejected(e) => Some(e),
+            ErrorReport::Delivery(e) => Some(e),
+            ErrorReport::Dropped { .. } => None,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::{CaptureError, Event, Timestamp};
 
 /// `Retry-After` parsing, as the HTTP client applies it (relative to `now`).
 pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
-    crate::https::parse_retry_after(value, now)
+    crate::net::parse_retry_after(value, now)
 }
 
 /// The checks `capture` makes before queueing an event, with `max_size` the limit for

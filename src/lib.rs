@@ -109,28 +109,31 @@ macro_rules! static_key {
     }};
 }
 
+#[cfg(fuzzing)]
 #[doc(hidden)]
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
 pub mod capture;
 mod client;
 pub mod context;
-pub mod error;
-pub mod event;
+mod error;
+mod event;
 pub mod flags;
 pub mod http;
-pub mod https;
+mod id;
+pub mod net;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
-pub mod timestamp;
-mod uuid7;
+mod time;
 
-pub use capture::{FlushReport, Stats};
 pub use client::{PostHog, PostHogBuilder, DEFAULT_HOST};
-pub use error::{BoxError, BuildError, CaptureError, DeliveryError, DropReason, Error};
-pub use event::Event;
-pub use timestamp::Timestamp;
+pub use error::{
+    BoxError, BuildError, CaptureError, DeadlineElapsed, DeliveryError, DropReason, ErrorReport,
+    PropertyError,
+};
+pub use event::{Event, Properties};
+pub use time::{Timestamp, TimestampError};
 pub use uuid::Uuid;
 
 /// The README's examples, compiled as doctests so they stay true.
@@ -163,17 +166,17 @@ mod auto_traits {
         send_sync::<EncodedBatch>();
         send_sync::<StatsRecorder>();
         send_sync::<CaptureTransport>();
-        send_sync::<https::HttpClient>();
+        send_sync::<net::HttpClient>();
         send_sync::<CaptureError>();
-        send_sync::<Error>();
+        send_sync::<ErrorReport>();
         send::<Worker>();
         send::<capture::ResponseFuture>();
         send::<
             TransportFuture<
-                <https::HttpClient as tower_service::Service<
+                <net::HttpClient as tower_service::Service<
                     ::http::Request<http_body_util::Full<bytes::Bytes>>,
                 >>::Future,
-                https::ResponseBody,
+                net::ResponseBody,
             >,
         >();
     }

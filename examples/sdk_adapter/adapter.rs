@@ -69,7 +69,7 @@ use hyper_util::{
 use posthog_tower::{
     capture::{CaptureTransport, EncodedBatch, RetryPolicy, UnexpectedStatus},
     flags::{FeatureFlagResult, FlagError, FlagsRequest},
-    https::{self, HttpClient},
+    net::{self, HttpClient},
     BoxError, Event, PostHog, Timestamp, Uuid,
 };
 use serde::Deserialize;
@@ -665,13 +665,13 @@ impl ClientParts<'_> {
 
 /// The SDK's default HTTP client, adding `X-Test-Id` to every request in parallel mode.
 fn http_client(test_id: Option<&str>) -> Result<HttpClient, Fail> {
-    let client = https::default_client();
+    let client = net::default_client();
     let Some(test_id) = test_id else {
         return Ok(client);
     };
     let value = HeaderValue::from_str(test_id)
         .map_err(|_| Fail(format!("test_id {test_id:?} is not a valid header value")))?;
-    Ok(https::into_http_client(
+    Ok(net::into_http_client(
         ServiceBuilder::new()
             .map_request(move |mut req: Request<Full<Bytes>>| {
                 req.headers_mut().insert("x-test-id", value.clone());

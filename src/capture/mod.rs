@@ -35,8 +35,8 @@ mod policy;
 mod stats;
 mod transport;
 
-pub use crate::https::UnexpectedStatus;
-pub use crate::https::USER_AGENT;
+pub use crate::net::UnexpectedStatus;
+pub use crate::net::USER_AGENT;
 pub use batch::{
     Batch, BatchConfig, BatchLayer, BeforeSend, FlushReport, OnError, ResponseFuture, Worker,
 };

@@ -16,8 +16,8 @@ use tower_service::Service;
 
 use super::{EncodedBatch, StatsRecorder};
 use crate::{
-    https::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, USER_AGENT},
-    timestamp::Timestamp,
+    net::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, USER_AGENT},
+    time::Timestamp,
     BoxError,
 };
 
@@ -41,7 +41,7 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// [`RetryPolicy`](super::RetryPolicy) decides what to retry.
 ///
 /// `C` is the HTTP client; by default the shared hyper/rustls client of
-/// [`https::default_client`](crate::https::default_client).
+/// [`https::default_client`](crate::net::default_client).
 ///
 /// # Example
 ///
@@ -77,7 +77,7 @@ impl CaptureTransport<HttpClient> {
     ///
     /// Fails when `host` is not an absolute http(s) URL.
     pub fn new(host: &str, api_key: &str) -> Result<Self, crate::BuildError> {
-        Self::with_client(crate::https::default_client(), host, api_key)
+        Self::with_client(crate::net::default_client(), host, api_key)
     }
 }
 
@@ -310,7 +310,7 @@ mod tests {
             .unwrap();
         assert!(plain.is_empty());
     }
-    use crate::https::parse_retry_after;
+    use crate::net::parse_retry_after;
     use std::time::Duration;
 
     #[test]

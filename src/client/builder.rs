@@ -17,8 +17,8 @@ use crate::{
         CoalesceLayer, Decide, DecideConfig, FlagCalledDedup, FlagsRetryPolicy, PolledDefinitions,
         RemoteFlags, RemoteStack,
     },
-    https::HttpClient,
-    BoxError, BuildError, Error, Event,
+    net::HttpClient,
+    BoxError, BuildError, ErrorReport, Event,
 };
 
 /// The default PostHog host (US cloud).
@@ -246,7 +246,7 @@ impl PostHogBuilder {
     }
 
     /// A callback told of every event refused, dropped or not delivered.
-    pub fn on_error(mut self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+    pub fn on_error(mut self, callback: impl Fn(&ErrorReport) + Send + Sync + 'static) -> Self {
         self.config = self.config.on_error(callback);
         self
     }
@@ -267,7 +267,7 @@ impl PostHogBuilder {
     }
 
     /// Sends through this HTTP client instead of the default hyper/rustls one (for a proxy,
-    /// extra headers, or tests). See [`https::into_http_client`](crate::https::into_http_client).
+    /// extra headers, or tests). See [`https::into_http_client`](crate::net::into_http_client).
     ///
     /// It carries every request of the client: `/batch/` (unless
     /// [`capture_stack`](Self::capture_stack) replaces that stack, which then brings its own
@@ -333,7 +333,7 @@ impl PostHogBuilder {
             ));
         }
         let host = normalize_host(&self.host);
-        let uri = crate::https::endpoint(&host, "/")?;
+        let uri = crate::net::endpoint(&host, "/")?;
         if uri.scheme_str() == Some("http") && !is_loopback(uri.host().unwrap_or_default()) {
             tracing::warn!(%host, "posthog: host uses plain http; events and keys travel unencrypted");
         }
@@ -355,7 +355,7 @@ impl PostHogBuilder {
         }
         let http_client = self
             .http_client
-            .unwrap_or_else(crate::https::default_client);
+            .unwrap_or_else(crate::net::default_client);
         let poller_client = http_client.clone();
         let flags_service: RemoteStack = BoxCloneSyncService::new(
             ServiceBuilder::new()

@@ -12,7 +12,7 @@ use super::{
     json::{write_simple, write_str, write_str_parts},
     Event, TopLevel,
 };
-use crate::timestamp::Timestamp;
+use crate::time::Timestamp;
 
 const GEOIP_FRAGMENT: &[u8] = br#","$geoip_disable":true"#;
 
@@ -180,6 +180,7 @@ impl Encoder {
 
     /// Appends `event` as one JSON object to `out` (a copy of what
     /// [`encode_owned`](Self::encode_owned) makes of it).
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn encode(
         &self,
         out: &mut Vec<u8>,
@@ -197,7 +198,7 @@ impl Encoder {
         out.extend_from_slice(br#","distinct_id":"#);
         match distinct_id {
             Some(id) => write_str(out, id),
-            None => write_uuid(out, crate::uuid7::new_v4()),
+            None => write_uuid(out, crate::id::new_v4()),
         }
         out.extend_from_slice(br#","properties":{"#);
     }

@@ -28,13 +28,13 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::{error::PropertyError, timestamp::Timestamp};
+use crate::{error::PropertyError, time::Timestamp};
 
 pub(crate) use encode::{write_json, EncodeDefaults, Encoder, EventWriter, StaticKey, WriterState};
 pub use properties::Properties;
 
 /// The most PostHog accepts for one event, serialized: 900 KiB.
-pub const MAX_EVENT_BYTES: usize = 900 * 1024;
+pub(crate) const MAX_EVENT_BYTES: usize = 900 * 1024;
 
 /// Bytes an event takes besides its properties: the keys, uuid, timestamp and lib properties.
 const ENVELOPE_OVERHEAD: usize = 192;
@@ -295,6 +295,7 @@ impl Event {
 
     /// The serialized size of the properties' entries (what [`Event::estimated_size`] adds
     /// up); the fuzz targets check it against the real size.
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn tracked_properties_len(&self) -> usize {
         self.inner.properties.as_json().len()
     }
@@ -430,7 +431,7 @@ pub(crate) fn stamp_now() -> (Uuid, Timestamp) {
 
 fn stamp_at(timestamp: Timestamp) -> (Uuid, Timestamp) {
     let millis = timestamp.as_unix_millis().max(0) as u64;
-    (crate::uuid7::new_v7_from(millis), timestamp)
+    (crate::id::new_v7_from(millis), timestamp)
 }
 
 impl Event {

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     error::{BoxError, BuildError},
-    https::HttpClient,
+    net::HttpClient,
 };
 
 /// The remote half of the decision, type-erased: coalesce, retry, timeout, `RemoteFlags`.

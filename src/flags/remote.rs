@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use super::{FlagsRequest, FlagsResponse};
 use crate::{
-    https::{
+    net::{
         endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, UnexpectedStatus,
         USER_AGENT,
     },
@@ -64,7 +64,7 @@ pub struct RemoteFlags<C = HttpClient> {
 impl RemoteFlags<HttpClient> {
     /// Evaluates on `host` with the default HTTP client.
     pub fn new(host: &str, api_key: &str) -> Result<Self, crate::BuildError> {
-        Self::with_client(crate::https::default_client(), host, api_key)
+        Self::with_client(crate::net::default_client(), host, api_key)
     }
 }
 

@@ -581,7 +581,7 @@ impl FlagsRequest {
             body.insert("device_id".into(), Value::String(device_id.clone()));
         }
         let mut sent_at = Vec::with_capacity(32);
-        crate::timestamp::Timestamp::now().write_rfc3339(&mut sent_at);
+        crate::time::Timestamp::now().write_rfc3339(&mut sent_at);
         body.insert(
             "sent_at".into(),
             Value::String(String::from_utf8_lossy(&sent_at).into_owned()),

@@ -149,7 +149,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = CapturePageviewsFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -171,7 +171,7 @@ where
                     .then(|| Pending::new(&layer.posthog, &layer.event_name, &context, &request))
             })
             .flatten();
-        ResponseFuture::new(self.inner.call(request), pending)
+        CapturePageviewsFuture::new(self.inner.call(request), pending)
     }
 }
 
@@ -521,20 +521,20 @@ fn matched_route<B>(request: &Request<B>) -> Option<&str> {
 pin_project_lite::pin_project! {
     /// Response future of [`CapturePageviews`]: captures the pageview when the inner future
     /// resolves with a response.
-    pub struct ResponseFuture<F> {
+    pub struct CapturePageviewsFuture<F> {
         #[pin]
         inner: F,
         pending: Option<Pending>,
     }
 }
 
-impl<F> ResponseFuture<F> {
+impl<F> CapturePageviewsFuture<F> {
     pub(crate) fn new(inner: F, pending: Option<Pending>) -> Self {
-        ResponseFuture { inner, pending }
+        CapturePageviewsFuture { inner, pending }
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<F, B, E> Future for CapturePageviewsFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
@@ -550,9 +550,9 @@ where
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<F> fmt::Debug for CapturePageviewsFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
+        f.debug_struct("CapturePageviewsFuture")
             .field("captures", &self.pending.is_some())
             .finish_non_exhaustive()
     }
@@ -561,7 +561,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::timestamp::Timestamp;
+    use crate::time::Timestamp;
     use http::HeaderValue;
     use proptest::prelude::*;
 

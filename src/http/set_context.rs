@@ -211,7 +211,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = SetRequestContextFuture<S::Future>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -223,7 +223,7 @@ where
         // The context is current while the inner future runs (where handlers run); the inner
         // service's synchronous `call` finds it in the request's extensions.
         let future = self.inner.call(request);
-        ResponseFuture {
+        SetRequestContextFuture {
             inner: ctx.scope(future),
         }
     }
@@ -232,13 +232,13 @@ where
 pin_project_lite::pin_project! {
     /// Response future of [`SetRequestContext`]: the inner future, run with the request
     /// context as the current one.
-    pub struct ResponseFuture<F> {
+    pub struct SetRequestContextFuture<F> {
         #[pin]
         inner: Scoped<F>,
     }
 }
 
-impl<F: Future> Future for ResponseFuture<F> {
+impl<F: Future> Future for SetRequestContextFuture<F> {
     type Output = F::Output;
 
     #[inline]
@@ -247,8 +247,8 @@ impl<F: Future> Future for ResponseFuture<F> {
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<F> fmt::Debug for SetRequestContextFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        f.debug_struct("SetRequestContextFuture").finish_non_exhaustive()
     }
 }

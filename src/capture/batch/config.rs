@@ -2,7 +2,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use serde_json::{Map, Value};
 
-use crate::{capture::StatsRecorder, Error, Event};
+use crate::{capture::StatsRecorder, ErrorReport, Event};
 
 /// A hook that sees every event before it is sent and may change it, or drop it by returning
 /// `None`. It runs in `capture`, on the caller's thread, so keep it fast. What it returns is
@@ -14,7 +14,7 @@ pub type BeforeSend = Arc<dyn Fn(Event) -> Option<Event> + Send + Sync>;
 /// sending a batch for delivery failures), so keep it fast. Events abandoned at a shutdown
 /// deadline are reported after the shutdown report is out, so the callback may still run
 /// shortly after `shutdown` returned.
-pub type OnError = Arc<dyn Fn(&Error) + Send + Sync>;
+pub type OnError = Arc<dyn Fn(&ErrorReport) + Send + Sync>;
 
 /// Settings of a [`Batch`](super::Batch). Defaults follow posthog-python.
 ///
@@ -127,7 +127,7 @@ impl BatchConfig {
     }
 
     /// See [`OnError`].
-    pub fn on_error(mut self, callback: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+    pub fn on_error(mut self, callback: impl Fn(&ErrorReport) + Send + Sync + 'static) -> Self {
         self.on_error = Some(Arc::new(callback));
         self
     }

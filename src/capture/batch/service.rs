@@ -27,7 +27,7 @@ use crate::{
     capture::{EncodedBatch, Stats},
     error::DropReason,
     event::MAX_EVENT_BYTES,
-    BoxError, CaptureError, DeliveryError, Error, Event, Timestamp,
+    BoxError, CaptureError, DeliveryError, ErrorReport, Event, Timestamp,
 };
 
 /// Middleware that queues events and sends them in batches: the producer side of a batching
@@ -169,7 +169,7 @@ impl Batch {
     /// drop: [`CaptureError::QueueFull`]. Every rejection is counted and reported to
     /// `on_error`. An event the hook drops returns `Ok`; when the hook panicked or returned an
     /// event `capture` would refuse, the drop is counted and reported to `on_error`
-    /// ([`Error::Dropped`]).
+    /// ([`ErrorReport::Dropped`]).
     pub fn try_capture(&self, event: Event) -> Result<Uuid, CaptureError> {
         match self.admit(event)? {
             Admitted::Queue(json, uuid) => self.try_push(
@@ -456,7 +456,7 @@ impl Shared {
         if count.is_power_of_two() {
             tracing::warn!(error = %error, rejected = count, reason = error.reason(), "posthog: event not captured");
         }
-        self.reporter.tell(&Error::Rejected(error.clone()));
+        self.reporter.tell(&ErrorReport::Rejected(error.clone()));
     }
 }
 
@@ -466,7 +466,7 @@ fn dropped_result(uuid: Uuid, reason: Option<DropReason>) -> Result<Uuid, Captur
     match reason {
         None => Ok(uuid),
         Some(reason) => {
-            let error: BoxError = Box::new(Error::Dropped { uuid, reason });
+            let error: BoxError = Box::new(ErrorReport::Dropped { uuid, reason });
             Err(CaptureError::Delivery(DeliveryError::new(
                 Arc::new([uuid]),
                 Arc::new(error),
@@ -627,7 +627,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::timestamp::Timestamp;
+    use crate::time::Timestamp;
 
     /// A batch whose inner service keeps every batch's JSON.
     fn recording() -> (Batch, Arc<Mutex<Vec<String>>>) {
@@ -648,7 +648,7 @@ mod tests {
     async fn encoded_events_are_sent_as_written_and_checked_for_size() {
         let (batch, seen) = recording();
         let encoder = batch.encoder().expect("no before_send hook").clone();
-        let uuid = crate::uuid7::new_v7();
+        let uuid = crate::id::new_v7();
         let mut json = Vec::new();
         let mut writer = encoder.writer(&mut json, "$pageview", Some("u"), None, false);
         writer.property("$host", "a.example");
@@ -658,7 +658,7 @@ mod tests {
 
         let too_large = vec![b' '; MAX_EVENT_BYTES + 1];
         let err = batch
-            .try_capture_encoded(too_large, crate::uuid7::new_v7())
+            .try_capture_encoded(too_large, crate::id::new_v7())
             .unwrap_err();
         assert!(
             matches!(err, CaptureError::EventTooLarge { size, .. } if size == MAX_EVENT_BYTES + 1)

@@ -25,7 +25,7 @@ use super::{
 use crate::{
     capture::{EncodedBatch, StatsRecorder, UnexpectedStatus},
     error::{DeadlineElapsed, DropReason},
-    BoxError, DeliveryError, Error,
+    BoxError, DeliveryError, ErrorReport,
 };
 
 /// Most messages taken from the queue at once.
@@ -124,27 +124,27 @@ pub(super) struct Reporter {
 
 impl Reporter {
     /// Counts and logs a delivery failure, and returns what `on_error` must be told.
-    fn fail(&self, uuids: Arc<[Uuid]>, source: Arc<BoxError>) -> Error {
+    fn fail(&self, uuids: Arc<[Uuid]>, source: Arc<BoxError>) -> ErrorReport {
         self.stats.failed(uuids.len() as u64);
         let error = DeliveryError::new(uuids, source);
         tracing::error!(error = %error, "posthog: batch not delivered");
-        Error::Delivery(error)
+        ErrorReport::Delivery(error)
     }
 
     /// Counts and logs an accepted event dropped before sending, and returns what `on_error`
     /// must be told.
-    pub(super) fn drop_event(&self, uuid: Uuid, reason: DropReason) -> Error {
+    pub(super) fn drop_event(&self, uuid: Uuid, reason: DropReason) -> ErrorReport {
         match &reason {
             DropReason::TooLarge { .. } => self.stats.too_large(1),
             DropReason::HookPanicked => self.stats.hook_panicked(1),
             DropReason::Invalid(_) | DropReason::Serialize(_) => self.stats.invalid(1),
         };
         tracing::error!(%uuid, reason = %reason, "posthog: event dropped");
-        Error::Dropped { uuid, reason }
+        ErrorReport::Dropped { uuid, reason }
     }
 
     /// Tells `on_error`, if there is one.
-    pub(super) fn tell(&self, error: &Error) {
+    pub(super) fn tell(&self, error: &ErrorReport) {
         if let Some(on_error) = &self.on_error {
             on_error(error);
         }
@@ -493,7 +493,7 @@ impl State {
     /// counted failed, and every waiting flush is answered. Returns what `on_error` must be
     /// told, for after the report is published: a slow callback must not stretch the
     /// deadline.
-    fn abandon(&mut self, queue: &mut Consumer, deadline: Duration) -> Vec<Error> {
+    fn abandon(&mut self, queue: &mut Consumer, deadline: Duration) -> Vec<ErrorReport> {
         let source: Arc<BoxError> = Arc::new(Box::new(DeadlineElapsed(deadline)));
         let mut reports = Vec::new();
         // A task in the middle of a poll on another thread finishes that poll; whatever it

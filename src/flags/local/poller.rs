@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tower::{util::Oneshot, ServiceExt};
 
 use crate::{
-    https::{FullResponse, HttpClient, ReadResponse, ResponseBody, USER_AGENT},
+    net::{FullResponse, HttpClient, ReadResponse, ResponseBody, USER_AGENT},
     BoxError,
 };
 
@@ -66,7 +66,7 @@ impl PollerConfig {
         interval: Duration,
     ) -> Result<Self, crate::BuildError> {
         let token: String = form_urlencode(project_key);
-        let uri = crate::https::endpoint(
+        let uri = crate::net::endpoint(
             host,
             &format!("/flags/definitions?token={token}&send_cohorts"),
         )?;
@@ -178,7 +178,7 @@ impl<T: Compile> Poller<T> {
                 Fetched::Failed => failures = failures.saturating_add(1),
                 _ => failures = 0,
             }
-            let wait = next_wait(self.config.interval, failures, crate::uuid7::random_u64());
+            let wait = next_wait(self.config.interval, failures, crate::id::random_u64());
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 _ = self.stop.wait_for(|stop| *stop) => break,
@@ -322,7 +322,7 @@ mod tests {
 
     async fn start(mock: &MockPostHog) -> (Arc<Shared<Keys>>, watch::Sender<bool>) {
         let config = PollerConfig::new(
-            crate::https::default_client(),
+            crate::net::default_client(),
             &mock.url(),
             "phc_project",
             "phx_personal",

@@ -7,7 +7,7 @@
 //! rest is left to the server, never guessed.
 
 use super::text::python_strip;
-use crate::timestamp::{civil_from_days, days_from_civil, days_in_month};
+use crate::time::{civil_from_days, days_from_civil, days_in_month};
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;

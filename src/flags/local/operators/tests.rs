@@ -1151,7 +1151,7 @@ fn relative_date_operators() {
 fn month_arithmetic_clamps_at_month_ends() {
     let nanos = |s: &str| {
         i128::from(
-            crate::timestamp::Timestamp::parse(s)
+            crate::time::Timestamp::parse(s)
                 .unwrap()
                 .unix_seconds(),
         ) * 1_000_000_000

@@ -71,7 +71,7 @@ pub fn default_client() -> HttpClient {
 /// ```
 /// use bytes::Bytes;
 /// use http_body_util::Full;
-/// use posthog_tower::https::{into_http_client, HttpClient};
+/// use posthog_tower::net::{into_http_client, HttpClient};
 ///
 /// // A client that answers 200 to everything, for a test.
 /// let client: HttpClient = into_http_client(tower::service_fn(|_req: http::Request<Full<Bytes>>| async {
