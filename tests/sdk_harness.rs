@@ -14,8 +14,15 @@
 //!
 //! Where the harness waits for retries and then asserts *at least* N requests, the tests wait
 //! for N requests with the same time limit (`MockPostHog::wait_for_requests`), which passes and
-//! fails exactly when the harness would. Where it asserts an exact count, they sleep the whole
-//! wait, as the harness does, so a late extra request would be seen.
+//! fails exactly when the harness would. Where it asserts an exact count after a wait, they
+//! wait the whole time too, so a late extra request would be seen.
+//!
+//! Every test whose outcome depends on time (retries and their backoff, `Retry-After`, flush
+//! intervals, the harness's waits) runs on tokio's paused clock (`start_paused`). The client,
+//! the adapter and the mock all run on that clock, in the test's runtime: a wait lets every
+//! timer due within it fire, in order, and what they send reaches the mock before the wait
+//! ends, without any real time passing. The gaps between attempts are then exact, and a wait
+//! is a statement about the client's timers, never a hope that a busy machine kept up.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -103,8 +110,14 @@ async fn begin() -> Harness {
     h
 }
 
-/// A `wait` step, in full.
+/// A `wait` step, in full, on tokio's paused clock.
+///
+/// # Panics
+///
+/// If the clock is not paused: in real time a wait would only hope to be long enough.
 async fn wait(ms: u64) {
+    // `advance` refuses to run unless the clock is paused; by zero it changes nothing.
+    tokio::time::advance(Duration::ZERO).await;
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
@@ -382,7 +395,7 @@ async fn non_utc_event_timestamp_is_converted_to_utc() {
 
 // ===== retry_behavior =====
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_on_503() {
     let h = begin().await;
     h.queue([error(503, "Service unavailable"), bare(503), bare(200)]);
@@ -407,17 +420,17 @@ async fn does_not_retry(status: u16, message: &str) {
     assert_request_count(&h.recordings(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn does_not_retry_on_400() {
     does_not_retry(400, "Bad request").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn does_not_retry_on_401() {
     does_not_retry(401, "Unauthorized").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn respects_retry_after_header() {
     let h = begin().await;
     h.queue([
@@ -434,7 +447,7 @@ async fn respects_retry_after_header() {
     assert!(gap >= Duration::from_millis(2500), "retried after {gap:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn implements_backoff() {
     let h = begin().await;
     h.queue([bare(503), bare(503), bare(503), bare(200)]);
@@ -464,22 +477,22 @@ async fn retries_then_succeeds(status: u16, message: &str) {
     assert_final_success(&r);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_on_500() {
     retries_then_succeeds(500, "Internal server error").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_on_502() {
     retries_then_succeeds(502, "Bad gateway").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_on_504() {
     retries_then_succeeds(504, "Gateway timeout").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn max_retries_respected() {
     let h = begin().await;
     h.queue([bare(503), bare(503), bare(503), bare(503), bare(503)]);
@@ -507,7 +520,7 @@ async fn generates_unique_uuids() {
     assert_eq!(unique.len(), uuids.len(), "duplicate uuids in {uuids:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn preserves_uuid_on_retry() {
     let h = begin().await;
     h.queue([bare(503), bare(200)]);
@@ -520,7 +533,7 @@ async fn preserves_uuid_on_retry() {
     assert_preserved_on_retry(&r, "uuid");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn preserves_uuid_and_timestamp_on_retry() {
     let h = begin().await;
     h.queue([bare(503), bare(503), bare(200)]);
@@ -534,7 +547,7 @@ async fn preserves_uuid_and_timestamp_on_retry() {
     assert_preserved_on_retry(&r, "timestamp");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn preserves_uuid_and_timestamp_on_batch_retry() {
     let h = begin().await;
     h.queue([bare(503), bare(200)]);
@@ -636,17 +649,17 @@ async fn multiple_events_batched_together() {
 
 // ===== error_handling =====
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn does_not_retry_on_403() {
     does_not_retry(403, "Forbidden").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn does_not_retry_on_413() {
     does_not_retry(413, "Payload too large").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_on_408() {
     retries_then_succeeds(408, "Request timeout").await;
 }
@@ -974,7 +987,7 @@ async fn adapter_parallel_test_ids_get_their_own_clients() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn adapter_reset_drops_queued_events() {
     let h = begin().await;
     // flush_at 100, flush interval 500 ms: the events wait in the batch.
@@ -986,7 +999,7 @@ async fn adapter_reset_drops_queued_events() {
     assert_request_count(&h.recordings(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn adapter_reset_cancels_pending_retries() {
     let h = begin().await;
     h.queue([bare(503), bare(503), bare(503)]);
@@ -1003,7 +1016,7 @@ async fn adapter_reset_cancels_pending_retries() {
     assert_request_count(&h.recordings(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn adapter_init_replaces_the_client_without_leaking() {
     let h = begin().await;
     h.init(json!({})).await;
@@ -1025,7 +1038,7 @@ async fn adapter_init_replaces_the_client_without_leaking() {
 /// as failed without sending it; it sends it. The adapter therefore also closes a gate in its
 /// observing layer before shutting a client down (see `Instance::retire`), which is what makes
 /// the `adapter_reset_*` tests pass.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn sdk_shutdown_with_zero_deadline_sends_nothing() {
     let mock = MockPostHog::start().await.expect("the mock starts");
     let posthog = posthog_tower::PostHog::builder("phc_test_key")
@@ -1038,8 +1051,14 @@ async fn sdk_shutdown_with_zero_deadline_sends_nothing() {
             .capture(posthog_tower::Event::new(format!("event_{i}"), "user"))
             .expect("captured");
     }
-    // The worker has taken the events into its batch by now.
+    // The clock only moves once every task is idle: the worker has taken the events into its
+    // batch by the end of this wait.
     wait(50).await;
+    assert_eq!(
+        posthog.stats().queue_depth,
+        0,
+        "the events are in the batch"
+    );
     let report = posthog.shutdown(Duration::ZERO).await;
     wait(500).await;
     assert_eq!(statuses(&mock.requests()), Vec::<u16>::new(), "{report:?}");
