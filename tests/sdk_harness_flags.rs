@@ -833,7 +833,9 @@ async fn adapter_parallel_flags_carry_the_test_id() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On tokio's paused clock: the 500 ms answer, the 300 ms backoff and the 500 ms watch after
+// the lookup cost no real time, and a retry due within them would be recorded before they end.
+#[tokio::test(start_paused = true)]
 async fn adapter_reset_stops_a_pending_flags_retry() {
     let h = begin().await;
     // The 502 is answered 500 ms after it arrives; the retry would follow 300 ms later.
@@ -1217,11 +1219,12 @@ async fn adapter_local_force_remote_bypasses_local_evaluation() {
     assert_eq!(state["pending_events"], 0, "{state}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On tokio's paused clock, which the poller runs on: the waits below cost no real time, every
+// poll due within them happens, and the count of polls is exact.
+#[tokio::test(start_paused = true)]
 async fn adapter_local_reset_stops_the_poller() {
     let h = begin_local().await;
     init_local(&h, json!({"poll_interval_ms": 100})).await;
-    // Real time: the adapter polls on its own clock.
     h.mock()
         .wait_for_requests("/flags/definitions", 3, Duration::from_secs(5))
         .await
@@ -1241,11 +1244,12 @@ async fn adapter_local_reset_stops_the_poller() {
     init_local(&h, json!({"poll_interval_ms": 100})).await;
     init_local(&h, json!({"poll_interval_ms": 100})).await;
     h.mock().clear();
-    tokio::time::sleep(Duration::from_millis(550)).await;
+    // The new client's first load ended just now. A poller waits 100 ms plus up to 10 % jitter
+    // between fetches, so its n-th poll from here comes between 100·n and 110·n ms: within
+    // 575 ms exactly 5 (the 5th before 550 ms, the 6th at 600 ms or later). Two pollers would
+    // make 10.
+    tokio::time::sleep(Duration::from_millis(575)).await;
     let count = definitions_requests(&h).len();
-    assert!(
-        (1..=7).contains(&count),
-        "one poller at 100 ms for 550 ms, not two: {count}"
-    );
+    assert_eq!(count, 5, "one poller at 100 ms for 575 ms, not two");
     h.reset().await;
 }
