@@ -1,12 +1,12 @@
 //! PostHog's SDK compliance harness, `capture` suite, reimplemented in Rust.
 //!
-//! The harness (`PostHog/posthog-sdk-test-harness`, a Python program) drives an SDK through
-//! an HTTP adapter and checks what reaches its mock PostHog. It cannot run here, so these tests
-//! do what it does: they start our adapter (`examples/sdk_adapter/adapter.rs`, included below)
-//! in-process on `127.0.0.1:0`, start [`MockPostHog`] as the mock, and talk to the adapter over
-//! real HTTP with exactly the calls the harness makes (`/reset`, `/init`, `/capture` with
-//! `"properties": null` and `"timestamp": null` when unset, `/flush` with no body), including
-//! its waits. Then they check what the mock recorded with the harness's own assertions.
+//! The harness (`PostHog/posthog-sdk-test-harness`, a Python program) drives an SDK through an HTTP
+//! adapter and checks what reaches its mock PostHog. It cannot run here, so these tests do what it
+//! does: they start our adapter (`examples/sdk_adapter/adapter.rs`, included by
+//! [`harness`](crate::harness)) in-process on `127.0.0.1:0`, start [`MockPostHog`] as the mock, and
+//! talk to the adapter over real HTTP with exactly the calls the harness makes (`/reset`, `/init`,
+//! `/capture` with `"properties": null` and `"timestamp": null` when unset, `/flush` with no body),
+//! including its waits. Then they check what the mock recorded with the harness's own assertions.
 //!
 //! Every harness test of the `capture` suite that runs for a server SDK has a test of the same
 //! name here (30 of them). The tests prefixed `adapter_` check the adapter itself: `/health`,
@@ -33,12 +33,40 @@ use serde_json::{json, Value};
 
 // ===== the harness side: driving the adapter (shared with the feature_flags suite) =====
 
-mod sdk_harness_support;
+use crate::harness::{Harness, Reply};
 
-use sdk_harness_support::{Harness, Reply};
-
-impl Harness {
+/// The steps of this suite, on top of the shared [`Harness`]. A trait rather than an inherent
+/// `impl Harness`, so the `feature_flags` suite, in the same binary, can name its own steps
+/// the same way (`capture`, `flush`, `queue`).
+trait CaptureSteps {
     /// `CAP(d, e, props, ts)`: all four keys always sent, unset ones as JSON null.
+    async fn capture(
+        &self,
+        distinct_id: &str,
+        event: &str,
+        properties: Value,
+        timestamp: Value,
+    ) -> Value;
+
+    /// `CAP` without arguments: `CAP("test_user", "test_event")`.
+    async fn cap(&self) -> Value;
+
+    /// `capture_multiple`: `count` sequential captures of `test_event_{index}`.
+    async fn capture_multiple(&self, count: usize);
+
+    async fn flush(&self) -> Value;
+
+    async fn state(&self) -> Value;
+
+    /// `Q[...]`: scripts the mock's answers to `/batch/`, in order.
+    fn queue(&self, responses: impl IntoIterator<Item = MockResponse>);
+
+    /// A `wait` step followed by a check of at least `n` recordings: resolves as soon as
+    /// they are there, or when the wait is over.
+    async fn wait_for_at_least(&self, n: usize, wait_ms: u64);
+}
+
+impl CaptureSteps for Harness {
     async fn capture(
         &self,
         distinct_id: &str,
@@ -57,13 +85,11 @@ impl Harness {
         answer
     }
 
-    /// `CAP` without arguments: `CAP("test_user", "test_event")`.
     async fn cap(&self) -> Value {
         self.capture("test_user", "test_event", Value::Null, Value::Null)
             .await
     }
 
-    /// `capture_multiple`: `count` sequential captures of `test_event_{index}`.
     async fn capture_multiple(&self, count: usize) {
         for index in 0..count {
             self.capture(
@@ -86,15 +112,12 @@ impl Harness {
         self.call(Method::GET, "/state", None).await
     }
 
-    /// `Q[...]`: scripts the mock's answers to `/batch/`, in order.
     fn queue(&self, responses: impl IntoIterator<Item = MockResponse>) {
         for response in responses {
             self.mock().enqueue("/batch/", response);
         }
     }
 
-    /// A `wait` step followed by a check of at least `n` recordings: resolves as soon as
-    /// they are there, or when the wait is over.
     async fn wait_for_at_least(&self, n: usize, wait_ms: u64) {
         let _ = self
             .mock()

@@ -1,11 +1,12 @@
 //! PostHog's SDK compliance harness, `feature_flags` suite, reimplemented in Rust.
 //!
-//! Like `tests/sdk_harness.rs` (the `capture` suite), these tests start our adapter
-//! (`examples/sdk_adapter/adapter.rs`, included below) in-process on `127.0.0.1:0`, start
-//! [`MockPostHog`] as the mock, and drive the adapter over real HTTP with exactly the calls the
-//! harness makes: `/reset` (after clearing the mock), `/init`, `/get_feature_flag` with the
-//! step's keys only (`"force_remote": true` in every call of the suite), `/capture` and
-//! `/flush`. Then they check what the mock recorded with the harness's own assertions.
+//! Like [`capture_suite`](crate::capture_suite) (the `capture` suite), these tests start our
+//! adapter (`examples/sdk_adapter/adapter.rs`, included by [`harness`](crate::harness)) in-process
+//! on `127.0.0.1:0`, start [`MockPostHog`] as the mock, and drive the adapter over real HTTP with
+//! exactly the calls the harness makes: `/reset` (after clearing the mock), `/init`,
+//! `/get_feature_flag` with the step's keys only (`"force_remote": true` in every call of the
+//! suite), `/capture` and `/flush`. Then they check what the mock recorded with the harness's own
+//! assertions.
 //!
 //! Every harness test of the `feature_flags` suite that runs for a server SDK has a test of the
 //! same name here (17 of them). The tests prefixed `adapter_` check the adapter's flag endpoints
@@ -38,12 +39,26 @@ use serde_json::{json, Map, Value};
 
 // ===== the harness side: driving the adapter (shared with the capture suite) =====
 
-mod sdk_harness_support;
+use crate::harness::Harness;
 
-use sdk_harness_support::Harness;
-
-impl Harness {
+/// The steps of this suite, on top of the shared [`Harness`] (a trait, as the `capture`
+/// suite's steps in the same binary use the same names).
+trait FlagSteps {
     /// `CAP(d, e)`: all four keys always sent, unset ones as JSON null.
+    async fn capture(&self, distinct_id: &str, event: &str) -> Value;
+
+    async fn flush(&self) -> Value;
+
+    /// `GFF{body}`: `POST /get_feature_flag` with exactly these keys. The answer is the
+    /// harness's `last_action_result`.
+    async fn gff(&self, body: Value) -> Value;
+
+    /// `Q[...]`: the harness's `configure_mock_responses` (see the module docs: every entry
+    /// of this suite is consumed by a `/flags` request).
+    fn queue(&self, entries: impl IntoIterator<Item = (u16, Option<&'static str>)>);
+}
+
+impl FlagSteps for Harness {
     async fn capture(&self, distinct_id: &str, event: &str) -> Value {
         let body = json!({
             "distinct_id": distinct_id,
@@ -62,15 +77,11 @@ impl Harness {
         answer
     }
 
-    /// `GFF{body}`: `POST /get_feature_flag` with exactly these keys. The answer is the
-    /// harness's `last_action_result`.
     async fn gff(&self, body: Value) -> Value {
         self.call(Method::POST, "/get_feature_flag", Some(&body))
             .await
     }
 
-    /// `Q[...]`: the harness's `configure_mock_responses` (see the module docs: every entry
-    /// of this suite is consumed by a `/flags` request).
     fn queue(&self, entries: impl IntoIterator<Item = (u16, Option<&'static str>)>) {
         for (status, body) in entries {
             self.mock().enqueue("/flags", scripted(status, body));
