@@ -7,6 +7,13 @@
 //! formatted), installed with `tracing::subscriber::set_default` for the test's thread. The
 //! tests run on tokio's current-thread runtime, so the client's worker, its poller, hyper's
 //! connection tasks and the mock all run on that thread and log into it.
+//!
+//! This file stays a test binary of its own, apart from the grouped ones (`tests/capture/`,
+//! `tests/flags/`, ...): `tracing` caches each callsite's interest for the whole process, worked
+//! out once by whichever thread reaches the callsite first. A test of another area running
+//! beside these, reaching the client's log lines on a thread without a subscriber, could switch
+//! those lines off for the recorder here, and the checks that every level and message was
+//! logged would fail now and then.
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Listens on `127.0.0.1` at `--port PORT`, else the `PORT` environment variable, else 8080.
-//! The protocol is described in `adapter.rs`; `tests/sdk_harness.rs` runs the harness's
-//! `capture` suite against it, and `tests/sdk_harness_flags.rs` its `feature_flags` suite.
+//! The protocol is described in `adapter.rs`; `tests/sdk_harness/capture_suite.rs` runs the
+//! harness's `capture` suite against it, and `tests/sdk_harness/flags_suite.rs` its
+//! `feature_flags` suite.
 
 mod adapter;
 

@@ -1,12 +1,12 @@
 //! PostHog's SDK compliance harness, `capture` suite, reimplemented in Rust.
 //!
-//! The harness (`PostHog/posthog-sdk-test-harness`, a Python program) drives an SDK through
-//! an HTTP adapter and checks what reaches its mock PostHog. It cannot run here, so these tests
-//! do what it does: they start our adapter (`examples/sdk_adapter/adapter.rs`, included below)
-//! in-process on `127.0.0.1:0`, start [`MockPostHog`] as the mock, and talk to the adapter over
-//! real HTTP with exactly the calls the harness makes (`/reset`, `/init`, `/capture` with
-//! `"properties": null` and `"timestamp": null` when unset, `/flush` with no body), including
-//! its waits. Then they check what the mock recorded with the harness's own assertions.
+//! The harness (`PostHog/posthog-sdk-test-harness`, a Python program) drives an SDK through an HTTP
+//! adapter and checks what reaches its mock PostHog. It cannot run here, so these tests do what it
+//! does: they start our adapter (`examples/sdk_adapter/adapter.rs`, included by
+//! [`harness`](crate::harness)) in-process on `127.0.0.1:0`, start [`MockPostHog`] as the mock, and
+//! talk to the adapter over real HTTP with exactly the calls the harness makes (`/reset`, `/init`,
+//! `/capture` with `"properties": null` and `"timestamp": null` when unset, `/flush` with no body),
+//! including its waits. Then they check what the mock recorded with the harness's own assertions.
 //!
 //! Every harness test of the `capture` suite that runs for a server SDK has a test of the same
 //! name here (30 of them). The tests prefixed `adapter_` check the adapter itself: `/health`,
@@ -14,8 +14,15 @@
 //!
 //! Where the harness waits for retries and then asserts *at least* N requests, the tests wait
 //! for N requests with the same time limit (`MockPostHog::wait_for_requests`), which passes and
-//! fails exactly when the harness would. Where it asserts an exact count, they sleep the whole
-//! wait, as the harness does, so a late extra request would be seen.
+//! fails exactly when the harness would. Where it asserts an exact count after a wait, they
+//! wait the whole time too, so a late extra request would be seen.
+//!
+//! Every test whose outcome depends on time (retries and their backoff, `Retry-After`, flush
+//! intervals, the harness's waits) runs on tokio's paused clock (`start_paused`). The client,
+//! the adapter and the mock all run on that clock, in the test's runtime: a wait lets every
+//! timer due within it fire, in order, and what they send reaches the mock before the wait
+//! ends, without any real time passing. The gaps between attempts are then exact, and a wait
+//! is a statement about the client's timers, never a hope that a busy machine kept up.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,12 +33,40 @@ use serde_json::{json, Value};
 
 // ===== the harness side: driving the adapter (shared with the feature_flags suite) =====
 
-mod sdk_harness_support;
+use crate::harness::{Harness, Reply};
 
-use sdk_harness_support::{Harness, Reply};
-
-impl Harness {
+/// The steps of this suite, on top of the shared [`Harness`]. A trait rather than an inherent
+/// `impl Harness`, so the `feature_flags` suite, in the same binary, can name its own steps
+/// the same way (`capture`, `flush`, `queue`).
+trait CaptureSteps {
     /// `CAP(d, e, props, ts)`: all four keys always sent, unset ones as JSON null.
+    async fn capture(
+        &self,
+        distinct_id: &str,
+        event: &str,
+        properties: Value,
+        timestamp: Value,
+    ) -> Value;
+
+    /// `CAP` without arguments: `CAP("test_user", "test_event")`.
+    async fn cap(&self) -> Value;
+
+    /// `capture_multiple`: `count` sequential captures of `test_event_{index}`.
+    async fn capture_multiple(&self, count: usize);
+
+    async fn flush(&self) -> Value;
+
+    async fn state(&self) -> Value;
+
+    /// `Q[...]`: scripts the mock's answers to `/batch/`, in order.
+    fn queue(&self, responses: impl IntoIterator<Item = MockResponse>);
+
+    /// A `wait` step followed by a check of at least `n` recordings: resolves as soon as
+    /// they are there, or when the wait is over.
+    async fn wait_for_at_least(&self, n: usize, wait_ms: u64);
+}
+
+impl CaptureSteps for Harness {
     async fn capture(
         &self,
         distinct_id: &str,
@@ -50,13 +85,11 @@ impl Harness {
         answer
     }
 
-    /// `CAP` without arguments: `CAP("test_user", "test_event")`.
     async fn cap(&self) -> Value {
         self.capture("test_user", "test_event", Value::Null, Value::Null)
             .await
     }
 
-    /// `capture_multiple`: `count` sequential captures of `test_event_{index}`.
     async fn capture_multiple(&self, count: usize) {
         for index in 0..count {
             self.capture(
@@ -79,15 +112,12 @@ impl Harness {
         self.call(Method::GET, "/state", None).await
     }
 
-    /// `Q[...]`: scripts the mock's answers to `/batch/`, in order.
     fn queue(&self, responses: impl IntoIterator<Item = MockResponse>) {
         for response in responses {
             self.mock().enqueue("/batch/", response);
         }
     }
 
-    /// A `wait` step followed by a check of at least `n` recordings: resolves as soon as
-    /// they are there, or when the wait is over.
     async fn wait_for_at_least(&self, n: usize, wait_ms: u64) {
         let _ = self
             .mock()
@@ -103,8 +133,14 @@ async fn begin() -> Harness {
     h
 }
 
-/// A `wait` step, in full.
+/// A `wait` step, in full, on tokio's paused clock.
+///
+/// # Panics
+///
+/// If the clock is not paused: in real time a wait would only hope to be long enough.
 async fn wait(ms: u64) {
+    // `advance` refuses to run unless the clock is paused; by zero it changes nothing.
+    tokio::time::advance(Duration::ZERO).await;
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
@@ -382,7 +418,7 @@ async fn non_utc_event_timestamp_is_converted_to_utc() {
 
 // ===== retry_behavior =====
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_on_503() {
     let h = begin().await;
     h.queue([error(503, "Service unavailable"), bare(503), bare(200)]);
@@ -407,17 +443,17 @@ async fn does_not_retry(status: u16, message: &str) {
     assert_request_count(&h.recordings(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn does_not_retry_on_400() {
     does_not_retry(400, "Bad request").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn does_not_retry_on_401() {
     does_not_retry(401, "Unauthorized").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn respects_retry_after_header() {
     let h = begin().await;
     h.queue([
@@ -434,7 +470,7 @@ async fn respects_retry_after_header() {
     assert!(gap >= Duration::from_millis(2500), "retried after {gap:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn implements_backoff() {
     let h = begin().await;
     h.queue([bare(503), bare(503), bare(503), bare(200)]);
@@ -464,22 +500,22 @@ async fn retries_then_succeeds(status: u16, message: &str) {
     assert_final_success(&r);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_on_500() {
     retries_then_succeeds(500, "Internal server error").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_on_502() {
     retries_then_succeeds(502, "Bad gateway").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_on_504() {
     retries_then_succeeds(504, "Gateway timeout").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn max_retries_respected() {
     let h = begin().await;
     h.queue([bare(503), bare(503), bare(503), bare(503), bare(503)]);
@@ -507,7 +543,7 @@ async fn generates_unique_uuids() {
     assert_eq!(unique.len(), uuids.len(), "duplicate uuids in {uuids:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn preserves_uuid_on_retry() {
     let h = begin().await;
     h.queue([bare(503), bare(200)]);
@@ -520,7 +556,7 @@ async fn preserves_uuid_on_retry() {
     assert_preserved_on_retry(&r, "uuid");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn preserves_uuid_and_timestamp_on_retry() {
     let h = begin().await;
     h.queue([bare(503), bare(503), bare(200)]);
@@ -534,7 +570,7 @@ async fn preserves_uuid_and_timestamp_on_retry() {
     assert_preserved_on_retry(&r, "timestamp");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn preserves_uuid_and_timestamp_on_batch_retry() {
     let h = begin().await;
     h.queue([bare(503), bare(200)]);
@@ -636,17 +672,17 @@ async fn multiple_events_batched_together() {
 
 // ===== error_handling =====
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn does_not_retry_on_403() {
     does_not_retry(403, "Forbidden").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn does_not_retry_on_413() {
     does_not_retry(413, "Payload too large").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_on_408() {
     retries_then_succeeds(408, "Request timeout").await;
 }
@@ -974,7 +1010,7 @@ async fn adapter_parallel_test_ids_get_their_own_clients() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn adapter_reset_drops_queued_events() {
     let h = begin().await;
     // flush_at 100, flush interval 500 ms: the events wait in the batch.
@@ -986,7 +1022,7 @@ async fn adapter_reset_drops_queued_events() {
     assert_request_count(&h.recordings(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn adapter_reset_cancels_pending_retries() {
     let h = begin().await;
     h.queue([bare(503), bare(503), bare(503)]);
@@ -1003,7 +1039,7 @@ async fn adapter_reset_cancels_pending_retries() {
     assert_request_count(&h.recordings(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn adapter_init_replaces_the_client_without_leaking() {
     let h = begin().await;
     h.init(json!({})).await;
@@ -1025,7 +1061,7 @@ async fn adapter_init_replaces_the_client_without_leaking() {
 /// as failed without sending it; it sends it. The adapter therefore also closes a gate in its
 /// observing layer before shutting a client down (see `Instance::retire`), which is what makes
 /// the `adapter_reset_*` tests pass.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn sdk_shutdown_with_zero_deadline_sends_nothing() {
     let mock = MockPostHog::start().await.expect("the mock starts");
     let posthog = posthog_tower::PostHog::builder("phc_test_key")
@@ -1038,8 +1074,14 @@ async fn sdk_shutdown_with_zero_deadline_sends_nothing() {
             .capture(posthog_tower::Event::new(format!("event_{i}"), "user"))
             .expect("captured");
     }
-    // The worker has taken the events into its batch by now.
+    // The clock only moves once every task is idle: the worker has taken the events into its
+    // batch by the end of this wait.
     wait(50).await;
+    assert_eq!(
+        posthog.stats().queue_depth,
+        0,
+        "the events are in the batch"
+    );
     let report = posthog.shutdown(Duration::ZERO).await;
     wait(500).await;
     assert_eq!(statuses(&mock.requests()), Vec::<u16>::new(), "{report:?}");

@@ -2,8 +2,6 @@
 //! gRPC request event, the default predicate skipping gRPC, fail-open flags, the extensions an
 //! inner service and a handler see, and the peer address from tonic's `TcpConnectInfo`.
 
-mod support;
-
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::task::{Context, Poll};
@@ -24,7 +22,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use support::{start_mock, KEY, WAIT};
+use crate::support::{start_mock, KEY, WAIT};
 
 const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 const SERVING: i32 = ServingStatus::Serving as i32;

@@ -2,8 +2,6 @@
 //! concurrent producers and with a deadline), dropping the last handle, a full queue, sync
 //! mode and a disabled client.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +12,7 @@ use posthog_tower::testing::MockResponse;
 use posthog_tower::{CaptureError, Error, Event, PostHog, Uuid};
 use tokio::time::Instant;
 
-use support::*;
+use crate::support::*;
 
 // ===== flush =====
 

@@ -2,8 +2,6 @@
 //! and group helpers, gzip, batching (count, interval, bytes, concurrency), bad input,
 //! `before_send`, and the stats that add it all up.
 
-mod support;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -13,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::{sleep_until, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// `t` truncated to whole microseconds, the precision timestamps are sent with.
 fn to_micros(t: Timestamp) -> Timestamp {

@@ -1,11 +1,12 @@
 //! PostHog's SDK compliance harness, `feature_flags` suite, reimplemented in Rust.
 //!
-//! Like `tests/sdk_harness.rs` (the `capture` suite), these tests start our adapter
-//! (`examples/sdk_adapter/adapter.rs`, included below) in-process on `127.0.0.1:0`, start
-//! [`MockPostHog`] as the mock, and drive the adapter over real HTTP with exactly the calls the
-//! harness makes: `/reset` (after clearing the mock), `/init`, `/get_feature_flag` with the
-//! step's keys only (`"force_remote": true` in every call of the suite), `/capture` and
-//! `/flush`. Then they check what the mock recorded with the harness's own assertions.
+//! Like [`capture_suite`](crate::capture_suite) (the `capture` suite), these tests start our
+//! adapter (`examples/sdk_adapter/adapter.rs`, included by [`harness`](crate::harness)) in-process
+//! on `127.0.0.1:0`, start [`MockPostHog`] as the mock, and drive the adapter over real HTTP with
+//! exactly the calls the harness makes: `/reset` (after clearing the mock), `/init`,
+//! `/get_feature_flag` with the step's keys only (`"force_remote": true` in every call of the
+//! suite), `/capture` and `/flush`. Then they check what the mock recorded with the harness's own
+//! assertions.
 //!
 //! Every harness test of the `feature_flags` suite that runs for a server SDK has a test of the
 //! same name here (17 of them). The tests prefixed `adapter_` check the adapter's flag endpoints
@@ -38,12 +39,26 @@ use serde_json::{json, Map, Value};
 
 // ===== the harness side: driving the adapter (shared with the capture suite) =====
 
-mod sdk_harness_support;
+use crate::harness::Harness;
 
-use sdk_harness_support::Harness;
-
-impl Harness {
+/// The steps of this suite, on top of the shared [`Harness`] (a trait, as the `capture`
+/// suite's steps in the same binary use the same names).
+trait FlagSteps {
     /// `CAP(d, e)`: all four keys always sent, unset ones as JSON null.
+    async fn capture(&self, distinct_id: &str, event: &str) -> Value;
+
+    async fn flush(&self) -> Value;
+
+    /// `GFF{body}`: `POST /get_feature_flag` with exactly these keys. The answer is the
+    /// harness's `last_action_result`.
+    async fn gff(&self, body: Value) -> Value;
+
+    /// `Q[...]`: the harness's `configure_mock_responses` (see the module docs: every entry
+    /// of this suite is consumed by a `/flags` request).
+    fn queue(&self, entries: impl IntoIterator<Item = (u16, Option<&'static str>)>);
+}
+
+impl FlagSteps for Harness {
     async fn capture(&self, distinct_id: &str, event: &str) -> Value {
         let body = json!({
             "distinct_id": distinct_id,
@@ -62,15 +77,11 @@ impl Harness {
         answer
     }
 
-    /// `GFF{body}`: `POST /get_feature_flag` with exactly these keys. The answer is the
-    /// harness's `last_action_result`.
     async fn gff(&self, body: Value) -> Value {
         self.call(Method::POST, "/get_feature_flag", Some(&body))
             .await
     }
 
-    /// `Q[...]`: the harness's `configure_mock_responses` (see the module docs: every entry
-    /// of this suite is consumed by a `/flags` request).
     fn queue(&self, entries: impl IntoIterator<Item = (u16, Option<&'static str>)>) {
         for (status, body) in entries {
             self.mock().enqueue("/flags", scripted(status, body));
@@ -833,7 +844,9 @@ async fn adapter_parallel_flags_carry_the_test_id() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On tokio's paused clock: the 500 ms answer, the 300 ms backoff and the 500 ms watch after
+// the lookup cost no real time, and a retry due within them would be recorded before they end.
+#[tokio::test(start_paused = true)]
 async fn adapter_reset_stops_a_pending_flags_retry() {
     let h = begin().await;
     // The 502 is answered 500 ms after it arrives; the retry would follow 300 ms later.
@@ -1217,11 +1230,12 @@ async fn adapter_local_force_remote_bypasses_local_evaluation() {
     assert_eq!(state["pending_events"], 0, "{state}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On tokio's paused clock, which the poller runs on: the waits below cost no real time, every
+// poll due within them happens, and the count of polls is exact.
+#[tokio::test(start_paused = true)]
 async fn adapter_local_reset_stops_the_poller() {
     let h = begin_local().await;
     init_local(&h, json!({"poll_interval_ms": 100})).await;
-    // Real time: the adapter polls on its own clock.
     h.mock()
         .wait_for_requests("/flags/definitions", 3, Duration::from_secs(5))
         .await
@@ -1241,11 +1255,12 @@ async fn adapter_local_reset_stops_the_poller() {
     init_local(&h, json!({"poll_interval_ms": 100})).await;
     init_local(&h, json!({"poll_interval_ms": 100})).await;
     h.mock().clear();
-    tokio::time::sleep(Duration::from_millis(550)).await;
+    // The new client's first load ended just now. A poller waits 100 ms plus up to 10 % jitter
+    // between fetches, so its n-th poll from here comes between 100·n and 110·n ms: within
+    // 575 ms exactly 5 (the 5th before 550 ms, the 6th at 600 ms or later). Two pollers would
+    // make 10.
+    tokio::time::sleep(Duration::from_millis(575)).await;
     let count = definitions_requests(&h).len();
-    assert!(
-        (1..=7).contains(&count),
-        "one poller at 100 ms for 550 ms, not two: {count}"
-    );
+    assert_eq!(count, 5, "one poller at 100 ms for 575 ms, not two");
     h.reset().await;
 }

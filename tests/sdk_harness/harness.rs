@@ -1,8 +1,5 @@
-//! What both harness test files share: the mock, our adapter in-process, and an HTTP client
-//! that drives the adapter as PostHog's SDK test harness does.
-//!
-//! Each test file includes this module and uses part of it.
-#![allow(dead_code)]
+//! What both harness suites share: the mock, our adapter in-process, and an HTTP client that
+//! drives the adapter as PostHog's SDK test harness does.
 
 #[path = "../../examples/sdk_adapter/adapter.rs"]
 pub mod adapter;

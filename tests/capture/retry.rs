@@ -2,8 +2,6 @@
 //! retried, the backoff between attempts, `Retry-After`, `max_retries`, request timeouts, and
 //! the 413 split. Delays are measured with the `received_at` of the recorded requests.
 
-mod support;
-
 use std::time::{Duration, SystemTime};
 
 use posthog_tower::capture::UnexpectedStatus;
@@ -11,7 +9,7 @@ use posthog_tower::testing::{MockResponse, RecordedRequest};
 use posthog_tower::{Error, Event, Uuid};
 use tokio::time::Instant;
 
-use support::*;
+use crate::support::*;
 
 /// The gaps between consecutive requests.
 fn gaps(reqs: &[RecordedRequest]) -> Vec<Duration> {

@@ -1,0 +1,12 @@
+//! Capture over real HTTP to `MockPostHog`, one test binary: what is sent and how it is
+//! batched ([`events`]), the client's life from flush to shutdown ([`lifecycle`]), retries and
+//! their timing ([`retry`]), and an axum server shut down gracefully under load
+//! ([`shutdown_under_load`]).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod events;
+mod lifecycle;
+mod retry;
+mod shutdown_under_load;
