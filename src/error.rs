@@ -1,7 +1,7 @@
 //! Errors: what `capture` returns, what `on_error` receives, and why a build fails.
 //!
 //! Inside service stacks the error type is [`BoxError`], as everywhere in tower; the tiny structs
-//! in [`crate::capture`] (for example [`UnexpectedStatus`](crate::capture::UnexpectedStatus)) can
+//! in [`crate::capture`] (for example [`UnexpectedStatus`](crate::net::UnexpectedStatus)) can
 //! be recovered with `downcast_ref`. At the facade, errors are small `#[non_exhaustive]` enums
 //! whose messages say what to do.
 
@@ -14,7 +14,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why an event was not accepted by `capture`.
 ///
-/// Every rejection is also counted in [`Stats`](crate::Stats) and reported to the `on_error`
+/// Every rejection is also counted in [`Stats`](crate::capture::Stats) and reported to the `on_error`
 /// callback, so nothing is lost silently.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -83,7 +83,7 @@ impl std::error::Error for CaptureError {
 }
 
 impl CaptureError {
-    /// The reason label used in [`Stats`](crate::Stats) and logs.
+    /// The reason label used in [`Stats`](crate::capture::Stats) and logs.
     pub fn reason(&self) -> &'static str {
         match self {
             CaptureError::EmptyEventName
@@ -116,7 +116,7 @@ impl DeliveryError {
     }
 
     /// The last error seen; downcast it to
-    /// [`UnexpectedStatus`](crate::capture::UnexpectedStatus) to read an HTTP status.
+    /// [`UnexpectedStatus`](crate::net::UnexpectedStatus) to read an HTTP status.
     pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &**self.source
     }

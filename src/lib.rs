@@ -42,7 +42,7 @@
 //! # Delivery guarantees
 //!
 //! Every event `capture` accepts is delivered, or its failure is reported: to the `on_error`
-//! callback, in [`PostHog::stats`], and in the [`FlushReport`] of the
+//! callback, in [`PostHog::stats`], and in the [`FlushReport`](capture::FlushReport) of the
 //! flush or shutdown that covered it. Every event it refuses is an `Err` for the caller (and is
 //! counted and reported too). Nothing is dropped with only a log line.
 //!
@@ -56,12 +56,16 @@
 //!
 //! # Modules
 //!
-//! - [`capture`]: the batching pipeline as tower services.
+//! The client ([`PostHog`], [`PostHogBuilder`]), events ([`Event`], [`Properties`],
+//! [`Timestamp`]) and the errors are at the crate root; the rest by area, each item under one
+//! path:
+//!
+//! - [`capture`]: the batching pipeline as tower services, its [`Stats`](capture::Stats) and
+//!   [`FlushReport`](capture::FlushReport).
 //! - [`flags`]: feature flags, remote and local evaluation.
 //! - [`http`]: the HTTP layer for axum, tonic and any tower HTTP server.
 //! - [`context`]: the request context events inherit.
-//! - [`event`]: events and their properties.
-//! - [`https`]: the HTTP client underneath.
+//! - [`net`]: the outbound HTTP client underneath, and its errors.
 //! - [`testing`]: the mock PostHog server (feature `test-util`).
 
 #![deny(unsafe_code, unreachable_pub)]
@@ -170,7 +174,7 @@ mod auto_traits {
         send_sync::<CaptureError>();
         send_sync::<ErrorReport>();
         send::<Worker>();
-        send::<capture::ResponseFuture>();
+        send::<capture::BatchFuture>();
         send::<
             TransportFuture<
                 <net::HttpClient as tower_service::Service<
@@ -183,7 +187,7 @@ mod auto_traits {
 
     #[test]
     fn http_layer_types_are_send_and_sync() {
-        use crate::http::{future::*, *};
+        use crate::http::*;
         type Body = http_body_util::Full<bytes::Bytes>;
         type Inner = tower::util::BoxCloneSyncService<
             ::http::Request<Body>,
@@ -200,7 +204,7 @@ mod auto_traits {
         send_sync::<CapturePageviewsLayer>();
         send_sync::<CapturePageviews<Inner>>();
         send_sync::<RequestFlags>();
-        send_sync::<RequestContext>();
+        send_sync::<crate::context::RequestContext>();
         send_sync::<DefaultMakeDistinctId>();
         send_sync::<DefaultShouldCapture>();
         send::<SetRequestContextFuture<InnerFuture>>();

@@ -345,7 +345,7 @@ where
 /// Downcast an error to it to read the status:
 ///
 /// ```
-/// # use posthog_tower::{BoxError, https::UnexpectedStatus};
+/// # use posthog_tower::{net::UnexpectedStatus, BoxError};
 /// fn status(err: &BoxError) -> Option<u16> {
 ///     err.downcast_ref::<UnexpectedStatus>().map(|e| e.status().as_u16())
 /// }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use posthog_tower::capture::CaptureTransport;
 use posthog_tower::flags::{FlagsRequest, LocalFlags, RemoteFlags};
 use posthog_tower::testing::{MockPostHog, MockResponse};
-use posthog_tower::{Error, Event, PostHog};
+use posthog_tower::{ErrorReport, Event, PostHog};
 use serde_json::{json, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -235,7 +235,7 @@ async fn keys_never_show_in_debug_display_or_logs_and_the_personal_key_goes_to_d
     mock.enqueue("/flags/", MockResponse::status(401));
     mock.enqueue("/flags/", MockResponse::status(502));
 
-    let errors: Arc<Mutex<Vec<Error>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<ErrorReport>>> = Arc::default();
     let builder = PostHog::builder(PROJECT_KEY)
         .host(mock.url())
         .personal_api_key(PERSONAL_KEY)
@@ -262,7 +262,7 @@ async fn keys_never_show_in_debug_display_or_logs_and_the_personal_key_goes_to_d
         .get_feature_flag_result("local-beta", request.clone())
         .await
         .unwrap();
-    assert!(result.locally_evaluated);
+    assert!(result.record.locally_evaluated);
     assert_debug_is_clean("FeatureFlagResult", &result);
     assert_debug_is_clean("AllFlags", &ph.get_all_flags_and_payloads("user-1").await);
     assert_debug_is_clean("FlagEvaluations", &ph.evaluate_flags("user-1").await);
@@ -317,12 +317,12 @@ async fn keys_never_show_in_debug_display_or_logs_and_the_personal_key_goes_to_d
     // Every error the client reported.
     let errors = errors.lock().unwrap().clone();
     assert!(
-        errors.iter().any(|e| matches!(e, Error::Delivery(_))),
+        errors.iter().any(|e| matches!(e, ErrorReport::Delivery(_))),
         "{errors:?}"
     );
     for e in &errors {
         assert_display_is_clean("Error", e);
-        if let Error::Delivery(d) = e {
+        if let ErrorReport::Delivery(d) = e {
             assert_display_is_clean("DeliveryError", d);
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(d.error());
             while let Some(cause) = source {
@@ -424,7 +424,7 @@ async fn error_bodies_echoing_the_key_are_redacted() {
         "/flags/definitions",
         MockResponse::status(500).with_raw_body(format!("<pre>GET ?token={PROJECT_KEY}</pre>")),
     );
-    let errors: Arc<Mutex<Vec<Error>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<ErrorReport>>> = Arc::default();
     let ph = PostHog::builder(PROJECT_KEY)
         .host(mock.url())
         .personal_api_key(PERSONAL_KEY)
@@ -450,12 +450,12 @@ async fn error_bodies_echoing_the_key_are_redacted() {
 
     let errors = errors.lock().unwrap().clone();
     assert_eq!(errors.len(), 1, "{errors:?}");
-    let Error::Delivery(d) = &errors[0] else {
+    let ErrorReport::Delivery(d) = &errors[0] else {
         panic!("{errors:?}")
     };
     let status = d
         .error()
-        .downcast_ref::<posthog_tower::https::UnexpectedStatus>()
+        .downcast_ref::<posthog_tower::net::UnexpectedStatus>()
         .expect("a status error");
     assert_eq!(status.status(), 400);
     // The rest of the answer is still quoted, for diagnosis.

@@ -67,10 +67,9 @@ use hyper_util::{
     server::conn::auto,
 };
 use posthog_tower::{
-    capture::{CaptureTransport, EncodedBatch, RetryPolicy, UnexpectedStatus},
-    flags::{FeatureFlagResult, FlagError, FlagsRequest},
-    net::{self, HttpClient},
-    BoxError, Event, PostHog, Timestamp, Uuid,
+    capture::CaptureTransport, capture::EncodedBatch, capture::RetryPolicy,
+    flags::FeatureFlagResult, flags::FlagError, flags::FlagsRequest, net, net::HttpClient,
+    net::UnexpectedStatus, BoxError, Event, PostHog, Timestamp, Uuid,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -418,9 +417,9 @@ fn flag_answer(
     Ok(match outcome {
         Ok(result) => json!({
             "success": true,
-            "value": serde_json::to_value(&result.value)?,
-            "payload": result.payload,
-            "locally_evaluated": result.locally_evaluated,
+            "value": serde_json::to_value(&result.record.value)?,
+            "payload": result.record.payload,
+            "locally_evaluated": result.record.locally_evaluated,
         }),
         // Without local evaluation nothing can ever be decided locally: a failed call.
         Err(FlagError::Inconclusive) => json!({

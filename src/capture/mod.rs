@@ -35,12 +35,10 @@ mod policy;
 mod stats;
 mod transport;
 
-pub use crate::net::UnexpectedStatus;
-pub use crate::net::USER_AGENT;
 pub use batch::{
-    Batch, BatchConfig, BatchLayer, BeforeSend, FlushReport, OnError, ResponseFuture, Worker,
+    Batch, BatchConfig, BatchFuture, BatchLayer, BeforeSend, FlushReport, OnError, Worker,
 };
 pub use encoded::EncodedBatch;
-pub use policy::{classify, RetryPolicy};
+pub use policy::RetryPolicy;
 pub use stats::{Dropped, Stats, StatsRecorder};
 pub use transport::{CaptureTransport, TransportFuture};

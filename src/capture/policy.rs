@@ -5,8 +5,8 @@ use std::time::Duration;
 use tokio::time::Sleep;
 use tower::retry::Policy;
 
-use super::{EncodedBatch, StatsRecorder, UnexpectedStatus};
-use crate::BoxError;
+use super::{EncodedBatch, StatsRecorder};
+use crate::{error::BoxError, net::UnexpectedStatus};
 
 /// The capture retry policy, for `tower::retry::Retry`.
 ///
@@ -95,7 +95,7 @@ impl RetryPolicy {
 /// Whether `error` is worth retrying, and the server's `Retry-After` if it sent one.
 ///
 /// `None`: final. `Some(retry_after)`: retry, no sooner than `retry_after`.
-pub fn classify(error: &BoxError) -> Option<Option<Duration>> {
+pub(crate) fn classify(error: &BoxError) -> Option<Option<Duration>> {
     if let Some(status) = error.downcast_ref::<UnexpectedStatus>() {
         let code = status.status().as_u16();
         return match code {

@@ -36,12 +36,12 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// 64 KiB), the rest is not waited for, and one the connection cuts short is no error either
 /// (the status line is PostHog's acknowledgement; sending the batch again would only
 /// duplicate it). Any other status is an
-/// [`UnexpectedStatus`](super::UnexpectedStatus) error carrying the `Retry-After` delay when
+/// [`UnexpectedStatus`](crate::net::UnexpectedStatus) error carrying the `Retry-After` delay when
 /// the server sent one; transport failures are the HTTP client's own errors.
 /// [`RetryPolicy`](super::RetryPolicy) decides what to retry.
 ///
 /// `C` is the HTTP client; by default the shared hyper/rustls client of
-/// [`https::default_client`](crate::net::default_client).
+/// [`net::default_client`](crate::net::default_client).
 ///
 /// # Example
 ///
@@ -278,7 +278,7 @@ where
     }
 }
 
-/// Response future of [`CaptureTransport`]: the status on 2xx, [`UnexpectedStatus`](super::UnexpectedStatus)
+/// Response future of [`CaptureTransport`]: the status on 2xx, [`UnexpectedStatus`](crate::net::UnexpectedStatus)
 /// otherwise.
 pub type TransportFuture<F, B> = ResponseFuture<F, B, StatusCode>;
 

@@ -267,7 +267,7 @@ impl PostHogBuilder {
     }
 
     /// Sends through this HTTP client instead of the default hyper/rustls one (for a proxy,
-    /// extra headers, or tests). See [`https::into_http_client`](crate::net::into_http_client).
+    /// extra headers, or tests). See [`net::into_http_client`](crate::net::into_http_client).
     ///
     /// It carries every request of the client: `/batch/` (unless
     /// [`capture_stack`](Self::capture_stack) replaces that stack, which then brings its own
@@ -353,9 +353,7 @@ impl PostHogBuilder {
             };
             return Ok((client, Worker::finished()));
         }
-        let http_client = self
-            .http_client
-            .unwrap_or_else(crate::net::default_client);
+        let http_client = self.http_client.unwrap_or_else(crate::net::default_client);
         let poller_client = http_client.clone();
         let flags_service: RemoteStack = BoxCloneSyncService::new(
             ServiceBuilder::new()

@@ -75,7 +75,7 @@ impl PostHog {
     ) -> Result<FlagValue, FlagError> {
         self.flag_result(key, request.into(), true)
             .await
-            .map(|r| r.value)
+            .map(|r| r.record.value)
     }
 
     /// Whether one flag is on (a variant counts as on). See
@@ -107,7 +107,7 @@ impl PostHog {
     ) -> Result<Option<Value>, FlagError> {
         self.flag_result(key, request.into(), false)
             .await
-            .map(|r| r.payload)
+            .map(|r| r.record.payload)
     }
 
     /// Like [`get_feature_flag_payload`](Self::get_feature_flag_payload), decoded into `T`.

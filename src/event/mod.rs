@@ -19,8 +19,8 @@
 //! assert_eq!(event.properties().get("amount"), Some(31.5.into()));
 //! ```
 
+mod convert;
 mod encode;
-mod finite;
 mod json;
 mod properties;
 
@@ -157,7 +157,7 @@ impl Event {
     pub fn property(mut self, key: impl AsRef<str>, value: impl Serialize) -> Self {
         let key = key.as_ref();
         let result = self.inner.properties.insert(key, &value);
-        finite::give_up(value, &result);
+        convert::give_up(value, &result);
         if let Err(e) = result {
             self.inner
                 .error
@@ -173,7 +173,7 @@ impl Event {
         value: impl Serialize,
     ) -> Result<(), PropertyError> {
         let result = self.inner.properties.insert(key.as_ref(), &value);
-        finite::give_up(value, &result);
+        convert::give_up(value, &result);
         result
     }
 
@@ -182,7 +182,7 @@ impl Event {
     #[must_use]
     pub fn properties_from(mut self, properties: impl Serialize) -> Self {
         let result = to_object(&properties);
-        finite::give_up(properties, &result);
+        convert::give_up(properties, &result);
         match result {
             Ok(map) => {
                 for (k, v) in map {
@@ -328,8 +328,8 @@ impl Event {
     }
 
     fn person_property(mut self, property: &str, key: String, value: impl Serialize) -> Self {
-        let result = finite::to_value(&value);
-        finite::give_up(value, &result);
+        let result = convert::to_value(&value);
+        convert::give_up(value, &result);
         match result {
             Ok(value) => self.update_object(property, key, value),
             Err(e) => {
@@ -354,7 +354,7 @@ impl Event {
         let mut event = Event::new(name, distinct_id);
         event.inner.top_level = top;
         let result = to_object(&properties);
-        finite::give_up(properties, &result);
+        convert::give_up(properties, &result);
         match result {
             Ok(map) => event.insert_value(property, Value::Object(map)),
             Err(e) => event.inner.error = Some(Box::new(("(properties)".to_owned(), e))),
@@ -381,7 +381,7 @@ impl Event {
         let distinct_id = distinct_id.unwrap_or_else(|| format!("${group_type}_{group_key}"));
         let mut event = Event::new("$groupidentify", distinct_id);
         let result = to_object(&properties);
-        finite::give_up(properties, &result);
+        convert::give_up(properties, &result);
         match result {
             Ok(map) => event.insert_value("$group_set", Value::Object(map)),
             Err(e) => event.inner.error = Some(Box::new(("(properties)".to_owned(), e))),
@@ -415,13 +415,13 @@ impl Inner {
 /// Takes `value` by value: one refused for its nesting is leaked rather than dropped (see
 /// [`Event::property`]).
 pub(crate) fn to_property_value(value: impl Serialize) -> Result<Value, PropertyError> {
-    let result = finite::to_value(&value);
-    finite::give_up(value, &result);
+    let result = convert::to_value(&value);
+    convert::give_up(value, &result);
     result
 }
 
 /// The deepest nesting of arrays and objects a property value may have.
-pub(crate) use finite::MAX_DEPTH as MAX_PROPERTY_DEPTH;
+pub(crate) use convert::MAX_DEPTH as MAX_PROPERTY_DEPTH;
 
 /// A uuid and timestamp for an event captured now, from one clock read: the uuid is a v7 of
 /// the timestamp's millisecond.
@@ -504,7 +504,7 @@ pub(crate) fn is_blank(text: &str) -> bool {
 }
 
 fn to_object(value: &impl Serialize) -> Result<Map<String, Value>, PropertyError> {
-    match finite::to_value(value)? {
+    match convert::to_value(value)? {
         Value::Object(map) => Ok(map),
         Value::Null => Ok(Map::new()),
         other => Err(PropertyError::new(format!(

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::finite;
+use super::convert;
 use crate::error::PropertyError;
 
 /// An event's properties, held as the JSON object PostHog receives.
@@ -115,7 +115,7 @@ impl Properties {
         &self.json[self.start(i)..self.end(i)]
     }
 
-    /// Sets `key` to `value`, serialized now with the checks of [`finite::write`]; on error
+    /// Sets `key` to `value`, serialized now with the checks of [`convert::write`]; on error
     /// nothing changes.
     pub(crate) fn insert<T: Serialize + ?Sized>(
         &mut self,
@@ -139,7 +139,7 @@ impl Properties {
         super::json::write_str(&mut self.json, key);
         self.json.push(b':');
         let key_end = self.json.len();
-        if let Err(e) = finite::write(&mut self.json, value) {
+        if let Err(e) = convert::write(&mut self.json, value) {
             self.json.truncate(start);
             return Err(e);
         }

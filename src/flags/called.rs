@@ -119,11 +119,11 @@ impl FlagCalled {
     ) -> Self {
         FlagCalled {
             error: Some(error.code()),
-            response: stale.map(|r| r.value.clone()),
-            payload: stale.and_then(|r| r.payload.clone()),
-            reason: stale.and_then(|r| r.reason.clone()),
-            id: stale.and_then(|r| r.id),
-            version: stale.and_then(|r| r.version),
+            response: stale.map(|r| r.record.value.clone()),
+            payload: stale.and_then(|r| r.record.payload.clone()),
+            reason: stale.and_then(|r| r.record.reason.clone()),
+            id: stale.and_then(|r| r.record.id),
+            version: stale.and_then(|r| r.record.version),
             ..FlagCalled::undecided(request, key)
         }
     }

@@ -284,7 +284,7 @@ impl Decide {
             }
             None => Err(FlagError::Missing),
         };
-        let value = outcome.as_ref().ok().map(|r| &r.value);
+        let value = outcome.as_ref().ok().map(|r| &r.record.value);
         self.report(send, &request, key, value, || snapshot.called(key));
         outcome
     }
@@ -303,7 +303,7 @@ impl Decide {
             .fallback
             .as_ref()
             .and_then(|cache| cache.get(&request.distinct_id, key));
-        let value = stale.as_ref().map(|r| &r.value);
+        let value = stale.as_ref().map(|r| &r.record.value);
         self.report(send, request, key, value, || {
             FlagCalled::failed(request, key, &error, stale.as_ref())
         });

@@ -400,6 +400,7 @@ impl Event {
     }
 }
 
+#[cfg(feature = "__bench")]
 /// Not public API: lets `benches/flags.rs` time a first flag access (the dedup check and the
 /// `$feature_flag_called` event construction) without the capture queue and its worker.
 #[doc(hidden)]
@@ -408,8 +409,10 @@ pub struct FlagCalledBench {
     snapshot: FlagEvaluations,
 }
 
+#[cfg(feature = "__bench")]
 struct BuildOnly(super::FlagCalledDedup);
 
+#[cfg(feature = "__bench")]
 impl ReportFlagCalled for BuildOnly {
     fn first_time(
         &self,
@@ -426,6 +429,7 @@ impl ReportFlagCalled for BuildOnly {
     }
 }
 
+#[cfg(feature = "__bench")]
 impl FlagCalledBench {
     /// A snapshot of `flags` enabled flags `flag-0`, `flag-1`, … for one person.
     pub fn new(person: &str, flags: usize) -> Self {

@@ -63,20 +63,19 @@ impl FallbackCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flags::FlagValue;
+    use crate::flags::{FlagRecord, FlagValue};
 
     fn result(key: &str) -> FeatureFlagResult {
-        FeatureFlagResult {
-            key: key.into(),
+        let record = FlagRecord {
             value: FlagValue::Bool(true),
             payload: None,
             reason: None,
             id: None,
             version: None,
             locally_evaluated: false,
-            request_id: None,
-            stale_because: None,
-        }
+            has_experiment: None,
+        };
+        FeatureFlagResult::from_record(key, &record, None)
     }
 
     #[tokio::test(start_paused = true)]

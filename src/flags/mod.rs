@@ -14,11 +14,14 @@ mod fallback;
 pub(crate) mod local;
 mod local_flags;
 mod remote;
+mod request;
+mod response;
 mod result;
-mod types;
+mod value;
 
 pub(crate) use called::{FlagCalled, ReportFlagCalled};
 pub(crate) use decide::{Decide, DecideConfig, PolledDefinitions, RemoteStack};
+#[cfg(feature = "__bench")]
 #[doc(hidden)]
 pub use evaluations::FlagCalledBench;
 pub use evaluations::{FlagEvaluations, FlagRecord};
@@ -29,8 +32,8 @@ pub(crate) use dedup::FlagCalledDedup;
 pub use error::FlagError;
 pub use local_flags::LocalFlags;
 
-pub use remote::{error_code, FlagsRetryPolicy, RemoteFlags, RemoteFuture};
-pub use types::{
-    FlagDetail, FlagMetadata, FlagReason, FlagValue, FlagsRequest, FlagsResponse,
-    InvalidFlagsResponse,
-};
+pub(crate) use remote::error_code;
+pub use remote::{FlagsRetryPolicy, RemoteFlags, RemoteFuture};
+pub use request::FlagsRequest;
+pub use response::{FlagDetail, FlagMetadata, FlagReason, FlagsResponse, InvalidFlagsResponse};
+pub use value::FlagValue;

@@ -264,7 +264,7 @@ fn classify(error: &BoxError) -> Class {
 
 /// The `$feature_flag_error` code for a failed `/flags` call: `timeout`, `connection_error`,
 /// `api_error_<status>` or `unknown_error`.
-pub fn error_code(error: &BoxError) -> String {
+pub(crate) fn error_code(error: &BoxError) -> String {
     match classify(error) {
         Class::Timeout => "timeout".to_owned(),
         Class::Status(status) => format!("api_error_{status}"),

@@ -36,7 +36,7 @@ impl PostHog {
 /// [flags in the extensions](super::InjectFlags) and [pageviews](super::CapturePageviews).
 ///
 /// A cheap, `Clone` configuration; build it with [`PostHog::layer`] and its methods. See the
-/// [module docs](self).
+/// [module docs](super).
 #[derive(Clone)]
 pub struct PostHogLayer<M = DefaultMakeDistinctId, P = DefaultShouldCapture> {
     posthog: PostHog,
@@ -219,7 +219,7 @@ struct Shared<P> {
 /// The service [`PostHogLayer`] produces: in one pass, what [`SetRequestContext`](super::SetRequestContext),
 /// [`InjectFlags`](super::InjectFlags) and [`CapturePageviews`](super::CapturePageviews) do, around your service.
 ///
-/// See the [module docs](self).
+/// See the [module docs](super).
 pub struct PostHogService<S, M = DefaultMakeDistinctId, P = DefaultShouldCapture> {
     inner: S,
     make: M,
@@ -339,6 +339,10 @@ mod tests {
     use tower::{service_fn, Service, ServiceExt};
 
     use super::*;
+    use crate::{
+        context::RequestContext,
+        http::{RequestFlags, DISTINCT_ID_HEADER},
+    };
 
     fn disabled() -> PostHog {
         PostHog::builder("phc_test")

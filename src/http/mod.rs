@@ -1,11 +1,11 @@
 //! The HTTP layer for axum, tonic and any tower HTTP server: who is calling, a pageview per
 //! request, and the caller's feature flags in the request extensions.
 //!
-//! [`PostHogLayer`] (from [`PostHog::layer`]) does it all; its parts also work alone:
+//! [`PostHogLayer`] (from [`PostHog::layer`](crate::PostHog::layer)) does it all; its parts also work alone:
 //!
 //! | middleware | what it does |
 //! |---|---|
-//! | [`SetRequestContext`] | resolves the caller ([`MakeDistinctId`]) and session, puts a [`RequestContext`] in the extensions and makes it current for the handler, so `capture` inherits it |
+//! | [`SetRequestContext`] | resolves the caller ([`MakeDistinctId`]) and session, puts a [`RequestContext`](crate::context::RequestContext) in the extensions and makes it current for the handler, so `capture` inherits it |
 //! | [`InjectFlags`] | puts a [`RequestFlags`] handle, which carries the request context, in the extensions (lazy, or eager for listed keys) |
 //! | [`CapturePageviews`] | captures a `$pageview` when the response is ready, for the requests a [`ShouldCapture`] predicate selects |
 //!
@@ -26,13 +26,13 @@
 //! # Spawned tasks
 //!
 //! The request context is task-local: it follows the handler across `.await`s but not into
-//! `tokio::spawn`ed tasks. Take it with [`RequestContext::current`] (or
-//! [`RequestContext::from_extensions`]) and run the task inside [`RequestContext::scope`].
+//! `tokio::spawn`ed tasks. Take it with [`RequestContext::current`](crate::context::RequestContext::current) (or
+//! [`RequestContext::from_extensions`](crate::context::RequestContext::from_extensions)) and run the task inside [`RequestContext::scope`](crate::context::RequestContext::scope).
 //!
 //! # One extension entry
 //!
 //! [`PostHogLayer`] inserts one entry per request: the [`RequestFlags`], which carry the
-//! request's [`RequestContext`]. Read the context with [`RequestContext::from_extensions`] (or
+//! request's [`RequestContext`](crate::context::RequestContext). Read the context with [`RequestContext::from_extensions`](crate::context::RequestContext::from_extensions) (or
 //! the axum extractor), which finds it there or as an entry of its own
 //! ([`SetRequestContext`]'s, or one you insert before the layer, which the layer then uses);
 //! `extensions().get::<RequestContext>()` only finds the latter. Each entry costs an
@@ -121,8 +121,8 @@
 //! # }
 //! ```
 //!
-//! Handlers read [`RequestFlags`] ([`RequestFlags::from_extensions`]) and [`RequestContext`]
-//! ([`RequestContext::from_extensions`]) from `request.extensions()` (take them out before an
+//! Handlers read [`RequestFlags`] ([`RequestFlags::from_extensions`]) and [`RequestContext`](crate::context::RequestContext)
+//! ([`RequestContext::from_extensions`](crate::context::RequestContext::from_extensions)) from `request.extensions()` (take them out before an
 //! `.await`). Every gRPC call has HTTP status `200`; a call that fails
 //! before answering also gets `$grpc_status`. `examples/tonic.rs` runs all of it.
 

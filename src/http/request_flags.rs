@@ -24,7 +24,7 @@ use crate::{
 ///
 /// Reads never fail: a flag that could not be evaluated (PostHog unreachable, an anonymous
 /// caller, flags disabled) is off, and the failure is logged and counted in
-/// [`Stats::flag_errors`](crate::Stats::flag_errors). Reading a flag reports
+/// [`Stats::flag_errors`](crate::capture::Stats::flag_errors). Reading a flag reports
 /// `$feature_flag_called` as [`PostHog::get_feature_flag`] does.
 ///
 /// # Example

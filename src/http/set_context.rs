@@ -249,6 +249,7 @@ impl<F: Future> Future for SetRequestContextFuture<F> {
 
 impl<F> fmt::Debug for SetRequestContextFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SetRequestContextFuture").finish_non_exhaustive()
+        f.debug_struct("SetRequestContextFuture")
+            .finish_non_exhaustive()
     }
 }

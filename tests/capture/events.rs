@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use posthog_tower::testing::MockResponse;
-use posthog_tower::{CaptureError, DropReason, Error, Event, Timestamp, Uuid, VERSION};
+use posthog_tower::{CaptureError, DropReason, ErrorReport, Event, Timestamp, Uuid, VERSION};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::{sleep_until, Instant};
@@ -371,7 +371,10 @@ async fn helpers_reject_bad_arguments() {
     assert_eq!(stats.dropped.invalid, 8);
     assert_eq!(stats.captured, 0);
     assert_eq!(errors.len(), 8);
-    assert!(errors.all().iter().all(|e| matches!(e, Error::Rejected(_))));
+    assert!(errors
+        .all()
+        .iter()
+        .all(|e| matches!(e, ErrorReport::Rejected(_))));
     let report = ph.flush().await;
     assert_eq!((report.delivered, report.failed, report.dropped), (0, 0, 0));
     assert!(mock.requests().is_empty());
@@ -690,7 +693,7 @@ async fn empty_names_and_distinct_ids_are_rejected() {
         .all()
         .into_iter()
         .map(|e| match e {
-            Error::Rejected(c) => c,
+            ErrorReport::Rejected(c) => c,
             other => panic!("expected a rejection, got {other:?}"),
         })
         .collect();
@@ -774,10 +777,10 @@ async fn non_finite_properties_are_rejected_wherever_they_are() {
     assert_eq!(stats.dropped.invalid, n + 2);
     assert_eq!(stats.captured, 0);
     assert_eq!(errors.len() as u64, n + 2);
-    assert!(errors
-        .all()
-        .iter()
-        .all(|e| matches!(e, Error::Rejected(CaptureError::InvalidProperty { .. }))));
+    assert!(errors.all().iter().all(|e| matches!(
+        e,
+        ErrorReport::Rejected(CaptureError::InvalidProperty { .. })
+    )));
     let report = ph.flush().await;
     assert_eq!(report.delivered, 0);
     assert!(mock.requests().is_empty(), "nothing invalid was sent");
@@ -876,7 +879,7 @@ fn properties_nested_10_000_deep_are_refused_on_a_small_stack() {
             assert_eq!((report.delivered, report.dropped), (1, 1), "{report:?}");
             assert!(errors.all().iter().any(|e| matches!(
                 e,
-                Error::Dropped { uuid, reason: DropReason::Invalid(CaptureError::InvalidProperty { .. }) }
+                ErrorReport::Dropped { uuid, reason: DropReason::Invalid(CaptureError::InvalidProperty { .. }) }
                     if *uuid == deepened
             )));
             let s = ph.stats();
@@ -910,7 +913,7 @@ async fn events_over_900_kib_are_rejected() {
     assert_eq!(stats.captured, 0);
     assert!(matches!(
         errors.all().as_slice(),
-        [Error::Rejected(CaptureError::EventTooLarge { .. })]
+        [ErrorReport::Rejected(CaptureError::EventTooLarge { .. })]
     ));
 
     // A big event under the limit is accepted and arrives whole.
@@ -1051,7 +1054,7 @@ async fn a_panicking_before_send_drops_only_that_event() {
     assert_eq!((report.delivered, report.failed, report.dropped), (2, 0, 1));
     assert_delivered_once(&mock.events(), &[a, b]);
     match errors.all().as_slice() {
-        [Error::Dropped { uuid, reason }] => {
+        [ErrorReport::Dropped { uuid, reason }] => {
             assert_eq!(*uuid, boom);
             assert_eq!(*reason, DropReason::HookPanicked);
         }
@@ -1086,7 +1089,7 @@ async fn an_event_before_send_makes_too_large_is_dropped_and_reported() {
     assert_eq!((report.delivered, report.failed, report.dropped), (1, 0, 1));
     assert_delivered_once(&mock.events(), &[ok]);
     match errors.all().as_slice() {
-        [Error::Dropped {
+        [ErrorReport::Dropped {
             uuid,
             reason: DropReason::TooLarge { size, limit },
         }] => {
@@ -1149,7 +1152,7 @@ async fn before_send_output_is_validated_like_capture_input() {
         .all()
         .into_iter()
         .filter_map(|e| match e {
-            Error::Dropped {
+            ErrorReport::Dropped {
                 uuid,
                 reason: DropReason::Invalid(e),
             } => Some((uuid, e)),
@@ -1233,7 +1236,7 @@ async fn stats_add_up() {
         errors
             .all()
             .iter()
-            .filter(|e| matches!(e, Error::Rejected(_)))
+            .filter(|e| matches!(e, ErrorReport::Rejected(_)))
             .count(),
         2
     );

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use posthog_tower::capture::UnexpectedStatus;
+use posthog_tower::net::UnexpectedStatus;
 use posthog_tower::testing::MockResponse;
-use posthog_tower::{CaptureError, Error, Event, PostHog, Uuid};
+use posthog_tower::{CaptureError, ErrorReport, Event, PostHog, Uuid};
 use tokio::time::Instant;
 
 use crate::support::*;
@@ -222,7 +222,7 @@ fn a_slow_on_error_neither_doubles_reports_nor_stretches_the_deadline() {
         mock.set_default("/batch/", MockResponse::status(400));
         let ph = builder(&mock)
             .on_error(move |e| {
-                if let Error::Delivery(d) = e {
+                if let ErrorReport::Delivery(d) = e {
                     log.lock().unwrap().extend_from_slice(d.uuids());
                 }
                 std::thread::sleep(Duration::from_secs(2));
@@ -296,7 +296,7 @@ async fn shutdown_delivers_the_queue_and_stops_admission() {
     let closed_reports = errors
         .all()
         .iter()
-        .filter(|e| matches!(e, Error::Rejected(CaptureError::Closed)))
+        .filter(|e| matches!(e, ErrorReport::Rejected(CaptureError::Closed)))
         .count();
     assert_eq!(closed_reports, 4);
 
@@ -676,7 +676,9 @@ async fn a_full_queue_refuses_events_with_queue_full() {
     assert_eq!(s.queue_depth, 5, "{s:?}");
     assert!(matches!(
         errors.all().as_slice(),
-        [Error::Rejected(CaptureError::QueueFull { capacity: 5 })]
+        [ErrorReport::Rejected(CaptureError::QueueFull {
+            capacity: 5
+        })]
     ));
 
     // Once the worker runs, the five accepted events are delivered, not the sixth.

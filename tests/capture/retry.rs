@@ -4,9 +4,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use posthog_tower::capture::UnexpectedStatus;
+use posthog_tower::net::UnexpectedStatus;
 use posthog_tower::testing::{MockResponse, RecordedRequest};
-use posthog_tower::{Error, Event, Uuid};
+use posthog_tower::{ErrorReport, Event, Uuid};
 use tokio::time::Instant;
 
 use crate::support::*;
@@ -43,9 +43,9 @@ fn assert_same_events(reqs: &[RecordedRequest]) {
 }
 
 /// The status of the error behind a delivery failure, if it was an HTTP status.
-fn delivery_status(error: &Error) -> Option<u16> {
+fn delivery_status(error: &ErrorReport) -> Option<u16> {
     match error {
-        Error::Delivery(d) => d
+        ErrorReport::Delivery(d) => d
             .error()
             .downcast_ref::<UnexpectedStatus>()
             .map(|s| s.status().as_u16()),

@@ -68,7 +68,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use posthog_tower::testing::{MockPostHog, RecordedRequest};
-use posthog_tower::{CaptureError, Error, Event, FlushReport, PostHog, PostHogBuilder, Uuid};
+use posthog_tower::{
+    capture::FlushReport, CaptureError, ErrorReport, Event, PostHog, PostHogBuilder, Uuid,
+};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -201,22 +203,24 @@ struct Row {
 /// What `on_error` reported, as [`account`] needs it.
 #[derive(Debug, Default)]
 struct Reported {
-    /// The uuids of every `Error::Delivery`, in order.
+    /// The uuids of every `ErrorReport::Delivery`, in order.
     failed: Vec<Uuid>,
-    /// `Error::Rejected(QueueFull)` reports.
+    /// `ErrorReport::Rejected(QueueFull)` reports.
     queue_full: u64,
-    /// `Error::Rejected(Closed)` reports.
+    /// `ErrorReport::Rejected(Closed)` reports.
     closed: u64,
 }
 
 impl From<&ErrorLog> for Reported {
     fn from(errors: &ErrorLog) -> Self {
         let all = errors.all();
-        let count = |f: fn(&Error) -> bool| all.iter().filter(|e| f(e)).count() as u64;
+        let count = |f: fn(&ErrorReport) -> bool| all.iter().filter(|e| f(e)).count() as u64;
         Reported {
             failed: errors.delivery_uuids(),
-            queue_full: count(|e| matches!(e, Error::Rejected(CaptureError::QueueFull { .. }))),
-            closed: count(|e| matches!(e, Error::Rejected(CaptureError::Closed))),
+            queue_full: count(|e| {
+                matches!(e, ErrorReport::Rejected(CaptureError::QueueFull { .. }))
+            }),
+            closed: count(|e| matches!(e, ErrorReport::Rejected(CaptureError::Closed))),
         }
     }
 }

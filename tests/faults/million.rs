@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use posthog_tower::{CaptureError, Error, Event, PostHog, Uuid};
+use posthog_tower::{CaptureError, ErrorReport, Event, PostHog, Uuid};
 use tokio::sync::watch;
 
 use crate::support::*;
@@ -169,14 +169,14 @@ async fn capture_a_million() {
     let (failed_tx, mut failed_rx) = watch::channel(0usize);
     let on_error = {
         let heard = heard.clone();
-        move |e: &Error| match e {
-            Error::Rejected(CaptureError::QueueFull { .. }) => {
+        move |e: &ErrorReport| match e {
+            ErrorReport::Rejected(CaptureError::QueueFull { .. }) => {
                 heard.queue_full.fetch_add(1, Ordering::Relaxed);
             }
-            Error::Rejected(CaptureError::Closed) => {
+            ErrorReport::Rejected(CaptureError::Closed) => {
                 heard.closed.fetch_add(1, Ordering::Relaxed);
             }
-            Error::Delivery(d) => {
+            ErrorReport::Delivery(d) => {
                 let mut failed = heard.failed.lock().unwrap();
                 failed.extend_from_slice(d.uuids());
                 let n = failed.len();

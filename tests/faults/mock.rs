@@ -5,9 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use posthog_tower::error::DeadlineElapsed;
 use posthog_tower::testing::{MockResponse, RecordedRequest};
-use posthog_tower::{Error, PostHog, Uuid};
+use posthog_tower::DeadlineElapsed;
+use posthog_tower::{ErrorReport, PostHog, Uuid};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -363,7 +363,7 @@ async fn an_unreachable_host() {
         .all()
         .iter()
         .filter_map(|e| match e {
-            Error::Delivery(d) if d.error().downcast_ref::<DeadlineElapsed>().is_some() => {
+            ErrorReport::Delivery(d) if d.error().downcast_ref::<DeadlineElapsed>().is_some() => {
                 Some(d.uuids().len())
             }
             _ => None,

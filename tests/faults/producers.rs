@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use posthog_tower::{CaptureError, FlushReport, PostHog};
+use posthog_tower::{capture::FlushReport, CaptureError, PostHog};
 use tokio::sync::Notify;
 
 use crate::support::*;

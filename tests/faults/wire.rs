@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use posthog_tower::capture::UnexpectedStatus;
-use posthog_tower::error::DeadlineElapsed;
-use posthog_tower::{Error, Uuid};
+use posthog_tower::net::UnexpectedStatus;
+use posthog_tower::DeadlineElapsed;
+use posthog_tower::{ErrorReport, Uuid};
 
 use crate::raw::{Answer, RawRequest, RawServer, DRIP};
 use crate::support::*;
@@ -51,7 +51,7 @@ fn failed_by_deadline(errors: &ErrorLog) -> usize {
         .all()
         .iter()
         .filter_map(|e| match e {
-            Error::Delivery(d) if d.error().downcast_ref::<DeadlineElapsed>().is_some() => {
+            ErrorReport::Delivery(d) if d.error().downcast_ref::<DeadlineElapsed>().is_some() => {
                 Some(d.uuids().len())
             }
             _ => None,
@@ -65,7 +65,7 @@ fn failed_statuses(errors: &ErrorLog) -> Vec<u16> {
         .all()
         .iter()
         .filter_map(|e| match e {
-            Error::Delivery(d) => d
+            ErrorReport::Delivery(d) => d
                 .error()
                 .downcast_ref::<UnexpectedStatus>()
                 .map(|s| s.status().as_u16()),
@@ -82,7 +82,7 @@ fn failed_statuses(errors: &ErrorLog) -> Vec<u16> {
 /// shutdown at 180 s, is in its second attempt (181.0 to 183.25 s after its timeout and
 /// first backoff) when the 4 s deadline passes at 184 s: it is reported failed by the
 /// deadline, and `shutdown` returns exactly then.
-async fn black_hole(server: &RawServer) -> (ErrorLog, posthog_tower::Stats) {
+async fn black_hole(server: &RawServer) -> (ErrorLog, posthog_tower::capture::Stats) {
     let errors = ErrorLog::new();
     let deadline = Duration::from_secs(4);
     let (ph, produced, report, took) = scripted_bursts_until(

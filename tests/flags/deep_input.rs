@@ -127,8 +127,11 @@ async fn assert_goes_to_the_server(mock: &MockPostHog, posthog: &PostHog, key: &
         .get_feature_flag_result(key, pro("u"))
         .await
         .expect("the server answers");
-    assert_eq!(result.value, FlagValue::Bool(true));
-    assert!(!result.locally_evaluated, "{key} came from the server");
+    assert_eq!(result.record.value, FlagValue::Bool(true));
+    assert!(
+        !result.record.locally_evaluated,
+        "{key} came from the server"
+    );
     let requests = mock.requests_to("/flags/");
     assert_eq!(requests.len(), before + 1);
     assert_eq!(
@@ -143,8 +146,8 @@ async fn assert_local(posthog: &PostHog, key: &str, want: bool) {
         .get_feature_flag_result(key, pro("u"))
         .await
         .expect("decided");
-    assert_eq!(result.value, FlagValue::Bool(want), "{key}");
-    assert!(result.locally_evaluated, "{key} was decided locally");
+    assert_eq!(result.record.value, FlagValue::Bool(want), "{key}");
+    assert!(result.record.locally_evaluated, "{key} was decided locally");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -446,9 +449,12 @@ fn a_payload_nested_10_000_deep_in_the_definitions_is_no_payload() {
             .get_feature_flag_result("paid", "u")
             .await
             .expect("decided");
-        assert_eq!(result.value, FlagValue::Bool(true));
-        assert!(result.locally_evaluated);
-        assert_eq!(result.payload, None, "a payload too deep to decode is none");
+        assert_eq!(result.record.value, FlagValue::Bool(true));
+        assert!(result.record.locally_evaluated);
+        assert_eq!(
+            result.record.payload, None,
+            "a payload too deep to decode is none"
+        );
     });
 }
 
@@ -532,8 +538,8 @@ fn a_flags_payload_text_nested_10_000_deep_is_no_payload() {
             .get_feature_flag_result("f", "u")
             .await
             .expect("the value is fine");
-        assert_eq!(result.value, FlagValue::Bool(true));
-        assert_eq!(result.payload, None);
+        assert_eq!(result.record.value, FlagValue::Bool(true));
+        assert_eq!(result.record.payload, None);
         let all = posthog.get_all_flags_and_payloads("u").await.expect("all");
         assert_eq!(all.flags.get("f"), Some(&FlagValue::Bool(true)));
         assert!(all.payloads.is_empty());

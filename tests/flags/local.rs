@@ -67,9 +67,9 @@ async fn local_answers_make_no_flags_request_and_say_so() {
         .get_feature_flag_result("everyone", "user-1")
         .await
         .expect("decided locally");
-    assert_eq!(result.value, FlagValue::Bool(true));
-    assert!(result.locally_evaluated);
-    assert_eq!(result.payload, Some(json!({"color": "blue"})));
+    assert_eq!(result.record.value, FlagValue::Bool(true));
+    assert!(result.record.locally_evaluated);
+    assert_eq!(result.record.payload, Some(json!({"color": "blue"})));
     let pro = FlagsRequest::new("user-2").person_property("plan", "pro");
     assert_eq!(
         posthog.get_feature_flag("pro-only", pro).await,
@@ -278,7 +278,7 @@ async fn force_remote_skips_local_evaluation() {
     let result = posthog
         .get_feature_flag_result("continuity", request.clone())
         .await;
-    assert!(!result.unwrap().locally_evaluated);
+    assert!(!result.unwrap().record.locally_evaluated);
     // `everyone` is decided locally otherwise; forced, it is asked of the server (which does
     // not know it here).
     assert_eq!(

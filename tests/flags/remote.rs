@@ -773,8 +773,8 @@ async fn legacy_v1_response_is_understood() {
     let ph = client(&mock);
 
     let b = ph.get_feature_flag_result("b", "u").await.unwrap();
-    assert_eq!(b.value, FlagValue::Variant("variant-x".into()));
-    assert_eq!(b.payload, Some(json!("hello")));
+    assert_eq!(b.record.value, FlagValue::Variant("variant-x".into()));
+    assert_eq!(b.record.payload, Some(json!("hello")));
     assert_eq!(
         ph.get_feature_flag("a", "u").await,
         Ok(FlagValue::Bool(true))
@@ -843,7 +843,7 @@ async fn non_bool_has_experiment_is_unknown() {
     let ph = client(&mock);
     let result = ph.get_feature_flag_result("odd", "u").await;
     let result = result.unwrap_or_else(|e| panic!("the response is readable: {e:?}"));
-    assert_eq!(result.value, FlagValue::Bool(true));
+    assert_eq!(result.record.value, FlagValue::Bool(true));
     // Unknown means never minimized.
     let events = called_events(&ph, &mock).await;
     assert_eq!(events[0]["properties"]["$feature/odd"], true);
@@ -1092,8 +1092,8 @@ async fn invalid_payloads_are_no_payload() {
         );
         // The value is untouched.
         let result = ph.get_feature_flag_result(key, "u").await.unwrap();
-        assert_eq!(result.value, FlagValue::Bool(true), "{key}");
-        assert_eq!(result.payload, None, "{key}");
+        assert_eq!(result.record.value, FlagValue::Bool(true), "{key}");
+        assert_eq!(result.record.payload, None, "{key}");
     }
     let events = called_events(&ph, &mock).await;
     assert_eq!(events.len(), 4);
@@ -1119,15 +1119,18 @@ async fn feature_flag_result_has_value_payload_and_reason_from_one_request() {
     let result = ph.get_feature_flag_result("checkout", "u").await.unwrap();
     assert_eq!(flags_requests(&mock).len(), 1);
     assert_eq!(result.key, "checkout");
-    assert_eq!(result.value, FlagValue::Variant("blue".into()));
+    assert_eq!(result.record.value, FlagValue::Variant("blue".into()));
     assert!(result.is_enabled());
     assert_eq!(result.variant(), Some("blue"));
-    assert_eq!(result.payload, Some(json!({"a": 1})));
-    assert_eq!(result.reason.as_deref(), Some("Matched condition set 1"));
-    assert_eq!(result.id, Some(23));
-    assert_eq!(result.version, Some(42));
+    assert_eq!(result.record.payload, Some(json!({"a": 1})));
+    assert_eq!(
+        result.record.reason.as_deref(),
+        Some("Matched condition set 1")
+    );
+    assert_eq!(result.record.id, Some(23));
+    assert_eq!(result.record.version, Some(42));
     assert_eq!(result.request_id.as_deref(), Some("req-r"));
-    assert!(!result.locally_evaluated);
+    assert!(!result.record.locally_evaluated);
     assert_eq!(result.stale_because, None);
     assert_eq!(called_events(&ph, &mock).await.len(), 1);
 }
@@ -2156,13 +2159,13 @@ async fn fallback_cache_serves_the_last_good_value_for_an_hour() {
         .get_feature_flag_result("f", FlagsRequest::new("u").send_feature_flag_events(false))
         .await
         .unwrap();
-    assert_eq!(good.value, FlagValue::Variant("blue".into()));
+    assert_eq!(good.record.value, FlagValue::Variant("blue".into()));
 
     // Then a failure: the cached value, marked stale.
     mock.enqueue("/flags/", MockResponse::status(500));
     let stale = ph.get_feature_flag_result("f", "u").await.unwrap();
-    assert_eq!(stale.value, FlagValue::Variant("blue".into()));
-    assert_eq!(stale.payload, Some(json!({"p": 1})));
+    assert_eq!(stale.record.value, FlagValue::Variant("blue".into()));
+    assert_eq!(stale.record.payload, Some(json!({"p": 1})));
     assert_eq!(stale.stale_because, Some(FlagError::Status(500)));
     let events = called_events(&ph, &mock).await;
     assert_eq!(events.len(), 1);
@@ -2244,7 +2247,7 @@ async fn fallback_cache_is_fresh_within_the_hour() {
     tokio::time::advance(Duration::from_secs(3500)).await;
     mock.enqueue("/flags/", MockResponse::status(500));
     let stale = ph.get_feature_flag_result("f", "u").await.unwrap();
-    assert_eq!(stale.value, FlagValue::Bool(true));
+    assert_eq!(stale.record.value, FlagValue::Bool(true));
     assert_eq!(stale.stale_because, Some(FlagError::Status(500)));
 }
 

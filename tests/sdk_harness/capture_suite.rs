@@ -818,7 +818,7 @@ async fn adapter_init_options_reach_the_wire() {
         .is_none());
     assert_eq!(
         r[0].header("user-agent"),
-        Some(posthog_tower::capture::USER_AGENT)
+        Some(posthog_tower::net::USER_AGENT)
     );
     assert_eq!(r[0].header("content-encoding"), None);
     assert_eq!(r[0].header("x-test-id"), None, "no test id, no header");

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use posthog_tower::testing::{MockPostHog, RecordedRequest};
-use posthog_tower::{Error, PostHog, PostHogBuilder, Uuid};
+use posthog_tower::{ErrorReport, PostHog, PostHogBuilder, Uuid};
 use serde_json::Value;
 
 /// The project key every test client uses.
@@ -32,7 +32,7 @@ pub fn builder(mock: &MockPostHog) -> PostHogBuilder {
 
 /// Records every error passed to `on_error`.
 #[derive(Clone, Default)]
-pub struct ErrorLog(Arc<Mutex<Vec<Error>>>);
+pub struct ErrorLog(Arc<Mutex<Vec<ErrorReport>>>);
 
 impl ErrorLog {
     pub fn new() -> Self {
@@ -40,12 +40,12 @@ impl ErrorLog {
     }
 
     /// The callback to give to `PostHogBuilder::on_error`.
-    pub fn callback(&self) -> impl Fn(&Error) + Send + Sync + 'static {
+    pub fn callback(&self) -> impl Fn(&ErrorReport) + Send + Sync + 'static {
         let log = self.clone();
-        move |e: &Error| log.0.lock().unwrap().push(e.clone())
+        move |e: &ErrorReport| log.0.lock().unwrap().push(e.clone())
     }
 
-    pub fn all(&self) -> Vec<Error> {
+    pub fn all(&self) -> Vec<ErrorReport> {
         self.0.lock().unwrap().clone()
     }
 
@@ -57,23 +57,23 @@ impl ErrorLog {
         self.len() == 0
     }
 
-    /// The uuids of every `Error::Delivery` reported, in order.
+    /// The uuids of every `ErrorReport::Delivery` reported, in order.
     pub fn delivery_uuids(&self) -> Vec<Uuid> {
         self.all()
             .iter()
             .filter_map(|e| match e {
-                Error::Delivery(d) => Some(d.uuids().to_vec()),
+                ErrorReport::Delivery(d) => Some(d.uuids().to_vec()),
                 _ => None,
             })
             .flatten()
             .collect()
     }
 
-    /// How many reports were `Error::Delivery`.
+    /// How many reports were `ErrorReport::Delivery`.
     pub fn deliveries(&self) -> usize {
         self.all()
             .iter()
-            .filter(|e| matches!(e, Error::Delivery(_)))
+            .filter(|e| matches!(e, ErrorReport::Delivery(_)))
             .count()
     }
 }

@@ -10,5 +10,5 @@ mod worker;
 pub use config::{BatchConfig, BeforeSend, OnError};
 pub use layer::BatchLayer;
 pub use message::FlushReport;
-pub use service::{Batch, ResponseFuture};
+pub use service::{Batch, BatchFuture};
 pub use worker::Worker;

@@ -516,7 +516,7 @@ impl fmt::Debug for Batch {
 impl Service<Event> for Batch {
     type Response = Uuid;
     type Error = BoxError;
-    type Future = ResponseFuture;
+    type Future = BatchFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.permit.is_none() {
@@ -535,12 +535,12 @@ impl Service<Event> for Batch {
             None => match self.producer.signal.permits.clone().try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
-                    return ResponseFuture::done(Err(self.reject(CaptureError::QueueFull {
+                    return BatchFuture::done(Err(self.reject(CaptureError::QueueFull {
                         capacity: self.shared.capacity,
                     })))
                 }
                 Err(tokio::sync::TryAcquireError::Closed) => {
-                    return ResponseFuture::done(Err(self.reject(CaptureError::Closed)))
+                    return BatchFuture::done(Err(self.reject(CaptureError::Closed)))
                 }
             },
         };
@@ -548,9 +548,9 @@ impl Service<Event> for Batch {
         let (json, uuid) = match self.admit(event) {
             Ok(Admitted::Queue(json, uuid)) => (json, uuid),
             Ok(Admitted::Dropped(uuid, reason)) => {
-                return ResponseFuture::done(dropped_result(uuid, reason))
+                return BatchFuture::done(dropped_result(uuid, reason))
             }
-            Err(e) => return ResponseFuture::done(Err(e)),
+            Err(e) => return BatchFuture::done(Err(e)),
         };
         let (notify, rx): (Notify, _) = oneshot::channel();
         self.producer.push_reserved(
@@ -562,7 +562,7 @@ impl Service<Event> for Batch {
             },
         );
         self.shared.reporter.stats.captured(1);
-        ResponseFuture {
+        BatchFuture {
             state: State::Waiting { rx, uuid },
         }
     }
@@ -571,7 +571,7 @@ impl Service<Event> for Batch {
 pin_project! {
     /// Response future of [`Batch`] as a `Service<Event>`: resolves once the event's batch
     /// was delivered.
-    pub struct ResponseFuture {
+    pub struct BatchFuture {
         state: State,
     }
 }
@@ -585,21 +585,21 @@ enum State {
     },
 }
 
-impl ResponseFuture {
+impl BatchFuture {
     fn done(result: Result<Uuid, CaptureError>) -> Self {
-        ResponseFuture {
+        BatchFuture {
             state: State::Done(Some(result)),
         }
     }
 }
 
-impl fmt::Debug for ResponseFuture {
+impl fmt::Debug for BatchFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        f.debug_struct("BatchFuture").finish_non_exhaustive()
     }
 }
 
-impl Future for ResponseFuture {
+impl Future for BatchFuture {
     type Output = Result<Uuid, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

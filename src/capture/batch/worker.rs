@@ -23,8 +23,9 @@ use super::{
     BatchConfig, FlushReport,
 };
 use crate::{
-    capture::{EncodedBatch, StatsRecorder, UnexpectedStatus},
+    capture::{EncodedBatch, StatsRecorder},
     error::{DeadlineElapsed, DropReason},
+    net::UnexpectedStatus,
     BoxError, DeliveryError, ErrorReport,
 };
 

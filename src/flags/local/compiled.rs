@@ -33,7 +33,7 @@ pub(super) const MAX_COHORT_DEPTH: usize = 200;
 /// cohort nest 100 × 199 levels, and JSON's 128 levels let each of 200 chained cohorts nest
 /// some 60 groups. A level of either kind is a few frames (in a debug build about 1.6 KiB of
 /// stack for a group, 5 KiB for a dependency), so the deepest evaluation these limits allow
-/// needs less than 1 MiB of stack in a debug build (`tests/deep_input.rs` runs it on a
+/// needs less than 1 MiB of stack in a debug build (`tests/flags/deep_input.rs` runs it on a
 /// 2 MiB thread), a fraction of that optimized. posthog-python stops such definitions only
 /// at its recursion limit; here the flag is inconclusive.
 pub(super) const MAX_NESTING: usize = 300;

@@ -1150,11 +1150,7 @@ fn relative_date_operators() {
 #[test]
 fn month_arithmetic_clamps_at_month_ends() {
     let nanos = |s: &str| {
-        i128::from(
-            crate::time::Timestamp::parse(s)
-                .unwrap()
-                .unix_seconds(),
-        ) * 1_000_000_000
+        i128::from(crate::time::Timestamp::parse(s).unwrap().unix_seconds()) * 1_000_000_000
     };
     // (now, filter, the first instant that is not before the filter)
     for (now, value, boundary) in [
