@@ -12,8 +12,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::event::{EncodeDefaults, Encoder};
-use crate::flags::local::compiled::CompiledFlags;
-use crate::flags::local::eval_context;
+use crate::flags::{eval_context, CompiledFlags};
 use crate::flags::{FlagEvaluations, FlagValue, FlagsRequest, FlagsResponse};
 use crate::{CaptureError, Event, Timestamp};
 

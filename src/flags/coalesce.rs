@@ -17,8 +17,8 @@ use tower_service::Service;
 use super::{FlagsRequest, FlagsResponse};
 use crate::BoxError;
 
-type Shared = Result<Arc<FlagsResponse>, SharedError>;
-type Waiters = Arc<Mutex<HashMap<String, Vec<oneshot::Sender<Shared>>>>>;
+type SharedAnswer = Result<Arc<FlagsResponse>, SharedError>;
+type Waiters = Arc<Mutex<HashMap<String, Vec<oneshot::Sender<SharedAnswer>>>>>;
 
 /// Shares one inner call among concurrent identical requests (same distinct id, properties,
 /// groups, keys and options): the first caller's request is sent, the others wait for its
@@ -136,7 +136,7 @@ where
 
 /// Response future of [`Coalesce`].
 pub struct CoalesceFuture {
-    rx: oneshot::Receiver<Shared>,
+    rx: oneshot::Receiver<SharedAnswer>,
 }
 
 impl fmt::Debug for CoalesceFuture {

@@ -24,7 +24,7 @@ use super::{
     local::{
         compiled::CompiledFlags,
         eval_context,
-        poller::{Poller, PollerConfig, Shared},
+        poller::{Current, Poller, PollerConfig},
     },
     FeatureFlagResult, FlagError, FlagsRequest, FlagsResponse, LocalFlags,
 };
@@ -44,7 +44,7 @@ const FALLBACK_CAPACITY: usize = 10_000;
 
 /// Flag definitions kept current by a poller, for local evaluation.
 pub(crate) struct PolledDefinitions {
-    shared: Arc<Shared<CompiledFlags>>,
+    shared: Arc<Current<CompiledFlags>>,
     stop: watch::Sender<bool>,
 }
 
@@ -59,7 +59,7 @@ impl PolledDefinitions {
         interval: Duration,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), BuildError> {
         let config = PollerConfig::new(client, host, api_key, secret, interval)?;
-        let shared = Shared::<CompiledFlags>::new();
+        let shared = Current::<CompiledFlags>::new();
         let (stop, stop_rx) = watch::channel(false);
         let poller = Poller::new(config, shared.clone(), stop_rx);
         Ok((PolledDefinitions { shared, stop }, poller.run()))

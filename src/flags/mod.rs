@@ -11,7 +11,7 @@ mod dedup;
 mod error;
 mod evaluations;
 mod fallback;
-pub(crate) mod local;
+mod local;
 mod local_flags;
 mod remote;
 mod request;
@@ -31,6 +31,9 @@ pub use coalesce::{Coalesce, CoalesceFuture, CoalesceLayer, SharedError};
 pub(crate) use dedup::FlagCalledDedup;
 pub use error::FlagError;
 pub use local_flags::LocalFlags;
+// The fuzz targets drive the compiled definitions directly.
+#[cfg(fuzzing)]
+pub(crate) use local::{compiled::CompiledFlags, eval_context};
 
 pub(crate) use remote::error_code;
 pub use remote::{FlagsRetryPolicy, RemoteFlags, RemoteFuture};

@@ -16,9 +16,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    identity::{header_text, sanitize_borrowed, DefaultMakeDistinctId, RequestHead},
+    head::RequestHead,
+    identity::DefaultMakeDistinctId,
     predicate::{DefaultShouldCapture, ShouldCapture},
     request_flags,
+    sanitize::{header_text, sanitize_borrowed},
     set_context::ContextConfig,
     url,
 };

@@ -64,7 +64,7 @@ impl<S> Layer<S> for InjectFlagsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         InjectFlags {
             inner,
-            shared: Arc::new(Shared {
+            shared: Arc::new(FlagsState {
                 config: self.config.clone(),
                 source: FlagSource::new(self.posthog.clone(), self.eager.clone()),
             }),
@@ -86,10 +86,10 @@ pub struct InjectFlags<S> {
     inner: S,
     // Behind one `Arc`: servers such as axum clone the service for every request, and a clone
     // then costs one reference count instead of one per shared field.
-    shared: Arc<Shared>,
+    shared: Arc<FlagsState>,
 }
 
-struct Shared {
+struct FlagsState {
     config: Arc<ContextConfig>,
     source: Arc<FlagSource>,
 }

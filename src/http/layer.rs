@@ -194,7 +194,7 @@ where
         PostHogService {
             inner,
             make: self.make.clone(),
-            shared: Arc::new(Shared {
+            shared: Arc::new(LayerState {
                 predicate: self.predicate.clone(),
                 pageviews: self.pageviews,
                 event_name: self.event_name.clone(),
@@ -207,7 +207,7 @@ where
 
 /// What every clone of a [`PostHogService`] shares: one reference count per clone (axum clones
 /// the service for every request).
-struct Shared<P> {
+struct LayerState<P> {
     predicate: P,
     pageviews: bool,
     event_name: Arc<str>,
@@ -223,7 +223,7 @@ struct Shared<P> {
 pub struct PostHogService<S, M = DefaultMakeDistinctId, P = DefaultShouldCapture> {
     inner: S,
     make: M,
-    shared: Arc<Shared<P>>,
+    shared: Arc<LayerState<P>>,
 }
 
 impl<S: Clone, M: Clone, P> Clone for PostHogService<S, M, P> {

@@ -127,25 +127,28 @@
 //! before answering also gets `$grpc_status`. `examples/tonic.rs` runs all of it.
 
 mod capture_pageviews;
+mod cookie;
 #[cfg(feature = "axum")]
 mod extract;
+mod head;
 mod identity;
 mod inject_flags;
 mod layer;
 mod predicate;
 mod request_flags;
+mod sanitize;
 mod set_context;
 mod url;
 
 pub use capture_pageviews::{CapturePageviews, CapturePageviewsFuture, CapturePageviewsLayer};
+pub use cookie::PostHogCookie;
 #[cfg(feature = "axum")]
 pub use extract::MissingPostHogLayer;
-pub use identity::{
-    DefaultMakeDistinctId, MakeDistinctId, Or, PostHogCookie, RequestHead, DISTINCT_ID_HEADER,
-    MAX_ID_CHARS, SESSION_ID_HEADER,
-};
+pub use head::{RequestHead, DISTINCT_ID_HEADER, SESSION_ID_HEADER};
+pub use identity::{DefaultMakeDistinctId, MakeDistinctId, Or};
 pub use inject_flags::{InjectFlags, InjectFlagsLayer};
 pub use layer::{PostHogFuture, PostHogLayer, PostHogService};
 pub use predicate::{And, DefaultShouldCapture, ShouldCapture};
 pub use request_flags::RequestFlags;
+pub use sanitize::MAX_ID_CHARS;
 pub use set_context::{SetRequestContext, SetRequestContextFuture, SetRequestContextLayer};

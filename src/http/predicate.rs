@@ -2,7 +2,7 @@
 
 use http::{header::CONTENT_TYPE, Method};
 
-use super::identity::{header_text, RequestHead};
+use super::{head::RequestHead, sanitize::header_text};
 
 /// Decides whether a request gets a pageview event.
 ///

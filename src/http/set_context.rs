@@ -15,7 +15,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    identity::{DefaultMakeDistinctId, MakeDistinctId, RequestHead},
+    head::RequestHead,
+    identity::{DefaultMakeDistinctId, MakeDistinctId},
     url,
 };
 use crate::{
@@ -68,7 +69,7 @@ impl ContextConfig {
         let head = RequestHead::new(request, &self.cookie_name);
         let id = make
             .make_distinct_id(&head)
-            .and_then(super::identity::sanitize_owned);
+            .and_then(super::sanitize::sanitize_owned);
         let session = head.session_id();
         let host_header = head.host_header();
         drop(head);

@@ -7,7 +7,7 @@ use std::{
 
 use http::{header, HeaderMap, HeaderValue, Uri};
 
-use super::identity::{header_text, sanitize_borrowed};
+use super::sanitize::{header_text, sanitize_borrowed};
 use crate::context::host::{valid_host, Host};
 
 /// The first element of a comma-separated header value.

@@ -182,13 +182,13 @@ impl State {
 }
 
 /// What the handle and the server tasks share.
-struct Shared {
+struct MockState {
     state: Mutex<State>,
     /// Bumped after every recorded request; waiters watch it.
     changes: watch::Sender<u64>,
 }
 
-impl Shared {
+impl MockState {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave `State` half-updated in
         // a way that matters to a test helper: keep going with what is there.
@@ -201,7 +201,7 @@ impl Shared {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    shared: Arc<MockState>,
     addr: SocketAddr,
     /// Set to `true` by `shutdown`; dropping it (with the last handle) also
     /// stops the server.
@@ -275,7 +275,7 @@ impl MockPostHog {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let (changes, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(MockState {
             state: Mutex::new(State::default()),
             changes,
         });

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::request::RecordedRequest;
 use super::response::{MockResponse, ResponseBody};
-use super::{route_key, Shared};
+use super::{route_key, MockState};
 
 /// Largest request body the mock reads, before and after gzip decoding.
 pub(crate) const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -41,7 +41,7 @@ impl std::error::Error for ResetConnection {}
 /// Accepts connections until `shutdown` changes or its sender is dropped.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<MockState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -67,7 +67,7 @@ pub(crate) async fn accept_loop(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<MockState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -221,7 +221,7 @@ fn error_plan(status: StatusCode, message: &str) -> Plan {
 }
 
 async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<MockState>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ResetConnection> {
     let received_at = Instant::now();

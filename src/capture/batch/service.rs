@@ -71,10 +71,10 @@ pub struct Batch {
     /// Reserves a queue slot in `poll_ready`.
     poll: PollSemaphore,
     permit: Option<OwnedSemaphorePermit>,
-    shared: Arc<Shared>,
+    shared: Arc<Pipeline>,
 }
 
-pub(crate) struct Shared {
+pub(crate) struct Pipeline {
     closed: AtomicBool,
     capacity: usize,
     /// Largest `Event::estimated_size` accepted: 900 KiB less what the encoder adds.
@@ -134,7 +134,7 @@ impl Batch {
         });
         let (deadline, deadline_rx) = watch::channel(None);
         let (report_tx, report) = watch::channel(None);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Pipeline {
             closed: AtomicBool::new(false),
             capacity: config.max_queue_size,
             max_event_size: MAX_EVENT_BYTES.saturating_sub(encoder.added_len()),
@@ -441,7 +441,7 @@ impl Batch {
     }
 }
 
-impl Shared {
+impl Pipeline {
     pub(crate) fn reject(&self, error: &CaptureError) {
         let stats = &self.reporter.stats;
         let count = match error {

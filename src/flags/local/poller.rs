@@ -98,20 +98,20 @@ fn form_urlencode(text: &str) -> String {
 }
 
 /// The shared state: the snapshot readers load without locks, and the load signal.
-pub(crate) struct Shared<T> {
+pub(crate) struct Current<T> {
     pub(crate) snapshot: ArcSwap<Snapshot<T>>,
     loaded: watch::Sender<bool>,
 }
 
-impl<T> fmt::Debug for Shared<T> {
+impl<T> fmt::Debug for Current<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
+        f.debug_struct("Current").finish_non_exhaustive()
     }
 }
 
-impl<T: Compile> Shared<T> {
+impl<T: Compile> Current<T> {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Shared {
+        Arc::new(Current {
             snapshot: ArcSwap::from_pointee(Snapshot { flags: None }),
             loaded: watch::channel(false).0,
         })
@@ -151,7 +151,7 @@ enum Fetched {
 /// only after the previous one ended, so fetches never overlap.
 pub(crate) struct Poller<T> {
     config: PollerConfig,
-    shared: Arc<Shared<T>>,
+    shared: Arc<Current<T>>,
     etag: Option<HeaderValue>,
     stop: watch::Receiver<bool>,
 }
@@ -159,7 +159,7 @@ pub(crate) struct Poller<T> {
 impl<T: Compile> Poller<T> {
     pub(crate) fn new(
         config: PollerConfig,
-        shared: Arc<Shared<T>>,
+        shared: Arc<Current<T>>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Poller {
@@ -320,7 +320,7 @@ mod tests {
                "group_type_mapping": {}, "cohorts": {}})
     }
 
-    async fn start(mock: &MockPostHog) -> (Arc<Shared<Keys>>, watch::Sender<bool>) {
+    async fn start(mock: &MockPostHog) -> (Arc<Current<Keys>>, watch::Sender<bool>) {
         let config = PollerConfig::new(
             crate::net::default_client(),
             &mock.url(),
@@ -329,13 +329,13 @@ mod tests {
             Duration::from_secs(30),
         )
         .unwrap();
-        let shared = Shared::<Keys>::new();
+        let shared = Current::<Keys>::new();
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(Poller::new(config, shared.clone(), stop_rx).run());
         (shared, stop)
     }
 
-    fn keys(shared: &Shared<Keys>) -> Option<Vec<String>> {
+    fn keys(shared: &Current<Keys>) -> Option<Vec<String>> {
         shared.current().map(|k| k.0.clone())
     }
 
