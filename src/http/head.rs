@@ -78,7 +78,7 @@ impl<'h> IdentityHeaders<'h> {
     }
 }
 
-/// What [`MakeDistinctId`] and [`ShouldCapture`](super::ShouldCapture) see of a request: its
+/// What [`MakeDistinctId`](super::MakeDistinctId) and [`ShouldCapture`](super::ShouldCapture) see of a request: its
 /// method, URI, headers and extensions, and the posthog-js cookie decoded on first use.
 pub struct RequestHead<'a> {
     method: &'a Method,
@@ -126,7 +126,7 @@ impl<'a> RequestHead<'a> {
     }
 
     /// The first value of header `name`, cleaned: valid UTF-8 only, control characters
-    /// removed, trimmed, at most [`MAX_ID_CHARS`] characters.
+    /// removed, trimmed, at most [`MAX_ID_CHARS`](super::MAX_ID_CHARS) characters.
     pub fn header(&self, name: &str) -> Option<String> {
         header(self.headers, name)
     }
