@@ -425,10 +425,12 @@ pub(crate) use convert::MAX_DEPTH as MAX_PROPERTY_DEPTH;
 
 /// A uuid and timestamp for an event captured now, from one clock read: the uuid is a v7 of
 /// the timestamp's millisecond.
+#[inline]
 pub(crate) fn stamp_now() -> (Uuid, Timestamp) {
     stamp_at(Timestamp::now())
 }
 
+#[inline]
 fn stamp_at(timestamp: Timestamp) -> (Uuid, Timestamp) {
     let millis = timestamp.as_unix_millis().max(0) as u64;
     (crate::id::new_v7_from(millis), timestamp)
@@ -437,6 +439,7 @@ fn stamp_at(timestamp: Timestamp) -> (Uuid, Timestamp) {
 impl Event {
     /// Sets the uuid and timestamp unless the event has them (a uuid made here is a v7 of the
     /// event's timestamp), and returns them: what every capture path stamps an event with.
+    #[inline]
     pub(crate) fn stamp(&mut self) -> (Uuid, Timestamp) {
         let inner = &mut *self.inner;
         let timestamp = *inner.timestamp.get_or_insert_with(Timestamp::now);

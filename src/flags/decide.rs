@@ -405,3 +405,112 @@ fn evaluate_locally(
     }
     (decided, undecided)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tower::service_fn;
+
+    use super::*;
+    use crate::flags::FlagValue;
+
+    /// Reports nothing.
+    struct Silent;
+
+    impl ReportFlagCalled for Silent {
+        fn first_time(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&FlagValue>,
+            _: &BTreeMap<String, String>,
+        ) -> bool {
+            false
+        }
+
+        fn report(&self, _: FlagCalled) {}
+    }
+
+    const DEFINITIONS: &str = r#"{"flags": [
+        {"id": 1, "key": "everyone", "active": true,
+         "filters": {"groups": [{"properties": [], "rollout_percentage": 100}]}},
+        {"id": 2, "key": "needs-plan", "active": true,
+         "filters": {"groups": [{"properties": [
+            {"key": "plan", "value": "pro", "operator": "exact", "type": "person"}],
+            "rollout_percentage": 100}]}}
+    ], "group_type_mapping": {}, "cohorts": {}}"#;
+
+    /// A `Decide` whose remote stack answers every key it is asked for as enabled and records
+    /// the keys of each request.
+    fn decide(asked: Arc<Mutex<Vec<Option<Vec<String>>>>>) -> Decide {
+        let remote = service_fn(move |request: FlagsRequest| {
+            let asked = asked.clone();
+            async move {
+                let keys = request.flag_keys.clone().unwrap_or_default();
+                asked.lock().unwrap().push(request.flag_keys);
+                let flags: serde_json::Map<String, serde_json::Value> = keys
+                    .into_iter()
+                    .map(|k| (k.clone(), serde_json::json!({"key": k, "enabled": true})))
+                    .collect();
+                let body = serde_json::json!({ "flags": flags }).to_string();
+                Ok::<_, BoxError>(Arc::new(FlagsResponse::from_json(body.as_bytes())?))
+            }
+        });
+        let current = Current::<CompiledFlags>::new();
+        current.install(CompiledFlags::from_json(DEFINITIONS.as_bytes()).unwrap());
+        Decide::new(DecideConfig {
+            remote: BoxCloneSyncService::new(remote),
+            reporter: Arc::new(Silent),
+            send_events: false,
+            fallback_max_age: None,
+            local: Some(PolledDefinitions {
+                shared: current,
+                stop: watch::channel(false).0,
+            }),
+        })
+    }
+
+    /// As a `Service`: the local definitions decide what they can and `/flags` is asked for
+    /// only the rest, in one request; the snapshot holds both.
+    #[tokio::test]
+    async fn only_the_keys_local_evaluation_leaves_undecided_go_remote() {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let snapshot = decide(asked.clone())
+            .oneshot(FlagsRequest::new("u"))
+            .await
+            .unwrap();
+        assert_eq!(
+            *asked.lock().unwrap(),
+            vec![Some(vec!["needs-plan".to_owned()])]
+        );
+        let everyone = snapshot.record("everyone").expect("decided locally");
+        assert!(everyone.locally_evaluated);
+        let remote = snapshot.record("needs-plan").expect("asked remotely");
+        assert!(!remote.locally_evaluated);
+        assert_eq!(snapshot.error(), None);
+
+        // With the property the definitions need, nothing goes remote.
+        let with_plan = FlagsRequest::new("u").person_property("plan", "pro");
+        let snapshot = decide(asked.clone()).oneshot(with_plan).await.unwrap();
+        assert_eq!(asked.lock().unwrap().len(), 1, "no second request");
+        assert!(snapshot.record("needs-plan").unwrap().locally_evaluated);
+    }
+
+    /// A single-flag read decided locally makes no request; one left undecided asks for that
+    /// key alone.
+    #[tokio::test]
+    async fn one_flag_goes_remote_only_when_undecided() {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let decide = decide(asked.clone());
+        let local = decide.one("everyone", FlagsRequest::new("u"), true).await;
+        assert!(local.unwrap().record.locally_evaluated);
+        assert!(asked.lock().unwrap().is_empty());
+        let remote = decide.one("needs-plan", FlagsRequest::new("u"), true).await;
+        assert_eq!(remote.unwrap().record.value, FlagValue::Bool(true));
+        assert_eq!(
+            *asked.lock().unwrap(),
+            vec![Some(vec!["needs-plan".to_owned()])]
+        );
+    }
+}

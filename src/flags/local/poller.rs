@@ -130,7 +130,7 @@ impl<T: Compile> Current<T> {
         self.current().is_some()
     }
 
-    fn install(&self, flags: T) {
+    pub(crate) fn install(&self, flags: T) {
         self.snapshot.store(Arc::new(Snapshot {
             flags: Some(Arc::new(flags)),
         }));
