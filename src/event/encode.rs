@@ -5,6 +5,8 @@
 //! properties, then `$lib`/`$lib_version`/`$geoip_disable` over them, then super properties over
 //! everything.
 
+use std::{fmt, sync::Arc};
+
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -94,6 +96,12 @@ impl Encoder {
         self.lib_fragment.len() + GEOIP_FRAGMENT.len() + self.super_fragment.len()
     }
 
+    /// Whether the super properties set `key`.
+    #[inline]
+    fn super_sets(&self, key: &str) -> bool {
+        !self.super_properties.is_empty() && self.super_properties.contains_key(key)
+    }
+
     /// Whether the encoder writes `key` itself (so the event's own value is skipped).
     fn overridden(&self, key: &str, geoip_disabled: bool, minimal: bool) -> bool {
         if key.starts_with('$')
@@ -105,7 +113,7 @@ impl Encoder {
         }
         // A minimal event was already cut down to the allow-list (before `before_send`); super
         // properties do not apply to it.
-        !minimal && !self.super_properties.is_empty() && self.super_properties.contains_key(key)
+        !minimal && self.super_sets(key)
     }
 
     /// Whether the encoder writes the key of `entry` (a serialized `"key":value`) itself, or
@@ -195,6 +203,11 @@ impl Encoder {
     fn write_head(&self, out: &mut Vec<u8>, name: &str, distinct_id: Option<&str>) {
         out.extend_from_slice(br#"{"event":"#);
         write_str(out, name);
+        self.write_head_after_name(out, distinct_id);
+    }
+
+    /// `,"distinct_id":…,"properties":{`.
+    fn write_head_after_name(&self, out: &mut Vec<u8>, distinct_id: Option<&str>) {
         out.extend_from_slice(br#","distinct_id":"#);
         match distinct_id {
             Some(id) => write_str(out, id),
@@ -210,6 +223,7 @@ impl Encoder {
     /// a random one, as for [`Event::anonymous`]).
     ///
     /// [`encode`]: Self::encode
+    #[cfg(test)]
     pub(crate) fn writer<'a>(
         &'a self,
         out: &'a mut Vec<u8>,
@@ -225,6 +239,55 @@ impl Encoder {
             first: true,
             geoip_disabled: disable_geoip.unwrap_or(self.disable_geoip),
             minimal,
+        }
+    }
+}
+
+/// An event name many events share (a layer's pageviews), with the start of their JSON
+/// (`{"event":"…"`) written once.
+#[derive(Clone)]
+pub(crate) struct EventName {
+    name: Arc<str>,
+    head: Arc<[u8]>,
+}
+
+impl EventName {
+    pub(crate) fn new(name: &str) -> Self {
+        let mut head = br#"{"event":"#.to_vec();
+        write_str(&mut head, name);
+        EventName {
+            name: Arc::from(name),
+            head: Arc::from(head),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.name, f)
+    }
+}
+
+impl Encoder {
+    /// [`writer`](Self::writer) for an event named `name`, whose head is copied whole.
+    pub(crate) fn writer_named<'a>(
+        &'a self,
+        out: &'a mut Vec<u8>,
+        name: &EventName,
+        distinct_id: Option<&str>,
+    ) -> EventWriter<'a> {
+        out.extend_from_slice(&name.head);
+        self.write_head_after_name(out, distinct_id);
+        EventWriter {
+            encoder: self,
+            out,
+            first: true,
+            geoip_disabled: self.disable_geoip,
+            minimal: false,
         }
     }
 }
@@ -265,6 +328,8 @@ pub(crate) struct StaticKey {
     pub(crate) name: &'static str,
     /// `,"name":`.
     entry: &'static str,
+    /// One of the keys the library writes itself (`$lib`, `$lib_version`, `$geoip_disable`).
+    library: bool,
 }
 
 impl StaticKey {
@@ -280,8 +345,31 @@ impl StaticKey {
             i += 1;
         }
         assert!(entry.len() == name.len() + 4, "entry is `,\"name\":`");
-        StaticKey { name, entry }
+        let library = const_eq(name, "$lib")
+            || const_eq(name, "$lib_version")
+            || const_eq(name, "$geoip_disable");
+        StaticKey {
+            name,
+            entry,
+            library,
+        }
     }
+}
+
+/// `a == b`, in a `const fn`.
+const fn const_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// An event being appended to a buffer: see [`Encoder::writer`].
@@ -347,6 +435,23 @@ impl EventWriter<'_> {
         }
     }
 
+    /// [`property`](Self::property) for an integer, with a key known at compile time.
+    pub(crate) fn static_u64(&mut self, key: StaticKey, value: u64) {
+        if self.static_key(key) {
+            // The digits `serde_json` writes for a `u64` (it uses `itoa` too), without its
+            // serializer around them.
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        }
+    }
+
+    /// [`property`](Self::property) for a finite float, with a key known at compile time.
+    pub(crate) fn static_f64(&mut self, key: StaticKey, value: f64) {
+        if self.static_key(key) {
+            write_json(self.out, &value);
+        }
+    }
+
     /// [`property`](Self::property) for a key known at compile time.
     pub(crate) fn static_property<T: serde::Serialize + ?Sized>(
         &mut self,
@@ -361,10 +466,15 @@ impl EventWriter<'_> {
     /// [`key`](Self::key) for a key known at compile time: its entry's prefix is copied whole.
     #[inline]
     fn static_key(&mut self, key: StaticKey) -> bool {
-        if self
-            .encoder
-            .overridden(key.name, self.geoip_disabled, self.minimal)
+        // What `Encoder::overridden` checks, with the library keys known at compile time.
+        if key.library
+            && self
+                .encoder
+                .overridden(key.name, self.geoip_disabled, self.minimal)
         {
+            return false;
+        }
+        if !self.minimal && self.encoder.super_sets(key.name) {
             return false;
         }
         let entry = key.entry.as_bytes();

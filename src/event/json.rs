@@ -36,10 +36,9 @@ fn needs_escape(text: &[u8]) -> bool {
         u64::from_le_bytes(word)
     };
     if text.len() < 8 {
-        // Padded with spaces, which need no escaping.
-        let mut word = [b' '; 8];
-        word[..text.len()].copy_from_slice(text);
-        return special(u64::from_le_bytes(word));
+        // At most seven bytes: one by one is cheaper than building a padded word (a `memcpy`
+        // call for a length known only at run time).
+        return text.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
     }
     // Whole words, then the last eight bytes (overlapping the words before them): no loop
     // over single bytes.

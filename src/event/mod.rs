@@ -30,7 +30,9 @@ use uuid::Uuid;
 
 use crate::{error::PropertyError, time::Timestamp};
 
-pub(crate) use encode::{write_json, EncodeDefaults, Encoder, EventWriter, StaticKey, WriterState};
+pub(crate) use encode::{
+    write_json, EncodeDefaults, Encoder, EventName, EventWriter, StaticKey, WriterState,
+};
 pub use properties::Properties;
 
 /// The most PostHog accepts for one event, serialized: 900 KiB.

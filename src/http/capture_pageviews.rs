@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     context::RequestContext,
-    event::{EventWriter, StaticKey, WriterState},
+    event::{EventName, EventWriter, StaticKey, WriterState},
     flags::FlagValue,
     Event, PostHog,
 };
@@ -36,7 +36,7 @@ use crate::{
 pub struct CapturePageviewsLayer<P = DefaultShouldCapture> {
     posthog: PostHog,
     predicate: P,
-    event_name: Arc<str>,
+    event_name: EventName,
     config: Arc<ContextConfig>,
 }
 
@@ -46,7 +46,7 @@ impl CapturePageviewsLayer {
         CapturePageviewsLayer {
             posthog: posthog.clone(),
             predicate: DefaultShouldCapture,
-            event_name: Arc::from("$pageview"),
+            event_name: EventName::new("$pageview"),
             config: Arc::new(ContextConfig::new(posthog)),
         }
     }
@@ -66,7 +66,7 @@ impl<P> CapturePageviewsLayer<P> {
     /// The event's name (default `$pageview`; `$http_request` suits APIs).
     #[must_use]
     pub fn event_name(mut self, name: impl Into<String>) -> Self {
-        self.event_name = Arc::from(name.into());
+        self.event_name = EventName::new(&name.into());
         self
     }
 }
@@ -220,7 +220,7 @@ const PAGEVIEW_FIXED_LEN: usize = 512;
 impl Pending {
     pub(crate) fn new<B>(
         posthog: &PostHog,
-        event_name: &str,
+        event_name: &EventName,
         context: &RequestContext,
         request: &Request<B>,
     ) -> Self {
@@ -240,13 +240,13 @@ impl Pending {
         };
         let id = context.distinct_id();
         let draft = match posthog.event_encoder() {
-            Some(encoder) if !crate::event::is_blank(event_name) => {
+            Some(encoder) if !crate::event::is_blank(event_name.as_str()) => {
                 let len = PAGEVIEW_FIXED_LEN
                     + encoder.added_len()
-                    + event_name.len()
+                    + event_name.as_str().len()
                     + request_props.values_len();
                 let mut json = Vec::with_capacity(len);
-                let mut writer = encoder.writer(&mut json, event_name, id, None, false);
+                let mut writer = encoder.writer_named(&mut json, event_name, id);
                 request_props.write(&mut writer);
                 let state = writer.pause();
                 Draft::Json { json, state }
@@ -255,8 +255,8 @@ impl Pending {
                 // `RequestProperties` sets `$process_person_profile` again for an anonymous
                 // caller, to the same value: the JSON path needs it written.
                 let mut event = match id {
-                    Some(id) => Event::new(event_name, id),
-                    None => Event::anonymous(event_name),
+                    Some(id) => Event::new(event_name.as_str(), id),
+                    None => Event::anonymous(event_name.as_str()),
                 };
                 request_props.write(&mut event);
                 Draft::Event(Box::new(event))
@@ -368,6 +368,9 @@ impl Properties for EventWriter<'_> {
             Prop::Str(s) => self.static_str(key, s),
             Prop::Bool(b) => self.static_bool(key, b),
             Prop::Parts(parts) => self.static_str_parts(key, parts),
+            Prop::Int(n) => self.static_u64(key, n),
+            // Durations: finite by construction (`write_json` would write `null` otherwise).
+            Prop::Float(x) => self.static_f64(key, x),
             other => self.static_property(key, &other),
         }
     }
@@ -589,13 +592,13 @@ mod tests {
         assert!(built.event_encoder().is_none());
         let ctx = ContextConfig::new(direct).ensure(&mut DefaultMakeDistinctId, request);
         let (_, Finished::Json { json, uuid }) =
-            Pending::new(direct, "$pageview", &ctx, request).finish(503, Some(14))
+            Pending::new(direct, &EventName::new("$pageview"), &ctx, request).finish(503, Some(14))
         else {
             panic!("written as JSON");
         };
         let mut a: Value = serde_json::from_slice(&json).expect("valid JSON");
         let (_, Finished::Event(event)) =
-            Pending::new(built, "$pageview", &ctx, request).finish(503, Some(14))
+            Pending::new(built, &EventName::new("$pageview"), &ctx, request).finish(503, Some(14))
         else {
             panic!("built as an Event");
         };

@@ -21,7 +21,7 @@ use super::{
     request_flags::FlagSource,
     set_context::ContextConfig,
 };
-use crate::{context::Scoped, PostHog};
+use crate::{context::Scoped, event::EventName, PostHog};
 
 impl PostHog {
     /// The HTTP layer for this client, with its defaults: callers resolved by
@@ -43,7 +43,7 @@ pub struct PostHogLayer<M = DefaultMakeDistinctId, P = DefaultShouldCapture> {
     make: M,
     predicate: P,
     pageviews: bool,
-    event_name: Arc<str>,
+    event_name: EventName,
     eager: Option<Arc<[String]>>,
     config: ContextConfig,
 }
@@ -56,7 +56,7 @@ impl PostHogLayer {
             make: DefaultMakeDistinctId,
             predicate: DefaultShouldCapture,
             pageviews: true,
-            event_name: Arc::from("$pageview"),
+            event_name: EventName::new("$pageview"),
             eager: None,
             config: ContextConfig::new(posthog),
         }
@@ -125,7 +125,7 @@ impl<M, P> PostHogLayer<M, P> {
     /// The pageview event's name (default `$pageview`; `$http_request` suits APIs).
     #[must_use]
     pub fn event_name(mut self, name: impl Into<String>) -> Self {
-        self.event_name = Arc::from(name.into());
+        self.event_name = EventName::new(&name.into());
         self
     }
 
@@ -210,7 +210,7 @@ where
 struct LayerState<P> {
     predicate: P,
     pageviews: bool,
-    event_name: Arc<str>,
+    event_name: EventName,
     /// Where the flags come from; its client also takes the pageviews.
     flags: Arc<FlagSource>,
     config: ContextConfig,
