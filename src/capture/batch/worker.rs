@@ -828,6 +828,11 @@ async fn send<S>(
             }
             Err(source) => {
                 let error = reporter.fail(batch.uuids().clone(), source.clone());
+                // `on_error` may block this thread for as long as it likes. Claiming may have
+                // woken the worker into this thread's LIFO slot, where no other thread can
+                // steal it: let it run first, or a slow callback would hold the shutdown
+                // deadline back.
+                tokio::task::yield_now().await;
                 reporter.tell(&error);
             }
         }
