@@ -464,7 +464,7 @@ impl EventWriter<'_> {
     }
 
     /// [`key`](Self::key) for a key known at compile time: its entry's prefix is copied whole.
-    #[inline]
+    #[inline(always)]
     fn static_key(&mut self, key: StaticKey) -> bool {
         // What `Encoder::overridden` checks, with the library keys known at compile time.
         if key.library
