@@ -122,6 +122,7 @@ mod client;
 pub mod context;
 mod error;
 mod event;
+pub mod exception;
 pub mod flags;
 pub mod http;
 mod id;

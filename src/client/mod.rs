@@ -91,6 +91,35 @@ impl PostHog {
         }
     }
 
+    /// Captures `error` (and its `source()` chain) as an `$exception` event, with the stack at
+    /// this call (feature `error-tracking`), for the current request context's caller (or
+    /// personless), and returns its uuid. [`capture_exception_with`](Self::capture_exception_with)
+    /// takes an [`Exception`](crate::exception::Exception) with more options.
+    ///
+    /// ```no_run
+    /// # fn f(posthog: posthog_tower::PostHog) {
+    /// if let Err(error) = std::fs::read("config.toml") {
+    ///     let _ = posthog.capture_exception(&error);
+    /// }
+    /// # }
+    /// ```
+    #[inline(never)]
+    pub fn capture_exception<E: std::error::Error + ?Sized + 'static>(
+        &self,
+        error: &E,
+    ) -> Result<Uuid, CaptureError> {
+        self.capture(crate::exception::Exception::new(error).into_event())
+    }
+
+    /// Captures an [`Exception`](crate::exception::Exception) built with its options (level,
+    /// fingerprint, distinct id, properties).
+    pub fn capture_exception_with(
+        &self,
+        exception: crate::exception::Exception,
+    ) -> Result<Uuid, CaptureError> {
+        self.capture(exception.into_event())
+    }
+
     /// Sets person properties (`$set`): the latest value wins. `properties` is a map or a
     /// struct.
     pub fn set(

@@ -1,5 +1,5 @@
 //! Capture over real HTTP to `MockPostHog`, one test binary: what is sent and how it is
-//! batched ([`events`]), the client's life from flush to shutdown ([`lifecycle`]), retries and
+//! batched ([`events`]), `$exception` events ([`exceptions`]), the client's life from flush to shutdown ([`lifecycle`]), retries and
 //! their timing ([`retry`]), and an axum server shut down gracefully under load
 //! ([`shutdown_under_load`]).
 
@@ -7,6 +7,7 @@
 mod support;
 
 mod events;
+mod exceptions;
 mod lifecycle;
 mod retry;
 mod shutdown_under_load;

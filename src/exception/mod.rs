@@ -1,0 +1,295 @@
+//! Error tracking: [`Exception`], the `$exception` event PostHog's error tracking reads.
+//!
+//! An [`Exception`] records an error's `source()` chain (outermost first) and, with the
+//! `error-tracking` cargo feature (on by default), the stack at the call with the instruction,
+//! symbol and image addresses PostHog symbolicates against, and the loaded images
+//! (`$debug_images`). [`PostHog::capture_exception`](crate::PostHog::capture_exception)
+//! captures one; the event inherits the current request context's caller like any other, or
+//! is personless.
+//!
+//! The wire format is the one PostHog documents for error tracking and posthog-rs sends for
+//! Rust: `$exception_list` entries with `type`, `value` and `mechanism` (`type` `generic` for
+//! the captured error, `chained` for its sources, `exception_id`/`parent_id` linking them),
+//! the stack trace (`{"type": "raw", "frames": [...]}`, outermost frame first) on the first
+//! entry, `$exception_level` and, when given, `$exception_fingerprint`.
+//!
+//! Bounds: at most [`MAX_CHAIN`] errors of a chain, [`MAX_FRAMES`] frames (the outermost are
+//! cut), values cut at [`MAX_VALUE_CHARS`] characters. An error whose `Display` panics is
+//! captured with a placeholder value; capturing never panics.
+//!
+//! ```no_run
+//! # fn f(posthog: posthog_tower::PostHog, error: std::io::Error) -> Result<(), posthog_tower::CaptureError> {
+//! use posthog_tower::exception::{Exception, Level};
+//!
+//! posthog.capture_exception(&error)?;
+//! posthog.capture(
+//!     Exception::new(&error)
+//!         .level(Level::Warning)
+//!         .fingerprint("disk-full")
+//!         .into_event(),
+//! )?;
+//! # Ok(())
+//! # }
+//! ```
+
+#[cfg(feature = "error-tracking")]
+mod stack;
+
+use std::{
+    any::type_name,
+    error::Error as StdError,
+    panic::{catch_unwind, AssertUnwindSafe},
+};
+
+use serde_json::{json, Map, Value};
+
+use crate::event::Event;
+
+/// The most errors of a `source()` chain recorded (the captured error included); a longer or
+/// cyclic chain is cut there.
+pub const MAX_CHAIN: usize = 50;
+
+/// The most stack frames sent; the outermost frames are cut first.
+pub const MAX_FRAMES: usize = 64;
+
+/// The most characters of an error's message sent.
+pub const MAX_VALUE_CHARS: usize = 8 * 1024;
+
+/// How serious an exception is (`$exception_level`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Level {
+    /// The process cannot go on.
+    Fatal,
+    /// An operation failed (the default).
+    #[default]
+    Error,
+    /// Something went wrong but was handled.
+    Warning,
+    /// For information.
+    Info,
+    /// For debugging.
+    Debug,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Fatal => "fatal",
+            Level::Error => "error",
+            Level::Warning => "warning",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+/// One error of the chain.
+#[derive(Clone, Debug)]
+struct Entry {
+    type_name: String,
+    value: String,
+}
+
+/// An exception to capture: an error's chain, where it was captured, and how to report it.
+/// Build it with [`Exception::new`], set what you need, and capture it with
+/// [`PostHog::capture_exception_with`](crate::PostHog::capture_exception_with) (or turn it into
+/// an [`Event`] with [`into_event`](Self::into_event)).
+///
+/// ```
+/// use posthog_tower::exception::{Exception, Level};
+///
+/// let error = std::io::Error::other("disk full");
+/// let event = Exception::new(&error)
+///     .level(Level::Warning)
+///     .handled(true)
+///     .fingerprint("disk-full")
+///     .property("volume", "/data")
+///     .into_event();
+/// assert_eq!(event.name(), "$exception");
+/// let list = event.properties().get("$exception_list").unwrap();
+/// assert_eq!(list[0]["value"], "disk full");
+/// assert_eq!(list[0]["type"], "std::io::error::Error");
+/// ```
+#[derive(Debug)]
+pub struct Exception {
+    chain: Vec<Entry>,
+    event: Event,
+    level: Level,
+    handled: bool,
+    fingerprint: Option<String>,
+    #[cfg(feature = "error-tracking")]
+    stack: Option<stack::Stack>,
+}
+
+impl Exception {
+    /// The exception of `error` and its `source()` chain, with the stack captured here (with
+    /// the `error-tracking` feature). The captured error's entry is named after its concrete
+    /// type (`E`); its sources, seen as `dyn Error`, are named `Error`.
+    #[inline(never)]
+    pub fn new<E: StdError + ?Sized + 'static>(error: &E) -> Self {
+        let mut chain = vec![Entry {
+            type_name: simple_type_name(type_name::<E>()),
+            value: message(error),
+        }];
+        let mut source = error.source();
+        while let Some(e) = source {
+            if chain.len() == MAX_CHAIN {
+                break;
+            }
+            chain.push(Entry {
+                type_name: "Error".to_owned(),
+                value: message(e),
+            });
+            source = e.source();
+        }
+        Exception {
+            chain,
+            event: Event::named("$exception"),
+            level: Level::default(),
+            handled: true,
+            fingerprint: None,
+            #[cfg(feature = "error-tracking")]
+            stack: Some(stack::Stack::capture()),
+        }
+    }
+
+    /// Reports it for `distinct_id` instead of the current request context's caller (or a
+    /// personless event).
+    #[must_use]
+    pub fn distinct_id(mut self, distinct_id: impl AsRef<str>) -> Self {
+        let inner = &mut *self.event.inner;
+        inner.set_distinct_id(Some(distinct_id.as_ref()));
+        inner.inherits_distinct_id = false;
+        self
+    }
+
+    /// The level (`$exception_level`, default [`Level::Error`]).
+    #[must_use]
+    pub fn level(mut self, level: Level) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// Whether the application handled the error (default `true`); `false` for one that
+    /// escaped it.
+    #[must_use]
+    pub fn handled(mut self, handled: bool) -> Self {
+        self.handled = handled;
+        self
+    }
+
+    /// Groups it with the exceptions of the same fingerprint (`$exception_fingerprint`).
+    #[must_use]
+    pub fn fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
+        self.fingerprint = Some(fingerprint.into());
+        self
+    }
+
+    /// An extra property, as [`Event::property`] sets it.
+    #[must_use]
+    pub fn property(mut self, key: impl AsRef<str>, value: impl serde::Serialize) -> Self {
+        self.event = self.event.property(key, value);
+        self
+    }
+
+    /// A group, as [`Event::group`] sets it.
+    #[must_use]
+    pub fn group(mut self, group_type: impl Into<String>, group_key: impl Into<String>) -> Self {
+        self.event = self.event.group(group_type, group_key);
+        self
+    }
+
+    /// Leaves the stack trace (and `$debug_images`) out.
+    #[must_use]
+    pub fn without_stack_trace(self) -> Self {
+        #[cfg(feature = "error-tracking")]
+        return Exception {
+            stack: None,
+            ..self
+        };
+        #[cfg(not(feature = "error-tracking"))]
+        self
+    }
+
+    /// The `$exception` event.
+    pub fn into_event(self) -> Event {
+        let count = self.chain.len();
+        #[cfg(feature = "error-tracking")]
+        let (frames, images) = match &self.stack {
+            Some(stack) => stack.to_json(),
+            None => (None, Vec::new()),
+        };
+        #[cfg(not(feature = "error-tracking"))]
+        let (frames, images): (Option<Value>, Vec<Value>) = (None, Vec::new());
+        let mut frames = frames;
+        let list: Vec<Value> = self
+            .chain
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let mut mechanism = Map::new();
+                let kind = if i == 0 { "generic" } else { "chained" };
+                mechanism.insert("type".into(), kind.into());
+                mechanism.insert("handled".into(), self.handled.into());
+                mechanism.insert("synthetic".into(), false.into());
+                if count > 1 {
+                    mechanism.insert("exception_id".into(), i.into());
+                    if i > 0 {
+                        mechanism.insert("parent_id".into(), (i - 1).into());
+                    }
+                }
+                let mut item = Map::new();
+                item.insert("type".into(), entry.type_name.into());
+                item.insert("value".into(), entry.value.into());
+                item.insert("mechanism".into(), Value::Object(mechanism));
+                if let Some(frames) = frames.take().filter(|_| i == 0) {
+                    item.insert(
+                        "stacktrace".into(),
+                        json!({"type": "raw", "frames": frames}),
+                    );
+                }
+                Value::Object(item)
+            })
+            .collect();
+        let mut event = self.event;
+        event.insert_value("$exception_level", self.level.as_str().into());
+        if let Some(fingerprint) = self.fingerprint {
+            event.insert_value("$exception_fingerprint", fingerprint.into());
+        }
+        if !images.is_empty() {
+            event.insert_value("$debug_images", Value::Array(images));
+        }
+        event.insert_value("$exception_list", Value::Array(list));
+        event
+    }
+}
+
+/// An error's message, cut at [`MAX_VALUE_CHARS`]; a placeholder when its `Display` panics,
+/// `Error` when it is empty.
+fn message(error: &(impl StdError + ?Sized)) -> String {
+    let text = catch_unwind(AssertUnwindSafe(|| error.to_string()))
+        .unwrap_or_else(|_| "<the error's Display implementation panicked>".to_owned());
+    if text.is_empty() {
+        return "Error".to_owned();
+    }
+    match text.char_indices().nth(MAX_VALUE_CHARS) {
+        Some((cut, _)) => text[..cut].to_owned(),
+        None => text,
+    }
+}
+
+/// A type's name as PostHog groups by it: its full path, without references, `dyn` and
+/// generic arguments; `Error` for the standard library's trait object.
+fn simple_type_name(name: &str) -> String {
+    let name = name.trim().trim_start_matches('&');
+    let name = name.strip_prefix("dyn ").unwrap_or(name);
+    let name = name.split('<').next().unwrap_or(name).trim();
+    match name {
+        "" | "core::error::Error" | "std::error::Error" => "Error".to_owned(),
+        _ => name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
