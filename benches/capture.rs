@@ -15,6 +15,9 @@
 //!   chunks (driven by the bench thread on a current-thread runtime), so captures neither wake
 //!   it nor share cache lines with it: the cost of validating, stamping and queueing alone.
 //! - `event/build_10_props`: building that event, for context (its drop is not timed).
+//! - `exception/chain_3` and `exception/chain_3_no_stack`: the `$exception` event of a
+//!   three-error chain, with the stack at the call (walked and symbolized, about 20 frames
+//!   here) and the loaded images, or without (what `capture_exception` builds before queueing).
 //!
 //! After criterion, unless run with `--test`/`--list` or filtered to something else,
 //! `capture/latency` times every call of a few hundred thousand captures one by one and
@@ -303,7 +306,39 @@ fn capture_latency() {
     }
 }
 
-criterion_group!(benches, capture, event);
+/// A three-error chain: an outer error, its source, and that one's.
+#[derive(Debug)]
+struct Chain(u8);
+
+impl std::fmt::Display for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "level {} failed", self.0)
+    }
+}
+
+impl std::error::Error for Chain {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        const LEVELS: [Chain; 3] = [Chain(0), Chain(1), Chain(2)];
+        LEVELS.get(usize::from(self.0) + 1).map(|e| e as _)
+    }
+}
+
+fn exception(c: &mut Criterion) {
+    use posthog_tower::exception::Exception;
+    let mut group = c.benchmark_group("exception");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    let error = Chain(0);
+    group.bench_function("chain_3", |b| {
+        b.iter_with_large_drop(|| Exception::new(black_box(&error)).into_event());
+    });
+    group.bench_function("chain_3_no_stack", |b| {
+        b.iter_with_large_drop(|| Exception::without_stack(black_box(&error)).into_event());
+    });
+    group.finish();
+}
+
+criterion_group!(benches, capture, event, exception);
 
 fn main() {
     benches();

@@ -126,8 +126,23 @@ impl Exception {
     /// The exception of `error` and its `source()` chain, with the stack captured here (with
     /// the `error-tracking` feature). The captured error's entry is named after its concrete
     /// type (`E`); its sources, seen as `dyn Error`, are named `Error`.
+    ///
+    /// Walking and symbolizing the stack is most of the cost (`benches/capture.rs`,
+    /// `exception/`): [`without_stack`](Self::without_stack) skips it.
     #[inline(never)]
     pub fn new<E: StdError + ?Sized + 'static>(error: &E) -> Self {
+        let exception = Exception::without_stack(error);
+        #[cfg(feature = "error-tracking")]
+        return Exception {
+            stack: Some(stack::Stack::capture()),
+            ..exception
+        };
+        #[cfg(not(feature = "error-tracking"))]
+        exception
+    }
+
+    /// [`new`](Self::new) without the stack trace (and `$debug_images`): the chain only.
+    pub fn without_stack<E: StdError + ?Sized + 'static>(error: &E) -> Self {
         let mut chain = vec![Entry {
             type_name: simple_type_name(type_name::<E>()),
             value: message(error),
@@ -150,7 +165,7 @@ impl Exception {
             handled: true,
             fingerprint: None,
             #[cfg(feature = "error-tracking")]
-            stack: Some(stack::Stack::capture()),
+            stack: None,
         }
     }
 
@@ -197,18 +212,6 @@ impl Exception {
     #[must_use]
     pub fn group(mut self, group_type: impl Into<String>, group_key: impl Into<String>) -> Self {
         self.event = self.event.group(group_type, group_key);
-        self
-    }
-
-    /// Leaves the stack trace (and `$debug_images`) out.
-    #[must_use]
-    pub fn without_stack_trace(self) -> Self {
-        #[cfg(feature = "error-tracking")]
-        return Exception {
-            stack: None,
-            ..self
-        };
-        #[cfg(not(feature = "error-tracking"))]
         self
     }
 

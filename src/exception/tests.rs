@@ -67,13 +67,12 @@ fn a_chain_is_listed_outermost_first_and_linked() {
 #[test]
 fn a_single_error_has_no_ids_and_options_are_written() {
     let error = std::io::Error::other("disk full");
-    let event = Exception::new(&error)
+    let event = Exception::without_stack(&error)
         .level(Level::Warning)
         .handled(false)
         .fingerprint("disk")
         .distinct_id("user-1")
         .property("volume", "/data")
-        .without_stack_trace()
         .into_event();
     assert_eq!(event.distinct_id(), Some("user-1"));
     let p = event.properties();
@@ -103,7 +102,7 @@ fn long_cyclic_empty_and_panicking_errors_are_bounded() {
             Some(self)
         }
     }
-    let list_ = list(&Exception::new(&Cycle).without_stack_trace().into_event());
+    let list_ = list(&Exception::without_stack(&Cycle).into_event());
     assert_eq!(list_.len(), MAX_CHAIN);
     assert_eq!(
         list_[0]["value"].as_str().map(|v| v.chars().count()),
@@ -147,7 +146,7 @@ fn type_names_are_simplified() {
         "std::io::error::Error"
     );
     let boxed: Box<dyn StdError + Send + Sync> = "oops".into();
-    let list_ = list(&Exception::new(&*boxed).without_stack_trace().into_event());
+    let list_ = list(&Exception::without_stack(&*boxed).into_event());
     assert_eq!(list_[0]["value"], "oops");
 }
 

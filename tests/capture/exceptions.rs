@@ -134,10 +134,9 @@ async fn an_exception_in_a_request_context_is_the_callers() {
         .await;
     let other = ph
         .capture_exception_with(
-            Exception::new(&error())
+            Exception::without_stack(&error())
                 .distinct_id("user-7")
-                .fingerprint("db-down")
-                .without_stack_trace(),
+                .fingerprint("db-down"),
         )
         .unwrap();
     ph.capture(Event::new("after", "user-9")).unwrap();
