@@ -53,6 +53,7 @@ pub struct PostHogBuilder {
     historical_migration: bool,
     disabled: bool,
     sync_mode: bool,
+    capture_panics: bool,
     http_client: Option<HttpClient>,
     capture_stack: Option<CaptureStack>,
     property_error: Option<String>,
@@ -77,6 +78,7 @@ impl PostHogBuilder {
             historical_migration: false,
             disabled: false,
             sync_mode: false,
+            capture_panics: false,
             http_client: None,
             capture_stack: None,
             property_error: None,
@@ -258,6 +260,18 @@ impl PostHogBuilder {
         self
     }
 
+    /// Captures every panic as an unhandled `$exception` (level `fatal`, mechanism `panic`, the
+    /// message, where it happened and the stack), for the request context's caller when the
+    /// panic happened inside a request, through a panic hook installed by
+    /// [`build`](Self::build) that calls the hook installed before it. A panic about to end
+    /// the process (with `panic = "abort"`, or on the thread named `main`) waits up to 2 s for
+    /// the event's delivery (which needs the client's worker to run on another thread: a
+    /// multi-thread runtime). Off by default; the hook is process-wide.
+    pub fn capture_panics(mut self, enabled: bool) -> Self {
+        self.capture_panics = enabled;
+        self
+    }
+
     /// Serverless mode: events are sent as soon as they are captured, and
     /// [`PostHog::capture_wait`] resolves only after PostHog acknowledged the event.
     pub fn sync_mode(mut self, enabled: bool) -> Self {
@@ -421,8 +435,47 @@ impl PostHogBuilder {
                 max_event_size: crate::event::MAX_EVENT_BYTES,
             }),
         };
+        if self.capture_panics {
+            install_panic_capture(&client);
+        }
         Ok((client, worker))
     }
+}
+
+/// How long a panic about to end the process waits for its `$exception` to be delivered.
+const PANIC_DELIVERY_WAIT: Duration = Duration::from_secs(2);
+
+/// Sends every panic's `$exception` through `client`, while it lives.
+fn install_panic_capture(client: &PostHog) {
+    let weak = Arc::downgrade(&client.inner);
+    crate::exception::install_panic_hook(move |event| {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let posthog = PostHog { inner };
+        // A refusal (full queue, shut down) is counted and reported by the client itself.
+        let _ = posthog.capture(event);
+        let ending = cfg!(panic = "abort") || std::thread::current().name() == Some("main");
+        if ending {
+            flush_from_a_dying_thread(posthog);
+        }
+    });
+}
+
+/// Flushes from a thread that may be inside a runtime (blocking on it there is not allowed):
+/// on a thread of its own with a runtime of its own, at most [`PANIC_DELIVERY_WAIT`].
+fn flush_from_a_dying_thread(posthog: PostHog) {
+    let flusher = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(PANIC_DELIVERY_WAIT, posthog.flush()).await;
+            });
+        }
+    });
+    let _ = flusher.join();
 }
 
 impl fmt::Debug for PostHogBuilder {
@@ -437,6 +490,7 @@ impl fmt::Debug for PostHogBuilder {
             .field("historical_migration", &self.historical_migration)
             .field("disabled", &self.disabled)
             .field("sync_mode", &self.sync_mode)
+            .field("capture_panics", &self.capture_panics)
             .field("local_evaluation", &self.personal_api_key.is_some())
             .field("poll_interval", &self.poll_interval)
             .finish_non_exhaustive()

@@ -32,8 +32,11 @@
 //! # }
 //! ```
 
+mod panic;
 #[cfg(feature = "error-tracking")]
 mod stack;
+
+pub(crate) use panic::install_panic_hook;
 
 use std::{
     any::type_name,
@@ -118,6 +121,8 @@ pub struct Exception {
     level: Level,
     handled: bool,
     fingerprint: Option<String>,
+    /// The first entry's `mechanism.type`: `generic`, or `panic` for a panic.
+    mechanism: &'static str,
     #[cfg(feature = "error-tracking")]
     stack: Option<stack::Stack>,
 }
@@ -164,6 +169,7 @@ impl Exception {
             level: Level::default(),
             handled: true,
             fingerprint: None,
+            mechanism: "generic",
             #[cfg(feature = "error-tracking")]
             stack: None,
         }
@@ -232,7 +238,7 @@ impl Exception {
             .enumerate()
             .map(|(i, entry)| {
                 let mut mechanism = Map::new();
-                let kind = if i == 0 { "generic" } else { "chained" };
+                let kind = if i == 0 { self.mechanism } else { "chained" };
                 mechanism.insert("type".into(), kind.into());
                 mechanism.insert("handled".into(), self.handled.into());
                 mechanism.insert("synthetic".into(), false.into());
@@ -276,9 +282,14 @@ fn message(error: &(impl StdError + ?Sized)) -> String {
     if text.is_empty() {
         return "Error".to_owned();
     }
+    cut(&text)
+}
+
+/// `text`, at most [`MAX_VALUE_CHARS`] characters of it.
+fn cut(text: &str) -> String {
     match text.char_indices().nth(MAX_VALUE_CHARS) {
-        Some((cut, _)) => text[..cut].to_owned(),
-        None => text,
+        Some((at, _)) => text[..at].to_owned(),
+        None => text.to_owned(),
     }
 }
 

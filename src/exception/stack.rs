@@ -142,6 +142,31 @@ impl Stack {
         Stack { frames, images }
     }
 
+    /// The stack of a panic, from the frame that panicked: without the capture's frames, the
+    /// hook's and the standard library's panic machinery.
+    #[inline(never)]
+    pub(super) fn capture_panic() -> Stack {
+        let mut stack = Stack::capture();
+        let machinery = stack
+            .frames
+            .iter()
+            .take(32)
+            .rposition(|f| {
+                f.function.as_deref().is_some_and(|name| {
+                    // The panic's dispatch, not the `catch_unwind` frames further out.
+                    name.contains("core::panicking::")
+                        || name.contains("rust_panic_with_hook")
+                        || name.contains("begin_panic")
+                        || name.contains("rust_begin_unwind")
+                        || name.contains("__rust_end_short_backtrace")
+                        || name.contains("exception::panic::")
+                })
+            })
+            .map_or(0, |at| at + 1);
+        stack.frames.drain(..machinery);
+        stack
+    }
+
     /// The `frames` of the stack trace (outermost first, at most [`MAX_FRAMES`]) and the
     /// `$debug_images` they point into.
     pub(super) fn to_json(&self) -> (Option<Value>, Vec<Value>) {
@@ -236,7 +261,7 @@ fn in_app(filename: Option<&str>, function: Option<&str>) -> bool {
     }
     match function {
         Some(function) => {
-            if filename.is_none() && ENTRY_POINTS.contains(&function) {
+            if ENTRY_POINTS.contains(&function) {
                 return false;
             }
             let name = function.trim_start_matches('<');
@@ -268,6 +293,7 @@ fn is_capture_machinery(function: &str) -> bool {
     let function = function.replace(['<', '>'], "");
     function.starts_with("backtrace::")
         || function.contains("exception::stack::Stack::capture")
+        || function.contains("exception::panic::")
         || function.contains("exception::Exception::new")
         || function.contains("PostHog::capture_exception")
 }
