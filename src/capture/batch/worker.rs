@@ -818,6 +818,14 @@ async fn send<S>(
                 Err(Arc::new(error))
             }
         };
+        if outcome.is_err() && reporter.on_error.is_some() {
+            // `on_error`, told below, may block this thread for as long as it likes, and a
+            // task woken on this thread waits in its LIFO slot, where no other thread can
+            // steal it: let it (the worker, at a shutdown deadline) run first. Before the
+            // claim, so that a task cancelled here (its runtime shutting down) leaves its
+            // events to the worker, which reports them.
+            tokio::task::yield_now().await;
+        }
         if !claims.claim(batch.uuids(), batch.len() == whole, outcome.is_ok()) {
             // The shutdown deadline passed and the worker reported the rest failed.
             return;
@@ -828,11 +836,6 @@ async fn send<S>(
             }
             Err(source) => {
                 let error = reporter.fail(batch.uuids().clone(), source.clone());
-                // `on_error` may block this thread for as long as it likes. Claiming may have
-                // woken the worker into this thread's LIFO slot, where no other thread can
-                // steal it: let it run first, or a slow callback would hold the shutdown
-                // deadline back.
-                tokio::task::yield_now().await;
                 reporter.tell(&error);
             }
         }
