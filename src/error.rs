@@ -46,6 +46,13 @@ pub enum CaptureError {
     },
     /// The client was shut down (or its worker is gone): no new events are accepted.
     Closed,
+    /// An exception captured on the application's behalf (a panic, a failed request, a
+    /// `tracing` error) was over the per-type rate limit
+    /// ([`PostHogBuilder::exception_rate_limit`](crate::PostHogBuilder::exception_rate_limit)).
+    RateLimited {
+        /// The exception's type (its `$exception_list` entry's `type`).
+        exception_type: String,
+    },
     /// The event was accepted but its delivery failed (only from the waiting capture methods).
     Delivery(DeliveryError),
 }
@@ -68,6 +75,10 @@ impl fmt::Display for CaptureError {
                 "queue full: {capacity} events pending; the event was not captured"
             ),
             CaptureError::Closed => f.write_str("client is shut down: the event was not captured"),
+            CaptureError::RateLimited { exception_type } => write!(
+                f,
+                "too many `{exception_type}` exceptions captured automatically: this one was dropped"
+            ),
             CaptureError::Delivery(e) => fmt::Display::fmt(e, f),
         }
     }
@@ -93,6 +104,7 @@ impl CaptureError {
             CaptureError::EventTooLarge { .. } => "too_large",
             CaptureError::QueueFull { .. } => "queue_full",
             CaptureError::Closed => "closed",
+            CaptureError::RateLimited { .. } => "rate_limited",
             CaptureError::Delivery(_) => "delivery",
         }
     }

@@ -51,6 +51,8 @@ pub struct Dropped {
     pub before_send: u64,
     /// Dropped because the `before_send` hook panicked.
     pub hook_panicked: u64,
+    /// Refused: an exception captured on the application's behalf over its type's rate limit.
+    pub rate_limited: u64,
 }
 
 impl Dropped {
@@ -62,6 +64,7 @@ impl Dropped {
             + self.closed
             + self.before_send
             + self.hook_panicked
+            + self.rate_limited
     }
 }
 
@@ -76,6 +79,7 @@ struct Counters {
     closed: AtomicU64,
     before_send: AtomicU64,
     hook_panicked: AtomicU64,
+    rate_limited: AtomicU64,
     retries: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicU64,
@@ -116,6 +120,7 @@ impl StatsRecorder {
         closed => closed,
         before_send => before_send,
         hook_panicked => hook_panicked,
+        rate_limited => rate_limited,
         retry => retries,
         request => requests,
         flag_error => flag_errors,
@@ -143,6 +148,7 @@ impl StatsRecorder {
                 closed: c.closed.load(Relaxed),
                 before_send: c.before_send.load(Relaxed),
                 hook_panicked: c.hook_panicked.load(Relaxed),
+                rate_limited: c.rate_limited.load(Relaxed),
             },
             retries: c.retries.load(Relaxed),
             requests: c.requests.load(Relaxed),

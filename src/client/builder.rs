@@ -17,6 +17,7 @@ use crate::{
         CoalesceLayer, Decide, DecideConfig, FlagCalledDedup, FlagsRetryPolicy, PolledDefinitions,
         RemoteFlags, RemoteStack,
     },
+    exception::RateLimit,
     net::HttpClient,
     BoxError, BuildError, ErrorReport, Event,
 };
@@ -54,6 +55,7 @@ pub struct PostHogBuilder {
     disabled: bool,
     sync_mode: bool,
     capture_panics: bool,
+    exception_rate_limit: (u32, Duration),
     http_client: Option<HttpClient>,
     capture_stack: Option<CaptureStack>,
     property_error: Option<String>,
@@ -79,6 +81,7 @@ impl PostHogBuilder {
             disabled: false,
             sync_mode: false,
             capture_panics: false,
+            exception_rate_limit: (10, Duration::from_secs(10)),
             http_client: None,
             capture_stack: None,
             property_error: None,
@@ -272,6 +275,17 @@ impl PostHogBuilder {
         self
     }
 
+    /// At most `max` exceptions of one type (the captured error's type, `Panic` for panics)
+    /// captured on the application's behalf per `window`: by the panic hook, the HTTP layer
+    /// and the `tracing` layer (not by [`PostHog::capture_exception`], which captures what it
+    /// is given). The others are refused with [`CaptureError::RateLimited`](crate::CaptureError::RateLimited),
+    /// counted in [`Stats::dropped`](crate::capture::Stats::dropped) (`rate_limited`) and
+    /// passed to `on_error`. Default: 10 per 10 s; `u32::MAX` turns the limit off.
+    pub fn exception_rate_limit(mut self, max: u32, window: Duration) -> Self {
+        self.exception_rate_limit = (max, window);
+        self
+    }
+
     /// Serverless mode: events are sent as soon as they are captured, and
     /// [`PostHog::capture_wait`] resolves only after PostHog acknowledged the event.
     pub fn sync_mode(mut self, enabled: bool) -> Self {
@@ -363,6 +377,10 @@ impl PostHogBuilder {
                     cookie_name: format!("ph_{api_key}_posthog").into(),
                     stats,
                     max_event_size: crate::event::MAX_EVENT_BYTES,
+                    exception_limit: RateLimit::new(
+                        self.exception_rate_limit.0,
+                        self.exception_rate_limit.1,
+                    ),
                 }),
             };
             return Ok((client, Worker::finished()));
@@ -433,6 +451,10 @@ impl PostHogBuilder {
                 cookie_name: format!("ph_{api_key}_posthog").into(),
                 stats,
                 max_event_size: crate::event::MAX_EVENT_BYTES,
+                exception_limit: RateLimit::new(
+                    self.exception_rate_limit.0,
+                    self.exception_rate_limit.1,
+                ),
             }),
         };
         if self.capture_panics {
@@ -448,13 +470,15 @@ const PANIC_DELIVERY_WAIT: Duration = Duration::from_secs(2);
 /// Sends every panic's `$exception` through `client`, while it lives.
 fn install_panic_capture(client: &PostHog) {
     let weak = Arc::downgrade(&client.inner);
-    crate::exception::install_panic_hook(move |event| {
+    crate::exception::install_panic_hook(move |exception| {
         let Some(inner) = weak.upgrade() else {
             return;
         };
         let posthog = PostHog { inner };
-        // A refusal (full queue, shut down) is counted and reported by the client itself.
-        let _ = posthog.capture(event);
+        // A refusal (rate limit, full queue, shut down) is counted and reported by the client.
+        if posthog.capture_autocaptured(exception).is_err() {
+            return;
+        }
         let ending = cfg!(panic = "abort") || std::thread::current().name() == Some("main");
         if ending {
             flush_from_a_dying_thread(posthog);
@@ -491,6 +515,7 @@ impl fmt::Debug for PostHogBuilder {
             .field("disabled", &self.disabled)
             .field("sync_mode", &self.sync_mode)
             .field("capture_panics", &self.capture_panics)
+            .field("exception_rate_limit", &self.exception_rate_limit)
             .field("local_evaluation", &self.personal_api_key.is_some())
             .field("poll_interval", &self.poll_interval)
             .finish_non_exhaustive()

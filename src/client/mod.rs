@@ -57,6 +57,8 @@ struct Inner {
     cookie_name: Arc<str>,
     stats: StatsRecorder,
     max_event_size: usize,
+    /// The per-type limit on exceptions captured on the application's behalf.
+    exception_limit: crate::exception::RateLimit,
 }
 
 impl PostHog {
@@ -117,6 +119,21 @@ impl PostHog {
         &self,
         exception: crate::exception::Exception,
     ) -> Result<Uuid, CaptureError> {
+        self.capture(exception.into_event())
+    }
+
+    /// Captures an exception the crate caught on the application's behalf (a panic, a failed
+    /// request, a `tracing` error): like [`capture_exception_with`](Self::capture_exception_with),
+    /// within [`PostHogBuilder::exception_rate_limit`].
+    pub(crate) fn capture_autocaptured(
+        &self,
+        exception: crate::exception::Exception,
+    ) -> Result<Uuid, CaptureError> {
+        if !self.inner.exception_limit.admit(exception.type_name()) {
+            return Err(self.reject(CaptureError::RateLimited {
+                exception_type: exception.type_name().to_owned(),
+            }));
+        }
         self.capture(exception.into_event())
     }
 

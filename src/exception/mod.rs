@@ -32,10 +32,12 @@
 //! # }
 //! ```
 
+mod limit;
 mod panic;
 #[cfg(feature = "error-tracking")]
 mod stack;
 
+pub(crate) use limit::RateLimit;
 pub(crate) use panic::install_panic_hook;
 
 use std::{
@@ -219,6 +221,12 @@ impl Exception {
     pub fn group(mut self, group_type: impl Into<String>, group_key: impl Into<String>) -> Self {
         self.event = self.event.group(group_type, group_key);
         self
+    }
+
+    /// The captured error's type: its `$exception_list` entry's `type` (`Panic` for a panic).
+    pub fn type_name(&self) -> &str {
+        // `without_stack` and the panic hook both start the chain with the captured error.
+        self.chain.first().map_or("Error", |entry| &entry.type_name)
     }
 
     /// The `$exception` event.

@@ -16,11 +16,11 @@ thread_local! {
 ///
 /// The hook's work must not panic (a panic while panicking aborts the process): nothing in it
 /// unwraps, and the message is read from the payload without formatting it.
-pub(crate) fn install_panic_hook(sink: impl Fn(Event) + Send + Sync + 'static) {
+pub(crate) fn install_panic_hook(sink: impl Fn(Exception) + Send + Sync + 'static) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if !IN_HOOK.with(|flag| flag.replace(true)) {
-            sink(panic_event(payload_text(info.payload()), info.location()));
+            sink(panic_exception(payload_text(info.payload()), info.location()));
             IN_HOOK.with(|flag| flag.set(false));
         }
         previous(info);
@@ -37,7 +37,7 @@ fn payload_text(payload: &(dyn Any + Send)) -> Option<&str> {
 
 /// The `$exception` of a panic.
 #[inline(never)]
-fn panic_event(message: Option<&str>, location: Option<&Location<'_>>) -> Event {
+fn panic_exception(message: Option<&str>, location: Option<&Location<'_>>) -> Exception {
     let message = message
         .filter(|m| !m.is_empty())
         .unwrap_or("panic occurred");
@@ -60,5 +60,5 @@ fn panic_event(message: Option<&str>, location: Option<&Location<'_>>) -> Event 
             .property("$exception_panic_line", location.line())
             .property("$exception_panic_column", location.column());
     }
-    exception.into_event()
+    exception
 }

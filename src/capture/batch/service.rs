@@ -448,6 +448,7 @@ impl Pipeline {
             CaptureError::QueueFull { .. } => stats.queue_full(1),
             CaptureError::EventTooLarge { .. } => stats.too_large(1),
             CaptureError::Closed => stats.closed(1),
+            CaptureError::RateLimited { .. } => stats.rate_limited(1),
             CaptureError::Delivery(_) => return,
             _ => stats.invalid(1),
         };
