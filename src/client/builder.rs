@@ -13,11 +13,11 @@ use crate::{
     capture::{
         Batch, BatchConfig, CaptureTransport, EncodedBatch, RetryPolicy, StatsRecorder, Worker,
     },
+    exception::RateLimit,
     flags::{
         CoalesceLayer, Decide, DecideConfig, FlagCalledDedup, FlagsRetryPolicy, PolledDefinitions,
         RemoteFlags, RemoteStack,
     },
-    exception::RateLimit,
     net::HttpClient,
     BoxError, BuildError, ErrorReport, Event,
 };

@@ -91,9 +91,15 @@ mod tests {
         for i in 0..MAX_TYPES {
             assert!(limit.admit(&format!("T{i}")));
         }
-        assert!(!limit.admit("one too many"), "refused while every window is open");
+        assert!(
+            !limit.admit("one too many"),
+            "refused while every window is open"
+        );
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(limit.admit("one too many"), "admitted once the windows ended");
+        assert!(
+            limit.admit("one too many"),
+            "admitted once the windows ended"
+        );
         assert_eq!(limit.types.lock().unwrap().len(), 1);
     }
 

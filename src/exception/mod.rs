@@ -148,6 +148,52 @@ impl Exception {
         exception
     }
 
+    /// An exception that is not a Rust error value (a failed request, a logged error): one
+    /// entry of type `type_name` with `message` as its value, and the stack captured here
+    /// (with the `error-tracking` feature).
+    ///
+    /// ```
+    /// use posthog_tower::exception::Exception;
+    ///
+    /// let event = Exception::from_message("HttpError", "GET /orders answered 503").into_event();
+    /// let list = event.properties().get("$exception_list").unwrap();
+    /// assert_eq!(list[0]["type"], "HttpError");
+    /// assert_eq!(list[0]["value"], "GET /orders answered 503");
+    /// ```
+    #[inline(never)]
+    pub fn from_message(type_name: impl AsRef<str>, message: impl AsRef<str>) -> Self {
+        let exception = Exception::message_only(type_name.as_ref(), message.as_ref());
+        #[cfg(feature = "error-tracking")]
+        return Exception {
+            stack: Some(stack::Stack::capture()),
+            ..exception
+        };
+        #[cfg(not(feature = "error-tracking"))]
+        exception
+    }
+
+    /// [`from_message`](Self::from_message) without the stack trace.
+    pub(crate) fn message_only(type_name: &str, message: &str) -> Self {
+        let type_name = match type_name.trim() {
+            "" => "Error".to_owned(),
+            name => cut(name),
+        };
+        let value = match message {
+            "" => "Error".to_owned(),
+            message => cut(message),
+        };
+        Exception {
+            chain: vec![Entry { type_name, value }],
+            event: Event::named("$exception"),
+            level: Level::default(),
+            handled: true,
+            fingerprint: None,
+            mechanism: "generic",
+            #[cfg(feature = "error-tracking")]
+            stack: None,
+        }
+    }
+
     /// [`new`](Self::new) without the stack trace (and `$debug_images`): the chain only.
     pub fn without_stack<E: StdError + ?Sized + 'static>(error: &E) -> Self {
         let mut chain = vec![Entry {

@@ -20,7 +20,10 @@ pub(crate) fn install_panic_hook(sink: impl Fn(Exception) + Send + Sync + 'stati
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if !IN_HOOK.with(|flag| flag.replace(true)) {
-            sink(panic_exception(payload_text(info.payload()), info.location()));
+            sink(panic_exception(
+                payload_text(info.payload()),
+                info.location(),
+            ));
             IN_HOOK.with(|flag| flag.set(false));
         }
         previous(info);

@@ -295,6 +295,7 @@ fn is_capture_machinery(function: &str) -> bool {
         || function.contains("exception::stack::Stack::capture")
         || function.contains("exception::panic::")
         || function.contains("exception::Exception::new")
+        || function.contains("exception::Exception::from_message")
         || function.contains("PostHog::capture_exception")
 }
 
