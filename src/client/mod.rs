@@ -110,7 +110,7 @@ impl PostHog {
         &self,
         error: &E,
     ) -> Result<Uuid, CaptureError> {
-        self.capture(crate::exception::Exception::new(error).into_event())
+        self.capture_exception_event(crate::exception::Exception::new(error).into_event())
     }
 
     /// Captures an [`Exception`](crate::exception::Exception) built with its options (level,
@@ -119,7 +119,15 @@ impl PostHog {
         &self,
         exception: crate::exception::Exception,
     ) -> Result<Uuid, CaptureError> {
-        self.capture(exception.into_event())
+        self.capture_exception_event(exception.into_event())
+    }
+
+    /// Captures an `$exception` event and records it in the current request context (the
+    /// HTTP layer reports one exception per request, and the pageview refers to it).
+    fn capture_exception_event(&self, event: Event) -> Result<Uuid, CaptureError> {
+        let uuid = self.capture(event)?;
+        crate::context::record_current_exception(uuid);
+        Ok(uuid)
     }
 
     /// Captures an exception the crate caught on the application's behalf (a panic, a failed
@@ -134,7 +142,7 @@ impl PostHog {
                 exception_type: exception.type_name().to_owned(),
             }));
         }
-        self.capture(exception.into_event())
+        self.capture_exception_event(exception.into_event())
     }
 
     /// Sets person properties (`$set`): the latest value wins. `properties` is a map or a

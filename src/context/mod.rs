@@ -90,6 +90,9 @@ struct Data {
     /// Whether a layer captures this request's pageview. See
     /// [`RequestContext::claim_pageview`].
     pageview_claimed: PerRequest<AtomicBool>,
+    /// The first `$exception` captured while handling the request. See
+    /// [`RequestContext::record_exception`].
+    exception: PerRequest<OnceLock<uuid::Uuid>>,
     distinct_id: Option<String>,
     session_id: Option<String>,
     method: Option<Method>,
@@ -198,6 +201,7 @@ impl RequestContext {
                 layer_state: PerRequest(parts.layer_state),
                 layer_state_later: PerRequest::default(),
                 pageview_claimed: PerRequest::default(),
+                exception: PerRequest::default(),
                 distinct_id: parts.distinct_id,
                 session_id: parts.session_id,
                 method: Some(parts.method.clone()),
@@ -384,6 +388,18 @@ impl RequestContext {
         !self.inner.pageview_claimed.0.swap(true, Ordering::Relaxed)
     }
 
+    /// Records that `$exception` `uuid` was captured while handling this request, unless one
+    /// was already: the HTTP layer reports one exception per request, and its pageview refers
+    /// to the first.
+    pub(crate) fn record_exception(&self, uuid: uuid::Uuid) {
+        let _ = self.inner.exception.0.set(uuid);
+    }
+
+    /// The first `$exception` captured while handling this request, if any.
+    pub(crate) fn exception(&self) -> Option<uuid::Uuid> {
+        self.inner.exception.0.get().copied()
+    }
+
     /// Attaches the state every request of one layer shares (an `Arc` clone: no allocation),
     /// unless some was attached already: `true` when this call attached it.
     pub(crate) fn attach_layer_state(&self, state: Arc<dyn Any + Send + Sync>) -> bool {
@@ -467,6 +483,13 @@ fn path_of(uri: &Uri) -> Path {
 
 /// Applies the current request context, if any, to `event`; an [`Event::named`] left without
 /// a distinct id becomes personless.
+/// Records `$exception` `uuid` in the current context, if any (see
+/// [`RequestContext::record_exception`]).
+pub(crate) fn record_current_exception(uuid: uuid::Uuid) {
+    // `try_with` fails only outside a scope: no request to record it for.
+    let _ = CURRENT.try_with(|ctx| ctx.record_exception(uuid));
+}
+
 pub(crate) fn apply_current(event: &mut Event) {
     // `try_with` fails only outside a scope: nothing to apply then.
     let _ = CURRENT.try_with(|ctx| ctx.apply(event));

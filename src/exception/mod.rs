@@ -38,11 +38,12 @@ mod panic;
 mod stack;
 
 pub(crate) use limit::RateLimit;
-pub(crate) use panic::install_panic_hook;
+pub(crate) use panic::{caught_panic, install_panic_hook};
 
 use std::{
-    any::type_name,
+    any::{type_name, Any},
     error::Error as StdError,
+    fmt,
     panic::{catch_unwind, AssertUnwindSafe},
 };
 
@@ -194,6 +195,19 @@ impl Exception {
         }
     }
 
+    /// The exception of a value known only to be displayable (an HTTP service's error): the
+    /// `source()` chain of a boxed `dyn Error` (tower's `BoxError`), else one entry named
+    /// after `D` with its `Display` text. No stack: it would be the caller's, not the error's.
+    pub(crate) fn from_display<D: fmt::Display + 'static>(error: &D) -> Self {
+        let any: &dyn Any = error;
+        if let Some(boxed) = any.downcast_ref::<crate::BoxError>() {
+            return Exception::without_stack::<dyn StdError + Send + Sync>(&**boxed);
+        }
+        let text = catch_unwind(AssertUnwindSafe(|| error.to_string()))
+            .unwrap_or_else(|_| PANICKED_DISPLAY.to_owned());
+        Exception::message_only(&simple_type_name(type_name::<D>()), &text)
+    }
+
     /// [`new`](Self::new) without the stack trace (and `$debug_images`): the chain only.
     pub fn without_stack<E: StdError + ?Sized + 'static>(error: &E) -> Self {
         let mut chain = vec![Entry {
@@ -328,11 +342,14 @@ impl Exception {
     }
 }
 
+/// The value of an error whose `Display` panicked.
+const PANICKED_DISPLAY: &str = "<the error's Display implementation panicked>";
+
 /// An error's message, cut at [`MAX_VALUE_CHARS`]; a placeholder when its `Display` panics,
 /// `Error` when it is empty.
 fn message(error: &(impl StdError + ?Sized)) -> String {
     let text = catch_unwind(AssertUnwindSafe(|| error.to_string()))
-        .unwrap_or_else(|_| "<the error's Display implementation panicked>".to_owned());
+        .unwrap_or_else(|_| PANICKED_DISPLAY.to_owned());
     if text.is_empty() {
         return "Error".to_owned();
     }
@@ -347,12 +364,13 @@ fn cut(text: &str) -> String {
     }
 }
 
-/// A type's name as PostHog groups by it: its full path, without references, `dyn` and
-/// generic arguments; `Error` for the standard library's trait object.
+/// A type's name as PostHog groups by it: its full path, without references, `dyn`, auto
+/// traits (`+ Send + Sync`) and generic arguments; `Error` for the standard library's trait
+/// object.
 fn simple_type_name(name: &str) -> String {
     let name = name.trim().trim_start_matches('&');
     let name = name.strip_prefix("dyn ").unwrap_or(name);
-    let name = name.split('<').next().unwrap_or(name).trim();
+    let name = name.split(['<', '+']).next().unwrap_or(name).trim();
     match name {
         "" | "core::error::Error" | "std::error::Error" => "Error".to_owned(),
         _ => name.to_owned(),

@@ -65,3 +65,17 @@ fn panic_exception(message: Option<&str>, location: Option<&Location<'_>>) -> Ex
     }
     exception
 }
+
+/// The `$exception` of a panic caught while unwinding (by the HTTP layer): the message only,
+/// the stack having unwound already (the panic hook, when installed, has the stack and the
+/// location).
+pub(crate) fn caught_panic(payload: &(dyn Any + Send)) -> Exception {
+    let message = payload_text(payload)
+        .filter(|m| !m.is_empty())
+        .unwrap_or("panic occurred");
+    let mut exception = Exception::message_only("Panic", message)
+        .level(Level::Fatal)
+        .handled(false);
+    exception.mechanism = "panic";
+    exception
+}

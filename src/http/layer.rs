@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use super::{
     capture_pageviews::{self, CapturePageviewsFuture},
+    exceptions::{ExceptionRules, Watch, Watched},
     identity::{DefaultMakeDistinctId, MakeDistinctId},
     inject_flags,
     predicate::{DefaultShouldCapture, ShouldCapture},
@@ -45,6 +46,8 @@ pub struct PostHogLayer<M = DefaultMakeDistinctId, P = DefaultShouldCapture> {
     pageviews: bool,
     event_name: EventName,
     eager: Option<Arc<[String]>>,
+    /// `None`: exceptions are not captured.
+    exceptions: Option<ExceptionRules>,
     config: ContextConfig,
 }
 
@@ -58,6 +61,7 @@ impl PostHogLayer {
             pageviews: true,
             event_name: EventName::new("$pageview"),
             eager: None,
+            exceptions: Some(ExceptionRules::default()),
             config: ContextConfig::new(posthog),
         }
     }
@@ -92,6 +96,7 @@ impl<M, P> PostHogLayer<M, P> {
             pageviews: self.pageviews,
             event_name: self.event_name,
             eager: self.eager,
+            exceptions: self.exceptions,
             config: self.config,
         }
     }
@@ -110,6 +115,7 @@ impl<M, P> PostHogLayer<M, P> {
             pageviews: self.pageviews,
             event_name: self.event_name,
             eager: self.eager,
+            exceptions: self.exceptions,
             config: self.config,
         }
     }
@@ -126,6 +132,50 @@ impl<M, P> PostHogLayer<M, P> {
     #[must_use]
     pub fn event_name(mut self, name: impl Into<String>) -> Self {
         self.event_name = EventName::new(&name.into());
+        self
+    }
+
+    /// Whether to capture an `$exception` for each request that fails (default `true`): its
+    /// handler panics (the panic goes on unwinding: to tower-http's `CatchPanic`, or to the
+    /// server), the inner service returns an error (its `source()` chain when it is a
+    /// `BoxError`), or the response's status counts (see
+    /// [`exception_statuses`](Self::exception_statuses)). One per request: an exception
+    /// captured while handling the request (by hand with
+    /// [`PostHog::capture_exception`](crate::PostHog::capture_exception), or by the
+    /// [panic hook](crate::PostHogBuilder::capture_panics)) is the request's, and the layer adds
+    /// none. The request's pageview refers to it (`$exception_event_id`). Captured for the
+    /// caller, with the request's URL, method, `$route` and `$response_status`, within the
+    /// client's [exception rate limit](crate::PostHogBuilder::exception_rate_limit). The
+    /// response is never changed.
+    #[must_use]
+    pub fn capture_exceptions(mut self, enabled: bool) -> Self {
+        self.exceptions = enabled.then(|| self.exceptions.unwrap_or_default());
+        self
+    }
+
+    /// The HTTP statuses that count as a failed request (default `500..=599`; statuses
+    /// outside `400..=599` are ignored) and, for gRPC, the status codes of trailers-only
+    /// responses (how tonic answers a call that fails before sending a message) that do
+    /// (default `UNKNOWN`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`; `tonic::Code as i32`).
+    ///
+    /// ```
+    /// # fn f(posthog: posthog_tower::PostHog) {
+    /// // 5xx and 429, and every gRPC INTERNAL.
+    /// let layer = posthog
+    ///     .layer()
+    ///     .exception_statuses((500..=599).chain([429]), [13]);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn exception_statuses(
+        mut self,
+        statuses: impl IntoIterator<Item = u16>,
+        grpc_codes: impl IntoIterator<Item = i32>,
+    ) -> Self {
+        let mut rules = ExceptionRules::default();
+        rules.set_statuses(statuses);
+        rules.set_grpc_codes(grpc_codes);
+        self.exceptions = Some(rules);
         self
     }
 
@@ -178,6 +228,7 @@ impl<M: fmt::Debug, P: fmt::Debug> fmt::Debug for PostHogLayer<M, P> {
             .field("pageviews", &self.pageviews)
             .field("event_name", &self.event_name)
             .field("eager", &self.eager)
+            .field("exceptions", &self.exceptions)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -199,6 +250,7 @@ where
                 pageviews: self.pageviews,
                 event_name: self.event_name.clone(),
                 flags: FlagSource::new(self.posthog.clone(), self.eager.clone()),
+                exceptions: self.exceptions,
                 config: self.config.clone(),
             }),
         }
@@ -213,6 +265,7 @@ struct LayerState<P> {
     event_name: EventName,
     /// Where the flags come from; its client also takes the pageviews.
     flags: Arc<FlagSource>,
+    exceptions: Option<ExceptionRules>,
     config: ContextConfig,
 }
 
@@ -250,6 +303,7 @@ impl<S: fmt::Debug, M: fmt::Debug, P: fmt::Debug> fmt::Debug for PostHogService<
             .field("pageviews", &shared.pageviews)
             .field("event_name", &shared.event_name)
             .field("eager", &shared.flags.eager_keys())
+            .field("exceptions", &shared.exceptions)
             .field("config", &shared.config)
             .finish()
     }
@@ -258,6 +312,7 @@ impl<S: fmt::Debug, M: fmt::Debug, P: fmt::Debug> fmt::Debug for PostHogService<
 impl<S, M, P, ReqBody, ResBody> Service<Request<ReqBody>> for PostHogService<S, M, P>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: fmt::Display + 'static,
     M: MakeDistinctId,
     P: ShouldCapture,
 {
@@ -288,9 +343,10 @@ where
                 &request,
             )
         });
+        let watch = shared.exceptions.map(|rules| Watch::new(rules, &request));
         // The context is current while the inner future runs (where handlers run); the inner
         // service's synchronous `call` finds it in the request's extensions (in its flags).
-        let future = self.inner.call(request);
+        let future = Watched::new(self.inner.call(request), watch);
         PostHogFuture {
             inner: ctx.scope(CapturePageviewsFuture::new(future, pending)),
         }
@@ -299,16 +355,18 @@ where
 
 pin_project_lite::pin_project! {
     /// Response future of [`PostHogService`]: the inner future, run with the request context
-    /// as the current one, capturing the pageview when it resolves with a response.
+    /// as the current one, capturing the request's exception if it fails and its pageview
+    /// when it resolves with a response.
     pub struct PostHogFuture<F> {
         #[pin]
-        inner: Scoped<CapturePageviewsFuture<F>>,
+        inner: Scoped<CapturePageviewsFuture<Watched<F>>>,
     }
 }
 
 impl<F, B, E> Future for PostHogFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    E: fmt::Display + 'static,
 {
     type Output = F::Output;
 

@@ -1,5 +1,6 @@
 //! The HTTP layer for axum, tonic and any tower HTTP server: who is calling, a pageview per
-//! request, and the caller's feature flags in the request extensions.
+//! request, the caller's feature flags in the request extensions, and an `$exception` for each
+//! request that fails.
 //!
 //! [`PostHogLayer`] (from [`PostHog::layer`](crate::PostHog::layer)) does it all; its parts also work alone:
 //!
@@ -14,6 +15,22 @@
 //! returns an error, or waits for PostHog. Header and cookie values are untrusted: control
 //! characters are removed, values are trimmed and cut to 1 000 characters, and invalid UTF-8
 //! or malformed cookies are ignored.
+//!
+//! # Failed requests
+//!
+//! [`PostHogLayer`] captures one `$exception` per failed request
+//! ([`capture_exceptions`](PostHogLayer::capture_exceptions), on by default): a handler that
+//! panics (reported while the panic unwinds through the layer, which lets it go on, to
+//! tower-http's `CatchPanic` or to the server), an inner service error (its `source()` chain
+//! when it is a `BoxError`), a response whose status counts (5xx by default,
+//! [`exception_statuses`](PostHogLayer::exception_statuses)), or, over HTTP/2, a trailers-only
+//! gRPC response with a failing `grpc-status` (`UNKNOWN`, `INTERNAL`, `UNAVAILABLE`,
+//! `DATA_LOSS` by default). A failing status is an `HttpServerError` (or `HttpClientError`,
+//! `GrpcError`) whose value names the method, the route (or path) and the status, so PostHog
+//! groups the failures of one route. An exception captured while handling the request (by hand
+//! or by the panic hook, which has the panic's stack) is the request's: the layer adds none.
+//! The request's pageview refers to it (`$exception_event_id`). This needs the service's error
+//! type to be `Display` (axum's `Infallible`, tower's `BoxError` and tonic's are).
 //!
 //! # Who is calling
 //!
@@ -128,6 +145,7 @@
 
 mod capture_pageviews;
 mod cookie;
+mod exceptions;
 #[cfg(feature = "axum")]
 mod extract;
 mod head;

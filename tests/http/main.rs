@@ -6,4 +6,5 @@
 mod support;
 
 mod axum_server;
+mod exceptions;
 mod tonic_server;

@@ -454,3 +454,83 @@ async fn without_client_ip_from_tonic_peers_have_no_ip() {
     assert_eq!(events.len(), 1, "{events:#?}");
     assert!(events[0]["properties"].get("$ip").is_none());
 }
+
+/// A health service whose every check fails with `INTERNAL`.
+#[derive(Clone)]
+struct BrokenHealth;
+
+#[tonic::async_trait]
+impl Health for BrokenHealth {
+    async fn check(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        Err(tonic::Status::internal("the database is gone"))
+    }
+
+    type WatchStream =
+        tonic::codegen::tokio_stream::Empty<Result<HealthCheckResponse, tonic::Status>>;
+
+    async fn watch(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_rpc_is_one_exception_and_a_not_found_is_none() {
+    let mock = start_mock().await;
+    let posthog = client(&mock);
+    let layer = posthog
+        .layer()
+        .event_name("$grpc_request")
+        .should_capture(every_rpc);
+    let mut broken = serve(layer.clone(), HealthServer::new(BrokenHealth)).await;
+    let mut healthy = serve(layer, health()).await;
+
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-posthog-distinct-id", "user-9".parse().unwrap());
+    let status = tokio::time::timeout(WAIT, broken.check(request))
+        .await
+        .expect("the RPC completes")
+        .expect_err("INTERNAL");
+    assert_eq!(status.code(), tonic::Code::Internal);
+    assert_eq!(status.message(), "the database is gone", "unchanged");
+    // NOT_FOUND is not a failure of the server by default.
+    let unknown = tonic::Request::new(HealthCheckRequest {
+        service: "no.such.Service".into(),
+    });
+    let status = healthy.check(unknown).await.expect_err("NOT_FOUND");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    let events = events_before_marker(&posthog, &mock).await;
+    let exceptions: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "$exception")
+        .collect();
+    assert_eq!(exceptions.len(), 1, "{events:#?}");
+    let exception = exceptions[0];
+    assert_eq!(exception["distinct_id"], "user-9");
+    let p = &exception["properties"];
+    assert_eq!(p["$grpc_status"], tonic::Code::Internal as i32);
+    let entry = &p["$exception_list"][0];
+    assert_eq!(entry["type"], "GrpcError");
+    assert_eq!(
+        entry["value"],
+        format!("{CHECK_PATH} answered gRPC status 13 (INTERNAL)")
+    );
+    let request_event = events
+        .iter()
+        .find(|e| e["event"] == "$grpc_request" && e["properties"]["$grpc_status"] == 13)
+        .expect("the failed RPC's event");
+    assert_eq!(
+        request_event["properties"]["$exception_event_id"],
+        exception["uuid"]
+    );
+}

@@ -11,6 +11,7 @@ use std::sync::{
 
 use posthog_tower::context::RequestContext;
 use serde_json::Value;
+use tower::{Layer, ServiceExt};
 
 use support::*;
 
@@ -83,4 +84,34 @@ async fn a_panic_in_a_request_is_the_callers_unhandled_fatal_exception() {
         !name.contains("core::panicking::") && !name.contains("rust_panic_with_hook")
     }));
     assert_eq!(previous.load(Ordering::SeqCst), 1);
+
+    // A panic in a handler behind the layer, seen by both the hook and the layer: reported
+    // once, by the hook (with the stack and the location).
+    let service = ph
+        .layer()
+        .layer(tower::service_fn(|_: http::Request<()>| async {
+            if true {
+                panic!("the handler gave up");
+            }
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        }));
+    let request = http::Request::get("/checkout")
+        .header("x-posthog-distinct-id", "user-4")
+        .body(())
+        .unwrap();
+    let task = tokio::spawn(service.oneshot(request));
+    assert!(task.await.unwrap_err().is_panic(), "the panic goes on");
+    ph.flush().await;
+    let events: Vec<Value> = mock
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "$exception" && e["distinct_id"] == "user-4")
+        .collect();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let p = &events[0]["properties"];
+    assert_eq!(p["$exception_list"][0]["value"], "the handler gave up");
+    assert_eq!(p["$exception_panic_file"], "tests/panics/main.rs");
+    assert_eq!(p["$request_path"], "/checkout");
+    assert!(p["$exception_list"][0]["stacktrace"]["frames"].is_array());
+    assert_eq!(previous.load(Ordering::SeqCst), 2);
 }
