@@ -171,6 +171,13 @@ async fn web_app(
             }),
         )
         .route(
+            "/orders/{id}",
+            get({
+                let ph = posthog.clone();
+                move |path| order(ph, path)
+            }),
+        )
+        .route(
             "/checkout",
             post(move || async move {
                 // No distinct id here: the layer's request context provides it.
@@ -189,7 +196,7 @@ async fn web_app(
         "%7B%22distinct_id%22%3A%22user-7%22%2C%22%24sesid%22%3A%5B1764064800000%2C%22sess-7%22%2C1764064700000%5D%7D"
     );
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let calls: [(&str, &str, Headers<'_>); 4] = [
+    let calls: [(&str, &str, Headers<'_>); 5] = [
         ("GET", "/", vec![]),
         ("GET", "/", vec![("x-posthog-distinct-id", "user-42")]),
         (
@@ -203,6 +210,11 @@ async fn web_app(
         (
             "POST",
             "/checkout",
+            vec![("x-posthog-distinct-id", "user-42")],
+        ),
+        (
+            "GET",
+            "/orders/17",
             vec![("x-posthog-distinct-id", "user-42")],
         ),
     ];
@@ -235,7 +247,52 @@ async fn web_app(
     Ok(())
 }
 
+/// Why an order could not be loaded: an error with a source, as applications have.
+#[derive(Debug)]
+struct OrderError {
+    id: u32,
+    source: std::io::Error,
+}
+
+impl std::fmt::Display for OrderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "could not load order {}", self.id)
+    }
+}
+
+impl std::error::Error for OrderError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+fn load_order(id: u32) -> Result<String, OrderError> {
+    Err(OrderError {
+        id,
+        source: std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "the orders database refused the connection",
+        ),
+    })
+}
+
+/// A handler that fails and reports why: its `$exception` (the error chain and the stack) is
+/// the request's, so the layer adds none for the 500, and the pageview links to it. Without
+/// the `capture_exception` call, the layer would report the 500 itself.
+async fn order(
+    posthog: PostHog,
+    axum::extract::Path(id): axum::extract::Path<u32>,
+) -> Result<String, (http::StatusCode, String)> {
+    load_order(id).map_err(|e| {
+        let _ = posthog.capture_exception(&e);
+        (http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    })
+}
+
 fn print_event(event: &serde_json::Value) {
+    if event["event"] == "$exception" {
+        return print_exception(event);
+    }
     println!(
         "{:<22} distinct_id={}  at {}",
         event["event"].as_str().unwrap_or("?"),
@@ -263,6 +320,26 @@ fn print_event(event: &serde_json::Value) {
             event["properties"]["$lib"],
             event["properties"]["$lib_version"],
             event["properties"]["$geoip_disable"]
+        );
+    }
+}
+
+/// An `$exception` in short: who, then each entry of `$exception_list`.
+fn print_exception(event: &serde_json::Value) {
+    let p = &event["properties"];
+    println!(
+        "{:<22} distinct_id={}  level={} route={} status={}",
+        "$exception",
+        event["distinct_id"],
+        p["$exception_level"],
+        p["$route"],
+        p["$response_status"]
+    );
+    for entry in p["$exception_list"].as_array().into_iter().flatten() {
+        let frames = entry["stacktrace"]["frames"].as_array().map_or(0, Vec::len);
+        println!(
+            "    $exception_list: type={} value={} mechanism={} frames={frames}",
+            entry["type"], entry["value"], entry["mechanism"]
         );
     }
 }
