@@ -53,6 +53,8 @@
 //! - `test-util`: [`testing::MockPostHog`], an in-process PostHog for your tests.
 //! - `axum`: axum extractors for [`http::RequestFlags`] and [`context::RequestContext`], and
 //!   the matched route and peer address on pageviews.
+//! - `sentry`: [`integrations::sentry::PostHogIntegration`], which tags Sentry events with the
+//!   PostHog person and captures Sentry's errors in PostHog (`sentry-core` 0.49).
 //!
 //! # Modules
 //!
@@ -65,6 +67,7 @@
 //! - [`flags`]: feature flags, remote and local evaluation.
 //! - [`http`]: the HTTP layer for axum, tonic and any tower HTTP server.
 //! - [`context`]: the request context events inherit.
+//! - [`integrations`]: capture from other libraries' hooks (Sentry).
 //! - [`net`]: the outbound HTTP client underneath, and its errors.
 //! - [`testing`]: the mock PostHog server (feature `test-util`).
 
@@ -126,6 +129,7 @@ pub mod exception;
 pub mod flags;
 pub mod http;
 mod id;
+pub mod integrations;
 pub mod net;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -212,5 +216,11 @@ mod auto_traits {
         send::<CapturePageviewsFuture<InnerFuture>>();
         send::<context::Scoped<InnerFuture>>();
         send::<<PostHogService<Inner> as tower_service::Service<::http::Request<Body>>>::Future>();
+    }
+
+    #[cfg(feature = "sentry")]
+    #[test]
+    fn integration_types_are_send_and_sync() {
+        send_sync::<crate::integrations::sentry::PostHogIntegration>();
     }
 }

@@ -175,16 +175,36 @@ impl Exception {
 
     /// [`from_message`](Self::from_message) without the stack trace.
     pub(crate) fn message_only(type_name: &str, message: &str) -> Self {
-        let type_name = match type_name.trim() {
-            "" => "Error".to_owned(),
-            name => cut(name),
-        };
-        let value = match message {
-            "" => "Error".to_owned(),
-            message => cut(message),
-        };
+        Exception::from_entries([(type_name, message)])
+    }
+
+    /// An exception described elsewhere (a Sentry event's exceptions) as `(type, message)`
+    /// entries, outermost first, without a stack trace: each entry as in
+    /// [`from_message`](Self::from_message), at most [`MAX_CHAIN`] of them, one `Error` entry
+    /// when there are none.
+    pub(crate) fn from_entries<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut chain: Vec<Entry> = entries
+            .into_iter()
+            .take(MAX_CHAIN)
+            .map(|(type_name, message)| Entry {
+                type_name: match type_name.trim() {
+                    "" => "Error".to_owned(),
+                    name => cut(name),
+                },
+                value: match message {
+                    "" => "Error".to_owned(),
+                    message => cut(message),
+                },
+            })
+            .collect();
+        if chain.is_empty() {
+            chain.push(Entry {
+                type_name: "Error".to_owned(),
+                value: "Error".to_owned(),
+            });
+        }
         Exception {
-            chain: vec![Entry { type_name, value }],
+            chain,
             event: Event::named("$exception"),
             level: Level::default(),
             handled: true,
