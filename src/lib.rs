@@ -53,6 +53,9 @@
 //! - `test-util`: [`testing::MockPostHog`], an in-process PostHog for your tests.
 //! - `axum`: axum extractors for [`http::RequestFlags`] and [`context::RequestContext`], and
 //!   the matched route and peer address on pageviews.
+//! - `error-tracking` (default): stack traces on `$exception` events.
+//! - `tracing`: [`integrations::tracing::PostHogTracingLayer`], a `tracing-subscriber` layer
+//!   that captures `tracing` errors as `$exception` events.
 //!
 //! # Modules
 //!
@@ -65,6 +68,8 @@
 //! - [`flags`]: feature flags, remote and local evaluation.
 //! - [`http`]: the HTTP layer for axum, tonic and any tower HTTP server.
 //! - [`context`]: the request context events inherit.
+//! - [`exception`]: `$exception` events for error tracking.
+//! - [`integrations`]: what captures on your behalf from other crates' events (`tracing`).
 //! - [`net`]: the outbound HTTP client underneath, and its errors.
 //! - [`testing`]: the mock PostHog server (feature `test-util`).
 
@@ -126,6 +131,7 @@ pub mod exception;
 pub mod flags;
 pub mod http;
 mod id;
+pub mod integrations;
 pub mod net;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -212,5 +218,11 @@ mod auto_traits {
         send::<CapturePageviewsFuture<InnerFuture>>();
         send::<context::Scoped<InnerFuture>>();
         send::<<PostHogService<Inner> as tower_service::Service<::http::Request<Body>>>::Future>();
+    }
+
+    #[cfg(feature = "tracing")]
+    #[test]
+    fn the_tracing_layer_is_send_and_sync() {
+        send_sync::<crate::integrations::tracing::PostHogTracingLayer>();
     }
 }

@@ -129,12 +129,20 @@ impl PostHog {
         &self,
         exception: crate::exception::Exception,
     ) -> Result<Uuid, CaptureError> {
-        if !self.inner.exception_limit.admit(exception.type_name()) {
+        self.admit_autocaptured(exception.type_name())?;
+        self.capture(exception.into_event())
+    }
+
+    /// The rate limit of [`capture_autocaptured`](Self::capture_autocaptured) alone, for a
+    /// caller that builds the exception only once it is admitted (capturing its stack is most
+    /// of the cost) and then captures it with [`capture`](Self::capture).
+    pub(crate) fn admit_autocaptured(&self, exception_type: &str) -> Result<(), CaptureError> {
+        if !self.inner.exception_limit.admit(exception_type) {
             return Err(self.reject(CaptureError::RateLimited {
-                exception_type: exception.type_name().to_owned(),
+                exception_type: exception_type.to_owned(),
             }));
         }
-        self.capture(exception.into_event())
+        Ok(())
     }
 
     /// Sets person properties (`$set`): the latest value wins. `properties` is a map or a

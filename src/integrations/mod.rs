@@ -1,0 +1,26 @@
+//! Integrations: what captures on the application's behalf, through the [`PostHog`](crate::PostHog)
+//! client, from another crate's events (each behind the cargo feature of that crate).
+//!
+//! - [`tracing`] (feature `tracing`): a `tracing-subscriber` layer that captures
+//!   `tracing` errors as `$exception` events, and the events you choose as PostHog events.
+//!
+//! What the crate captures by itself needs no integration: panics
+//! ([`PostHogBuilder::capture_panics`](crate::PostHogBuilder::capture_panics)) and requests
+//! ([`http`](crate::http)).
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "tracing")]
+//! # fn f(posthog: posthog_tower::PostHog) {
+//! use posthog_tower::integrations::tracing::PostHogTracingLayer;
+//! use tracing_subscriber::layer::SubscriberExt;
+//!
+//! let subscriber = tracing_subscriber::registry().with(PostHogTracingLayer::new(posthog));
+//! # drop(subscriber);
+//! # }
+//! ```
+
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub mod tracing;
