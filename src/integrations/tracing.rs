@@ -280,22 +280,15 @@ impl PostHogTracingLayer {
         catch_unwind(AssertUnwindSafe(|| ids())).unwrap_or(None)
     }
 
-    /// Captures the event as an `$exception`, if the rate limit admits its type.
+    /// Captures the event as an `$exception` (the rate limit admitted it).
     #[inline(never)]
     fn capture_exception(&self, meta: &Metadata<'_>, fields: Fields, common: Common) {
-        let exception_type = match meta.target().trim() {
-            "" => "Error",
-            target => target,
-        };
-        if self.posthog.admit_autocaptured(exception_type).is_err() {
-            return;
-        }
         let (value, causes) = match (fields.message, fields.error) {
             (Some(message), causes) => (message, causes),
             (None, Some(causes)) => (causes.message().to_owned(), Some(causes.sources())),
             (None, None) => (meta.name().to_owned(), None),
         };
-        let mut exception = Exception::from_message(exception_type, value)
+        let mut exception = Exception::from_message(exception_type(meta), value)
             .level(exception_level(meta.level()))
             .handled(true);
         if let Some(causes) = causes {
@@ -346,6 +339,15 @@ where
         if !as_exception && !self.chosen(meta) {
             return;
         }
+        // Before anything is built: a refused exception costs a lookup.
+        if as_exception
+            && self
+                .posthog
+                .admit_autocaptured(exception_type(meta))
+                .is_err()
+        {
+            return;
+        }
         let mut fields = Fields::default();
         event.record(&mut fields);
         let common = Common {
@@ -379,6 +381,14 @@ fn is_own(target: &str) -> bool {
     target
         .strip_prefix("posthog_tower")
         .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+}
+
+/// An `$exception`'s type: the event's target.
+fn exception_type<'a>(meta: &Metadata<'a>) -> &'a str {
+    match meta.target().trim() {
+        "" => "Error",
+        target => target,
+    }
 }
 
 fn exception_level(level: &TracingLevel) -> Level {
