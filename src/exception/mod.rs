@@ -224,6 +224,7 @@ impl Exception {
     }
 
     /// Adds `causes` after the entries there are, as `chained` entries, within [`MAX_CHAIN`].
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))] // Used by the `tracing` layer.
     pub(crate) fn caused_by(mut self, causes: Causes) -> Self {
         let room = MAX_CHAIN.saturating_sub(self.chain.len());
         self.chain.extend(causes.0.into_iter().take(room));
@@ -339,8 +340,10 @@ impl Exception {
 /// read while the error is at hand, for an exception to carry after its own entry
 /// ([`Exception::caused_by`]).
 #[derive(Debug)]
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))] // Used by the `tracing` layer.
 pub(crate) struct Causes(Vec<Entry>);
 
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
 impl Causes {
     pub(crate) fn of(error: &(dyn StdError + 'static)) -> Causes {
         let mut entries = Vec::new();
