@@ -53,6 +53,9 @@
 //! - `test-util`: [`testing::MockPostHog`], an in-process PostHog for your tests.
 //! - `axum`: axum extractors for [`http::RequestFlags`] and [`context::RequestContext`], and
 //!   the matched route and peer address on pageviews.
+//! - `error-tracking` (default): stack traces on `$exception` events.
+//! - `tracing`: [`integrations::tracing::PostHogTracingLayer`], a `tracing-subscriber` layer
+//!   that captures `tracing` errors as `$exception` events.
 //! - `sentry`: [`integrations::sentry::PostHogIntegration`], which tags Sentry events with the
 //!   PostHog person and captures Sentry's errors in PostHog (`sentry-core` 0.49).
 //!
@@ -67,7 +70,9 @@
 //! - [`flags`]: feature flags, remote and local evaluation.
 //! - [`http`]: the HTTP layer for axum, tonic and any tower HTTP server.
 //! - [`context`]: the request context events inherit.
-//! - [`integrations`]: capture from other libraries' hooks (Sentry).
+//! - [`exception`]: `$exception` events for error tracking.
+//! - [`integrations`]: what captures on your behalf from other crates' hooks and events
+//!   (`tracing`, Sentry).
 //! - [`net`]: the outbound HTTP client underneath, and its errors.
 //! - [`testing`]: the mock PostHog server (feature `test-util`).
 
@@ -222,5 +227,11 @@ mod auto_traits {
     #[test]
     fn integration_types_are_send_and_sync() {
         send_sync::<crate::integrations::sentry::PostHogIntegration>();
+    }
+
+    #[cfg(feature = "tracing")]
+    #[test]
+    fn the_tracing_layer_is_send_and_sync() {
+        send_sync::<crate::integrations::tracing::PostHogTracingLayer>();
     }
 }

@@ -124,7 +124,7 @@ impl PostHog {
 
     /// Captures an `$exception` event and records it in the current request context (the
     /// HTTP layer reports one exception per request, and the pageview refers to it).
-    fn capture_exception_event(&self, event: Event) -> Result<Uuid, CaptureError> {
+    pub(crate) fn capture_exception_event(&self, event: Event) -> Result<Uuid, CaptureError> {
         let uuid = self.capture(event)?;
         crate::context::record_current_exception(uuid);
         Ok(uuid)
@@ -137,12 +137,20 @@ impl PostHog {
         &self,
         exception: crate::exception::Exception,
     ) -> Result<Uuid, CaptureError> {
-        if !self.inner.exception_limit.admit(exception.type_name()) {
+        self.admit_autocaptured(exception.type_name())?;
+        self.capture_exception_event(exception.into_event())
+    }
+
+    /// The rate limit of [`capture_autocaptured`](Self::capture_autocaptured) alone, for a
+    /// caller that builds the exception only once it is admitted (capturing its stack is most
+    /// of the cost) and then captures it with [`capture`](Self::capture).
+    pub(crate) fn admit_autocaptured(&self, exception_type: &str) -> Result<(), CaptureError> {
+        if !self.inner.exception_limit.admit(exception_type) {
             return Err(self.reject(CaptureError::RateLimited {
-                exception_type: exception.type_name().to_owned(),
+                exception_type: exception_type.to_owned(),
             }));
         }
-        self.capture_exception_event(exception.into_event())
+        Ok(())
     }
 
     /// Sets person properties (`$set`): the latest value wins. `properties` is a map or a

@@ -257,6 +257,14 @@ impl Exception {
         }
     }
 
+    /// Adds `causes` after the entries there are, as `chained` entries, within [`MAX_CHAIN`].
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))] // Used by the `tracing` layer.
+    pub(crate) fn caused_by(mut self, causes: Causes) -> Self {
+        let room = MAX_CHAIN.saturating_sub(self.chain.len());
+        self.chain.extend(causes.0.into_iter().take(room));
+        self
+    }
+
     /// Reports it for `distinct_id` instead of the current request context's caller (or a
     /// personless event).
     #[must_use]
@@ -364,6 +372,45 @@ impl Exception {
 
 /// The value of an error whose `Display` panicked.
 const PANICKED_DISPLAY: &str = "<the error's Display implementation panicked>";
+
+/// An error and its `source()` chain as entries named `Error` (they are seen as `dyn Error`),
+/// read while the error is at hand, for an exception to carry after its own entry
+/// ([`Exception::caused_by`]).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))] // Used by the `tracing` layer.
+pub(crate) struct Causes(Vec<Entry>);
+
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+impl Causes {
+    pub(crate) fn of(error: &(dyn StdError + 'static)) -> Causes {
+        let mut entries = Vec::new();
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if entries.len() == MAX_CHAIN {
+                break;
+            }
+            entries.push(Entry {
+                type_name: "Error".to_owned(),
+                value: message(e),
+            });
+            next = e.source();
+        }
+        Causes(entries)
+    }
+
+    /// The first error's message.
+    pub(crate) fn message(&self) -> &str {
+        self.0.first().map_or("Error", |entry| &entry.value)
+    }
+
+    /// Without the first error (its message used elsewhere).
+    pub(crate) fn sources(mut self) -> Causes {
+        if !self.0.is_empty() {
+            self.0.remove(0);
+        }
+        self
+    }
+}
 
 /// An error's message, cut at [`MAX_VALUE_CHARS`]; a placeholder when its `Display` panics,
 /// `Error` when it is empty.

@@ -297,6 +297,11 @@ fn is_capture_machinery(function: &str) -> bool {
         || function.contains("exception::Exception::new")
         || function.contains("exception::Exception::from_message")
         || function.contains("PostHog::capture_exception")
+        // A `tracing` event's dispatch to `integrations::tracing`'s layer.
+        || function.contains("integrations::tracing::")
+        || function.starts_with("tracing_subscriber::")
+        || function.starts_with("tracing_core::")
+        || function.starts_with("std::thread::local::LocalKey")
 }
 
 /// The image `address` is in.

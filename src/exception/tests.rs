@@ -185,3 +185,37 @@ fn the_stack_trace_starts_at_the_caller() {
         .expect("debug images");
     assert!(images.as_array().is_some_and(|i| !i.is_empty()));
 }
+
+#[test]
+fn causes_follow_the_entry_within_the_chain_bound() {
+    let error = Outer(Middle(std::io::Error::other("connection refused")));
+    let causes = Causes::of(&error);
+    assert_eq!(causes.message(), "request failed");
+    let event = Exception::message_only("my_app::orders", "could not save")
+        .caused_by(causes)
+        .into_event();
+    let list = list(&event);
+    let shape: Vec<(&Value, &Value)> = list.iter().map(|e| (&e["type"], &e["value"])).collect();
+    assert_eq!(
+        shape,
+        [
+            (&json!("my_app::orders"), &json!("could not save")),
+            (&json!("Error"), &json!("request failed")),
+            (&json!("Error"), &json!("query failed")),
+            (&json!("Error"), &json!("connection refused")),
+        ]
+    );
+    assert_eq!(list[3]["mechanism"]["parent_id"], 2);
+
+    let sources = Causes::of(&error).sources();
+    assert_eq!(sources.message(), "query failed");
+    let mut long = Exception::message_only("T", "m");
+    for _ in 0..MAX_CHAIN {
+        long = long.caused_by(Causes::of(&error));
+    }
+    assert_eq!(list_len(long.into_event()), MAX_CHAIN);
+}
+
+fn list_len(event: Event) -> usize {
+    list(&event).len()
+}

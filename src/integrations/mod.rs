@@ -1,23 +1,32 @@
 //! Integrations: what captures on the application's behalf, through the [`PostHog`](crate::PostHog)
-//! client, from another library's hooks. Each that needs another crate sits behind a cargo
-//! feature of that crate's name.
+//! client, from another crate's hooks and events. Each sits behind the cargo feature of that
+//! crate's name.
 //!
+//! - [`tracing`] (feature `tracing`): a `tracing-subscriber` layer that captures `tracing`
+//!   errors as `$exception` events, and the events you choose as PostHog events.
 //! - [`sentry`] (feature `sentry`): Sentry events tagged with the PostHog person, and Sentry's
 //!   errors as `$exception` events.
 //!
+//! What the crate captures by itself needs no integration: panics
+//! ([`PostHogBuilder::capture_panics`](crate::PostHogBuilder::capture_panics)) and failed
+//! requests ([`http`](crate::http)).
+//!
 //! # Example
 //!
-//! ```no_run
-//! # #[cfg(feature = "sentry")]
+//! ```
+//! # #[cfg(feature = "tracing")]
 //! # fn f(posthog: posthog_tower::PostHog) {
-//! use posthog_tower::integrations::sentry::PostHogIntegration;
+//! use posthog_tower::integrations::tracing::PostHogTracingLayer;
+//! use tracing_subscriber::layer::SubscriberExt;
 //!
-//! let _guard = sentry::init(
-//!     sentry::ClientOptions::new().add_integration(PostHogIntegration::new(posthog)),
-//! );
+//! let subscriber = tracing_subscriber::registry().with(PostHogTracingLayer::new(posthog));
+//! # drop(subscriber);
 //! # }
 //! ```
 
 #[cfg(feature = "sentry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sentry")))]
 pub mod sentry;
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub mod tracing;
