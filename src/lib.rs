@@ -53,6 +53,7 @@
 //! - `test-util`: [`testing::MockPostHog`], an in-process PostHog for your tests.
 //! - `axum`: axum extractors for [`http::RequestFlags`] and [`context::RequestContext`], and
 //!   the matched route and peer address on pageviews.
+//! - `error-tracking` (default): the stack trace on `$exception` events ([`exception`]).
 //!
 //! # Modules
 //!

@@ -145,9 +145,15 @@ fn type_names_are_simplified() {
         simple_type_name("std::io::error::Error"),
         "std::io::error::Error"
     );
+    // posthog-rs 0.30 sends `core::error::Error + core::marker::Send + core::marker::Sync`.
+    assert_eq!(
+        simple_type_name(type_name::<dyn StdError + Send + Sync>()),
+        "Error"
+    );
     let boxed: Box<dyn StdError + Send + Sync> = "oops".into();
     let list_ = list(&Exception::without_stack(&*boxed).into_event());
     assert_eq!(list_[0]["value"], "oops");
+    assert_eq!(list_[0]["type"], "Error");
 }
 
 /// The stack trace starts at the caller (no frame of the capture itself), ends with the
@@ -184,4 +190,42 @@ fn the_stack_trace_starts_at_the_caller() {
         .get("$debug_images")
         .expect("debug images");
     assert!(images.as_array().is_some_and(|i| !i.is_empty()));
+}
+
+/// An exception's own in-app crates: included, the test's frame is in-app (this crate's
+/// frames are otherwise a library's), excluded it is not; std's frames stay out.
+#[cfg(feature = "error-tracking")]
+#[test]
+fn an_exception_names_its_in_app_crates() {
+    let error = std::io::Error::other("e");
+    let frames = |exception: Exception| -> Vec<Value> {
+        let event = exception.into_event();
+        list(&event)[0]["stacktrace"]["frames"]
+            .as_array()
+            .expect("frames")
+            .clone()
+    };
+    let included = frames(Exception::new(&error).in_app_include(["posthog_tower"]));
+    let last = included.last().expect("a frame");
+    assert!(
+        last["function"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("an_exception_names_its_in_app_crates")),
+        "{last}"
+    );
+    assert_eq!(last["in_app"], true);
+    for frame in &included {
+        if frame["function"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("std::"))
+        {
+            assert_eq!(frame["in_app"], false, "{frame}");
+        }
+    }
+    let excluded = frames(
+        Exception::new(&error)
+            .in_app_include(["posthog_tower"])
+            .in_app_exclude(["posthog_tower::exception::tests"]),
+    );
+    assert_eq!(excluded.last().expect("a frame")["in_app"], false);
 }

@@ -1,8 +1,9 @@
 //! `$exception` events over real HTTP to `MockPostHog`: an error chain in order, the stack at
-//! the call with the application's frames in-app, the images behind `$debug_images`, and the
-//! caller from the request context.
+//! the call with the application's frames in-app, the images behind `$debug_images`, the
+//! caller from the request context, and the shape posthog-rs 0.30.0 gives the same chain
+//! (`tests/fixtures/posthog_rs_exception.json`).
 
-use std::{error::Error as StdError, fmt};
+use std::{collections::BTreeSet, error::Error as StdError, fmt};
 
 use posthog_tower::{context::RequestContext, exception::Exception, Event};
 use serde_json::Value;
@@ -151,4 +152,97 @@ async fn an_exception_in_a_request_context_is_the_callers() {
     assert!(other["properties"]["$exception_list"][0]
         .get("stacktrace")
         .is_none());
+}
+
+/// Our `$exception` for the chain `tools/posthog-rs-fixture` gives posthog-rs 0.30.0 (an
+/// `ApiError` whose sources are a `DbError` and an `io::Error`, captured by a function of the
+/// application) has the shape of posthog-rs's: the same entries in the same order with the
+/// same keys, the same mechanisms, a `raw` stack trace on the first entry only whose frames
+/// have posthog-rs's keys, and `$debug_images` entries with posthog-rs's keys. Addresses,
+/// paths and the frames themselves differ (another binary, another stack).
+///
+/// The one deliberate difference is in-app: posthog-rs marks glibc's
+/// `__libc_start_call_main` and `__libc_start_main_impl` (process start-up, with a source file)
+/// in-app; we do not. `in_app` values are compared only for the application's frame.
+#[tokio::test]
+async fn the_shape_is_posthog_rs_s() {
+    let fixture: Value =
+        serde_json::from_str(include_str!("../fixtures/posthog_rs_exception.json")).unwrap();
+    let mock = start_mock().await;
+    let ph = builder(&mock).build().unwrap();
+    let uuid = handle_request(&ph);
+    ph.flush().await;
+    let ours = find_event(&mock.events(), uuid)["properties"].clone();
+
+    for key in ["$exception_level", "$process_person_profile"] {
+        assert_eq!(ours[key], fixture[key], "{key}");
+    }
+    let theirs_list = fixture["$exception_list"].as_array().unwrap();
+    let ours_list = ours["$exception_list"].as_array().unwrap();
+    assert_eq!(ours_list.len(), theirs_list.len());
+    for (i, (ours, theirs)) in ours_list.iter().zip(theirs_list).enumerate() {
+        assert_eq!(keys(ours), keys(theirs), "entry {i}'s keys");
+        // The first type is the captured error's path in each binary: the same type's.
+        let last_segment = |v: &Value| v.as_str().unwrap().rsplit("::").next().unwrap().to_owned();
+        assert_eq!(
+            last_segment(&ours["type"]),
+            last_segment(&theirs["type"]),
+            "entry {i}"
+        );
+        if i > 0 {
+            assert_eq!(ours["type"], theirs["type"], "entry {i}");
+        }
+        assert_eq!(ours["value"], theirs["value"], "entry {i}");
+        assert_eq!(ours["mechanism"], theirs["mechanism"], "entry {i}");
+    }
+
+    let theirs_trace = &theirs_list[0]["stacktrace"];
+    let ours_trace = &ours_list[0]["stacktrace"];
+    assert_eq!(keys(ours_trace), keys(theirs_trace));
+    assert_eq!(ours_trace["type"], theirs_trace["type"]);
+    let frames = |trace: &Value| trace["frames"].as_array().unwrap().clone();
+    let (ours_frames, theirs_frames) = (frames(ours_trace), frames(theirs_trace));
+    // Every key set one of our frames has, posthog-rs's frames have too (theirs has more: its
+    // stack starts at `_start`, whose frames have no file); the application's frame (the
+    // last) has the same keys and is in-app in both.
+    let shapes = |frames: &[Value]| frames.iter().map(keys).collect::<BTreeSet<_>>();
+    let theirs_shapes = shapes(&theirs_frames);
+    for shape in shapes(&ours_frames) {
+        assert!(
+            theirs_shapes.contains(&shape),
+            "{shape:?} not in {theirs_shapes:?}"
+        );
+    }
+    let (ours_last, theirs_last) = (ours_frames.last().unwrap(), theirs_frames.last().unwrap());
+    assert_eq!(keys(ours_last), keys(theirs_last));
+    assert!(ours_last["function"]
+        .as_str()
+        .unwrap()
+        .ends_with("::handle_request"));
+    assert!(theirs_last["function"]
+        .as_str()
+        .unwrap()
+        .ends_with("::handle_request"));
+    assert_eq!(ours_last["in_app"], theirs_last["in_app"]);
+
+    let images = |p: &Value| {
+        p["$debug_images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(keys)
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(images(&ours), images(&fixture));
+}
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
 }
