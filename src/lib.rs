@@ -54,6 +54,8 @@
 //! - `axum`: axum extractors for [`http::RequestFlags`] and [`context::RequestContext`], and
 //!   the matched route and peer address on pageviews.
 //! - `error-tracking` (default): the stack trace on `$exception` events ([`exception`]).
+//! - `anyhow`, `eyre`: `$exception` events of `anyhow::Error` and `eyre::Report`
+//!   (`PostHog::capture_anyhow`, `PostHog::capture_eyre`).
 //!
 //! # Modules
 //!

@@ -16,6 +16,10 @@
 //! other), and a frame with neither a name nor such an address is left out.
 //! `tests/capture/exceptions.rs` checks the shape against what posthog-rs 0.30.0 sends.
 //!
+//! `anyhow::Error` and `eyre::Report`, which are not `std::error::Error`s, have constructors of
+//! their own behind the `anyhow` and `eyre` cargo features (`Exception::from_anyhow`,
+//! `Exception::from_eyre`), which send the stack where the error arose when it has one.
+//!
 //! Which frames are the application's (`in_app`): see [`Exception::in_app_include`] and the
 //! process-wide [`PostHogBuilder::in_app_include`](crate::PostHogBuilder::in_app_include).
 //!
@@ -38,9 +42,13 @@
 //! # }
 //! ```
 
+#[cfg(all(feature = "error-tracking", any(feature = "anyhow", feature = "eyre")))]
+mod backtrace_text;
 mod in_app;
 mod limit;
 mod panic;
+#[cfg(any(feature = "anyhow", feature = "eyre"))]
+mod reports;
 #[cfg(feature = "error-tracking")]
 mod stack;
 

@@ -49,6 +49,19 @@ pub(super) struct Stack {
 }
 
 impl Stack {
+    /// A stack of these frames (innermost first), their images among the loaded ones.
+    #[cfg(any(feature = "anyhow", feature = "eyre"))]
+    pub(super) fn from_frames(mut frames: Vec<Frame>) -> Stack {
+        let images = images();
+        for frame in &mut frames {
+            frame.image = frame
+                .instruction
+                .and_then(|ip| image_of(&images, ip))
+                .map(|i| i.base);
+        }
+        Stack { frames, images }
+    }
+
     /// The calling thread's stack, without the frames of the capture itself.
     #[inline(never)]
     pub(super) fn capture() -> Stack {
@@ -261,7 +274,11 @@ fn is_capture_machinery(function: &str) -> bool {
         || function.contains("exception::panic::")
         || function.contains("exception::Exception::new")
         || function.contains("exception::Exception::from_message")
+        || function.contains("exception::Exception::from_anyhow")
+        || function.contains("exception::Exception::from_eyre")
         || function.contains("PostHog::capture_exception")
+        || function.contains("PostHog::capture_anyhow")
+        || function.contains("PostHog::capture_eyre")
 }
 
 /// The image `address` is in.

@@ -1,6 +1,8 @@
 use std::fmt;
 
 use super::*;
+#[cfg(all(feature = "error-tracking", any(feature = "anyhow", feature = "eyre")))]
+use super::{backtrace_text, stack};
 
 #[derive(Debug)]
 struct Outer(Middle);
@@ -190,6 +192,39 @@ fn the_stack_trace_starts_at_the_caller() {
         .get("$debug_images")
         .expect("debug images");
     assert!(images.as_array().is_some_and(|i| !i.is_empty()));
+}
+
+/// The frames of a standard library backtrace, read from its text on this toolchain: from the
+/// function that took it, with instruction and image addresses and the images behind them.
+#[cfg(all(feature = "error-tracking", any(feature = "anyhow", feature = "eyre")))]
+#[test]
+fn a_std_backtrace_is_read_with_its_addresses() {
+    #[inline(never)]
+    fn arise() -> std::backtrace::Backtrace {
+        std::backtrace::Backtrace::force_capture()
+    }
+    let text = format!("{:#}", arise());
+    let frames = backtrace_text::parse(&text).unwrap_or_else(|| panic!("not read: {text}"));
+    let stack = stack::Stack::from_frames(frames);
+    let (frames, images) = stack.to_json(&InAppCrates::default());
+    let frames = frames.expect("frames");
+    let frames = frames.as_array().expect("an array");
+    let last = frames.last().expect("a frame");
+    assert!(
+        last["function"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("::arise")),
+        "{last}"
+    );
+    assert!(last["filename"]
+        .as_str()
+        .is_some_and(|f| f.ends_with("tests.rs")));
+    assert!(last["instruction_addr"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("0x")));
+    assert!(last.get("image_addr").is_some());
+    assert!(last.get("symbol_addr").is_none(), "the text has none");
+    assert!(!images.is_empty());
 }
 
 /// An exception's own in-app crates: included, the test's frame is in-app (this crate's

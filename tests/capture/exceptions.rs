@@ -1,7 +1,7 @@
 //! `$exception` events over real HTTP to `MockPostHog`: an error chain in order, the stack at
 //! the call with the application's frames in-app, the images behind `$debug_images`, the
-//! caller from the request context, and the shape posthog-rs 0.30.0 gives the same chain
-//! (`tests/fixtures/posthog_rs_exception.json`).
+//! caller from the request context, `anyhow` and `eyre` chains, and the shape posthog-rs
+//! 0.30.0 gives the same chain (`tests/fixtures/posthog_rs_exception.json`).
 
 use std::{collections::BTreeSet, error::Error as StdError, fmt};
 
@@ -152,6 +152,147 @@ async fn an_exception_in_a_request_context_is_the_callers() {
     assert!(other["properties"]["$exception_list"][0]
         .get("stacktrace")
         .is_none());
+}
+
+/// The `type`, `value` and `mechanism.type` of each entry of `$exception_list`.
+fn entries(list: &[Value]) -> Vec<(String, String, String)> {
+    list.iter()
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                text(&e["type"]),
+                text(&e["value"]),
+                text(&e["mechanism"]["type"]),
+            )
+        })
+        .collect()
+}
+
+/// Where `anyhow` and `eyre` errors arise here: a three-level chain.
+#[inline(never)]
+fn read_config() -> Result<Vec<u8>, std::io::Error> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "no such file",
+    ))
+}
+
+#[inline(never)]
+fn load_config_anyhow() -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    read_config().context("reading config.toml")
+}
+
+#[inline(never)]
+fn start_anyhow() -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    load_config_anyhow().context("starting the server")
+}
+
+#[inline(never)]
+fn load_config_eyre() -> eyre::Result<Vec<u8>> {
+    use eyre::WrapErr;
+    read_config().wrap_err("reading config.toml")
+}
+
+#[inline(never)]
+fn start_eyre() -> eyre::Result<Vec<u8>> {
+    use eyre::WrapErr;
+    load_config_eyre().wrap_err("starting the server")
+}
+
+/// The application's function that captures.
+#[inline(never)]
+fn report_anyhow(posthog: &posthog_tower::PostHog, error: &anyhow::Error) -> posthog_tower::Uuid {
+    posthog.capture_anyhow(error).expect("captured")
+}
+
+#[inline(never)]
+fn report_eyre(posthog: &posthog_tower::PostHog, report: &eyre::Report) -> posthog_tower::Uuid {
+    posthog.capture_eyre(report).expect("captured")
+}
+
+/// The function of the last (innermost) frame of an entry's stack trace.
+fn innermost_function(entry: &Value) -> String {
+    let frames = entry["stacktrace"]["frames"].as_array().expect("frames");
+    let last = frames.last().expect("a frame");
+    assert_eq!(last["in_app"], true, "{last}");
+    last["function"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn an_anyhow_context_chain_arrives_as_three_entries_in_order() {
+    let mock = start_mock().await;
+    let ph = builder(&mock).build().unwrap();
+    let error = start_anyhow().unwrap_err();
+    let uuid = report_anyhow(&ph, &error);
+    ph.flush().await;
+    let event = find_event(&mock.events(), uuid);
+    let list = event["properties"]["$exception_list"]
+        .as_array()
+        .expect("a list")
+        .clone();
+    assert_eq!(
+        entries(&list),
+        [
+            (
+                "anyhow::Error".into(),
+                "starting the server".into(),
+                "generic".into()
+            ),
+            (
+                "Error".into(),
+                "reading config.toml".into(),
+                "chained".into()
+            ),
+            ("Error".into(), "no such file".into(), "chained".into()),
+        ]
+    );
+    assert_eq!(list[2]["mechanism"]["parent_id"], 1);
+    // Where the error arose when anyhow captured a backtrace (RUST_BACKTRACE or
+    // RUST_LIB_BACKTRACE set for this run; `tests/error_tracking` sets it), else at the call.
+    let innermost = innermost_function(&list[0]);
+    if error.backtrace().status() == std::backtrace::BacktraceStatus::Captured {
+        assert!(innermost.ends_with("load_config_anyhow"), "{innermost}");
+    } else {
+        assert!(innermost.ends_with("report_anyhow"), "{innermost}");
+    }
+}
+
+#[tokio::test]
+async fn an_eyre_chain_arrives_as_three_entries_in_order() {
+    let mock = start_mock().await;
+    let ph = builder(&mock).build().unwrap();
+    let report = start_eyre().unwrap_err();
+    let uuid = report_eyre(&ph, &report);
+    ph.flush().await;
+    let event = find_event(&mock.events(), uuid);
+    let list = event["properties"]["$exception_list"]
+        .as_array()
+        .expect("a list")
+        .clone();
+    assert_eq!(
+        entries(&list),
+        [
+            (
+                "eyre::Report".into(),
+                "starting the server".into(),
+                "generic".into()
+            ),
+            (
+                "Error".into(),
+                "reading config.toml".into(),
+                "chained".into()
+            ),
+            ("Error".into(), "no such file".into(), "chained".into()),
+        ]
+    );
+    let innermost = innermost_function(&list[0]);
+    if format!("{report:?}").contains("Stack backtrace:") {
+        assert!(innermost.ends_with("load_config_eyre"), "{innermost}");
+    } else {
+        assert!(innermost.ends_with("report_eyre"), "{innermost}");
+    }
 }
 
 /// Our `$exception` for the chain `tools/posthog-rs-fixture` gives posthog-rs 0.30.0 (an

@@ -1,11 +1,15 @@
 //! Error tracking under process-wide settings, over real HTTP to `MockPostHog`. A binary of its
-//! own: the in-app crates named on the builder hold for the whole process. The tests take
-//! turns (`serial`).
+//! own: the in-app crates named on the builder hold for the whole process, and the standard
+//! library reads `RUST_LIB_BACKTRACE` once per process. The tests take turns (`serial`): one
+//! sets an environment variable, which must not race another thread reading the environment.
 
 #[path = "../support/mod.rs"]
 mod support;
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::{
+    backtrace::BacktraceStatus,
+    sync::{Mutex, MutexGuard, PoisonError},
+};
 
 use posthog_tower::{PostHog, Uuid};
 use serde_json::Value;
@@ -34,6 +38,108 @@ fn frames(event: &Value) -> Vec<Value> {
 
 fn function(frame: &Value) -> &str {
     frame["function"].as_str().unwrap_or_default()
+}
+
+#[inline(never)]
+fn read_config() -> Result<Vec<u8>, std::io::Error> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "no such file",
+    ))
+}
+
+/// Where the anyhow error arises.
+#[inline(never)]
+fn load_config_anyhow() -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    read_config().context("reading config.toml")
+}
+
+/// Where the eyre report arises.
+#[inline(never)]
+fn load_config_eyre() -> eyre::Result<Vec<u8>> {
+    use eyre::WrapErr;
+    read_config().wrap_err("reading config.toml")
+}
+
+#[inline(never)]
+fn report_anyhow(posthog: &PostHog, error: &anyhow::Error) -> Uuid {
+    posthog.capture_anyhow(error).expect("captured")
+}
+
+#[inline(never)]
+fn report_eyre(posthog: &PostHog, report: &eyre::Report) -> Uuid {
+    posthog.capture_eyre(report).expect("captured")
+}
+
+/// With backtraces on, an anyhow error's stack is where it arose (with instruction and image
+/// addresses, and the images in `$debug_images`), and an eyre report's too (from the text of
+/// its default handler's backtrace: functions, files and lines, no addresses), not where they
+/// were captured.
+#[test]
+fn anyhow_and_eyre_errors_carry_the_stack_where_they_arose() {
+    let _serial = serial();
+    // Before any backtrace of this process: the standard library reads it once.
+    std::env::set_var("RUST_LIB_BACKTRACE", "1");
+    runtime().block_on(async {
+        let mock = start_mock().await;
+        let ph = builder(&mock).build().unwrap();
+        let error = load_config_anyhow().unwrap_err();
+        assert_eq!(error.backtrace().status(), BacktraceStatus::Captured);
+        let from_anyhow = report_anyhow(&ph, &error);
+        let report = load_config_eyre().unwrap_err();
+        assert!(format!("{report:?}").contains("Stack backtrace:"));
+        let from_eyre = report_eyre(&ph, &report);
+        ph.flush().await;
+        let events = mock.events();
+
+        let event = find_event(&events, from_anyhow);
+        let list = &event["properties"]["$exception_list"];
+        assert_eq!(list[0]["type"], "anyhow::Error");
+        assert_eq!(list[0]["value"], "reading config.toml");
+        assert_eq!(list[1]["value"], "no such file");
+        let anyhow_frames = frames(&event);
+        let last = anyhow_frames.last().unwrap();
+        assert!(function(last).ends_with("::load_config_anyhow"), "{last}");
+        assert_eq!(last["in_app"], true);
+        assert!(last["filename"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("main.rs")));
+        assert!(!anyhow_frames
+            .iter()
+            .any(|f| function(f).contains("report_anyhow") || function(f).starts_with("anyhow::")));
+        let images: Vec<&str> = event["properties"]["$debug_images"]
+            .as_array()
+            .expect("debug images")
+            .iter()
+            .map(|i| i["image_addr"].as_str().unwrap())
+            .collect();
+        for frame in &anyhow_frames {
+            if let Some(image) = frame["image_addr"].as_str() {
+                assert!(frame["instruction_addr"].is_string(), "{frame}");
+                assert!(frame.get("symbol_addr").is_none(), "{frame}");
+                assert!(images.contains(&image), "{image} not in {images:?}");
+            }
+        }
+        assert!(last["instruction_addr"].is_string(), "{last}");
+
+        let event = find_event(&events, from_eyre);
+        assert_eq!(
+            event["properties"]["$exception_list"][0]["type"],
+            "eyre::Report"
+        );
+        let eyre_frames = frames(&event);
+        let last = eyre_frames.last().unwrap();
+        assert!(function(last).ends_with("::load_config_eyre"), "{last}");
+        assert_eq!(last["in_app"], true);
+        assert!(eyre_frames
+            .iter()
+            .all(|f| f.get("instruction_addr").is_none() && f["client_resolved"] == true));
+        assert!(!eyre_frames
+            .iter()
+            .any(|f| function(f).contains("report_eyre") || function(f).starts_with("eyre::")));
+        assert!(event["properties"].get("$debug_images").is_none());
+    });
 }
 
 /// Code this application generated: excluded from its in-app frames.
