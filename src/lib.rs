@@ -53,7 +53,9 @@
 //! - `test-util`: [`testing::MockPostHog`], an in-process PostHog for your tests.
 //! - `axum`: axum extractors for [`http::RequestFlags`] and [`context::RequestContext`], and
 //!   the matched route and peer address on pageviews.
-//! - `error-tracking` (default): stack traces on `$exception` events.
+//! - `error-tracking` (default): the stack trace on `$exception` events ([`exception`]).
+//! - `anyhow`, `eyre`: `$exception` events of `anyhow::Error` and `eyre::Report`
+//!   (`PostHog::capture_anyhow`, `PostHog::capture_eyre`).
 //! - `tracing`: [`integrations::tracing::PostHogTracingLayer`], a `tracing-subscriber` layer
 //!   that captures `tracing` errors as `$exception` events.
 //! - `sentry`: [`integrations::sentry::PostHogIntegration`], which tags Sentry events with the

@@ -13,7 +13,7 @@ use crate::{
     capture::{
         Batch, BatchConfig, CaptureTransport, EncodedBatch, RetryPolicy, StatsRecorder, Worker,
     },
-    exception::RateLimit,
+    exception::{InAppCrates, RateLimit},
     flags::{
         CoalesceLayer, Decide, DecideConfig, FlagCalledDedup, FlagsRetryPolicy, PolledDefinitions,
         RemoteFlags, RemoteStack,
@@ -56,6 +56,7 @@ pub struct PostHogBuilder {
     sync_mode: bool,
     capture_panics: bool,
     exception_rate_limit: (u32, Duration),
+    in_app: Option<InAppCrates>,
     http_client: Option<HttpClient>,
     capture_stack: Option<CaptureStack>,
     property_error: Option<String>,
@@ -82,6 +83,7 @@ impl PostHogBuilder {
             sync_mode: false,
             capture_panics: false,
             exception_rate_limit: (10, Duration::from_secs(10)),
+            in_app: None,
             http_client: None,
             capture_stack: None,
             property_error: None,
@@ -286,6 +288,53 @@ impl PostHogBuilder {
         self
     }
 
+    /// Marks the frames of these crates in-app (the application's) in every `$exception`'s
+    /// stack trace, even crates the defaults take for libraries, unless excluded with
+    /// [`in_app_exclude`](Self::in_app_exclude). A name is a crate (`my_app`; `my-app` works
+    /// too) or a module path (`my_app::db`), matched against a frame's function by prefix.
+    /// Without it, the defaults of [`Exception::in_app_include`](crate::exception::Exception::in_app_include)
+    /// apply.
+    ///
+    /// **Process-wide**, like the panic hook: [`build`](Self::build) sets the crates (this
+    /// list and [`in_app_exclude`](Self::in_app_exclude)'s) for every exception built in the
+    /// process from then on, by any client, the panic hook and the `Exception` API alike; the
+    /// last client built with either wins. [`Exception::in_app_include`](crate::exception::Exception::in_app_include)
+    /// adds crates for one exception.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), posthog_tower::BuildError> {
+    /// let posthog = posthog_tower::PostHog::builder("phc_project_key")
+    ///     .in_app_include(["my_app", "my-shared-lib"])
+    ///     .in_app_exclude(["my_app::generated"])
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn in_app_include<I, S>(mut self, crates: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.in_app
+            .get_or_insert_with(Default::default)
+            .include(crates);
+        self
+    }
+
+    /// Never marks the frames of these crates (or module paths) in-app, whatever else says
+    /// so. Process-wide, like [`in_app_include`](Self::in_app_include).
+    pub fn in_app_exclude<I, S>(mut self, crates: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.in_app
+            .get_or_insert_with(Default::default)
+            .exclude(crates);
+        self
+    }
+
     /// Serverless mode: events are sent as soon as they are captured, and
     /// [`PostHog::capture_wait`] resolves only after PostHog acknowledged the event.
     pub fn sync_mode(mut self, enabled: bool) -> Self {
@@ -364,6 +413,9 @@ impl PostHogBuilder {
         let uri = crate::net::endpoint(&host, "/")?;
         if uri.scheme_str() == Some("http") && !is_loopback(uri.host().unwrap_or_default()) {
             tracing::warn!(%host, "posthog: host uses plain http; events and keys travel unencrypted");
+        }
+        if let Some(crates) = self.in_app {
+            crates.set_process_wide();
         }
         let stats = self.config.stats_recorder().clone();
         let config = self.config;
@@ -516,6 +568,7 @@ impl fmt::Debug for PostHogBuilder {
             .field("sync_mode", &self.sync_mode)
             .field("capture_panics", &self.capture_panics)
             .field("exception_rate_limit", &self.exception_rate_limit)
+            .field("in_app", &self.in_app)
             .field("local_evaluation", &self.personal_api_key.is_some())
             .field("poll_interval", &self.poll_interval)
             .finish_non_exhaustive()

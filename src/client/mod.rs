@@ -113,6 +113,47 @@ impl PostHog {
         self.capture_exception_event(crate::exception::Exception::new(error).into_event())
     }
 
+    /// Captures an `anyhow::Error` (its chain, and the stack where it arose when anyhow
+    /// captured one, else at this call) as an `$exception` event, like
+    /// [`capture_exception`](Self::capture_exception); see
+    /// [`Exception::from_anyhow`](crate::exception::Exception::from_anyhow).
+    ///
+    /// ```no_run
+    /// # fn f(posthog: posthog_tower::PostHog) {
+    /// use anyhow::Context;
+    ///
+    /// if let Err(error) = std::fs::read("config.toml").context("reading the configuration") {
+    ///     let _ = posthog.capture_anyhow(&error);
+    /// }
+    /// # }
+    /// ```
+    #[cfg(feature = "anyhow")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "anyhow")))]
+    #[inline(never)]
+    pub fn capture_anyhow(&self, error: &anyhow::Error) -> Result<Uuid, CaptureError> {
+        self.capture(crate::exception::Exception::from_anyhow(error).into_event())
+    }
+
+    /// Captures an `eyre::Report` as an `$exception` event, like
+    /// [`capture_exception`](Self::capture_exception); see
+    /// [`Exception::from_eyre`](crate::exception::Exception::from_eyre).
+    ///
+    /// ```no_run
+    /// # fn f(posthog: posthog_tower::PostHog) {
+    /// use eyre::WrapErr;
+    ///
+    /// if let Err(report) = std::fs::read("config.toml").wrap_err("reading the configuration") {
+    ///     let _ = posthog.capture_eyre(&report);
+    /// }
+    /// # }
+    /// ```
+    #[cfg(feature = "eyre")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "eyre")))]
+    #[inline(never)]
+    pub fn capture_eyre(&self, report: &eyre::Report) -> Result<Uuid, CaptureError> {
+        self.capture(crate::exception::Exception::from_eyre(report).into_event())
+    }
+
     /// Captures an [`Exception`](crate::exception::Exception) built with its options (level,
     /// fingerprint, distinct id, properties).
     pub fn capture_exception_with(

@@ -11,7 +11,17 @@
 //! Rust: `$exception_list` entries with `type`, `value` and `mechanism` (`type` `generic` for
 //! the captured error, `chained` for its sources, `exception_id`/`parent_id` linking them),
 //! the stack trace (`{"type": "raw", "frames": [...]}`, outermost frame first) on the first
-//! entry, `$exception_level` and, when given, `$exception_fingerprint`.
+//! entry, `$exception_level` and, when given, `$exception_fingerprint`. As posthog-rs, a frame
+//! carries its addresses only when its image has a debug id (the server can symbolicate no
+//! other), and a frame with neither a name nor such an address is left out.
+//! `tests/capture/exceptions.rs` checks the shape against what posthog-rs 0.30.0 sends.
+//!
+//! `anyhow::Error` and `eyre::Report`, which are not `std::error::Error`s, have constructors of
+//! their own behind the `anyhow` and `eyre` cargo features (`Exception::from_anyhow`,
+//! `Exception::from_eyre`), which send the stack where the error arose when it has one.
+//!
+//! Which frames are the application's (`in_app`): see [`Exception::in_app_include`] and the
+//! process-wide [`PostHogBuilder::in_app_include`](crate::PostHogBuilder::in_app_include).
 //!
 //! Bounds: at most [`MAX_CHAIN`] errors of a chain, [`MAX_FRAMES`] frames (the outermost are
 //! cut), values cut at [`MAX_VALUE_CHARS`] characters. An error whose `Display` panics is
@@ -32,11 +42,17 @@
 //! # }
 //! ```
 
+#[cfg(all(feature = "error-tracking", any(feature = "anyhow", feature = "eyre")))]
+mod backtrace_text;
+mod in_app;
 mod limit;
 mod panic;
+#[cfg(any(feature = "anyhow", feature = "eyre"))]
+mod reports;
 #[cfg(feature = "error-tracking")]
 mod stack;
 
+pub(crate) use in_app::InAppCrates;
 pub(crate) use limit::RateLimit;
 pub(crate) use panic::{caught_panic, install_panic_hook};
 
@@ -126,6 +142,8 @@ pub struct Exception {
     fingerprint: Option<String>,
     /// The first entry's `mechanism.type`: `generic`, or `panic` for a panic.
     mechanism: &'static str,
+    /// Crates named in-app or not for this exception, added to the process-wide ones.
+    in_app: InAppCrates,
     #[cfg(feature = "error-tracking")]
     stack: Option<stack::Stack>,
 }
@@ -210,6 +228,7 @@ impl Exception {
             handled: true,
             fingerprint: None,
             mechanism: "generic",
+            in_app: InAppCrates::default(),
             #[cfg(feature = "error-tracking")]
             stack: None,
         }
@@ -252,6 +271,7 @@ impl Exception {
             handled: true,
             fingerprint: None,
             mechanism: "generic",
+            in_app: InAppCrates::default(),
             #[cfg(feature = "error-tracking")]
             stack: None,
         }
@@ -304,6 +324,56 @@ impl Exception {
         self
     }
 
+    /// Marks the frames of these crates in-app (the application's), even crates the defaults
+    /// take for libraries (`tokio`, a file of the registry), in addition to the crates named
+    /// process-wide with [`PostHogBuilder::in_app_include`](crate::PostHogBuilder::in_app_include).
+    /// A name is a crate (`my_app`; `my-app` works too) or a module path (`my_app::db`),
+    /// matched against the frame's function by prefix. An excluded crate wins.
+    ///
+    /// By default a frame is in-app unless it is in a file of the toolchain or of a registry
+    /// or git dependency, in a function of a well-known library crate (`std`, `core`,
+    /// `alloc`, `tokio`, `tower`, `hyper`, `axum`, `tonic`, `tracing`, `anyhow`, `eyre`,
+    /// this crate, ...), or a process or thread entry point (`main`, `_start`, `clone`, ...).
+    ///
+    /// ```
+    /// use posthog_tower::exception::Exception;
+    ///
+    /// let error = std::io::Error::other("disk full");
+    /// let exception = Exception::new(&error).in_app_include(["my_app", "my-lib"]);
+    /// # let _ = exception.into_event();
+    /// ```
+    #[must_use]
+    pub fn in_app_include<I, S>(mut self, crates: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.in_app.include(crates);
+        self
+    }
+
+    /// Never marks the frames of these crates (or module paths) in-app, whatever else says
+    /// so; in addition to [`PostHogBuilder::in_app_exclude`](crate::PostHogBuilder::in_app_exclude).
+    ///
+    /// ```
+    /// use posthog_tower::exception::Exception;
+    ///
+    /// let error = std::io::Error::other("disk full");
+    /// let exception = Exception::new(&error)
+    ///     .in_app_include(["my_app"])
+    ///     .in_app_exclude(["my_app::generated"]);
+    /// # let _ = exception.into_event();
+    /// ```
+    #[must_use]
+    pub fn in_app_exclude<I, S>(mut self, crates: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.in_app.exclude(crates);
+        self
+    }
+
     /// A group, as [`Event::group`] sets it.
     #[must_use]
     pub fn group(mut self, group_type: impl Into<String>, group_key: impl Into<String>) -> Self {
@@ -322,7 +392,7 @@ impl Exception {
         let count = self.chain.len();
         #[cfg(feature = "error-tracking")]
         let (frames, images) = match &self.stack {
-            Some(stack) => stack.to_json(),
+            Some(stack) => stack.to_json(&self.in_app.with_process_wide()),
             None => (None, Vec::new()),
         };
         #[cfg(not(feature = "error-tracking"))]
@@ -437,6 +507,7 @@ fn cut(text: &str) -> String {
 fn simple_type_name(name: &str) -> String {
     let name = name.trim().trim_start_matches('&');
     let name = name.strip_prefix("dyn ").unwrap_or(name);
+    // `dyn Error + Send + Sync`'s bounds, and generic arguments.
     let name = name.split(['<', '+']).next().unwrap_or(name).trim();
     match name {
         "" | "core::error::Error" | "std::error::Error" => "Error".to_owned(),

@@ -54,6 +54,7 @@ fn panic_exception(message: Option<&str>, location: Option<&Location<'_>>) -> Ex
         handled: false,
         fingerprint: None,
         mechanism: "panic",
+        in_app: super::InAppCrates::default(),
         #[cfg(feature = "error-tracking")]
         stack: Some(super::stack::Stack::capture_panic()),
     };

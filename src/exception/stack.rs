@@ -1,6 +1,10 @@
 //! The stack at a capture, as PostHog's error tracking reads it: frames with instruction,
 //! symbol and image addresses (and, when the binary has debug info, function, file and line),
 //! and the loaded images they point into (`$debug_images`), found with `findshlibs`.
+//!
+//! As posthog-rs sends them: a frame's addresses only when its image has a debug id (the
+//! server can symbolicate nothing else; without them the frame is the client's resolution,
+//! passed through as it is), and a frame with neither a name nor such an address is left out.
 
 use std::ffi::c_void;
 
@@ -8,64 +12,22 @@ use backtrace::Backtrace;
 use findshlibs::{SharedLibrary, SharedLibraryId, TargetSharedLibrary};
 use serde_json::{json, Map, Value};
 
-use super::MAX_FRAMES;
-
-/// Frames of these crates (the first `::` segment of the function) are not the application's.
-const LIBRARY_CRATES: &[&str] = &[
-    "alloc",
-    "anyhow",
-    "axum",
-    "axum_core",
-    "backtrace",
-    "core",
-    "eyre",
-    "futures_core",
-    "futures_util",
-    "http",
-    "hyper",
-    "hyper_util",
-    "posthog_tower",
-    "proc_macro",
-    "std",
-    "test",
-    "tokio",
-    "tonic",
-    "tower",
-    "tower_http",
-    "tracing",
-    "tracing_core",
-];
-
-/// Files under these paths are not the application's: dependencies, the toolchain.
-const LIBRARY_PATHS: &[&str] = &[
-    "/.cargo/registry/",
-    "/.cargo/git/",
-    "/rustc/",
-    "/toolchains/",
-    "/library/std/src/",
-    "/library/core/src/",
-    "/library/alloc/src/",
-];
-
-/// Process entry points, never the application's.
-const ENTRY_POINTS: &[&str] = &[
-    "main",
-    "_start",
-    "__libc_start_main",
-    "start_thread",
-    "clone",
-];
+use super::{in_app::InAppCrates, MAX_FRAMES};
 
 /// One frame (an inlined function gets a frame of its own, at the same addresses).
 #[derive(Debug)]
-struct Frame {
-    instruction: usize,
-    symbol: usize,
-    image: Option<usize>,
-    function: Option<String>,
-    filename: Option<String>,
-    lineno: Option<u32>,
-    inlined: bool,
+pub(super) struct Frame {
+    /// `None` when only the frame's text is known (a standard library backtrace's).
+    pub(super) instruction: Option<usize>,
+    /// 0 when unknown.
+    pub(super) symbol: usize,
+    pub(super) image: Option<usize>,
+    pub(super) function: Option<String>,
+    pub(super) filename: Option<String>,
+    pub(super) lineno: Option<u32>,
+    /// An inlined function's frame: the frames of one instruction are innermost first, the
+    /// last of them (the function the instruction is in) not inlined.
+    pub(super) inlined: bool,
 }
 
 /// A loaded image.
@@ -87,6 +49,19 @@ pub(super) struct Stack {
 }
 
 impl Stack {
+    /// A stack of these frames (innermost first), their images among the loaded ones.
+    #[cfg(any(feature = "anyhow", feature = "eyre"))]
+    pub(super) fn from_frames(mut frames: Vec<Frame>) -> Stack {
+        let images = images();
+        for frame in &mut frames {
+            frame.image = frame
+                .instruction
+                .and_then(|ip| image_of(&images, ip))
+                .map(|i| i.base);
+        }
+        Stack { frames, images }
+    }
+
     /// The calling thread's stack, without the frames of the capture itself.
     #[inline(never)]
     pub(super) fn capture() -> Stack {
@@ -94,9 +69,10 @@ impl Stack {
         let backtrace = Backtrace::new();
         let mut frames = Vec::new();
         for frame in backtrace.frames() {
-            let instruction = frame.ip() as usize;
+            let ip = frame.ip() as usize;
+            let instruction = Some(ip);
             let symbol = frame.symbol_address() as usize;
-            let image = image_of(&images, instruction).map(|i| i.base);
+            let image = image_of(&images, ip).map(|i| i.base);
             let symbols = frame.symbols();
             if symbols.is_empty() {
                 frames.push(Frame {
@@ -167,14 +143,31 @@ impl Stack {
         stack
     }
 
-    /// The `frames` of the stack trace (outermost first, at most [`MAX_FRAMES`]) and the
-    /// `$debug_images` they point into.
-    pub(super) fn to_json(&self) -> (Option<Value>, Vec<Value>) {
-        let mut frames: Vec<&Frame> = self.frames.iter().rev().collect();
+    /// The `frames` of the stack trace (outermost first, at most [`MAX_FRAMES`]), `in_app`
+    /// as `crates` decide, and the `$debug_images` they point into.
+    pub(super) fn to_json(&self, crates: &InAppCrates) -> (Option<Value>, Vec<Value>) {
+        let symbolicable = |frame: &Frame| {
+            frame.instruction.is_some()
+                && frame.image.is_some_and(|base| {
+                    self.images
+                        .iter()
+                        .any(|i| i.base == base && !i.debug_id.is_empty())
+                })
+        };
+        let mut frames: Vec<Wire<'_>> = self
+            .frames
+            .iter()
+            .rev()
+            .map(|frame| Wire {
+                frame,
+                addressed: symbolicable(frame),
+            })
+            .filter(|w| w.addressed || w.frame.function.is_some() || w.frame.filename.is_some())
+            .collect();
         if frames.len() > MAX_FRAMES {
             // Cut the outermost frames, and an inlined group whole.
             let mut cut = frames.len() - MAX_FRAMES;
-            while frames.get(cut).is_some_and(|f| f.inlined) {
+            while frames.get(cut).is_some_and(Wire::inline) {
                 cut += 1;
             }
             frames.drain(..cut);
@@ -182,51 +175,75 @@ impl Stack {
         if frames.is_empty() {
             return (None, Vec::new());
         }
-        let json_frames: Vec<Value> = frames.iter().map(|f| frame_json(f)).collect();
+        let json_frames: Vec<Value> = frames.iter().map(|w| w.to_json(crates)).collect();
         let images = self
             .images
             .iter()
             .filter(|image| !image.debug_id.is_empty())
-            .filter(|image| frames.iter().any(|f| f.image == Some(image.base)))
+            .filter(|image| {
+                frames
+                    .iter()
+                    .any(|w| w.addressed && w.frame.image == Some(image.base))
+            })
             .map(image_json)
             .collect();
         (Some(Value::Array(json_frames)), images)
     }
 }
 
-fn frame_json(frame: &Frame) -> Value {
-    let mut out = Map::new();
-    if let Some(filename) = &frame.filename {
-        out.insert("filename".into(), filename.clone().into());
+/// A frame as it is sent.
+struct Wire<'a> {
+    frame: &'a Frame,
+    /// Its image has a debug id: its addresses are sent, and its inline marker.
+    addressed: bool,
+}
+
+impl Wire<'_> {
+    /// A member of an inline group (the frames of one address): only addressed frames form
+    /// groups, which the server resolves together.
+    fn inline(&self) -> bool {
+        self.addressed && self.frame.inlined
     }
-    if let Some(lineno) = frame.lineno {
-        out.insert("lineno".into(), lineno.into());
+
+    fn to_json(&self, crates: &InAppCrates) -> Value {
+        let frame = self.frame;
+        let mut out = Map::new();
+        if let Some(filename) = &frame.filename {
+            out.insert("filename".into(), filename.clone().into());
+        }
+        if let Some(lineno) = frame.lineno {
+            out.insert("lineno".into(), lineno.into());
+        }
+        if let Some(function) = frame.function.as_ref().filter(|f| !f.is_empty()) {
+            out.insert("function".into(), function.clone().into());
+        }
+        out.insert("lang".into(), "rust".into());
+        out.insert("platform".into(), "native".into());
+        out.insert("synthetic".into(), false.into());
+        out.insert(
+            "in_app".into(),
+            crates
+                .in_app(frame.filename.as_deref(), frame.function.as_deref())
+                .into(),
+        );
+        out.insert(
+            "client_resolved".into(),
+            (frame.function.is_some() || frame.filename.is_some()).into(),
+        );
+        if let (true, Some(instruction)) = (self.addressed, frame.instruction) {
+            out.insert("instruction_addr".into(), hex(instruction).into());
+            if frame.symbol != 0 {
+                out.insert("symbol_addr".into(), hex(frame.symbol).into());
+            }
+            if let Some(image) = frame.image {
+                out.insert("image_addr".into(), hex(image).into());
+            }
+        }
+        if self.inline() {
+            out.insert("inline".into(), true.into());
+        }
+        Value::Object(out)
     }
-    if let Some(function) = frame.function.as_ref().filter(|f| !f.is_empty()) {
-        out.insert("function".into(), function.clone().into());
-    }
-    out.insert("lang".into(), "rust".into());
-    out.insert("platform".into(), "native".into());
-    out.insert("synthetic".into(), false.into());
-    out.insert(
-        "in_app".into(),
-        in_app(frame.filename.as_deref(), frame.function.as_deref()).into(),
-    );
-    out.insert(
-        "client_resolved".into(),
-        (frame.function.is_some() || frame.filename.is_some()).into(),
-    );
-    out.insert("instruction_addr".into(), hex(frame.instruction).into());
-    if frame.symbol != 0 {
-        out.insert("symbol_addr".into(), hex(frame.symbol).into());
-    }
-    if let Some(image) = frame.image {
-        out.insert("image_addr".into(), hex(image).into());
-    }
-    if frame.inlined {
-        out.insert("inline".into(), true.into());
-    }
-    Value::Object(out)
 }
 
 fn image_json(image: &Image) -> Value {
@@ -249,45 +266,6 @@ fn hex(address: usize) -> String {
     format!("{address:#x}")
 }
 
-/// Whether a frame is the application's: not in a dependency's or the toolchain's files, not
-/// in a library crate's functions, not a process entry point. A frame with neither a file nor
-/// a function (a binary without symbols) is not.
-fn in_app(filename: Option<&str>, function: Option<&str>) -> bool {
-    if let Some(file) = filename {
-        let file = file.replace('\\', "/");
-        if LIBRARY_PATHS.iter().any(|p| file.contains(p)) || is_registry_source(&file) {
-            return false;
-        }
-    }
-    match function {
-        Some(function) => {
-            if ENTRY_POINTS.contains(&function) {
-                return false;
-            }
-            let name = function.trim_start_matches('<');
-            let first = name.split("::").next().unwrap_or(name);
-            let first = first.split(['<', ' ']).next().unwrap_or(first);
-            !(first.is_empty()
-                || first.starts_with("__rust")
-                || first == "rust_begin_unwind"
-                || LIBRARY_CRATES.contains(&first))
-        }
-        None => filename.is_some(),
-    }
-}
-
-/// A file of a crate from a registry (`…/registry/src/<index>-<16 hex>/<crate>/…`).
-fn is_registry_source(file: &str) -> bool {
-    file.split("/registry/src/").nth(1).is_some_and(|rest| {
-        rest.split('/').next().is_some_and(|index| {
-            index
-                .rsplit('-')
-                .next()
-                .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        })
-    })
-}
-
 /// The functions a capture goes through before the caller's frame.
 fn is_capture_machinery(function: &str) -> bool {
     let function = function.replace(['<', '>'], "");
@@ -296,12 +274,16 @@ fn is_capture_machinery(function: &str) -> bool {
         || function.contains("exception::panic::")
         || function.contains("exception::Exception::new")
         || function.contains("exception::Exception::from_message")
+        || function.contains("exception::Exception::from_anyhow")
+        || function.contains("exception::Exception::from_eyre")
         || function.contains("PostHog::capture_exception")
         // A `tracing` event's dispatch to `integrations::tracing`'s layer.
         || function.contains("integrations::tracing::")
         || function.starts_with("tracing_subscriber::")
         || function.starts_with("tracing_core::")
         || function.starts_with("std::thread::local::LocalKey")
+        || function.contains("PostHog::capture_anyhow")
+        || function.contains("PostHog::capture_eyre")
 }
 
 /// The image `address` is in.
@@ -381,26 +363,78 @@ fn debug_id(id: SharedLibraryId) -> String {
 mod tests {
     use super::*;
 
+    fn frame(instruction: usize, function: Option<&str>, inlined: bool) -> Frame {
+        Frame {
+            instruction: Some(instruction),
+            symbol: 0x10,
+            image: Some(instruction & !0xfff),
+            function: function.map(str::to_owned),
+            filename: None,
+            lineno: None,
+            inlined,
+        }
+    }
+
+    fn image(base: usize, debug_id: &str) -> Image {
+        Image {
+            base,
+            len: 0x1000,
+            stated: 0,
+            name: format!("lib{base:x}.so"),
+            code_id: None,
+            debug_id: debug_id.to_owned(),
+        }
+    }
+
+    /// As posthog-rs: addresses (and inline groups) only for frames in an image with a debug
+    /// id, which alone go to `$debug_images`; a frame with neither a name nor such an address
+    /// is left out.
     #[test]
-    fn in_app_rules() {
-        assert!(in_app(Some("/app/src/main.rs"), Some("my_app::main")));
-        assert!(!in_app(
-            Some("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.0/src/a.rs"),
-            Some("tokio::runtime::run")
-        ));
-        assert!(!in_app(None, Some("std::panicking::begin")));
-        assert!(!in_app(
-            None,
-            Some("<core::future::Ready<T> as Future>::poll")
-        ));
-        assert!(!in_app(None, Some("main")));
-        assert!(in_app(None, Some("my_app::handler")));
-        assert!(!in_app(None, None));
-        assert!(!in_app(Some("/rustc/abc/library/std/src/rt.rs"), Some("x")));
-        assert!(is_registry_source(
-            "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/serde-1/src/lib.rs"
-        ));
-        assert!(!is_registry_source("/app/registry/src/lib.rs"));
+    fn only_symbolicable_frames_carry_addresses() {
+        let stack = Stack {
+            // Innermost first.
+            frames: vec![
+                frame(0x1010, Some("my_app::inlined"), true),
+                frame(0x1010, Some("my_app::handler"), false),
+                frame(0x2020, Some("libfoo_inlined"), true),
+                frame(0x2020, Some("libfoo_call"), false),
+                frame(0x2030, None, false),
+                frame(0x1040, None, false),
+            ],
+            images: vec![
+                image(0x1000, "04030201-0605-0807-090a-0b0c0d0e0f10"),
+                image(0x2000, ""),
+            ],
+        };
+        let (frames, images) = stack.to_json(&InAppCrates::default());
+        let frames = frames.expect("frames");
+        let frames = frames.as_array().expect("an array");
+        let summary: Vec<(Option<&str>, Option<&str>, bool)> = frames
+            .iter()
+            .map(|f| {
+                (
+                    f["function"].as_str(),
+                    f["instruction_addr"].as_str(),
+                    f.get("inline").is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (None, Some("0x1040"), false),
+                (Some("libfoo_call"), None, false),
+                (Some("libfoo_inlined"), None, false),
+                (Some("my_app::handler"), Some("0x1010"), false),
+                (Some("my_app::inlined"), Some("0x1010"), true),
+            ]
+        );
+        assert!(frames[1].get("image_addr").is_none() && frames[1].get("symbol_addr").is_none());
+        assert_eq!(frames[3]["image_addr"], "0x1000");
+        assert_eq!(frames[3]["symbol_addr"], "0x10");
+        assert_eq!(frames[0]["client_resolved"], false);
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0]["image_addr"], "0x1000");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 use std::fmt;
 
 use super::*;
+#[cfg(all(feature = "error-tracking", any(feature = "anyhow", feature = "eyre")))]
+use super::{backtrace_text, stack};
 
 #[derive(Debug)]
 struct Outer(Middle);
@@ -145,9 +147,15 @@ fn type_names_are_simplified() {
         simple_type_name("std::io::error::Error"),
         "std::io::error::Error"
     );
+    // posthog-rs 0.30 sends `core::error::Error + core::marker::Send + core::marker::Sync`.
+    assert_eq!(
+        simple_type_name(type_name::<dyn StdError + Send + Sync>()),
+        "Error"
+    );
     let boxed: Box<dyn StdError + Send + Sync> = "oops".into();
     let list_ = list(&Exception::without_stack(&*boxed).into_event());
     assert_eq!(list_[0]["value"], "oops");
+    assert_eq!(list_[0]["type"], "Error");
 }
 
 /// The stack trace starts at the caller (no frame of the capture itself), ends with the
@@ -218,4 +226,75 @@ fn causes_follow_the_entry_within_the_chain_bound() {
 
 fn list_len(event: Event) -> usize {
     list(&event).len()
+}
+
+/// The frames of a standard library backtrace, read from its text on this toolchain: from the
+/// function that took it, with instruction and image addresses and the images behind them.
+#[cfg(all(feature = "error-tracking", any(feature = "anyhow", feature = "eyre")))]
+#[test]
+fn a_std_backtrace_is_read_with_its_addresses() {
+    #[inline(never)]
+    fn arise() -> std::backtrace::Backtrace {
+        std::backtrace::Backtrace::force_capture()
+    }
+    let text = format!("{:#}", arise());
+    let frames = backtrace_text::parse(&text).unwrap_or_else(|| panic!("not read: {text}"));
+    let stack = stack::Stack::from_frames(frames);
+    let (frames, images) = stack.to_json(&InAppCrates::default());
+    let frames = frames.expect("frames");
+    let frames = frames.as_array().expect("an array");
+    let last = frames.last().expect("a frame");
+    assert!(
+        last["function"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("::arise")),
+        "{last}"
+    );
+    assert!(last["filename"]
+        .as_str()
+        .is_some_and(|f| f.ends_with("tests.rs")));
+    assert!(last["instruction_addr"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("0x")));
+    assert!(last.get("image_addr").is_some());
+    assert!(last.get("symbol_addr").is_none(), "the text has none");
+    assert!(!images.is_empty());
+}
+
+/// An exception's own in-app crates: included, the test's frame is in-app (this crate's
+/// frames are otherwise a library's), excluded it is not; std's frames stay out.
+#[cfg(feature = "error-tracking")]
+#[test]
+fn an_exception_names_its_in_app_crates() {
+    let error = std::io::Error::other("e");
+    let frames = |exception: Exception| -> Vec<Value> {
+        let event = exception.into_event();
+        list(&event)[0]["stacktrace"]["frames"]
+            .as_array()
+            .expect("frames")
+            .clone()
+    };
+    let included = frames(Exception::new(&error).in_app_include(["posthog_tower"]));
+    let last = included.last().expect("a frame");
+    assert!(
+        last["function"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("an_exception_names_its_in_app_crates")),
+        "{last}"
+    );
+    assert_eq!(last["in_app"], true);
+    for frame in &included {
+        if frame["function"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("std::"))
+        {
+            assert_eq!(frame["in_app"], false, "{frame}");
+        }
+    }
+    let excluded = frames(
+        Exception::new(&error)
+            .in_app_include(["posthog_tower"])
+            .in_app_exclude(["posthog_tower::exception::tests"]),
+    );
+    assert_eq!(excluded.last().expect("a frame")["in_app"], false);
 }

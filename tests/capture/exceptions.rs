@@ -1,8 +1,9 @@
 //! `$exception` events over real HTTP to `MockPostHog`: an error chain in order, the stack at
-//! the call with the application's frames in-app, the images behind `$debug_images`, and the
-//! caller from the request context.
+//! the call with the application's frames in-app, the images behind `$debug_images`, the
+//! caller from the request context, `anyhow` and `eyre` chains, and the shape posthog-rs
+//! 0.30.0 gives the same chain (`tests/fixtures/posthog_rs_exception.json`).
 
-use std::{error::Error as StdError, fmt};
+use std::{collections::BTreeSet, error::Error as StdError, fmt};
 
 use posthog_tower::{context::RequestContext, exception::Exception, Event};
 use serde_json::Value;
@@ -151,4 +152,238 @@ async fn an_exception_in_a_request_context_is_the_callers() {
     assert!(other["properties"]["$exception_list"][0]
         .get("stacktrace")
         .is_none());
+}
+
+/// The `type`, `value` and `mechanism.type` of each entry of `$exception_list`.
+fn entries(list: &[Value]) -> Vec<(String, String, String)> {
+    list.iter()
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                text(&e["type"]),
+                text(&e["value"]),
+                text(&e["mechanism"]["type"]),
+            )
+        })
+        .collect()
+}
+
+/// Where `anyhow` and `eyre` errors arise here: a three-level chain.
+#[inline(never)]
+fn read_config() -> Result<Vec<u8>, std::io::Error> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "no such file",
+    ))
+}
+
+#[inline(never)]
+fn load_config_anyhow() -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    read_config().context("reading config.toml")
+}
+
+#[inline(never)]
+fn start_anyhow() -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    load_config_anyhow().context("starting the server")
+}
+
+#[inline(never)]
+fn load_config_eyre() -> eyre::Result<Vec<u8>> {
+    use eyre::WrapErr;
+    read_config().wrap_err("reading config.toml")
+}
+
+#[inline(never)]
+fn start_eyre() -> eyre::Result<Vec<u8>> {
+    use eyre::WrapErr;
+    load_config_eyre().wrap_err("starting the server")
+}
+
+/// The application's function that captures.
+#[inline(never)]
+fn report_anyhow(posthog: &posthog_tower::PostHog, error: &anyhow::Error) -> posthog_tower::Uuid {
+    posthog.capture_anyhow(error).expect("captured")
+}
+
+#[inline(never)]
+fn report_eyre(posthog: &posthog_tower::PostHog, report: &eyre::Report) -> posthog_tower::Uuid {
+    posthog.capture_eyre(report).expect("captured")
+}
+
+/// The function of the last (innermost) frame of an entry's stack trace.
+fn innermost_function(entry: &Value) -> String {
+    let frames = entry["stacktrace"]["frames"].as_array().expect("frames");
+    let last = frames.last().expect("a frame");
+    assert_eq!(last["in_app"], true, "{last}");
+    last["function"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn an_anyhow_context_chain_arrives_as_three_entries_in_order() {
+    let mock = start_mock().await;
+    let ph = builder(&mock).build().unwrap();
+    let error = start_anyhow().unwrap_err();
+    let uuid = report_anyhow(&ph, &error);
+    ph.flush().await;
+    let event = find_event(&mock.events(), uuid);
+    let list = event["properties"]["$exception_list"]
+        .as_array()
+        .expect("a list")
+        .clone();
+    assert_eq!(
+        entries(&list),
+        [
+            (
+                "anyhow::Error".into(),
+                "starting the server".into(),
+                "generic".into()
+            ),
+            (
+                "Error".into(),
+                "reading config.toml".into(),
+                "chained".into()
+            ),
+            ("Error".into(), "no such file".into(), "chained".into()),
+        ]
+    );
+    assert_eq!(list[2]["mechanism"]["parent_id"], 1);
+    // Where the error arose when anyhow captured a backtrace (RUST_BACKTRACE or
+    // RUST_LIB_BACKTRACE set for this run; `tests/error_tracking` sets it), else at the call.
+    let innermost = innermost_function(&list[0]);
+    if error.backtrace().status() == std::backtrace::BacktraceStatus::Captured {
+        assert!(innermost.ends_with("load_config_anyhow"), "{innermost}");
+    } else {
+        assert!(innermost.ends_with("report_anyhow"), "{innermost}");
+    }
+}
+
+#[tokio::test]
+async fn an_eyre_chain_arrives_as_three_entries_in_order() {
+    let mock = start_mock().await;
+    let ph = builder(&mock).build().unwrap();
+    let report = start_eyre().unwrap_err();
+    let uuid = report_eyre(&ph, &report);
+    ph.flush().await;
+    let event = find_event(&mock.events(), uuid);
+    let list = event["properties"]["$exception_list"]
+        .as_array()
+        .expect("a list")
+        .clone();
+    assert_eq!(
+        entries(&list),
+        [
+            (
+                "eyre::Report".into(),
+                "starting the server".into(),
+                "generic".into()
+            ),
+            (
+                "Error".into(),
+                "reading config.toml".into(),
+                "chained".into()
+            ),
+            ("Error".into(), "no such file".into(), "chained".into()),
+        ]
+    );
+    let innermost = innermost_function(&list[0]);
+    if format!("{report:?}").contains("Stack backtrace:") {
+        assert!(innermost.ends_with("load_config_eyre"), "{innermost}");
+    } else {
+        assert!(innermost.ends_with("report_eyre"), "{innermost}");
+    }
+}
+
+/// Our `$exception` for the chain `tools/posthog-rs-fixture` gives posthog-rs 0.30.0 (an
+/// `ApiError` whose sources are a `DbError` and an `io::Error`, captured by a function of the
+/// application) has the shape of posthog-rs's: the same entries in the same order with the
+/// same keys, the same mechanisms, a `raw` stack trace on the first entry only whose frames
+/// have posthog-rs's keys, and `$debug_images` entries with posthog-rs's keys. Addresses,
+/// paths and the frames themselves differ (another binary, another stack).
+///
+/// The one deliberate difference is in-app: posthog-rs marks glibc's
+/// `__libc_start_call_main` and `__libc_start_main_impl` (process start-up, with a source file)
+/// in-app; we do not. `in_app` values are compared only for the application's frame.
+#[tokio::test]
+async fn the_shape_is_posthog_rs_s() {
+    let fixture: Value =
+        serde_json::from_str(include_str!("../fixtures/posthog_rs_exception.json")).unwrap();
+    let mock = start_mock().await;
+    let ph = builder(&mock).build().unwrap();
+    let uuid = handle_request(&ph);
+    ph.flush().await;
+    let ours = find_event(&mock.events(), uuid)["properties"].clone();
+
+    for key in ["$exception_level", "$process_person_profile"] {
+        assert_eq!(ours[key], fixture[key], "{key}");
+    }
+    let theirs_list = fixture["$exception_list"].as_array().unwrap();
+    let ours_list = ours["$exception_list"].as_array().unwrap();
+    assert_eq!(ours_list.len(), theirs_list.len());
+    for (i, (ours, theirs)) in ours_list.iter().zip(theirs_list).enumerate() {
+        assert_eq!(keys(ours), keys(theirs), "entry {i}'s keys");
+        // The first type is the captured error's path in each binary: the same type's.
+        let last_segment = |v: &Value| v.as_str().unwrap().rsplit("::").next().unwrap().to_owned();
+        assert_eq!(
+            last_segment(&ours["type"]),
+            last_segment(&theirs["type"]),
+            "entry {i}"
+        );
+        if i > 0 {
+            assert_eq!(ours["type"], theirs["type"], "entry {i}");
+        }
+        assert_eq!(ours["value"], theirs["value"], "entry {i}");
+        assert_eq!(ours["mechanism"], theirs["mechanism"], "entry {i}");
+    }
+
+    let theirs_trace = &theirs_list[0]["stacktrace"];
+    let ours_trace = &ours_list[0]["stacktrace"];
+    assert_eq!(keys(ours_trace), keys(theirs_trace));
+    assert_eq!(ours_trace["type"], theirs_trace["type"]);
+    let frames = |trace: &Value| trace["frames"].as_array().unwrap().clone();
+    let (ours_frames, theirs_frames) = (frames(ours_trace), frames(theirs_trace));
+    // Every key set one of our frames has, posthog-rs's frames have too (theirs has more: its
+    // stack starts at `_start`, whose frames have no file); the application's frame (the
+    // last) has the same keys and is in-app in both.
+    let shapes = |frames: &[Value]| frames.iter().map(keys).collect::<BTreeSet<_>>();
+    let theirs_shapes = shapes(&theirs_frames);
+    for shape in shapes(&ours_frames) {
+        assert!(
+            theirs_shapes.contains(&shape),
+            "{shape:?} not in {theirs_shapes:?}"
+        );
+    }
+    let (ours_last, theirs_last) = (ours_frames.last().unwrap(), theirs_frames.last().unwrap());
+    assert_eq!(keys(ours_last), keys(theirs_last));
+    assert!(ours_last["function"]
+        .as_str()
+        .unwrap()
+        .ends_with("::handle_request"));
+    assert!(theirs_last["function"]
+        .as_str()
+        .unwrap()
+        .ends_with("::handle_request"));
+    assert_eq!(ours_last["in_app"], theirs_last["in_app"]);
+
+    let images = |p: &Value| {
+        p["$debug_images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(keys)
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(images(&ours), images(&fixture));
+}
+
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
 }
