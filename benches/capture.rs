@@ -17,7 +17,8 @@
 //! - `event/build_10_props`: building that event, for context (its drop is not timed).
 //! - `exception/chain_3` and `exception/chain_3_no_stack`: the `$exception` event of a
 //!   three-error chain, with the stack at the call (walked and symbolized, about 20 frames
-//!   here) and the loaded images, or without (what `capture_exception` builds before queueing).
+//!   here) and the loaded images, or without (what `capture_exception` builds before queueing);
+//!   `exception/chain_3_deep`, the same with 10 more frames (about 30).
 //!
 //! After criterion, unless run with `--test`/`--list` or filtered to something else,
 //! `capture/latency` times every call of a few hundred thousand captures one by one and
@@ -332,10 +333,25 @@ fn exception(c: &mut Criterion) {
     group.bench_function("chain_3", |b| {
         b.iter_with_large_drop(|| Exception::new(black_box(&error)).into_event());
     });
+    // The same from 10 application frames deeper: a 30-frame stack, about what a handler's
+    // error has behind a server.
+    group.bench_function("chain_3_deep", |b| {
+        b.iter_with_large_drop(|| deep(10, black_box(&error)).into_event());
+    });
     group.bench_function("chain_3_no_stack", |b| {
         b.iter_with_large_drop(|| Exception::without_stack(black_box(&error)).into_event());
     });
     group.finish();
+}
+
+/// `Exception::new` `depth` frames further down the stack.
+#[inline(never)]
+fn deep(depth: u32, error: &Chain) -> posthog_tower::exception::Exception {
+    if depth == 0 {
+        return posthog_tower::exception::Exception::new(error);
+    }
+    let exception = deep(black_box(depth - 1), error);
+    black_box(exception)
 }
 
 criterion_group!(benches, capture, event, exception);

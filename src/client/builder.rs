@@ -427,6 +427,7 @@ impl PostHogBuilder {
                     sync_mode: self.sync_mode,
                     host,
                     cookie_name: format!("ph_{api_key}_posthog").into(),
+                    secrets: secrets(&api_key, self.personal_api_key.as_deref()),
                     stats,
                     max_event_size: crate::event::MAX_EVENT_BYTES,
                     exception_limit: RateLimit::new(
@@ -501,6 +502,7 @@ impl PostHogBuilder {
                 sync_mode: self.sync_mode,
                 host,
                 cookie_name: format!("ph_{api_key}_posthog").into(),
+                secrets: secrets(&api_key, self.personal_api_key.as_deref()),
                 stats,
                 max_event_size: crate::event::MAX_EVENT_BYTES,
                 exception_limit: RateLimit::new(
@@ -514,6 +516,18 @@ impl PostHogBuilder {
         }
         Ok((client, worker))
     }
+}
+
+/// The keys `$exception` events must never carry (see `PostHog::capture_exception_event`):
+/// keys too short to be real ones are left out, so they never redact ordinary words.
+fn secrets(api_key: &str, personal_api_key: Option<&str>) -> Box<[Box<str>]> {
+    [Some(api_key), personal_api_key]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .filter(|key| key.len() >= 8)
+        .map(Box::from)
+        .collect()
 }
 
 /// How long a panic about to end the process waits for its `$exception` to be delivered.

@@ -59,6 +59,8 @@ struct Inner {
     max_event_size: usize,
     /// The per-type limit on exceptions captured on the application's behalf.
     exception_limit: crate::exception::RateLimit,
+    /// The API keys, redacted from `$exception` events.
+    secrets: Box<[Box<str>]>,
 }
 
 impl PostHog {
@@ -74,6 +76,11 @@ impl PostHog {
     /// [`stats`](Self::stats) and passed to `on_error`.
     pub fn capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
         crate::context::apply_current(&mut event);
+        self.enqueue(event)
+    }
+
+    /// Queues an event the current context was applied to.
+    fn enqueue(&self, event: Event) -> Result<Uuid, CaptureError> {
         match &self.inner.batch {
             Some(batch) => batch.try_capture(event),
             None => self.disabled_capture(event),
@@ -165,8 +172,14 @@ impl PostHog {
 
     /// Captures an `$exception` event and records it in the current request context (the
     /// HTTP layer reports one exception per request, and the pageview refers to it).
-    pub(crate) fn capture_exception_event(&self, event: Event) -> Result<Uuid, CaptureError> {
-        let uuid = self.capture(event)?;
+    ///
+    /// An error's message (or a logged field, or the request's URL) can hold an API key: the
+    /// client's keys are replaced with `[redacted]` wherever they appear in the event's
+    /// properties.
+    pub(crate) fn capture_exception_event(&self, mut event: Event) -> Result<Uuid, CaptureError> {
+        crate::context::apply_current(&mut event);
+        redact(&mut event, &self.inner.secrets);
+        let uuid = self.enqueue(event)?;
         crate::context::record_current_exception(uuid);
         Ok(uuid)
     }
@@ -335,6 +348,51 @@ impl PostHog {
             batch.report_rejection(&error);
         }
         error
+    }
+}
+
+/// Replaces each of `secrets` in `event`'s property values (at any depth) with `[redacted]`.
+/// Looks for them in the properties' JSON first: an event without them is not rebuilt.
+fn redact(event: &mut Event, secrets: &[Box<str>]) {
+    let json = event.properties().as_json();
+    let found: Vec<&str> = secrets
+        .iter()
+        .map(|s| &**s)
+        .filter(|secret| json.windows(secret.len()).any(|w| w == secret.as_bytes()))
+        .collect();
+    if found.is_empty() {
+        return;
+    }
+    let entries: Vec<(String, serde_json::Value)> = event.properties().iter().collect();
+    for (key, mut value) in entries {
+        if replace_secrets(&mut value, &found) {
+            event.insert_value(&key, value);
+        }
+    }
+}
+
+/// Replaces `secrets` in the strings of `value`; `true` if any was. Properties are at most 100
+/// levels deep (`Event::property` refuses deeper values), which bounds the recursion.
+fn replace_secrets(value: &mut serde_json::Value, secrets: &[&str]) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => {
+            let mut changed = false;
+            for secret in secrets {
+                if text.contains(secret) {
+                    *text = text.replace(secret, "[redacted]");
+                    changed = true;
+                }
+            }
+            changed
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |changed, item| {
+            replace_secrets(item, secrets) | changed
+        }),
+        Value::Object(map) => map.values_mut().fold(false, |changed, item| {
+            replace_secrets(item, secrets) | changed
+        }),
+        _ => false,
     }
 }
 

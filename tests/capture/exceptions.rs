@@ -387,3 +387,46 @@ fn keys(value: &Value) -> Vec<String> {
     keys.sort();
     keys
 }
+
+#[tokio::test]
+async fn api_keys_never_leave_in_an_exception() {
+    let mock = start_mock().await;
+    let personal = "phx_personal_secret_key_123";
+    let posthog = builder(&mock)
+        .personal_api_key(personal)
+        .build()
+        .expect("client");
+    // The definitions poll may fail against the mock: only the exception matters here.
+    let error = std::io::Error::other(format!(
+        "GET https://eu.i.posthog.com/decide/?token={KEY} failed (auth {personal})"
+    ));
+    let ctx = RequestContext::new(Some("user-1".into()))
+        .with_current_url(format!("https://app.example/hook?key={KEY}"));
+    let uuid = ctx
+        .scope(async {
+            posthog.capture_exception_with(
+                Exception::without_stack(&error).property("detail", [format!("nested {KEY}")]),
+            )
+        })
+        .await
+        .expect("captured");
+    // Other events are the application's own: left as they are.
+    posthog
+        .capture(Event::new("note", "user-1").property("text", KEY))
+        .expect("captured");
+    posthog.flush().await;
+
+    let events = mock.events();
+    let exception = find_event(&events, uuid);
+    let text = exception.to_string();
+    assert!(!text.contains(KEY) && !text.contains(personal), "{text}");
+    let p = &exception["properties"];
+    assert_eq!(
+        p["$exception_list"][0]["value"],
+        "GET https://eu.i.posthog.com/decide/?token=[redacted] failed (auth [redacted])"
+    );
+    assert_eq!(p["$current_url"], "https://app.example/hook?key=[redacted]");
+    assert_eq!(p["detail"][0], "nested [redacted]");
+    let note = events.iter().find(|e| e["event"] == "note").expect("note");
+    assert_eq!(note["properties"]["text"], KEY);
+}

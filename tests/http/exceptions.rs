@@ -323,3 +323,25 @@ async fn failures_beyond_the_rate_limit_are_dropped_and_counted() {
     assert_eq!(named(&events, "$exception").len(), 2, "{events:#?}");
     assert_eq!(posthog.stats().dropped.rate_limited, 3);
 }
+
+#[tokio::test]
+async fn under_tower_https_catch_panic_the_panic_is_reported_once_and_answered_500() {
+    let mock = start_mock().await;
+    let posthog = client(&mock);
+    let app = app(&posthog)
+        .layer(posthog.layer())
+        .layer(tower_http::catch_panic::CatchPanicLayer::new());
+    let addr = serve(app).await;
+
+    let response = send(addr, "GET", "/panics", "user-6").await;
+    assert!(response.starts_with("HTTP/1.1 500"), "{response}");
+
+    let events = delivered(&posthog, &mock).await;
+    let exceptions = named(&events, "$exception");
+    assert_eq!(exceptions.len(), 1, "{events:#?}");
+    assert_eq!(exceptions[0]["distinct_id"], "user-6");
+    assert_eq!(
+        exceptions[0]["properties"]["$exception_list"][0]["value"],
+        "the handler gave up"
+    );
+}
