@@ -19,8 +19,10 @@
 //!   - `bare`: no layer;
 //!   - `noop`: a pass-through tower layer (`MapRequestLayer` with `identity`), for what any
 //!     layer costs on an axum `Router` (axum boxes and clones the layered route per request);
-//!   - `layer`: `posthog.layer().capture_pageviews(false)` (request context and lazy flags),
-//!     applied with `Router::layer`;
+//!   - `layer`: `posthog.layer().capture_pageviews(false)` (request context, lazy flags and
+//!     failed requests watched for exceptions), applied with `Router::layer`;
+//!   - `layer_no_exceptions`: the same with `.capture_exceptions(false)`, for what watching
+//!     for failed requests costs the requests that do not fail;
 //!   - `outer`: the same layer around the whole `Router` (`layer.layer(router)`, served with
 //!     `into_make_service`): no per-route boxing, as for a middleware that runs before routing;
 //!   - `pageviews`: `posthog.layer().should_capture(|_: &RequestHead<'_>| true)`, a `$pageview`
@@ -81,15 +83,17 @@ enum Mode {
     Bare,
     Noop,
     Layer,
+    LayerNoExceptions,
     Outer,
     Pageviews,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 6] = [
         Mode::Bare,
         Mode::Noop,
         Mode::Layer,
+        Mode::LayerNoExceptions,
         Mode::Outer,
         Mode::Pageviews,
     ];
@@ -99,6 +103,7 @@ impl Mode {
             Mode::Bare => "bare",
             Mode::Noop => "noop",
             Mode::Layer => "layer",
+            Mode::LayerNoExceptions => "layer_no_exceptions",
             Mode::Outer => "outer",
             Mode::Pageviews => "pageviews",
         }
@@ -838,6 +843,12 @@ mod server {
                             std::convert::identity::<axum::extract::Request>,
                         )),
                         Mode::Layer => app.layer(posthog.layer().capture_pageviews(false)),
+                        Mode::LayerNoExceptions => app.layer(
+                            posthog
+                                .layer()
+                                .capture_pageviews(false)
+                                .capture_exceptions(false),
+                        ),
                         Mode::Pageviews => {
                             app.layer(posthog.layer().should_capture(|_: &RequestHead<'_>| true))
                         }
