@@ -148,11 +148,13 @@ mod cookie;
 mod exceptions;
 #[cfg(feature = "axum")]
 mod extract;
+mod flush;
 mod head;
 mod identity;
 mod inject_flags;
 mod layer;
 mod predicate;
+mod propagate;
 mod request_flags;
 mod sanitize;
 mod set_context;
@@ -162,11 +164,13 @@ pub use capture_pageviews::{CapturePageviews, CapturePageviewsFuture, CapturePag
 pub use cookie::PostHogCookie;
 #[cfg(feature = "axum")]
 pub use extract::MissingPostHogLayer;
+pub use flush::{Flush, FlushFuture, FlushLayer};
 pub use head::{RequestHead, DISTINCT_ID_HEADER, SESSION_ID_HEADER};
 pub use identity::{DefaultMakeDistinctId, MakeDistinctId, Or};
 pub use inject_flags::{InjectFlags, InjectFlagsLayer};
 pub use layer::{PostHogFuture, PostHogLayer, PostHogService};
 pub use predicate::{And, DefaultShouldCapture, ShouldCapture};
+pub use propagate::{PropagateContext, PropagateContextLayer};
 pub use request_flags::RequestFlags;
 pub use sanitize::MAX_ID_CHARS;
 pub use set_context::{SetRequestContext, SetRequestContextFuture, SetRequestContextLayer};

@@ -7,4 +7,6 @@ mod support;
 
 mod axum_server;
 mod exceptions;
+mod flush;
+mod propagate;
 mod tonic_server;
