@@ -240,7 +240,8 @@ impl fmt::Display for DropReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// The project API key is empty or only whitespace.
+    /// The project API key is empty or only whitespace. No longer returned: a blank key
+    /// gives a disabled client (see [`PostHogBuilder::build`](crate::PostHogBuilder::build)).
     EmptyApiKey,
     /// The host is not an absolute `http://` or `https://` URL.
     InvalidHost(String),

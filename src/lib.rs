@@ -149,6 +149,7 @@ pub use error::{
     PropertyError,
 };
 pub use event::{Event, Properties};
+pub use integrations::global::{global, init, take_global};
 pub use time::{Timestamp, TimestampError};
 pub use uuid::Uuid;
 

@@ -381,12 +381,30 @@ impl PostHogBuilder {
         self.config.stats_recorder().clone()
     }
 
+    /// A blank project key turns the client off, with a warning.
+    fn disable_if_keyless(&mut self) {
+        if self.api_key.trim().is_empty() && !self.disabled {
+            tracing::warn!(
+                "posthog: the project API key is blank; the client is disabled and sends nothing"
+            );
+            self.disabled = true;
+        }
+    }
+
     /// Builds the client and spawns its worker on the current tokio runtime.
     ///
-    /// Fails with [`BuildError::NoRuntime`] outside a runtime (unless disabled), with
-    /// [`BuildError::EmptyApiKey`] for a blank key and [`BuildError::InvalidHost`] for a bad
-    /// host.
-    pub fn build(self) -> Result<PostHog, BuildError> {
+    /// Fails with [`BuildError::NoRuntime`] outside a runtime (unless disabled) and
+    /// [`BuildError::InvalidHost`] for a bad host. A blank project key gives a
+    /// [disabled](Self::disabled) client and one warning, as posthog-python and posthog-node
+    /// do: an application whose key is not configured (in development, say) runs without
+    /// sending anything.
+    ///
+    /// ```
+    /// let posthog = posthog_tower::PostHog::builder("").build().unwrap();
+    /// assert!(posthog.is_disabled());
+    /// ```
+    pub fn build(mut self) -> Result<PostHog, BuildError> {
+        self.disable_if_keyless();
         if self.disabled {
             return self.build_pair().map(|(client, _)| client);
         }
@@ -398,11 +416,9 @@ impl PostHogBuilder {
 
     /// Builds the client and returns its worker instead of spawning it, like tower's
     /// `Buffer::pair`. Run the worker on a tokio runtime; events are sent only while it runs.
-    pub fn build_pair(self) -> Result<(PostHog, Worker), BuildError> {
+    pub fn build_pair(mut self) -> Result<(PostHog, Worker), BuildError> {
+        self.disable_if_keyless();
         let api_key = self.api_key.trim().to_owned();
-        if api_key.is_empty() {
-            return Err(BuildError::EmptyApiKey);
-        }
         if let Some(e) = self.property_error {
             tracing::error!(error = %e, "posthog: invalid super property");
             return Err(BuildError::InvalidConfig(
@@ -629,10 +645,14 @@ mod tests {
 
     #[test]
     fn build_errors() {
-        assert_eq!(
-            PostHog::builder("  ").build_pair().err(),
-            Some(BuildError::EmptyApiKey)
-        );
+        let (keyless, _) = PostHog::builder("  ")
+            .build_pair()
+            .expect("a disabled client");
+        assert!(keyless.is_disabled());
+        assert!(PostHog::builder("")
+            .build()
+            .expect("no runtime needed")
+            .is_disabled());
         assert!(matches!(
             PostHog::builder("k").host("not a url").build_pair().err(),
             Some(BuildError::InvalidHost(_))

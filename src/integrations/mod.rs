@@ -7,6 +7,9 @@
 //! - [`sentry`] (feature `sentry`): Sentry events tagged with the PostHog person, and Sentry's
 //!   errors as `$exception` events.
 //!
+//! - [`init`](crate::init) / [`global`](crate::global): a process-wide client for code that
+//!   cannot be handed one.
+//!
 //! What the crate captures by itself needs no integration: panics
 //! ([`PostHogBuilder::capture_panics`](crate::PostHogBuilder::capture_panics)) and failed
 //! requests ([`http`](crate::http)).
@@ -24,9 +27,11 @@
 //! # }
 //! ```
 
+pub(crate) mod global;
 #[cfg(feature = "sentry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sentry")))]
 pub mod sentry;
+
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub mod tracing;
