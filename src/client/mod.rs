@@ -1,5 +1,6 @@
 //! The [`PostHog`] client: the whole API in one cheap-to-clone handle.
 
+mod blocking;
 mod builder;
 mod flags;
 
