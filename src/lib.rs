@@ -144,6 +144,7 @@ pub mod testing;
 mod time;
 
 pub use client::{PostHog, PostHogBuilder, DEFAULT_HOST};
+pub use context::tag::tag;
 pub use error::{
     BoxError, BuildError, CaptureError, DeadlineElapsed, DeliveryError, DropReason, ErrorReport,
     PropertyError,

@@ -51,16 +51,17 @@ use std::{
     future::Future,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
     },
 };
 
-use http::{uri::PathAndQuery, Method, Uri};
-use serde_json::Value;
+use http::{uri::PathAndQuery, HeaderValue, Method, Uri};
+use serde_json::{Map, Value};
 
 use crate::{event::StaticKey, Event};
 
 pub(crate) mod host;
+pub(crate) mod tag;
 
 use host::Host;
 
@@ -101,6 +102,61 @@ struct Data {
     /// `$current_url`: set by hand, or built from the request on first use.
     current_url: Url,
     ip: Option<String>,
+    /// The request's `User-Agent` (a clone of the request's header value: no copy of its
+    /// bytes), checked when read.
+    user_agent: Option<HeaderValue>,
+    /// posthog-js's `X-POSTHOG-WINDOW-ID`.
+    window_id: Option<String>,
+    /// posthog-js's device id, from its cookie.
+    device_id: Option<String>,
+    /// Properties every event captured in this context gets. See [`RequestContext::tag`].
+    tags: Tags,
+}
+
+/// A context's tags: nothing allocated until the first one, and no lock taken to find there
+/// are none.
+#[derive(Default)]
+struct Tags {
+    /// Set once a tag is (the map is then never empty).
+    any: AtomicBool,
+    map: Mutex<Option<Map<String, Value>>>,
+}
+
+impl Tags {
+    fn new(tags: Option<Map<String, Value>>) -> Self {
+        let tags = tags.filter(|t| !t.is_empty());
+        Tags {
+            any: AtomicBool::new(tags.is_some()),
+            map: Mutex::new(tags),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Map<String, Value>>> {
+        // Every update is one map insertion: a poisoned lock still holds a valid map.
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn insert(&self, key: String, value: Value) {
+        self.lock().get_or_insert_with(Map::new).insert(key, value);
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn snapshot(&self) -> Option<Map<String, Value>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.lock().clone()
+    }
+}
+
+impl Clone for Tags {
+    /// A copy of the tags set so far: a context derived from another inherits them, and
+    /// tags set on either later stay its own.
+    fn clone(&self) -> Self {
+        Tags::new(self.snapshot())
+    }
 }
 
 /// What the HTTP layer builds a request's context from.
@@ -114,6 +170,12 @@ pub(crate) struct RequestParts<'a> {
     /// With its port, if any.
     pub(crate) host: Host,
     pub(crate) ip: Option<String>,
+    /// As the request has it.
+    pub(crate) user_agent: Option<HeaderValue>,
+    pub(crate) window_id: Option<String>,
+    pub(crate) device_id: Option<String>,
+    /// Tags every event of the request gets (`PostHogLayer::properties`).
+    pub(crate) tags: Option<Map<String, Value>>,
     /// See [`RequestContext::attach_layer_state`].
     pub(crate) layer_state: Option<Arc<dyn Any + Send + Sync>>,
 }
@@ -212,6 +274,10 @@ impl RequestContext {
                     built: OnceLock::new(),
                 },
                 ip: parts.ip,
+                user_agent: parts.user_agent,
+                window_id: parts.window_id,
+                device_id: parts.device_id,
+                tags: Tags::new(parts.tags),
             }),
         }
     }
@@ -325,6 +391,92 @@ impl RequestContext {
     /// The caller's IP address, when the layer was asked to capture it.
     pub fn ip(&self) -> Option<&str> {
         self.inner.ip.as_deref()
+    }
+
+    /// The request's `User-Agent`, trimmed; `None` when it is not UTF-8 or holds control
+    /// characters (which no browser sends).
+    pub fn user_agent(&self) -> Option<&str> {
+        let value = self.inner.user_agent.as_ref()?;
+        let text = std::str::from_utf8(value.as_bytes()).ok()?.trim();
+        (!text.is_empty() && !text.chars().any(char::is_control)).then_some(text)
+    }
+
+    /// The request's `User-Agent` as it came.
+    pub(crate) fn user_agent_header(&self) -> Option<&HeaderValue> {
+        self.inner.user_agent.as_ref()
+    }
+
+    /// posthog-js's window id (`X-POSTHOG-WINDOW-ID`), for `$window_id`.
+    pub fn window_id(&self) -> Option<&str> {
+        self.inner.window_id.as_deref()
+    }
+
+    /// posthog-js's device id, from its cookie, for `$device_id`.
+    pub fn device_id(&self) -> Option<&str> {
+        self.inner.device_id.as_deref()
+    }
+
+    /// Tags every event captured in this context from now on (this request's pageview and
+    /// exceptions included) with the property `key`: posthog-python's `tag()`. An event that
+    /// sets `key` itself keeps its own value. Fails, changing nothing, for a value JSON cannot
+    /// represent (`NaN`).
+    ///
+    /// A context derived from this one ([`nested`](Self::nested), the `with_*` methods) starts
+    /// with a copy of its tags; tags set on either afterwards are its own.
+    ///
+    /// ```
+    /// use posthog_tower::context::RequestContext;
+    ///
+    /// let ctx = RequestContext::new(Some("user-42".into()));
+    /// ctx.tag("plan", "pro").unwrap();
+    /// ctx.tag("seats", 12).unwrap();
+    /// assert!(ctx.tag("ratio", f64::NAN).is_err());
+    /// assert_eq!(ctx.tags()["plan"], "pro");
+    /// ```
+    pub fn tag(
+        &self,
+        key: impl Into<String>,
+        value: impl serde::Serialize,
+    ) -> Result<(), crate::PropertyError> {
+        let value = crate::event::to_property_value(value)?;
+        self.inner.tags.insert(key.into(), value);
+        Ok(())
+    }
+
+    /// The tags set so far (see [`tag`](Self::tag)).
+    pub fn tags(&self) -> Map<String, Value> {
+        self.inner.tags.snapshot().unwrap_or_default()
+    }
+
+    /// Runs `f` on the tags, if any are set (one atomic load when none is).
+    pub(crate) fn with_tags<R>(&self, f: impl FnOnce(&Map<String, Value>) -> R) -> Option<R> {
+        let tags = &self.inner.tags;
+        if !tags.any.load(Ordering::Acquire) {
+            return None;
+        }
+        tags.lock().as_ref().map(f)
+    }
+
+    /// A context for a part of this request's work (a job, a batch of events) that inherits
+    /// everything this one has (caller, session, URL, tags) but keeps the tags set in it to
+    /// itself: posthog-python's `new_context()`. For a fresh one, as `new_context(fresh=True)`,
+    /// make a [`new`](Self::new) context.
+    ///
+    /// ```
+    /// use posthog_tower::context::RequestContext;
+    ///
+    /// let request = RequestContext::new(Some("user-42".into()));
+    /// request.tag("plan", "pro").unwrap();
+    /// let job = request.nested();
+    /// job.tag("job", "export").unwrap();
+    /// assert_eq!(job.tags().len(), 2);
+    /// assert_eq!(request.tags().len(), 1, "the job's tags stay its own");
+    /// assert_eq!(job.distinct_id(), Some("user-42"));
+    /// ```
+    pub fn nested(&self) -> RequestContext {
+        RequestContext {
+            inner: Arc::new((*self.inner).clone()),
+        }
     }
 
     /// The context of the request this task is handling, if any.
@@ -465,6 +617,26 @@ impl RequestContext {
                 event.inner.properties.insert_str_if_absent(key.name, value);
             }
         }
+        let request = [
+            ("$user_agent", self.user_agent()),
+            ("$raw_user_agent", self.user_agent()),
+            ("$host", self.host()),
+            ("$pathname", self.path()),
+            ("$window_id", self.window_id()),
+            ("$device_id", self.device_id()),
+        ];
+        for (key, value) in request {
+            if let Some(value) = value {
+                event.inner.properties.insert_str_if_absent(key, value);
+            }
+        }
+        self.with_tags(|tags| {
+            for (key, value) in tags {
+                if !event.inner.properties.contains_key(key) {
+                    event.insert_value(key, value.clone());
+                }
+            }
+        });
     }
 }
 
@@ -481,8 +653,6 @@ fn path_of(uri: &Uri) -> Path {
     }
 }
 
-/// Applies the current request context, if any, to `event`; an [`Event::named`] left without
-/// a distinct id becomes personless.
 /// Records `$exception` `uuid` in the current context, if any (see
 /// [`RequestContext::record_exception`]).
 pub(crate) fn record_current_exception(uuid: uuid::Uuid) {
@@ -490,6 +660,8 @@ pub(crate) fn record_current_exception(uuid: uuid::Uuid) {
     let _ = CURRENT.try_with(|ctx| ctx.record_exception(uuid));
 }
 
+/// Applies the current request context, if any, to `event`; an [`Event::named`] left without
+/// a distinct id becomes personless.
 pub(crate) fn apply_current(event: &mut Event) {
     // `try_with` fails only outside a scope: nothing to apply then.
     let _ = CURRENT.try_with(|ctx| ctx.apply(event));
@@ -573,6 +745,10 @@ mod tests {
             scheme: "https",
             host: Host::checked(Some(host)),
             ip: None,
+            user_agent: None,
+            window_id: None,
+            device_id: None,
+            tags: None,
             layer_state: None,
         })
     }

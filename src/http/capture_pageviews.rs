@@ -229,18 +229,26 @@ impl Pending {
         request: &Request<B>,
     ) -> Self {
         let headers = request.headers();
-        let user_agent = headers
-            .get(USER_AGENT)
+        // The context has it, unless an outer layer (or the application) made the context.
+        let user_agent = context
+            .user_agent_header()
+            .or_else(|| headers.get(USER_AGENT))
             .and_then(header_text)
             .and_then(sanitize_borrowed);
         let referrer = url::referrer(headers);
         let route = matched_route(request);
+        let campaign = request
+            .uri()
+            .query()
+            .map(url::campaign_params)
+            .unwrap_or_default();
         let request_props = RequestProperties {
             context,
             host: context.host(),
             user_agent: user_agent.as_deref(),
             referrer: referrer.as_deref(),
             route,
+            campaign: &campaign,
         };
         let id = context.distinct_id();
         let draft = match posthog.event_encoder() {
@@ -339,6 +347,8 @@ enum Prop<'a> {
     Keys(&'a [&'a str]),
     /// A string made of these pieces.
     Parts(&'a [&'a str]),
+    /// Any JSON value (a tag).
+    Json(&'a Value),
 }
 
 impl Serialize for Prop<'_> {
@@ -350,6 +360,7 @@ impl Serialize for Prop<'_> {
             Prop::Float(x) => serializer.serialize_f64(x),
             Prop::Keys(keys) => keys.serialize(serializer),
             Prop::Parts(parts) => serializer.serialize_str(&parts.concat()),
+            Prop::Json(value) => value.serialize(serializer),
         }
     }
 }
@@ -363,6 +374,7 @@ impl From<Prop<'_>> for Value {
             Prop::Float(x) => Value::from(x),
             Prop::Keys(keys) => keys.iter().map(|k| Value::from(*k)).collect(),
             Prop::Parts(parts) => Value::String(parts.concat()),
+            Prop::Json(value) => value.clone(),
         }
     }
 }
@@ -408,6 +420,8 @@ struct RequestProperties<'a> {
     user_agent: Option<&'a str>,
     referrer: Option<&'a str>,
     route: Option<&'a str>,
+    /// The campaign parameters of the URL's query (`utm_source`, `gclid`, ...).
+    campaign: &'a [(&'static str, String)],
 }
 
 impl RequestProperties<'_> {
@@ -416,18 +430,27 @@ impl RequestProperties<'_> {
         let ctx = self.context;
         let strings = [
             self.user_agent,
+            self.user_agent,
             self.referrer,
             self.route,
             self.host,
             ctx.session_id(),
             ctx.ip(),
             ctx.distinct_id(),
+            ctx.window_id(),
+            ctx.device_id(),
         ];
+        let campaign: usize = self
+            .campaign
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum();
         let path = ctx.path().map_or(0, str::len);
         // The path appears as `$pathname`, `$request_path` and in `$current_url`, the host in
         // `$host` and `$current_url`, the referrer in `$referrer` and maybe
         // `$referring_domain`. Escaping rarely adds anything.
         strings.iter().flatten().map(|s| s.len()).sum::<usize>()
+            + campaign
             + path * 3
             + self.host.map_or(0, str::len)
             + self.referrer.map_or(0, str::len)
@@ -446,6 +469,16 @@ impl RequestProperties<'_> {
         }
         if let Some(ua) = self.user_agent {
             out.put(static_key!("$raw_user_agent"), Prop::Str(ua));
+            out.put(static_key!("$user_agent"), Prop::Str(ua));
+        }
+        if let Some(window) = ctx.window_id() {
+            out.put(static_key!("$window_id"), Prop::Str(window));
+        }
+        if let Some(device) = ctx.device_id() {
+            out.put(static_key!("$device_id"), Prop::Str(device));
+        }
+        for (key, value) in self.campaign {
+            out.put_dynamic(key, Prop::Str(value));
         }
         let (referrer, domain) = match self.referrer {
             Some(r) => (r, url::url_host(r).unwrap_or("$direct")),
@@ -514,7 +547,42 @@ impl ResponseProperties<'_> {
             active.sort_unstable();
             out.put(static_key!("$active_feature_flags"), Prop::Keys(&active));
         }
+        // The request's tags, set while it was handled, except where the pageview says.
+        self.flags.with_tags(|tags| {
+            for (key, value) in tags {
+                if !pageview_sets(key) {
+                    out.put_dynamic(key, Prop::Json(value));
+                }
+            }
+        });
     }
+}
+
+/// Whether the pageview itself sets property `key` (a tag does not replace it).
+fn pageview_sets(key: &str) -> bool {
+    const KEYS: &[&str] = &[
+        "$process_person_profile",
+        "$host",
+        "$pathname",
+        "$raw_user_agent",
+        "$user_agent",
+        "$window_id",
+        "$device_id",
+        "$referrer",
+        "$referring_domain",
+        "$route",
+        "$session_id",
+        "$request_method",
+        "$request_path",
+        "$ip",
+        "$current_url",
+        "$response_status",
+        "$grpc_status",
+        "$duration_ms",
+        "$exception_event_id",
+        "$active_feature_flags",
+    ];
+    KEYS.contains(&key) || key.starts_with("$feature/") || url::is_campaign_param(key)
 }
 
 /// The `grpc-status` header of a trailers-only gRPC response, if valid.

@@ -124,7 +124,7 @@ fn find_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// `%XX` decoding (and `+` kept as is, as cookies do). `None` for a broken escape or bytes
 /// that are not UTF-8.
-fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {

@@ -4,7 +4,7 @@
 use std::{cell::OnceCell, fmt};
 
 use http::{
-    header::{HeaderName, COOKIE, HOST},
+    header::{HeaderName, COOKIE, HOST, USER_AGENT},
     Extensions, HeaderMap, HeaderValue, Method, Request, Uri,
 };
 
@@ -26,6 +26,12 @@ static DISTINCT_ID_NAME: HeaderName = HeaderName::from_static(DISTINCT_ID_HEADER
 /// [`SESSION_ID_HEADER`] as a `HeaderName`.
 static SESSION_ID_NAME: HeaderName = HeaderName::from_static(SESSION_ID_HEADER);
 
+/// The header carrying posthog-js's window id (`$window_id`).
+pub const WINDOW_ID_HEADER: &str = "x-posthog-window-id";
+
+/// [`WINDOW_ID_HEADER`] as a `HeaderName`.
+static WINDOW_ID_NAME: HeaderName = HeaderName::from_static(WINDOW_ID_HEADER);
+
 /// The identity headers of a request (posthog-js's two headers, and whether it has a cookie),
 /// and its `Host` (which the request context needs), found once.
 #[derive(Clone, Copy, Default, Debug, PartialEq)]
@@ -34,6 +40,8 @@ struct IdentityHeaders<'h> {
     session_id: Option<&'h HeaderValue>,
     cookie: bool,
     host: Option<&'h HeaderValue>,
+    user_agent: Option<&'h HeaderValue>,
+    window_id: Option<&'h HeaderValue>,
 }
 
 /// Up to this many header names, one pass comparing names (a byte or a length for most)
@@ -57,6 +65,8 @@ impl<'h> IdentityHeaders<'h> {
             session_id: headers.get(&SESSION_ID_NAME),
             cookie: headers.contains_key(COOKIE),
             host: headers.get(HOST),
+            user_agent: headers.get(USER_AGENT),
+            window_id: headers.get(&WINDOW_ID_NAME),
         }
     }
 
@@ -70,8 +80,12 @@ impl<'h> IdentityHeaders<'h> {
                 found.cookie = true;
             } else if *name == DISTINCT_ID_NAME {
                 found.distinct_id.get_or_insert(value);
+            } else if *name == USER_AGENT {
+                found.user_agent.get_or_insert(value);
             } else if *name == SESSION_ID_NAME {
                 found.session_id.get_or_insert(value);
+            } else if *name == WINDOW_ID_NAME {
+                found.window_id.get_or_insert(value);
             }
         }
         found
@@ -141,6 +155,18 @@ impl<'a> RequestHead<'a> {
     #[inline]
     pub(crate) fn host_header(&self) -> Option<&'a HeaderValue> {
         self.identity().host
+    }
+
+    /// The first `User-Agent` header, as it is.
+    #[inline]
+    pub(crate) fn user_agent_header(&self) -> Option<&'a HeaderValue> {
+        self.identity().user_agent
+    }
+
+    /// The `X-POSTHOG-WINDOW-ID` header, cleaned.
+    #[inline]
+    pub(crate) fn window_id(&self) -> Option<String> {
+        cleaned(self.identity().window_id)
     }
 
     /// The `X-POSTHOG-DISTINCT-ID` header, cleaned.

@@ -192,6 +192,46 @@ impl<M, P> PostHogLayer<M, P> {
         self
     }
 
+    /// Adds the properties `f` returns for each request to every event captured while it is
+    /// handled (its pageview and exceptions included), as tags of its
+    /// [context](crate::context::RequestContext::tag): posthog-python's
+    /// `POSTHOG_MW_EXTRA_PROPERTIES`. A value JSON cannot represent (`NaN`) is left out.
+    ///
+    /// ```
+    /// # fn f(posthog: posthog_tower::PostHog) {
+    /// use posthog_tower::http::RequestHead;
+    ///
+    /// let layer = posthog.layer().properties(|req: &RequestHead<'_>| {
+    ///     [("tenant", req.header("x-tenant").unwrap_or_default())]
+    /// });
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn properties<F, I, K, V>(mut self, f: F) -> Self
+    where
+        F: Fn(&super::RequestHead<'_>) -> I + Send + Sync + 'static,
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: serde::Serialize,
+    {
+        self.config.properties = Some(Arc::new(move |head: &super::RequestHead<'_>| {
+            let mut properties = serde_json::Map::new();
+            for (key, value) in f(head) {
+                let key = key.into();
+                match crate::event::to_property_value(value) {
+                    Ok(value) => {
+                        properties.insert(key, value);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%key, %error, "posthog: request property left out");
+                    }
+                }
+            }
+            properties
+        }));
+        self
+    }
+
     /// Trusts `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-For`, `X-Real-IP` and
     /// `Forwarded` (default `false`). Turn it on only behind a proxy you control that sets
     /// them: otherwise any client can forge its URL and address.

@@ -165,7 +165,7 @@ pub use cookie::PostHogCookie;
 #[cfg(feature = "axum")]
 pub use extract::MissingPostHogLayer;
 pub use flush::{Flush, FlushFuture, FlushLayer};
-pub use head::{RequestHead, DISTINCT_ID_HEADER, SESSION_ID_HEADER};
+pub use head::{RequestHead, DISTINCT_ID_HEADER, SESSION_ID_HEADER, WINDOW_ID_HEADER};
 pub use identity::{DefaultMakeDistinctId, MakeDistinctId, Or};
 pub use inject_flags::{InjectFlags, InjectFlagsLayer};
 pub use layer::{PostHogFuture, PostHogLayer, PostHogService};

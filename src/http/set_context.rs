@@ -11,6 +11,7 @@ use std::{
 };
 
 use http::{Extensions, Request};
+use serde_json::{Map, Value};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -24,6 +25,10 @@ use crate::{
     PostHog,
 };
 
+/// Properties a layer adds to every event of a request (`PostHogLayer::properties`).
+pub(crate) type RequestProperties =
+    Arc<dyn Fn(&RequestHead<'_>) -> Map<String, Value> + Send + Sync>;
+
 /// How a request's context is worked out, shared by the HTTP middlewares.
 #[derive(Clone)]
 pub(crate) struct ContextConfig {
@@ -31,6 +36,7 @@ pub(crate) struct ContextConfig {
     pub(crate) trust_proxy: bool,
     pub(crate) capture_ip: bool,
     pub(crate) client_ip: Option<fn(&Extensions) -> Option<IpAddr>>,
+    pub(crate) properties: Option<RequestProperties>,
 }
 
 impl ContextConfig {
@@ -40,6 +46,7 @@ impl ContextConfig {
             trust_proxy: false,
             capture_ip: false,
             client_ip: None,
+            properties: None,
         }
     }
 
@@ -72,6 +79,15 @@ impl ContextConfig {
             .and_then(super::sanitize::sanitize_owned);
         let session = head.session_id();
         let host_header = head.host_header();
+        // Shared with the request (no copy), checked when read.
+        let user_agent = head.user_agent_header().cloned();
+        let window_id = head.window_id();
+        // Parsed already when the cookie named the caller or the session.
+        let device_id = head
+            .posthog_cookie()
+            .and_then(|cookie| cookie.device_id())
+            .map(str::to_owned);
+        let tags = self.properties.as_ref().map(|f| f(&head));
         drop(head);
         let (uri, headers) = (request.uri(), request.headers());
         let ip = if self.capture_ip {
@@ -87,6 +103,10 @@ impl ContextConfig {
             scheme: url::scheme(uri, headers, self.trust_proxy),
             host: url::host(uri, headers, host_header, self.trust_proxy),
             ip,
+            user_agent,
+            window_id,
+            device_id,
+            tags: tags.filter(|t| !t.is_empty()),
             layer_state,
         })
     }
@@ -123,6 +143,7 @@ impl fmt::Debug for ContextConfig {
         f.debug_struct("ContextConfig")
             .field("trust_proxy", &self.trust_proxy)
             .field("capture_ip", &self.capture_ip)
+            .field("properties", &self.properties.is_some())
             .finish_non_exhaustive()
     }
 }

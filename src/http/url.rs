@@ -108,6 +108,60 @@ pub(crate) fn forwarded_ip(headers: &HeaderMap) -> Option<IpAddr> {
         .or_else(|| forwarded_header(headers, "x-real-ip").and_then(parse_ip))
 }
 
+/// The campaign parameters posthog-js reads from a page's URL: UTM parameters and ad click ids.
+const CAMPAIGN_PARAMS: &[&str] = &[
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_name",
+    "utm_term",
+    "gclid",
+    "gad_source",
+    "gclsrc",
+    "dclid",
+    "gbraid",
+    "wbraid",
+    "fbclid",
+    "msclkid",
+    "twclid",
+    "li_fat_id",
+    "mc_cid",
+    "igshid",
+    "ttclid",
+    "rdt_cid",
+];
+
+/// Whether `key` is one of posthog-js's campaign parameters.
+pub(crate) fn is_campaign_param(key: &str) -> bool {
+    CAMPAIGN_PARAMS.contains(&key)
+}
+
+/// The campaign parameters in a URL's `query`, decoded (`+` is a space, `%XX` escapes) and
+/// cleaned: the first of each name, none that is empty or not UTF-8. Nothing is allocated for
+/// a query without them.
+pub(crate) fn campaign_params(query: &str) -> Vec<(&'static str, String)> {
+    let mut found: Vec<(&'static str, String)> = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(&name) = CAMPAIGN_PARAMS.iter().find(|name| **name == key) else {
+            continue;
+        };
+        if value.is_empty() || found.iter().any(|(seen, _)| *seen == name) {
+            continue;
+        }
+        let spaced = value.replace('+', " ");
+        let Some(decoded) = super::cookie::percent_decode(spaced.as_bytes())
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(super::sanitize::sanitize_owned)
+        else {
+            continue;
+        };
+        found.push((name, decoded));
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +181,10 @@ mod tests {
             scheme: scheme(uri, headers, trust_proxy),
             host: host_of(uri, headers, trust_proxy),
             ip: None,
+            user_agent: None,
+            window_id: None,
+            device_id: None,
+            tags: None,
             layer_state: None,
         });
         ctx.current_url().unwrap_or_default().to_owned()
@@ -212,5 +270,22 @@ mod tests {
         assert_eq!(forwarded_ip(&h), None);
         let h = headers(&[("x-real-ip", "198.51.100.1:1234")]);
         assert_eq!(forwarded_ip(&h), Some("198.51.100.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn campaign_parameters_first_of_each_decoded_none_invented() {
+        let found = campaign_params(
+            "utm_source=a%20b&utm_source=second&gclid=x+y&utm_term=&fbclid=%FF&utm_medium=%0Aemail&other=1&utm_campaign",
+        );
+        assert_eq!(
+            found,
+            [
+                ("utm_source", "a b".to_owned()),
+                ("gclid", "x y".to_owned()),
+                ("utm_medium", "email".to_owned()),
+            ]
+        );
+        assert!(campaign_params("").is_empty());
+        assert!(campaign_params("page=2&sort=asc").is_empty());
     }
 }

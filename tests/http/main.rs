@@ -9,4 +9,5 @@ mod axum_server;
 mod exceptions;
 mod flush;
 mod propagate;
+mod request_properties;
 mod tonic_server;
