@@ -6,6 +6,7 @@ use std::{convert::Infallible, time::Duration};
 
 use http::{Request, Response};
 use posthog_tower::{testing::MockResponse, Event, PostHog};
+use serde_json::Value;
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 use crate::support::{start_mock, KEY};
@@ -105,4 +106,39 @@ async fn errors_pass_through_after_the_flush() {
         1,
         "delivered before the error came back"
     );
+}
+
+/// The shape of `examples/lambda.rs`: a `lambda_http` handler behind `PostHogLayer` and
+/// `FlushLayer`, driven as Lambda's runtime drives it (one request, then the response).
+#[tokio::test]
+async fn a_lambda_http_handler_delivers_before_its_invocation_returns() {
+    use lambda_http::{service_fn as lambda_fn, Body, Error};
+
+    let mock = start_mock().await;
+    let posthog = PostHog::builder(KEY)
+        .host(mock.url())
+        .build()
+        .expect("client");
+    let ph = posthog.clone();
+    let function = ServiceBuilder::new()
+        .layer(posthog.flush_layer())
+        .layer(posthog.layer())
+        .service(lambda_fn(move |_: lambda_http::Request| {
+            let ph = ph.clone();
+            async move {
+                ph.capture(Event::named("order looked up"))?;
+                Ok::<_, Error>(Response::new(Body::from("order A-17")))
+            }
+        }));
+    let request = http::Request::get("https://api.example.com/orders")
+        .header("x-posthog-distinct-id", "user-1")
+        .body(Body::Empty)
+        .expect("request");
+    let response = function.oneshot(request).await.expect("answered");
+    assert_eq!(response.body().as_ref(), b"order A-17");
+    // Read at once: the handler's event and the request's pageview arrived already.
+    let events = mock.events();
+    let names: Vec<&Value> = events.iter().map(|e| &e["event"]).collect();
+    assert_eq!(names, ["order looked up", "$pageview"], "{events:#?}");
+    assert!(events.iter().all(|e| e["distinct_id"] == "user-1"));
 }
