@@ -19,11 +19,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use posthog_tower::{
-    http::RequestFlags,
+    http::{PropagateContextLayer, RequestFlags},
     testing::{MockPostHog, MockResponse},
     Event, PostHog, Timestamp,
 };
 use serde_json::json;
+use tower::ServiceExt;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -157,6 +158,27 @@ async fn web_app(
         );
     }
 
+    // A second service of the same application (`inventory`), which the checkout calls: its
+    // events are the caller's too, carried by `PropagateContextLayer`.
+    let inventory = {
+        let ph = posthog.clone();
+        Router::new()
+            .route(
+                "/reserve",
+                post(move || async move {
+                    let _ = ph.capture(Event::named("stock reserved").property("items", 3));
+                    "reserved"
+                }),
+            )
+            .layer(posthog.layer())
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let inventory_addr: SocketAddr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, inventory).await });
+    let outbound = tower::ServiceBuilder::new()
+        .layer(PropagateContextLayer::new().allow_host("127.0.0.1"))
+        .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+
     let ph = posthog.clone();
     let app = Router::new()
         .route(
@@ -180,10 +202,24 @@ async fn web_app(
         .route(
             "/checkout",
             post(move || async move {
+                // Every later event of this request (and its exceptions) gets the tag.
+                let _ = posthog_tower::tag("plan", "pro");
                 // No distinct id here: the layer's request context provides it.
-                ph.capture(Event::named("checkout started").property("cart_value", 42))
-                    .map(|_| "checkout started")
-                    .unwrap_or("not captured")
+                let captured = ph
+                    .capture(Event::named("checkout started").property("cart_value", 42))
+                    .is_ok();
+                // The inventory service sees the same caller.
+                let reserve = http::Request::post(format!("http://{inventory_addr}/reserve"))
+                    .body(Empty::new())
+                    .map_err(|e| e.to_string());
+                let reserved = match reserve {
+                    Ok(request) => outbound.clone().oneshot(request).await.is_ok(),
+                    Err(_) => false,
+                };
+                match (captured, reserved) {
+                    (true, true) => "checkout started, stock reserved",
+                    _ => "checkout not completed",
+                }
             }),
         )
         .layer(posthog.layer());
