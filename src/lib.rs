@@ -127,6 +127,7 @@ macro_rules! static_key {
 #[doc(hidden)]
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
+pub mod ai;
 pub mod capture;
 mod client;
 pub mod context;
