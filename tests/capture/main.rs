@@ -1,4 +1,4 @@
-//! Capture over real HTTP to `MockPostHog`, one test binary: the AI lane ([`ai`]), what is sent and how it is
+//! Capture over real HTTP to `MockPostHog`, one test binary: the AI lane ([`ai`]) and `AiLayer` ([`ai_layer`]), what is sent and how it is
 //! batched ([`events`]), `$exception` events ([`exceptions`]), the client's life from flush to shutdown ([`lifecycle`]), retries and
 //! their timing ([`retry`]), and an axum server shut down gracefully under load
 //! ([`shutdown_under_load`]), and the system properties on every event ([`system`]).
@@ -7,6 +7,7 @@
 mod support;
 
 mod ai;
+mod ai_layer;
 mod events;
 mod exceptions;
 mod lifecycle;
