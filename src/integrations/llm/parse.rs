@@ -50,12 +50,11 @@ pub(crate) fn recognize(method: &Method, uri: &Uri) -> Option<(Api, String)> {
         (Api::ChatCompletions, "/chat/completions"),
         (Api::Responses, "/responses"),
         (Api::Embeddings, "/embeddings"),
-        (Api::AnthropicMessages, "/messages"),
+        // The Anthropic SDK's base URL is the host, `/v1` included in the endpoint.
+        (Api::AnthropicMessages, "/v1/messages"),
     ]
     .into_iter()
-    .find(|(api, suffix)| {
-        path.ends_with(suffix) && (*api != Api::AnthropicMessages || path.ends_with("/v1/messages"))
-    })?;
+    .find(|(_, suffix)| path.ends_with(suffix))?;
     let prefix = &path[..path.len() - suffix.len()];
     let base_url = match (uri.scheme_str(), uri.authority()) {
         (Some(scheme), Some(authority)) => format!("{scheme}://{authority}{prefix}"),
