@@ -61,7 +61,15 @@ async fn fake_openai() -> (FakeOpenAi, mpsc::UnboundedSender<Bytes>) {
             let body = request.into_body().collect().await.unwrap().to_bytes();
             let body: Value = serde_json::from_slice(&body).unwrap();
             seen.lock().unwrap().push(body.clone());
-            let response = if body["stream"] == true {
+            let response = if body["model"] == "overloaded" {
+                Response::builder()
+                    .status(429)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(
+                        json!({"error": {"message": "Rate limit reached", "type": "rate_limit"}})
+                            .to_string(),
+                    ))
+            } else if body["stream"] == true {
                 let rx = stream.lock().unwrap().take().expect("one stream per test");
                 Response::builder()
                     .header("content-type", "text/event-stream")
@@ -288,4 +296,112 @@ async fn privacy_mode_sends_usage_without_inputs_or_outputs() {
         "unknown: {streamed}"
     );
     assert_eq!(streamed["$ai_http_status"], 200);
+}
+
+#[tokio::test]
+async fn an_anthropic_stream_is_read_too() {
+    let mock = start_mock().await;
+    let posthog = builder(&mock).build().unwrap();
+    let (fake, chunks) = fake_openai().await;
+    let client = ServiceBuilder::new()
+        .layer(AiLayer::new(posthog.clone()).include_stream_usage(true))
+        .service(posthog_tower::net::default_client());
+    let body = json!({
+        "model": "claude-sonnet-4",
+        "stream": true,
+        "max_tokens": 64,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hi"}]
+    });
+    let request = Request::post(format!("{}/messages", fake.base))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    for chunk in [
+        json!({"type": "message_start", "message": {"model": "claude-sonnet-4-20250514", "usage": {"input_tokens": 21, "output_tokens": 1}}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "!"}}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 4}}),
+        json!({"type": "message_stop"}),
+    ] {
+        let event = chunk["type"].as_str().unwrap().to_owned();
+        chunks
+            .send(Bytes::from(format!("event: {event}\ndata: {chunk}\n\n")))
+            .unwrap();
+    }
+    drop(chunks);
+    let response = client.oneshot(request).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    let sent = fake.requests.lock().unwrap()[0].clone();
+    assert!(
+        sent.get("stream_options").is_none(),
+        "only OpenAI chat streams are changed"
+    );
+
+    assert_eq!(posthog.flush().await.delivered, 1);
+    let p = mock.ai_events()[0]["properties"].clone();
+    assert_eq!(p["$ai_provider"], "anthropic");
+    assert_eq!(p["$ai_base_url"], fake.base.trim_end_matches("/v1"));
+    assert_eq!(p["$ai_model"], "claude-sonnet-4-20250514");
+    assert_eq!(
+        (
+            p["$ai_input_tokens"].clone(),
+            p["$ai_output_tokens"].clone()
+        ),
+        (json!(21), json!(4))
+    );
+    assert_eq!(p["$ai_stop_reason"], "end_turn");
+    assert_eq!(
+        p["$ai_output_choices"],
+        json!([{"role": "assistant", "content": "Hello!"}])
+    );
+    assert_eq!(
+        p["$ai_input"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    );
+    assert_eq!(
+        p["$ai_model_parameters"],
+        json!({"max_tokens": 64, "stream": true})
+    );
+}
+
+#[tokio::test]
+async fn failed_calls_are_captured_as_errors_and_answered_unchanged() {
+    let mock = start_mock().await;
+    let posthog = builder(&mock).build().unwrap();
+    let (fake, _chunks) = fake_openai().await;
+    let client = ServiceBuilder::new()
+        .layer(AiLayer::new(posthog.clone()))
+        .service(posthog_tower::net::default_client());
+
+    // An error answer reaches the caller as it was.
+    let request = chat_request(&fake.base, json!({"model": "overloaded", "messages": []}));
+    let response = client.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 429);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"]["type"],
+        "rate_limit"
+    );
+
+    // A client error is returned as it was.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let request = chat_request(&dead, json!({"model": "m", "messages": []}));
+    assert!(client.oneshot(request).await.is_err());
+
+    assert_eq!(posthog.flush().await.delivered, 2);
+    let events = mock.ai_events();
+    let answered = &events[0]["properties"];
+    assert_eq!(answered["$ai_http_status"], 429);
+    assert_eq!(answered["$ai_is_error"], true);
+    assert_eq!(answered["$ai_error"]["message"], "Rate limit reached");
+    let unanswered = &events[1]["properties"];
+    assert_eq!(unanswered["$ai_is_error"], true);
+    assert!(unanswered.get("$ai_http_status").is_none(), "{unanswered}");
+    assert!(unanswered["$ai_error"]
+        .as_str()
+        .is_some_and(|e| !e.is_empty()));
+    assert_eq!(unanswered["$ai_model"], "m", "the model asked for");
 }
