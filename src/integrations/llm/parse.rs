@@ -114,13 +114,26 @@ pub(crate) fn read_request(
             .filter_map(|key| Some(((*key).to_owned(), request.get(*key)?.clone())))
             .collect(),
     };
+    let mut rewritten = None;
+    if include_usage && stream && api == Api::ChatCompletions {
+        let options = request
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(options) = options {
+            if !options.contains_key("include_usage") {
+                options.insert("include_usage".to_owned(), Value::Bool(true));
+                rewritten = serde_json::to_vec(&request).ok().map(Bytes::from);
+            }
+        }
+    }
+    // After the rewrite: the input is moved out of the request, not copied.
     if !privacy_mode {
         info.input = match api {
-            Api::ChatCompletions => request.get("messages").cloned(),
-            Api::Embeddings => request.get("input").cloned(),
+            Api::ChatCompletions => request.remove("messages"),
+            Api::Embeddings => request.remove("input"),
             Api::Responses => {
-                let input = request.get("input").cloned();
-                match (request.get("instructions"), input) {
+                let input = request.remove("input");
+                match (request.remove("instructions"), input) {
                     (Some(instructions), Some(Value::String(text))) => Some(serde_json::json!([
                         {"role": "system", "content": instructions},
                         {"role": "user", "content": text},
@@ -140,8 +153,8 @@ pub(crate) fn read_request(
             }
             Api::AnthropicMessages => {
                 // posthog-python merges the system prompt in as the first message.
-                let messages = request.get("messages").cloned();
-                match (request.get("system"), messages) {
+                let messages = request.remove("messages");
+                match (request.remove("system"), messages) {
                     (Some(system), Some(Value::Array(mut items))) => {
                         items.insert(0, serde_json::json!({"role": "system", "content": system}));
                         Some(Value::Array(items))
@@ -150,18 +163,6 @@ pub(crate) fn read_request(
                 }
             }
         };
-    }
-    let mut rewritten = None;
-    if include_usage && stream && api == Api::ChatCompletions {
-        let options = request
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(options) = options {
-            if !options.contains_key("include_usage") {
-                options.insert("include_usage".to_owned(), Value::Bool(true));
-                rewritten = serde_json::to_vec(&request).ok().map(Bytes::from);
-            }
-        }
     }
     (info, rewritten)
 }
@@ -248,6 +249,13 @@ impl AnswerReader {
             self.read_line(&buffer);
             return;
         }
+        if self.api.is_embedding() && !is_error {
+            // An embeddings answer is mostly its vectors: only the model and usage are read.
+            if let Ok(summary) = serde_json::from_slice::<stream::Summary<'_>>(&buffer) {
+                summary.read(&mut self.answer);
+            }
+            return;
+        }
         let Ok(document) = serde_json::from_slice::<Value>(&buffer) else {
             if is_error && !buffer.is_empty() {
                 let text = String::from_utf8_lossy(&buffer[..buffer.len().min(4096)]);
@@ -259,7 +267,7 @@ impl AnswerReader {
             self.answer.error = Some(document.get("error").cloned().unwrap_or(document));
             return;
         }
-        self.read_document(&document);
+        self.read_document(document);
     }
 
     /// One line of a server-sent event stream: its `data:` JSON, if any.
@@ -271,16 +279,34 @@ impl AnswerReader {
         if data.is_empty() || data == b"[DONE]" {
             return;
         }
-        if let Ok(chunk) = serde_json::from_slice::<Value>(data) {
-            self.read_chunk(&chunk);
+        // The frequent streams are read into borrowed structs (what they do not name is
+        // skipped unparsed); the others into a `Value`. A chunk that does not fit is skipped.
+        match self.api {
+            Api::ChatCompletions => {
+                if let Ok(chunk) = serde_json::from_slice::<stream::ChatChunk<'_>>(data) {
+                    chunk.read(&mut self.answer, self.keep_output);
+                }
+            }
+            Api::AnthropicMessages => {
+                if let Ok(event) = serde_json::from_slice::<stream::AnthropicEvent<'_>>(data) {
+                    event.read(&mut self.answer, self.keep_output);
+                }
+            }
+            _ => {
+                if let Ok(chunk) = serde_json::from_slice::<Value>(data) {
+                    self.read_chunk(&chunk);
+                }
+            }
         }
     }
 
     /// One event of a stream.
+    /// One event of a stream read as a `Value` (OpenAI responses).
     fn read_chunk(&mut self, chunk: &Value) {
         let answer = &mut self.answer;
         set_str(&mut answer.model, chunk.get("model"));
         match self.api {
+            // Chat streams are read by `stream::ChatChunk`; an embeddings answer is no stream.
             Api::ChatCompletions | Api::Embeddings => {
                 read_openai_usage(answer, chunk.get("usage"));
                 if let Some(choice) = chunk.pointer("/choices/0") {
@@ -303,27 +329,13 @@ impl AnswerReader {
                 }
                 _ => {}
             },
-            Api::AnthropicMessages => match chunk.get("type").and_then(Value::as_str) {
-                Some("message_start") => {
-                    if let Some(message) = chunk.get("message") {
-                        set_str(&mut answer.model, message.get("model"));
-                        read_anthropic_usage(answer, message.get("usage"));
-                    }
-                }
-                Some("content_block_delta") if self.keep_output => {
-                    push_text(answer, chunk.pointer("/delta/text"));
-                }
-                Some("message_delta") => {
-                    set_str(&mut answer.stop_reason, chunk.pointer("/delta/stop_reason"));
-                    read_anthropic_usage(answer, chunk.get("usage"));
-                }
-                _ => {}
-            },
+            // Read by `stream::AnthropicEvent`.
+            Api::AnthropicMessages => {}
         }
     }
 
     /// A whole JSON answer.
-    fn read_document(&mut self, document: &Value) {
+    fn read_document(&mut self, mut document: Value) {
         let answer = &mut self.answer;
         set_str(&mut answer.model, document.get("model"));
         match self.api {
@@ -334,16 +346,15 @@ impl AnswerReader {
                     document.pointer("/choices/0/finish_reason"),
                 );
                 if self.keep_output {
-                    answer.output =
-                        document
-                            .get("choices")
-                            .and_then(Value::as_array)
-                            .map(|choices| {
-                                choices
-                                    .iter()
-                                    .filter_map(|choice| choice.get("message").cloned())
-                                    .collect()
-                            });
+                    answer.output = match document.get_mut("choices").map(Value::take) {
+                        Some(Value::Array(choices)) => Some(
+                            choices
+                                .into_iter()
+                                .filter_map(|mut choice| choice.get_mut("message").map(Value::take))
+                                .collect(),
+                        ),
+                        _ => None,
+                    };
                 }
             }
             Api::Embeddings => read_openai_usage(answer, document.get("usage")),
@@ -351,7 +362,7 @@ impl AnswerReader {
                 read_openai_usage(answer, document.get("usage"));
                 set_str(&mut answer.stop_reason, document.get("status"));
                 if self.keep_output {
-                    answer.output = document.get("output").cloned();
+                    answer.output = document.get_mut("output").map(Value::take);
                 }
             }
             Api::AnthropicMessages => {
@@ -372,6 +383,164 @@ impl AnswerReader {
                         {"role": "assistant", "content": text}
                     ]));
                 }
+            }
+        }
+    }
+}
+
+/// The stream chunks read into borrowed structs: only the fields the event needs.
+mod stream {
+    use std::borrow::Cow;
+
+    use serde::Deserialize;
+
+    use super::{Answer, MAX_OUTPUT_TEXT};
+
+    /// Token counts, as OpenAI (`prompt_tokens`, `completion_tokens`; `input_tokens`,
+    /// `output_tokens` for responses) and Anthropic (`input_tokens`, `output_tokens`) name them.
+    #[derive(Deserialize)]
+    pub(super) struct Usage {
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+        input_tokens: Option<u64>,
+        output_tokens: Option<u64>,
+    }
+
+    impl Usage {
+        fn read(&self, answer: &mut Answer) {
+            if let Some(n) = self.prompt_tokens.or(self.input_tokens) {
+                answer.input_tokens = Some(n);
+            }
+            if let Some(n) = self.completion_tokens.or(self.output_tokens) {
+                answer.output_tokens = Some(n);
+            }
+        }
+    }
+
+    /// The model and usage of an answer, the rest skipped (embeddings).
+    #[derive(Deserialize)]
+    pub(super) struct Summary<'a> {
+        #[serde(borrow)]
+        model: Option<Cow<'a, str>>,
+        usage: Option<Usage>,
+    }
+
+    impl Summary<'_> {
+        pub(super) fn read(self, answer: &mut Answer) {
+            set(&mut answer.model, self.model);
+            if let Some(usage) = self.usage {
+                usage.read(answer);
+            }
+        }
+    }
+
+    /// One chunk of an OpenAI chat completions stream.
+    #[derive(Deserialize)]
+    pub(super) struct ChatChunk<'a> {
+        #[serde(borrow)]
+        model: Option<Cow<'a, str>>,
+        usage: Option<Usage>,
+        #[serde(borrow)]
+        choices: Option<Vec<ChatChoice<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    struct ChatChoice<'a> {
+        #[serde(borrow)]
+        delta: Option<TextDelta<'a>>,
+        #[serde(borrow)]
+        finish_reason: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    struct TextDelta<'a> {
+        #[serde(borrow)]
+        content: Option<Cow<'a, str>>,
+    }
+
+    impl ChatChunk<'_> {
+        pub(super) fn read(self, answer: &mut Answer, keep_output: bool) {
+            set(&mut answer.model, self.model);
+            if let Some(usage) = self.usage {
+                usage.read(answer);
+            }
+            if let Some(choice) = self.choices.and_then(|c| c.into_iter().next()) {
+                set(&mut answer.stop_reason, choice.finish_reason);
+                if keep_output {
+                    push(answer, choice.delta.and_then(|d| d.content));
+                }
+            }
+        }
+    }
+
+    /// One event of an Anthropic messages stream.
+    #[derive(Deserialize)]
+    pub(super) struct AnthropicEvent<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        message: Option<AnthropicMessage<'a>>,
+        #[serde(borrow)]
+        delta: Option<AnthropicDelta<'a>>,
+        usage: Option<Usage>,
+    }
+
+    #[derive(Deserialize)]
+    struct AnthropicMessage<'a> {
+        #[serde(borrow)]
+        model: Option<Cow<'a, str>>,
+        usage: Option<Usage>,
+    }
+
+    #[derive(Deserialize)]
+    struct AnthropicDelta<'a> {
+        #[serde(borrow)]
+        text: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        stop_reason: Option<Cow<'a, str>>,
+    }
+
+    impl AnthropicEvent<'_> {
+        pub(super) fn read(self, answer: &mut Answer, keep_output: bool) {
+            match &*self.kind {
+                "message_start" => {
+                    if let Some(message) = self.message {
+                        set(&mut answer.model, message.model);
+                        if let Some(usage) = message.usage {
+                            usage.read(answer);
+                        }
+                    }
+                }
+                "content_block_delta" if keep_output => {
+                    push(answer, self.delta.and_then(|d| d.text));
+                }
+                "message_delta" => {
+                    set(
+                        &mut answer.stop_reason,
+                        self.delta.and_then(|d| d.stop_reason),
+                    );
+                    if let Some(usage) = self.usage {
+                        usage.read(answer);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sets `slot` to `value` when it says something new (no allocation when it repeats).
+    fn set(slot: &mut Option<String>, value: Option<Cow<'_, str>>) {
+        if let Some(value) = value {
+            if slot.as_deref() != Some(&*value) {
+                *slot = Some(value.into_owned());
+            }
+        }
+    }
+
+    fn push(answer: &mut Answer, text: Option<Cow<'_, str>>) {
+        if let Some(text) = text {
+            if answer.text.len() + text.len() <= MAX_OUTPUT_TEXT {
+                answer.text.push_str(&text);
             }
         }
     }
@@ -529,6 +698,38 @@ mod tests {
             Some(json!([{"role": "assistant", "content": "Yes"}]))
         );
         assert_eq!(reader.answer.input_tokens, Some(3));
+    }
+
+    #[test]
+    fn a_responses_stream_and_document() {
+        let mut reader = AnswerReader::new(Api::Responses, true, true);
+        reader.feed(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Bon\"}\n\n");
+        reader.feed(b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"jour\"}\n\n");
+        reader.feed(b"data: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":6,\"output_tokens\":2}}}\n\n");
+        reader.finish(false);
+        let answer = reader.answer;
+        assert_eq!(answer.text, "Bonjour");
+        assert_eq!(answer.model.as_deref(), Some("gpt-4.1"));
+        assert_eq!(
+            (answer.input_tokens, answer.output_tokens),
+            (Some(6), Some(2))
+        );
+
+        let mut reader = AnswerReader::new(Api::Embeddings, false, true);
+        reader.feed(br#"{"model":"text-embedding-3-small","data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":4,"total_tokens":4}}"#);
+        reader.finish(false);
+        assert_eq!(reader.answer.input_tokens, Some(4));
+        assert_eq!(reader.answer.output, None, "embeddings have no output");
+    }
+
+    /// Chat chunks with escapes, nulls and unknown fields are read like any other.
+    #[test]
+    fn chat_chunks_with_escapes_and_nulls() {
+        let mut reader = AnswerReader::new(Api::ChatCompletions, true, true);
+        reader.feed(b"data: {\"id\":\"x\",\"model\":\"m\",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"say \\\"hi\\\"\\n\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n");
+        reader.finish(false);
+        assert_eq!(reader.answer.text, "say \"hi\"\n");
+        assert_eq!(reader.answer.stop_reason, None);
     }
 
     #[test]
