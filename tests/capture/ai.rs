@@ -214,3 +214,21 @@ async fn the_caller_comes_from_the_request_context() {
     assert_eq!(events[0]["distinct_id"], "caller-7");
     assert_eq!(events[1]["properties"]["$process_person_profile"], false);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_client_checks_ai_events_and_sends_nothing() {
+    let mock = start_mock().await;
+    let ph = builder(&mock).disabled(true).build().unwrap();
+    assert!(ph.capture_ai(Generation::new("t").distinct_id("u")).is_ok());
+    assert!(matches!(
+        ph.capture_ai(
+            Generation::new("t")
+                .distinct_id("u")
+                .latency(Duration::MAX)
+                .input(f64::NAN)
+        ),
+        Err(CaptureError::InvalidProperty { .. })
+    ));
+    assert_eq!(ph.flush().await.delivered, 0);
+    assert!(mock.requests().is_empty());
+}

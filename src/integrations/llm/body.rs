@@ -32,8 +32,8 @@ impl<B> AiBody<B> {
         &self.inner
     }
 
-    /// Consumes the wrapper, returning the inner body (no event is captured for what is read
-    /// from it after this).
+    /// Consumes the wrapper, returning the inner body: the call's event is captured now, with
+    /// what was read so far.
     pub fn into_inner(self) -> B {
         self.inner
     }
