@@ -68,6 +68,7 @@ impl EventEncoder {
         EventEncoder(Encoder::new(EncodeDefaults {
             disable_geoip,
             super_properties,
+            ..Default::default()
         }))
     }
 

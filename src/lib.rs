@@ -127,6 +127,7 @@ macro_rules! static_key {
 #[doc(hidden)]
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
+pub mod ai;
 pub mod capture;
 mod client;
 pub mod context;
@@ -225,6 +226,19 @@ mod auto_traits {
         send::<CapturePageviewsFuture<InnerFuture>>();
         send::<context::Scoped<InnerFuture>>();
         send::<<PostHogService<Inner> as tower_service::Service<::http::Request<Body>>>::Future>();
+    }
+
+    #[test]
+    fn the_ai_layer_types_are_send_and_sync() {
+        use crate::integrations::llm::*;
+        type Client = crate::net::HttpClient;
+        type Request = ::http::Request<http_body_util::Full<bytes::Bytes>>;
+        send_sync::<AiLayer>();
+        send_sync::<Ai<Client>>();
+        send_sync::<TraceId>();
+        send_sync::<AiBody<crate::net::ResponseBody>>();
+        send::<<Ai<Client> as tower_service::Service<Request>>::Future>();
+        send::<ResponseFuture<Client, http_body_util::Full<bytes::Bytes>>>();
     }
 
     #[cfg(feature = "sentry")]

@@ -5,9 +5,10 @@
 //!
 //! | endpoint | what it does |
 //! |---|---|
-//! | `GET /health` | names the SDK and its capabilities (`capture_v0`, `encoding_gzip`) |
+//! | `GET /health` | names the SDK and its capabilities (`capture_v0`, `capture_ai_v0`, `encoding_gzip`) |
 //! | `POST /init` | builds a client: `api_key`, `host`, `flush_at`, `flush_interval_ms`, `max_retries`, `enable_compression`, `disable_geoip`, `historical_migration`; our extensions `personal_api_key` (local evaluation) and `poll_interval_ms` |
 //! | `POST /capture` | `distinct_id`, `event`, `properties` (object or null), `timestamp` (RFC 3339 or null), `uuid` (optional) |
+//! | `POST /capture_ai` | as `/capture`, through `PostHog::capture_ai` to `/i/v0/ai/batch/` |
 //! | `POST /flush` | delivers everything captured, waiting through retries |
 //! | `POST /get_feature_flag` | `key`, `distinct_id`, `person_properties`, `groups`, `group_properties`, `disable_geoip`, `force_remote`, `only_evaluate_locally`: one flag, then a flush |
 //! | `POST /get_all_flags` | `distinct_id`, `person_properties`, `groups`, `group_properties`, `disable_geoip`, `only_evaluate_locally`: every flag |
@@ -219,7 +220,8 @@ impl Adapter {
         let answer = match (&parts.method, parts.uri.path()) {
             (&Method::GET, "/health") => Ok(health()),
             (&Method::POST, "/init") => self.init(test_id, &body).await,
-            (&Method::POST, "/capture") => self.capture(test_id, &body),
+            (&Method::POST, "/capture") => self.capture(test_id, &body, Lane::Analytics),
+            (&Method::POST, "/capture_ai") => self.capture(test_id, &body, Lane::Ai),
             (&Method::POST, "/flush") => self.flush(test_id).await,
             (&Method::POST, "/get_feature_flag") => self.get_feature_flag(test_id, &body).await,
             (&Method::POST, "/get_all_flags") => self.get_all_flags(test_id, &body).await,
@@ -267,7 +269,9 @@ impl Adapter {
         Ok(json!({"success": true, "flag_definitions_loaded": loaded}))
     }
 
-    fn capture(&self, test_id: Option<&str>, body: &[u8]) -> Answer {
+    /// `/capture` (`PostHog::capture`, to `/batch/`) or `/capture_ai` (`PostHog::capture_ai`,
+    /// to `/i/v0/ai/batch/`): the same request, and the uuid of the event sent.
+    fn capture(&self, test_id: Option<&str>, body: &[u8], lane: Lane) -> Answer {
         let request: CaptureRequest = parse_json(body)?;
         let instance = self
             .instance(test_id)
@@ -286,7 +290,10 @@ impl Adapter {
                 Uuid::parse_str(uuid).map_err(|e| Fail(format!("invalid uuid {uuid:?}: {e}")))?;
             event = event.uuid(uuid);
         }
-        let uuid = instance.client.capture(event)?;
+        let uuid = match lane {
+            Lane::Analytics => instance.client.capture(event)?,
+            Lane::Ai => instance.client.capture_ai(event)?,
+        };
         Ok(json!({"success": true, "uuid": uuid.to_string()}))
     }
 
@@ -405,7 +412,7 @@ fn health() -> Value {
         "sdk_version": posthog_tower::VERSION,
         "adapter_version": ADAPTER_VERSION,
         "supports_parallel": true,
-        "capabilities": ["capture_v0", "encoding_gzip"],
+        "capabilities": ["capture_v0", "capture_ai_v0", "encoding_gzip"],
     })
 }
 
@@ -459,6 +466,13 @@ struct InitRequest {
     /// Our extension: how often the definitions are fetched (the SDK's 30 s by default).
     #[serde(default)]
     poll_interval_ms: Option<u64>,
+}
+
+/// Which capture method an adapter call goes to.
+#[derive(Clone, Copy)]
+enum Lane {
+    Analytics,
+    Ai,
 }
 
 #[derive(Deserialize)]
@@ -646,19 +660,30 @@ impl ClientParts<'_> {
             }
         }
         let recorder = builder.stats_recorder();
-        let transport = CaptureTransport::with_client(self.http_client.clone(), host, api_key)?
-            .gzip(request.enable_compression.unwrap_or(false))
-            .historical_migration(request.historical_migration.unwrap_or(false))
-            .stats(recorder.clone());
-        let stack = ServiceBuilder::new()
-            .retry(
-                RetryPolicy::new(request.max_retries.unwrap_or(DEFAULT_MAX_RETRIES))
-                    .stats(recorder.clone()),
-            )
-            .timeout(REQUEST_TIMEOUT)
-            .layer(ObserveLayer(self.observer.clone()))
-            .service(transport);
-        Ok(builder.capture_stack(stack).build()?)
+        // The same stack for both lanes, each with its own transport: `/batch/`, and
+        // `/i/v0/ai/batch/` for `capture_ai`.
+        let stack = |transport: CaptureTransport| {
+            let transport = transport
+                .gzip(request.enable_compression.unwrap_or(false))
+                .historical_migration(request.historical_migration.unwrap_or(false))
+                .stats(recorder.clone());
+            ServiceBuilder::new()
+                .retry(
+                    RetryPolicy::new(request.max_retries.unwrap_or(DEFAULT_MAX_RETRIES))
+                        .stats(recorder.clone()),
+                )
+                .timeout(REQUEST_TIMEOUT)
+                .layer(ObserveLayer(self.observer.clone()))
+                .service(transport)
+        };
+        let client = self.http_client.clone();
+        let main = stack(CaptureTransport::with_client(
+            client.clone(),
+            host,
+            api_key,
+        )?);
+        let ai = stack(CaptureTransport::ai_with_client(client, host, api_key)?);
+        Ok(builder.capture_stack(main).ai_capture_stack(ai).build()?)
     }
 }
 

@@ -41,4 +41,4 @@ pub use batch::{
 pub use encoded::EncodedBatch;
 pub use policy::RetryPolicy;
 pub use stats::{Dropped, Stats, StatsRecorder};
-pub use transport::{CaptureTransport, TransportFuture};
+pub use transport::{CaptureTransport, TransportFuture, AI_BATCH_PATH};

@@ -21,6 +21,10 @@ use crate::{
     BoxError,
 };
 
+/// The path of PostHog's AI lane, where [`PostHog::capture_ai`](crate::PostHog::capture_ai)
+/// sends LLM analytics events.
+pub const AI_BATCH_PATH: &str = "/i/v0/ai/batch/";
+
 /// Most of a response body the transport reads (to reuse the connection and to quote errors).
 /// A 2xx body past it is left unread, and the batch delivered all the same.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -98,6 +102,24 @@ impl<C> CaptureTransport<C> {
             gzip: None,
             stats: None,
         })
+    }
+
+    /// A transport to PostHog's AI lane, `POST {host}/i/v0/ai/batch/` ([`AI_BATCH_PATH`]),
+    /// sending through `client`: the same body, headers and answers as `/batch/`, for the
+    /// LLM analytics events of [`PostHog::capture_ai`](crate::PostHog::capture_ai).
+    ///
+    /// ```
+    /// use posthog_tower::capture::CaptureTransport;
+    ///
+    /// let client = posthog_tower::net::default_client();
+    /// let transport = CaptureTransport::ai_with_client(client, "https://eu.i.posthog.com", "phc_key")?;
+    /// assert_eq!(transport.uri().path(), "/i/v0/ai/batch/");
+    /// # Ok::<(), posthog_tower::BuildError>(())
+    /// ```
+    pub fn ai_with_client(client: C, host: &str, api_key: &str) -> Result<Self, crate::BuildError> {
+        let mut transport = Self::with_client(client, host, api_key)?;
+        transport.uri = endpoint(host, AI_BATCH_PATH)?;
+        Ok(transport)
     }
 
     /// Compresses bodies with gzip (`Content-Encoding: gzip`). Off by default.

@@ -44,6 +44,10 @@ type CaptureStack = BoxCloneSyncService<EncodedBatch, (), BoxError>;
 /// | [`historical_migration`](Self::historical_migration) | off | for imports of past events |
 /// | [`sync_mode`](Self::sync_mode) | off | send at once; [`PostHog::capture_wait`] waits for delivery |
 /// | [`disabled`](Self::disabled) | off | no network at all |
+/// | [`is_server`](Self::is_server) | on | `$is_server: true` on events |
+/// | [`release_id`](Self::release_id) | `POSTHOG_RELEASE_ID` | `$release_id` on events |
+/// | [`app_version`](Self::app_version) | none | `$app_version` on events |
+/// | [`ai_privacy_mode`](Self::ai_privacy_mode) | off | no inputs and outputs in [`PostHog::capture_ai`]'s events |
 pub struct PostHogBuilder {
     api_key: String,
     host: String,
@@ -67,6 +71,11 @@ pub struct PostHogBuilder {
     flag_fallback_max_age: Option<Duration>,
     personal_api_key: Option<String>,
     poll_interval: Duration,
+    is_server: bool,
+    release_id: Option<String>,
+    app_version: Option<String>,
+    ai_capture_stack: Option<CaptureStack>,
+    ai_privacy_mode: bool,
 }
 
 impl PostHogBuilder {
@@ -94,7 +103,80 @@ impl PostHogBuilder {
             flag_fallback_max_age: None,
             personal_api_key: None,
             poll_interval: Duration::from_secs(30),
+            is_server: true,
+            release_id: None,
+            app_version: None,
+            ai_capture_stack: None,
+            ai_privacy_mode: false,
         }
+    }
+
+    /// Leaves the inputs and outputs (prompts, completions, span states, instructions) out
+    /// of every event [`PostHog::capture_ai`] sends (off): only the model, usage, latency,
+    /// status and the other metadata reach PostHog.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), posthog_tower::BuildError> {
+    /// let posthog = posthog_tower::PostHog::builder("phc_project_key")
+    ///     .ai_privacy_mode(true)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn ai_privacy_mode(mut self, enabled: bool) -> Self {
+        self.ai_privacy_mode = enabled;
+        self
+    }
+
+    /// [`capture_stack`](Self::capture_stack) for the AI lane of [`PostHog::capture_ai`]:
+    /// replaces its retry, timeout and transport (by default those of the main lane, with a
+    /// transport to `{host}/i/v0/ai/batch/`, see [`CaptureTransport::ai_with_client`]).
+    /// A [`capture_stack`](Self::capture_stack) alone does not change the AI lane's.
+    pub fn ai_capture_stack<S>(mut self, service: S) -> Self
+    where
+        S: Service<EncodedBatch> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.ai_capture_stack = Some(BoxCloneSyncService::new(
+            service.map_err(Into::into).map_response(|_| ()),
+        ));
+        self
+    }
+
+    /// Whether every event carries `$is_server: true` (on), which tells PostHog it came from
+    /// a backend. It is written over the event's and the super properties' values.
+    pub fn is_server(mut self, enabled: bool) -> Self {
+        self.is_server = enabled;
+        self
+    }
+
+    /// Adds `$release_id` to every event: the id `posthog-cli release` printed for this
+    /// build, which ties the events (and the `$exception`s' stack traces) to the release.
+    /// Without it, the `POSTHOG_RELEASE_ID` environment variable is used when set. An event's
+    /// own `$release_id`, or a super property, wins.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), posthog_tower::BuildError> {
+    /// let posthog = posthog_tower::PostHog::builder("phc_project_key")
+    ///     .release_id("f6d1c3a0-4a0c-4d0e-9c43-0d7a1a0e5b11")
+    ///     .app_version(env!("CARGO_PKG_VERSION"))
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn release_id(mut self, release_id: impl Into<String>) -> Self {
+        self.release_id = Some(release_id.into());
+        self
+    }
+
+    /// Adds `$app_version` to every event, e.g. `env!("CARGO_PKG_VERSION")`. An event's own
+    /// `$app_version`, or a super property, wins.
+    pub fn app_version(mut self, version: impl Into<String>) -> Self {
+        self.app_version = Some(version.into());
+        self
     }
 
     /// Turns on local evaluation: flag definitions are fetched with this personal API key (or
@@ -434,11 +516,15 @@ impl PostHogBuilder {
             crates.set_process_wide();
         }
         let stats = self.config.stats_recorder().clone();
-        let config = self.config;
+        let mut config = self.config;
+        config.system =
+            super::system::system_properties(self.is_server, self.release_id, self.app_version);
         if self.disabled {
             let client = PostHog {
                 inner: Arc::new(Inner {
                     batch: None,
+                    ai_batch: None,
+                    ai_privacy_mode: self.ai_privacy_mode,
                     flags: None,
                     sync_mode: self.sync_mode,
                     host,
@@ -466,6 +552,23 @@ impl PostHogBuilder {
                         .disable_geoip(config.disable_geoip),
                 ),
         );
+        let ai_stack = match self.ai_capture_stack {
+            Some(stack) => stack,
+            None => {
+                let transport =
+                    CaptureTransport::ai_with_client(http_client.clone(), &host, &api_key)?
+                        .gzip(self.gzip)
+                        .historical_migration(self.historical_migration)
+                        .stats(stats.clone());
+                BoxCloneSyncService::new(
+                    ServiceBuilder::new()
+                        .retry(RetryPolicy::new(self.max_retries).stats(stats.clone()))
+                        .timeout(self.request_timeout)
+                        .service(transport)
+                        .map_response(|_| ()),
+                )
+            }
+        };
         let stack = match self.capture_stack {
             Some(stack) => stack,
             None => {
@@ -483,7 +586,11 @@ impl PostHogBuilder {
                 )
             }
         };
+        // The AI lane: batches of its own, with the same settings and the same recorder (so
+        // `stats()` adds both lanes up).
+        let (ai_batch, ai_worker) = Batch::pair(ai_stack, config.clone());
         let (batch, worker) = Batch::pair(stack, config);
+        let worker = worker.join(ai_worker);
         let (local, worker) = match &self.personal_api_key {
             Some(secret) => {
                 let (definitions, poller) = PolledDefinitions::start(
@@ -514,6 +621,8 @@ impl PostHogBuilder {
         let client = PostHog {
             inner: Arc::new(Inner {
                 batch: Some(batch),
+                ai_batch: Some(ai_batch),
+                ai_privacy_mode: self.ai_privacy_mode,
                 flags: Some(flags),
                 sync_mode: self.sync_mode,
                 host,
@@ -601,6 +710,10 @@ impl fmt::Debug for PostHogBuilder {
             .field("in_app", &self.in_app)
             .field("local_evaluation", &self.personal_api_key.is_some())
             .field("poll_interval", &self.poll_interval)
+            .field("is_server", &self.is_server)
+            .field("release_id", &self.release_id)
+            .field("app_version", &self.app_version)
+            .field("ai_privacy_mode", &self.ai_privacy_mode)
             .finish_non_exhaustive()
     }
 }

@@ -3,6 +3,7 @@
 mod blocking;
 mod builder;
 mod flags;
+mod system;
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -50,6 +51,10 @@ pub struct PostHog {
 struct Inner {
     /// `None` when disabled.
     batch: Option<Batch>,
+    /// The AI lane (`/i/v0/ai/batch/`) of [`PostHog::capture_ai`]; `None` when disabled.
+    ai_batch: Option<Batch>,
+    /// [`PostHogBuilder::ai_privacy_mode`]: `capture_ai` removes inputs and outputs.
+    ai_privacy_mode: bool,
     /// `None` when disabled.
     flags: Option<flags::FlagsClient>,
     sync_mode: bool,
@@ -78,6 +83,51 @@ impl PostHog {
     pub fn capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
         crate::context::apply_current(&mut event);
         self.enqueue(event)
+    }
+
+    /// Queues an LLM analytics event on the AI lane, which sends it to PostHog's AI
+    /// endpoint (`POST {host}/i/v0/ai/batch/`), and returns its uuid. Never blocks.
+    ///
+    /// The lane has batches of its own, with the client's batching, queue bound
+    /// ([`max_queue_size`](PostHogBuilder::max_queue_size), for this lane's queue), retries,
+    /// `before_send` hook and accounting: its events count in [`stats`](Self::stats), and
+    /// [`flush`](Self::flush) and [`shutdown`](Self::shutdown) cover both lanes. The event is
+    /// any [`Event`] (its name need not start with `$ai_`), or one of the typed events of
+    /// [`ai`](crate::ai). [`capture`](Self::capture) never reroutes `$ai_*` events here.
+    ///
+    /// With [`ai_privacy_mode`](PostHogBuilder::ai_privacy_mode) on, the event's inputs and
+    /// outputs (`$ai_input`, `$ai_output_choices`, `$ai_input_state`, `$ai_output_state`,
+    /// `$ai_instructions`) are removed before it is queued.
+    ///
+    /// Errors: those of [`capture`](Self::capture).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use posthog_tower::{ai::Generation, PostHog};
+    ///
+    /// # async fn f(posthog: PostHog) -> Result<(), posthog_tower::CaptureError> {
+    /// posthog.capture_ai(
+    ///     Generation::new("trace-1")
+    ///         .distinct_id("user-42")
+    ///         .provider("openai")
+    ///         .model("gpt-4o-mini")
+    ///         .input_tokens(12)
+    ///         .output_tokens(40)
+    ///         .latency(Duration::from_millis(830)),
+    /// )?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn capture_ai(&self, event: impl Into<Event>) -> Result<Uuid, CaptureError> {
+        let mut event = event.into();
+        crate::context::apply_current(&mut event);
+        if self.inner.ai_privacy_mode {
+            crate::ai::remove_content(&mut event);
+        }
+        match &self.inner.ai_batch {
+            Some(batch) => batch.try_capture(event),
+            None => self.disabled_capture(event),
+        }
     }
 
     /// Queues an event the current context was applied to.
@@ -273,9 +323,13 @@ impl PostHog {
     /// Sends everything captured before this call and resolves once all of it was delivered
     /// or definitively failed, with the counts. Flushing an empty queue sends nothing.
     pub async fn flush(&self) -> FlushReport {
-        match &self.inner.batch {
-            Some(batch) => batch.flush().await,
-            None => FlushReport::default(),
+        match (&self.inner.batch, &self.inner.ai_batch) {
+            (Some(batch), Some(ai)) => {
+                let (main, ai) = tokio::join!(batch.flush(), ai.flush());
+                main.add(ai)
+            }
+            (Some(batch), None) => batch.flush().await,
+            _ => FlushReport::default(),
         }
     }
 
@@ -287,9 +341,13 @@ impl PostHog {
             flags.reporter.dedup.clear();
             flags.decide.stop_polling();
         }
-        match &self.inner.batch {
-            Some(batch) => batch.shutdown(deadline).await,
-            None => FlushReport::default(),
+        match (&self.inner.batch, &self.inner.ai_batch) {
+            (Some(batch), Some(ai)) => {
+                let (main, ai) = tokio::join!(batch.shutdown(deadline), ai.shutdown(deadline));
+                main.add(ai)
+            }
+            (Some(batch), None) => batch.shutdown(deadline).await,
+            _ => FlushReport::default(),
         }
     }
 
@@ -297,7 +355,14 @@ impl PostHog {
     /// requests, batches in flight and queue depth.
     pub fn stats(&self) -> Stats {
         match &self.inner.batch {
-            Some(batch) => batch.stats(),
+            Some(batch) => {
+                // Both lanes record into one recorder; only the queue depths are their own.
+                let mut stats = batch.stats();
+                if let Some(ai) = &self.inner.ai_batch {
+                    stats.queue_depth += ai.stats().queue_depth;
+                }
+                stats
+            }
             None => self.inner.stats.snapshot(),
         }
     }

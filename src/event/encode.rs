@@ -25,7 +25,35 @@ pub(crate) struct EncodeDefaults {
     pub(crate) disable_geoip: bool,
     /// Merged over every event's properties.
     pub(crate) super_properties: Map<String, Value>,
+    /// Who sends the events: `$is_server`, `$os`, `$os_version`, `$release_id`, `$app_version`.
+    pub(crate) system: SystemProperties,
 }
+
+/// The properties describing the sender that the encoder adds to every event besides `$lib`
+/// and `$lib_version`, with posthog-python's precedence:
+///
+/// - `$os` and `$os_version` (when known) are written over the event's own values, and under
+///   the super properties, like `$lib`; minimal events keep them.
+/// - `$release_id` and `$app_version` (when set) are defaults: the event's own value and a
+///   super property win; minimal events leave them out.
+/// - `$is_server: true` (when on) is written over everything, super properties included.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SystemProperties {
+    pub(crate) is_server: bool,
+    pub(crate) os: Option<String>,
+    pub(crate) os_version: Option<String>,
+    pub(crate) release_id: Option<String>,
+    pub(crate) app_version: Option<String>,
+}
+
+/// The default keys (`SystemProperties::release_id`, `app_version`) as serialized entry
+/// prefixes, with the bit an event that sets one gets in `EventWriter::own_defaults`.
+const DEFAULT_KEYS: [(&str, &[u8], u8); 2] = [
+    ("$release_id", br#""$release_id":"#, 1),
+    ("$app_version", br#""$app_version":"#, 2),
+];
+
+const IS_SERVER_FRAGMENT: &[u8] = br#","$is_server":true"#;
 
 /// Encodes events with a fixed set of defaults. Cheap to clone.
 ///
@@ -37,7 +65,8 @@ pub(crate) struct EncodeDefaults {
 /// piece unless the library or the super properties override some of them.
 #[derive(Debug, Clone)]
 pub(crate) struct Encoder {
-    /// `,"$lib":"posthog-tower","$lib_version":"…"`, for minimal events (no super properties).
+    /// `,"$lib":"posthog-tower","$lib_version":"…"`, then `$os` and `$os_version` when known,
+    /// for minimal events (no super properties).
     lib_fragment: Vec<u8>,
     /// `lib_fragment` without the keys the super properties set.
     lib_under_super: Vec<u8>,
@@ -49,11 +78,25 @@ pub(crate) struct Encoder {
     /// The super properties' keys as serialized, with their quotes and a colon (`"k":`).
     super_keys: Vec<Vec<u8>>,
     disable_geoip: bool,
+    /// The encoder writes `$os` and `$os_version` (over the event's own values).
+    writes_os: bool,
+    writes_os_version: bool,
+    /// `,"$is_server":true` when on, written last, over everything; else empty.
+    is_server_fragment: &'static [u8],
+    /// `,"$release_id":"…"` and `,"$app_version":"…"` (in [`DEFAULT_KEYS`]' order), each empty
+    /// when unset or set by a super property: written unless the event sets the key.
+    default_fragments: [Vec<u8>; 2],
 }
 
 impl Encoder {
-    pub(crate) fn new(defaults: EncodeDefaults) -> Self {
+    pub(crate) fn new(mut defaults: EncodeDefaults) -> Self {
+        let system = std::mem::take(&mut defaults.system);
+        if system.is_server {
+            // `$is_server` is written after the super properties, over them: one entry only.
+            defaults.super_properties.remove("$is_server");
+        }
         let supers = &defaults.super_properties;
+        let os_entries = [("$os", &system.os), ("$os_version", &system.os_version)];
         let lib_entries = |skip_super: bool| {
             let mut fragment = Vec::with_capacity(64);
             if !(skip_super && supers.contains_key("$lib")) {
@@ -64,7 +107,38 @@ impl Encoder {
                 fragment.extend_from_slice(crate::VERSION.as_bytes());
                 fragment.push(b'"');
             }
+            for (key, value) in os_entries {
+                if let Some(value) = value {
+                    if !(skip_super && supers.contains_key(key)) {
+                        fragment.push(b',');
+                        write_str(&mut fragment, key);
+                        fragment.push(b':');
+                        write_str(&mut fragment, value);
+                    }
+                }
+            }
             fragment
+        };
+        let default_fragments = [&system.release_id, &system.app_version]
+            .into_iter()
+            .zip(DEFAULT_KEYS)
+            .map(|(value, (key, _, _))| match value {
+                Some(value) if !supers.contains_key(key) => {
+                    let mut fragment = vec![b','];
+                    write_str(&mut fragment, key);
+                    fragment.push(b':');
+                    write_str(&mut fragment, value);
+                    fragment
+                }
+                _ => Vec::new(),
+            });
+        let default_fragments = {
+            let mut fragments = default_fragments;
+            // `DEFAULT_KEYS` has two entries, so the iterator yields exactly two.
+            [
+                fragments.next().unwrap_or_default(),
+                fragments.next().unwrap_or_default(),
+            ]
         };
         let lib_fragment = lib_entries(false);
         let lib_under_super = lib_entries(true);
@@ -88,12 +162,49 @@ impl Encoder {
             super_properties: defaults.super_properties,
             super_keys,
             disable_geoip: defaults.disable_geoip,
+            writes_os: system.os.is_some(),
+            writes_os_version: system.os_version.is_some(),
+            is_server_fragment: if system.is_server {
+                IS_SERVER_FRAGMENT
+            } else {
+                b""
+            },
+            default_fragments,
         }
+    }
+
+    /// The bit of `DEFAULT_KEYS` an entry (a serialized `"key":value`) sets, if any; 0 when
+    /// the encoder writes no defaults.
+    #[inline]
+    fn default_bit(&self, entry: &[u8]) -> u8 {
+        if self.default_fragments.iter().all(Vec::is_empty) {
+            return 0;
+        }
+        DEFAULT_KEYS
+            .iter()
+            .find(|(_, prefix, _)| entry.starts_with(prefix))
+            .map_or(0, |(_, _, bit)| *bit)
+    }
+
+    /// [`default_bit`](Self::default_bit) for a key.
+    #[inline]
+    fn default_key_bit(&self, key: &str) -> u8 {
+        if self.default_fragments.iter().all(Vec::is_empty) {
+            return 0;
+        }
+        DEFAULT_KEYS
+            .iter()
+            .find(|(name, _, _)| *name == key)
+            .map_or(0, |(_, _, bit)| *bit)
     }
 
     /// Bytes the library and super properties add to an event.
     pub(crate) fn added_len(&self) -> usize {
-        self.lib_fragment.len() + GEOIP_FRAGMENT.len() + self.super_fragment.len()
+        self.lib_fragment.len()
+            + GEOIP_FRAGMENT.len()
+            + self.super_fragment.len()
+            + self.is_server_fragment.len()
+            + self.default_fragments.iter().map(Vec::len).sum::<usize>()
     }
 
     /// Whether the super properties set `key`.
@@ -107,7 +218,10 @@ impl Encoder {
         if key.starts_with('$')
             && (key == "$lib"
                 || key == "$lib_version"
-                || (geoip_disabled && key == "$geoip_disable"))
+                || (geoip_disabled && key == "$geoip_disable")
+                || (self.writes_os && key == "$os")
+                || (self.writes_os_version && key == "$os_version")
+                || (!self.is_server_fragment.is_empty() && key == "$is_server"))
         {
             return true;
         }
@@ -123,6 +237,9 @@ impl Encoder {
             && (entry.starts_with(br#""$lib":"#)
                 || entry.starts_with(br#""$lib_version":"#)
                 || (geoip_disabled && entry.starts_with(br#""$geoip_disable":"#))
+                || (self.writes_os && entry.starts_with(br#""$os":"#))
+                || (self.writes_os_version && entry.starts_with(br#""$os_version":"#))
+                || (!self.is_server_fragment.is_empty() && entry.starts_with(br#""$is_server":"#))
                 || (!top.is_empty() && entry.starts_with(top)))
         {
             return true;
@@ -152,9 +269,13 @@ impl Encoder {
         // The entries the encoder writes itself, or moves to the top level, leave the
         // properties (rare: usually nothing is removed).
         let mut top_value = None;
+        let mut own_defaults = 0;
         let mut i = 0;
         while i < inner.properties.len() {
             let entry = inner.properties.entry_json(i);
+            if entry.get(1) == Some(&b'$') {
+                own_defaults |= self.default_bit(entry);
+            }
             if self.skips(entry, geoip_disabled, minimal, top) {
                 if !top.is_empty() && entry.starts_with(top) {
                     top_value = Some(entry[top.len()..].to_vec());
@@ -175,6 +296,7 @@ impl Encoder {
             first: entries == 0,
             geoip_disabled,
             minimal,
+            own_defaults,
         };
         writer.finish_raw(
             timestamp,
@@ -239,6 +361,7 @@ impl Encoder {
             first: true,
             geoip_disabled: disable_geoip.unwrap_or(self.disable_geoip),
             minimal,
+            own_defaults: 0,
         }
     }
 }
@@ -288,6 +411,7 @@ impl Encoder {
             first: true,
             geoip_disabled: self.disable_geoip,
             minimal: false,
+            own_defaults: 0,
         }
     }
 }
@@ -299,6 +423,7 @@ pub(crate) struct WriterState {
     first: bool,
     geoip_disabled: bool,
     minimal: bool,
+    own_defaults: u8,
 }
 
 impl Encoder {
@@ -315,6 +440,7 @@ impl Encoder {
             first: state.first,
             geoip_disabled: state.geoip_disabled,
             minimal: state.minimal,
+            own_defaults: state.own_defaults,
         }
     }
 }
@@ -328,7 +454,8 @@ pub(crate) struct StaticKey {
     pub(crate) name: &'static str,
     /// `,"name":`.
     entry: &'static str,
-    /// One of the keys the library writes itself (`$lib`, `$lib_version`, `$geoip_disable`).
+    /// One of the keys the library writes itself (`$lib`, `$lib_version`, `$geoip_disable`,
+    /// and the [`SystemProperties`]).
     library: bool,
 }
 
@@ -347,7 +474,12 @@ impl StaticKey {
         assert!(entry.len() == name.len() + 4, "entry is `,\"name\":`");
         let library = const_eq(name, "$lib")
             || const_eq(name, "$lib_version")
-            || const_eq(name, "$geoip_disable");
+            || const_eq(name, "$geoip_disable")
+            || const_eq(name, "$os")
+            || const_eq(name, "$os_version")
+            || const_eq(name, "$is_server")
+            || const_eq(name, "$release_id")
+            || const_eq(name, "$app_version");
         StaticKey {
             name,
             entry,
@@ -380,6 +512,8 @@ pub(crate) struct EventWriter<'a> {
     first: bool,
     geoip_disabled: bool,
     minimal: bool,
+    /// The bits of the [`DEFAULT_KEYS`] the event wrote itself (then the encoder does not).
+    own_defaults: u8,
 }
 
 impl EventWriter<'_> {
@@ -467,12 +601,14 @@ impl EventWriter<'_> {
     #[inline(always)]
     fn static_key(&mut self, key: StaticKey) -> bool {
         // What `Encoder::overridden` checks, with the library keys known at compile time.
-        if key.library
-            && self
+        if key.library {
+            if self
                 .encoder
                 .overridden(key.name, self.geoip_disabled, self.minimal)
-        {
-            return false;
+            {
+                return false;
+            }
+            self.own_defaults |= self.encoder.default_key_bit(key.name);
         }
         if !self.minimal && self.encoder.super_sets(key.name) {
             return false;
@@ -494,6 +630,9 @@ impl EventWriter<'_> {
         {
             return false;
         }
+        if key.starts_with('$') {
+            self.own_defaults |= self.encoder.default_key_bit(key);
+        }
         if !self.first {
             self.out.push(b',');
         }
@@ -509,6 +648,7 @@ impl EventWriter<'_> {
             first: self.first,
             geoip_disabled: self.geoip_disabled,
             minimal: self.minimal,
+            own_defaults: self.own_defaults,
         }
     }
 
@@ -533,7 +673,22 @@ impl EventWriter<'_> {
                 &encoder.super_fragment,
             )
         };
-        for fragment in [lib, if geoip { GEOIP_FRAGMENT } else { &[] }, supers] {
+        let default = |i: usize| -> &[u8] {
+            let (_, _, bit) = DEFAULT_KEYS[i];
+            if self.minimal || self.own_defaults & bit != 0 {
+                &[]
+            } else {
+                &encoder.default_fragments[i]
+            }
+        };
+        for fragment in [
+            lib,
+            if geoip { GEOIP_FRAGMENT } else { &[] },
+            supers,
+            default(0),
+            default(1),
+            encoder.is_server_fragment,
+        ] {
             if let Some(rest) = fragment.strip_prefix(b",") {
                 out.extend_from_slice(if first { rest } else { fragment });
                 first = false;
@@ -594,6 +749,7 @@ mod tests {
         let encoder = Encoder::new(EncodeDefaults {
             disable_geoip: true,
             super_properties,
+            ..Default::default()
         });
         let event = Event::new("clicked \"buy\"", "user-1")
             .property("env", "dev")
@@ -627,6 +783,7 @@ mod tests {
         let encoder = Encoder::new(EncodeDefaults {
             disable_geoip: true,
             super_properties,
+            ..Default::default()
         });
         for event in [Event::new("e", "u"), Event::new("e", "u").property("n", 1)] {
             let mut out = Vec::new();
@@ -659,6 +816,7 @@ mod tests {
         let encoder = Encoder::new(EncodeDefaults {
             disable_geoip: true,
             super_properties,
+            ..Default::default()
         });
         let event = Event::new("e \"1\"", "u\n")
             .property("$lib", "mine")
@@ -696,6 +854,7 @@ mod tests {
         let encoder = Encoder::new(EncodeDefaults {
             disable_geoip: false,
             super_properties,
+            ..Default::default()
         });
         let (uuid, ts) = (Uuid::from_u128(7), Timestamp::UNIX_EPOCH);
         let mut dynamic = Vec::new();
@@ -725,6 +884,129 @@ mod tests {
     fn a_static_key_that_needs_escaping_is_refused() {
         // In a `const`, as `static_key!` builds it, this fails the build instead.
         let _ = StaticKey::new("a\"b", ",\"a\"b\":");
+    }
+
+    fn system() -> SystemProperties {
+        SystemProperties {
+            is_server: true,
+            os: Some("Linux".into()),
+            os_version: Some("6.1.0".into()),
+            release_id: Some("rel-1".into()),
+            app_version: Some("2.0.0".into()),
+        }
+    }
+
+    /// `$os`/`$os_version` win over the event like `$lib`; `$release_id`/`$app_version` are
+    /// defaults under the event's own values; `$is_server` wins over everything; each key
+    /// appears once.
+    #[test]
+    fn system_properties_follow_posthog_python_precedence() {
+        let encoder = Encoder::new(EncodeDefaults {
+            system: system(),
+            ..Default::default()
+        });
+        let plain = encode(&encoder, &Event::new("e", "u"));
+        let p = &plain["properties"];
+        assert_eq!(p["$os"], "Linux");
+        assert_eq!(p["$os_version"], "6.1.0");
+        assert_eq!(p["$is_server"], true);
+        assert_eq!(p["$release_id"], "rel-1");
+        assert_eq!(p["$app_version"], "2.0.0");
+
+        let event = Event::new("e", "u")
+            .property("$os", "Plan 9")
+            .property("$is_server", false)
+            .property("$release_id", "mine")
+            .property("n", 1);
+        let mut out = Vec::new();
+        encoder.encode(&mut out, &event, Uuid::nil(), Timestamp::UNIX_EPOCH);
+        let text = String::from_utf8(out).unwrap();
+        for key in [
+            "\"$os\"",
+            "\"$is_server\"",
+            "\"$release_id\"",
+            "\"$app_version\"",
+        ] {
+            assert_eq!(text.matches(key).count(), 1, "{key} in {text}");
+        }
+        assert!(text.len() <= event.estimated_size() + encoder.added_len());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let p = &v["properties"];
+        assert_eq!(p["$os"], "Linux", "the library's $os wins");
+        assert_eq!(p["$is_server"], true, "$is_server wins");
+        assert_eq!(p["$release_id"], "mine", "the event's release id wins");
+        assert_eq!(p["$app_version"], "2.0.0");
+
+        // Super properties win over `$os` and the defaults, never over `$is_server`.
+        let mut super_properties = Map::new();
+        super_properties.insert("$os".into(), json!("custom"));
+        super_properties.insert("$app_version".into(), json!("super"));
+        super_properties.insert("$is_server".into(), json!(false));
+        let encoder = Encoder::new(EncodeDefaults {
+            super_properties,
+            system: system(),
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        let event = Event::new("e", "u").property("$app_version", "own");
+        encoder.encode(&mut out, &event, Uuid::nil(), Timestamp::UNIX_EPOCH);
+        let text = String::from_utf8(out).unwrap();
+        for key in ["\"$os\"", "\"$is_server\"", "\"$app_version\""] {
+            assert_eq!(text.matches(key).count(), 1, "{key} in {text}");
+        }
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["properties"]["$os"], "custom");
+        assert_eq!(v["properties"]["$app_version"], "super");
+        assert_eq!(v["properties"]["$is_server"], true);
+
+        // Minimal events keep `$os`, `$os_version` and `$is_server`, not the defaults.
+        let mut event = Event::new("e", "u").property("$feature_flag", "f");
+        event.inner.minimal = true;
+        let v = encode(&encoder, &event);
+        let p = v["properties"].as_object().unwrap();
+        assert_eq!(p["$os"], "Linux");
+        assert_eq!(p["$is_server"], true);
+        assert!(!p.contains_key("$release_id") && !p.contains_key("$app_version"));
+
+        // Off: no `$is_server`, and the event's own passes.
+        let encoder = Encoder::new(EncodeDefaults {
+            system: SystemProperties {
+                is_server: false,
+                ..system()
+            },
+            ..Default::default()
+        });
+        let v = encode(&encoder, &Event::new("e", "u"));
+        assert!(v["properties"].get("$is_server").is_none());
+        let v = encode(
+            &encoder,
+            &Event::new("e", "u").property("$is_server", false),
+        );
+        assert_eq!(v["properties"]["$is_server"], false);
+    }
+
+    /// The writer (the layer's pageviews) leaves the defaults to a static or run-time key the
+    /// event wrote, as `encode` does.
+    #[test]
+    fn a_writer_keeps_its_own_release_id() {
+        let encoder = Encoder::new(EncodeDefaults {
+            system: system(),
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        let mut writer = encoder.writer(&mut out, "e", Some("u"), None, false);
+        writer.static_str(static_key!("$release_id"), "own");
+        writer.property_str("$app_version", "own too");
+        writer.property_str("$os", "ignored");
+        writer.finish(Timestamp::UNIX_EPOCH, Uuid::nil());
+        let text = String::from_utf8(out).unwrap();
+        for key in ["\"$os\"", "\"$release_id\"", "\"$app_version\""] {
+            assert_eq!(text.matches(key).count(), 1, "{key} in {text}");
+        }
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["properties"]["$release_id"], "own");
+        assert_eq!(v["properties"]["$app_version"], "own too");
+        assert_eq!(v["properties"]["$os"], "Linux");
     }
 
     #[test]

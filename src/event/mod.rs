@@ -31,7 +31,8 @@ use uuid::Uuid;
 use crate::{error::PropertyError, time::Timestamp};
 
 pub(crate) use encode::{
-    write_json, EncodeDefaults, Encoder, EventName, EventWriter, StaticKey, WriterState,
+    write_json, EncodeDefaults, Encoder, EventName, EventWriter, StaticKey, SystemProperties,
+    WriterState,
 };
 pub use properties::Properties;
 

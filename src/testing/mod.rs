@@ -10,6 +10,7 @@
 //! | path | default answer |
 //! | --- | --- |
 //! | `/batch/` | 200 `{"status": 1}` |
+//! | `/i/v0/ai/batch/` | 200 `{"status": 1}` (the AI lane; see [`MockPostHog::ai_events`]) |
 //! | `/flags/` | 200 `{"flags": {}, "errorsWhileComputingFlags": false, "requestId": "mock"}` |
 //! | `/flags/definitions` | 200 `{"flags": [], "group_type_mapping": {}, "cohorts": {}}` |
 //! | anything else | 404 `{"error": "not found"}` |
@@ -84,11 +85,14 @@ fn route_key(path: &str) -> &str {
     }
 }
 
+/// The routing key of the AI lane's endpoint, `/i/v0/ai/batch/`.
+const AI_BATCH: &str = "/i/v0/ai/batch";
+
 /// The answer a path gets when nothing was set or queued for it.
 fn builtin_default(key: &str) -> MockResponse {
     use serde_json::json;
     match key {
-        "/batch" => MockResponse::json(200, json!({"status": 1})),
+        "/batch" | AI_BATCH => MockResponse::json(200, json!({"status": 1})),
         "/flags" => MockResponse::json(
             200,
             json!({"flags": {}, "errorsWhileComputingFlags": false, "requestId": "mock"}),
@@ -114,11 +118,21 @@ struct Entry {
     request: RecordedRequest,
     /// The parsed body of a 2xx-answered request to `/batch/`, if it is JSON.
     accepted_batch: Option<serde_json::Value>,
+    /// The same for `/i/v0/ai/batch/`.
+    accepted_ai_batch: Option<serde_json::Value>,
 }
 
 impl Entry {
     fn events(&self) -> &[serde_json::Value] {
         self.accepted_batch
+            .as_ref()
+            .and_then(|batch| batch.get("batch"))
+            .and_then(serde_json::Value::as_array)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn ai_events(&self) -> &[serde_json::Value] {
+        self.accepted_ai_batch
             .as_ref()
             .and_then(|batch| batch.get("batch"))
             .and_then(serde_json::Value::as_array)
@@ -163,14 +177,25 @@ impl State {
         } else {
             None
         };
+        let accepted_ai_batch =
+            if route_key(&request.path) == AI_BATCH && request.status.is_success() {
+                request.json()
+            } else {
+                None
+            };
         self.entries.push(Entry {
             request,
             accepted_batch,
+            accepted_ai_batch,
         });
     }
 
     fn event_count(&self) -> usize {
         self.entries.iter().map(|e| e.events().len()).sum()
+    }
+
+    fn ai_event_count(&self) -> usize {
+        self.entries.iter().map(|e| e.ai_events().len()).sum()
     }
 
     fn count_to(&self, key: &str) -> usize {
@@ -347,6 +372,53 @@ impl MockPostHog {
             .iter()
             .flat_map(|e| e.events().iter().cloned())
             .collect()
+    }
+
+    /// The events of the AI lane: the `"batch"` arrays of the requests to
+    /// `/i/v0/ai/batch/` answered with a 2xx status, concatenated, in arrival
+    /// order. [`events`](Self::events) never includes them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let mock = posthog_tower::testing::MockPostHog::start().await?;
+    /// assert!(mock.ai_events().is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn ai_events(&self) -> Vec<serde_json::Value> {
+        let state = self.inner.shared.lock();
+        state
+            .entries
+            .iter()
+            .flat_map(|e| e.ai_events().iter().cloned())
+            .collect()
+    }
+
+    /// [`wait_for_events`](Self::wait_for_events) for the
+    /// [AI lane's events](Self::ai_events).
+    ///
+    /// # Errors
+    ///
+    /// [`WaitTimeout`] if fewer than `n` AI events arrived within `timeout`.
+    pub async fn wait_for_ai_events(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>, WaitTimeout> {
+        let reached = self
+            .wait_until(timeout, || self.inner.shared.lock().ai_event_count() >= n)
+            .await;
+        if reached {
+            Ok(self.ai_events())
+        } else {
+            Err(WaitTimeout {
+                what: "AI events".to_owned(),
+                expected: n,
+                arrived: self.inner.shared.lock().ai_event_count(),
+                waited: timeout,
+            })
+        }
     }
 
     /// Waits until at least `n` [`events`](Self::events) have arrived, and

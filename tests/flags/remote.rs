@@ -124,6 +124,17 @@ fn set(keys: &[&str]) -> BTreeSet<String> {
     keys.iter().map(|k| (*k).to_owned()).collect()
 }
 
+/// `set(keys)` plus the system properties every event carries, minimal ones included:
+/// `$is_server`, `$os`, and `$os_version` where the machine's is known (Linux here).
+fn with_system(keys: &[&str]) -> BTreeSet<String> {
+    let mut keys = set(keys);
+    keys.extend(["$is_server".to_owned(), "$os".to_owned()]);
+    if cfg!(target_os = "linux") {
+        keys.insert("$os_version".to_owned());
+    }
+    keys
+}
+
 /// The `$feature_flag_error` of an event, if any.
 fn flag_error(event: &Value) -> Option<&str> {
     event["properties"]["$feature_flag_error"].as_str()
@@ -919,7 +930,7 @@ async fn feature_flag_called_full_property_set() {
     assert_eq!(p["$geoip_disable"], true);
     assert_eq!(
         prop_keys(e),
-        set(&[
+        with_system(&[
             "$feature_flag",
             "$feature_flag_response",
             "locally_evaluated",
@@ -952,7 +963,7 @@ async fn feature_flag_called_without_details_has_only_the_basics() {
     let events = called_events(&ph, &mock).await;
     assert_eq!(
         prop_keys(&events[0]),
-        set(&[
+        with_system(&[
             "$feature_flag",
             "$feature_flag_response",
             "locally_evaluated",
@@ -1408,7 +1419,7 @@ async fn minimal_events_keep_only_the_allow_list() {
     let e = &events[0];
     assert_eq!(
         prop_keys(e),
-        set(MINIMAL_KEYS),
+        with_system(MINIMAL_KEYS),
         "no $feature/exp, no payload, no super property: {e}"
     );
     let p = &e["properties"];

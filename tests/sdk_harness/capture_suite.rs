@@ -703,7 +703,7 @@ async fn adapter_health_declares_the_sdk() {
             "sdk_version": posthog_tower::VERSION,
             "adapter_version": "1.0.0",
             "supports_parallel": true,
-            "capabilities": ["capture_v0", "encoding_gzip"],
+            "capabilities": ["capture_v0", "capture_ai_v0", "encoding_gzip"],
         })
     );
 }

@@ -554,7 +554,7 @@ async fn adapter_health_is_unchanged_by_flags() {
     let health = h.call(Method::GET, "/health", None).await;
     assert_eq!(
         health["capabilities"],
-        json!(["capture_v0", "encoding_gzip"])
+        json!(["capture_v0", "capture_ai_v0", "encoding_gzip"])
     );
     assert_eq!(health["supports_parallel"], true);
 }

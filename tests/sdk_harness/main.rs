@@ -1,7 +1,9 @@
 //! PostHog's SDK compliance harness reimplemented in Rust, one test binary: the `capture`
-//! suite ([`capture_suite`]) and the `feature_flags` suite ([`flags_suite`]), both driving our
-//! adapter (`examples/sdk_adapter/adapter.rs`) in-process through [`harness`].
+//! suite ([`capture_suite`]), the `capture_ai` suite ([`capture_ai_suite`]) and the
+//! `feature_flags` suite ([`flags_suite`]), all driving our adapter
+//! (`examples/sdk_adapter/adapter.rs`) in-process through [`harness`].
 
+mod capture_ai_suite;
 mod capture_suite;
 mod flags_suite;
 mod harness;

@@ -37,6 +37,8 @@ pub struct BatchConfig {
     pub(crate) send_immediately: bool,
     pub(crate) disable_geoip: bool,
     pub(crate) super_properties: Map<String, Value>,
+    /// `$is_server`, `$os`, … (none for a bare `Batch`; the client sets them).
+    pub(crate) system: crate::event::SystemProperties,
     pub(crate) before_send: Option<BeforeSend>,
     pub(crate) on_error: Option<OnError>,
     pub(crate) stats: StatsRecorder,
@@ -53,6 +55,7 @@ impl Default for BatchConfig {
             send_immediately: false,
             disable_geoip: true,
             super_properties: Map::new(),
+            system: crate::event::SystemProperties::default(),
             before_send: None,
             on_error: None,
             stats: StatsRecorder::new(),

@@ -43,3 +43,14 @@ pub struct FlushReport {
     /// Events dropped before sending.
     pub dropped: u64,
 }
+
+impl FlushReport {
+    /// The counts of two flushes together (the client's two lanes).
+    pub(crate) fn add(self, other: FlushReport) -> FlushReport {
+        FlushReport {
+            delivered: self.delivered + other.delivered,
+            failed: self.failed + other.failed,
+            dropped: self.dropped + other.dropped,
+        }
+    }
+}

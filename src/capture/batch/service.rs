@@ -131,6 +131,7 @@ impl Batch {
         let encoder = crate::event::Encoder::new(crate::event::EncodeDefaults {
             disable_geoip: config.disable_geoip,
             super_properties: config.super_properties.clone(),
+            system: config.system.clone(),
         });
         let (deadline, deadline_rx) = watch::channel(None);
         let (report_tx, report) = watch::channel(None);
