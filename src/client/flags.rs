@@ -12,15 +12,17 @@ use crate::{
     error::CaptureError,
     event::Event,
     flags::{
-        AllFlags, Decide, FeatureFlagResult, FlagCalled, FlagCalledDedup, FlagError,
+        AllFlags, Attribution, Decide, FeatureFlagResult, FlagCalledDedup, FlagError,
         FlagEvaluations, FlagValue, FlagsRequest, ReportFlagCalled,
     },
 };
 
-/// Deduplicates `$feature_flag_called` and captures it.
+/// Deduplicates `$feature_flag_called` and `$experiment_exposure` (each in its own bounded
+/// dedup) and captures them.
 pub(crate) struct FlagCalledReporter {
     pub(crate) batch: Option<Batch>,
     pub(crate) dedup: FlagCalledDedup,
+    pub(crate) exposures: FlagCalledDedup,
 }
 
 impl ReportFlagCalled for FlagCalledReporter {
@@ -30,14 +32,32 @@ impl ReportFlagCalled for FlagCalledReporter {
         key: &str,
         value: Option<&FlagValue>,
         groups: &BTreeMap<String, String>,
+        attribution: Option<&Attribution<&str>>,
     ) -> bool {
-        !distinct_id.trim().is_empty() && self.dedup.first_time(distinct_id, key, value, groups)
+        !distinct_id.trim().is_empty()
+            && self
+                .dedup
+                .first_time(distinct_id, key, value, groups, attribution)
     }
 
-    fn report(&self, called: FlagCalled) {
+    fn first_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: &BTreeMap<String, String>,
+        rule_id: &str,
+        variant_key: &str,
+    ) -> bool {
+        !distinct_id.trim().is_empty()
+            && self
+                .exposures
+                .first_exposure(distinct_id, key, groups, rule_id, variant_key)
+    }
+
+    fn report(&self, event: Event) {
         if let Some(batch) = &self.batch {
             // A refusal (full queue, shut down) is counted and reported by the batch itself.
-            let _ = batch.try_capture(called.into_event());
+            let _ = batch.try_capture(event);
         }
     }
 }

@@ -1,11 +1,121 @@
-//! The `$feature_flag_called` event.
+//! The flag events of a read: `$feature_flag_called` and `$experiment_exposure`.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use super::{FeatureFlagResult, FlagError, FlagRecord, FlagValue, FlagsRequest};
-use crate::Event;
+use crate::{event::Pinned, Event};
+
+/// What a config version 2 record (`/flags?v=4`) reports about the rule behind its result,
+/// read as posthog-python 7.91.1 reads it. `S` is `&str` for dedup checks on a borrowed
+/// record, `String` inside an event.
+///
+/// The reason code is always reported. The rule id and type only come together, for a
+/// reason code that names a rule (see [`rule_types`]) with a rule type that code allows and
+/// a rule id that is a UUID, and never for a failed record. The variant key only comes with
+/// a complete experiment split (reason `experiment_split`, rule type `experiment`, a rule
+/// id and a variant key), the one outcome that sends `$experiment_exposure`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Attribution<S> {
+    pub(crate) reason_code: Option<S>,
+    pub(crate) rule_id: Option<S>,
+    pub(crate) rule_type: Option<S>,
+    pub(crate) variant_key: Option<S>,
+}
+
+/// The rule types a reason code may report, or `None` for a code that reports no rule
+/// (unknown codes included).
+fn rule_types(reason_code: &str) -> Option<&'static [&'static str]> {
+    Some(match reason_code {
+        "targeting_match" => &["targeted_release", "percentage_rollout"],
+        "experiment_split" => &["experiment"],
+        "rollout_miss" => &["percentage_rollout", "experiment"],
+        "experiment_paused" | "holdout" => &["experiment"],
+        _ => return None,
+    })
+}
+
+/// A hyphenated UUID (8-4-4-4-12 hex digits, either case).
+fn is_uuid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+impl<'a> Attribution<&'a str> {
+    /// The attribution of a record, or `None` when it has none: evaluated locally (local
+    /// definitions name no rule), from a server before `/flags?v=4`, or config version 1.
+    pub(crate) fn of(record: &'a FlagRecord) -> Option<Self> {
+        if record.config_version != Some(2) || record.locally_evaluated {
+            return None;
+        }
+        let reason_code = record.reason_code.as_deref().filter(|c| !c.is_empty());
+        let only_reason = Attribution {
+            reason_code,
+            ..Attribution::default()
+        };
+        let Some(allowed) = reason_code.and_then(rule_types) else {
+            return Some(only_reason);
+        };
+        let (Some(rule_id), Some(rule_type)) =
+            (record.rule_id.as_deref(), record.rule_type.as_deref())
+        else {
+            return Some(only_reason);
+        };
+        if record.failed || !is_uuid(rule_id) || !allowed.contains(&rule_type) {
+            return Some(only_reason);
+        }
+        let rule = Attribution {
+            rule_id: Some(rule_id),
+            rule_type: Some(rule_type),
+            ..only_reason
+        };
+        if reason_code != Some("experiment_split") {
+            return Some(rule);
+        }
+        match record.variant_key.as_deref() {
+            // A split without a variant is malformed: it reports no rule.
+            None => Some(only_reason),
+            variant_key => Some(Attribution {
+                variant_key,
+                ..rule
+            }),
+        }
+    }
+
+    pub(crate) fn to_owned(&self) -> Attribution<String> {
+        Attribution {
+            reason_code: self.reason_code.map(str::to_owned),
+            rule_id: self.rule_id.map(str::to_owned),
+            rule_type: self.rule_type.map(str::to_owned),
+            variant_key: self.variant_key.map(str::to_owned),
+        }
+    }
+}
+
+impl<S: AsRef<str>> Attribution<S> {
+    /// The rule id and variant of an experiment split: what `$experiment_exposure` reports
+    /// and is deduplicated on.
+    pub(crate) fn exposure(&self) -> Option<(&str, &str)> {
+        Some((
+            self.rule_id.as_ref()?.as_ref(),
+            self.variant_key.as_ref()?.as_ref(),
+        ))
+    }
+
+    fn as_str(&self) -> Attribution<&str> {
+        Attribution {
+            reason_code: self.reason_code.as_ref().map(AsRef::as_ref),
+            rule_id: self.rule_id.as_ref().map(AsRef::as_ref),
+            rule_type: self.rule_type.as_ref().map(AsRef::as_ref),
+            variant_key: self.variant_key.as_ref().map(AsRef::as_ref),
+        }
+    }
+}
 
 /// What a flag access reports: everything `$feature_flag_called` carries. The flags module
 /// builds it; the client deduplicates it and turns it into an event.
@@ -28,22 +138,68 @@ pub(crate) struct FlagCalled {
     pub(crate) minimal_gate: bool,
     pub(crate) groups: BTreeMap<String, String>,
     pub(crate) disable_geoip: Option<bool>,
+    /// The rule attribution of a config version 2 record (`/flags?v=4`).
+    pub(crate) attribution: Option<Attribution<String>>,
 }
 
 /// Where flag accesses are reported (the client: dedup, then capture).
 pub(crate) trait ReportFlagCalled: Send + Sync {
-    /// Records the combination; `true` when it was not reported before, so the caller builds
-    /// the event only then.
+    /// Records the `$feature_flag_called` combination; `true` when it was not reported
+    /// before, so the caller builds the event only then. A read with rule attribution is
+    /// its own combination (so successive experiments of one flag are each reported).
     fn first_time(
         &self,
         distinct_id: &str,
         key: &str,
         value: Option<&FlagValue>,
         groups: &BTreeMap<String, String>,
+        attribution: Option<&Attribution<&str>>,
     ) -> bool;
 
-    /// Sends the event (already deduplicated).
-    fn report(&self, called: FlagCalled);
+    /// Records the `$experiment_exposure` combination (distinct id, flag, groups, rule,
+    /// variant) in its own dedup; `true` when it is new.
+    fn first_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: &BTreeMap<String, String>,
+        rule_id: &str,
+        variant_key: &str,
+    ) -> bool;
+
+    /// Sends a flag event (already deduplicated).
+    fn report(&self, event: Event);
+}
+
+/// Reports one read: `$feature_flag_called` unless this combination was reported, then
+/// `$experiment_exposure` for an experiment split unless this assignment was. `build`
+/// makes the read's [`FlagCalled`], only when an event is sent.
+pub(crate) fn report_read(
+    reporter: &dyn ReportFlagCalled,
+    distinct_id: &str,
+    key: &str,
+    value: Option<&FlagValue>,
+    groups: &BTreeMap<String, String>,
+    attribution: Option<&Attribution<&str>>,
+    build: impl FnOnce() -> FlagCalled,
+) {
+    let called = reporter.first_time(distinct_id, key, value, groups, attribution);
+    let exposed = attribution
+        .and_then(Attribution::exposure)
+        .is_some_and(|(rule, variant)| {
+            reporter.first_exposure(distinct_id, key, groups, rule, variant)
+        });
+    if !called && !exposed {
+        return;
+    }
+    let read = build();
+    let exposure = exposed.then(|| read.exposure_event()).flatten();
+    if called {
+        reporter.report(read.into_event());
+    }
+    if let Some(exposure) = exposure {
+        reporter.report(exposure);
+    }
 }
 
 /// What a read from an evaluation knows besides the flag's record: who, and what the
@@ -58,6 +214,8 @@ pub(crate) struct ReadContext<'a> {
     pub(crate) quota_limited: bool,
     /// The minimal-events setting of the evaluation that produced the values.
     pub(crate) minimal_gate: bool,
+    /// A single-flag lookup reports a failed flag as off; a snapshot as no value.
+    pub(crate) failed_reads_as_off: bool,
 }
 
 /// Every `$feature_flag_called` is assembled here, from one of three situations.
@@ -76,12 +234,22 @@ impl FlagCalled {
             } else {
                 ""
             },
+            if record.is_some_and(|r| r.failed) {
+                "evaluation_failed"
+            } else {
+                ""
+            },
             if record.is_none() { "flag_missing" } else { "" },
         ]);
+        // A snapshot reads a failed flag as having no value; a single-flag lookup as off.
+        let response = match record {
+            Some(r) if r.failed && !ctx.failed_reads_as_off => None,
+            r => r.map(|r| r.value.clone()),
+        };
         FlagCalled {
             distinct_id: ctx.distinct_id.to_owned(),
             key: key.to_owned(),
-            response: record.map(|r| r.value.clone()),
+            response,
             payload: record.and_then(|r| r.payload.clone()),
             locally_evaluated: record.is_some_and(|r| r.locally_evaluated),
             request_id: ctx.request_id.map(str::to_owned),
@@ -94,6 +262,7 @@ impl FlagCalled {
             minimal_gate: ctx.minimal_gate,
             groups: ctx.groups.clone(),
             disable_geoip: ctx.disable_geoip,
+            attribution: record.and_then(Attribution::of).map(|a| a.to_owned()),
         }
     }
 
@@ -124,8 +293,49 @@ impl FlagCalled {
             reason: stale.and_then(|r| r.record.reason.clone()),
             id: stale.and_then(|r| r.record.id),
             version: stale.and_then(|r| r.record.version),
+            // A stale value reports no rule: the rule was the old evaluation's.
+            attribution: None,
             ..FlagCalled::undecided(request, key)
         }
+    }
+
+    /// The `$experiment_exposure` of this read, for an experiment split (`None` otherwise):
+    /// the flag, value and evaluation source, the rule and variant, and the flag's id,
+    /// version, request id and evaluation time when `$feature_flag_called` has them.
+    pub(crate) fn exposure_event(&self) -> Option<Event> {
+        let (rule_id, variant_key) = self.attribution.as_ref()?.exposure()?;
+        let mut event = Event::new("$experiment_exposure", &self.distinct_id);
+        event.insert_value("$feature_flag", Value::String(self.key.clone()));
+        event.insert_value(
+            "$feature_flag_response",
+            self.response
+                .as_ref()
+                .map_or(Value::Null, FlagValue::to_json),
+        );
+        event.insert_value("locally_evaluated", Value::Bool(self.locally_evaluated));
+        event.insert_value("$feature_flag_variant_key", Value::from(variant_key));
+        event.insert_value("$feature_flag_rule_id", Value::from(rule_id));
+        if let Some(id) = self.id.filter(|id| *id != 0) {
+            event.insert_value("$feature_flag_id", Value::from(id));
+        }
+        if let Some(version) = self.version.filter(|v| *v != 0) {
+            event.insert_value("$feature_flag_version", Value::from(version));
+        }
+        if let Some(id) = self.request_id.as_deref().filter(|r| !r.is_empty()) {
+            event.insert_value("$feature_flag_request_id", Value::from(id));
+        }
+        if let Some(at) = self
+            .evaluated_at
+            .filter(|at| !self.locally_evaluated && *at != 0)
+        {
+            event.insert_value("$feature_flag_evaluated_at", Value::from(at));
+        }
+        for (group_type, group_key) in &self.groups {
+            event = event.group(group_type, group_key);
+        }
+        event.inner.disable_geoip = self.disable_geoip;
+        event.inner.pinned = Pinned::Exposure;
+        Some(event)
     }
 
     /// The event, with the properties posthog-python sends.
@@ -145,11 +355,34 @@ impl FlagCalled {
         if let Some(id) = self.request_id.filter(|r| !r.is_empty()) {
             event.insert_value("$feature_flag_request_id", Value::String(id));
         }
-        if let Some(at) = self.evaluated_at.filter(|_| !self.locally_evaluated) {
+        if let Some(at) = self
+            .evaluated_at
+            .filter(|at| !self.locally_evaluated && *at != 0)
+        {
             event.insert_value("$feature_flag_evaluated_at", Value::from(at));
         }
-        if let Some(reason) = self.reason.filter(|r| !r.is_empty()) {
-            event.insert_value("$feature_flag_reason", Value::String(reason));
+        match &self.attribution {
+            // The reason code replaces the human-readable reason.
+            Some(attribution) => {
+                let a = attribution.as_str();
+                event.insert_value("$feature_flag_config_version", Value::from(2));
+                for (name, value) in [
+                    ("$feature_flag_reason_code", a.reason_code),
+                    ("$feature_flag_rule_id", a.rule_id),
+                    ("$feature_flag_rule_type", a.rule_type),
+                    ("$feature_flag_variant_key", a.variant_key),
+                ] {
+                    if let Some(value) = value {
+                        event.insert_value(name, Value::from(value));
+                    }
+                }
+                event.inner.pinned = Pinned::FlagCalledV2;
+            }
+            None => {
+                if let Some(reason) = self.reason.filter(|r| !r.is_empty()) {
+                    event.insert_value("$feature_flag_reason", Value::String(reason));
+                }
+            }
         }
         if let Some(id) = self.id.filter(|id| *id != 0) {
             event.insert_value("$feature_flag_id", Value::from(id));

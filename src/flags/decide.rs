@@ -18,7 +18,7 @@ use tower::{util::BoxCloneSyncService, ServiceExt};
 use tower_service::Service;
 
 use super::{
-    called::{FlagCalled, ReportFlagCalled},
+    called::{report_read, Attribution, FlagCalled, ReportFlagCalled},
     evaluations::{decode_payload, FlagEvaluations, FlagRecord},
     fallback::FallbackCache,
     local::{
@@ -264,7 +264,7 @@ impl Decide {
             LocalPart::Done(snapshot) if snapshot.record(key).is_some() => snapshot,
             LocalPart::Done(_) | LocalPart::Ask { .. } if request.only_evaluate_locally => {
                 // posthog-python reports the lookup even then, with no value and no error.
-                self.report(send, &request, key, None, || {
+                self.report(send, &request, key, None, None, || {
                     FlagCalled::undecided(&request, key)
                 });
                 return Err(FlagError::Inconclusive);
@@ -285,7 +285,10 @@ impl Decide {
             None => Err(FlagError::Missing),
         };
         let value = outcome.as_ref().ok().map(|r| &r.record.value);
-        self.report(send, &request, key, value, || snapshot.called(key));
+        let attribution = snapshot.record(key).and_then(Attribution::of);
+        self.report(send, &request, key, value, attribution.as_ref(), || {
+            snapshot.called(key, true)
+        });
         outcome
     }
 
@@ -304,7 +307,7 @@ impl Decide {
             .as_ref()
             .and_then(|cache| cache.get(&request.distinct_id, key));
         let value = stale.as_ref().map(|r| &r.record.value);
-        self.report(send, request, key, value, || {
+        self.report(send, request, key, value, None, || {
             FlagCalled::failed(request, key, &error, stale.as_ref())
         });
         match stale {
@@ -317,18 +320,27 @@ impl Decide {
         }
     }
 
-    /// Reports `called()` unless `send` is off or the read was reported before.
+    /// Reports the read's flag events (`called()` builds them) unless `send` is off or they
+    /// were reported before.
     fn report(
         &self,
         send: bool,
         request: &FlagsRequest,
         key: &str,
         value: Option<&super::FlagValue>,
+        attribution: Option<&Attribution<&str>>,
         called: impl FnOnce() -> FlagCalled,
     ) {
-        let reporter = &self.inner.reporter;
-        if send && reporter.first_time(&request.distinct_id, key, value, &request.groups) {
-            reporter.report(called());
+        if send {
+            report_read(
+                &*self.inner.reporter,
+                &request.distinct_id,
+                key,
+                value,
+                &request.groups,
+                attribution,
+                called,
+            );
         }
     }
 
@@ -388,12 +400,10 @@ fn evaluate_locally(
         Ok(m) => {
             let record = FlagRecord {
                 payload: decode_payload(key, m.payload),
-                value: m.value,
                 reason: Some(EVALUATED_LOCALLY.to_owned()),
                 id: m.id,
-                version: None,
-                locally_evaluated: true,
                 has_experiment: m.has_experiment,
+                ..FlagRecord::new(m.value, true)
             };
             decided.insert(key.to_owned(), record);
         }
@@ -413,7 +423,7 @@ mod tests {
     use tower::service_fn;
 
     use super::*;
-    use crate::flags::FlagValue;
+    use crate::{flags::FlagValue, Event};
 
     /// Reports nothing.
     struct Silent;
@@ -425,11 +435,23 @@ mod tests {
             _: &str,
             _: Option<&FlagValue>,
             _: &BTreeMap<String, String>,
+            _: Option<&Attribution<&str>>,
         ) -> bool {
             false
         }
 
-        fn report(&self, _: FlagCalled) {}
+        fn first_exposure(
+            &self,
+            _: &str,
+            _: &str,
+            _: &BTreeMap<String, String>,
+            _: &str,
+            _: &str,
+        ) -> bool {
+            false
+        }
+
+        fn report(&self, _: Event) {}
     }
 
     const DEFINITIONS: &str = r#"{"flags": [
