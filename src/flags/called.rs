@@ -477,4 +477,51 @@ mod tests {
         .into_event();
         assert!(!gated_unknown.inner.minimal);
     }
+
+    fn v4(code: &str, rule_id: &str, rule_type: &str, variant: Option<&str>) -> FlagRecord {
+        FlagRecord {
+            config_version: Some(2),
+            reason_code: Some(code.into()),
+            rule_id: Some(rule_id.into()),
+            rule_type: Some(rule_type.into()),
+            variant_key: variant.map(Into::into),
+            ..FlagRecord::new(FlagValue::Bool(true), false)
+        }
+    }
+
+    #[test]
+    fn attribution_follows_the_reason_code() {
+        let uuid = "0F8E6A52-5b8e-4f4c-9a39-5d3c2c8f6b21";
+        let rule = |code, rule_type| {
+            Attribution::of(&v4(code, uuid, rule_type, Some("v"))).map(|a| a.to_owned())
+        };
+        let full = rule("experiment_split", "experiment").unwrap();
+        assert_eq!(full.exposure(), Some((uuid, "v")));
+        let paused = rule("experiment_paused", "experiment").unwrap();
+        assert_eq!(paused.rule_id.as_deref(), Some(uuid));
+        assert_eq!(paused.variant_key, None, "only a split reports its variant");
+        let wrong = rule("holdout", "targeted_release").unwrap();
+        assert_eq!(wrong.reason_code.as_deref(), Some("holdout"));
+        assert_eq!(wrong.rule_id, None);
+        assert_eq!(rule("", "experiment").unwrap(), Attribution::default());
+        let not_uuid = v4(
+            "targeting_match",
+            "0f8e6a52-5b8e-4f4c-9a39-5d3c2c8f6b2",
+            "targeted_release",
+            None,
+        );
+        assert_eq!(Attribution::of(&not_uuid).unwrap().rule_id, None);
+        let mut failed = v4("experiment_split", uuid, "experiment", Some("v"));
+        failed.failed = true;
+        assert_eq!(Attribution::of(&failed).unwrap().rule_id, None);
+        let mut v1 = v4("experiment_split", uuid, "experiment", Some("v"));
+        v1.config_version = Some(1);
+        assert!(Attribution::of(&v1).is_none());
+        let mut local = v4("experiment_split", uuid, "experiment", Some("v"));
+        local.locally_evaluated = true;
+        assert!(
+            Attribution::of(&local).is_none(),
+            "local definitions name no rule"
+        );
+    }
 }

@@ -682,4 +682,73 @@ mod tests {
         }
         assert!(FlagsResponse::from_json(b"{}").unwrap().flags.is_empty());
     }
+
+    #[test]
+    fn parses_v4_records() {
+        let rule = "0f8e6a52-5b8e-4f4c-9a39-5d3c2c8f6b21";
+        let body = json!({
+            "flags": {
+                "split": {"key": "split", "value": "test", "failed": false,
+                    "reason": {"code": "experiment_split", "condition_index": 2, "description": "Assigned"},
+                    "metadata": {"id": 7, "version": 3.0, "config_version": 2, "rule_id": rule,
+                                 "rule_type": "experiment", "variant_key": "test",
+                                 "forced_variant": false, "experiment_id": 11,
+                                 "has_experiment": true, "payload": "{\"a\":1}",
+                                 "future": {"deep": [1, 2, 3]}}},
+                "number": {"value": 42, "metadata": {"payload": "\"ignored\""}},
+                "object": {"value": {"x": 1}},
+                "none": {"value": null, "metadata": {"config_version": 2}},
+                "failed": {"value": true, "failed": true, "metadata": {"payload": "1", "config_version": 2}},
+                "wrong_type": {"value": true, "metadata": {"rule_id": 5}},
+                "array_value": {"value": [1]},
+                "not_an_object": 3,
+                "v2": {"enabled": true, "variant": "b", "metadata": {"id": 1}}
+            },
+            "requestId": "req", "evaluatedAt": 1700000000000_i64
+        });
+        let r = FlagsResponse::from_json(body.to_string().as_bytes()).unwrap();
+        let split = &r.flags["split"];
+        assert_eq!(split.value(), FlagValue::Variant("test".into()));
+        assert!(!split.failed);
+        let m = &split.metadata;
+        assert_eq!(
+            (m.id, m.version, m.config_version),
+            (Some(7), Some(3), Some(2))
+        );
+        assert_eq!(m.rule_id.as_deref(), Some(rule));
+        assert_eq!(m.rule_type.as_deref(), Some("experiment"));
+        assert_eq!(m.variant_key.as_deref(), Some("test"));
+        assert_eq!((m.forced_variant, m.experiment_id), (Some(false), Some(11)));
+        assert_eq!(m.has_experiment, Some(true));
+        assert_eq!(m.payload.as_deref(), Some("{\"a\":1}"));
+        assert_eq!(
+            split.reason.as_ref().unwrap().code.as_deref(),
+            Some("experiment_split")
+        );
+        // A number or object value is an enabled flag whose payload is the value.
+        assert_eq!(r.flags["number"].value(), FlagValue::Bool(true));
+        assert_eq!(r.flags["number"].metadata.payload.as_deref(), Some("42"));
+        assert_eq!(
+            r.flags["object"].metadata.payload.as_deref(),
+            Some("{\"x\":1}")
+        );
+        assert!(!r.flags["object"].has_metadata);
+        assert_eq!(r.flags["none"].value(), FlagValue::Bool(false));
+        // A failed record has no value and no payload, whatever it carries.
+        let failed = &r.flags["failed"];
+        assert!(failed.failed);
+        assert_eq!(failed.value(), FlagValue::Bool(false));
+        assert_eq!(failed.metadata.payload, None);
+        assert_eq!(failed.metadata.config_version, Some(2));
+        // A known field of the wrong type fails only its record.
+        for key in ["wrong_type", "array_value", "not_an_object"] {
+            assert!(r.flags[key].failed, "{key}");
+            assert_eq!(r.flags[key].value(), FlagValue::Bool(false), "{key}");
+            assert_eq!(r.flags[key].metadata.config_version, None, "{key}");
+        }
+        // An older record is config version 1.
+        assert_eq!(r.flags["v2"].value(), FlagValue::Variant("b".into()));
+        assert_eq!(r.flags["v2"].metadata.config_version, Some(1));
+        assert_eq!(r.request_id.as_deref(), Some("req"));
+    }
 }
