@@ -539,6 +539,39 @@ impl FlagCalledBench {
         }
     }
 
+    /// A snapshot of `flags` experiment flags `flag-0`, `flag-1`, … for one person, as
+    /// `/flags?v=4` sends them (an experiment split each): the first read of a key builds
+    /// both `$feature_flag_called` and `$experiment_exposure`.
+    pub fn new_experiments(person: &str, flags: usize) -> Self {
+        let map: serde_json::Map<String, Value> = (0..flags)
+            .map(|i| {
+                (
+                    format!("flag-{i}"),
+                    serde_json::json!({"value": "test", "failed": false,
+                        "reason": {"code": "experiment_split", "description": "Assigned"},
+                        "metadata": {"id": i, "version": 3, "config_version": 2,
+                            "rule_id": "0f8e6a52-5b8e-4f4c-9a39-5d3c2c8f6b21",
+                            "rule_type": "experiment", "variant_key": "test",
+                            "has_experiment": true}}),
+                )
+            })
+            .collect();
+        let body =
+            serde_json::json!({"flags": map, "requestId": "bench", "evaluatedAt": 1}).to_string();
+        let response = FlagsResponse::from_json(body.as_bytes()).unwrap_or_default();
+        let reporter = Arc::new(BuildOnly(
+            super::FlagCalledDedup::new(50_000),
+            super::FlagCalledDedup::new(50_000),
+        ));
+        FlagCalledBench {
+            snapshot: FlagEvaluations::from_response(
+                &super::FlagsRequest::new(person),
+                &response,
+                Some(reporter),
+            ),
+        }
+    }
+
     /// Reads one flag (the first read of a key builds its event).
     pub fn access(&self, key: &str) -> bool {
         self.snapshot.is_enabled(key)
