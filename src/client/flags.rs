@@ -12,8 +12,8 @@ use crate::{
     error::CaptureError,
     event::Event,
     flags::{
-        AllFlags, Attribution, Decide, FeatureFlagResult, FlagCalledDedup, FlagError,
-        FlagEvaluations, FlagValue, FlagsRequest, ReportFlagCalled,
+        AllFlags, Decide, FeatureFlagResult, FlagCalledDedup, FlagError, FlagEvaluations,
+        FlagValue, FlagsRequest, ReadAttribution, ReportFlagCalled,
     },
 };
 
@@ -32,7 +32,7 @@ impl ReportFlagCalled for FlagCalledReporter {
         key: &str,
         value: Option<&FlagValue>,
         groups: &BTreeMap<String, String>,
-        attribution: Option<&Attribution<&str>>,
+        attribution: Option<&ReadAttribution>,
     ) -> bool {
         !distinct_id.trim().is_empty()
             && self
@@ -45,13 +45,12 @@ impl ReportFlagCalled for FlagCalledReporter {
         distinct_id: &str,
         key: &str,
         groups: &BTreeMap<String, String>,
-        rule_id: &str,
-        variant_key: &str,
+        exposure_key: u64,
     ) -> bool {
         !distinct_id.trim().is_empty()
             && self
                 .exposures
-                .first_exposure(distinct_id, key, groups, rule_id, variant_key)
+                .first_exposure(distinct_id, key, groups, exposure_key)
     }
 
     fn report(&self, event: Event) {

@@ -330,6 +330,14 @@ impl Event {
         }
     }
 
+    /// [`insert_value`](Self::insert_value) for a value the crate builds (a string, a
+    /// number, a boolean), serialized without an intermediate `Value`.
+    pub(crate) fn insert_plain<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if let Err(e) = self.inner.properties.insert(key, value) {
+            tracing::warn!(key, error = %e, "posthog: property left out");
+        }
+    }
+
     fn update_object(&mut self, property: &str, key: String, value: Value) {
         let mut object = match self.remove(property) {
             Some(Value::Object(map)) => map,

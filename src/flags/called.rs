@@ -1,6 +1,10 @@
 //! The flag events of a read: `$feature_flag_called` and `$experiment_exposure`.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
 
 use serde_json::Value;
 
@@ -97,6 +101,40 @@ impl<'a> Attribution<&'a str> {
     }
 }
 
+/// A record's attribution, worked out once when the record is read from `/flags`, with the
+/// fingerprints its two dedups use (so a repeated read hashes eight bytes, not the strings).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ReadAttribution {
+    pub(crate) attribution: Attribution<String>,
+    /// Fingerprint of the whole attribution (part of the `$feature_flag_called` dedup key).
+    pub(crate) called_key: u64,
+    /// Fingerprint of the rule id and variant key, for an experiment split (the
+    /// `$experiment_exposure` dedup key with the flag key and groups).
+    pub(crate) exposure_key: Option<u64>,
+}
+
+impl ReadAttribution {
+    /// The attribution of `record` (see [`Attribution::of`]).
+    pub(crate) fn of(record: &FlagRecord) -> Option<Arc<Self>> {
+        let attribution = Attribution::of(record)?;
+        // A fixed-key hasher: these fingerprints are hashed again, with each dedup's random
+        // keys, so they need only be well spread.
+        let mut h = std::hash::DefaultHasher::new();
+        attribution.hash(&mut h);
+        let called_key = h.finish();
+        let exposure_key = attribution.exposure().map(|exposure| {
+            let mut h = std::hash::DefaultHasher::new();
+            exposure.hash(&mut h);
+            h.finish()
+        });
+        Some(Arc::new(ReadAttribution {
+            attribution: attribution.to_owned(),
+            called_key,
+            exposure_key,
+        }))
+    }
+}
+
 impl<S: AsRef<str>> Attribution<S> {
     /// The rule id and variant of an experiment split: what `$experiment_exposure` reports
     /// and is deduplicated on.
@@ -139,7 +177,7 @@ pub(crate) struct FlagCalled {
     pub(crate) groups: BTreeMap<String, String>,
     pub(crate) disable_geoip: Option<bool>,
     /// The rule attribution of a config version 2 record (`/flags?v=4`).
-    pub(crate) attribution: Option<Attribution<String>>,
+    pub(crate) attribution: Option<Arc<ReadAttribution>>,
 }
 
 /// Where flag accesses are reported (the client: dedup, then capture).
@@ -153,18 +191,17 @@ pub(crate) trait ReportFlagCalled: Send + Sync {
         key: &str,
         value: Option<&FlagValue>,
         groups: &BTreeMap<String, String>,
-        attribution: Option<&Attribution<&str>>,
+        attribution: Option<&ReadAttribution>,
     ) -> bool;
 
-    /// Records the `$experiment_exposure` combination (distinct id, flag, groups, rule,
-    /// variant) in its own dedup; `true` when it is new.
+    /// Records the `$experiment_exposure` combination (distinct id, flag, groups, and the
+    /// rule and variant `exposure_key` stands for) in its own dedup; `true` when it is new.
     fn first_exposure(
         &self,
         distinct_id: &str,
         key: &str,
         groups: &BTreeMap<String, String>,
-        rule_id: &str,
-        variant_key: &str,
+        exposure_key: u64,
     ) -> bool;
 
     /// Sends a flag event (already deduplicated).
@@ -180,15 +217,13 @@ pub(crate) fn report_read(
     key: &str,
     value: Option<&FlagValue>,
     groups: &BTreeMap<String, String>,
-    attribution: Option<&Attribution<&str>>,
+    attribution: Option<&ReadAttribution>,
     build: impl FnOnce() -> FlagCalled,
 ) {
     let called = reporter.first_time(distinct_id, key, value, groups, attribution);
     let exposed = attribution
-        .and_then(Attribution::exposure)
-        .is_some_and(|(rule, variant)| {
-            reporter.first_exposure(distinct_id, key, groups, rule, variant)
-        });
+        .and_then(|a| a.exposure_key)
+        .is_some_and(|exposure| reporter.first_exposure(distinct_id, key, groups, exposure));
     if !called && !exposed {
         return;
     }
@@ -254,7 +289,10 @@ impl FlagCalled {
             locally_evaluated: record.is_some_and(|r| r.locally_evaluated),
             request_id: ctx.request_id.map(str::to_owned),
             evaluated_at: ctx.evaluated_at,
-            reason: record.and_then(|r| r.reason.clone()),
+            // A read with attribution reports the reason code instead.
+            reason: record
+                .filter(|r| r.attribution.is_none())
+                .and_then(|r| r.reason.clone()),
             id: record.and_then(|r| r.id),
             version: record.and_then(|r| r.version),
             error,
@@ -262,7 +300,7 @@ impl FlagCalled {
             minimal_gate: ctx.minimal_gate,
             groups: ctx.groups.clone(),
             disable_geoip: ctx.disable_geoip,
-            attribution: record.and_then(Attribution::of).map(|a| a.to_owned()),
+            attribution: record.and_then(|r| r.attribution.clone()),
         }
     }
 
@@ -303,32 +341,27 @@ impl FlagCalled {
     /// the flag, value and evaluation source, the rule and variant, and the flag's id,
     /// version, request id and evaluation time when `$feature_flag_called` has them.
     pub(crate) fn exposure_event(&self) -> Option<Event> {
-        let (rule_id, variant_key) = self.attribution.as_ref()?.exposure()?;
+        let (rule_id, variant_key) = self.attribution.as_ref()?.attribution.exposure()?;
         let mut event = Event::new("$experiment_exposure", &self.distinct_id);
-        event.insert_value("$feature_flag", Value::String(self.key.clone()));
-        event.insert_value(
-            "$feature_flag_response",
-            self.response
-                .as_ref()
-                .map_or(Value::Null, FlagValue::to_json),
-        );
-        event.insert_value("locally_evaluated", Value::Bool(self.locally_evaluated));
-        event.insert_value("$feature_flag_variant_key", Value::from(variant_key));
-        event.insert_value("$feature_flag_rule_id", Value::from(rule_id));
+        event.insert_plain("$feature_flag", self.key.as_str());
+        event.insert_plain("$feature_flag_response", &self.response);
+        event.insert_plain("locally_evaluated", &self.locally_evaluated);
+        event.insert_plain("$feature_flag_variant_key", variant_key);
+        event.insert_plain("$feature_flag_rule_id", rule_id);
         if let Some(id) = self.id.filter(|id| *id != 0) {
-            event.insert_value("$feature_flag_id", Value::from(id));
+            event.insert_plain("$feature_flag_id", &id);
         }
         if let Some(version) = self.version.filter(|v| *v != 0) {
-            event.insert_value("$feature_flag_version", Value::from(version));
+            event.insert_plain("$feature_flag_version", &version);
         }
         if let Some(id) = self.request_id.as_deref().filter(|r| !r.is_empty()) {
-            event.insert_value("$feature_flag_request_id", Value::from(id));
+            event.insert_plain("$feature_flag_request_id", id);
         }
         if let Some(at) = self
             .evaluated_at
             .filter(|at| !self.locally_evaluated && *at != 0)
         {
-            event.insert_value("$feature_flag_evaluated_at", Value::from(at));
+            event.insert_plain("$feature_flag_evaluated_at", &at);
         }
         for (group_type, group_key) in &self.groups {
             event = event.group(group_type, group_key);
@@ -340,32 +373,28 @@ impl FlagCalled {
 
     /// The event, with the properties posthog-python sends.
     pub(crate) fn into_event(self) -> Event {
-        let response = self
-            .response
-            .as_ref()
-            .map_or(Value::Null, FlagValue::to_json);
-        let mut event = Event::new("$feature_flag_called", self.distinct_id);
-        event.insert_value("$feature_flag", Value::String(self.key.clone()));
-        event.insert_value("$feature_flag_response", response.clone());
-        event.insert_value("locally_evaluated", Value::Bool(self.locally_evaluated));
-        event.insert_value(format!("$feature/{}", self.key), response);
+        let mut event = Event::new("$feature_flag_called", &self.distinct_id);
+        event.insert_plain("$feature_flag", self.key.as_str());
+        event.insert_plain("$feature_flag_response", &self.response);
+        event.insert_plain("locally_evaluated", &self.locally_evaluated);
+        event.insert_plain(&format!("$feature/{}", self.key), &self.response);
         if let Some(payload) = self.payload.filter(|p| !p.is_null()) {
             event.insert_value("$feature_flag_payload", payload);
         }
-        if let Some(id) = self.request_id.filter(|r| !r.is_empty()) {
-            event.insert_value("$feature_flag_request_id", Value::String(id));
+        if let Some(id) = self.request_id.as_deref().filter(|r| !r.is_empty()) {
+            event.insert_plain("$feature_flag_request_id", id);
         }
         if let Some(at) = self
             .evaluated_at
             .filter(|at| !self.locally_evaluated && *at != 0)
         {
-            event.insert_value("$feature_flag_evaluated_at", Value::from(at));
+            event.insert_plain("$feature_flag_evaluated_at", &at);
         }
         match &self.attribution {
             // The reason code replaces the human-readable reason.
             Some(attribution) => {
-                let a = attribution.as_str();
-                event.insert_value("$feature_flag_config_version", Value::from(2));
+                let a = attribution.attribution.as_str();
+                event.insert_plain("$feature_flag_config_version", &2);
                 for (name, value) in [
                     ("$feature_flag_reason_code", a.reason_code),
                     ("$feature_flag_rule_id", a.rule_id),
@@ -373,7 +402,7 @@ impl FlagCalled {
                     ("$feature_flag_variant_key", a.variant_key),
                 ] {
                     if let Some(value) = value {
-                        event.insert_value(name, Value::from(value));
+                        event.insert_plain(name, value);
                     }
                 }
                 event.inner.pinned = Pinned::FlagCalledV2;

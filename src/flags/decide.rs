@@ -18,7 +18,7 @@ use tower::{util::BoxCloneSyncService, ServiceExt};
 use tower_service::Service;
 
 use super::{
-    called::{report_read, Attribution, FlagCalled, ReportFlagCalled},
+    called::{report_read, FlagCalled, ReadAttribution, ReportFlagCalled},
     evaluations::{decode_payload, FlagEvaluations, FlagRecord},
     fallback::FallbackCache,
     local::{
@@ -285,8 +285,8 @@ impl Decide {
             None => Err(FlagError::Missing),
         };
         let value = outcome.as_ref().ok().map(|r| &r.record.value);
-        let attribution = snapshot.record(key).and_then(Attribution::of);
-        self.report(send, &request, key, value, attribution.as_ref(), || {
+        let attribution = snapshot.record(key).and_then(|r| r.attribution.as_deref());
+        self.report(send, &request, key, value, attribution, || {
             snapshot.called(key, true)
         });
         outcome
@@ -328,7 +328,7 @@ impl Decide {
         request: &FlagsRequest,
         key: &str,
         value: Option<&super::FlagValue>,
-        attribution: Option<&Attribution<&str>>,
+        attribution: Option<&ReadAttribution>,
         called: impl FnOnce() -> FlagCalled,
     ) {
         if send {
@@ -435,19 +435,12 @@ mod tests {
             _: &str,
             _: Option<&FlagValue>,
             _: &BTreeMap<String, String>,
-            _: Option<&Attribution<&str>>,
+            _: Option<&ReadAttribution>,
         ) -> bool {
             false
         }
 
-        fn first_exposure(
-            &self,
-            _: &str,
-            _: &str,
-            _: &BTreeMap<String, String>,
-            _: &str,
-            _: &str,
-        ) -> bool {
+        fn first_exposure(&self, _: &str, _: &str, _: &BTreeMap<String, String>, _: u64) -> bool {
             false
         }
 

@@ -7,7 +7,7 @@ use std::{
     sync::Mutex,
 };
 
-use super::{called::Attribution, FlagValue};
+use super::{called::ReadAttribution, FlagValue};
 
 /// Remembers which `(flag key, value, groups)` each distinct id was already reported with
 /// (plus the rule attribution of a `/flags?v=4` read), so `$feature_flag_called` is sent once
@@ -49,7 +49,7 @@ impl FlagCalledDedup {
         key: &str,
         value: Option<&FlagValue>,
         groups: impl IntoIterator<Item = (&'a String, &'a String)>,
-        attribution: Option<&Attribution<&str>>,
+        attribution: Option<&ReadAttribution>,
     ) -> bool {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
@@ -59,11 +59,12 @@ impl FlagCalledDedup {
             t.hash(&mut h);
             k.hash(&mut h);
         }
-        attribution.hash(&mut h);
+        attribution.map(|a| a.called_key).hash(&mut h);
         self.first_combination(distinct_id, h.finish())
     }
 
-    /// Records the `$experiment_exposure` combination; `true` if it is new. The value,
+    /// Records the `$experiment_exposure` combination (`exposure_key` stands for the rule and
+    /// variant); `true` if it is new. The value,
     /// request id and evaluation time are left out: one assignment is one exposure however
     /// often it is read.
     pub(crate) fn first_exposure<'a>(
@@ -71,8 +72,7 @@ impl FlagCalledDedup {
         distinct_id: &str,
         key: &str,
         groups: impl IntoIterator<Item = (&'a String, &'a String)>,
-        rule_id: &str,
-        variant_key: &str,
+        exposure_key: u64,
     ) -> bool {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
@@ -80,8 +80,7 @@ impl FlagCalledDedup {
             t.hash(&mut h);
             k.hash(&mut h);
         }
-        rule_id.hash(&mut h);
-        variant_key.hash(&mut h);
+        exposure_key.hash(&mut h);
         self.first_combination(distinct_id, h.finish())
     }
 

@@ -10,7 +10,7 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    called::{report_read, Attribution, FlagCalled, ReadContext, ReportFlagCalled},
+    called::{report_read, FlagCalled, ReadAttribution, ReadContext, ReportFlagCalled},
     FlagError, FlagValue, FlagsResponse,
 };
 use crate::Event;
@@ -52,6 +52,9 @@ pub struct FlagRecord {
     pub forced_variant: Option<bool>,
     /// The experiment's id (older flag configurations).
     pub experiment_id: Option<i64>,
+    /// What the flag events of a read report about the rule, worked out from the fields
+    /// above when the record is read from `/flags`.
+    pub(crate) attribution: Option<Arc<ReadAttribution>>,
 }
 
 impl FlagRecord {
@@ -73,6 +76,7 @@ impl FlagRecord {
             variant_key: None,
             forced_variant: None,
             experiment_id: None,
+            attribution: None,
         }
     }
 
@@ -95,7 +99,15 @@ impl FlagRecord {
             variant_key: m.variant_key.clone(),
             forced_variant: m.forced_variant,
             experiment_id: m.experiment_id,
+            attribution: None,
         }
+        .with_attribution()
+    }
+
+    /// Works out the record's attribution from its fields.
+    pub(crate) fn with_attribution(mut self) -> Self {
+        self.attribution = ReadAttribution::of(&self);
+        self
     }
 }
 
@@ -373,7 +385,7 @@ impl FlagEvaluations {
                     key,
                     value,
                     &d.groups,
-                    record.and_then(Attribution::of).as_ref(),
+                    record.and_then(|r| r.attribution.as_deref()),
                     || self.called(key, false),
                 );
             }
@@ -487,7 +499,7 @@ impl ReportFlagCalled for BuildOnly {
         key: &str,
         value: Option<&FlagValue>,
         groups: &BTreeMap<String, String>,
-        attribution: Option<&Attribution<&str>>,
+        attribution: Option<&ReadAttribution>,
     ) -> bool {
         self.0
             .first_time(distinct_id, key, value, groups, attribution)
@@ -498,11 +510,10 @@ impl ReportFlagCalled for BuildOnly {
         distinct_id: &str,
         key: &str,
         groups: &BTreeMap<String, String>,
-        rule_id: &str,
-        variant_key: &str,
+        exposure_key: u64,
     ) -> bool {
         self.1
-            .first_exposure(distinct_id, key, groups, rule_id, variant_key)
+            .first_exposure(distinct_id, key, groups, exposure_key)
     }
 
     fn report(&self, event: Event) {
@@ -594,19 +605,12 @@ mod tests {
             _: &str,
             _: Option<&FlagValue>,
             _: &BTreeMap<String, String>,
-            _: Option<&Attribution<&str>>,
+            _: Option<&ReadAttribution>,
         ) -> bool {
             true
         }
 
-        fn first_exposure(
-            &self,
-            _: &str,
-            _: &str,
-            _: &BTreeMap<String, String>,
-            _: &str,
-            _: &str,
-        ) -> bool {
+        fn first_exposure(&self, _: &str, _: &str, _: &BTreeMap<String, String>, _: u64) -> bool {
             true
         }
 
