@@ -53,11 +53,34 @@ impl ReportFlagCalled for FlagCalledReporter {
                 .first_exposure(distinct_id, key, groups, exposure_key)
     }
 
-    fn report(&self, event: Event) {
-        if let Some(batch) = &self.batch {
-            // A refusal (full queue, shut down) is counted and reported by the batch itself.
-            let _ = batch.try_capture(event);
-        }
+    fn report(&self, event: Event) -> bool {
+        // A refusal (full queue, shut down) is counted and reported by the batch itself.
+        self.batch
+            .as_ref()
+            .is_some_and(|batch| batch.try_capture(event).is_ok())
+    }
+
+    fn forget(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: &BTreeMap<String, String>,
+        attribution: &ReadAttribution,
+    ) {
+        self.dedup
+            .forget(distinct_id, key, value, groups, Some(attribution));
+    }
+
+    fn forget_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: &BTreeMap<String, String>,
+        exposure_key: u64,
+    ) {
+        self.exposures
+            .forget_exposure(distinct_id, key, groups, exposure_key);
     }
 }
 

@@ -204,8 +204,34 @@ pub(crate) trait ReportFlagCalled: Send + Sync {
         exposure_key: u64,
     ) -> bool;
 
-    /// Sends a flag event (already deduplicated).
-    fn report(&self, event: Event);
+    /// Sends a flag event (already deduplicated): `false` when it could not be queued (a
+    /// full or closed queue, a disabled client). An event `before_send` drops counts as sent.
+    fn report(&self, event: Event) -> bool;
+
+    /// Forgets a `$feature_flag_called` combination with attribution whose event could not
+    /// be queued, so a later read tries again (combinations without attribution are kept, as
+    /// posthog-python keeps them).
+    fn forget(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: &BTreeMap<String, String>,
+        attribution: &ReadAttribution,
+    ) {
+        let _ = (distinct_id, key, value, groups, attribution);
+    }
+
+    /// Forgets an `$experiment_exposure` combination whose event could not be queued.
+    fn forget_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: &BTreeMap<String, String>,
+        exposure_key: u64,
+    ) {
+        let _ = (distinct_id, key, groups, exposure_key);
+    }
 }
 
 /// Reports one read: `$feature_flag_called` unless this combination was reported, then
@@ -229,11 +255,19 @@ pub(crate) fn report_read(
     }
     let read = build();
     let exposure = exposed.then(|| read.exposure_event()).flatten();
-    if called {
-        reporter.report(read.into_event());
+    // Each event is attempted on its own; one that could not be queued gives its
+    // combination back (for attributed reads), so a later read sends it.
+    if called && !reporter.report(read.into_event()) {
+        if let Some(attribution) = attribution {
+            reporter.forget(distinct_id, key, value, groups, attribution);
+        }
     }
     if let Some(exposure) = exposure {
-        reporter.report(exposure);
+        if !reporter.report(exposure) {
+            if let Some(exposure_key) = attribution.and_then(|a| a.exposure_key) {
+                reporter.forget_exposure(distinct_id, key, groups, exposure_key);
+            }
+        }
     }
 }
 
@@ -551,6 +585,118 @@ mod tests {
         assert!(
             Attribution::of(&local).is_none(),
             "local definitions name no rule"
+        );
+    }
+
+    /// Real dedups, and a queue that refuses the first `refuse` events.
+    struct Flaky {
+        called: super::super::FlagCalledDedup,
+        exposures: super::super::FlagCalledDedup,
+        refuse: std::sync::atomic::AtomicUsize,
+        sent: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl ReportFlagCalled for Flaky {
+        fn first_time(
+            &self,
+            distinct_id: &str,
+            key: &str,
+            value: Option<&FlagValue>,
+            groups: &BTreeMap<String, String>,
+            attribution: Option<&ReadAttribution>,
+        ) -> bool {
+            self.called
+                .first_time(distinct_id, key, value, groups, attribution)
+        }
+
+        fn first_exposure(
+            &self,
+            distinct_id: &str,
+            key: &str,
+            groups: &BTreeMap<String, String>,
+            exposure_key: u64,
+        ) -> bool {
+            self.exposures
+                .first_exposure(distinct_id, key, groups, exposure_key)
+        }
+
+        fn report(&self, event: Event) -> bool {
+            use std::sync::atomic::Ordering;
+            let refused = self
+                .refuse
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !refused {
+                self.sent.lock().unwrap().push(event.name().to_owned());
+            }
+            !refused
+        }
+
+        fn forget(
+            &self,
+            distinct_id: &str,
+            key: &str,
+            value: Option<&FlagValue>,
+            groups: &BTreeMap<String, String>,
+            attribution: &ReadAttribution,
+        ) {
+            self.called
+                .forget(distinct_id, key, value, groups, Some(attribution));
+        }
+
+        fn forget_exposure(
+            &self,
+            distinct_id: &str,
+            key: &str,
+            groups: &BTreeMap<String, String>,
+            exposure_key: u64,
+        ) {
+            self.exposures
+                .forget_exposure(distinct_id, key, groups, exposure_key);
+        }
+    }
+
+    #[test]
+    fn events_that_could_not_be_queued_are_sent_by_a_later_read() {
+        let uuid = "0f8e6a52-5b8e-4f4c-9a39-5d3c2c8f6b21";
+        let split = v4("experiment_split", uuid, "experiment", Some("v")).with_attribution();
+        let plain = FlagRecord::new(FlagValue::Bool(true), false);
+        let reporter = Flaky {
+            called: super::super::FlagCalledDedup::new(10),
+            exposures: super::super::FlagCalledDedup::new(10),
+            refuse: 3.into(),
+            sent: Default::default(),
+        };
+        let groups = BTreeMap::new();
+        let read = |record: &FlagRecord| {
+            report_read(
+                &reporter,
+                "u",
+                "k",
+                Some(&record.value),
+                &groups,
+                record.attribution.as_deref(),
+                || FlagCalled {
+                    distinct_id: "u".into(),
+                    key: "k".into(),
+                    response: Some(record.value.clone()),
+                    attribution: record.attribution.clone(),
+                    ..FlagCalled::default()
+                },
+            )
+        };
+        // Both events of the split are refused, then the plain flag's.
+        read(&split);
+        read(&plain);
+        assert!(reporter.sent.lock().unwrap().is_empty());
+        read(&split);
+        read(&plain);
+        read(&split);
+        // The split's two events are sent on the next read and never again; the plain
+        // flag's combination was kept, as posthog-python keeps it.
+        assert_eq!(
+            *reporter.sent.lock().unwrap(),
+            ["$feature_flag_called", "$experiment_exposure"]
         );
     }
 }

@@ -444,7 +444,9 @@ mod tests {
             false
         }
 
-        fn report(&self, _: Event) {}
+        fn report(&self, _: Event) -> bool {
+            true
+        }
     }
 
     const DEFINITIONS: &str = r#"{"flags": [

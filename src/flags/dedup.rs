@@ -51,6 +51,31 @@ impl FlagCalledDedup {
         groups: impl IntoIterator<Item = (&'a String, &'a String)>,
         attribution: Option<&ReadAttribution>,
     ) -> bool {
+        let combination = self.called_combination(key, value, groups, attribution);
+        self.first_combination(distinct_id, combination)
+    }
+
+    /// Forgets a `$feature_flag_called` combination whose event could not be queued, so a
+    /// later read tries again.
+    pub(crate) fn forget<'a>(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: impl IntoIterator<Item = (&'a String, &'a String)>,
+        attribution: Option<&ReadAttribution>,
+    ) {
+        let combination = self.called_combination(key, value, groups, attribution);
+        self.forget_combination(distinct_id, combination);
+    }
+
+    fn called_combination<'a>(
+        &self,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: impl IntoIterator<Item = (&'a String, &'a String)>,
+        attribution: Option<&ReadAttribution>,
+    ) -> u64 {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
         value.hash(&mut h);
@@ -60,13 +85,12 @@ impl FlagCalledDedup {
             k.hash(&mut h);
         }
         attribution.map(|a| a.called_key).hash(&mut h);
-        self.first_combination(distinct_id, h.finish())
+        h.finish()
     }
 
     /// Records the `$experiment_exposure` combination (`exposure_key` stands for the rule and
-    /// variant); `true` if it is new. The value,
-    /// request id and evaluation time are left out: one assignment is one exposure however
-    /// often it is read.
+    /// variant); `true` if it is new. The value, request id and evaluation time are left out:
+    /// one assignment is one exposure however often it is read.
     pub(crate) fn first_exposure<'a>(
         &self,
         distinct_id: &str,
@@ -74,6 +98,28 @@ impl FlagCalledDedup {
         groups: impl IntoIterator<Item = (&'a String, &'a String)>,
         exposure_key: u64,
     ) -> bool {
+        let combination = self.exposure_combination(key, groups, exposure_key);
+        self.first_combination(distinct_id, combination)
+    }
+
+    /// Forgets an `$experiment_exposure` combination whose event could not be queued.
+    pub(crate) fn forget_exposure<'a>(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: impl IntoIterator<Item = (&'a String, &'a String)>,
+        exposure_key: u64,
+    ) {
+        let combination = self.exposure_combination(key, groups, exposure_key);
+        self.forget_combination(distinct_id, combination);
+    }
+
+    fn exposure_combination<'a>(
+        &self,
+        key: &str,
+        groups: impl IntoIterator<Item = (&'a String, &'a String)>,
+        exposure_key: u64,
+    ) -> u64 {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
         for (t, k) in groups {
@@ -81,7 +127,14 @@ impl FlagCalledDedup {
             k.hash(&mut h);
         }
         exposure_key.hash(&mut h);
-        self.first_combination(distinct_id, h.finish())
+        h.finish()
+    }
+
+    fn forget_combination(&self, distinct_id: &str, combination: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = state.seen.get_mut(distinct_id) {
+            set.remove(&combination);
+        }
     }
 
     fn first_combination(&self, distinct_id: &str, combination: u64) -> bool {

@@ -516,8 +516,9 @@ impl ReportFlagCalled for BuildOnly {
             .first_exposure(distinct_id, key, groups, exposure_key)
     }
 
-    fn report(&self, event: Event) {
+    fn report(&self, event: Event) -> bool {
         std::hint::black_box(event);
+        true
     }
 }
 
@@ -614,12 +615,13 @@ mod tests {
             true
         }
 
-        fn report(&self, event: Event) {
+        fn report(&self, event: Event) -> bool {
             let properties = event.properties().to_map();
             self.0
                 .lock()
                 .unwrap()
                 .push((event.name().to_owned(), properties));
+            true
         }
     }
 
