@@ -275,6 +275,9 @@ impl Decide {
             },
         };
         let outcome = match snapshot.record(key) {
+            Some(record) if record.malformed => {
+                return Ok(self.malformed_one(send, &request, key, record));
+            }
             Some(record) => {
                 let result = FeatureFlagResult::from_record(key, record, snapshot.request_id());
                 if let Some(cache) = &self.inner.fallback {
@@ -290,6 +293,40 @@ impl Decide {
             snapshot.called(key, true)
         });
         outcome
+    }
+
+    /// A single-flag read whose `/flags` record could not be read: like a failed request
+    /// (`unknown_error`, no request id, the last good value if the fallback cache has one),
+    /// except that without one the flag reads as off.
+    fn malformed_one(
+        &self,
+        send: bool,
+        request: &FlagsRequest,
+        key: &str,
+        record: &FlagRecord,
+    ) -> FeatureFlagResult {
+        let stale = self
+            .inner
+            .fallback
+            .as_ref()
+            .and_then(|cache| cache.get(&request.distinct_id, key));
+        let result = match stale {
+            Some(mut stale) => {
+                stale.stale_because = Some(FlagError::InvalidResponse(format!(
+                    "the /flags record of `{key}` could not be read"
+                )));
+                stale
+            }
+            None => FeatureFlagResult::from_record(key, record, None),
+        };
+        let value = result.record.value.clone();
+        self.report(send, request, key, Some(&value), None, || FlagCalled {
+            error: Some("unknown_error".to_owned()),
+            response: Some(value.clone()),
+            payload: result.record.payload.clone(),
+            ..FlagCalled::undecided(request, key)
+        });
+        result
     }
 
     /// A single-flag read whose `/flags` request failed: the last good value if the fallback

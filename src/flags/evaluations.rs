@@ -33,8 +33,8 @@ pub struct FlagRecord {
     pub locally_evaluated: bool,
     /// Whether the flag belongs to an experiment, when known.
     pub has_experiment: Option<bool>,
-    /// PostHog could not evaluate the flag (or its record could not be read): it has no
-    /// value. A snapshot reads it as absent ([`FlagEvaluations::get_flag`] is `None`); a
+    /// PostHog could not evaluate the flag (its record says `failed`): it has no value (a
+    /// record that could not be read is not failed; it reads as off). A snapshot reads it as absent ([`FlagEvaluations::get_flag`] is `None`); a
     /// single-flag lookup reads it as off.
     pub failed: bool,
     /// The flag's configuration format (`/flags?v=4`): `2` when its records name the rule
@@ -55,6 +55,8 @@ pub struct FlagRecord {
     /// What the flag events of a read report about the rule, worked out from the fields
     /// above when the record is read from `/flags`.
     pub(crate) attribution: Option<Arc<ReadAttribution>>,
+    /// The `/flags` record could not be read (it reads as off, and `failed` is `false`).
+    pub(crate) malformed: bool,
 }
 
 impl FlagRecord {
@@ -77,6 +79,7 @@ impl FlagRecord {
             forced_variant: None,
             experiment_id: None,
             attribution: None,
+            malformed: false,
         }
     }
 
@@ -91,7 +94,8 @@ impl FlagRecord {
             version: m.version,
             locally_evaluated: false,
             has_experiment: m.has_experiment,
-            failed: flag.failed,
+            // Only a record the server marked failed is; one that could not be read is off.
+            failed: flag.failed && !flag.malformed,
             config_version: m.config_version,
             reason_code: flag.reason.as_ref().and_then(|r| r.code.clone()),
             rule_id: m.rule_id.clone(),
@@ -100,6 +104,7 @@ impl FlagRecord {
             forced_variant: m.forced_variant,
             experiment_id: m.experiment_id,
             attribution: None,
+            malformed: flag.malformed,
         }
         .with_attribution()
     }

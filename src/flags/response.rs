@@ -87,10 +87,15 @@ pub struct FlagDetail {
     /// Id, version, payload, and the `/flags?v=4` rule attribution.
     pub metadata: FlagMetadata,
     /// The server could not evaluate this flag (`failed: true`), or the record could not be
-    /// read (a known field of the wrong type): the flag has no value, and reads as off.
+    /// read (a known field of the wrong type): the flag has no value, and reads as off. A
+    /// record that could not be read is reported as `unknown_error` by a single-flag lookup
+    /// (which then serves the fallback cache's value, if any) and as a plain off flag by a
+    /// snapshot, as posthog-python 7.91.1 does.
     pub failed: bool,
     /// The record had no `metadata` object (then it names no rule).
     pub(crate) has_metadata: bool,
+    /// `failed` because the record could not be read, not because the server said so.
+    pub(crate) malformed: bool,
 }
 
 impl FlagDetail {
@@ -113,6 +118,7 @@ impl FlagDetail {
             metadata: FlagMetadata::default(),
             failed: true,
             has_metadata: false,
+            malformed: true,
         }
     }
 
@@ -134,6 +140,7 @@ impl FlagDetail {
                 has_metadata,
                 metadata: metadata.unwrap_or_default(),
                 failed,
+                malformed: false,
             },
             Err(Malformed(field)) => FlagDetail::malformed(key, field),
         }
@@ -214,6 +221,7 @@ impl FlagsResponse {
                             },
                             failed: false,
                             has_metadata: false,
+                            malformed: false,
                         },
                     );
                 }

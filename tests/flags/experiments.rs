@@ -671,3 +671,46 @@ async fn minimized_events_keep_their_attribution() {
     let events = flag_events(&ph, &mock).await;
     assert!(events[1].1.get("$feature_flag_rule_id").is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_record_is_an_unknown_error_for_a_lookup_and_off_in_a_snapshot() {
+    let mock = start_mock().await;
+    // `rule_id` must be a string: only this record fails.
+    let broken = V4Flag::experiment_split("k", "test", RULE).metadata_field("rule_id", 5);
+    mock.set_default(
+        "/flags/",
+        MockResponse::flags_v4([broken, V4Flag::new("fine", true)]),
+    );
+    let ph = client(&mock);
+    let result = ph
+        .get_feature_flag_result("k", "user-1")
+        .await
+        .unwrap_or_else(|e| panic!("an unreadable record reads as off: {e:?}"));
+    assert_eq!(result.record.value, FlagValue::Bool(false));
+    assert!(!result.record.failed);
+    assert_eq!(result.request_id, None);
+    assert_eq!(
+        ph.get_feature_flag("fine", "user-1").await,
+        Ok(FlagValue::Bool(true))
+    );
+    let events = flag_events(&ph, &mock).await;
+    assert_eq!(
+        events[0].1,
+        object(json!({
+            "$feature_flag": "k",
+            "$feature_flag_response": false,
+            "locally_evaluated": false,
+            "$feature/k": false,
+            "$feature_flag_error": "unknown_error",
+        }))
+    );
+    assert_eq!(events.len(), 2, "no exposure: {events:?}");
+
+    let snapshot = ph.evaluate_flags("user-2").await;
+    assert_eq!(snapshot.get_flag("k"), Some(FlagValue::Bool(false)));
+    let events = flag_events(&ph, &mock).await;
+    let p = &events[2].1;
+    assert_eq!(p["$feature_flag_response"], false);
+    assert!(p.get("$feature_flag_error").is_none(), "{p:?}");
+    assert!(p.get("$feature_flag_config_version").is_none(), "{p:?}");
+}
