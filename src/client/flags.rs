@@ -205,7 +205,8 @@ impl PostHog {
                     all.payloads.insert(key.to_owned(), payload.clone());
                 }
             }
-            all.flags.insert(key.to_owned(), record.value.clone());
+            // Each value as a single-flag lookup reads it (posthog-python's `get_value`).
+            all.flags.insert(key.to_owned(), record.single_value());
         }
         Ok(all)
     }

@@ -283,8 +283,9 @@ pub(crate) struct ReadContext<'a> {
     pub(crate) quota_limited: bool,
     /// The minimal-events setting of the evaluation that produced the values.
     pub(crate) minimal_gate: bool,
-    /// A single-flag lookup reports a failed flag as off; a snapshot as no value.
-    pub(crate) failed_reads_as_off: bool,
+    /// A single-flag lookup, which reads an empty variant as `true` (a snapshot reads it as
+    /// the empty variant), as posthog-python does.
+    pub(crate) single: bool,
 }
 
 /// Every `$feature_flag_called` is assembled here, from one of three situations.
@@ -310,9 +311,10 @@ impl FlagCalled {
             },
             if record.is_none() { "flag_missing" } else { "" },
         ]);
-        // A snapshot reads a failed flag as having no value; a single-flag lookup as off.
+        // A failed flag has no value.
         let response = match record {
-            Some(r) if r.failed && !ctx.failed_reads_as_off => None,
+            Some(r) if r.failed => None,
+            Some(r) if ctx.single => Some(r.single_value()),
             r => r.map(|r| r.value.clone()),
         };
         FlagCalled {

@@ -278,8 +278,11 @@ impl Decide {
             Some(record) if record.malformed => {
                 return Ok(self.malformed_one(send, &request, key, record));
             }
+            // No value, no fallback: posthog-python answers `None`.
+            Some(record) if record.failed => Err(FlagError::EvaluationFailed),
             Some(record) => {
-                let result = FeatureFlagResult::from_record(key, record, snapshot.request_id());
+                let mut result = FeatureFlagResult::from_record(key, record, snapshot.request_id());
+                result.record.value = record.single_value();
                 if let Some(cache) = &self.inner.fallback {
                     cache.put(&request.distinct_id, &result);
                 }

@@ -34,7 +34,9 @@ pub struct FlagRecord {
     /// Whether the flag belongs to an experiment, when known.
     pub has_experiment: Option<bool>,
     /// PostHog could not evaluate the flag (its record says `failed`): it has no value (a
-    /// record that could not be read is not failed; it reads as off). A snapshot reads it as absent ([`FlagEvaluations::get_flag`] is `None`); a
+    /// record that could not be read is not failed; it reads as off). A snapshot reads it as
+    /// absent ([`FlagEvaluations::get_flag`] is `None`); a single-flag lookup answers
+    /// [`FlagError::EvaluationFailed`]. A snapshot reads it as absent ([`FlagEvaluations::get_flag`] is `None`); a
     /// single-flag lookup reads it as off.
     pub failed: bool,
     /// The flag's configuration format (`/flags?v=4`): `2` when its records name the rule
@@ -57,6 +59,9 @@ pub struct FlagRecord {
     pub(crate) attribution: Option<Arc<ReadAttribution>>,
     /// The `/flags` record could not be read (it reads as off, and `failed` is `false`).
     pub(crate) malformed: bool,
+    /// What a single-flag lookup answers when it differs from `value` (posthog-python reads
+    /// a record as its variant, or else `enabled`; a snapshot as off unless enabled).
+    pub(crate) lookup_value: Option<FlagValue>,
 }
 
 impl FlagRecord {
@@ -80,7 +85,17 @@ impl FlagRecord {
             experiment_id: None,
             attribution: None,
             malformed: false,
+            lookup_value: None,
         }
+    }
+
+    /// The value a single-flag lookup answers: the variant if it is not empty, else
+    /// `enabled` (a snapshot reads a disabled flag as off and keeps an empty variant), as
+    /// posthog-python answers it.
+    pub(crate) fn single_value(&self) -> FlagValue {
+        self.lookup_value
+            .clone()
+            .unwrap_or_else(|| self.value.clone())
     }
 
     /// The record of one flag of a `/flags` response.
@@ -88,7 +103,12 @@ impl FlagRecord {
         let m = &flag.metadata;
         FlagRecord {
             payload: decode_payload(key, m.payload.as_deref()),
-            value: flag.value(),
+            // An enabled flag's variant, even an empty one, as posthog-python's snapshots
+            // read it.
+            value: match (&flag.variant, flag.enabled) {
+                (Some(v), true) => FlagValue::Variant(v.clone()),
+                (_, enabled) => FlagValue::Bool(enabled),
+            },
             reason: flag.reason.as_ref().and_then(|r| r.description.clone()),
             id: m.id,
             version: m.version,
@@ -105,8 +125,21 @@ impl FlagRecord {
             experiment_id: m.experiment_id,
             attribution: None,
             malformed: flag.malformed,
+            lookup_value: Some(match &flag.variant {
+                Some(v) if !v.is_empty() => FlagValue::Variant(v.clone()),
+                _ => FlagValue::Bool(flag.enabled),
+            }),
         }
+        .with_lookup_value()
         .with_attribution()
+    }
+
+    /// Keeps `lookup_value` only when it differs from `value`.
+    fn with_lookup_value(mut self) -> Self {
+        if self.lookup_value.as_ref() == Some(&self.value) {
+            self.lookup_value = None;
+        }
+        self
     }
 
     /// Works out the record's attribution from its fields.
@@ -398,8 +431,8 @@ impl FlagEvaluations {
         value.cloned()
     }
 
-    /// What a read of `key` reports (`single`: for a single-flag lookup, which reads a
-    /// failed flag as off).
+    /// What a read of `key` reports (`single`: for a single-flag lookup, which reads an
+    /// empty variant as `true`).
     pub(crate) fn called(&self, key: &str, single: bool) -> FlagCalled {
         let d = &self.data;
         FlagCalled::read(
@@ -412,7 +445,7 @@ impl FlagEvaluations {
                 errors_while_computing: d.errors_while_computing,
                 quota_limited: d.quota_limited,
                 minimal_gate: d.minimal_gate,
-                failed_reads_as_off: single,
+                single,
             },
             key,
             d.records.get(key),

@@ -4,6 +4,7 @@
 //! ([`deep_input`]).
 
 mod deep_input;
+mod differential_v4;
 mod experiments;
 mod local;
 mod properties;
