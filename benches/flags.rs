@@ -11,7 +11,11 @@
 //!   person: the dedup check, building the `$feature_flag_called` event and queueing it.
 //! - `flags/first_access_event_build_only`: the same first reads with the event built but not
 //!   queued (the dedup check and the event construction the issue budgets at 1 µs).
+//! - `flags/first_access_experiment_build_only`: the same for experiment flags (a
+//!   `/flags?v=4` experiment split): both dedup checks, `$feature_flag_called` with its
+//!   attribution and `$experiment_exposure` built.
 //! - `flags/repeat_access`: the same call once reported: the dedup check alone.
+//! - `flags/repeat_access_experiment`: an experiment flag once reported: both dedup checks.
 //!
 //! Events go to a `capture_stack` that acknowledges every batch at once, so they cost only
 //! the client side.
@@ -141,6 +145,35 @@ fn bench(c: &mut Criterion) {
             }
             total
         })
+    });
+    // The same for experiment flags: both events built.
+    let mut person = 0u64;
+    group.bench_function("first_access_experiment_build_only", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                person += 1;
+                let n = (iters - done).min(FLAGS as u64);
+                let bench = posthog_tower::flags::FlagCalledBench::new_experiments(
+                    &format!("p-{person}"),
+                    n as usize,
+                );
+                let keys: Vec<String> = (0..n).map(|i| format!("flag-{i}")).collect();
+                let start = Instant::now();
+                for key in &keys {
+                    black_box(bench.access(key));
+                }
+                total += start.elapsed();
+                done += n;
+            }
+            total
+        })
+    });
+    let experiments = posthog_tower::flags::FlagCalledBench::new_experiments("p-repeat", 10);
+    experiments.access("flag-7");
+    group.bench_function("repeat_access_experiment", |b| {
+        b.iter(|| black_box(experiments.access("flag-7")))
     });
     let snapshot = rt.block_on(posthog.evaluate_flags("person-repeat"));
     snapshot.is_enabled("flag-7");

@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use posthog_tower::{
     http::{PropagateContextLayer, RequestFlags},
-    testing::{MockPostHog, MockResponse},
+    testing::{MockPostHog, MockResponse, V4Flag},
     Event, PostHog, Timestamp,
 };
 use serde_json::json;
@@ -145,16 +145,20 @@ async fn web_app(
     println!("\n--- an axum app behind posthog.layer() ---\n");
     let already_received = mock.map_or(0, |m| m.events().len());
     if let Some(mock) = mock {
-        // What PostHog's /flags answers in this demo.
+        // What PostHog's /flags?v=4 answers in this demo: `new-checkout` is an experiment
+        // that assigned variant B (so reading it sends `$experiment_exposure` once per
+        // person), `dark-mode` a release that is off for everyone.
         mock.set_default(
             "/flags/",
-            MockResponse::json(
-                200,
-                json!({"flags": {
-                    "new-checkout": {"key": "new-checkout", "enabled": true, "variant": "B"},
-                    "dark-mode": {"key": "dark-mode", "enabled": false, "variant": null}
-                }}),
-            ),
+            MockResponse::flags_v4([
+                V4Flag::experiment_split(
+                    "new-checkout",
+                    "B",
+                    "0f8e6a52-5b8e-4f4c-9a39-5d3c2c8f6b21",
+                ),
+                V4Flag::new("dark-mode", false)
+                    .reason("no_condition_match", "No matching condition set"),
+            ]),
         );
     }
 

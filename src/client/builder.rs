@@ -215,7 +215,8 @@ impl PostHogBuilder {
     }
 
     /// How many distinct ids the `$feature_flag_called` deduplication remembers (50 000); the
-    /// oldest are forgotten first.
+    /// oldest are forgotten first. The `$experiment_exposure` deduplication is a separate
+    /// structure with the same bound.
     pub fn flag_called_dedup_capacity(mut self, distinct_ids: usize) -> Self {
         self.flag_called_dedup_capacity = distinct_ids;
         self
@@ -607,6 +608,7 @@ impl PostHogBuilder {
         let reporter = Arc::new(FlagCalledReporter {
             batch: Some(batch.clone()),
             dedup: FlagCalledDedup::new(self.flag_called_dedup_capacity),
+            exposures: FlagCalledDedup::new(self.flag_called_dedup_capacity),
         });
         let flags = FlagsClient {
             decide: Decide::new(DecideConfig {

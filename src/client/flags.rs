@@ -12,15 +12,17 @@ use crate::{
     error::CaptureError,
     event::Event,
     flags::{
-        AllFlags, Decide, FeatureFlagResult, FlagCalled, FlagCalledDedup, FlagError,
-        FlagEvaluations, FlagValue, FlagsRequest, ReportFlagCalled,
+        AllFlags, Decide, FeatureFlagResult, FlagCalledDedup, FlagError, FlagEvaluations,
+        FlagValue, FlagsRequest, ReadAttribution, ReportFlagCalled,
     },
 };
 
-/// Deduplicates `$feature_flag_called` and captures it.
+/// Deduplicates `$feature_flag_called` and `$experiment_exposure` (each in its own bounded
+/// dedup) and captures them.
 pub(crate) struct FlagCalledReporter {
     pub(crate) batch: Option<Batch>,
     pub(crate) dedup: FlagCalledDedup,
+    pub(crate) exposures: FlagCalledDedup,
 }
 
 impl ReportFlagCalled for FlagCalledReporter {
@@ -30,15 +32,55 @@ impl ReportFlagCalled for FlagCalledReporter {
         key: &str,
         value: Option<&FlagValue>,
         groups: &BTreeMap<String, String>,
+        attribution: Option<&ReadAttribution>,
     ) -> bool {
-        !distinct_id.trim().is_empty() && self.dedup.first_time(distinct_id, key, value, groups)
+        !distinct_id.trim().is_empty()
+            && self
+                .dedup
+                .first_time(distinct_id, key, value, groups, attribution)
     }
 
-    fn report(&self, called: FlagCalled) {
-        if let Some(batch) = &self.batch {
-            // A refusal (full queue, shut down) is counted and reported by the batch itself.
-            let _ = batch.try_capture(called.into_event());
-        }
+    fn first_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: &BTreeMap<String, String>,
+        exposure_key: u64,
+    ) -> bool {
+        !distinct_id.trim().is_empty()
+            && self
+                .exposures
+                .first_exposure(distinct_id, key, groups, exposure_key)
+    }
+
+    fn report(&self, event: Event) -> bool {
+        // A refusal (full queue, shut down) is counted and reported by the batch itself.
+        self.batch
+            .as_ref()
+            .is_some_and(|batch| batch.try_capture(event).is_ok())
+    }
+
+    fn forget(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: &BTreeMap<String, String>,
+        attribution: &ReadAttribution,
+    ) {
+        self.dedup
+            .forget(distinct_id, key, value, groups, Some(attribution));
+    }
+
+    fn forget_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: &BTreeMap<String, String>,
+        exposure_key: u64,
+    ) {
+        self.exposures
+            .forget_exposure(distinct_id, key, groups, exposure_key);
     }
 }
 
@@ -163,7 +205,8 @@ impl PostHog {
                     all.payloads.insert(key.to_owned(), payload.clone());
                 }
             }
-            all.flags.insert(key.to_owned(), record.value.clone());
+            // Each value as a single-flag lookup reads it (posthog-python's `get_value`).
+            all.flags.insert(key.to_owned(), record.single_value());
         }
         Ok(all)
     }

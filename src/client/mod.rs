@@ -339,6 +339,7 @@ impl PostHog {
     pub async fn shutdown(&self, deadline: Duration) -> FlushReport {
         if let Some(flags) = &self.inner.flags {
             flags.reporter.dedup.clear();
+            flags.reporter.exposures.clear();
             flags.decide.stop_polling();
         }
         match (&self.inner.batch, &self.inner.ai_batch) {

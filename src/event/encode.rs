@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     json::{write_simple, write_str, write_str_parts},
-    Event, TopLevel,
+    Event, Pinned, TopLevel,
 };
 use crate::time::Timestamp;
 
@@ -77,6 +77,10 @@ pub(crate) struct Encoder {
     super_properties: Map<String, Value>,
     /// The super properties' keys as serialized, with their quotes and a colon (`"k":`).
     super_keys: Vec<Vec<u8>>,
+    /// The super properties a flag event with pinned properties gets: `super_fragment` and
+    /// `super_keys` without the pinned keys, for [`Pinned::FlagCalledV2`] then
+    /// [`Pinned::Exposure`] (empty when there are no super properties).
+    pinned_supers: [(Vec<u8>, Vec<Vec<u8>>); 2],
     disable_geoip: bool,
     /// The encoder writes `$os` and `$os_version` (over the event's own values).
     writes_os: bool,
@@ -154,10 +158,29 @@ impl Encoder {
             write_json(&mut super_fragment, v);
             super_keys.push(key);
         }
+        let pinned = |pinned: Pinned| {
+            let mut fragment = Vec::new();
+            let mut keys = Vec::new();
+            for (k, v) in supers
+                .iter()
+                .filter(|(k, _)| !pinned.keys().contains(&k.as_str()))
+            {
+                let mut key = Vec::with_capacity(k.len() + 3);
+                write_json(&mut key, k);
+                key.push(b':');
+                fragment.push(b',');
+                fragment.extend_from_slice(&key);
+                write_json(&mut fragment, v);
+                keys.push(key);
+            }
+            (fragment, keys)
+        };
+        let pinned_supers = [pinned(Pinned::FlagCalledV2), pinned(Pinned::Exposure)];
         Encoder {
             lib_fragment,
             lib_under_super,
             super_sets_geoip,
+            pinned_supers,
             super_fragment,
             super_properties: defaults.super_properties,
             super_keys,
@@ -232,7 +255,14 @@ impl Encoder {
 
     /// Whether the encoder writes the key of `entry` (a serialized `"key":value`) itself, or
     /// moves it out of the properties (`top`), so the event's own entry is left out.
-    fn skips(&self, entry: &[u8], geoip_disabled: bool, minimal: bool, top: &[u8]) -> bool {
+    fn skips(
+        &self,
+        entry: &[u8],
+        geoip_disabled: bool,
+        minimal: bool,
+        top: &[u8],
+        pinned: Pinned,
+    ) -> bool {
         if entry.get(1) == Some(&b'$')
             && (entry.starts_with(br#""$lib":"#)
                 || entry.starts_with(br#""$lib_version":"#)
@@ -244,7 +274,21 @@ impl Encoder {
         {
             return true;
         }
-        !minimal && self.super_keys.iter().any(|key| entry.starts_with(key))
+        !minimal
+            && self
+                .supers(pinned)
+                .1
+                .iter()
+                .any(|key| entry.starts_with(key))
+    }
+
+    /// The super properties' fragment and keys for an event with `pinned` properties.
+    fn supers(&self, pinned: Pinned) -> (&[u8], &[Vec<u8>]) {
+        match pinned {
+            Pinned::None => (&self.super_fragment, &self.super_keys),
+            Pinned::FlagCalledV2 => (&self.pinned_supers[0].0, &self.pinned_supers[0].1),
+            Pinned::Exposure => (&self.pinned_supers[1].0, &self.pinned_supers[1].1),
+        }
     }
 
     /// Turns `event` into its JSON object, in the event's own buffer: the properties' entries
@@ -266,6 +310,7 @@ impl Encoder {
         };
         let geoip_disabled = inner.disable_geoip.unwrap_or(self.disable_geoip);
         let minimal = inner.minimal;
+        let pinned = inner.pinned;
         // The entries the encoder writes itself, or moves to the top level, leave the
         // properties (rare: usually nothing is removed).
         let mut top_value = None;
@@ -276,7 +321,7 @@ impl Encoder {
             if entry.get(1) == Some(&b'$') {
                 own_defaults |= self.default_bit(entry);
             }
-            if self.skips(entry, geoip_disabled, minimal, top) {
+            if self.skips(entry, geoip_disabled, minimal, top, pinned) {
                 if !top.is_empty() && entry.starts_with(top) {
                     top_value = Some(entry[top.len()..].to_vec());
                 }
@@ -297,6 +342,7 @@ impl Encoder {
             geoip_disabled,
             minimal,
             own_defaults,
+            pinned,
         };
         writer.finish_raw(
             timestamp,
@@ -362,6 +408,7 @@ impl Encoder {
             geoip_disabled: disable_geoip.unwrap_or(self.disable_geoip),
             minimal,
             own_defaults: 0,
+            pinned: Pinned::None,
         }
     }
 }
@@ -412,6 +459,7 @@ impl Encoder {
             geoip_disabled: self.disable_geoip,
             minimal: false,
             own_defaults: 0,
+            pinned: Pinned::None,
         }
     }
 }
@@ -441,6 +489,7 @@ impl Encoder {
             geoip_disabled: state.geoip_disabled,
             minimal: state.minimal,
             own_defaults: state.own_defaults,
+            pinned: Pinned::None,
         }
     }
 }
@@ -514,6 +563,9 @@ pub(crate) struct EventWriter<'a> {
     minimal: bool,
     /// The bits of the [`DEFAULT_KEYS`] the event wrote itself (then the encoder does not).
     own_defaults: u8,
+    /// Only for events encoded whole ([`Encoder::encode_owned`]); a writer's own
+    /// properties are never pinned.
+    pinned: Pinned,
 }
 
 impl EventWriter<'_> {
@@ -670,7 +722,7 @@ impl EventWriter<'_> {
             (
                 &encoder.lib_under_super,
                 self.geoip_disabled && !encoder.super_sets_geoip,
-                &encoder.super_fragment,
+                encoder.supers(self.pinned).0,
             )
         };
         let default = |i: usize| -> &[u8] {

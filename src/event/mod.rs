@@ -81,6 +81,9 @@ pub(crate) struct Inner {
     pub(crate) disable_geoip: Option<bool>,
     /// Keep only PostHog's allow-list of properties (minimized `$feature_flag_called`).
     pub(crate) minimal: bool,
+    /// Properties super properties may not set on this event (flag events with rule
+    /// attribution).
+    pub(crate) pinned: Pinned,
     /// The first property that could not be set, and why (boxed: it is rare).
     pub(crate) error: Option<Box<(String, PropertyError)>>,
     /// Made with [`Event::named`]: the distinct id comes from the request context.
@@ -107,6 +110,7 @@ impl Event {
             top_level: TopLevel::None,
             disable_geoip: None,
             minimal: false,
+            pinned: Pinned::None,
             error: None,
             inherits_distinct_id: false,
         };
@@ -305,8 +309,14 @@ impl Event {
 
     /// Keeps only the properties a minimized event may carry.
     pub(crate) fn strip_to_minimal(&mut self) {
+        // A `$feature_flag_called` with rule attribution keeps its attribution too.
+        let extra: &[&str] = if self.inner.pinned == Pinned::FlagCalledV2 {
+            MINIMAL_V2_EXTRA
+        } else {
+            &[]
+        };
         self.inner.properties.retain_json_keys(|key| {
-            MINIMAL_ALLOWED.iter().any(|allowed| {
+            MINIMAL_ALLOWED.iter().chain(extra).any(|allowed| {
                 key.len() == allowed.len() + 2 && key[1..key.len() - 1] == *allowed.as_bytes()
             })
         });
@@ -317,6 +327,14 @@ impl Event {
     pub(crate) fn insert_value(&mut self, key: impl AsRef<str>, value: Value) {
         let key = key.as_ref();
         if let Err(e) = self.inner.properties.insert(key, &value) {
+            tracing::warn!(key, error = %e, "posthog: property left out");
+        }
+    }
+
+    /// [`insert_value`](Self::insert_value) for a value the crate builds (a string, a
+    /// number, a boolean), serialized without an intermediate `Value`.
+    pub(crate) fn insert_plain<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if let Err(e) = self.inner.properties.insert(key, value) {
             tracing::warn!(key, error = %e, "posthog: property left out");
         }
     }
@@ -497,6 +515,72 @@ pub(crate) const MINIMAL_ALLOWED: &[&str] = &[
     "$is_server",
     "$os",
     "$os_version",
+];
+
+/// What a minimized `$feature_flag_called` with rule attribution keeps besides
+/// [`MINIMAL_ALLOWED`].
+pub(crate) const MINIMAL_V2_EXTRA: &[&str] = &[
+    "$feature_flag_config_version",
+    "$feature_flag_reason_code",
+    "$feature_flag_rule_id",
+    "$feature_flag_rule_type",
+    "$feature_flag_variant_key",
+];
+
+/// Which properties of an event its own values decide, whatever the super properties say:
+/// super properties never add to or change them (posthog-python pins them the same way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Pinned {
+    /// Super properties apply to every property.
+    #[default]
+    None,
+    /// A `$feature_flag_called` with rule attribution (config version 2): [`PINNED_FLAG_CALLED`].
+    FlagCalledV2,
+    /// An `$experiment_exposure`: [`PINNED_EXPOSURE`].
+    Exposure,
+}
+
+impl Pinned {
+    /// The property names super properties may not set.
+    pub(crate) fn keys(self) -> &'static [&'static str] {
+        match self {
+            Pinned::None => &[],
+            Pinned::FlagCalledV2 => PINNED_FLAG_CALLED,
+            Pinned::Exposure => PINNED_EXPOSURE,
+        }
+    }
+}
+
+/// The attribution of a config version 2 `$feature_flag_called`, the fields it never
+/// carries (`$feature_flag_reason`, `$feature_flag_forced_variant`,
+/// `$feature_flag_experiment_id`), and the identity of the read.
+pub(crate) const PINNED_FLAG_CALLED: &[&str] = &[
+    "$feature_flag_config_version",
+    "$feature_flag_reason_code",
+    "$feature_flag_rule_id",
+    "$feature_flag_rule_type",
+    "$feature_flag_variant_key",
+    "$feature_flag_reason",
+    "$feature_flag_forced_variant",
+    "$feature_flag_experiment_id",
+    "$feature_flag",
+    "$feature_flag_response",
+    "locally_evaluated",
+];
+
+/// What an `$experiment_exposure` never carries, and the identity of its read.
+pub(crate) const PINNED_EXPOSURE: &[&str] = &[
+    "$feature_flag_config_version",
+    "$feature_flag_reason_code",
+    "$feature_flag_rule_type",
+    "$experiment_exposure_source",
+    "$feature_flag_experiment_id",
+    "$feature_flag_forced_variant",
+    "$feature_flag",
+    "$feature_flag_response",
+    "locally_evaluated",
+    "$feature_flag_variant_key",
+    "$feature_flag_rule_id",
 ];
 
 /// Empty or only whitespace; the common case (a leading visible ASCII character) costs one

@@ -1,11 +1,159 @@
-//! The `$feature_flag_called` event.
+//! The flag events of a read: `$feature_flag_called` and `$experiment_exposure`.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
 
 use serde_json::Value;
 
 use super::{FeatureFlagResult, FlagError, FlagRecord, FlagValue, FlagsRequest};
-use crate::Event;
+use crate::{event::Pinned, Event};
+
+/// What a config version 2 record (`/flags?v=4`) reports about the rule behind its result,
+/// read as posthog-python 7.91.1 reads it. `S` is `&str` for dedup checks on a borrowed
+/// record, `String` inside an event.
+///
+/// The reason code is always reported. The rule id and type only come together, for a
+/// reason code that names a rule (see [`rule_types`]) with a rule type that code allows and
+/// a rule id that is a UUID, and never for a failed record. The variant key only comes with
+/// a complete experiment split (reason `experiment_split`, rule type `experiment`, a rule
+/// id and a variant key), the one outcome that sends `$experiment_exposure`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Attribution<S> {
+    pub(crate) reason_code: Option<S>,
+    pub(crate) rule_id: Option<S>,
+    pub(crate) rule_type: Option<S>,
+    pub(crate) variant_key: Option<S>,
+}
+
+/// The rule types a reason code may report, or `None` for a code that reports no rule
+/// (unknown codes included).
+fn rule_types(reason_code: &str) -> Option<&'static [&'static str]> {
+    Some(match reason_code {
+        "targeting_match" => &["targeted_release", "percentage_rollout"],
+        "experiment_split" => &["experiment"],
+        "rollout_miss" => &["percentage_rollout", "experiment"],
+        "experiment_paused" | "holdout" => &["experiment"],
+        _ => return None,
+    })
+}
+
+/// A hyphenated UUID (8-4-4-4-12 hex digits, either case).
+fn is_uuid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+impl<'a> Attribution<&'a str> {
+    /// The attribution of a record, or `None` when it has none: evaluated locally (local
+    /// definitions name no rule), from a server before `/flags?v=4`, or config version 1.
+    pub(crate) fn of(record: &'a FlagRecord) -> Option<Self> {
+        if record.config_version != Some(2) || record.locally_evaluated {
+            return None;
+        }
+        let reason_code = record.reason_code.as_deref().filter(|c| !c.is_empty());
+        let only_reason = Attribution {
+            reason_code,
+            ..Attribution::default()
+        };
+        let Some(allowed) = reason_code.and_then(rule_types) else {
+            return Some(only_reason);
+        };
+        let (Some(rule_id), Some(rule_type)) =
+            (record.rule_id.as_deref(), record.rule_type.as_deref())
+        else {
+            return Some(only_reason);
+        };
+        if record.failed || !is_uuid(rule_id) || !allowed.contains(&rule_type) {
+            return Some(only_reason);
+        }
+        let rule = Attribution {
+            rule_id: Some(rule_id),
+            rule_type: Some(rule_type),
+            ..only_reason
+        };
+        if reason_code != Some("experiment_split") {
+            return Some(rule);
+        }
+        match record.variant_key.as_deref() {
+            // A split without a variant is malformed: it reports no rule.
+            None => Some(only_reason),
+            variant_key => Some(Attribution {
+                variant_key,
+                ..rule
+            }),
+        }
+    }
+
+    pub(crate) fn to_owned(&self) -> Attribution<String> {
+        Attribution {
+            reason_code: self.reason_code.map(str::to_owned),
+            rule_id: self.rule_id.map(str::to_owned),
+            rule_type: self.rule_type.map(str::to_owned),
+            variant_key: self.variant_key.map(str::to_owned),
+        }
+    }
+}
+
+/// A record's attribution, worked out once when the record is read from `/flags`, with the
+/// fingerprints its two dedups use (so a repeated read hashes eight bytes, not the strings).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ReadAttribution {
+    pub(crate) attribution: Attribution<String>,
+    /// Fingerprint of the whole attribution (part of the `$feature_flag_called` dedup key).
+    pub(crate) called_key: u64,
+    /// Fingerprint of the rule id and variant key, for an experiment split (the
+    /// `$experiment_exposure` dedup key with the flag key and groups).
+    pub(crate) exposure_key: Option<u64>,
+}
+
+impl ReadAttribution {
+    /// The attribution of `record` (see [`Attribution::of`]).
+    pub(crate) fn of(record: &FlagRecord) -> Option<Arc<Self>> {
+        let attribution = Attribution::of(record)?;
+        // A fixed-key hasher: these fingerprints are hashed again, with each dedup's random
+        // keys, so they need only be well spread.
+        let mut h = std::hash::DefaultHasher::new();
+        attribution.hash(&mut h);
+        let called_key = h.finish();
+        let exposure_key = attribution.exposure().map(|exposure| {
+            let mut h = std::hash::DefaultHasher::new();
+            exposure.hash(&mut h);
+            h.finish()
+        });
+        Some(Arc::new(ReadAttribution {
+            attribution: attribution.to_owned(),
+            called_key,
+            exposure_key,
+        }))
+    }
+}
+
+impl<S: AsRef<str>> Attribution<S> {
+    /// The rule id and variant of an experiment split: what `$experiment_exposure` reports
+    /// and is deduplicated on.
+    pub(crate) fn exposure(&self) -> Option<(&str, &str)> {
+        Some((
+            self.rule_id.as_ref()?.as_ref(),
+            self.variant_key.as_ref()?.as_ref(),
+        ))
+    }
+
+    fn as_str(&self) -> Attribution<&str> {
+        Attribution {
+            reason_code: self.reason_code.as_ref().map(AsRef::as_ref),
+            rule_id: self.rule_id.as_ref().map(AsRef::as_ref),
+            rule_type: self.rule_type.as_ref().map(AsRef::as_ref),
+            variant_key: self.variant_key.as_ref().map(AsRef::as_ref),
+        }
+    }
+}
 
 /// What a flag access reports: everything `$feature_flag_called` carries. The flags module
 /// builds it; the client deduplicates it and turns it into an event.
@@ -28,22 +176,99 @@ pub(crate) struct FlagCalled {
     pub(crate) minimal_gate: bool,
     pub(crate) groups: BTreeMap<String, String>,
     pub(crate) disable_geoip: Option<bool>,
+    /// The rule attribution of a config version 2 record (`/flags?v=4`).
+    pub(crate) attribution: Option<Arc<ReadAttribution>>,
 }
 
 /// Where flag accesses are reported (the client: dedup, then capture).
 pub(crate) trait ReportFlagCalled: Send + Sync {
-    /// Records the combination; `true` when it was not reported before, so the caller builds
-    /// the event only then.
+    /// Records the `$feature_flag_called` combination; `true` when it was not reported
+    /// before, so the caller builds the event only then. A read with rule attribution is
+    /// its own combination (so successive experiments of one flag are each reported).
     fn first_time(
         &self,
         distinct_id: &str,
         key: &str,
         value: Option<&FlagValue>,
         groups: &BTreeMap<String, String>,
+        attribution: Option<&ReadAttribution>,
     ) -> bool;
 
-    /// Sends the event (already deduplicated).
-    fn report(&self, called: FlagCalled);
+    /// Records the `$experiment_exposure` combination (distinct id, flag, groups, and the
+    /// rule and variant `exposure_key` stands for) in its own dedup; `true` when it is new.
+    fn first_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: &BTreeMap<String, String>,
+        exposure_key: u64,
+    ) -> bool;
+
+    /// Sends a flag event (already deduplicated): `false` when it could not be queued (a
+    /// full or closed queue, a disabled client). An event `before_send` drops counts as sent.
+    fn report(&self, event: Event) -> bool;
+
+    /// Forgets a `$feature_flag_called` combination with attribution whose event could not
+    /// be queued, so a later read tries again (combinations without attribution are kept, as
+    /// posthog-python keeps them).
+    fn forget(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: &BTreeMap<String, String>,
+        attribution: &ReadAttribution,
+    ) {
+        let _ = (distinct_id, key, value, groups, attribution);
+    }
+
+    /// Forgets an `$experiment_exposure` combination whose event could not be queued.
+    fn forget_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: &BTreeMap<String, String>,
+        exposure_key: u64,
+    ) {
+        let _ = (distinct_id, key, groups, exposure_key);
+    }
+}
+
+/// Reports one read: `$feature_flag_called` unless this combination was reported, then
+/// `$experiment_exposure` for an experiment split unless this assignment was. `build`
+/// makes the read's [`FlagCalled`], only when an event is sent.
+pub(crate) fn report_read(
+    reporter: &dyn ReportFlagCalled,
+    distinct_id: &str,
+    key: &str,
+    value: Option<&FlagValue>,
+    groups: &BTreeMap<String, String>,
+    attribution: Option<&ReadAttribution>,
+    build: impl FnOnce() -> FlagCalled,
+) {
+    let called = reporter.first_time(distinct_id, key, value, groups, attribution);
+    let exposed = attribution
+        .and_then(|a| a.exposure_key)
+        .is_some_and(|exposure| reporter.first_exposure(distinct_id, key, groups, exposure));
+    if !called && !exposed {
+        return;
+    }
+    let read = build();
+    let exposure = exposed.then(|| read.exposure_event()).flatten();
+    // Each event is attempted on its own; one that could not be queued gives its
+    // combination back (for attributed reads), so a later read sends it.
+    if called && !reporter.report(read.into_event()) {
+        if let Some(attribution) = attribution {
+            reporter.forget(distinct_id, key, value, groups, attribution);
+        }
+    }
+    if let Some(exposure) = exposure {
+        if !reporter.report(exposure) {
+            if let Some(exposure_key) = attribution.and_then(|a| a.exposure_key) {
+                reporter.forget_exposure(distinct_id, key, groups, exposure_key);
+            }
+        }
+    }
 }
 
 /// What a read from an evaluation knows besides the flag's record: who, and what the
@@ -58,6 +283,9 @@ pub(crate) struct ReadContext<'a> {
     pub(crate) quota_limited: bool,
     /// The minimal-events setting of the evaluation that produced the values.
     pub(crate) minimal_gate: bool,
+    /// A single-flag lookup, which reads an empty variant as `true` (a snapshot reads it as
+    /// the empty variant), as posthog-python does.
+    pub(crate) single: bool,
 }
 
 /// Every `$feature_flag_called` is assembled here, from one of three situations.
@@ -76,17 +304,31 @@ impl FlagCalled {
             } else {
                 ""
             },
+            if record.is_some_and(|r| r.failed) {
+                "evaluation_failed"
+            } else {
+                ""
+            },
             if record.is_none() { "flag_missing" } else { "" },
         ]);
+        // A failed flag has no value.
+        let response = match record {
+            Some(r) if r.failed => None,
+            Some(r) if ctx.single => Some(r.single_value()),
+            r => r.map(|r| r.value.clone()),
+        };
         FlagCalled {
             distinct_id: ctx.distinct_id.to_owned(),
             key: key.to_owned(),
-            response: record.map(|r| r.value.clone()),
+            response,
             payload: record.and_then(|r| r.payload.clone()),
             locally_evaluated: record.is_some_and(|r| r.locally_evaluated),
             request_id: ctx.request_id.map(str::to_owned),
             evaluated_at: ctx.evaluated_at,
-            reason: record.and_then(|r| r.reason.clone()),
+            // A read with attribution reports the reason code instead.
+            reason: record
+                .filter(|r| r.attribution.is_none())
+                .and_then(|r| r.reason.clone()),
             id: record.and_then(|r| r.id),
             version: record.and_then(|r| r.version),
             error,
@@ -94,6 +336,7 @@ impl FlagCalled {
             minimal_gate: ctx.minimal_gate,
             groups: ctx.groups.clone(),
             disable_geoip: ctx.disable_geoip,
+            attribution: record.and_then(|r| r.attribution.clone()),
         }
     }
 
@@ -124,32 +367,87 @@ impl FlagCalled {
             reason: stale.and_then(|r| r.record.reason.clone()),
             id: stale.and_then(|r| r.record.id),
             version: stale.and_then(|r| r.record.version),
+            // A stale value reports no rule: the rule was the old evaluation's.
+            attribution: None,
             ..FlagCalled::undecided(request, key)
         }
     }
 
+    /// The `$experiment_exposure` of this read, for an experiment split (`None` otherwise):
+    /// the flag, value and evaluation source, the rule and variant, and the flag's id,
+    /// version, request id and evaluation time when `$feature_flag_called` has them.
+    pub(crate) fn exposure_event(&self) -> Option<Event> {
+        let (rule_id, variant_key) = self.attribution.as_ref()?.attribution.exposure()?;
+        let mut event = Event::new("$experiment_exposure", &self.distinct_id);
+        event.insert_plain("$feature_flag", self.key.as_str());
+        event.insert_plain("$feature_flag_response", &self.response);
+        event.insert_plain("locally_evaluated", &self.locally_evaluated);
+        event.insert_plain("$feature_flag_variant_key", variant_key);
+        event.insert_plain("$feature_flag_rule_id", rule_id);
+        if let Some(id) = self.id.filter(|id| *id != 0) {
+            event.insert_plain("$feature_flag_id", &id);
+        }
+        if let Some(version) = self.version.filter(|v| *v != 0) {
+            event.insert_plain("$feature_flag_version", &version);
+        }
+        if let Some(id) = self.request_id.as_deref().filter(|r| !r.is_empty()) {
+            event.insert_plain("$feature_flag_request_id", id);
+        }
+        if let Some(at) = self
+            .evaluated_at
+            .filter(|at| !self.locally_evaluated && *at != 0)
+        {
+            event.insert_plain("$feature_flag_evaluated_at", &at);
+        }
+        for (group_type, group_key) in &self.groups {
+            event = event.group(group_type, group_key);
+        }
+        event.inner.disable_geoip = self.disable_geoip;
+        event.inner.pinned = Pinned::Exposure;
+        Some(event)
+    }
+
     /// The event, with the properties posthog-python sends.
     pub(crate) fn into_event(self) -> Event {
-        let response = self
-            .response
-            .as_ref()
-            .map_or(Value::Null, FlagValue::to_json);
-        let mut event = Event::new("$feature_flag_called", self.distinct_id);
-        event.insert_value("$feature_flag", Value::String(self.key.clone()));
-        event.insert_value("$feature_flag_response", response.clone());
-        event.insert_value("locally_evaluated", Value::Bool(self.locally_evaluated));
-        event.insert_value(format!("$feature/{}", self.key), response);
+        let mut event = Event::new("$feature_flag_called", &self.distinct_id);
+        event.insert_plain("$feature_flag", self.key.as_str());
+        event.insert_plain("$feature_flag_response", &self.response);
+        event.insert_plain("locally_evaluated", &self.locally_evaluated);
+        event.insert_plain(&format!("$feature/{}", self.key), &self.response);
         if let Some(payload) = self.payload.filter(|p| !p.is_null()) {
             event.insert_value("$feature_flag_payload", payload);
         }
-        if let Some(id) = self.request_id.filter(|r| !r.is_empty()) {
-            event.insert_value("$feature_flag_request_id", Value::String(id));
+        if let Some(id) = self.request_id.as_deref().filter(|r| !r.is_empty()) {
+            event.insert_plain("$feature_flag_request_id", id);
         }
-        if let Some(at) = self.evaluated_at.filter(|_| !self.locally_evaluated) {
-            event.insert_value("$feature_flag_evaluated_at", Value::from(at));
+        if let Some(at) = self
+            .evaluated_at
+            .filter(|at| !self.locally_evaluated && *at != 0)
+        {
+            event.insert_plain("$feature_flag_evaluated_at", &at);
         }
-        if let Some(reason) = self.reason.filter(|r| !r.is_empty()) {
-            event.insert_value("$feature_flag_reason", Value::String(reason));
+        match &self.attribution {
+            // The reason code replaces the human-readable reason.
+            Some(attribution) => {
+                let a = attribution.attribution.as_str();
+                event.insert_plain("$feature_flag_config_version", &2);
+                for (name, value) in [
+                    ("$feature_flag_reason_code", a.reason_code),
+                    ("$feature_flag_rule_id", a.rule_id),
+                    ("$feature_flag_rule_type", a.rule_type),
+                    ("$feature_flag_variant_key", a.variant_key),
+                ] {
+                    if let Some(value) = value {
+                        event.insert_plain(name, value);
+                    }
+                }
+                event.inner.pinned = Pinned::FlagCalledV2;
+            }
+            None => {
+                if let Some(reason) = self.reason.filter(|r| !r.is_empty()) {
+                    event.insert_value("$feature_flag_reason", Value::String(reason));
+                }
+            }
         }
         if let Some(id) = self.id.filter(|id| *id != 0) {
             event.insert_value("$feature_flag_id", Value::from(id));
@@ -243,5 +541,164 @@ mod tests {
         }
         .into_event();
         assert!(!gated_unknown.inner.minimal);
+    }
+
+    fn v4(code: &str, rule_id: &str, rule_type: &str, variant: Option<&str>) -> FlagRecord {
+        FlagRecord {
+            config_version: Some(2),
+            reason_code: Some(code.into()),
+            rule_id: Some(rule_id.into()),
+            rule_type: Some(rule_type.into()),
+            variant_key: variant.map(Into::into),
+            ..FlagRecord::new(FlagValue::Bool(true), false)
+        }
+    }
+
+    #[test]
+    fn attribution_follows_the_reason_code() {
+        let uuid = "0F8E6A52-5b8e-4f4c-9a39-5d3c2c8f6b21";
+        let rule = |code, rule_type| {
+            Attribution::of(&v4(code, uuid, rule_type, Some("v"))).map(|a| a.to_owned())
+        };
+        let full = rule("experiment_split", "experiment").unwrap();
+        assert_eq!(full.exposure(), Some((uuid, "v")));
+        let paused = rule("experiment_paused", "experiment").unwrap();
+        assert_eq!(paused.rule_id.as_deref(), Some(uuid));
+        assert_eq!(paused.variant_key, None, "only a split reports its variant");
+        let wrong = rule("holdout", "targeted_release").unwrap();
+        assert_eq!(wrong.reason_code.as_deref(), Some("holdout"));
+        assert_eq!(wrong.rule_id, None);
+        assert_eq!(rule("", "experiment").unwrap(), Attribution::default());
+        let not_uuid = v4(
+            "targeting_match",
+            "0f8e6a52-5b8e-4f4c-9a39-5d3c2c8f6b2",
+            "targeted_release",
+            None,
+        );
+        assert_eq!(Attribution::of(&not_uuid).unwrap().rule_id, None);
+        let mut failed = v4("experiment_split", uuid, "experiment", Some("v"));
+        failed.failed = true;
+        assert_eq!(Attribution::of(&failed).unwrap().rule_id, None);
+        let mut v1 = v4("experiment_split", uuid, "experiment", Some("v"));
+        v1.config_version = Some(1);
+        assert!(Attribution::of(&v1).is_none());
+        let mut local = v4("experiment_split", uuid, "experiment", Some("v"));
+        local.locally_evaluated = true;
+        assert!(
+            Attribution::of(&local).is_none(),
+            "local definitions name no rule"
+        );
+    }
+
+    /// Real dedups, and a queue that refuses the first `refuse` events.
+    struct Flaky {
+        called: super::super::FlagCalledDedup,
+        exposures: super::super::FlagCalledDedup,
+        refuse: std::sync::atomic::AtomicUsize,
+        sent: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl ReportFlagCalled for Flaky {
+        fn first_time(
+            &self,
+            distinct_id: &str,
+            key: &str,
+            value: Option<&FlagValue>,
+            groups: &BTreeMap<String, String>,
+            attribution: Option<&ReadAttribution>,
+        ) -> bool {
+            self.called
+                .first_time(distinct_id, key, value, groups, attribution)
+        }
+
+        fn first_exposure(
+            &self,
+            distinct_id: &str,
+            key: &str,
+            groups: &BTreeMap<String, String>,
+            exposure_key: u64,
+        ) -> bool {
+            self.exposures
+                .first_exposure(distinct_id, key, groups, exposure_key)
+        }
+
+        fn report(&self, event: Event) -> bool {
+            use std::sync::atomic::Ordering;
+            let refused = self
+                .refuse
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !refused {
+                self.sent.lock().unwrap().push(event.name().to_owned());
+            }
+            !refused
+        }
+
+        fn forget(
+            &self,
+            distinct_id: &str,
+            key: &str,
+            value: Option<&FlagValue>,
+            groups: &BTreeMap<String, String>,
+            attribution: &ReadAttribution,
+        ) {
+            self.called
+                .forget(distinct_id, key, value, groups, Some(attribution));
+        }
+
+        fn forget_exposure(
+            &self,
+            distinct_id: &str,
+            key: &str,
+            groups: &BTreeMap<String, String>,
+            exposure_key: u64,
+        ) {
+            self.exposures
+                .forget_exposure(distinct_id, key, groups, exposure_key);
+        }
+    }
+
+    #[test]
+    fn events_that_could_not_be_queued_are_sent_by_a_later_read() {
+        let uuid = "0f8e6a52-5b8e-4f4c-9a39-5d3c2c8f6b21";
+        let split = v4("experiment_split", uuid, "experiment", Some("v")).with_attribution();
+        let plain = FlagRecord::new(FlagValue::Bool(true), false);
+        let reporter = Flaky {
+            called: super::super::FlagCalledDedup::new(10),
+            exposures: super::super::FlagCalledDedup::new(10),
+            refuse: 3.into(),
+            sent: Default::default(),
+        };
+        let groups = BTreeMap::new();
+        let read = |record: &FlagRecord| {
+            report_read(
+                &reporter,
+                "u",
+                "k",
+                Some(&record.value),
+                &groups,
+                record.attribution.as_deref(),
+                || FlagCalled {
+                    distinct_id: "u".into(),
+                    key: "k".into(),
+                    response: Some(record.value.clone()),
+                    attribution: record.attribution.clone(),
+                    ..FlagCalled::default()
+                },
+            )
+        };
+        // Both events of the split are refused, then the plain flag's.
+        read(&split);
+        read(&plain);
+        assert!(reporter.sent.lock().unwrap().is_empty());
+        read(&split);
+        read(&plain);
+        read(&split);
+        // The split's two events are sent on the next read and never again; the plain
+        // flag's combination was kept, as posthog-python keeps it.
+        assert_eq!(
+            *reporter.sent.lock().unwrap(),
+            ["$feature_flag_called", "$experiment_exposure"]
+        );
     }
 }

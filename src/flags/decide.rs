@@ -18,7 +18,7 @@ use tower::{util::BoxCloneSyncService, ServiceExt};
 use tower_service::Service;
 
 use super::{
-    called::{FlagCalled, ReportFlagCalled},
+    called::{report_read, FlagCalled, ReadAttribution, ReportFlagCalled},
     evaluations::{decode_payload, FlagEvaluations, FlagRecord},
     fallback::FallbackCache,
     local::{
@@ -264,7 +264,7 @@ impl Decide {
             LocalPart::Done(snapshot) if snapshot.record(key).is_some() => snapshot,
             LocalPart::Done(_) | LocalPart::Ask { .. } if request.only_evaluate_locally => {
                 // posthog-python reports the lookup even then, with no value and no error.
-                self.report(send, &request, key, None, || {
+                self.report(send, &request, key, None, None, || {
                     FlagCalled::undecided(&request, key)
                 });
                 return Err(FlagError::Inconclusive);
@@ -275,8 +275,14 @@ impl Decide {
             },
         };
         let outcome = match snapshot.record(key) {
+            Some(record) if record.malformed => {
+                return Ok(self.malformed_one(send, &request, key, record));
+            }
+            // No value, no fallback: posthog-python answers `None`.
+            Some(record) if record.failed => Err(FlagError::EvaluationFailed),
             Some(record) => {
-                let result = FeatureFlagResult::from_record(key, record, snapshot.request_id());
+                let mut result = FeatureFlagResult::from_record(key, record, snapshot.request_id());
+                result.record.value = record.single_value();
                 if let Some(cache) = &self.inner.fallback {
                     cache.put(&request.distinct_id, &result);
                 }
@@ -285,8 +291,45 @@ impl Decide {
             None => Err(FlagError::Missing),
         };
         let value = outcome.as_ref().ok().map(|r| &r.record.value);
-        self.report(send, &request, key, value, || snapshot.called(key));
+        let attribution = snapshot.record(key).and_then(|r| r.attribution.as_deref());
+        self.report(send, &request, key, value, attribution, || {
+            snapshot.called(key, true)
+        });
         outcome
+    }
+
+    /// A single-flag read whose `/flags` record could not be read: like a failed request
+    /// (`unknown_error`, no request id, the last good value if the fallback cache has one),
+    /// except that without one the flag reads as off.
+    fn malformed_one(
+        &self,
+        send: bool,
+        request: &FlagsRequest,
+        key: &str,
+        record: &FlagRecord,
+    ) -> FeatureFlagResult {
+        let stale = self
+            .inner
+            .fallback
+            .as_ref()
+            .and_then(|cache| cache.get(&request.distinct_id, key));
+        let result = match stale {
+            Some(mut stale) => {
+                stale.stale_because = Some(FlagError::InvalidResponse(format!(
+                    "the /flags record of `{key}` could not be read"
+                )));
+                stale
+            }
+            None => FeatureFlagResult::from_record(key, record, None),
+        };
+        let value = result.record.value.clone();
+        self.report(send, request, key, Some(&value), None, || FlagCalled {
+            error: Some("unknown_error".to_owned()),
+            response: Some(value.clone()),
+            payload: result.record.payload.clone(),
+            ..FlagCalled::undecided(request, key)
+        });
+        result
     }
 
     /// A single-flag read whose `/flags` request failed: the last good value if the fallback
@@ -304,7 +347,7 @@ impl Decide {
             .as_ref()
             .and_then(|cache| cache.get(&request.distinct_id, key));
         let value = stale.as_ref().map(|r| &r.record.value);
-        self.report(send, request, key, value, || {
+        self.report(send, request, key, value, None, || {
             FlagCalled::failed(request, key, &error, stale.as_ref())
         });
         match stale {
@@ -317,18 +360,27 @@ impl Decide {
         }
     }
 
-    /// Reports `called()` unless `send` is off or the read was reported before.
+    /// Reports the read's flag events (`called()` builds them) unless `send` is off or they
+    /// were reported before.
     fn report(
         &self,
         send: bool,
         request: &FlagsRequest,
         key: &str,
         value: Option<&super::FlagValue>,
+        attribution: Option<&ReadAttribution>,
         called: impl FnOnce() -> FlagCalled,
     ) {
-        let reporter = &self.inner.reporter;
-        if send && reporter.first_time(&request.distinct_id, key, value, &request.groups) {
-            reporter.report(called());
+        if send {
+            report_read(
+                &*self.inner.reporter,
+                &request.distinct_id,
+                key,
+                value,
+                &request.groups,
+                attribution,
+                called,
+            );
         }
     }
 
@@ -388,12 +440,10 @@ fn evaluate_locally(
         Ok(m) => {
             let record = FlagRecord {
                 payload: decode_payload(key, m.payload),
-                value: m.value,
                 reason: Some(EVALUATED_LOCALLY.to_owned()),
                 id: m.id,
-                version: None,
-                locally_evaluated: true,
                 has_experiment: m.has_experiment,
+                ..FlagRecord::new(m.value, true)
             };
             decided.insert(key.to_owned(), record);
         }
@@ -413,7 +463,7 @@ mod tests {
     use tower::service_fn;
 
     use super::*;
-    use crate::flags::FlagValue;
+    use crate::{flags::FlagValue, Event};
 
     /// Reports nothing.
     struct Silent;
@@ -425,11 +475,18 @@ mod tests {
             _: &str,
             _: Option<&FlagValue>,
             _: &BTreeMap<String, String>,
+            _: Option<&ReadAttribution>,
         ) -> bool {
             false
         }
 
-        fn report(&self, _: FlagCalled) {}
+        fn first_exposure(&self, _: &str, _: &str, _: &BTreeMap<String, String>, _: u64) -> bool {
+            false
+        }
+
+        fn report(&self, _: Event) -> bool {
+            true
+        }
     }
 
     const DEFINITIONS: &str = r#"{"flags": [

@@ -1,4 +1,5 @@
-//! Deduplication of `$feature_flag_called` events.
+//! Deduplication of flag events: `$feature_flag_called` and, in an instance of its own,
+//! `$experiment_exposure`.
 
 use std::{
     collections::{hash_map::RandomState, HashMap, HashSet, VecDeque},
@@ -6,10 +7,12 @@ use std::{
     sync::Mutex,
 };
 
-use super::FlagValue;
+use super::{called::ReadAttribution, FlagValue};
 
-/// Remembers which `(flag key, value, groups)` each distinct id was already reported with, so
-/// `$feature_flag_called` is sent once per combination.
+/// Remembers which `(flag key, value, groups)` each distinct id was already reported with
+/// (plus the rule attribution of a `/flags?v=4` read), so `$feature_flag_called` is sent once
+/// per combination; a second instance remembers `(flag key, groups, rule, variant)` for
+/// `$experiment_exposure`.
 ///
 /// Bounded: it holds at most `capacity` distinct ids and, when a new one arrives on a full
 /// tracker, forgets the **oldest distinct id** (the first inserted), as posthog-python's
@@ -38,14 +41,41 @@ impl FlagCalledDedup {
         }
     }
 
-    /// Records the combination; `true` if it is new (the event should be sent).
+    /// Records the `$feature_flag_called` combination; `true` if it is new (the event should
+    /// be sent).
     pub(crate) fn first_time<'a>(
         &self,
         distinct_id: &str,
         key: &str,
         value: Option<&FlagValue>,
         groups: impl IntoIterator<Item = (&'a String, &'a String)>,
+        attribution: Option<&ReadAttribution>,
     ) -> bool {
+        let combination = self.called_combination(key, value, groups, attribution);
+        self.first_combination(distinct_id, combination)
+    }
+
+    /// Forgets a `$feature_flag_called` combination whose event could not be queued, so a
+    /// later read tries again.
+    pub(crate) fn forget<'a>(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: impl IntoIterator<Item = (&'a String, &'a String)>,
+        attribution: Option<&ReadAttribution>,
+    ) {
+        let combination = self.called_combination(key, value, groups, attribution);
+        self.forget_combination(distinct_id, combination);
+    }
+
+    fn called_combination<'a>(
+        &self,
+        key: &str,
+        value: Option<&FlagValue>,
+        groups: impl IntoIterator<Item = (&'a String, &'a String)>,
+        attribution: Option<&ReadAttribution>,
+    ) -> u64 {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
         value.hash(&mut h);
@@ -54,7 +84,60 @@ impl FlagCalledDedup {
             t.hash(&mut h);
             k.hash(&mut h);
         }
-        let combination = h.finish();
+        attribution.map(|a| a.called_key).hash(&mut h);
+        h.finish()
+    }
+
+    /// Records the `$experiment_exposure` combination (`exposure_key` stands for the rule and
+    /// variant); `true` if it is new. The value, request id and evaluation time are left out:
+    /// one assignment is one exposure however often it is read.
+    pub(crate) fn first_exposure<'a>(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: impl IntoIterator<Item = (&'a String, &'a String)>,
+        exposure_key: u64,
+    ) -> bool {
+        let combination = self.exposure_combination(key, groups, exposure_key);
+        self.first_combination(distinct_id, combination)
+    }
+
+    /// Forgets an `$experiment_exposure` combination whose event could not be queued.
+    pub(crate) fn forget_exposure<'a>(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: impl IntoIterator<Item = (&'a String, &'a String)>,
+        exposure_key: u64,
+    ) {
+        let combination = self.exposure_combination(key, groups, exposure_key);
+        self.forget_combination(distinct_id, combination);
+    }
+
+    fn exposure_combination<'a>(
+        &self,
+        key: &str,
+        groups: impl IntoIterator<Item = (&'a String, &'a String)>,
+        exposure_key: u64,
+    ) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        for (t, k) in groups {
+            t.hash(&mut h);
+            k.hash(&mut h);
+        }
+        exposure_key.hash(&mut h);
+        h.finish()
+    }
+
+    fn forget_combination(&self, distinct_id: &str, combination: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = state.seen.get_mut(distinct_id) {
+            set.remove(&combination);
+        }
+    }
+
+    fn first_combination(&self, distinct_id: &str, combination: u64) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(set) = state.seen.get_mut(distinct_id) {
             return set.insert(combination);
@@ -99,20 +182,20 @@ mod tests {
         let d = FlagCalledDedup::new(1000);
         let none = BTreeMap::new();
         let on = FlagValue::Bool(true);
-        assert!(d.first_time("u", "f", Some(&on), &none));
-        assert!(!d.first_time("u", "f", Some(&on), &none));
-        assert!(d.first_time("u", "f", Some(&FlagValue::Bool(false)), &none));
-        assert!(d.first_time("u", "f", None, &none));
-        assert!(d.first_time("u", "g", Some(&on), &none));
-        assert!(d.first_time("v", "f", Some(&on), &none));
+        assert!(d.first_time("u", "f", Some(&on), &none, None));
+        assert!(!d.first_time("u", "f", Some(&on), &none, None));
+        assert!(d.first_time("u", "f", Some(&FlagValue::Bool(false)), &none, None));
+        assert!(d.first_time("u", "f", None, &none, None));
+        assert!(d.first_time("u", "g", Some(&on), &none, None));
+        assert!(d.first_time("v", "f", Some(&on), &none, None));
         let mut groups = BTreeMap::new();
         groups.insert("company".to_owned(), "acme".to_owned());
-        assert!(d.first_time("u", "f", Some(&on), &groups));
-        assert!(!d.first_time("u", "f", Some(&on), &groups));
+        assert!(d.first_time("u", "f", Some(&on), &groups, None));
+        assert!(!d.first_time("u", "f", Some(&on), &groups, None));
         groups.insert("company".to_owned(), "other".to_owned());
-        assert!(d.first_time("u", "f", Some(&on), &groups));
+        assert!(d.first_time("u", "f", Some(&on), &groups, None));
         d.clear();
-        assert!(d.first_time("u", "f", Some(&on), &none));
+        assert!(d.first_time("u", "f", Some(&on), &none, None));
     }
 
     #[test]
@@ -121,13 +204,13 @@ mod tests {
         let none = BTreeMap::new();
         let on = FlagValue::Bool(true);
         for i in 0..10_000 {
-            d.first_time(&format!("user-{i}"), "f", Some(&on), &none);
+            d.first_time(&format!("user-{i}"), "f", Some(&on), &none, None);
         }
         assert_eq!(d.len(), 160);
         // Exactly the last 160 users are remembered.
-        assert!(!d.first_time("user-9840", "f", Some(&on), &none));
+        assert!(!d.first_time("user-9840", "f", Some(&on), &none, None));
         // The most recent users are still remembered; the first ones were evicted.
-        assert!(!d.first_time("user-9999", "f", Some(&on), &none));
-        assert!(d.first_time("user-0", "f", Some(&on), &none));
+        assert!(!d.first_time("user-9999", "f", Some(&on), &none, None));
+        assert!(d.first_time("user-0", "f", Some(&on), &none, None));
     }
 }

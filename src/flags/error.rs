@@ -36,6 +36,9 @@ pub enum FlagError {
     Inconclusive,
     /// The client is disabled.
     Disabled,
+    /// PostHog answered for the flag but could not evaluate it (its `/flags?v=4` record says
+    /// `failed`).
+    EvaluationFailed,
     /// A payload could not be decoded into the requested type.
     InvalidPayload(String),
     /// Something else went wrong.
@@ -44,7 +47,7 @@ pub enum FlagError {
 
 impl FlagError {
     /// The `$feature_flag_error` code: `flag_missing`, `quota_limited`, `timeout`,
-    /// `connection_error`, `api_error_<status>` or `unknown_error`.
+    /// `connection_error`, `api_error_<status>`, `evaluation_failed` or `unknown_error`.
     pub fn code(&self) -> String {
         match self {
             FlagError::Missing => "flag_missing".to_owned(),
@@ -52,6 +55,7 @@ impl FlagError {
             FlagError::Timeout => "timeout".to_owned(),
             FlagError::Connection(_) => "connection_error".to_owned(),
             FlagError::Status(status) => format!("api_error_{status}"),
+            FlagError::EvaluationFailed => "evaluation_failed".to_owned(),
             _ => "unknown_error".to_owned(),
         }
     }
@@ -97,6 +101,7 @@ impl fmt::Display for FlagError {
                 "local evaluation was inconclusive and remote evaluation was not allowed",
             ),
             FlagError::Disabled => f.write_str("the client is disabled"),
+            FlagError::EvaluationFailed => f.write_str("PostHog could not evaluate the flag"),
             FlagError::InvalidPayload(e) => write!(f, "payload could not be decoded: {e}"),
             FlagError::Other(e) => write!(f, "flag evaluation failed: {e}"),
         }

@@ -10,7 +10,7 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    called::{FlagCalled, ReadContext, ReportFlagCalled},
+    called::{report_read, FlagCalled, ReadAttribution, ReadContext, ReportFlagCalled},
     FlagError, FlagValue, FlagsResponse,
 };
 use crate::Event;
@@ -33,6 +33,120 @@ pub struct FlagRecord {
     pub locally_evaluated: bool,
     /// Whether the flag belongs to an experiment, when known.
     pub has_experiment: Option<bool>,
+    /// PostHog could not evaluate the flag (its record says `failed`): it has no value (a
+    /// record that could not be read is not failed; it reads as off). A snapshot reads it as
+    /// absent ([`FlagEvaluations::get_flag`] is `None`); a single-flag lookup answers
+    /// [`FlagError::EvaluationFailed`]. A snapshot reads it as absent ([`FlagEvaluations::get_flag`] is `None`); a
+    /// single-flag lookup reads it as off.
+    pub failed: bool,
+    /// The flag's configuration format (`/flags?v=4`): `2` when its records name the rule
+    /// that produced the result.
+    pub config_version: Option<i64>,
+    /// The machine-readable reason, e.g. `targeting_match` or `experiment_split`.
+    pub reason_code: Option<String>,
+    /// The id of the rule that produced the result (`/flags?v=4`).
+    pub rule_id: Option<String>,
+    /// The kind of that rule: `targeted_release`, `percentage_rollout` or `experiment`.
+    pub rule_type: Option<String>,
+    /// The variant the rule assigned.
+    pub variant_key: Option<String>,
+    /// Whether the variant was forced by an override.
+    pub forced_variant: Option<bool>,
+    /// The experiment's id (older flag configurations).
+    pub experiment_id: Option<i64>,
+    /// What the flag events of a read report about the rule, worked out from the fields
+    /// above when the record is read from `/flags`.
+    pub(crate) attribution: Option<Arc<ReadAttribution>>,
+    /// The `/flags` record could not be read (it reads as off, and `failed` is `false`).
+    pub(crate) malformed: bool,
+    /// What a single-flag lookup answers when it differs from `value` (posthog-python reads
+    /// a record as its variant, or else `enabled`; a snapshot as off unless enabled).
+    pub(crate) lookup_value: Option<FlagValue>,
+}
+
+impl FlagRecord {
+    /// A record with only a value and where it was evaluated.
+    pub(crate) fn new(value: FlagValue, locally_evaluated: bool) -> Self {
+        FlagRecord {
+            value,
+            payload: None,
+            reason: None,
+            id: None,
+            version: None,
+            locally_evaluated,
+            has_experiment: None,
+            failed: false,
+            config_version: None,
+            reason_code: None,
+            rule_id: None,
+            rule_type: None,
+            variant_key: None,
+            forced_variant: None,
+            experiment_id: None,
+            attribution: None,
+            malformed: false,
+            lookup_value: None,
+        }
+    }
+
+    /// The value a single-flag lookup answers: the variant if it is not empty, else
+    /// `enabled` (a snapshot reads a disabled flag as off and keeps an empty variant), as
+    /// posthog-python answers it.
+    pub(crate) fn single_value(&self) -> FlagValue {
+        self.lookup_value
+            .clone()
+            .unwrap_or_else(|| self.value.clone())
+    }
+
+    /// The record of one flag of a `/flags` response.
+    pub(crate) fn from_detail(key: &str, flag: &super::FlagDetail) -> Self {
+        let m = &flag.metadata;
+        FlagRecord {
+            payload: decode_payload(key, m.payload.as_deref()),
+            // An enabled flag's variant, even an empty one, as posthog-python's snapshots
+            // read it.
+            value: match (&flag.variant, flag.enabled) {
+                (Some(v), true) => FlagValue::Variant(v.clone()),
+                (_, enabled) => FlagValue::Bool(enabled),
+            },
+            reason: flag.reason.as_ref().and_then(|r| r.description.clone()),
+            id: m.id,
+            version: m.version,
+            locally_evaluated: false,
+            has_experiment: m.has_experiment,
+            // Only a record the server marked failed is; one that could not be read is off.
+            failed: flag.failed && !flag.malformed,
+            config_version: m.config_version,
+            reason_code: flag.reason.as_ref().and_then(|r| r.code.clone()),
+            rule_id: m.rule_id.clone(),
+            rule_type: m.rule_type.clone(),
+            variant_key: m.variant_key.clone(),
+            forced_variant: m.forced_variant,
+            experiment_id: m.experiment_id,
+            attribution: None,
+            malformed: flag.malformed,
+            lookup_value: Some(match &flag.variant {
+                Some(v) if !v.is_empty() => FlagValue::Variant(v.clone()),
+                _ => FlagValue::Bool(flag.enabled),
+            }),
+        }
+        .with_lookup_value()
+        .with_attribution()
+    }
+
+    /// Keeps `lookup_value` only when it differs from `value`.
+    fn with_lookup_value(mut self) -> Self {
+        if self.lookup_value.as_ref() == Some(&self.value) {
+            self.lookup_value = None;
+        }
+        self
+    }
+
+    /// Works out the record's attribution from its fields.
+    pub(crate) fn with_attribution(mut self) -> Self {
+        self.attribution = ReadAttribution::of(&self);
+        self
+    }
 }
 
 #[derive(Clone)]
@@ -82,19 +196,7 @@ impl FlagEvaluations {
                         continue;
                     }
                 }
-                let value = flag.value();
-                records.insert(
-                    key.clone(),
-                    FlagRecord {
-                        payload: decode_payload(key, flag.metadata.payload.as_deref()),
-                        value,
-                        reason: flag.reason.as_ref().and_then(|r| r.description.clone()),
-                        id: flag.metadata.id,
-                        version: flag.metadata.version,
-                        locally_evaluated: false,
-                        has_experiment: flag.metadata.has_experiment,
-                    },
-                );
+                records.insert(key.clone(), FlagRecord::from_detail(key, flag));
             }
         }
         FlagEvaluations::new(
@@ -188,27 +290,32 @@ impl FlagEvaluations {
 
     /// Every flag's record, by key (sorted). Silent.
     pub(crate) fn records(&self) -> impl Iterator<Item = (&str, &FlagRecord)> {
-        self.data.records.iter().map(|(k, r)| (k.as_str(), r))
+        self.data
+            .records
+            .iter()
+            .filter(|(_, r)| !r.failed)
+            .map(|(k, r)| (k.as_str(), r))
     }
 
-    /// Everything known about one flag. Silent.
+    /// Everything known about one flag (a [failed](FlagRecord::failed) one included). Silent.
     pub fn record(&self, key: &str) -> Option<&FlagRecord> {
         self.data.records.get(key)
     }
 
-    /// The keys in the snapshot, sorted. Silent.
+    /// The keys in the snapshot, sorted (flags PostHog failed to evaluate are left out).
+    /// Silent.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.data.records.keys().map(String::as_str)
+        self.records().map(|(k, _)| k)
     }
 
-    /// Number of flags in the snapshot.
+    /// Number of flags in the snapshot (as [`keys`](Self::keys) counts them).
     pub fn len(&self) -> usize {
-        self.data.records.len()
+        self.records().count()
     }
 
     /// `true` when the snapshot holds no flag (evaluation failed, or nothing matched the keys).
     pub fn is_empty(&self) -> bool {
-        self.data.records.is_empty()
+        self.records().next().is_none()
     }
 
     /// Why evaluation failed, if it did (the snapshot is then empty).
@@ -304,20 +411,29 @@ impl FlagEvaluations {
                 accessed.insert(key.to_owned());
             }
         }
+        // A failed flag has no value.
+        let value = record.filter(|r| !r.failed).map(|r| &r.value);
         if let Some(reporter) = &self.reporter {
             let d = &self.data;
-            // Dedup first: the event is only built when it will be sent.
-            if !d.distinct_id.is_empty()
-                && reporter.first_time(&d.distinct_id, key, record.map(|r| &r.value), &d.groups)
-            {
-                reporter.report(self.called(key));
+            // Dedup first: the events are only built when they will be sent.
+            if !d.distinct_id.is_empty() {
+                report_read(
+                    &**reporter,
+                    &d.distinct_id,
+                    key,
+                    value,
+                    &d.groups,
+                    record.and_then(|r| r.attribution.as_deref()),
+                    || self.called(key, false),
+                );
             }
         }
-        record.map(|r| r.value.clone())
+        value.cloned()
     }
 
-    /// What a read of `key` reports.
-    pub(crate) fn called(&self, key: &str) -> FlagCalled {
+    /// What a read of `key` reports (`single`: for a single-flag lookup, which reads an
+    /// empty variant as `true`).
+    pub(crate) fn called(&self, key: &str, single: bool) -> FlagCalled {
         let d = &self.data;
         FlagCalled::read(
             ReadContext {
@@ -329,6 +445,7 @@ impl FlagEvaluations {
                 errors_while_computing: d.errors_while_computing,
                 quota_limited: d.quota_limited,
                 minimal_gate: d.minimal_gate,
+                single,
             },
             key,
             d.records.get(key),
@@ -410,7 +527,7 @@ pub struct FlagCalledBench {
 }
 
 #[cfg(feature = "__bench")]
-struct BuildOnly(super::FlagCalledDedup);
+struct BuildOnly(super::FlagCalledDedup, super::FlagCalledDedup);
 
 #[cfg(feature = "__bench")]
 impl ReportFlagCalled for BuildOnly {
@@ -420,12 +537,26 @@ impl ReportFlagCalled for BuildOnly {
         key: &str,
         value: Option<&FlagValue>,
         groups: &BTreeMap<String, String>,
+        attribution: Option<&ReadAttribution>,
     ) -> bool {
-        self.0.first_time(distinct_id, key, value, groups)
+        self.0
+            .first_time(distinct_id, key, value, groups, attribution)
     }
 
-    fn report(&self, called: FlagCalled) {
-        std::hint::black_box(called.into_event());
+    fn first_exposure(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        groups: &BTreeMap<String, String>,
+        exposure_key: u64,
+    ) -> bool {
+        self.1
+            .first_exposure(distinct_id, key, groups, exposure_key)
+    }
+
+    fn report(&self, event: Event) -> bool {
+        std::hint::black_box(event);
+        true
     }
 }
 
@@ -445,7 +576,43 @@ impl FlagCalledBench {
             .collect();
         let body = serde_json::json!({"flags": map, "requestId": "bench"}).to_string();
         let response = FlagsResponse::from_json(body.as_bytes()).unwrap_or_default();
-        let reporter = Arc::new(BuildOnly(super::FlagCalledDedup::new(50_000)));
+        let reporter = Arc::new(BuildOnly(
+            super::FlagCalledDedup::new(50_000),
+            super::FlagCalledDedup::new(50_000),
+        ));
+        FlagCalledBench {
+            snapshot: FlagEvaluations::from_response(
+                &super::FlagsRequest::new(person),
+                &response,
+                Some(reporter),
+            ),
+        }
+    }
+
+    /// A snapshot of `flags` experiment flags `flag-0`, `flag-1`, … for one person, as
+    /// `/flags?v=4` sends them (an experiment split each): the first read of a key builds
+    /// both `$feature_flag_called` and `$experiment_exposure`.
+    pub fn new_experiments(person: &str, flags: usize) -> Self {
+        let map: serde_json::Map<String, Value> = (0..flags)
+            .map(|i| {
+                (
+                    format!("flag-{i}"),
+                    serde_json::json!({"value": "test", "failed": false,
+                        "reason": {"code": "experiment_split", "description": "Assigned"},
+                        "metadata": {"id": i, "version": 3, "config_version": 2,
+                            "rule_id": "0f8e6a52-5b8e-4f4c-9a39-5d3c2c8f6b21",
+                            "rule_type": "experiment", "variant_key": "test",
+                            "has_experiment": true}}),
+                )
+            })
+            .collect();
+        let body =
+            serde_json::json!({"flags": map, "requestId": "bench", "evaluatedAt": 1}).to_string();
+        let response = FlagsResponse::from_json(body.as_bytes()).unwrap_or_default();
+        let reporter = Arc::new(BuildOnly(
+            super::FlagCalledDedup::new(50_000),
+            super::FlagCalledDedup::new(50_000),
+        ));
         FlagCalledBench {
             snapshot: FlagEvaluations::from_response(
                 &super::FlagsRequest::new(person),
@@ -467,7 +634,8 @@ mod tests {
     use crate::flags::FlagsRequest;
     use serde_json::json;
 
-    struct Collect(Mutex<Vec<FlagCalled>>);
+    /// Reports every read (no dedup); keeps the events' names and properties.
+    struct Collect(Mutex<Vec<(String, serde_json::Map<String, Value>)>>);
 
     impl ReportFlagCalled for Collect {
         fn first_time(
@@ -476,12 +644,22 @@ mod tests {
             _: &str,
             _: Option<&FlagValue>,
             _: &BTreeMap<String, String>,
+            _: Option<&ReadAttribution>,
         ) -> bool {
             true
         }
 
-        fn report(&self, called: FlagCalled) {
-            self.0.lock().unwrap().push(called);
+        fn first_exposure(&self, _: &str, _: &str, _: &BTreeMap<String, String>, _: u64) -> bool {
+            true
+        }
+
+        fn report(&self, event: Event) -> bool {
+            let properties = event.properties().to_map();
+            self.0
+                .lock()
+                .unwrap()
+                .push((event.name().to_owned(), properties));
+            true
         }
     }
 
@@ -521,12 +699,19 @@ mod tests {
         assert_eq!(flags.keys().collect::<Vec<_>>(), ["b", "bad", "off", "v"]);
         let reported = reporter.0.lock().unwrap();
         assert_eq!(reported.len(), 5, "payload and keys reads are silent");
-        let missing = reported.iter().find(|c| c.key == "nope").unwrap();
-        assert_eq!(missing.error.as_deref(), Some("flag_missing"));
-        assert_eq!(missing.request_id.as_deref(), Some("r1"));
-        let v = reported.iter().find(|c| c.key == "v").unwrap();
-        assert_eq!(v.reason.as_deref(), Some("Matched"));
-        assert_eq!(v.evaluated_at, Some(7));
+        let find = |key: &str| {
+            &reported
+                .iter()
+                .find(|(_, p)| p["$feature_flag"] == key)
+                .unwrap()
+                .1
+        };
+        let missing = find("nope");
+        assert_eq!(missing["$feature_flag_error"], "flag_missing");
+        assert_eq!(missing["$feature_flag_request_id"], "r1");
+        let v = find("v");
+        assert_eq!(v["$feature_flag_reason"], "Matched");
+        assert_eq!(v["$feature_flag_evaluated_at"], 7);
     }
 
     #[test]

@@ -66,15 +66,7 @@ mod tests {
     use crate::flags::{FlagRecord, FlagValue};
 
     fn result(key: &str) -> FeatureFlagResult {
-        let record = FlagRecord {
-            value: FlagValue::Bool(true),
-            payload: None,
-            reason: None,
-            id: None,
-            version: None,
-            locally_evaluated: false,
-            has_experiment: None,
-        };
+        let record = FlagRecord::new(FlagValue::Bool(true), false);
         FeatureFlagResult::from_record(key, &record, None)
     }
 

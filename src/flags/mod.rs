@@ -19,7 +19,7 @@ mod response;
 mod result;
 mod value;
 
-pub(crate) use called::{FlagCalled, ReportFlagCalled};
+pub(crate) use called::{ReadAttribution, ReportFlagCalled};
 pub(crate) use decide::{Decide, DecideConfig, PolledDefinitions, RemoteStack};
 #[cfg(feature = "__bench")]
 #[doc(hidden)]

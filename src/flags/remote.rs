@@ -1,4 +1,4 @@
-//! `RemoteFlags`: evaluates flags on PostHog with `POST {host}/flags/?v=2`.
+//! `RemoteFlags`: evaluates flags on PostHog with `POST {host}/flags/?v=4`.
 
 use std::{
     fmt,
@@ -29,11 +29,11 @@ const MAX_FLAGS_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// The leaf service of the flags stack: evaluates a [`FlagsRequest`] on PostHog.
 ///
-/// It sends `POST {host}/flags/?v=2` with a JSON body carrying `token` and `api_key` (both the
+/// It sends `POST {host}/flags/?v=4` with a JSON body carrying `token` and `api_key` (both the
 /// project key), `distinct_id`, `groups`, `person_properties`, `group_properties` (every group
 /// passed gets `$group_key`), `geoip_disable`, and when set `device_id` and
 /// `flag_keys_to_evaluate`. There is no `Authorization` header: the personal API key never
-/// goes here. It parses the v2 response and the legacy v1 shape; a malformed body is an
+/// goes here. It parses `/flags?v=4` records (typed `value`, `failed`, config version and rule), v2 records and the legacy v1 shape; a malformed body is an
 /// [`InvalidFlagsResponse`](super::InvalidFlagsResponse) error, a non-2xx status an
 /// [`UnexpectedStatus`].
 ///
@@ -73,7 +73,7 @@ impl<C> RemoteFlags<C> {
     pub fn with_client(client: C, host: &str, api_key: &str) -> Result<Self, crate::BuildError> {
         Ok(RemoteFlags {
             client,
-            uri: endpoint(host, "/flags/?v=2")?,
+            uri: endpoint(host, "/flags/?v=4")?,
             api_key: api_key.into(),
             disable_geoip: true,
         })

@@ -15,6 +15,9 @@
 //! | `/flags/definitions` | 200 `{"flags": [], "group_type_mapping": {}, "cohorts": {}}` |
 //! | anything else | 404 `{"error": "not found"}` |
 //!
+//! [`MockResponse::flags_v4`] builds a `/flags?v=4` answer from [`V4Flag`] records (every
+//! reason code, rule type, failed records, experiment splits).
+//!
 //! Paths are matched exactly, ignoring the query and one trailing slash:
 //! `/batch` and `/batch/` are the same path, `/flags/definitions` is not
 //! `/flags/`. Gzip request bodies (`Content-Encoding: gzip`) are decoded
@@ -67,12 +70,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod flags;
 mod request;
 mod response;
 mod server;
 #[cfg(test)]
 mod tests;
 
+pub use flags::V4Flag;
 pub use request::RecordedRequest;
 pub use response::MockResponse;
 

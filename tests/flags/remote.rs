@@ -1,4 +1,4 @@
-//! Remote feature flags over real HTTP to `MockPostHog`: the `POST /flags/?v=2` request, the
+//! Remote feature flags over real HTTP to `MockPostHog`: the `POST /flags/?v=4` request, the
 //! retry policy, errors and `$feature_flag_error`, the `$feature_flag_called` event (its
 //! properties, deduplication and minimization), payload decoding, snapshots
 //! (`evaluate_flags`), the bulk getters, request coalescing, the fallback cache and a disabled
@@ -166,8 +166,8 @@ async fn single_flag_request_fields_and_headers() {
     assert_eq!(reqs.len(), 1);
     let req = &reqs[0];
     assert_eq!(req.method, http::Method::POST);
-    assert_eq!(req.path, "/flags/", "the v2 endpoint, not /decide");
-    assert_eq!(req.query.as_deref(), Some("v=2"));
+    assert_eq!(req.path, "/flags/", "the /flags endpoint, not /decide");
+    assert_eq!(req.query.as_deref(), Some("v=4"));
     assert!(mock.requests_to("/decide").is_empty());
     assert_eq!(req.header("content-type"), Some("application/json"));
     let user_agent = format!("posthog-tower/{VERSION}");

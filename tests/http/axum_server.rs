@@ -991,3 +991,65 @@ async fn stacked_layers_share_one_context_and_capture_one_pageview_per_request()
         assert!(view["properties"].get("$route").is_none(), "{view}");
     }
 }
+
+/// `RequestFlags` behind the layer: reading an experiment flag (a `/flags?v=4` split) sends
+/// `$feature_flag_called` with its attribution and one `$experiment_exposure`, deduplicated
+/// across reads and requests of the same person; another person gets their own.
+#[tokio::test]
+async fn request_flags_send_the_experiment_exposure_once_per_person() {
+    use posthog_tower::testing::V4Flag;
+    const RULE: &str = "0f8e6a52-5b8e-4f4c-9a39-5d3c2c8f6b21";
+    let mock = mock().await;
+    mock.set_default(
+        "/flags/",
+        MockResponse::flags_v4([
+            V4Flag::experiment_split("checkout", "test", RULE),
+            V4Flag::targeting_match("a", true, RULE, "targeted_release"),
+        ]),
+    );
+    let posthog = client(&mock);
+    let addr = serve(flag_app(&posthog, &["checkout", "a", "checkout"])).await;
+    for user in ["user-1", "user-1", "user-2"] {
+        let id = [("X-POSTHOG-DISTINCT-ID", user)];
+        assert_eq!(get_with(addr, "/page", &id).await.1, "checkout,a,checkout");
+    }
+    assert_eq!(mock.requests_to("/flags/")[0].query.as_deref(), Some("v=4"));
+    let events = events(&posthog, &mock).await;
+    let exposures = named(&events, "$experiment_exposure");
+    let who: Vec<_> = exposures.iter().map(|e| e["distinct_id"].clone()).collect();
+    assert_eq!(who, [json!("user-1"), json!("user-2")]);
+    let p = &exposures[0]["properties"];
+    assert_eq!(p["$feature_flag"], "checkout");
+    assert_eq!(p["$feature_flag_response"], "test");
+    assert_eq!(p["$feature_flag_variant_key"], "test");
+    assert_eq!(p["$feature_flag_rule_id"], RULE);
+    assert_eq!(p["$feature_flag_request_id"], "mock-v4");
+    assert!(p.get("$feature_flag_rule_type").is_none());
+
+    let called = named(&events, "$feature_flag_called");
+    assert_eq!(called.len(), 4, "two flags, two people: {called:#?}");
+    let checkout = called
+        .iter()
+        .find(|e| e["properties"]["$feature_flag"] == "checkout")
+        .expect("checkout was reported");
+    assert_eq!(
+        checkout["properties"]["$feature_flag_reason_code"],
+        "experiment_split"
+    );
+    assert_eq!(
+        checkout["properties"]["$feature_flag_rule_type"],
+        "experiment"
+    );
+    let a = called
+        .iter()
+        .find(|e| e["properties"]["$feature_flag"] == "a")
+        .expect("a was reported");
+    assert_eq!(
+        a["properties"]["$feature_flag_rule_type"],
+        "targeted_release"
+    );
+    assert!(a["properties"].get("$feature_flag_variant_key").is_none());
+    // The pageview carries the values, not the attribution.
+    let view = named(&events, "$pageview")[0];
+    assert_eq!(view["properties"]["$feature/checkout"], "test");
+}
