@@ -1,7 +1,7 @@
 //! Capture over real HTTP to `MockPostHog`, one test binary: what is sent and how it is
 //! batched ([`events`]), `$exception` events ([`exceptions`]), the client's life from flush to shutdown ([`lifecycle`]), retries and
 //! their timing ([`retry`]), and an axum server shut down gracefully under load
-//! ([`shutdown_under_load`]).
+//! ([`shutdown_under_load`]), and capture v1 ([`v1`]).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -11,3 +11,4 @@ mod exceptions;
 mod lifecycle;
 mod retry;
 mod shutdown_under_load;
+mod v1;
