@@ -121,7 +121,9 @@ impl Default for Options {
 
 impl Options {
     /// Reads `--protocol v0|v1` and `--compression none|gzip|deflate|br|zstd` (the next
-    /// argument after `flag`), or says why it cannot.
+    /// argument after `flag`), or says why it cannot. (Unused by the tests, which include
+    /// this file.)
+    #[allow(dead_code)]
     pub fn set(&mut self, flag: &str, value: &str) -> Result<(), String> {
         match (flag, value) {
             ("--protocol", "v0") => self.protocol = CaptureProtocol::V0,
@@ -154,6 +156,7 @@ impl Options {
 }
 
 /// Serves the adapter on `listener` until the task is dropped or aborted: capture v0 with gzip.
+/// (Unused by `main.rs`, which always passes its options.)
 #[allow(dead_code)]
 pub async fn serve(listener: TcpListener) {
     serve_with(listener, Options::default()).await

@@ -536,13 +536,15 @@ impl MockPostHog {
         state.defaults.insert(route_key(path).to_owned(), response);
     }
 
-    /// Forgets the recorded requests and the queued answers. Defaults set with
+    /// Forgets the recorded requests, the queued answers and the queued per-event results.
+    /// Defaults set with
     /// [`set_default`](Self::set_default) stay.
     pub fn clear(&self) {
         {
             let mut state = self.inner.shared.lock();
             state.entries.clear();
             state.scripts.clear();
+            state.event_results.clear();
         }
         self.inner.shared.notify();
     }

@@ -77,6 +77,10 @@ pub struct RecordedRequest {
     /// ([`MockResponse::reset_connection`](super::MockResponse::reset_connection)
     /// or [`MockResponse::lose_response`](super::MockResponse::lose_response)).
     pub reset: bool,
+    /// The headers of the mock's answer (empty for a reset connection).
+    pub response_headers: HeaderMap,
+    /// The body of the mock's answer.
+    pub response_body: Bytes,
 }
 
 impl RecordedRequest {

@@ -327,6 +327,8 @@ async fn handle(
             // 499 for `reset_connection`, the planned status for `lose_response`.
             status: plan.status,
             reset: plan.reset,
+            response_headers: plan.headers.clone(),
+            response_body: plan.body.clone(),
         };
         tracing::debug!(
             method = %request.method,
