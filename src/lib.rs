@@ -60,6 +60,8 @@
 //!   that captures `tracing` errors as `$exception` events.
 //! - `sentry`: [`integrations::sentry::PostHogIntegration`], which tags Sentry events with the
 //!   PostHog person and captures Sentry's errors in PostHog (`sentry-core` 0.49).
+//! - `brotli`, `zstd`: capture v1 bodies encoded with Brotli or Zstandard
+//!   ([`capture::Compression`]); gzip and deflate need no feature.
 //!
 //! # Modules
 //!

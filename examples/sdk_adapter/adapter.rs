@@ -73,10 +73,9 @@ use hyper_util::{
 };
 use posthog_tower::{
     capture::CaptureProtocol, capture::CaptureTransport, capture::Compression,
-    capture::EncodedBatch, capture::EventResults, capture::RetryPolicy,
-    capture::V1RetryPolicy, capture::V1Transport,
-    flags::FeatureFlagResult, flags::FlagError, flags::FlagsRequest, net, net::HttpClient,
-    net::UnexpectedStatus, BoxError, Event, PostHog, Timestamp, Uuid,
+    capture::EncodedBatch, capture::EventResults, capture::RetryPolicy, capture::V1RetryPolicy,
+    capture::V1Transport, flags::FeatureFlagResult, flags::FlagError, flags::FlagsRequest, net,
+    net::HttpClient, net::UnexpectedStatus, BoxError, Event, PostHog, Timestamp, Uuid,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};

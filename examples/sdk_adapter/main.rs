@@ -43,7 +43,9 @@ fn arguments() -> Result<(u16, adapter::Options), String> {
         }
         let value = match inline {
             Some(value) => value,
-            None => args.next().ok_or(format!("{flag} needs a value ({USAGE})"))?,
+            None => args
+                .next()
+                .ok_or(format!("{flag} needs a value ({USAGE})"))?,
         };
         if flag == "--port" {
             from_args = Some(value);
@@ -70,7 +72,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         posthog_tower::VERSION,
         listener.local_addr()?
     );
-    println!("capabilities: {:?} {:?}", options.protocol, options.compression);
+    println!(
+        "capabilities: {:?} {:?}",
+        options.protocol, options.compression
+    );
     adapter::serve_with(listener, options).await;
     Ok(())
 }

@@ -208,8 +208,8 @@ impl State {
                     .and_then(|v| v.get("results").cloned());
                 let taken = |event: &serde_json::Value| {
                     let uuid = event.get("uuid").and_then(serde_json::Value::as_str);
-                    let result = uuid
-                        .and_then(|u| results.as_ref()?.get(u)?.get("result")?.as_str());
+                    let result =
+                        uuid.and_then(|u| results.as_ref()?.get(u)?.get("result")?.as_str());
                     result.map_or(true, |r| r == "ok")
                 };
                 if let Some(events) = body

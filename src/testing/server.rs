@@ -146,7 +146,10 @@ fn decode(encoding: &str, raw: &[u8]) -> Decoded {
     fn read(mut reader: impl Read) -> Decoded {
         let mut out = Vec::new();
         // One byte more than allowed tells "exactly at the limit" from "beyond it".
-        match (&mut reader).take(MAX_BODY as u64 + 1).read_to_end(&mut out) {
+        match (&mut reader)
+            .take(MAX_BODY as u64 + 1)
+            .read_to_end(&mut out)
+        {
             Ok(_) if out.len() > MAX_BODY => Decoded::TooLarge,
             Ok(_) => Decoded::Ok(Bytes::from(out)),
             Err(_) => Decoded::Failed,

@@ -43,8 +43,13 @@ fn assert_rfc3339_utc(text: &str) {
     text.parse::<Timestamp>().expect("parses as RFC 3339");
 }
 
+/// Events refused one by one, with PostHog's result.
+type Refused = Vec<(Uuid, String)>;
+/// Events failed with an HTTP status.
+type Failed = Vec<(Uuid, u16)>;
+
 /// The refusal reported for each uuid, and the HTTP statuses of the other failures.
-fn refusals(errors: &ErrorLog) -> (Vec<(Uuid, String)>, Vec<(Uuid, u16)>) {
+fn refusals(errors: &ErrorLog) -> (Refused, Failed) {
     let mut refused = Vec::new();
     let mut statuses = Vec::new();
     for report in errors.all() {
@@ -70,7 +75,9 @@ fn refusals(errors: &ErrorLog) -> (Vec<(Uuid, String)>, Vec<(Uuid, u16)>) {
 async fn sends_the_v1_request() {
     let mock = start_mock().await;
     let ph = v1(&mock).build().unwrap();
-    let id = ph.capture(Event::new("signed up", "user-1").property("plan", "pro")).unwrap();
+    let id = ph
+        .capture(Event::new("signed up", "user-1").property("plan", "pro"))
+        .unwrap();
     let report = ph.flush().await;
     assert_eq!((report.delivered, report.failed), (1, 0));
 
@@ -89,7 +96,12 @@ async fn sends_the_v1_request() {
     assert!(req.header("content-encoding").is_none());
 
     let body = body_json(req);
-    let root: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    let root: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(root.len(), 2, "only created_at and batch: {root:?}");
     assert_rfc3339_utc(body["created_at"].as_str().unwrap());
     let raw = String::from_utf8_lossy(&req.body);
@@ -156,7 +168,10 @@ async fn retries_number_attempts_keep_the_request_id_and_renew_the_timestamp() {
         .iter()
         .map(|r| header(r, "posthog-request-timestamp"))
         .collect();
-    assert!(stamps[0] != stamps[1] && stamps[1] != stamps[2], "{stamps:?}");
+    assert!(
+        stamps[0] != stamps[1] && stamps[1] != stamps[2],
+        "{stamps:?}"
+    );
     // The same events (uuids and timestamps) on every attempt.
     assert!(reqs.iter().all(|r| batch_of(r) == batch_of(&reqs[0])));
     // Backoff from 100 ms, doubling, with up to 25 % jitter.
@@ -228,25 +243,49 @@ async fn partial_retry_sends_only_the_retry_events_as_the_same_request() {
 
     let reqs = mock.requests_to(PATH);
     assert_eq!(reqs.len(), 2);
-    assert_eq!(uuids_of(&batch_of(&reqs[0])), [ok, dropped, retried, limited]);
-    assert_eq!(uuids_of(&batch_of(&reqs[1])), [retried], "only the retry event");
-    assert_eq!(batch_of(&reqs[1])[0], batch_of(&reqs[0])[2], "the same event");
+    assert_eq!(
+        uuids_of(&batch_of(&reqs[0])),
+        [ok, dropped, retried, limited]
+    );
+    assert_eq!(
+        uuids_of(&batch_of(&reqs[1])),
+        [retried],
+        "only the retry event"
+    );
+    assert_eq!(
+        batch_of(&reqs[1])[0],
+        batch_of(&reqs[0])[2],
+        "the same event"
+    );
     assert_eq!(request_id(&reqs[1]), request_id(&reqs[0]));
     assert_eq!(attempt(&reqs[1]), 2);
     assert_ne!(
         header(&reqs[1], "posthog-request-timestamp"),
         header(&reqs[0], "posthog-request-timestamp")
     );
-    assert!(gap(&reqs, 0) >= Duration::from_secs(3), "Retry-After honored");
+    assert!(
+        gap(&reqs, 0) >= Duration::from_secs(3),
+        "Retry-After honored"
+    );
     assert!(gap(&reqs, 0) < Duration::from_millis(3100));
     assert_delivered_once(&mock.events(), &[ok, retried]);
 
-    let mut expected = vec![(dropped, "drop".to_owned()), (limited, "limited".to_owned())];
+    let mut expected = vec![
+        (dropped, "drop".to_owned()),
+        (limited, "limited".to_owned()),
+    ];
     expected.sort();
     assert_eq!(refusals(&errors), (expected, vec![]));
     let stats = ph.stats();
     assert_eq!((stats.delivered, stats.failed), (2, 2));
-    assert_eq!((stats.refused.drop, stats.refused.limited, stats.refused.other), (1, 1, 0));
+    assert_eq!(
+        (
+            stats.refused.drop,
+            stats.refused.limited,
+            stats.refused.other
+        ),
+        (1, 1, 0)
+    );
     assert_eq!((stats.requests, stats.retries), (2, 1));
     assert_eq!(
         stats.captured,
@@ -312,7 +351,10 @@ async fn a_failed_partial_retry_keeps_what_was_settled() {
     );
     assert_delivered_once(&mock.events(), &[ok]);
     let stats = ph.stats();
-    assert_eq!((stats.delivered, stats.failed, stats.refused.drop), (1, 2, 1));
+    assert_eq!(
+        (stats.delivered, stats.failed, stats.refused.drop),
+        (1, 2, 1)
+    );
     assert_eq!(
         stats.captured,
         stats.delivered + stats.failed + stats.dropped.total()
@@ -328,7 +370,10 @@ async fn capture_wait_reports_a_refusal() {
     let error = ph.capture_wait(event).await.expect_err("refused");
     let text = error.to_string();
     assert!(text.contains("limited"), "{text}");
-    let ok = ph.capture_wait(Event::new("e", "u")).await.expect("delivered");
+    let ok = ph
+        .capture_wait(Event::new("e", "u"))
+        .await
+        .expect("delivered");
     assert_delivered_once(&mock.events(), &[ok]);
 }
 
@@ -357,7 +402,10 @@ async fn every_encoding_round_trips() {
         assert_eq!(req.content_encoding.as_deref(), header_value);
         assert!(!req.gzip_decode_failed, "{compression:?}");
         if header_value.is_some() {
-            assert!(req.raw_len < req.body.len() / 2, "{compression:?} compresses");
+            assert!(
+                req.raw_len < req.body.len() / 2,
+                "{compression:?} compresses"
+            );
         }
         let events = batch_of(req);
         assert_eq!(uuids_of(&events), ids);
@@ -372,7 +420,10 @@ async fn gzip_true_still_works_and_v0_refuses_other_encodings() {
     let ph = v1(&mock).gzip(true).build().unwrap();
     ph.capture(Event::new("e", "u")).unwrap();
     ph.flush().await;
-    assert_eq!(mock.requests_to(PATH)[0].header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        mock.requests_to(PATH)[0].header("content-encoding"),
+        Some("gzip")
+    );
     for compression in [Compression::Deflate, Compression::Brotli, Compression::Zstd] {
         let built = builder(&mock).compression(compression).build();
         assert!(
@@ -380,8 +431,14 @@ async fn gzip_true_still_works_and_v0_refuses_other_encodings() {
             "{compression:?} on v0"
         );
     }
-    let ph = builder(&mock).compression(Compression::Gzip).build().unwrap();
+    let ph = builder(&mock)
+        .compression(Compression::Gzip)
+        .build()
+        .unwrap();
     ph.capture(Event::new("e", "u")).unwrap();
     ph.flush().await;
-    assert_eq!(mock.requests_to("/batch")[0].header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        mock.requests_to("/batch")[0].header("content-encoding"),
+        Some("gzip")
+    );
 }

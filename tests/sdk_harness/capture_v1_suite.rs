@@ -187,8 +187,7 @@ impl Run<'_> {
                         .with_raw_body(body.to_owned())
                         .with_header("content-type", "application/json");
                 }
-                if matches!(code, 408 | 500 | 503 | 504) && !headers.contains_key("Retry-After")
-                {
+                if matches!(code, 408 | 500 | 503 | 504) && !headers.contains_key("Retry-After") {
                     answer = answer.retry_after("1");
                 }
                 answer
@@ -335,9 +334,10 @@ impl Run<'_> {
             "assert_request_has_header" => {
                 let name = p["header"].as_str().unwrap_or_default();
                 let expected = p["expected"].as_str();
-                let found = self.requests().iter().any(|r| {
-                    header(r, name).is_some_and(|v| expected.map_or(true, |e| v == e))
-                });
+                let found = self
+                    .requests()
+                    .iter()
+                    .any(|r| header(r, name).is_some_and(|v| expected.map_or(true, |e| v == e)));
                 if !found {
                     return fail(format!("no request with {name}: {expected:?}"));
                 }
@@ -359,8 +359,7 @@ impl Run<'_> {
                     .ok_or("no created_at")?
                     .parse()
                     .map_err(|_| "created_at does not parse")?;
-                let created_at =
-                    SystemTime::try_from(created_at).map_err(|e| e.to_string())?;
+                let created_at = SystemTime::try_from(created_at).map_err(|e| e.to_string())?;
                 let age = SystemTime::now()
                     .duration_since(created_at)
                     .unwrap_or_else(|e| e.duration());
@@ -444,7 +443,9 @@ impl Run<'_> {
             "assert_event_property" => {
                 let event = &self.first_events()?[0];
                 let name = p["property"].as_str().unwrap_or_default();
-                if p.get("expected").is_some_and(|e| event["properties"][name] != *e) {
+                if p.get("expected")
+                    .is_some_and(|e| event["properties"][name] != *e)
+                {
                     return fail(format!("{name} = {}", event["properties"][name]));
                 }
             }
@@ -510,7 +511,11 @@ impl Run<'_> {
                     if uuids.len() < 2 || uuids[0] == uuids[1] {
                         return fail("Different events should have different UUIDs");
                     }
-                } else if uuids.iter().map(Value::to_string).collect::<HashSet<_>>().len()
+                } else if uuids
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<HashSet<_>>()
+                    .len()
                     != uuids.len()
                 {
                     return fail("UUIDs not unique");
@@ -731,7 +736,11 @@ async fn passes_with(compression: Compression, encoding_test: &str) -> Vec<Strin
     assert!(failed.is_empty(), "{compression:?}: {failed:#?}");
     assert!(ran.iter().any(|t| t.ends_with(encoding_test)), "{ran:?}");
     // 94 tests need no encoding; gzip's run adds its two, every other one its one.
-    let expected = if compression == Compression::Gzip { 95 } else { 94 };
+    let expected = if compression == Compression::Gzip {
+        95
+    } else {
+        94
+    };
     assert_eq!(ran.len(), expected, "{compression:?}");
     ran
 }
@@ -768,5 +777,8 @@ fn the_four_runs_cover_the_contract() {
         "encoding_zstd",
     ]
     .into();
-    assert_eq!(encodings, expected, "every test runs in one of the four runs");
+    assert_eq!(
+        encodings, expected,
+        "every test runs in one of the four runs"
+    );
 }

@@ -841,7 +841,10 @@ fn refusals<R: 'static>(response: R) -> Vec<(Uuid, EventRefused)> {
 }
 
 /// Keeps the refusals of events of `batch` (a server may name others), each once.
-fn of_batch(mut refused: Vec<(Uuid, EventRefused)>, batch: &EncodedBatch) -> Vec<(Uuid, EventRefused)> {
+fn of_batch(
+    mut refused: Vec<(Uuid, EventRefused)>,
+    batch: &EncodedBatch,
+) -> Vec<(Uuid, EventRefused)> {
     if refused.is_empty() {
         return refused;
     }

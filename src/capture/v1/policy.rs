@@ -210,9 +210,10 @@ mod tests {
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(100) && waited <= Duration::from_millis(125));
         assert_eq!(req.attempt(), 2);
-        let mut too_large: Result<EventResults, BoxError> = Err(Box::new(
-            UnexpectedStatus::new(StatusCode::PAYLOAD_TOO_LARGE, None),
-        ));
+        let mut too_large: Result<EventResults, BoxError> = Err(Box::new(UnexpectedStatus::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+        )));
         assert!(p.retry(&mut req, &mut too_large).is_none());
     }
 }

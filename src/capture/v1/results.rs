@@ -63,6 +63,9 @@ impl EventResults {
             retry_after,
             ..EventResults::default()
         };
+        if all_ok(body) {
+            return out;
+        }
         let answer: Answer<'_> = match serde_json::from_slice(body) {
             Ok(answer) => answer,
             Err(e) => {
@@ -90,6 +93,18 @@ impl EventResults {
         }
         out
     }
+}
+
+/// Whether every `"result":` key of `body` is followed by `"ok"`: the usual answer, told
+/// without parsing it. Inside a JSON string a quote is escaped, so the pattern can only be a
+/// key; any other result (or one written with spaces) fails the test and the body is parsed.
+fn all_ok(body: &[u8]) -> bool {
+    const KEY: &str = r#""result":"#;
+    let Ok(text) = std::str::from_utf8(body) else {
+        return false;
+    };
+    text.match_indices(KEY)
+        .all(|(at, _)| text[at + KEY.len()..].starts_with(r#""ok""#))
 }
 
 /// PostHog refused one event of a capture v1 batch: its per-event result was not `ok`. The
@@ -208,7 +223,10 @@ mod tests {
         r.refused.sort_by_key(|(u, _)| *u);
         assert_eq!(r.retry, vec![b]);
         assert_eq!(r.retry_after, Some(Duration::from_secs(1)));
-        assert_eq!(r.refused[0], (c, EventRefused::new("drop", Some("bad".into()))));
+        assert_eq!(
+            r.refused[0],
+            (c, EventRefused::new("drop", Some("bad".into())))
+        );
         assert_eq!(r.refused[1].1.result(), "novel");
         assert_eq!(r.refused[1].1.details(), Some(r#"{"x":1}"#));
         assert_eq!(
@@ -218,5 +236,15 @@ mod tests {
         let empty = EventResults::parse(b"{\"status\":1}", None);
         assert!(empty.refused.is_empty() && empty.retry.is_empty());
         assert!(EventResults::parse(b"not json", None).refused.is_empty());
+        assert!(all_ok(
+            br#"{"results":{"a":{"result":"ok"},"b":{"result":"ok"}}}"#
+        ));
+        assert!(!all_ok(
+            br#"{"results":{"a":{"result":"ok"},"b":{"result": "ok"}}}"#
+        ));
+        assert!(!all_ok(br#"{"results":{"a":{"result":"okay"}}}"#));
+        assert!(!all_ok(
+            br#"{"results":{"a":{"result":"drop","details":""result":"ok""}}}"#
+        ));
     }
 }

@@ -16,8 +16,8 @@ use tower_service::Service;
 use super::EventResults;
 use crate::{
     capture::{Compression, EncodedBatch, StatsRecorder},
-    net::{endpoint, parse_retry_after, FullResponse, HttpClient, ReadResponse, ResponseFuture},
     net::USER_AGENT,
+    net::{endpoint, parse_retry_after, FullResponse, HttpClient, ReadResponse, ResponseFuture},
     time::Timestamp,
     BoxError,
 };
@@ -205,10 +205,7 @@ where
             headers.insert(REQUEST_TIMESTAMP, value);
         }
         if let Some(encoding) = self.compression.content_encoding() {
-            headers.insert(
-                header::CONTENT_ENCODING,
-                HeaderValue::from_static(encoding),
-            );
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
         }
         if let Some(stats) = &self.stats {
             stats.request(1);
