@@ -184,6 +184,13 @@ mod auto_traits {
         send_sync::<EncodedBatch>();
         send_sync::<StatsRecorder>();
         send_sync::<CaptureTransport>();
+        send_sync::<V1Transport>();
+        send_sync::<V1RetryPolicy>();
+        send_sync::<EventResults>();
+        send_sync::<EventRefused>();
+        send_sync::<V1Failure>();
+        send_sync::<Compression>();
+        send_sync::<CaptureProtocol>();
         send_sync::<net::HttpClient>();
         send_sync::<CaptureError>();
         send_sync::<ErrorReport>();
@@ -191,6 +198,14 @@ mod auto_traits {
         send::<capture::BatchFuture>();
         send::<
             TransportFuture<
+                <net::HttpClient as tower_service::Service<
+                    ::http::Request<http_body_util::Full<bytes::Bytes>>,
+                >>::Future,
+                net::ResponseBody,
+            >,
+        >();
+        send::<
+            V1TransportFuture<
                 <net::HttpClient as tower_service::Service<
                     ::http::Request<http_body_util::Full<bytes::Bytes>>,
                 >>::Future,
