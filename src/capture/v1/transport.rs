@@ -22,8 +22,10 @@ use crate::{
     BoxError,
 };
 
-/// Most of a response body the transport reads: the per-event results of a large batch.
-const MAX_RESPONSE_BODY: usize = 1024 * 1024;
+/// Most of a response body the transport reads: the per-event results (about 60 bytes per
+/// event) of the largest batch `max_batch_bytes` allows, many times over. A 2xx over it is an
+/// error (retried), so it must never be reached in practice.
+const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 
 const SDK_INFO: HeaderName = HeaderName::from_static("posthog-sdk-info");
 const ATTEMPT: HeaderName = HeaderName::from_static("posthog-attempt");
