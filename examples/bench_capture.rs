@@ -11,6 +11,9 @@
 //! cargo run --release --example bench_capture -- --burst [--events N] [--gzip] [--flush-at N]
 //! ```
 //!
+//! Both take `--protocol v0|v1` (v0 by default) and `--compression none|gzip|deflate|br|zstd`
+//! (over `--gzip`; anything but gzip needs v1), to compare the protocols and the encodings.
+//!
 //! `--burst` is what a user's script or a serverless function does: one loop on the main
 //! thread (inside `block_on` of a multi-thread runtime, one worker thread per core) builds
 //! `--events` events (default 200 000) and `capture()`s each, into a queue of that size, then
@@ -62,7 +65,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use posthog_tower::{CaptureError, Event, PostHog};
+use posthog_tower::capture::{CaptureProtocol, Compression};
+use posthog_tower::{CaptureError, Event, PostHog, PostHogBuilder};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -91,6 +95,8 @@ enum Mode {
 struct Args {
     events: u64,
     gzip: bool,
+    protocol: CaptureProtocol,
+    compression: Option<Compression>,
     flush_at: Option<usize>,
     max_in_flight: Option<usize>,
     max_queue_size: Option<usize>,
@@ -103,12 +109,41 @@ struct Args {
 
 const USAGE: &str = "usage: bench_capture [--events N] [--gzip] [--flush-at N] [--producers N] \
                      [--max-in-flight N] [--max-queue-size N] [--threads N] [--mode wait|retry] \
-                     [--prebuild] | --burst [--events N] [--gzip] [--flush-at N]";
+                     [--prebuild] | --burst [--events N] [--gzip] [--flush-at N]; both with \
+                     [--protocol v0|v1] [--compression none|gzip|deflate|br|zstd]";
+
+impl Args {
+    /// The builder's protocol and encoding (`--compression` over `--gzip`).
+    fn wire(&self, builder: PostHogBuilder) -> PostHogBuilder {
+        let builder = builder.capture_protocol(self.protocol).gzip(self.gzip);
+        match self.compression {
+            Some(compression) => builder.compression(compression),
+            None => builder,
+        }
+    }
+
+    /// `v0 gzip` and the like, for the reports.
+    fn wire_name(&self) -> String {
+        let protocol = if self.protocol == CaptureProtocol::V1 {
+            "v1"
+        } else {
+            "v0"
+        };
+        let compression = match (self.compression, self.gzip) {
+            (Some(c), _) => c.content_encoding().unwrap_or("none"),
+            (None, true) => "gzip",
+            (None, false) => "none",
+        };
+        format!("protocol={protocol} compression={compression}")
+    }
+}
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut parsed = Args {
         events: 1_000_000,
         gzip: false,
+        protocol: CaptureProtocol::V0,
+        compression: None,
         flush_at: None,
         max_in_flight: None,
         max_queue_size: None,
@@ -139,6 +174,27 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             }
             "--burst" => parsed.burst = true,
             "--gzip" => parsed.gzip = true,
+            "--protocol" => {
+                parsed.protocol = match it.next().map(String::as_str) {
+                    Some("v0") => CaptureProtocol::V0,
+                    Some("v1") => CaptureProtocol::V1,
+                    other => return Err(format!("--protocol v0|v1, not {other:?}")),
+                }
+            }
+            "--compression" => {
+                parsed.compression = Some(match it.next().map(String::as_str) {
+                    Some("none") => Compression::None,
+                    Some("gzip") => Compression::Gzip,
+                    Some("deflate") => Compression::Deflate,
+                    Some("br") => Compression::Brotli,
+                    Some("zstd") => Compression::Zstd,
+                    other => {
+                        return Err(format!(
+                            "--compression none|gzip|deflate|br|zstd, not {other:?}"
+                        ))
+                    }
+                })
+            }
             "--prebuild" => parsed.prebuild = true,
             "--flush-at" => parsed.flush_at = Some(value("--flush-at")? as usize),
             "--max-in-flight" => parsed.max_in_flight = Some(value("--max-in-flight")? as usize),
@@ -217,9 +273,9 @@ fn client(args: &Args) -> Result<bool, BoxError> {
         .enable_all()
         .build()?;
 
-    let mut builder = PostHog::builder("phc_bench_capture")
-        .host(format!("http://127.0.0.1:{}", sink.port))
-        .gzip(args.gzip);
+    let builder =
+        PostHog::builder("phc_bench_capture").host(format!("http://127.0.0.1:{}", sink.port));
+    let mut builder = args.wire(builder);
     if let Some(n) = args.flush_at {
         builder = builder.flush_at(n);
     }
@@ -340,15 +396,15 @@ fn client(args: &Args) -> Result<bool, BoxError> {
         }
     );
     println!(
-        "settings: flush_at={} max_in_flight={} max_queue_size={} gzip={} \
-         (defaults 100 / 8 / 10000 / off unless given)",
+        "settings: flush_at={} max_in_flight={} max_queue_size={} {} \
+         (defaults 100 / 8 / 10000 / v0 none unless given)",
         args.flush_at
             .map_or_else(|| "100 (default)".to_owned(), |v| v.to_string()),
         args.max_in_flight
             .map_or_else(|| "8 (default)".to_owned(), |v| v.to_string()),
         args.max_queue_size
             .map_or_else(|| "10000 (default)".to_owned(), |v| v.to_string()),
-        if args.gzip { "on" } else { "off" },
+        args.wire_name(),
     );
     println!("  builder: {settings}");
     let rows = [
@@ -421,11 +477,11 @@ fn client(args: &Args) -> Result<bool, BoxError> {
         println!("  {name:<42} {value}");
     }
     println!(
-        "RESULT events={n} gzip={} flush_at={} producers={producers} mode={} prebuild={} \
+        "RESULT events={n} {} flush_at={} producers={producers} mode={} prebuild={} \
          wall_s={secs:.4} \
          events_per_s={:.0} cpu_us_per_event={cpu_us:.3} build_us={build_us:.3} \
          sdk_us_per_event={:.3} sink_us_per_event={:.3} retries={}",
-        args.gzip,
+        args.wire_name(),
         args.flush_at.unwrap_or(100),
         match mode {
             Mode::Wait => "wait",
@@ -469,10 +525,10 @@ fn burst(args: &Args) -> Result<bool, BoxError> {
         .build()?;
     let n = args.events;
     let rss_before = proc_status_bytes("VmRSS");
-    let mut builder = PostHog::builder("phc_bench_capture")
+    let builder = PostHog::builder("phc_bench_capture")
         .host(format!("http://127.0.0.1:{}", sink.port))
-        .gzip(args.gzip)
         .max_queue_size(n as usize);
+    let mut builder = args.wire(builder);
     if let Some(flush_at) = args.flush_at {
         builder = builder.flush_at(flush_at);
     }
@@ -587,10 +643,10 @@ fn burst(args: &Args) -> Result<bool, BoxError> {
         println!("  {name:<42} {value}");
     }
     println!(
-        "RESULT burst events={n} gzip={} events_per_s={:.0} cpu_us_per_event={cpu_us:.3} \
+        "RESULT burst events={n} {} events_per_s={:.0} cpu_us_per_event={cpu_us:.3} \
          p50_ns={p50} p99_ns={p99} p999_ns={p999} max_ns={max} peak_rss_mib={:.1} \
          bound_mib={:.1}",
-        args.gzip,
+        args.wire_name(),
         report.delivered as f64 / secs,
         mib(peak),
         mib(bound),

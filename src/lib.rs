@@ -60,6 +60,8 @@
 //!   that captures `tracing` errors as `$exception` events.
 //! - `sentry`: [`integrations::sentry::PostHogIntegration`], which tags Sentry events with the
 //!   PostHog person and captures Sentry's errors in PostHog (`sentry-core` 0.49).
+//! - `brotli`, `zstd`: capture v1 bodies encoded with Brotli or Zstandard
+//!   ([`capture::Compression`]); gzip and deflate need no feature.
 //!
 //! # Modules
 //!
@@ -185,6 +187,13 @@ mod auto_traits {
         send_sync::<EncodedBatch>();
         send_sync::<StatsRecorder>();
         send_sync::<CaptureTransport>();
+        send_sync::<V1Transport>();
+        send_sync::<V1RetryPolicy>();
+        send_sync::<EventResults>();
+        send_sync::<EventRefused>();
+        send_sync::<V1Failure>();
+        send_sync::<Compression>();
+        send_sync::<CaptureProtocol>();
         send_sync::<net::HttpClient>();
         send_sync::<CaptureError>();
         send_sync::<ErrorReport>();
@@ -192,6 +201,14 @@ mod auto_traits {
         send::<capture::BatchFuture>();
         send::<
             TransportFuture<
+                <net::HttpClient as tower_service::Service<
+                    ::http::Request<http_body_util::Full<bytes::Bytes>>,
+                >>::Future,
+                net::ResponseBody,
+            >,
+        >();
+        send::<
+            V1TransportFuture<
                 <net::HttpClient as tower_service::Service<
                     ::http::Request<http_body_util::Full<bytes::Bytes>>,
                 >>::Future,

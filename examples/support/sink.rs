@@ -5,7 +5,8 @@
 //! The sink is the example's own binary re-executed with `--sink` (the example's `main` calls
 //! [`run`] then). It serves HTTP/1.1 on `127.0.0.1:<free port>` (printed on its stdout),
 //! answers `POST /batch/` with 200 `{"status":1}` once it read the body (gunzipped when
-//! `Content-Encoding: gzip`), counts the events by their `"uuid":` keys, reports its totals
+//! `Content-Encoding: gzip`, or deflate, br, zstd), counts the events by their `"uuid":` keys,
+//! answers capture v1 (`POST /i/v1/analytics/events`) with every event's `ok` result, reports its totals
 //! and its own CPU time on `GET /count`, and exits when its stdin closes.
 //!
 //! Included by each example with `#[path = "support/sink.rs"] mod sink;`; it is not an
@@ -144,35 +145,49 @@ pub fn run() -> Result<(), BoxError> {
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().trim_end_matches('/');
     match (req.method(), path) {
-        (&Method::POST, "/batch") => {
-            let gzip = req
+        (&Method::POST, "/batch" | "/i/v1/analytics/events") => {
+            let v1 = path != "/batch";
+            let encoding = req
                 .headers()
                 .get(http::header::CONTENT_ENCODING)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+                .map(|v| v.as_bytes().to_ascii_lowercase());
             let body = match req.into_body().collect().await {
                 Ok(body) => body.to_bytes(),
                 Err(_) => return Ok(reply(StatusCode::BAD_REQUEST, "unreadable body")),
             };
             let wire = body.len() as u64;
-            let json = if gzip {
-                let mut out = Vec::with_capacity(body.len() * 8);
-                let mut decoder = flate2::read::MultiGzDecoder::new(&body[..]);
-                if decoder.read_to_end(&mut out).is_err() {
-                    return Ok(reply(StatusCode::BAD_REQUEST, "bad gzip"));
-                }
-                Bytes::from(out)
-            } else {
-                body
+            let json = match decode(encoding.as_deref(), body) {
+                Ok(json) => json,
+                Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, e)),
             };
             let Ok(text) = std::str::from_utf8(&json) else {
                 return Ok(reply(StatusCode::BAD_REQUEST, "not UTF-8"));
             };
-            let events = text.matches("\"uuid\":").count() as u64;
+            let mut events = 0u64;
+            // Capture v1 answers every event's result, as PostHog does.
+            let mut results = String::from(r#"{"results":{"#);
+            for (at, _) in text.match_indices("\"uuid\":\"") {
+                events += 1;
+                if v1 {
+                    let uuid = &text[at + 8..(at + 8 + 36).min(text.len())];
+                    if events > 1 {
+                        results.push(',');
+                    }
+                    results.push('"');
+                    results.push_str(uuid);
+                    results.push_str(r#"":{"result":"ok"}"#);
+                }
+            }
+            results.push_str("}}");
             EVENTS.fetch_add(events, Ordering::Relaxed);
             REQUESTS.fetch_add(1, Ordering::Relaxed);
             WIRE_BYTES.fetch_add(wire, Ordering::Relaxed);
             JSON_BYTES.fetch_add(json.len() as u64, Ordering::Relaxed);
-            Ok(reply(StatusCode::OK, r#"{"status":1}"#))
+            if v1 {
+                Ok(reply(StatusCode::OK, results))
+            } else {
+                Ok(reply(StatusCode::OK, r#"{"status":1}"#))
+            }
         }
         (&Method::GET, "/count") => {
             let text = format!(
@@ -186,6 +201,27 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
             Ok(reply(StatusCode::OK, text))
         }
         _ => Ok(reply(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#)),
+    }
+}
+
+/// The body as sent with `Content-Encoding: encoding` (lowercased), decoded.
+fn decode(encoding: Option<&[u8]>, body: Bytes) -> Result<Bytes, &'static str> {
+    let mut out = Vec::with_capacity(body.len() * 8);
+    let read = match encoding {
+        None => return Ok(body),
+        Some(b"gzip") => flate2::read::MultiGzDecoder::new(&body[..]).read_to_end(&mut out),
+        Some(b"deflate") => flate2::read::ZlibDecoder::new(&body[..]).read_to_end(&mut out),
+        #[cfg(feature = "brotli")]
+        Some(b"br") => brotli::Decompressor::new(&body[..], 4096).read_to_end(&mut out),
+        #[cfg(feature = "zstd")]
+        Some(b"zstd") => {
+            zstd::stream::read::Decoder::new(&body[..]).and_then(|mut d| d.read_to_end(&mut out))
+        }
+        Some(_) => return Err("unknown content encoding"),
+    };
+    match read {
+        Ok(_) => Ok(Bytes::from(out)),
+        Err(_) => Err("bad body encoding"),
     }
 }
 

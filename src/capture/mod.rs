@@ -1,5 +1,6 @@
 //! Capture: events go through a bounded queue into a batching worker, then retry, timeout and
-//! an HTTP transport (`POST /batch/`).
+//! an HTTP transport (`POST /batch/`, or capture v1's `POST /i/v1/analytics/events` with
+//! [`V1Transport`] and [`V1RetryPolicy`]).
 //!
 //! Every piece is a tower component, so the pipeline the [`PostHog`](crate::PostHog) client
 //! builds can also be assembled by hand:
@@ -30,15 +31,22 @@
 //! ```
 
 mod batch;
+mod compression;
 mod encoded;
 mod policy;
 mod stats;
 mod transport;
+mod v1;
 
 pub use batch::{
     Batch, BatchConfig, BatchFuture, BatchLayer, BeforeSend, FlushReport, OnError, Worker,
 };
+pub use compression::Compression;
 pub use encoded::EncodedBatch;
 pub use policy::RetryPolicy;
-pub use stats::{Dropped, Stats, StatsRecorder};
+pub use stats::{Dropped, Refused, Stats, StatsRecorder};
 pub use transport::{CaptureTransport, TransportFuture, AI_BATCH_PATH};
+pub use v1::{
+    CaptureProtocol, EventRefused, EventResults, V1Failure, V1RetryPolicy, V1Transport,
+    V1TransportFuture,
+};

@@ -36,11 +36,11 @@ use crate::{error::BoxError, net::UnexpectedStatus};
 /// ```
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
-    max_retries: usize,
+    pub(in crate::capture) max_retries: usize,
     attempt: usize,
     base: Duration,
     cap: Duration,
-    stats: Option<StatsRecorder>,
+    pub(in crate::capture) stats: Option<StatsRecorder>,
 }
 
 impl RetryPolicy {
@@ -75,7 +75,7 @@ impl RetryPolicy {
 
     /// The delay before retry number `retry` (0-based) with the given jitter in `[0, 1)`,
     /// honouring a `Retry-After` floor.
-    pub(crate) fn delay(
+    pub(in crate::capture) fn delay(
         &self,
         retry: usize,
         jitter: f64,
@@ -113,7 +113,7 @@ impl<Res> Policy<EncodedBatch, Res, BoxError> for RetryPolicy {
 
     fn retry(
         &mut self,
-        _req: &mut EncodedBatch,
+        req: &mut EncodedBatch,
         result: &mut Result<Res, BoxError>,
     ) -> Option<Self::Future> {
         let error = result.as_ref().err()?;
@@ -130,6 +130,7 @@ impl<Res> Policy<EncodedBatch, Res, BoxError> for RetryPolicy {
             "posthog: retrying batch"
         );
         self.attempt += 1;
+        req.next_attempt();
         if let Some(stats) = &self.stats {
             stats.retry(1);
         }

@@ -20,6 +20,9 @@ pub struct Stats {
     pub delivered: u64,
     /// Accepted events whose delivery failed definitively (reported to `on_error`).
     pub failed: u64,
+    /// Of the `failed` events, those PostHog answered with a per-event result other than
+    /// `ok` (capture v1), by result.
+    pub refused: Refused,
     /// Events that were refused or dropped, by reason.
     pub dropped: Dropped,
     /// Retried HTTP attempts.
@@ -55,6 +58,26 @@ pub struct Dropped {
     pub rate_limited: u64,
 }
 
+/// Events a capture v1 answer refused one by one (each is also counted in
+/// [`Stats::failed`]), by the result PostHog gave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Refused {
+    /// `drop`: PostHog will never accept the event.
+    pub drop: u64,
+    /// `limited`: the project is over a quota or rate limit.
+    pub limited: u64,
+    /// `retry` on the last attempt allowed, or a result this version does not know.
+    pub other: u64,
+}
+
+impl Refused {
+    /// All events counted here.
+    pub fn total(&self) -> u64 {
+        self.drop + self.limited + self.other
+    }
+}
+
 impl Dropped {
     /// All events counted here.
     pub fn total(&self) -> u64 {
@@ -73,6 +96,9 @@ struct Counters {
     captured: AtomicU64,
     delivered: AtomicU64,
     failed: AtomicU64,
+    refused_drop: AtomicU64,
+    refused_limited: AtomicU64,
+    refused_other: AtomicU64,
     queue_full: AtomicU64,
     invalid: AtomicU64,
     too_large: AtomicU64,
@@ -114,6 +140,9 @@ impl StatsRecorder {
         captured => captured,
         delivered => delivered,
         failed => failed,
+        refused_drop => refused_drop,
+        refused_limited => refused_limited,
+        refused_other => refused_other,
         queue_full => queue_full,
         invalid => invalid,
         too_large => too_large,
@@ -141,6 +170,11 @@ impl StatsRecorder {
             captured: c.captured.load(Relaxed),
             delivered: c.delivered.load(Relaxed),
             failed: c.failed.load(Relaxed),
+            refused: Refused {
+                drop: c.refused_drop.load(Relaxed),
+                limited: c.refused_limited.load(Relaxed),
+                other: c.refused_other.load(Relaxed),
+            },
             dropped: Dropped {
                 queue_full: c.queue_full.load(Relaxed),
                 invalid: c.invalid.load(Relaxed),

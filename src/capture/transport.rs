@@ -8,13 +8,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::Full;
 use tower_service::Service;
 
-use super::{EncodedBatch, StatsRecorder};
+use super::{Compression, EncodedBatch, StatsRecorder};
 use crate::{
     net::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, USER_AGENT},
     time::Timestamp,
@@ -72,7 +71,7 @@ pub struct CaptureTransport<C = HttpClient> {
     /// Redacted from the error answers quoted in errors and logs.
     api_key: Arc<str>,
     historical_migration: bool,
-    gzip: Option<Compression>,
+    gzip: bool,
     stats: Option<StatsRecorder>,
 }
 
@@ -99,7 +98,7 @@ impl<C> CaptureTransport<C> {
             prefix: prefix.into(),
             api_key: api_key.into(),
             historical_migration: false,
-            gzip: None,
+            gzip: false,
             stats: None,
         })
     }
@@ -124,7 +123,7 @@ impl<C> CaptureTransport<C> {
 
     /// Compresses bodies with gzip (`Content-Encoding: gzip`). Off by default.
     pub fn gzip(mut self, enabled: bool) -> Self {
-        self.gzip = enabled.then(Compression::fast);
+        self.gzip = enabled;
         self
     }
 
@@ -173,75 +172,14 @@ impl<C> CaptureTransport<C> {
         Timestamp::from(SystemTime::now()).write_rfc3339(&mut suffix);
         suffix.extend_from_slice(br#""}"#);
         let len = self.prefix.len() + events.len() + suffix.len();
-        match self.gzip {
-            None => {
-                let mut body = Vec::with_capacity(len);
-                body.extend_from_slice(&self.prefix);
-                body.extend_from_slice(events);
-                body.extend_from_slice(&suffix);
-                Ok((body.into(), false))
-            }
-            Some(level) => {
-                let body = gzip(level, &[&self.prefix, events, &suffix], len)?;
-                Ok((body.into(), true))
-            }
-        }
-    }
-}
-
-thread_local! {
-    /// One deflate state per thread, reset for every body: creating it costs as much as
-    /// compressing a 100-event batch.
-    static DEFLATE: std::cell::RefCell<Option<(Compression, Compress)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Gzip (RFC 1952) of the concatenated `parts`, `len` bytes in all.
-fn gzip(level: Compression, parts: &[&[u8]], len: usize) -> Result<Vec<u8>, std::io::Error> {
-    const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-    let mut out = Vec::with_capacity(len / 3 + 64);
-    out.extend_from_slice(&HEADER);
-    let mut crc = Crc::new();
-    let parts: &[&[u8]] = if parts.is_empty() { &[&[]] } else { parts };
-    DEFLATE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let deflate = match slot.as_mut() {
-            Some((l, d)) if *l == level => {
-                d.reset();
-                d
-            }
-            _ => &mut slot.insert((level, Compress::new(level, false))).1,
+        let compression = if self.gzip {
+            Compression::Gzip
+        } else {
+            Compression::None
         };
-        let last = parts.len().saturating_sub(1);
-        for (i, part) in parts.iter().enumerate() {
-            crc.update(part);
-            let flush = if i == last {
-                FlushCompress::Finish
-            } else {
-                FlushCompress::None
-            };
-            let mut input: &[u8] = part;
-            loop {
-                if out.capacity() - out.len() < 64 {
-                    out.reserve(out.capacity().max(1024));
-                }
-                let before = deflate.total_in();
-                let status = deflate
-                    .compress_vec(input, &mut out, flush)
-                    .map_err(std::io::Error::other)?;
-                input = &input[(deflate.total_in() - before) as usize..];
-                match status {
-                    Status::StreamEnd => break,
-                    _ if input.is_empty() && flush == FlushCompress::None => break,
-                    _ => {}
-                }
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    })?;
-    out.extend_from_slice(&crc.sum().to_le_bytes());
-    out.extend_from_slice(&(crc.amount()).to_le_bytes());
-    Ok(out)
+        let body = compression.encode(&[&self.prefix, events, &suffix], len)?;
+        Ok((body.into(), self.gzip))
+    }
 }
 
 impl<C> fmt::Debug for CaptureTransport<C> {
@@ -250,7 +188,7 @@ impl<C> fmt::Debug for CaptureTransport<C> {
         f.debug_struct("CaptureTransport")
             .field("uri", &self.uri)
             .field("historical_migration", &self.historical_migration)
-            .field("gzip", &self.gzip.is_some())
+            .field("gzip", &self.gzip)
             .finish_non_exhaustive()
     }
 }
@@ -311,27 +249,6 @@ fn status(response: FullResponse) -> Result<StatusCode, BoxError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn gzip_round_trips_and_reuses_the_state() {
-        use std::io::Read;
-        for round in 0..3 {
-            let a = vec![b'a'; 70_000 * (round + 1)];
-            let b: Vec<u8> = (0..50_000u32).flat_map(|i| i.to_le_bytes()).collect();
-            let body = gzip(Compression::fast(), &[b"{", &a, &b, b"}"], 0).unwrap();
-            let mut plain = Vec::new();
-            flate2::read::GzDecoder::new(&body[..])
-                .read_to_end(&mut plain)
-                .unwrap();
-            let expected: Vec<u8> = [&b"{"[..], &a, &b, b"}"].concat();
-            assert_eq!(plain, expected);
-        }
-        let empty = gzip(Compression::fast(), &[], 0).unwrap();
-        let mut plain = Vec::new();
-        flate2::read::GzDecoder::new(&empty[..])
-            .read_to_end(&mut plain)
-            .unwrap();
-        assert!(plain.is_empty());
-    }
     use crate::net::parse_retry_after;
     use std::time::Duration;
 

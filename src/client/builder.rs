@@ -11,7 +11,8 @@ use super::{
 };
 use crate::{
     capture::{
-        Batch, BatchConfig, CaptureTransport, EncodedBatch, RetryPolicy, StatsRecorder, Worker,
+        Batch, BatchConfig, CaptureProtocol, CaptureTransport, Compression, EncodedBatch,
+        EventResults, RetryPolicy, StatsRecorder, V1RetryPolicy, V1Transport, Worker,
     },
     exception::{InAppCrates, RateLimit},
     flags::{
@@ -25,7 +26,7 @@ use crate::{
 /// The default PostHog host (US cloud).
 pub const DEFAULT_HOST: &str = "https://us.i.posthog.com";
 
-type CaptureStack = BoxCloneSyncService<EncodedBatch, (), BoxError>;
+type CaptureStack = BoxCloneSyncService<EncodedBatch, EventResults, BoxError>;
 
 /// Configures a [`PostHog`] client. Start with [`PostHog::builder`].
 ///
@@ -39,7 +40,8 @@ type CaptureStack = BoxCloneSyncService<EncodedBatch, (), BoxError>;
 /// | [`max_in_flight`](Self::max_in_flight) | 8 batches | sent concurrently |
 /// | [`max_retries`](Self::max_retries) | 3 | retries after the first attempt (4 attempts) |
 /// | [`request_timeout`](Self::request_timeout) | 15 s | per attempt |
-/// | [`gzip`](Self::gzip) | off | `Content-Encoding: gzip` |
+/// | [`capture_protocol`](Self::capture_protocol) | v0 | `/batch/`, or v1's `/i/v1/analytics/events` |
+/// | [`compression`](Self::compression) / [`gzip`](Self::gzip) | none | `Content-Encoding` of batches |
 /// | [`disable_geoip`](Self::disable_geoip) | on | `$geoip_disable: true` on events |
 /// | [`historical_migration`](Self::historical_migration) | off | for imports of past events |
 /// | [`sync_mode`](Self::sync_mode) | off | send at once; [`PostHog::capture_wait`] waits for delivery |
@@ -54,7 +56,8 @@ pub struct PostHogBuilder {
     config: BatchConfig,
     max_retries: usize,
     request_timeout: Duration,
-    gzip: bool,
+    protocol: CaptureProtocol,
+    compression: Compression,
     historical_migration: bool,
     disabled: bool,
     sync_mode: bool,
@@ -86,7 +89,8 @@ impl PostHogBuilder {
             config: BatchConfig::default(),
             max_retries: 3,
             request_timeout: Duration::from_secs(15),
-            gzip: false,
+            protocol: CaptureProtocol::V0,
+            compression: Compression::None,
             historical_migration: false,
             disabled: false,
             sync_mode: false,
@@ -140,7 +144,9 @@ impl PostHogBuilder {
         S::Future: Send + 'static,
     {
         self.ai_capture_stack = Some(BoxCloneSyncService::new(
-            service.map_err(Into::into).map_response(|_| ()),
+            service
+                .map_err(Into::into)
+                .map_response(|_| EventResults::default()),
         ));
         self
     }
@@ -280,9 +286,54 @@ impl PostHogBuilder {
         self
     }
 
-    /// Compresses batch bodies with gzip (off).
+    /// Compresses batch bodies with gzip (off): the same as
+    /// [`compression`](Self::compression)`(Compression::Gzip)`, or `Compression::None` for
+    /// `false`.
     pub fn gzip(mut self, enabled: bool) -> Self {
-        self.gzip = enabled;
+        self.compression = if enabled {
+            Compression::Gzip
+        } else {
+            Compression::None
+        };
+        self
+    }
+
+    /// The protocol events are sent with: [`CaptureProtocol::V0`] (`POST /batch/`, the
+    /// default) or [`CaptureProtocol::V1`] (`POST /i/v1/analytics/events`: per-event results,
+    /// only the events PostHog asks for are sent again, every [`Compression`]).
+    ///
+    /// ```
+    /// use posthog_tower::{capture::CaptureProtocol, PostHog};
+    ///
+    /// let client = PostHog::builder("phc_project_key")
+    ///     .capture_protocol(CaptureProtocol::V1)
+    ///     .disabled(true)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = client;
+    /// ```
+    pub fn capture_protocol(mut self, protocol: CaptureProtocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The `Content-Encoding` of batch bodies (none by default). Capture v0 accepts
+    /// [`Compression::Gzip`] only: `build` fails with [`BuildError::InvalidConfig`] for
+    /// another one unless [`capture_protocol`](Self::capture_protocol) is v1.
+    ///
+    /// ```
+    /// use posthog_tower::{capture::{CaptureProtocol, Compression}, PostHog};
+    ///
+    /// let client = PostHog::builder("phc_project_key")
+    ///     .capture_protocol(CaptureProtocol::V1)
+    ///     .compression(Compression::Deflate)
+    ///     .disabled(true)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = client;
+    /// ```
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
         self
     }
 
@@ -443,18 +494,28 @@ impl PostHogBuilder {
     /// layers; see `examples/custom_stack.rs`. Share [`stats_recorder`](Self::stats_recorder)
     /// with them to keep [`PostHog::stats`] complete.
     ///
-    /// The stack is used as given: [`gzip`](Self::gzip),
+    /// The stack is used as given: [`capture_protocol`](Self::capture_protocol),
+    /// [`compression`](Self::compression), [`gzip`](Self::gzip),
     /// [`historical_migration`](Self::historical_migration), [`max_retries`](Self::max_retries)
     /// and [`request_timeout`](Self::request_timeout) configure the default stack only, so set
     /// them on your transport, policy and timeout instead.
     pub fn capture_stack<S>(mut self, service: S) -> Self
     where
         S: Service<EncodedBatch> + Clone + Send + Sync + 'static,
+        S::Response: 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
         self.capture_stack = Some(BoxCloneSyncService::new(
-            service.map_err(Into::into).map_response(|_| ()),
+            service.map_err(Into::into).map_response(|response| {
+                // A v1 stack's per-event results reach the worker; anything else means
+                // "all delivered".
+                let mut response = Some(response);
+                (&mut response as &mut dyn std::any::Any)
+                    .downcast_mut::<Option<EventResults>>()
+                    .and_then(Option::take)
+                    .unwrap_or_default()
+            }),
         ));
         self
     }
@@ -558,7 +619,8 @@ impl PostHogBuilder {
             None => {
                 let transport =
                     CaptureTransport::ai_with_client(http_client.clone(), &host, &api_key)?
-                        .gzip(self.gzip)
+                        // The AI lane speaks v0, which has gzip only.
+                        .gzip(self.compression == Compression::Gzip)
                         .historical_migration(self.historical_migration)
                         .stats(stats.clone());
                 BoxCloneSyncService::new(
@@ -566,7 +628,7 @@ impl PostHogBuilder {
                         .retry(RetryPolicy::new(self.max_retries).stats(stats.clone()))
                         .timeout(self.request_timeout)
                         .service(transport)
-                        .map_response(|_| ()),
+                        .map_response(|_| EventResults::default()),
                 )
             }
         };
@@ -574,17 +636,44 @@ impl PostHogBuilder {
             Some(stack) => stack,
             None => {
                 let client = http_client;
-                let transport = CaptureTransport::with_client(client, &host, &api_key)?
-                    .gzip(self.gzip)
-                    .historical_migration(self.historical_migration)
-                    .stats(stats.clone());
-                BoxCloneSyncService::new(
-                    ServiceBuilder::new()
-                        .retry(RetryPolicy::new(self.max_retries).stats(stats.clone()))
-                        .timeout(self.request_timeout)
-                        .service(transport)
-                        .map_response(|_| ()),
-                )
+                match self.protocol {
+                    CaptureProtocol::V0 => {
+                        let gzip = match self.compression {
+                            Compression::None => false,
+                            Compression::Gzip => true,
+                            // Reachable with the `brotli` or `zstd` feature.
+                            #[allow(unreachable_patterns)]
+                            _ => {
+                                return Err(BuildError::InvalidConfig(
+                                    "capture v0 accepts gzip compression only; use capture v1",
+                                ))
+                            }
+                        };
+                        let transport = CaptureTransport::with_client(client, &host, &api_key)?
+                            .gzip(gzip)
+                            .historical_migration(self.historical_migration)
+                            .stats(stats.clone());
+                        BoxCloneSyncService::new(
+                            ServiceBuilder::new()
+                                .retry(RetryPolicy::new(self.max_retries).stats(stats.clone()))
+                                .timeout(self.request_timeout)
+                                .service(transport)
+                                .map_response(|_| EventResults::default()),
+                        )
+                    }
+                    CaptureProtocol::V1 => {
+                        let transport = V1Transport::with_client(client, &host, &api_key)?
+                            .compression(self.compression)
+                            .historical_migration(self.historical_migration)
+                            .stats(stats.clone());
+                        BoxCloneSyncService::new(
+                            ServiceBuilder::new()
+                                .retry(V1RetryPolicy::new(self.max_retries).stats(stats.clone()))
+                                .timeout(self.request_timeout)
+                                .service(transport),
+                        )
+                    }
+                }
             }
         };
         // The AI lane: batches of its own, with the same settings and the same recorder (so
@@ -703,7 +792,8 @@ impl fmt::Debug for PostHogBuilder {
             .field("config", &self.config)
             .field("max_retries", &self.max_retries)
             .field("request_timeout", &self.request_timeout)
-            .field("gzip", &self.gzip)
+            .field("capture_protocol", &self.protocol)
+            .field("compression", &self.compression)
             .field("historical_migration", &self.historical_migration)
             .field("disabled", &self.disabled)
             .field("sync_mode", &self.sync_mode)

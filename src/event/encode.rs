@@ -351,6 +351,12 @@ impl Encoder {
                 .as_deref()
                 .map(|value| (&top[..top.len() - 1], value)),
         );
+        if let Some(options) = &inner.options {
+            // Reopen the object closed by `finish_raw` (its last byte is its `}`).
+            out.pop();
+            options.write(&mut out);
+            out.push(b'}');
+        }
         out
     }
 

@@ -88,6 +88,53 @@ pub(crate) struct Inner {
     pub(crate) error: Option<Box<(String, PropertyError)>>,
     /// Made with [`Event::named`]: the distinct id comes from the request context.
     pub(crate) inherits_distinct_id: bool,
+    /// Capture v1's per-event `options` (boxed: rarely set).
+    pub(crate) options: Option<Box<EventOptions>>,
+}
+
+/// Capture v1's per-event `options` object: overrides of how PostHog processes the event.
+/// Unset fields are left out, so PostHog's defaults apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct EventOptions {
+    pub(crate) cookieless_mode: Option<bool>,
+    pub(crate) disable_skew_correction: Option<bool>,
+    pub(crate) process_person_profile: Option<bool>,
+    pub(crate) product_tour_id: Option<String>,
+}
+
+impl EventOptions {
+    /// Appends `,"options":{…}` (nothing when no option is set).
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        let mut first = true;
+        let mut key = |out: &mut Vec<u8>, name: &[u8]| {
+            out.extend_from_slice(if first { br#","options":{""# } else { br#",""# });
+            first = false;
+            out.extend_from_slice(name);
+            out.extend_from_slice(br#"":"#);
+        };
+        for (name, value) in [
+            (&b"cookieless_mode"[..], self.cookieless_mode),
+            (b"disable_skew_correction", self.disable_skew_correction),
+            (b"process_person_profile", self.process_person_profile),
+        ] {
+            if let Some(value) = value {
+                key(out, name);
+                out.extend_from_slice(if value { b"true" } else { b"false" });
+            }
+        }
+        if let Some(id) = &self.product_tour_id {
+            key(out, b"product_tour_id");
+            write_json(out, id.as_str());
+        }
+        if !first {
+            out.push(b'}');
+        }
+    }
+
+    fn len(&self) -> usize {
+        // Generous: the keys, the values and the braces.
+        100 + self.product_tour_id.as_ref().map_or(0, |id| id.len() + 2)
+    }
 }
 
 impl Event {
@@ -113,6 +160,7 @@ impl Event {
             pinned: Pinned::None,
             error: None,
             inherits_distinct_id: false,
+            options: None,
         };
         Event {
             inner: Box::new(inner),
@@ -263,6 +311,52 @@ impl Event {
         self
     }
 
+    /// Capture v1: sets the event's `cookieless_mode` option (PostHog's cookieless
+    /// tracking for this event). Capture v0 (`/batch/`) does not send options.
+    ///
+    /// ```
+    /// use posthog_tower::Event;
+    ///
+    /// let event = Event::new("signed up", "user-1")
+    ///     .cookieless_mode(true)
+    ///     .disable_skew_correction(true)
+    ///     .process_person_profile(false)
+    ///     .product_tour_id("tour_123");
+    /// # let _ = event;
+    /// ```
+    #[must_use]
+    pub fn cookieless_mode(mut self, enabled: bool) -> Self {
+        self.options_mut().cookieless_mode = Some(enabled);
+        self
+    }
+
+    /// Capture v1: sets the event's `disable_skew_correction` option (`true`: PostHog keeps
+    /// the timestamp as sent instead of correcting it for the client's clock skew).
+    #[must_use]
+    pub fn disable_skew_correction(mut self, disabled: bool) -> Self {
+        self.options_mut().disable_skew_correction = Some(disabled);
+        self
+    }
+
+    /// Capture v1: sets the event's `process_person_profile` option (`false`: the event
+    /// creates or updates no person profile).
+    #[must_use]
+    pub fn process_person_profile(mut self, enabled: bool) -> Self {
+        self.options_mut().process_person_profile = Some(enabled);
+        self
+    }
+
+    /// Capture v1: sets the event's `product_tour_id` option.
+    #[must_use]
+    pub fn product_tour_id(mut self, id: impl Into<String>) -> Self {
+        self.options_mut().product_tour_id = Some(id.into());
+        self
+    }
+
+    fn options_mut(&mut self) -> &mut EventOptions {
+        self.inner.options.get_or_insert_with(Default::default)
+    }
+
     /// The event's name.
     pub fn name(&self) -> &str {
         self.inner.name()
@@ -296,6 +390,7 @@ impl Event {
             + self.inner.properties.as_json().len()
             + self.inner.name_len
             + self.inner.distinct_id().map_or(38, str::len)
+            + self.inner.options.as_ref().map_or(0, |o| o.len())
     }
 
     // ===== internals =====

@@ -11,6 +11,7 @@
 //! | --- | --- |
 //! | `/batch/` | 200 `{"status": 1}` |
 //! | `/i/v0/ai/batch/` | 200 `{"status": 1}` (the AI lane; see [`MockPostHog::ai_events`]) |
+//! | `/i/v1/analytics/events` | 200 `{"results": {"<uuid>": {"result": "ok"}, …}}` (see [`MockPostHog::enqueue_event_result`]), echoing `PostHog-Request-Id` |
 //! | `/flags/` | 200 `{"flags": {}, "errorsWhileComputingFlags": false, "requestId": "mock"}` |
 //! | `/flags/definitions` | 200 `{"flags": [], "group_type_mapping": {}, "cohorts": {}}` |
 //! | anything else | 404 `{"error": "not found"}` |
@@ -20,8 +21,9 @@
 //!
 //! Paths are matched exactly, ignoring the query and one trailing slash:
 //! `/batch` and `/batch/` are the same path, `/flags/definitions` is not
-//! `/flags/`. Gzip request bodies (`Content-Encoding: gzip`) are decoded
-//! before they are recorded. Bodies over 32 MiB are answered 413.
+//! `/flags/`. Encoded request bodies (`Content-Encoding` gzip, deflate, and br
+//! and zstd with the `brotli` and `zstd` features) are decoded before they are
+//! recorded. Bodies over 32 MiB are answered 413.
 //!
 //! # Examples
 //!
@@ -94,10 +96,31 @@ fn route_key(path: &str) -> &str {
 const AI_BATCH: &str = "/i/v0/ai/batch";
 
 /// The answer a path gets when nothing was set or queued for it.
+/// Capture v1's path (as a route key).
+const V1_PATH: &str = "/i/v1/analytics/events";
+
+/// The uuids of the events in a capture v1 body, in order.
+fn v1_uuids(body: &[u8]) -> Vec<String> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    value
+        .get("batch")
+        .and_then(serde_json::Value::as_array)
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e.get("uuid")?.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn builtin_default(key: &str) -> MockResponse {
     use serde_json::json;
     match key {
         "/batch" | AI_BATCH => MockResponse::json(200, json!({"status": 1})),
+        V1_PATH => MockResponse::status(200),
         "/flags" => MockResponse::json(
             200,
             json!({"flags": {}, "errorsWhileComputingFlags": false, "requestId": "mock"}),
@@ -148,6 +171,8 @@ impl Entry {
 #[derive(Default)]
 struct State {
     entries: Vec<Entry>,
+    /// Capture v1: the results scripted for each event uuid, next first.
+    event_results: HashMap<String, VecDeque<String>>,
     scripts: HashMap<String, VecDeque<MockResponse>>,
     defaults: HashMap<String, MockResponse>,
 }
@@ -173,12 +198,47 @@ impl State {
             .unwrap_or_else(|| serde_json::json!({}))
     }
 
-    fn record(&mut self, request: RecordedRequest) {
+    /// The 200 answer to a capture v1 request carrying `uuids`: each event's next scripted
+    /// result, `ok` when none is left.
+    fn v1_results(&mut self, uuids: &[String]) -> serde_json::Value {
+        let mut results = serde_json::Map::new();
+        for uuid in uuids {
+            let result = self
+                .event_results
+                .get_mut(uuid)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or_else(|| "ok".to_owned());
+            results.insert(uuid.clone(), serde_json::json!({ "result": result }));
+        }
+        serde_json::json!({ "results": results })
+    }
+
+    fn record(&mut self, request: RecordedRequest, response_body: &[u8]) {
         // A plain reset is recorded as 499; a lost response (`lose_response`)
         // keeps its 2xx status and counts, as the server did ingest it.
-        let accepted_batch = if route_key(&request.path) == "/batch" && request.status.is_success()
-        {
+        let key = route_key(&request.path);
+        let accepted_batch = if key == "/batch" && request.status.is_success() {
             request.json()
+        } else if key == V1_PATH && request.status.is_success() {
+            // Only the events the answer did not refuse (or ask again) were taken.
+            request.json().map(|mut body| {
+                let results = serde_json::from_slice::<serde_json::Value>(response_body)
+                    .ok()
+                    .and_then(|v| v.get("results").cloned());
+                let taken = |event: &serde_json::Value| {
+                    let uuid = event.get("uuid").and_then(serde_json::Value::as_str);
+                    let result =
+                        uuid.and_then(|u| results.as_ref()?.get(u)?.get("result")?.as_str());
+                    result.map_or(true, |r| r == "ok")
+                };
+                if let Some(events) = body
+                    .get_mut("batch")
+                    .and_then(serde_json::Value::as_array_mut)
+                {
+                    events.retain(taken);
+                }
+                body
+            })
         } else {
             None
         };
@@ -511,6 +571,41 @@ impl MockPostHog {
             .push_back(response);
     }
 
+    /// Capture v1: queues `result` (`"retry"`, `"drop"`, `"limited"`, or any
+    /// other string) as the per-event result of the event `uuid` in the next
+    /// 200 answer to `/i/v1/analytics/events` that carries it. Results are
+    /// used first in, first out; an event with none left is `"ok"`. (A queued
+    /// [`MockResponse`] with its own JSON body answers as given instead; one
+    /// made with [`MockResponse::status`]`(200)` gets these results, and can
+    /// add a `Retry-After`.)
+    ///
+    /// The events a v1 answer did not call `"ok"` are recorded in
+    /// [`requests`](Self::requests) but not counted in [`events`](Self::events).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use posthog_tower::testing::{MockPostHog, MockResponse};
+    ///
+    /// let mock = MockPostHog::start().await?;
+    /// let uuid = uuid::Uuid::from_u128(7);
+    /// mock.enqueue_event_result(uuid, "retry");
+    /// mock.enqueue("/i/v1/analytics/events", MockResponse::status(200).retry_after("3"));
+    /// # mock.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn enqueue_event_result(&self, uuid: uuid::Uuid, result: &str) {
+        let mut state = self.inner.shared.lock();
+        state
+            .event_results
+            .entry(uuid.hyphenated().to_string())
+            .or_default()
+            .push_back(result.to_owned());
+    }
+
     /// Makes `response` the answer of `path` (ignoring one trailing slash)
     /// whenever nothing is queued for it.
     pub fn set_default(&self, path: &str, response: MockResponse) {
@@ -518,13 +613,15 @@ impl MockPostHog {
         state.defaults.insert(route_key(path).to_owned(), response);
     }
 
-    /// Forgets the recorded requests and the queued answers. Defaults set with
+    /// Forgets the recorded requests, the queued answers and the queued per-event results.
+    /// Defaults set with
     /// [`set_default`](Self::set_default) stay.
     pub fn clear(&self) {
         {
             let mut state = self.inner.shared.lock();
             state.entries.clear();
             state.scripts.clear();
+            state.event_results.clear();
         }
         self.inner.shared.notify();
     }

@@ -46,8 +46,8 @@ pub struct RecordedRequest {
     pub query: Option<String>,
     /// The request headers.
     pub headers: HeaderMap,
-    /// The body, gzip-decoded when the request had `Content-Encoding: gzip`
-    /// and decoding succeeded (otherwise as received, see
+    /// The body, decoded when the request had a `Content-Encoding` the mock
+    /// knows and decoding succeeded (otherwise as received, see
     /// [`gzip_decode_failed`](Self::gzip_decode_failed)). Empty when the
     /// body was too large (status 413).
     pub body: Bytes,
@@ -55,7 +55,12 @@ pub struct RecordedRequest {
     pub raw_len: usize,
     /// Whether the request had `Content-Encoding: gzip`.
     pub gzip: bool,
-    /// Whether the request claimed gzip but its body could not be decoded;
+    /// The request's `Content-Encoding` (lowercased), if it had one; the body above is
+    /// decoded from it (gzip, deflate, and br and zstd with the crate's `brotli` and `zstd`
+    /// features).
+    pub content_encoding: Option<String>,
+    /// Whether the request claimed an encoding (gzip or another) but its body
+    /// could not be decoded;
     /// [`body`](Self::body) then holds the bytes as received.
     pub gzip_decode_failed: bool,
     /// When the request arrived, on tokio's clock (paused test time applies),
@@ -72,6 +77,10 @@ pub struct RecordedRequest {
     /// ([`MockResponse::reset_connection`](super::MockResponse::reset_connection)
     /// or [`MockResponse::lose_response`](super::MockResponse::lose_response)).
     pub reset: bool,
+    /// The headers of the mock's answer (empty for a reset connection).
+    pub response_headers: HeaderMap,
+    /// The body of the mock's answer.
+    pub response_body: Bytes,
 }
 
 impl RecordedRequest {

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::request::RecordedRequest;
 use super::response::{MockResponse, ResponseBody};
-use super::{route_key, MockState};
+use super::{route_key, v1_uuids, MockState, V1_PATH};
 
 /// Largest request body the mock reads, before and after gzip decoding.
 pub(crate) const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -127,29 +127,48 @@ async fn read_body(headers: &HeaderMap, mut body: Incoming) -> BodyRead {
     BodyRead::Complete(buf.freeze())
 }
 
-fn is_gzip(headers: &HeaderMap) -> bool {
-    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            let v = v.trim();
-            v.eq_ignore_ascii_case("gzip") || v.eq_ignore_ascii_case("x-gzip")
-        })
-    })
+/// The request's `Content-Encoding`, lowercased, if it has one (other than `identity`).
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_ENCODING)?.to_str().ok()?.trim();
+    let value = value.to_ascii_lowercase();
+    (!value.is_empty() && value != "identity").then_some(value)
 }
 
-enum Gunzip {
+enum Decoded {
     Ok(Bytes),
     TooLarge,
     Failed,
 }
 
-fn gunzip(raw: &[u8]) -> Gunzip {
-    let mut out = Vec::new();
-    // One byte more than allowed tells "exactly at the limit" from "beyond it".
-    let mut decoder = MultiGzDecoder::new(raw).take(MAX_BODY as u64 + 1);
-    match decoder.read_to_end(&mut out) {
-        Ok(_) if out.len() > MAX_BODY => Gunzip::TooLarge,
-        Ok(_) => Gunzip::Ok(Bytes::from(out)),
-        Err(_) => Gunzip::Failed,
+/// Decodes a body sent with `encoding`: gzip, deflate (zlib, or raw deflate), and br and
+/// zstd with the crate's `brotli` and `zstd` features. An unknown encoding fails.
+fn decode(encoding: &str, raw: &[u8]) -> Decoded {
+    fn read(mut reader: impl Read) -> Decoded {
+        let mut out = Vec::new();
+        // One byte more than allowed tells "exactly at the limit" from "beyond it".
+        match (&mut reader)
+            .take(MAX_BODY as u64 + 1)
+            .read_to_end(&mut out)
+        {
+            Ok(_) if out.len() > MAX_BODY => Decoded::TooLarge,
+            Ok(_) => Decoded::Ok(Bytes::from(out)),
+            Err(_) => Decoded::Failed,
+        }
+    }
+    match encoding {
+        "gzip" | "x-gzip" => read(MultiGzDecoder::new(raw)),
+        "deflate" => match read(flate2::read::ZlibDecoder::new(raw)) {
+            Decoded::Failed => read(flate2::read::DeflateDecoder::new(raw)),
+            other => other,
+        },
+        #[cfg(feature = "brotli")]
+        "br" => read(brotli::Decompressor::new(raw, 4096)),
+        #[cfg(feature = "zstd")]
+        "zstd" => match zstd::stream::read::Decoder::new(raw) {
+            Ok(decoder) => read(decoder),
+            Err(_) => Decoded::Failed,
+        },
+        _ => Decoded::Failed,
     }
 }
 
@@ -226,16 +245,17 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, ResetConnection> {
     let received_at = Instant::now();
     let (parts, body) = req.into_parts();
-    let gzip = is_gzip(&parts.headers);
+    let encoding = content_encoding(&parts.headers);
+    let gzip = matches!(encoding.as_deref(), Some("gzip" | "x-gzip"));
 
     let mut gzip_decode_failed = false;
     let (body, raw_len, fixed) = match read_body(&parts.headers, body).await {
         BodyRead::Complete(raw) => {
             let raw_len = raw.len();
-            if gzip {
-                match gunzip(&raw) {
-                    Gunzip::Ok(decoded) => (decoded, raw_len, None),
-                    Gunzip::TooLarge => (
+            if let Some(encoding) = &encoding {
+                match decode(encoding, &raw) {
+                    Decoded::Ok(decoded) => (decoded, raw_len, None),
+                    Decoded::TooLarge => (
                         Bytes::new(),
                         raw_len,
                         Some(error_plan(
@@ -243,7 +263,7 @@ async fn handle(
                             "decoded body too large",
                         )),
                     ),
-                    Gunzip::Failed => {
+                    Decoded::Failed => {
                         gzip_decode_failed = true;
                         (raw, raw_len, None)
                     }
@@ -282,7 +302,18 @@ async fn handle(
             None => {
                 let key = route_key(&path);
                 let response = state.next_response(key);
-                plan(response, || state.ok_body(key))
+                if key == V1_PATH {
+                    let uuids = v1_uuids(&body);
+                    let mut plan = plan(response, || state.v1_results(&uuids));
+                    if let Some(id) = parts.headers.get("posthog-request-id") {
+                        if !plan.headers.contains_key("posthog-request-id") {
+                            plan.headers.insert("posthog-request-id", id.clone());
+                        }
+                    }
+                    plan
+                } else {
+                    plan(response, || state.ok_body(key))
+                }
             }
         };
         let request = RecordedRequest {
@@ -293,11 +324,14 @@ async fn handle(
             body,
             raw_len,
             gzip,
+            content_encoding: encoding,
             gzip_decode_failed,
             received_at,
             // 499 for `reset_connection`, the planned status for `lose_response`.
             status: plan.status,
             reset: plan.reset,
+            response_headers: plan.headers.clone(),
+            response_body: plan.body.clone(),
         };
         tracing::debug!(
             method = %request.method,
@@ -307,7 +341,7 @@ async fn handle(
             body_len = request.body.len(),
             "MockPostHog: request"
         );
-        state.record(request);
+        state.record(request, &plan.body);
         plan
     };
     shared.notify();

@@ -50,12 +50,17 @@ pub struct Reply {
 
 impl Harness {
     pub async fn start() -> Harness {
+        Harness::start_with(adapter::Options::default()).await
+    }
+
+    /// A harness whose adapter runs with `options` (as with `--protocol` and `--compression`).
+    pub async fn start_with(options: adapter::Options) -> Harness {
         let mock = MockPostHog::start().await.expect("the mock starts");
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("the adapter binds");
         let base = format!("http://{}", listener.local_addr().expect("local address"));
-        let server = tokio::spawn(adapter::serve(listener));
+        let server = tokio::spawn(adapter::serve_with(listener, options));
         let http = Client::builder(TokioExecutor::new()).build_http();
         Harness {
             shared: Arc::new(Shared {

@@ -1,4 +1,5 @@
 use std::{
+    any::Any,
     collections::{HashMap, HashSet, VecDeque},
     fmt,
     future::Future,
@@ -23,7 +24,7 @@ use super::{
     BatchConfig, FlushReport,
 };
 use crate::{
-    capture::{EncodedBatch, StatsRecorder},
+    capture::{EncodedBatch, EventRefused, EventResults, StatsRecorder, V1Failure},
     error::{DeadlineElapsed, DropReason},
     net::UnexpectedStatus,
     BoxError, DeliveryError, ErrorReport,
@@ -130,6 +131,32 @@ impl Reporter {
         let error = DeliveryError::new(uuids, source);
         tracing::error!(error = %error, "posthog: batch not delivered");
         ErrorReport::Delivery(error)
+    }
+
+    /// Counts, logs and reports events a capture v1 answer refused, one report per reason.
+    fn refused(&self, refused: &[(Uuid, EventRefused)]) {
+        let mut done = vec![false; refused.len()];
+        for i in 0..refused.len() {
+            if done[i] {
+                continue;
+            }
+            let reason = &refused[i].1;
+            let mut uuids = Vec::new();
+            for j in i..refused.len() {
+                if !done[j] && refused[j].1 == *reason {
+                    done[j] = true;
+                    uuids.push(refused[j].0);
+                }
+            }
+            let n = uuids.len() as u64;
+            match reason.result() {
+                "drop" => self.stats.refused_drop(n),
+                "limited" => self.stats.refused_limited(n),
+                _ => self.stats.refused_other(n),
+            };
+            let error = self.fail(uuids.into(), Arc::new(Box::new(reason.clone())));
+            self.tell(&error);
+        }
     }
 
     /// Counts and logs an accepted event dropped before sending, and returns what `on_error`
@@ -322,7 +349,7 @@ struct Claimed {
 impl Claims {
     /// Claims `uuids` (all of the batch when `whole`) for the sending task; `false` when the
     /// worker abandoned the batch first (it reported them).
-    fn claim(&self, uuids: &[Uuid], whole: bool, delivered: bool) -> bool {
+    fn claim(&self, uuids: &[Uuid], whole: bool, delivered: u64, failed: u64) -> bool {
         let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if c.abandoned {
             return false;
@@ -332,11 +359,8 @@ impl Claims {
         } else {
             c.parts.extend(uuids.iter().copied());
         }
-        if delivered {
-            c.delivered += uuids.len() as u64;
-        } else {
-            c.failed += uuids.len() as u64;
-        }
+        c.delivered += delivered;
+        c.failed += failed;
         true
     }
 
@@ -778,7 +802,58 @@ where
     tracing::debug!("posthog: batch worker stopped");
 }
 
-/// Sends one batch (splitting it on 413), settling each part through `claims`.
+/// What became of the events of one request (after its retries).
+struct Settled {
+    /// Refused one by one by a capture v1 answer (events of the batch only).
+    refused: Vec<(Uuid, EventRefused)>,
+    /// Failed as a whole, with why.
+    failed: Option<(Arc<[Uuid]>, Arc<BoxError>)>,
+}
+
+impl Settled {
+    fn failed_count(&self) -> usize {
+        self.refused.len() + self.failed.as_ref().map_or(0, |(uuids, _)| uuids.len())
+    }
+
+    /// How `uuid` ended: delivered, or the error to answer its waiter with.
+    fn outcome(&self, uuid: &Uuid) -> Result<(), Arc<BoxError>> {
+        if let Some((uuids, source)) = &self.failed {
+            if uuids.contains(uuid) {
+                return Err(source.clone());
+            }
+        }
+        match self.refused.iter().find(|(u, _)| u == uuid) {
+            Some((_, refused)) => Err(Arc::new(Box::new(refused.clone()))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The per-event results in a response, when the service below answers capture v1's
+/// [`EventResults`] (any other response means "all delivered").
+fn refusals<R: 'static>(response: R) -> Vec<(Uuid, EventRefused)> {
+    let mut response = Some(response);
+    (&mut response as &mut dyn Any)
+        .downcast_mut::<Option<EventResults>>()
+        .and_then(Option::take)
+        .map(|results| results.refused)
+        .unwrap_or_default()
+}
+
+/// Keeps the refusals of events of `batch` (a server may name others), each once.
+fn of_batch(
+    mut refused: Vec<(Uuid, EventRefused)>,
+    batch: &EncodedBatch,
+) -> Vec<(Uuid, EventRefused)> {
+    if refused.is_empty() {
+        return refused;
+    }
+    let mut members: HashSet<Uuid> = batch.uuids().iter().copied().collect();
+    refused.retain(|(uuid, _)| members.remove(uuid));
+    refused
+}
+
+/// Sends one batch (splitting it on a v0 413), settling each part through `claims`.
 async fn send<S>(
     service: S,
     batch: EncodedBatch,
@@ -789,6 +864,7 @@ async fn send<S>(
     S: Service<EncodedBatch> + Clone + Send + 'static,
     S::Error: Into<BoxError> + Send,
     S::Future: Send + 'static,
+    S::Response: Send + 'static,
 {
     let whole = batch.len();
     let mut todo = vec![batch];
@@ -798,27 +874,48 @@ async fn send<S>(
             .oneshot(batch.clone())
             .await
             .map_err(Into::into);
-        let outcome = match result {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                let too_large = error
-                    .downcast_ref::<UnexpectedStatus>()
-                    .is_some_and(|s| s.status() == http::StatusCode::PAYLOAD_TOO_LARGE);
-                if too_large {
-                    if let Some((left, right)) = batch.split() {
-                        tracing::warn!(
-                            events = batch.len(),
-                            "posthog: 413, sending the batch in two halves"
-                        );
-                        todo.push(right);
-                        todo.push(left);
-                        continue;
+        let settled = match result {
+            Ok(response) => Settled {
+                refused: of_batch(refusals(response), &batch),
+                failed: None,
+            },
+            Err(error) => match error.downcast::<V1Failure>() {
+                Ok(failure) => {
+                    let V1Failure {
+                        refused,
+                        failed,
+                        source,
+                    } = *failure;
+                    Settled {
+                        refused: of_batch(refused, &batch),
+                        failed: Some((failed, Arc::new(source))),
                     }
                 }
-                Err(Arc::new(error))
-            }
+                Err(error) => {
+                    let too_large = error
+                        .downcast_ref::<UnexpectedStatus>()
+                        .is_some_and(|s| s.status() == http::StatusCode::PAYLOAD_TOO_LARGE);
+                    if too_large {
+                        if let Some((left, right)) = batch.split() {
+                            tracing::warn!(
+                                events = batch.len(),
+                                "posthog: 413, sending the batch in two halves"
+                            );
+                            todo.push(right);
+                            todo.push(left);
+                            continue;
+                        }
+                    }
+                    Settled {
+                        refused: Vec::new(),
+                        failed: Some((batch.uuids().clone(), Arc::new(error))),
+                    }
+                }
+            },
         };
-        if outcome.is_err() && reporter.on_error.is_some() {
+        let failed = settled.failed_count().min(batch.len());
+        let delivered = batch.len() - failed;
+        if failed > 0 && reporter.on_error.is_some() {
             // `on_error`, told below, may block this thread for as long as it likes, and a
             // task woken on this thread waits in its LIFO slot, where no other thread can
             // steal it: let it (the worker, at a shutdown deadline) run first. Before the
@@ -826,18 +923,22 @@ async fn send<S>(
             // events to the worker, which reports them.
             tokio::task::yield_now().await;
         }
-        if !claims.claim(batch.uuids(), batch.len() == whole, outcome.is_ok()) {
+        if !claims.claim(
+            batch.uuids(),
+            batch.len() == whole,
+            delivered as u64,
+            failed as u64,
+        ) {
             // The shutdown deadline passed and the worker reported the rest failed.
             return;
         }
-        match &outcome {
-            Ok(()) => {
-                reporter.stats.delivered(batch.len() as u64);
-            }
-            Err(source) => {
-                let error = reporter.fail(batch.uuids().clone(), source.clone());
-                reporter.tell(&error);
-            }
+        if delivered > 0 {
+            reporter.stats.delivered(delivered as u64);
+        }
+        reporter.refused(&settled.refused);
+        if let Some((uuids, source)) = &settled.failed {
+            let error = reporter.fail(uuids.clone(), source.clone());
+            reporter.tell(&error);
         }
         if !notify.is_empty() {
             let uuids = batch.uuids();
@@ -845,9 +946,9 @@ async fn send<S>(
             while i < notify.len() {
                 if uuids.contains(&notify[i].0) {
                     let (uuid, tx) = notify.swap_remove(i);
-                    let _ = tx.send(match &outcome {
+                    let _ = tx.send(match settled.outcome(&uuid) {
                         Ok(()) => Ok(uuid),
-                        Err(source) => Err(DeliveryError::new(Arc::new([uuid]), source.clone())),
+                        Err(source) => Err(DeliveryError::new(Arc::new([uuid]), source)),
                     });
                 } else {
                     i += 1;
