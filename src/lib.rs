@@ -115,6 +115,35 @@ macro_rules! define_inner_service_accessors {
     };
 }
 
+/// Whether a client was built with [`PostHogBuilder::debug`]: process-wide.
+static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the crate's diagnostics are raised to `INFO` (see [`PostHogBuilder::debug`]).
+#[inline]
+pub(crate) fn debug_on() -> bool {
+    DEBUG.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Turns the debug diagnostics on for the process.
+pub(crate) fn set_debug(enabled: bool) {
+    if enabled {
+        DEBUG.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A diagnostic of the crate's work (a request sent, a retry, a flag decision, an event
+/// refused): `DEBUG` under the module's target normally, `INFO` under the target
+/// `posthog_tower::debug` once a client is built with [`PostHogBuilder::debug`].
+macro_rules! diag {
+    ($($arg:tt)+) => {
+        if crate::debug_on() {
+            tracing::info!(target: "posthog_tower::debug", $($arg)+)
+        } else {
+            tracing::debug!($($arg)+)
+        }
+    };
+}
+
 /// A property key known at compile time (`crate::event::StaticKey`), checked (no JSON escaping
 /// needed) and with its entry's prefix `,"key":` spelled out, at compile time.
 macro_rules! static_key {

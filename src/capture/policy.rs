@@ -123,7 +123,7 @@ impl<Res> Policy<EncodedBatch, Res, BoxError> for RetryPolicy {
         let retry_after = classify(error)?;
         let jitter = (crate::id::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let delay = self.delay(self.attempt, jitter, retry_after);
-        tracing::debug!(
+        diag!(
             attempt = self.attempt + 1,
             ?delay,
             error = %error,

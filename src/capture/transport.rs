@@ -229,7 +229,7 @@ where
         if let Some(stats) = &self.stats {
             stats.request(1);
         }
-        tracing::trace!(events = batch.len(), uri = %self.uri, "posthog: sending batch");
+        diag!(events = batch.len(), uri = %self.uri, "posthog: sending batch");
         ResponseFuture::new(
             ReadResponse::new(self.client.call(req), MAX_RESPONSE_BODY).acknowledged_by_status(),
             status,

@@ -392,6 +392,25 @@ impl PostHogBuilder {
         self
     }
 
+    /// Raises the crate's diagnostics (each batch sent, each retry, each flag read, each event
+    /// refused) from `DEBUG` to `INFO`, under the target `posthog_tower::debug`, so that a
+    /// default `tracing` subscriber shows them: posthog-python's `debug=True`. Nothing is
+    /// printed without a subscriber. Process-wide once any client turns it on. Without it,
+    /// `RUST_LOG=posthog_tower=debug` (with `tracing-subscriber`'s `EnvFilter`) shows the same.
+    ///
+    /// ```
+    /// let posthog = posthog_tower::PostHog::builder("phc_project_key")
+    ///     .debug(true)
+    ///     .disabled(true)
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(posthog);
+    /// ```
+    pub fn debug(self, enabled: bool) -> Self {
+        crate::set_debug(enabled);
+        self
+    }
+
     /// Turns the client off: nothing is queued or sent and no background work starts;
     /// `capture` still validates events and returns uuids.
     pub fn disabled(mut self, disabled: bool) -> Self {

@@ -246,6 +246,7 @@ pub(crate) fn report_read(
     attribution: Option<&ReadAttribution>,
     build: impl FnOnce() -> FlagCalled,
 ) {
+    diag!(key, value = ?value, distinct_id, "posthog: flag read");
     let called = reporter.first_time(distinct_id, key, value, groups, attribution);
     let exposed = attribution
         .and_then(|a| a.exposure_key)

@@ -216,7 +216,7 @@ impl Policy<FlagsRequest, FlagsResponse, BoxError> for FlagsRetryPolicy {
                 .unwrap_or(u32::MAX),
         );
         self.attempt += 1;
-        tracing::debug!(attempt = self.attempt, ?delay, error = %error, "posthog: retrying /flags");
+        diag!(attempt = self.attempt, ?delay, error = %error, "posthog: retrying /flags");
         Some(tokio::time::sleep(delay))
     }
 

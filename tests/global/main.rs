@@ -41,3 +41,78 @@ async fn the_global_handle_is_the_same_client_as_the_explicit_one() {
     assert!(posthog_tower::take_global().is_some());
     assert!(posthog_tower::global().is_none());
 }
+
+/// Records the level and target of every event the crate logs.
+#[derive(Clone, Default)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<(tracing::Level, String, String)>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        let meta = event.metadata();
+        self.0
+            .lock()
+            .unwrap()
+            .push((*meta.level(), meta.target().to_owned(), message.0));
+    }
+}
+
+#[test]
+fn the_debug_switch_raises_the_crates_diagnostics_to_info() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let mock = runtime.block_on(start_mock());
+    let recorder = Recorder::default();
+    // Global: the batch is sent on the worker's thread. (The switch is process-wide too.)
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(recorder.clone()))
+        .expect("the only subscriber of this binary");
+    let sent = |recorder: &Recorder| {
+        recorder
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, message)| message.contains("sending batch"))
+            .map(|(level, target, _)| (*level, target.clone()))
+            .collect::<Vec<_>>()
+    };
+    let run = |debug: bool| {
+        let posthog = builder(&mock)
+            .debug(debug)
+            .build_with_own_runtime()
+            .expect("client");
+        posthog.capture(Event::new("e", "u")).expect("queued");
+        posthog.flush_blocking();
+    };
+    run(false);
+    let before = sent(&recorder);
+    assert!(!before.is_empty(), "the batch was logged");
+    assert!(
+        before
+            .iter()
+            .all(|(level, target)| *level == tracing::Level::DEBUG
+                && target.starts_with("posthog_tower::capture")),
+        "{before:?}"
+    );
+    recorder.0.lock().unwrap().clear();
+    run(true);
+    let after = sent(&recorder);
+    assert!(!after.is_empty(), "the batch was logged");
+    assert!(
+        after
+            .iter()
+            .all(|(level, target)| *level == tracing::Level::INFO
+                && target == "posthog_tower::debug"),
+        "{after:?}"
+    );
+}

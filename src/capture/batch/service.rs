@@ -454,8 +454,10 @@ impl Pipeline {
             _ => stats.invalid(1),
         };
         // The caller got the error and `on_error` hears of every one; the log only samples
-        // (1st, 2nd, 4th, 8th, ...) so a burst of rejections cannot flood it.
-        if count.is_power_of_two() {
+        // (1st, 2nd, 4th, 8th, ...) so a burst of rejections cannot flood it, unless debugging.
+        if crate::debug_on() {
+            diag!(error = %error, rejected = count, reason = error.reason(), "posthog: event not captured");
+        } else if count.is_power_of_two() {
             tracing::warn!(error = %error, rejected = count, reason = error.reason(), "posthog: event not captured");
         }
         self.reporter.tell(&ErrorReport::Rejected(error.clone()));

@@ -82,7 +82,7 @@ impl V1RetryPolicy {
         if let Some(stats) = &self.backoff.stats {
             stats.retry(1);
         }
-        tracing::debug!(
+        diag!(
             attempt = req.attempt(),
             events = req.len(),
             ?delay,

@@ -212,7 +212,7 @@ where
         if let Some(stats) = &self.stats {
             stats.request(1);
         }
-        tracing::trace!(
+        diag!(
             events = batch.len(),
             attempt = batch.attempt(),
             uri = %self.uri,
