@@ -9,12 +9,12 @@
 //! cargo run --release --features axum --example http_allocs [-- --only MODE --requests N]
 //! ```
 //!
-//! `--only MODE` (`bare`, `noop`, `layer`, `outer`, `pageviews`) measures one mode, and
-//! `--requests N` sets how many requests are measured (default 20 000). Run under callgrind
-//! with two values of N, the difference of the instruction totals divided by the difference
-//! of N is the instructions per request, client included (the same in every mode); unlike
-//! time, it does not depend on what else the machine is doing (`BENCHMARKS.md` has the
-//! commands).
+//! `--only MODE` (`bare`, `noop`, `layer`, `layer_no_exceptions`, `outer`, `pageviews`)
+//! measures one mode, and `--requests N` sets how many requests are measured (default
+//! 20 000). Run under callgrind with two values of N, the difference of the instruction
+//! totals divided by the difference of N is the instructions per request, client included
+//! (the same in every mode); unlike time, it does not depend on what else the machine is
+//! doing (`BENCHMARKS.md` has the commands).
 //!
 //! One process: the server and a client on one keep-alive loopback connection, on a
 //! current-thread runtime. A counting global allocator counts every allocation (and
@@ -65,7 +65,14 @@ static GLOBAL: Counting = Counting;
 
 const WARMUP: u64 = 2_000;
 const REQUESTS: u64 = 20_000;
-const MODES: [&str; 5] = ["bare", "noop", "layer", "outer", "pageviews"];
+const MODES: [&str; 6] = [
+    "bare",
+    "noop",
+    "layer",
+    "layer_no_exceptions",
+    "outer",
+    "pageviews",
+];
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: app.example\r\nUser-Agent: wrk\r\n\r\n";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,6 +118,12 @@ async fn main() -> Result<(), BoxError> {
                         std::convert::identity::<axum::extract::Request>,
                     )),
                     "layer" => app.layer(posthog.layer().capture_pageviews(false)),
+                    "layer_no_exceptions" => app.layer(
+                        posthog
+                            .layer()
+                            .capture_pageviews(false)
+                            .capture_exceptions(false),
+                    ),
                     "pageviews" => {
                         pageviews += WARMUP + requests;
                         app.layer(posthog.layer().should_capture(|_: &RequestHead<'_>| true))

@@ -60,14 +60,13 @@ use serde_json::{Map, Value};
 
 use crate::{event::StaticKey, Event};
 
+mod current;
 pub(crate) mod host;
 pub(crate) mod tag;
 
-use host::Host;
+pub use current::Scoped;
 
-tokio::task_local! {
-    static CURRENT: RequestContext;
-}
+use host::Host;
 
 /// Who is calling and where: a distinct id (or none for an anonymous caller), a session id, and
 /// the request's URL, method and path.
@@ -481,7 +480,7 @@ impl RequestContext {
 
     /// The context of the request this task is handling, if any.
     pub fn current() -> Option<RequestContext> {
-        CURRENT.try_with(RequestContext::clone).ok()
+        current::current()
     }
 
     /// The request context in a request's extensions: the `RequestContext` entry that
@@ -510,14 +509,12 @@ impl RequestContext {
 
     /// Runs `future` with this context as the current one (across its `.await`s).
     pub fn scope<F: Future>(self, future: F) -> Scoped<F> {
-        Scoped {
-            inner: CURRENT.scope(self, future),
-        }
+        Scoped::new(self, future)
     }
 
     /// Runs `f` with this context as the current one.
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self, f)
+        current::sync_scope(self, f)
     }
 
     /// Fills in what `event` leaves out (see the [module docs](self)).
@@ -656,15 +653,17 @@ fn path_of(uri: &Uri) -> Path {
 /// Records `$exception` `uuid` in the current context, if any (see
 /// [`RequestContext::record_exception`]).
 pub(crate) fn record_current_exception(uuid: uuid::Uuid) {
-    // `try_with` fails only outside a scope: no request to record it for.
-    let _ = CURRENT.try_with(|ctx| ctx.record_exception(uuid));
+    if let Some(ctx) = current::current() {
+        ctx.record_exception(uuid);
+    }
 }
 
 /// Applies the current request context, if any, to `event`; an [`Event::named`] left without
 /// a distinct id becomes personless.
 pub(crate) fn apply_current(event: &mut Event) {
-    // `try_with` fails only outside a scope: nothing to apply then.
-    let _ = CURRENT.try_with(|ctx| ctx.apply(event));
+    if let Some(ctx) = current::current() {
+        ctx.apply(event);
+    }
     if event.inner.distinct_id().is_none() && event.inner.inherits_distinct_id {
         event.inner.inherits_distinct_id = false;
         event.insert_value("$process_person_profile", Value::Bool(false));
@@ -682,33 +681,6 @@ impl fmt::Debug for RequestContext {
             .field("path", &self.path())
             .field("ip", &d.ip.as_ref().map(|_| "<set>"))
             .finish()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A future run with a [`RequestContext`] as the current one. See
-    /// [`RequestContext::scope`].
-    pub struct Scoped<F> {
-        #[pin]
-        inner: tokio::task::futures::TaskLocalFuture<RequestContext, F>,
-    }
-}
-
-impl<F: Future> Future for Scoped<F> {
-    type Output = F::Output;
-
-    #[inline]
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        self.project().inner.poll(cx)
-    }
-}
-
-impl<F> fmt::Debug for Scoped<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scoped").finish_non_exhaustive()
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`tag`]: posthog-python's `tag()`, for the current context.
 
-use super::{RequestContext, CURRENT};
+use super::RequestContext;
 use crate::PropertyError;
 
 /// Tags every event captured from now on in the current [request context](RequestContext)
@@ -15,8 +15,8 @@ use crate::PropertyError;
 /// # }
 /// ```
 pub fn tag(key: impl Into<String>, value: impl serde::Serialize) -> Result<bool, PropertyError> {
-    match CURRENT.try_with(RequestContext::clone) {
-        Ok(ctx) => ctx.tag(key, value).map(|()| true),
-        Err(_) => Ok(false),
+    match RequestContext::current() {
+        Some(ctx) => ctx.tag(key, value).map(|()| true),
+        None => Ok(false),
     }
 }
