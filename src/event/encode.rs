@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{
-    json::{write_simple, write_str, write_str_parts},
+    json::{write_simple, write_str, write_str_parts, write_thousandths},
     Event, Pinned, TopLevel,
 };
 use crate::time::Timestamp;
@@ -606,6 +606,7 @@ impl EventWriter<'_> {
     }
 
     /// [`property_str`](Self::property_str) for a key known at compile time.
+    #[inline]
     pub(crate) fn static_str(&mut self, key: StaticKey, value: &str) {
         if self.static_key(key) {
             write_str(self.out, value);
@@ -613,6 +614,7 @@ impl EventWriter<'_> {
     }
 
     /// [`property_str_parts`](Self::property_str_parts) for a key known at compile time.
+    #[inline]
     pub(crate) fn static_str_parts(&mut self, key: StaticKey, parts: &[&str]) {
         if self.static_key(key) {
             write_str_parts(self.out, parts);
@@ -620,6 +622,7 @@ impl EventWriter<'_> {
     }
 
     /// [`property_bool`](Self::property_bool) for a key known at compile time.
+    #[inline]
     pub(crate) fn static_bool(&mut self, key: StaticKey, value: bool) {
         if self.static_key(key) {
             self.out
@@ -637,10 +640,11 @@ impl EventWriter<'_> {
         }
     }
 
-    /// [`property`](Self::property) for a finite float, with a key known at compile time.
+    /// [`property`](Self::property) for a finite float, with a key known at compile time;
+    /// fastest for a whole number of thousandths (a duration in milliseconds).
     pub(crate) fn static_f64(&mut self, key: StaticKey, value: f64) {
         if self.static_key(key) {
-            write_json(self.out, &value);
+            write_thousandths(self.out, value);
         }
     }
 

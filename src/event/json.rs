@@ -72,6 +72,45 @@ pub(crate) fn write_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
     out.push(b'"');
 }
 
+/// Below this, a float that is a whole number of thousandths has no shorter decimal form
+/// than its thousandths (its spacing is under a thousandth), and is written without an
+/// exponent: 2^42, about 140 years in milliseconds.
+const THOUSANDTHS_BELOW: f64 = 4_398_046_511_104.0;
+
+/// Appends a non-negative float that is a whole number of thousandths (a duration in
+/// milliseconds rounded to the microsecond) as `serde_json` writes it (`12.0`, `0.25`,
+/// `3.007`), without its shortest-digits search; anything else goes through `serde_json`.
+pub(crate) fn write_thousandths(out: &mut Vec<u8>, value: f64) {
+    let scaled = (value * 1000.0).round();
+    // `value` is the float nearest `scaled / 1000` (division is correctly rounded), so
+    // `scaled`'s digits are its shortest decimal form.
+    // `-0.0` is written with its sign: not here.
+    let in_range = value.is_sign_positive() && value < THOUSANDTHS_BELOW;
+    if !in_range || scaled / 1000.0 != value {
+        super::write_json(out, &value);
+        return;
+    }
+    // In range, so a whole number below 2^52: exact as an integer.
+    let scaled = scaled as u64;
+    let (whole, fraction) = (scaled / 1000, scaled % 1000);
+    out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
+    out.push(b'.');
+    if fraction == 0 {
+        out.push(b'0');
+        return;
+    }
+    let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
+    let used = if digits[2] != 0 {
+        3
+    } else if digits[1] != 0 {
+        2
+    } else {
+        1
+    };
+    // Each is a decimal digit (below 10): `as u8` keeps it whole.
+    out.extend(digits[..used].iter().map(|d| b'0' + *d as u8));
+}
+
 /// Appends `value` when it is a single string, integer, finite float, boolean, char or null
 /// (through options and newtypes), as `serde_json::to_value` would represent it; returns
 /// `false`, having written nothing, for anything else, which the caller serializes the
@@ -337,6 +376,48 @@ mod tests {
         }
         same_as_serde_json(every_byte.as_str());
         same_as_serde_json("");
+    }
+
+    /// Exactly `serde_json`'s bytes, on the fast path and off it.
+    #[test]
+    fn thousandths_are_written_as_serde_json_writes_them() {
+        let mut values = vec![
+            0.0,
+            0.001,
+            0.01,
+            0.1,
+            0.25,
+            1.0,
+            12.0,
+            3.007,
+            999.999,
+            1000.5,
+            65.43,
+            -0.0,
+            -1.5,
+            0.0005,
+            1e-7,
+            1.23456,
+            4.4e12,
+            5e12,
+            1e300,
+            f64::MAX,
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Whole thousandths of every size up to about 2^42, as the layer makes them.
+            let micros = seed >> (seed % 40 + 22);
+            values.push((micros as f64 / 1000.0 * 1000.0).round() / 1000.0);
+        }
+        for value in values {
+            let mut out = Vec::new();
+            write_thousandths(&mut out, value);
+            let expected = serde_json::to_vec(&value).unwrap();
+            assert_eq!(out, expected, "{value:?}");
+        }
     }
 
     #[test]

