@@ -249,6 +249,11 @@ pub enum BuildError {
     InvalidConfig(&'static str),
     /// `build()` was called outside a tokio runtime; use `build_pair()` or call it inside one.
     NoRuntime,
+    /// The [spool](crate::PostHogBuilder::spool) could not be opened: another client holds
+    /// it, or its directory cannot be used.
+    #[cfg(feature = "spool")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spool")))]
+    Spool(crate::capture::SpoolError),
 }
 
 impl fmt::Display for BuildError {
@@ -262,6 +267,8 @@ impl fmt::Display for BuildError {
             BuildError::NoRuntime => f.write_str(
                 "no tokio runtime: call build() inside a runtime, or use build_pair() and run the worker yourself",
             ),
+            #[cfg(feature = "spool")]
+            BuildError::Spool(e) => fmt::Display::fmt(e, f),
         }
     }
 }

@@ -34,6 +34,7 @@ mod batch;
 mod compression;
 mod encoded;
 mod policy;
+pub(crate) mod spool;
 mod stats;
 mod transport;
 mod v1;
@@ -44,6 +45,8 @@ pub use batch::{
 pub use compression::Compression;
 pub use encoded::EncodedBatch;
 pub use policy::RetryPolicy;
+#[cfg(feature = "spool")]
+pub use spool::SpoolError;
 pub use stats::{Dropped, Refused, Stats, StatsRecorder};
 pub use transport::{CaptureTransport, TransportFuture, AI_BATCH_PATH};
 pub use v1::{
