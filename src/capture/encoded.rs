@@ -91,13 +91,16 @@ impl EncodedBatch {
     /// Each event's uuid and JSON object, in order.
     pub(crate) fn events(&self) -> impl Iterator<Item = (Uuid, &[u8])> + '_ {
         let mut start = 0usize;
-        self.uuids.iter().zip(self.ends.iter()).map(move |(uuid, &end)| {
-            let end = end as usize;
-            let json = &self.events[start..end];
-            // Skip the comma after this event.
-            start = end + 1;
-            (*uuid, json)
-        })
+        self.uuids
+            .iter()
+            .zip(self.ends.iter())
+            .map(move |(uuid, &end)| {
+                let end = end as usize;
+                let json = &self.events[start..end];
+                // Skip the comma after this event.
+                start = end + 1;
+                (*uuid, json)
+            })
     }
 
     pub(crate) fn next_attempt(&mut self) {

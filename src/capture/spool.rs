@@ -82,6 +82,10 @@ mod stub {
         pub(crate) fn wake_if_pending(&self) {
             match *self {}
         }
+
+        pub(crate) fn close(&self) {
+            match *self {}
+        }
     }
 }
 
@@ -153,6 +157,8 @@ mod imp {
         /// Bytes in every segment this spool knows of (taken ones included until removed).
         total: u64,
         next_id: u64,
+        /// Set by [`Spool::close`]: appends fail from then on.
+        closed: bool,
     }
 
     /// An open spool directory, locked for this client.
@@ -162,8 +168,10 @@ mod imp {
         files: Mutex<Files>,
         /// Set when something was appended or found at open, until a replay finds nothing.
         pending: AtomicBool,
-        /// Wakes the replayer.
+        /// Wakes the replayer: PostHog answered.
         pub(crate) wake: tokio::sync::Notify,
+        /// Tells the replayer that events were spooled (so it schedules a probe).
+        pub(crate) spilled: tokio::sync::Notify,
         /// Held for the spool's life: the exclusive lock.
         _lock: File,
     }
@@ -251,9 +259,11 @@ mod imp {
                     sealed: sealed.into(),
                     total,
                     next_id,
+                    closed: false,
                 }),
                 pending: AtomicBool::new(pending),
                 wake: tokio::sync::Notify::new(),
+                spilled: tokio::sync::Notify::new(),
                 _lock: lock,
             })
         }
@@ -301,6 +311,11 @@ mod imp {
             bounded: bool,
         ) -> io::Result<usize> {
             let mut files = self.files();
+            if files.closed {
+                return Err(io::Error::other(
+                    "the spool was closed (the client shut down)",
+                ));
+            }
             let mut buf = Vec::new();
             let mut count = 0;
             for (uuid, json) in events {
@@ -322,7 +337,11 @@ mod imp {
             if count == 0 {
                 return Ok(0);
             }
-            if files.active.as_ref().is_some_and(|a| a.len >= SEGMENT_BYTES) {
+            if files
+                .active
+                .as_ref()
+                .is_some_and(|a| a.len >= SEGMENT_BYTES)
+            {
                 self.seal(&mut files);
             }
             if files.active.is_none() {
@@ -355,7 +374,25 @@ mod imp {
             active.len += buf.len() as u64;
             files.total += buf.len() as u64;
             self.pending.store(true, Ordering::Release);
+            if bounded {
+                self.spilled.notify_one();
+            }
             Ok(count)
+        }
+
+        /// Closes the spool when its client's worker ends: the segment being appended to is
+        /// sealed and the lock released, so another client can open the directory at once.
+        pub(crate) fn close(&self) {
+            let mut files = self.files();
+            if files.closed {
+                return;
+            }
+            files.closed = true;
+            self.seal(&mut files);
+            #[allow(clippy::incompatible_msrv)]
+            if let Err(e) = self._lock.unlock() {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "posthog: cannot release the spool's lock");
+            }
         }
 
         fn seal(&self, files: &mut Files) {

@@ -47,7 +47,12 @@ pub(super) struct Replay {
 }
 
 impl Replay {
-    pub(super) fn start<S>(service: S, spool: Arc<Spool>, reporter: Reporter, sizes: Sizes) -> Replay
+    pub(super) fn start<S>(
+        service: S,
+        spool: Arc<Spool>,
+        reporter: Reporter,
+        sizes: Sizes,
+    ) -> Replay
     where
         S: Service<EncodedBatch> + Clone + Send + 'static,
         S::Error: Into<BoxError> + Send,
@@ -127,6 +132,9 @@ async fn run<S>(
         }
         tokio::select! {
             () = spool.wake.notified() => attempt = spool.has_pending(),
+            () = spool.spilled.notified() => {
+                // Probed by the check above on the next turn.
+            }
             () = sleep_until(probe.unwrap_or_else(Instant::now)), if probe.is_some() => {
                 probe = None;
                 attempt = spool.has_pending();
@@ -297,21 +305,21 @@ where
     S::Response: Send + 'static,
 {
     let result = service.oneshot(batch.clone()).await.map_err(Into::into);
-    let (refused, failed): (Vec<(Uuid, EventRefused)>, Option<(Vec<Uuid>, BoxError)>) =
-        match result {
-            Ok(response) => (of_batch(refusals(response), &batch), None),
-            Err(error) => match error.downcast::<V1Failure>() {
-                Ok(failure) => {
-                    let V1Failure {
-                        refused,
-                        failed,
-                        source,
-                    } = *failure;
-                    (of_batch(refused, &batch), Some((failed.to_vec(), source)))
-                }
-                Err(error) => (Vec::new(), Some((batch.uuids().to_vec(), error))),
-            },
-        };
+    let (refused, failed): (Vec<(Uuid, EventRefused)>, Option<(Vec<Uuid>, BoxError)>) = match result
+    {
+        Ok(response) => (of_batch(refusals(response), &batch), None),
+        Err(error) => match error.downcast::<V1Failure>() {
+            Ok(failure) => {
+                let V1Failure {
+                    refused,
+                    failed,
+                    source,
+                } = *failure;
+                (of_batch(refused, &batch), Some((failed.to_vec(), source)))
+            }
+            Err(error) => (Vec::new(), Some((batch.uuids().to_vec(), error))),
+        },
+    };
     let mut keep = Vec::new();
     let mut given_up = refused.len();
     for (uuid, reason) in refused {

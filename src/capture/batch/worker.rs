@@ -586,9 +586,7 @@ impl State {
                     .events()
                     .filter(|(uuid, _)| rest.contains(uuid))
                     .collect();
-                let (spooled, report) =
-                    self.reporter
-                        .spill_or_fail(&events, source.clone(), true);
+                let (spooled, report) = self.reporter.spill_or_fail(&events, source.clone(), true);
                 counts.spooled += spooled;
                 counts.failed += events.len() as u64 - spooled;
                 reports.extend(report);
@@ -598,9 +596,7 @@ impl State {
         self.close_current();
         for ready in std::mem::take(&mut self.ready) {
             let events: Vec<(Uuid, &[u8])> = ready.batch.events().collect();
-            let (spooled, report) = self
-                .reporter
-                .spill_or_fail(&events, source.clone(), true);
+            let (spooled, report) = self.reporter.spill_or_fail(&events, source.clone(), true);
             reports.extend(report);
             let counts = Counts {
                 delivered: 0,
@@ -883,6 +879,10 @@ where
     if let Some(replay) = replay {
         // Finish sending the spool while PostHog answers, within the shutdown deadline.
         replay.finish(shutdown.map(|(at, _)| at)).await;
+    }
+    if let Some(spool) = &state.reporter.spool {
+        // Nothing is spooled or replayed by this client any more: free the directory.
+        spool.close();
     }
     let report = final_rx.try_recv().unwrap_or_default();
     channels.report.send_replace(Some(report));
