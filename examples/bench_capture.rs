@@ -583,7 +583,9 @@ fn replay(args: &Args) -> Result<bool, BoxError> {
         .enable_all()
         .build()?;
     // A loopback port nobody listens on: every connection is refused.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let fill_start = Instant::now();
     let spooled = runtime.block_on(async {
         let mut builder = PostHog::builder("phc_bench_capture")
@@ -653,10 +655,7 @@ fn replay(args: &Args) -> Result<bool, BoxError> {
             ),
         ),
         ("requests (sink)", format!("{requests}")),
-        (
-            "wall time, build → shutdown done",
-            format!("{secs:.3} s"),
-        ),
+        ("wall time, build → shutdown done", format!("{secs:.3} s")),
         (
             "REPLAYED events/s",
             format!("{:.0}", replayed as f64 / secs),
@@ -679,7 +678,9 @@ fn replay(args: &Args) -> Result<bool, BoxError> {
     );
     let ok = spooled == n && replayed == n && counted == n && stats.spool_failed == 0;
     if !ok {
-        eprintln!("FAILED: spooled {spooled}, replayed {replayed}, sink counted {counted} (expected {n})");
+        eprintln!(
+            "FAILED: spooled {spooled}, replayed {replayed}, sink counted {counted} (expected {n})"
+        );
     }
     Ok(ok)
 }

@@ -25,44 +25,8 @@ pub(crate) use imp::*;
 #[cfg(not(feature = "spool"))]
 pub(crate) use stub::*;
 
-/// Why a spool could not be opened.
 #[cfg(feature = "spool")]
-#[cfg_attr(docsrs, doc(cfg(feature = "spool")))]
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SpoolError {
-    /// Another client (in this process or another) holds the spool's lock.
-    Locked {
-        /// The spool's directory.
-        path: std::path::PathBuf,
-    },
-    /// The directory or one of its files could not be created, read or locked.
-    Io {
-        /// The spool's directory.
-        path: std::path::PathBuf,
-        /// What failed, with the operating system's message.
-        message: String,
-    },
-}
-
-#[cfg(feature = "spool")]
-impl std::fmt::Display for SpoolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SpoolError::Locked { path } => write!(
-                f,
-                "spool {} is in use by another client (its lock is held); give each client its own spool directory",
-                path.display()
-            ),
-            SpoolError::Io { path, message } => {
-                write!(f, "spool {}: {message}", path.display())
-            }
-        }
-    }
-}
-
-#[cfg(feature = "spool")]
-impl std::error::Error for SpoolError {}
+pub use crate::error::SpoolError;
 
 /// Without the feature: a type with no values, so the worker's spool paths compile to nothing.
 #[cfg(not(feature = "spool"))]

@@ -229,7 +229,14 @@ where
                 },
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     tasks.abort_all();
-                    while tasks.join_next().await.is_some() {}
+                    // A task that finished before the abort counted its batch: keep its
+                    // outcome, so its events are not kept on disk as well.
+                    while let Some(joined) = tasks.join_next().await {
+                        if let Ok(sent) = joined {
+                            done[sent.index] = true;
+                            keep.extend(sent.keep);
+                        }
+                    }
                     stopped = true;
                     break;
                 }
@@ -295,6 +302,8 @@ fn batches(data: &SegmentData, sizes: Sizes) -> Vec<EncodedBatch> {
     out
 }
 
+type Refusals = Vec<(Uuid, EventRefused)>;
+
 /// Sends one replayed batch (through the worker's stack: retries, timeout, transport) and
 /// counts what became of it.
 async fn send<S>(service: S, batch: EncodedBatch, reporter: Reporter, index: usize) -> Sent
@@ -305,8 +314,7 @@ where
     S::Response: Send + 'static,
 {
     let result = service.oneshot(batch.clone()).await.map_err(Into::into);
-    let (refused, failed): (Vec<(Uuid, EventRefused)>, Option<(Vec<Uuid>, BoxError)>) = match result
-    {
+    let (refused, failed): (Refusals, Option<(Vec<Uuid>, BoxError)>) = match result {
         Ok(response) => (of_batch(refusals(response), &batch), None),
         Err(error) => match error.downcast::<V1Failure>() {
             Ok(failure) => {
