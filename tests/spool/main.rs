@@ -111,6 +111,13 @@ async fn outage_spools_then_the_running_client_drains() {
     assert_eq!(records_on_disk(dir.path()), 250);
     let originals = first_sent(&mock);
     assert_eq!(originals.len(), 250);
+    for path in segments(dir.path()) {
+        let bytes = std::fs::read(path).unwrap();
+        assert!(
+            !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+            "the project key is never written to the spool"
+        );
+    }
 
     // PostHog is back; one new event gets through, and the spool follows it.
     mock.set_default("/batch/", MockResponse::status(200));
@@ -192,6 +199,45 @@ async fn a_400_is_reported_failed_not_spooled() {
     assert_eq!(reported, uuids);
     assert_eq!(records_on_disk(dir.path()), 0);
     ph.shutdown(Duration::from_secs(5)).await;
+    assert_identity(&ph);
+}
+
+/// Capture v1: a per-event `drop` is a definitive refusal (failed, not spooled); a whole
+/// request answered 503 is an outage (spooled).
+#[tokio::test(start_paused = true)]
+async fn v1_drop_is_failed_and_a_v1_outage_is_spooled() {
+    const PATH: &str = "/i/v1/analytics/events";
+    let dir = tempfile::tempdir().unwrap();
+    let mock = start_mock().await;
+    let errors = ErrorLog::new();
+    let ph = builder(&mock)
+        .capture_protocol(posthog_tower::capture::CaptureProtocol::V1)
+        .spool(dir.path())
+        .max_retries(0)
+        .on_error(errors.callback())
+        .build()
+        .unwrap();
+    let dropped = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+    mock.enqueue_event_result(dropped, "drop");
+    ph.capture(Event::new("v1", "u").uuid(dropped)).unwrap();
+    for i in 0..9 {
+        ph.capture(Event::new("v1", "u").property("i", i)).unwrap();
+    }
+    let report = ph.flush().await;
+    assert_eq!((report.delivered, report.failed, report.spooled), (9, 1, 0));
+    assert_eq!(errors.delivery_uuids(), [dropped]);
+
+    mock.set_default(PATH, MockResponse::status(503));
+    for i in 0..10 {
+        ph.capture(Event::new("v1", "u").property("i", i)).unwrap();
+    }
+    let report = ph.flush().await;
+    assert_eq!(
+        (report.delivered, report.failed, report.spooled),
+        (0, 0, 10)
+    );
+    assert_eq!(errors.deliveries(), 1, "the outage is not reported failed");
+    ph.shutdown(Duration::from_secs(1)).await;
     assert_identity(&ph);
 }
 
