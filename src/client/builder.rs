@@ -572,7 +572,18 @@ impl PostHogBuilder {
     /// - **One client per spool**: the directory is locked; a second client (in this process
     ///   or another) gets [`BuildError::Spool`] with [`SpoolError::Locked`](crate::capture::SpoolError::Locked).
     /// - Only the main capture lane is spooled; [AI events](PostHog::capture_ai) fail as
-    ///   without a spool.
+    ///   without a spool. A capture v1 per-event `retry` still pending after the last attempt
+    ///   is a per-event refusal and is reported failed, as without a spool.
+    /// - [`flush`](PostHog::flush) reports spooled events in
+    ///   [`FlushReport::spooled`](crate::capture::FlushReport::spooled) and does not wait for
+    ///   a replay. A future waiting for one spooled event's delivery
+    ///   ([`capture_wait`](PostHog::capture_wait) in [sync mode](Self::sync_mode), `Batch` as
+    ///   a `Service<Event>`) resolves with the delivery error: the event is on disk, not
+    ///   delivered.
+    /// - Disk writes happen on the failure path only, in the sending task (one `fsync` per
+    ///   failed batch) or, at the shutdown deadline, in the worker before the report is
+    ///   published: a shutdown may return later than its deadline by the time that write
+    ///   takes.
     ///
     /// What is only in memory when the process is killed (queued events, batches being
     /// retried) is lost, as without a spool; see RELIABILITY.md.
