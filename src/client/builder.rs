@@ -559,8 +559,9 @@ impl PostHogBuilder {
     /// - **Bound**: [`spool_max_bytes`](Self::spool_max_bytes) (256 MiB by default); events
     ///   beyond it are reported failed (`on_error`, `stats().failed` and
     ///   [`spool_full`](crate::capture::Stats::spool_full)), never dropped silently.
-    /// - **Sending it**: a client that opens a spool holding events sends them first (as soon
-    ///   as it is built); a running client sends what it spooled after its next batch
+    /// - **Sending it**: a client that opens a spool holding events starts sending them
+    ///   as soon as it runs, before its first batch of new events is due (new events are not
+    ///   held back for it); a running client sends what it spooled after its next batch
     ///   PostHog accepts, and otherwise tries again after 1 s, 2 s, 4 s, … up to 1 min.
     ///   Replayed events keep their uuids and timestamps, and are counted in
     ///   [`spool_replayed`](crate::capture::Stats::spool_replayed) or
