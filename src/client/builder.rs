@@ -552,7 +552,8 @@ impl PostHogBuilder {
     /// (cargo feature `spool`). Off by default.
     ///
     /// - **What is spooled**: events whose batch exhausted its retries on a transport error,
-    ///   a timeout or a retryable status (408, 429, 5xx), and events still undelivered when a
+    ///   a timeout or a retryable status (408, 429, 5xx), capture v1 events PostHog still
+    ///   answered `retry` for at the last attempt, and events still undelivered when a
     ///   [`shutdown`](PostHog::shutdown) deadline passes. PostHog's definitive refusals (a
     ///   400, a capture v1 `drop` or `limited`) are reported failed as without a spool. Each
     ///   write is `fsync`ed before the events count as [`spooled`](crate::capture::Stats::spooled).
@@ -573,8 +574,7 @@ impl PostHogBuilder {
     /// - **One client per spool**: the directory is locked; a second client (in this process
     ///   or another) gets [`BuildError::Spool`] with [`SpoolError::Locked`](crate::capture::SpoolError::Locked).
     /// - Only the main capture lane is spooled; [AI events](PostHog::capture_ai) fail as
-    ///   without a spool. A capture v1 per-event `retry` still pending after the last attempt
-    ///   is a per-event refusal and is reported failed, as without a spool.
+    ///   without a spool.
     /// - [`flush`](PostHog::flush) reports spooled events in
     ///   [`FlushReport::spooled`](crate::capture::FlushReport::spooled) and does not wait for
     ///   a replay. A future waiting for one spooled event's delivery

@@ -203,7 +203,8 @@ async fn a_400_is_reported_failed_not_spooled() {
 }
 
 /// Capture v1: a per-event `drop` is a definitive refusal (failed, not spooled); a whole
-/// request answered 503 is an outage (spooled).
+/// request answered 503 is an outage (spooled), and so is a per-event `retry` still pending
+/// after the last attempt.
 #[tokio::test(start_paused = true)]
 async fn v1_drop_is_failed_and_a_v1_outage_is_spooled() {
     const PATH: &str = "/i/v1/analytics/events";
@@ -237,6 +238,16 @@ async fn v1_drop_is_failed_and_a_v1_outage_is_spooled() {
         (0, 0, 10)
     );
     assert_eq!(errors.deliveries(), 1, "the outage is not reported failed");
+
+    // A per-event `retry` left after the last attempt: PostHog asks for the event later.
+    mock.set_default(PATH, MockResponse::status(200));
+    let retried = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0002);
+    mock.enqueue_event_result(retried, "retry");
+    ph.capture(Event::new("v1", "u").uuid(retried)).unwrap();
+    ph.capture(Event::new("v1", "u")).unwrap();
+    let report = ph.flush().await;
+    assert_eq!((report.delivered, report.failed, report.spooled), (1, 0, 1));
+    assert_eq!(errors.deliveries(), 1, "the retry is not reported failed");
     ph.shutdown(Duration::from_secs(1)).await;
     assert_identity(&ph);
 }

@@ -1021,6 +1021,9 @@ async fn send<S>(
             tokio::task::yield_now().await;
         }
         let mut unspooled = None;
+        // The per-event refusals to report: with a spool, those left at `retry` after the
+        // last attempt (PostHog asking for the event later) are spooled instead.
+        let mut to_refuse = settled.refused.clone();
         let claimed = claims.claim(batch.uuids(), batch.len() == whole, || {
             let mut counts = Counts {
                 delivered: delivered as u64,
@@ -1044,6 +1047,34 @@ async fn send<S>(
                 counts.failed -= spooled;
                 unspooled = Some(report);
             }
+            if let Some(spool) = &reporter.spool {
+                let retry: HashSet<Uuid> = to_refuse
+                    .iter()
+                    .filter(|(_, refused)| refused.result() == "retry")
+                    .map(|(uuid, _)| *uuid)
+                    .collect();
+                if !retry.is_empty() {
+                    let events: Vec<(Uuid, &[u8])> = batch
+                        .events()
+                        .filter(|(uuid, _)| retry.contains(uuid))
+                        .collect();
+                    let n = spool.append(events.iter().copied()).unwrap_or(0);
+                    if n > 0 {
+                        reporter.stats.spooled(n as u64);
+                        tracing::warn!(
+                            events = n,
+                            "posthog: events PostHog asked to retry kept in the spool"
+                        );
+                    }
+                    if events.len() > n {
+                        reporter.stats.spool_full((events.len() - n) as u64);
+                    }
+                    let spooled: HashSet<Uuid> = events[..n].iter().map(|(u, _)| *u).collect();
+                    to_refuse.retain(|(uuid, _)| !spooled.contains(uuid));
+                    counts.failed -= n as u64;
+                    counts.spooled += n as u64;
+                }
+            }
             counts
         });
         if !claimed {
@@ -1057,7 +1088,7 @@ async fn send<S>(
                 spool.wake_if_pending();
             }
         }
-        reporter.refused(&settled.refused);
+        reporter.refused(&to_refuse);
         match unspooled {
             // Spooled, or counted failed (and reported) as far as the spool had no room.
             Some(report) => {
