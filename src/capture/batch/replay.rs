@@ -328,7 +328,11 @@ where
             Err(error) => (Vec::new(), Some((batch.uuids().to_vec(), error))),
         },
     };
-    let mut keep = Vec::new();
+    // A `retry` left after the last attempt: PostHog wants the event later; it stays.
+    let (retry, refused): (Refusals, Refusals) = refused
+        .into_iter()
+        .partition(|(_, reason)| reason.result() == "retry");
+    let mut keep: Vec<Uuid> = retry.into_iter().map(|(uuid, _)| uuid).collect();
     let mut given_up = refused.len();
     for (uuid, reason) in refused {
         let error = DeliveryError::new(Arc::new([uuid]), Arc::new(Box::new(reason)));
@@ -337,7 +341,7 @@ where
     }
     if let Some((uuids, source)) = failed {
         if classify(&source).is_some() {
-            keep = uuids;
+            keep.extend(uuids);
         } else {
             given_up += uuids.len();
             let error = DeliveryError::new(uuids.into(), Arc::new(source));
