@@ -9,6 +9,9 @@
 //! Batch (queue + worker) ─▶ Retry<RetryPolicy> ─▶ Timeout ─▶ CaptureTransport ─▶ POST {host}/batch/
 //! ```
 //!
+//! With the cargo feature `spool`, the client's worker can also keep events that would fail in
+//! an outage on disk and send them later (`PostHogBuilder::spool`; errors in `SpoolError`).
+//!
 //! # Example
 //!
 //! ```no_run

@@ -14,9 +14,9 @@ use std::sync::{
 ///
 /// # The spool
 ///
-/// With a [spool](crate::PostHogBuilder::spool), an event that would have failed in an outage
-/// (or was still undelivered at the shutdown deadline) is written to disk and counted in
-/// `spooled` instead of `failed`: for the events this client captured,
+/// With a spool (`PostHogBuilder::spool`, feature `spool`), an event that would have failed
+/// in an outage (or was still undelivered at the shutdown deadline) is written to disk and
+/// counted in `spooled` instead of `failed`: for the events this client captured,
 /// `tried = delivered + failed + dropped + spooled` holds at every flush report.
 ///
 /// Events read back from the spool (written by this client or by an earlier one) are a

@@ -32,8 +32,9 @@ impl Message {
 /// It counts the events accepted since the previous flush (or since the start) up to the
 /// flush: how many PostHog acknowledged, how many failed definitively (each also reported to
 /// `on_error`), how many were dropped before sending (by the `before_send` hook, or too
-/// large once enriched), and how many were written to the [spool](crate::PostHogBuilder::spool)
-/// instead of failing: `delivered + failed + dropped + spooled` is every event settled.
+/// large once enriched), and how many were written to the spool (`PostHogBuilder::spool`,
+/// feature `spool`) instead of failing: `delivered + failed + dropped + spooled` is every
+/// event settled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FlushReport {
