@@ -12,7 +12,20 @@
 //! ```
 //!
 //! Both take `--protocol v0|v1` (v0 by default) and `--compression none|gzip|deflate|br|zstd`
-//! (over `--gzip`; anything but gzip needs v1), to compare the protocols and the encodings.
+//! (over `--gzip`; anything but gzip needs v1), to compare the protocols and the encodings,
+//! and `--spool`, which gives the client an on-disk spool (in a fresh temporary directory):
+//! with PostHog up nothing is written to it, so the figures show what the spool costs the
+//! capture path.
+//!
+//! ```text
+//! cargo run --release --example bench_capture -- --replay [--events N] [--flush-at N]
+//! ```
+//!
+//! `--replay` measures sending a spool: a first client, whose PostHog refuses connections
+//! (a closed loopback port), spools `--events` events (default 100 000) and shuts down; then
+//! a second client opens the spool against the sink and sends it. Reported: events replayed
+//! per second (over the wall time from building the second client to the end of its
+//! shutdown, which waits for the replay) and the client's CPU time per replayed event.
 //!
 //! `--burst` is what a user's script or a serverless function does: one loop on the main
 //! thread (inside `block_on` of a multi-thread runtime, one worker thread per core) builds
@@ -105,17 +118,46 @@ struct Args {
     mode: Mode,
     prebuild: bool,
     burst: bool,
+    spool: bool,
+    replay: bool,
 }
 
 const USAGE: &str = "usage: bench_capture [--events N] [--gzip] [--flush-at N] [--producers N] \
                      [--max-in-flight N] [--max-queue-size N] [--threads N] [--mode wait|retry] \
                      [--prebuild] | --burst [--events N] [--gzip] [--flush-at N]; both with \
-                     [--protocol v0|v1] [--compression none|gzip|deflate|br|zstd]";
+                     [--protocol v0|v1] [--compression none|gzip|deflate|br|zstd] [--spool] \
+                     | --replay [--events N] [--flush-at N]";
+
+/// A fresh directory for a spool, removed when dropped.
+struct SpoolDir(std::path::PathBuf);
+
+impl SpoolDir {
+    fn new(name: &str) -> SpoolDir {
+        let dir = std::env::temp_dir().join(format!(
+            "posthog-bench-{name}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        SpoolDir(dir)
+    }
+}
+
+impl Drop for SpoolDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 impl Args {
-    /// The builder's protocol and encoding (`--compression` over `--gzip`).
-    fn wire(&self, builder: PostHogBuilder) -> PostHogBuilder {
+    /// The builder's protocol and encoding (`--compression` over `--gzip`), and the spool.
+    fn wire(&self, builder: PostHogBuilder, spool: &SpoolDir) -> PostHogBuilder {
         let builder = builder.capture_protocol(self.protocol).gzip(self.gzip);
+        let builder = if self.spool {
+            builder.spool(&spool.0)
+        } else {
+            builder
+        };
         match self.compression {
             Some(compression) => builder.compression(compression),
             None => builder,
@@ -134,7 +176,10 @@ impl Args {
             (None, true) => "gzip",
             (None, false) => "none",
         };
-        format!("protocol={protocol} compression={compression}")
+        format!(
+            "protocol={protocol} compression={compression} spool={}",
+            if self.spool { "on" } else { "off" }
+        )
     }
 }
 
@@ -152,6 +197,8 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         mode: Mode::Wait,
         prebuild: false,
         burst: false,
+        spool: false,
+        replay: false,
     };
     let mut events_given = false;
     let mut it = args.iter();
@@ -173,6 +220,8 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 events_given = true;
             }
             "--burst" => parsed.burst = true,
+            "--spool" => parsed.spool = true,
+            "--replay" => parsed.replay = true,
             "--gzip" => parsed.gzip = true,
             "--protocol" => {
                 parsed.protocol = match it.next().map(String::as_str) {
@@ -215,6 +264,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     if parsed.burst && !events_given {
         parsed.events = 200_000;
     }
+    if parsed.replay && !events_given {
+        parsed.events = 100_000;
+    }
     Ok(parsed)
 }
 
@@ -236,7 +288,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let run = if args.burst { burst } else { client };
+    let run = if args.replay {
+        replay
+    } else if args.burst {
+        burst
+    } else {
+        client
+    };
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -275,7 +333,8 @@ fn client(args: &Args) -> Result<bool, BoxError> {
 
     let builder =
         PostHog::builder("phc_bench_capture").host(format!("http://127.0.0.1:{}", sink.port));
-    let mut builder = args.wire(builder);
+    let spool_dir = SpoolDir::new("capture");
+    let mut builder = args.wire(builder, &spool_dir);
     if let Some(n) = args.flush_at {
         builder = builder.flush_at(n);
     }
@@ -509,6 +568,123 @@ fn client(args: &Args) -> Result<bool, BoxError> {
     Ok(ok)
 }
 
+// ===== replay =====
+
+/// `--replay`: spools `--events` events while PostHog is unreachable, then measures a second
+/// client sending them to the sink.
+fn replay(args: &Args) -> Result<bool, BoxError> {
+    let n = args.events;
+    let dir = SpoolDir::new("replay");
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    // A loopback port nobody listens on: every connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let fill_start = Instant::now();
+    let spooled = runtime.block_on(async {
+        let mut builder = PostHog::builder("phc_bench_capture")
+            .host(format!("http://127.0.0.1:{closed}"))
+            .max_retries(0)
+            .max_queue_size(n as usize)
+            .spool(&dir.0)
+            .spool_max_bytes(u64::MAX);
+        if let Some(flush_at) = args.flush_at {
+            builder = builder.flush_at(flush_at);
+        }
+        let posthog = builder.build()?;
+        for i in 0..n {
+            posthog.capture(event_10_props(i))?;
+        }
+        let report = posthog.flush().await;
+        posthog.shutdown(Duration::from_secs(60)).await;
+        Ok::<_, BoxError>(report.spooled)
+    })?;
+    let fill = fill_start.elapsed();
+    let on_disk: u64 = std::fs::read_dir(&dir.0)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+
+    let sink = sink::Process::start()?;
+    let before = sink.counters()?;
+    let (wall, cpu, stats) = runtime.block_on(async {
+        let mut builder = PostHog::builder("phc_bench_capture")
+            .host(format!("http://127.0.0.1:{}", sink.port))
+            .spool(&dir.0);
+        if let Some(flush_at) = args.flush_at {
+            builder = builder.flush_at(flush_at);
+        }
+        let cpu_start = Cpu::now();
+        let start = Instant::now();
+        let posthog = builder.build()?;
+        // The shutdown lets the replay finish while PostHog answers.
+        posthog.shutdown(Duration::from_secs(600)).await;
+        let wall = start.elapsed();
+        let cpu = Cpu::now().since(&cpu_start);
+        Ok::<_, BoxError>((wall, cpu, posthog.stats()))
+    })?;
+    drop(runtime);
+    let after = sink.counters()?;
+    drop(sink);
+    let counted = after.events - before.events;
+    let requests = after.requests - before.requests;
+    let secs = wall.as_secs_f64();
+    let replayed = stats.spool_replayed;
+    println!(
+        "bench_capture --replay: {n} events with 10 properties spooled while PostHog refused \
+         connections ({:.3} s, {:.1} MiB on disk), then sent by a new client, {threads} runtime \
+         threads, flush_at={}",
+        fill.as_secs_f64(),
+        on_disk as f64 / (1024.0 * 1024.0),
+        args.flush_at.unwrap_or(100),
+    );
+    let rows = [
+        ("spooled by the first client", format!("{spooled}")),
+        (
+            "replayed (stats / sink count), failed, damaged",
+            format!(
+                "{replayed} / {counted}, {}, {}",
+                stats.spool_failed, stats.spool_damaged
+            ),
+        ),
+        ("requests (sink)", format!("{requests}")),
+        ("wall time, build → shutdown done", format!("{secs:.3} s")),
+        (
+            "REPLAYED events/s",
+            format!("{:.0}", replayed as f64 / secs),
+        ),
+        (
+            "client CPU per replayed event",
+            format!(
+                "{:.3} µs",
+                cpu.total_ns() as f64 / replayed.max(1) as f64 / 1000.0
+            ),
+        ),
+    ];
+    for (name, value) in rows {
+        println!("  {name:<46} {value}");
+    }
+    println!(
+        "RESULT replay events={n} wall_s={secs:.4} events_per_s={:.0} cpu_us_per_event={:.3}",
+        replayed as f64 / secs,
+        cpu.total_ns() as f64 / replayed.max(1) as f64 / 1000.0
+    );
+    let ok = spooled == n && replayed == n && counted == n && stats.spool_failed == 0;
+    if !ok {
+        eprintln!(
+            "FAILED: spooled {spooled}, replayed {replayed}, sink counted {counted} (expected {n})"
+        );
+    }
+    Ok(ok)
+}
+
 // ===== burst =====
 
 /// `--burst`: one loop on the main thread captures `--events` events into a queue that holds
@@ -528,7 +704,8 @@ fn burst(args: &Args) -> Result<bool, BoxError> {
     let builder = PostHog::builder("phc_bench_capture")
         .host(format!("http://127.0.0.1:{}", sink.port))
         .max_queue_size(n as usize);
-    let mut builder = args.wire(builder);
+    let spool_dir = SpoolDir::new("capture");
+    let mut builder = args.wire(builder, &spool_dir);
     if let Some(flush_at) = args.flush_at {
         builder = builder.flush_at(flush_at);
     }

@@ -249,6 +249,11 @@ pub enum BuildError {
     InvalidConfig(&'static str),
     /// `build()` was called outside a tokio runtime; use `build_pair()` or call it inside one.
     NoRuntime,
+    /// The [spool](crate::PostHogBuilder::spool) could not be opened: another client holds
+    /// it, or its directory cannot be used.
+    #[cfg(feature = "spool")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spool")))]
+    Spool(SpoolError),
 }
 
 impl fmt::Display for BuildError {
@@ -262,6 +267,8 @@ impl fmt::Display for BuildError {
             BuildError::NoRuntime => f.write_str(
                 "no tokio runtime: call build() inside a runtime, or use build_pair() and run the worker yourself",
             ),
+            #[cfg(feature = "spool")]
+            BuildError::Spool(e) => fmt::Display::fmt(e, f),
         }
     }
 }
@@ -329,3 +336,42 @@ impl fmt::Display for PropertyError {
 }
 
 impl std::error::Error for PropertyError {}
+
+/// Why a spool could not be opened.
+#[cfg(feature = "spool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "spool")))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// Another client (in this process or another) holds the spool's lock.
+    Locked {
+        /// The spool's directory.
+        path: std::path::PathBuf,
+    },
+    /// The directory or one of its files could not be created, read or locked.
+    Io {
+        /// The spool's directory.
+        path: std::path::PathBuf,
+        /// What failed, with the operating system's message.
+        message: String,
+    },
+}
+
+#[cfg(feature = "spool")]
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Locked { path } => write!(
+                f,
+                "spool {} is in use by another client (its lock is held); give each client its own spool directory",
+                path.display()
+            ),
+            SpoolError::Io { path, message } => {
+                write!(f, "spool {}: {message}", path.display())
+            }
+        }
+    }
+}
+
+#[cfg(feature = "spool")]
+impl std::error::Error for SpoolError {}

@@ -62,6 +62,8 @@
 //!   PostHog person and captures Sentry's errors in PostHog (`sentry-core` 0.49).
 //! - `brotli`, `zstd`: capture v1 bodies encoded with Brotli or Zstandard
 //!   ([`capture::Compression`]); gzip and deflate need no feature.
+//! - `spool`: an on-disk spool (`PostHogBuilder::spool`) that keeps events through a PostHog
+//!   outage and a restart, and sends them once PostHog answers (needs Rust 1.89).
 //!
 //! # Modules
 //!

@@ -88,6 +88,21 @@ impl EncodedBatch {
     }
 
     /// Marks the batch as the next attempt (for retry policies).
+    /// Each event's uuid and JSON object, in order.
+    pub(crate) fn events(&self) -> impl Iterator<Item = (Uuid, &[u8])> + '_ {
+        let mut start = 0usize;
+        self.uuids
+            .iter()
+            .zip(self.ends.iter())
+            .map(move |(uuid, &end)| {
+                let end = end as usize;
+                let json = &self.events[start..end];
+                // Skip the comma after this event.
+                start = end + 1;
+                (*uuid, json)
+            })
+    }
+
     pub(crate) fn next_attempt(&mut self) {
         self.attempt = self.attempt.saturating_add(1);
     }

@@ -9,6 +9,9 @@
 //! Batch (queue + worker) ─▶ Retry<RetryPolicy> ─▶ Timeout ─▶ CaptureTransport ─▶ POST {host}/batch/
 //! ```
 //!
+//! With the cargo feature `spool`, the client's worker can also keep events that would fail in
+//! an outage on disk and send them later (`PostHogBuilder::spool`; errors in `SpoolError`).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -34,6 +37,7 @@ mod batch;
 mod compression;
 mod encoded;
 mod policy;
+pub(crate) mod spool;
 mod stats;
 mod transport;
 mod v1;
@@ -44,6 +48,8 @@ pub use batch::{
 pub use compression::Compression;
 pub use encoded::EncodedBatch;
 pub use policy::RetryPolicy;
+#[cfg(feature = "spool")]
+pub use spool::SpoolError;
 pub use stats::{Dropped, Refused, Stats, StatsRecorder};
 pub use transport::{CaptureTransport, TransportFuture, AI_BATCH_PATH};
 pub use v1::{

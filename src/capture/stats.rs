@@ -8,9 +8,24 @@ use std::sync::{
 /// A snapshot of the capture pipeline's counters, from
 /// [`PostHog::stats`](crate::PostHog::stats) or [`Batch::stats`](super::Batch::stats).
 ///
-/// Every event `capture` accepted ends up `delivered`, `failed` or in one of the worker's
-/// `dropped` reasons (or is still queued or in flight); every event it refused is counted in
-/// one of the rejection reasons. Nothing disappears without a count.
+/// Every event `capture` accepted ends up `delivered`, `failed`, `spooled` or in one of the
+/// worker's `dropped` reasons (or is still queued or in flight); every event it refused is
+/// counted in one of the rejection reasons. Nothing disappears without a count.
+///
+/// # The spool
+///
+/// With a spool (`PostHogBuilder::spool`, feature `spool`), an event that would have failed
+/// in an outage (or was still undelivered at the shutdown deadline) is written to disk and
+/// counted in `spooled` instead of `failed`: for the events this client captured,
+/// `tried = delivered + failed + dropped + spooled` holds at every flush report.
+///
+/// Events read back from the spool (written by this client or by an earlier one) are a
+/// separate flow with counters of their own: each ends in `spool_replayed` (PostHog
+/// acknowledged it) or `spool_failed` (PostHog refused it for good; reported to `on_error`),
+/// or stays on disk. They are never counted in `delivered` or `failed`, so the two flows add
+/// up separately: events found on disk at open + `spooled` = `spool_replayed` +
+/// `spool_failed` + events still on disk. Records found damaged on disk are counted in
+/// `spool_damaged` (one per damaged region, which is usually one record).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -33,6 +48,18 @@ pub struct Stats {
     pub batches_in_flight: u64,
     /// Events waiting in the queue.
     pub queue_depth: u64,
+    /// Accepted events written to the spool instead of failing (see above); 0 without one.
+    pub spooled: u64,
+    /// Of the `failed` events, those that would have been spooled but did not fit the spool's
+    /// size bound (or could not be written).
+    pub spool_full: u64,
+    /// Events read back from the spool and acknowledged by PostHog.
+    pub spool_replayed: u64,
+    /// Events read back from the spool that PostHog refused for good (reported to
+    /// `on_error`).
+    pub spool_failed: u64,
+    /// Damaged regions (a torn or corrupt record) skipped while reading the spool.
+    pub spool_damaged: u64,
     /// Flag evaluations for HTTP requests ([`RequestFlags`](crate::http::RequestFlags)) that
     /// failed and answered "off".
     pub flag_errors: u64,
@@ -110,6 +137,11 @@ struct Counters {
     requests: AtomicU64,
     in_flight: AtomicU64,
     flag_errors: AtomicU64,
+    spooled: AtomicU64,
+    spool_full: AtomicU64,
+    spool_replayed: AtomicU64,
+    spool_failed: AtomicU64,
+    spool_damaged: AtomicU64,
 }
 
 /// A shared handle to the pipeline's counters. Cheap to clone; give the same recorder to the
@@ -153,6 +185,15 @@ impl StatsRecorder {
         retry => retries,
         request => requests,
         flag_error => flag_errors,
+        spooled => spooled,
+        spool_full => spool_full,
+    }
+
+    #[cfg(feature = "spool")]
+    bump! {
+        spool_replayed => spool_replayed,
+        spool_failed => spool_failed,
+        spool_damaged => spool_damaged,
     }
 
     pub(crate) fn batch_started(&self) {
@@ -189,6 +230,11 @@ impl StatsRecorder {
             batches_in_flight: c.in_flight.load(Relaxed),
             queue_depth: 0,
             flag_errors: c.flag_errors.load(Relaxed),
+            spooled: c.spooled.load(Relaxed),
+            spool_full: c.spool_full.load(Relaxed),
+            spool_replayed: c.spool_replayed.load(Relaxed),
+            spool_failed: c.spool_failed.load(Relaxed),
+            spool_damaged: c.spool_damaged.load(Relaxed),
         }
     }
 }

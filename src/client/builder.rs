@@ -79,6 +79,10 @@ pub struct PostHogBuilder {
     app_version: Option<String>,
     ai_capture_stack: Option<CaptureStack>,
     ai_privacy_mode: bool,
+    #[cfg(feature = "spool")]
+    spool: Option<std::path::PathBuf>,
+    #[cfg(feature = "spool")]
+    spool_max_bytes: u64,
 }
 
 impl PostHogBuilder {
@@ -112,6 +116,10 @@ impl PostHogBuilder {
             app_version: None,
             ai_capture_stack: None,
             ai_privacy_mode: false,
+            #[cfg(feature = "spool")]
+            spool: None,
+            #[cfg(feature = "spool")]
+            spool_max_bytes: crate::capture::spool::DEFAULT_MAX_BYTES,
         }
     }
 
@@ -539,6 +547,78 @@ impl PostHogBuilder {
         self
     }
 
+    /// Keeps events that would fail during a PostHog outage in an on-disk spool in the
+    /// directory `path` (created if missing), and sends them once PostHog answers again
+    /// (cargo feature `spool`). Off by default.
+    ///
+    /// - **What is spooled**: events whose batch exhausted its retries on a transport error,
+    ///   a timeout or a retryable status (408, 429, 5xx), capture v1 events PostHog still
+    ///   answered `retry` for at the last attempt, and events still undelivered when a
+    ///   [`shutdown`](PostHog::shutdown) deadline passes. PostHog's definitive refusals (a
+    ///   400, a capture v1 `drop` or `limited`) are reported failed as without a spool. Each
+    ///   write is `fsync`ed before the events count as [`spooled`](crate::capture::Stats::spooled).
+    /// - **Bound**: [`spool_max_bytes`](Self::spool_max_bytes) (256 MiB by default); events
+    ///   beyond it are reported failed (`on_error`, `stats().failed` and
+    ///   [`spool_full`](crate::capture::Stats::spool_full)), never dropped silently.
+    /// - **Sending it**: a client that opens a spool holding events starts sending them
+    ///   as soon as it runs, before its first batch of new events is due (new events are not
+    ///   held back for it); a running client sends what it spooled after its next batch
+    ///   PostHog accepts, and otherwise tries again after 1 s, 2 s, 4 s, … up to 1 min.
+    ///   Replayed events keep their uuids and timestamps, and are counted in
+    ///   [`spool_replayed`](crate::capture::Stats::spool_replayed) or
+    ///   [`spool_failed`](crate::capture::Stats::spool_failed). A shutdown lets the replay
+    ///   finish within its deadline while PostHog answers; what is left stays on disk.
+    /// - **Duplicates**: a crash (or a deadline) between sending a replayed batch and
+    ///   deleting it from disk sends those events again later; PostHog deduplicates them by
+    ///   uuid.
+    /// - **One client per spool**: the directory is locked; a second client (in this process
+    ///   or another) gets [`BuildError::Spool`] with [`SpoolError::Locked`](crate::capture::SpoolError::Locked).
+    /// - Only the main capture lane is spooled; [AI events](PostHog::capture_ai) fail as
+    ///   without a spool.
+    /// - [`flush`](PostHog::flush) reports spooled events in
+    ///   [`FlushReport::spooled`](crate::capture::FlushReport::spooled) and does not wait for
+    ///   a replay. A future waiting for one spooled event's delivery
+    ///   ([`capture_wait`](PostHog::capture_wait) in [sync mode](Self::sync_mode), `Batch` as
+    ///   a `Service<Event>`) resolves with the delivery error: the event is on disk, not
+    ///   delivered.
+    /// - Disk writes happen on the failure path only, in the sending task (one `fsync` per
+    ///   failed batch) or, at the shutdown deadline, in the worker before the report is
+    ///   published: a shutdown may return later than its deadline by the time that write
+    ///   takes.
+    ///
+    /// What is only in memory when the process is killed (queued events, batches being
+    /// retried) is lost, as without a spool; see RELIABILITY.md.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = std::env::temp_dir().join(format!("posthog-spool-doc-{}", std::process::id()));
+    /// let posthog = posthog_tower::PostHog::builder("phc_project_key")
+    ///     .spool(&dir)
+    ///     .spool_max_bytes(64 * 1024 * 1024)
+    ///     .build()?;
+    /// # posthog.shutdown(std::time::Duration::from_secs(1)).await;
+    /// # drop(posthog);
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "spool")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spool")))]
+    pub fn spool(mut self, path: impl AsRef<std::path::Path>) -> Self {
+        self.spool = Some(path.as_ref().to_owned());
+        self
+    }
+
+    /// The most bytes the [spool](Self::spool) may hold on disk (256 MiB by default); events
+    /// beyond it are reported failed.
+    #[cfg(feature = "spool")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spool")))]
+    pub fn spool_max_bytes(mut self, bytes: u64) -> Self {
+        self.spool_max_bytes = bytes;
+        self
+    }
+
     /// The counters the client will report in [`PostHog::stats`].
     pub fn stats_recorder(&self) -> StatsRecorder {
         self.config.stats_recorder().clone()
@@ -698,6 +778,14 @@ impl PostHogBuilder {
         // The AI lane: batches of its own, with the same settings and the same recorder (so
         // `stats()` adds both lanes up).
         let (ai_batch, ai_worker) = Batch::pair(ai_stack, config.clone());
+        #[cfg(feature = "spool")]
+        let mut config = config;
+        #[cfg(feature = "spool")]
+        if let Some(dir) = &self.spool {
+            let spool = crate::capture::spool::Spool::open(dir, self.spool_max_bytes)
+                .map_err(BuildError::Spool)?;
+            config.spool = Some(Arc::new(spool));
+        }
         let (batch, worker) = Batch::pair(stack, config);
         let worker = worker.join(ai_worker);
         let (local, worker) = match &self.personal_api_key {
@@ -806,8 +894,8 @@ fn flush_from_a_dying_thread(posthog: PostHog) {
 impl fmt::Debug for PostHogBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the API key.
-        f.debug_struct("PostHogBuilder")
-            .field("host", &self.host)
+        let mut f = f.debug_struct("PostHogBuilder");
+        f.field("host", &self.host)
             .field("config", &self.config)
             .field("max_retries", &self.max_retries)
             .field("request_timeout", &self.request_timeout)
@@ -824,8 +912,11 @@ impl fmt::Debug for PostHogBuilder {
             .field("is_server", &self.is_server)
             .field("release_id", &self.release_id)
             .field("app_version", &self.app_version)
-            .field("ai_privacy_mode", &self.ai_privacy_mode)
-            .finish_non_exhaustive()
+            .field("ai_privacy_mode", &self.ai_privacy_mode);
+        #[cfg(feature = "spool")]
+        f.field("spool", &self.spool)
+            .field("spool_max_bytes", &self.spool_max_bytes);
+        f.finish_non_exhaustive()
     }
 }
 

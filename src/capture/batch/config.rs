@@ -42,6 +42,8 @@ pub struct BatchConfig {
     pub(crate) before_send: Option<BeforeSend>,
     pub(crate) on_error: Option<OnError>,
     pub(crate) stats: StatsRecorder,
+    /// Where events go instead of failing in an outage (set by the client builder).
+    pub(crate) spool: Option<Arc<crate::capture::spool::Spool>>,
 }
 
 impl Default for BatchConfig {
@@ -59,6 +61,7 @@ impl Default for BatchConfig {
             before_send: None,
             on_error: None,
             stats: StatsRecorder::new(),
+            spool: None,
         }
     }
 }

@@ -31,8 +31,10 @@ impl Message {
 ///
 /// It counts the events accepted since the previous flush (or since the start) up to the
 /// flush: how many PostHog acknowledged, how many failed definitively (each also reported to
-/// `on_error`), and how many were dropped before sending (by the `before_send` hook, or too
-/// large once enriched).
+/// `on_error`), how many were dropped before sending (by the `before_send` hook, or too
+/// large once enriched), and how many were written to the spool (`PostHogBuilder::spool`,
+/// feature `spool`) instead of failing: `delivered + failed + dropped + spooled` is every
+/// event settled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FlushReport {
@@ -42,6 +44,8 @@ pub struct FlushReport {
     pub failed: u64,
     /// Events dropped before sending.
     pub dropped: u64,
+    /// Events written to the spool instead of failing (an outage, or the shutdown deadline).
+    pub spooled: u64,
 }
 
 impl FlushReport {
@@ -51,6 +55,7 @@ impl FlushReport {
             delivered: self.delivered + other.delivered,
             failed: self.failed + other.failed,
             dropped: self.dropped + other.dropped,
+            spooled: self.spooled + other.spooled,
         }
     }
 }

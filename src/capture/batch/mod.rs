@@ -4,6 +4,8 @@ mod config;
 mod layer;
 mod message;
 mod queue;
+#[cfg(feature = "spool")]
+mod replay;
 mod service;
 mod worker;
 

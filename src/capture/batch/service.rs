@@ -144,6 +144,7 @@ impl Batch {
             reporter: Reporter {
                 stats: config.stats.clone(),
                 on_error: config.on_error.clone(),
+                spool: config.spool.clone(),
             },
             deadline,
             report,

@@ -24,7 +24,10 @@ use super::{
     BatchConfig, FlushReport,
 };
 use crate::{
-    capture::{EncodedBatch, EventRefused, EventResults, StatsRecorder, V1Failure},
+    capture::{
+        policy::classify, spool::Spool, EncodedBatch, EventRefused, EventResults, StatsRecorder,
+        V1Failure,
+    },
     error::{DeadlineElapsed, DropReason},
     net::UnexpectedStatus,
     BoxError, DeliveryError, ErrorReport,
@@ -101,6 +104,7 @@ where
         reporter: Reporter {
             stats: config.stats.clone(),
             on_error: config.on_error.clone(),
+            spool: config.spool.clone(),
         },
         current: Building::new(),
         ready: VecDeque::new(),
@@ -122,6 +126,8 @@ where
 pub(super) struct Reporter {
     pub(super) stats: StatsRecorder,
     pub(super) on_error: Option<super::OnError>,
+    /// Where events go instead of failing in an outage, if the client has a spool.
+    pub(super) spool: Option<Arc<Spool>>,
 }
 
 impl Reporter {
@@ -131,6 +137,41 @@ impl Reporter {
         let error = DeliveryError::new(uuids, source);
         tracing::error!(error = %error, "posthog: batch not delivered");
         ErrorReport::Delivery(error)
+    }
+
+    /// Settles `events`, which failed with `source`: when `outage` (PostHog unreachable or a
+    /// retryable answer, or the shutdown deadline) and the client has a spool, as many as fit
+    /// are written to it and counted spooled; the rest are counted failed. Returns how many
+    /// were spooled, and the report `on_error` must get for the rest.
+    fn spill_or_fail(
+        &self,
+        events: &[(Uuid, &[u8])],
+        source: Arc<BoxError>,
+        outage: bool,
+    ) -> (u64, Option<ErrorReport>) {
+        let mut spooled = 0;
+        if let (true, Some(spool)) = (outage, &self.spool) {
+            spooled = spool.append(events.iter().copied()).unwrap_or(0);
+            if spooled > 0 {
+                self.stats.spooled(spooled as u64);
+                tracing::warn!(
+                    events = spooled,
+                    error = %source,
+                    "posthog: events kept in the spool; they are sent when PostHog answers again"
+                );
+            }
+            let unwritten = events.len() - spooled;
+            if unwritten > 0 {
+                self.stats.spool_full(unwritten as u64);
+                tracing::error!(
+                    events = unwritten,
+                    "posthog: the spool is full (or cannot be written); events reported failed"
+                );
+            }
+        }
+        let rest: Vec<Uuid> = events[spooled..].iter().map(|(uuid, _)| *uuid).collect();
+        let report = (!rest.is_empty()).then(|| self.fail(rest.into(), source));
+        (spooled as u64, report)
     }
 
     /// Counts, logs and reports events a capture v1 answer refused, one report per reason.
@@ -286,11 +327,12 @@ impl Epochs {
     }
 
     /// A batch of epoch `id` ended with these counts.
-    fn batch_done(&mut self, id: u64, delivered: u64, failed: u64) {
+    fn batch_done(&mut self, id: u64, counts: Counts) {
         if let Some(epoch) = self.get(id) {
             epoch.outstanding = epoch.outstanding.saturating_sub(1);
-            epoch.report.delivered += delivered;
-            epoch.report.failed += failed;
+            epoch.report.delivered += counts.delivered;
+            epoch.report.failed += counts.failed;
+            epoch.report.spooled += counts.spooled;
         }
     }
 }
@@ -320,10 +362,18 @@ struct State {
     taken_since_tick: usize,
 }
 
+/// How the events of one batch were settled.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    delivered: u64,
+    failed: u64,
+    spooled: u64,
+}
+
 /// A batch being sent, as the worker tracks it.
 struct InFlight {
     epoch: u64,
-    uuids: Arc<[Uuid]>,
+    batch: EncodedBatch,
     claims: Arc<Claims>,
 }
 
@@ -338,8 +388,7 @@ struct Claims(Mutex<Claimed>);
 struct Claimed {
     /// The worker gave up on the batch: nothing more can be claimed.
     abandoned: bool,
-    delivered: u64,
-    failed: u64,
+    counts: Counts,
     /// The task claimed the whole batch at once (it was not split).
     whole: bool,
     /// The uuids claimed part by part, once the batch was split.
@@ -347,9 +396,10 @@ struct Claimed {
 }
 
 impl Claims {
-    /// Claims `uuids` (all of the batch when `whole`) for the sending task; `false` when the
+    /// Claims `uuids` (all of the batch when `whole`) for the sending task, settling them
+    /// with `settle` (which may write to the spool) while the claim is held; `false` when the
     /// worker abandoned the batch first (it reported them).
-    fn claim(&self, uuids: &[Uuid], whole: bool, delivered: u64, failed: u64) -> bool {
+    fn claim(&self, uuids: &[Uuid], whole: bool, settle: impl FnOnce() -> Counts) -> bool {
         let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if c.abandoned {
             return false;
@@ -359,14 +409,16 @@ impl Claims {
         } else {
             c.parts.extend(uuids.iter().copied());
         }
-        c.delivered += delivered;
-        c.failed += failed;
+        let counts = settle();
+        c.counts.delivered += counts.delivered;
+        c.counts.failed += counts.failed;
+        c.counts.spooled += counts.spooled;
         true
     }
 
-    /// Abandons the batch: returns its counts and the uuids nobody claimed, which the caller
-    /// reports failed (and which are counted failed here).
-    fn abandon(&self, all: &[Uuid]) -> (u64, u64, Vec<Uuid>) {
+    /// Abandons the batch: returns what its task settled and the uuids nobody claimed, which
+    /// the caller settles.
+    fn abandon(&self, all: &[Uuid]) -> (Counts, Vec<Uuid>) {
         let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
         c.abandoned = true;
         let rest: Vec<Uuid> = if c.whole {
@@ -379,13 +431,11 @@ impl Claims {
                 .filter(|u| !c.parts.contains(u))
                 .collect()
         };
-        c.failed += rest.len() as u64;
-        (c.delivered, c.failed, rest)
+        (c.counts, rest)
     }
 
-    fn counts(&self) -> (u64, u64) {
-        let c = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        (c.delivered, c.failed)
+    fn counts(&self) -> Counts {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).counts
     }
 }
 
@@ -471,7 +521,7 @@ impl State {
             let Some(ready) = self.ready.pop_front() else {
                 break;
             };
-            let uuids = ready.batch.uuids().clone();
+            let batch = ready.batch.clone();
             let claims = Arc::new(Claims::default());
             self.reporter.stats.batch_started();
             let handle = self.in_flight.spawn(send(
@@ -485,7 +535,7 @@ impl State {
                 handle.id(),
                 InFlight {
                     epoch: ready.epoch,
-                    uuids,
+                    batch,
                     claims,
                 },
             );
@@ -499,23 +549,25 @@ impl State {
             return;
         };
         self.reporter.stats.batch_finished();
-        let (delivered, failed) = match error {
+        let counts = match error {
             None => info.claims.counts(),
             Some(source) => {
-                let (delivered, failed, rest) = info.claims.abandon(&info.uuids);
+                let (mut counts, rest) = info.claims.abandon(info.batch.uuids());
                 if !rest.is_empty() {
+                    counts.failed += rest.len() as u64;
                     let error = self.reporter.fail(rest.into(), source);
                     self.reporter.tell(&error);
                 }
-                (delivered, failed)
+                counts
             }
         };
-        self.epochs.batch_done(info.epoch, delivered, failed);
+        self.epochs.batch_done(info.epoch, counts);
         self.epochs.settle();
     }
 
     /// The shutdown deadline passed: nothing more is sent, everything not yet settled is
-    /// counted failed, and every waiting flush is answered. Returns what `on_error` must be
+    /// spooled (with a spool, as far as it fits) or counted failed, and every waiting flush
+    /// is answered. Returns what `on_error` must be
     /// told, for after the report is published: a slow callback must not stretch the
     /// deadline.
     fn abandon(&mut self, queue: &mut Consumer, deadline: Duration) -> Vec<ErrorReport> {
@@ -526,20 +578,32 @@ impl State {
         self.in_flight.abort_all();
         for (_, info) in std::mem::take(&mut self.in_flight_info) {
             self.reporter.stats.batch_finished();
-            let (delivered, failed, rest) = info.claims.abandon(&info.uuids);
+            let (mut counts, rest) = info.claims.abandon(info.batch.uuids());
             if !rest.is_empty() {
-                reports.push(self.reporter.fail(rest.into(), source.clone()));
+                let rest: HashSet<Uuid> = rest.into_iter().collect();
+                let events: Vec<(Uuid, &[u8])> = info
+                    .batch
+                    .events()
+                    .filter(|(uuid, _)| rest.contains(uuid))
+                    .collect();
+                let (spooled, report) = self.reporter.spill_or_fail(&events, source.clone(), true);
+                counts.spooled += spooled;
+                counts.failed += events.len() as u64 - spooled;
+                reports.extend(report);
             }
-            self.epochs.batch_done(info.epoch, delivered, failed);
+            self.epochs.batch_done(info.epoch, counts);
         }
         self.close_current();
         for ready in std::mem::take(&mut self.ready) {
-            let count = ready.batch.len() as u64;
-            reports.push(
-                self.reporter
-                    .fail(ready.batch.uuids().clone(), source.clone()),
-            );
-            self.epochs.batch_done(ready.epoch, 0, count);
+            let events: Vec<(Uuid, &[u8])> = ready.batch.events().collect();
+            let (spooled, report) = self.reporter.spill_or_fail(&events, source.clone(), true);
+            reports.extend(report);
+            let counts = Counts {
+                delivered: 0,
+                failed: events.len() as u64 - spooled,
+                spooled,
+            };
+            self.epochs.batch_done(ready.epoch, counts);
         }
         queue.close();
         let mut leftover = Vec::new();
@@ -551,13 +615,20 @@ impl State {
             for message in messages.drain(..) {
                 match message {
                     Message::Flush(reply) => self.epochs.current().waiters.push(reply),
-                    Message::Event { uuid, .. } => leftover.push(uuid),
+                    Message::Event { uuid, json, .. } => leftover.push((uuid, json)),
                 }
             }
         }
         if !leftover.is_empty() {
-            self.epochs.current().report.failed += leftover.len() as u64;
-            reports.push(self.reporter.fail(leftover.into(), source));
+            let events: Vec<(Uuid, &[u8])> = leftover
+                .iter()
+                .map(|(uuid, json)| (*uuid, json.as_slice()))
+                .collect();
+            let (spooled, report) = self.reporter.spill_or_fail(&events, source, true);
+            reports.extend(report);
+            let report = &mut self.epochs.current().report;
+            report.failed += events.len() as u64 - spooled;
+            report.spooled += spooled;
         }
         let dropped = queue.signal.dropped_at_capture.swap(0, Ordering::Relaxed);
         self.epochs.current().report.dropped += dropped;
@@ -665,6 +736,16 @@ where
     S::Response: Send + 'static,
 {
     let signal = queue.signal.clone();
+    // With a spool: the task that sends what it holds once PostHog answers.
+    #[cfg(feature = "spool")]
+    let replay = state.reporter.spool.clone().map(|spool| {
+        let sizes = super::replay::Sizes {
+            events: state.config.flush_at,
+            bytes: state.config.max_batch_bytes,
+            in_flight: state.config.max_in_flight,
+        };
+        super::replay::Replay::start(service.clone(), spool, state.reporter.clone(), sizes)
+    });
     let mut messages = Vec::with_capacity(RECV_CHUNK);
     let mut receiving = true;
     // Look at the queue on the next turn of the loop.
@@ -794,6 +875,15 @@ where
         }
     }
     state.epochs.settle();
+    #[cfg(feature = "spool")]
+    if let Some(replay) = replay {
+        // Finish sending the spool while PostHog answers, within the shutdown deadline.
+        replay.finish(shutdown.map(|(at, _)| at)).await;
+    }
+    if let Some(spool) = &state.reporter.spool {
+        // Nothing is spooled or replayed by this client any more: free the directory.
+        spool.close();
+    }
     let report = final_rx.try_recv().unwrap_or_default();
     channels.report.send_replace(Some(report));
     for error in &late_reports {
@@ -831,7 +921,7 @@ impl Settled {
 
 /// The per-event results in a response, when the service below answers capture v1's
 /// [`EventResults`] (any other response means "all delivered").
-fn refusals<R: 'static>(response: R) -> Vec<(Uuid, EventRefused)> {
+pub(super) fn refusals<R: 'static>(response: R) -> Vec<(Uuid, EventRefused)> {
     let mut response = Some(response);
     (&mut response as &mut dyn Any)
         .downcast_mut::<Option<EventResults>>()
@@ -841,7 +931,7 @@ fn refusals<R: 'static>(response: R) -> Vec<(Uuid, EventRefused)> {
 }
 
 /// Keeps the refusals of events of `batch` (a server may name others), each once.
-fn of_batch(
+pub(super) fn of_batch(
     mut refused: Vec<(Uuid, EventRefused)>,
     batch: &EncodedBatch,
 ) -> Vec<(Uuid, EventRefused)> {
@@ -915,6 +1005,13 @@ async fn send<S>(
         };
         let failed = settled.failed_count().min(batch.len());
         let delivered = batch.len() - failed;
+        // PostHog unreachable or answering a retryable failure (after the retries): with a
+        // spool, the failed events go to disk instead. Definitive refusals stay failed.
+        let outage = reporter.spool.is_some()
+            && settled
+                .failed
+                .as_ref()
+                .is_some_and(|(_, source)| classify(source).is_some());
         if failed > 0 && reporter.on_error.is_some() {
             // `on_error`, told below, may block this thread for as long as it likes, and a
             // task woken on this thread waits in its LIFO slot, where no other thread can
@@ -923,22 +1020,88 @@ async fn send<S>(
             // events to the worker, which reports them.
             tokio::task::yield_now().await;
         }
-        if !claims.claim(
-            batch.uuids(),
-            batch.len() == whole,
-            delivered as u64,
-            failed as u64,
-        ) {
-            // The shutdown deadline passed and the worker reported the rest failed.
+        let mut unspooled = None;
+        // The per-event refusals to report: with a spool, those left at `retry` after the
+        // last attempt (PostHog asking for the event later) are spooled instead.
+        let mut to_refuse = settled.refused.clone();
+        let claimed = claims.claim(batch.uuids(), batch.len() == whole, || {
+            let mut counts = Counts {
+                delivered: delivered as u64,
+                failed: failed as u64,
+                spooled: 0,
+            };
+            if let (true, Some((uuids, source))) = (outage, &settled.failed) {
+                // Written while the claim is held, so the worker abandoning the batch at the
+                // deadline cannot settle these events too.
+                let events: Vec<(Uuid, &[u8])> = if uuids.len() == batch.len() {
+                    batch.events().collect()
+                } else {
+                    let failed: HashSet<&Uuid> = uuids.iter().collect();
+                    batch
+                        .events()
+                        .filter(|(uuid, _)| failed.contains(uuid))
+                        .collect()
+                };
+                let (spooled, report) = reporter.spill_or_fail(&events, source.clone(), true);
+                counts.spooled = spooled;
+                counts.failed -= spooled;
+                unspooled = Some(report);
+            }
+            if let Some(spool) = &reporter.spool {
+                let retry: HashSet<Uuid> = to_refuse
+                    .iter()
+                    .filter(|(_, refused)| refused.result() == "retry")
+                    .map(|(uuid, _)| *uuid)
+                    .collect();
+                if !retry.is_empty() {
+                    let events: Vec<(Uuid, &[u8])> = batch
+                        .events()
+                        .filter(|(uuid, _)| retry.contains(uuid))
+                        .collect();
+                    let n = spool.append(events.iter().copied()).unwrap_or(0);
+                    if n > 0 {
+                        reporter.stats.spooled(n as u64);
+                        tracing::warn!(
+                            events = n,
+                            "posthog: events PostHog asked to retry kept in the spool"
+                        );
+                    }
+                    if events.len() > n {
+                        reporter.stats.spool_full((events.len() - n) as u64);
+                    }
+                    let spooled: HashSet<Uuid> = events[..n].iter().map(|(u, _)| *u).collect();
+                    to_refuse.retain(|(uuid, _)| !spooled.contains(uuid));
+                    counts.failed -= n as u64;
+                    counts.spooled += n as u64;
+                }
+            }
+            counts
+        });
+        if !claimed {
+            // The shutdown deadline passed and the worker settled the rest.
             return;
         }
         if delivered > 0 {
             reporter.stats.delivered(delivered as u64);
+            if let Some(spool) = &reporter.spool {
+                // PostHog answers: send what the spool holds.
+                spool.wake_if_pending();
+            }
         }
-        reporter.refused(&settled.refused);
-        if let Some((uuids, source)) = &settled.failed {
-            let error = reporter.fail(uuids.clone(), source.clone());
-            reporter.tell(&error);
+        reporter.refused(&to_refuse);
+        match unspooled {
+            // Spooled, or counted failed (and reported) as far as the spool had no room.
+            Some(report) => {
+                if let Some(error) = report {
+                    reporter.tell(&error);
+                }
+            }
+            None => {
+                if let Some((uuids, source)) = &settled.failed {
+                    let error = reporter.fail(uuids.clone(), source.clone());
+                    reporter.tell(&error);
+                }
+            }
         }
         if !notify.is_empty() {
             let uuids = batch.uuids();
