@@ -62,6 +62,8 @@
 //!   PostHog person and captures Sentry's errors in PostHog (`sentry-core` 0.49).
 //! - `brotli`, `zstd`: capture v1 bodies encoded with Brotli or Zstandard
 //!   ([`capture::Compression`]); gzip and deflate need no feature.
+//! - `reqwest`: [`http::PropagateContext`] around a `reqwest::Client`, carrying the caller's
+//!   ids to your other services.
 //!
 //! # Modules
 //!
@@ -182,7 +184,7 @@ pub use error::{
     PropertyError,
 };
 pub use event::{Event, Properties};
-pub use integrations::global::{global, init, take_global};
+pub use integrations::global::{capture_panics, global, init, missed_without_global, take_global};
 pub use time::{Timestamp, TimestampError};
 pub use uuid::Uuid;
 
