@@ -302,19 +302,27 @@ async fn serverless(
     let function = tower::ServiceBuilder::new()
         .layer(posthog.flush_layer().timeout(Duration::from_secs(2)))
         .layer(posthog.layer())
-        .service(tower::service_fn(move |_request: http::Request<Empty<Bytes>>| {
-            let ph = ph.clone();
-            async move {
-                let _ = ph.capture(Event::named("invoice generated").property("pages", 2));
-                Ok::<_, std::convert::Infallible>(http::Response::new("invoice ready".to_owned()))
-            }
-        }));
+        .service(tower::service_fn(
+            move |_request: http::Request<Empty<Bytes>>| {
+                let ph = ph.clone();
+                async move {
+                    let _ = ph.capture(Event::named("invoice generated").property("pages", 2));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        "invoice ready".to_owned(),
+                    ))
+                }
+            },
+        ));
     let received_before = mock.map_or(0, |m| m.events().len());
     let request = http::Request::post("https://billing.example/invoices")
         .header("x-posthog-distinct-id", "user-42")
         .body(Empty::new())?;
     let response = function.oneshot(request).await?;
-    println!("POST /invoices -> {}: {}", response.status(), response.body());
+    println!(
+        "POST /invoices -> {}: {}",
+        response.status(),
+        response.body()
+    );
     if let Some(mock) = mock {
         // Read as soon as the response is back: no flush() was called.
         let delivered = mock.events().len() - received_before;

@@ -321,7 +321,8 @@ impl Generation {
     /// [`output_choices`](Self::output_choices) from JSON text `serde_json` parsed or the
     /// crate wrote.
     pub(crate) fn output_choices_json(mut self, output: Bytes) -> Self {
-        self.0.set_content("$ai_output_choices", Content::Raw(output));
+        self.0
+            .set_content("$ai_output_choices", Content::Raw(output));
         self
     }
 

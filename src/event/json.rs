@@ -59,21 +59,33 @@ pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
 }
 
 /// Appends the JSON text `json`, known to be valid (parsed by `serde_json`, or written by the
-/// crate), without the whitespace between its tokens; fails, leaving `out` as it was, when
-/// its arrays and objects nest deeper than [`MAX_DEPTH`](super::convert::MAX_DEPTH). One pass,
-/// no value built: the raw input and output of an LLM call are copied this way.
+/// crate); fails, leaving `out` as it was, when its arrays and objects nest deeper than
+/// [`MAX_DEPTH`](super::convert::MAX_DEPTH). No value is built: the raw input and output of
+/// an LLM call are copied this way. A value with few brackets is copied as it is; one with
+/// many is scanned for its depth, and its whitespace between tokens left out on the way.
 pub(crate) fn write_compact(
     out: &mut Vec<u8>,
     json: &[u8],
 ) -> Result<(), crate::error::PropertyError> {
+    // The usual case, at memory speed: with no more opening brackets than the nesting
+    // allowed (counting those inside strings too), the value cannot nest too deep, and it is
+    // copied as it is, whitespace included (valid JSON all the same).
+    if json.len() <= 2 * super::convert::MAX_DEPTH
+        || json.iter().filter(|&&b| b == b'[' || b == b'{').count() <= super::convert::MAX_DEPTH
+    {
+        out.extend_from_slice(json);
+        return Ok(());
+    }
     let start = out.len();
     out.reserve(json.len());
     let mut depth = 0usize;
     let mut rest = json;
-    while let Some(at) = rest
-        .iter()
-        .position(|b| matches!(b, b'"' | b'[' | b'{' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'))
-    {
+    while let Some(at) = rest.iter().position(|b| {
+        matches!(
+            b,
+            b'"' | b'[' | b'{' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'
+        )
+    }) {
         out.extend_from_slice(&rest[..at]);
         let byte = rest[at];
         rest = &rest[at + 1..];
@@ -384,21 +396,42 @@ mod tests {
 
     #[test]
     fn compact_copies_drop_whitespace_outside_strings_and_refuse_deep_nesting() {
-        let pretty = "{\n  \"a b\": [1, 2.5, {\"c\": \"x \\\" ] }\"}],\n  \"d\":\ttrue, \"e\": null }";
+        let pretty =
+            "{\n  \"a b\": [1, 2.5, {\"c\": \"x \\\" ] }\"}],\n  \"d\":\ttrue, \"e\": null }";
+        let mut out = b"k:".to_vec();
+        write_compact(&mut out, pretty.as_bytes()).unwrap();
+        assert_eq!(
+            &out[2..],
+            pretty.as_bytes(),
+            "few brackets: copied as it is"
+        );
+        // Many brackets: scanned, and compacted on the way.
+        let padding = "[".repeat(60) + &"]".repeat(60);
+        let pretty = format!("[{padding}, {padding}, {pretty}]");
         let mut out = b"k:".to_vec();
         write_compact(&mut out, pretty.as_bytes()).unwrap();
         let compact = String::from_utf8(out[2..].to_vec()).unwrap();
-        assert_eq!(compact, r#"{"a b":[1,2.5,{"c":"x \" ] }"}],"d":true,"e":null}"#);
-        let parsed: serde_json::Value = serde_json::from_str(&compact).unwrap();
-        assert_eq!(parsed, serde_json::from_str::<serde_json::Value>(pretty).unwrap());
-        let escaped_backslash = r#"["a\\", "b"]"#;
+        let compact = compact
+            .strip_prefix(&format!("[{padding},{padding},"))
+            .and_then(|c| c.strip_suffix(']'))
+            .unwrap();
+        assert_eq!(
+            compact,
+            r#"{"a b":[1,2.5,{"c":"x \" ] }"}],"d":true,"e":null}"#
+        );
+        let escaped_backslash = format!(r#"[{padding}, {padding}, "a\\", "b"]"#);
         let mut out = Vec::new();
         write_compact(&mut out, escaped_backslash.as_bytes()).unwrap();
-        assert_eq!(out, br#"["a\\","b"]"#);
+        assert_eq!(
+            out,
+            format!(r#"[{padding},{padding},"a\\","b"]"#).as_bytes()
+        );
 
         let deep = "[".repeat(101) + &"]".repeat(101);
         let mut out = b"kept".to_vec();
-        assert!(write_compact(&mut out, deep.as_bytes()).unwrap_err().is_too_deep());
+        assert!(write_compact(&mut out, deep.as_bytes())
+            .unwrap_err()
+            .is_too_deep());
         assert_eq!(out, b"kept", "left as it was");
         let ok = "[".repeat(100) + &"]".repeat(100);
         assert!(write_compact(&mut Vec::new(), ok.as_bytes()).is_ok());

@@ -313,12 +313,7 @@ impl PostHogTracingLayer {
 
     /// Captures the event as an `$exception` (the rate limit admitted it).
     #[inline(never)]
-    fn capture_exception(
-        posthog: &PostHog,
-        meta: &Metadata<'_>,
-        fields: Fields,
-        common: Common,
-    ) {
+    fn capture_exception(posthog: &PostHog, meta: &Metadata<'_>, fields: Fields, common: Common) {
         let (value, causes) = match (fields.message, fields.error) {
             (Some(message), causes) => (message, causes),
             (None, Some(causes)) => (causes.message().to_owned(), Some(causes.sources())),

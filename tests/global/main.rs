@@ -152,12 +152,17 @@ async fn the_global_panic_hook_captures_through_whichever_client_is_set() {
     let report = posthog.flush().await;
     assert_eq!(report.delivered, 2, "{report:?}");
     let events = mock.events();
-    let exceptions: Vec<&Value> = events.iter().filter(|e| e["event"] == "$exception").collect();
+    let exceptions: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "$exception")
+        .collect();
     assert_eq!(exceptions.len(), 1, "{events:#?}");
     let entry = &exceptions[0]["properties"]["$exception_list"][0];
     assert_eq!(entry["value"], "after init");
     assert_eq!(entry["mechanism"]["type"], "panic");
-    assert!(events.iter().any(|e| e["event"] == "through the explicit handle"));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "through the explicit handle"));
     // One client: its counters have both.
     assert_eq!(posthog.stats().delivered, 2);
     assert_eq!(posthog_tower::missed_without_global(), missed + 1);
@@ -171,9 +176,8 @@ async fn the_global_tracing_layer_captures_through_whichever_client_is_set() {
 
     let _one_at_a_time = GLOBAL.lock().await;
     let mock = start_mock().await;
-    let subscriber = tracing_subscriber::registry().with(
-        PostHogTracingLayer::global().capture_events(|meta| meta.target() == "audit"),
-    );
+    let subscriber = tracing_subscriber::registry()
+        .with(PostHogTracingLayer::global().capture_events(|meta| meta.target() == "audit"));
     let dispatch = tracing::Dispatch::new(subscriber);
     let log = |message: &'static str| {
         tracing::dispatcher::with_default(&dispatch, || {
@@ -197,10 +201,17 @@ async fn the_global_tracing_layer_captures_through_whichever_client_is_set() {
     let report = posthog.flush().await;
     assert_eq!(report.delivered, 3, "{report:?}");
     let events = mock.events();
-    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(
         names,
-        ["$exception", "export downloaded", "through the explicit handle"]
+        [
+            "$exception",
+            "export downloaded",
+            "through the explicit handle"
+        ]
     );
     assert_eq!(
         events[0]["properties"]["$exception_list"][0]["value"],

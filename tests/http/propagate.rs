@@ -150,14 +150,16 @@ async fn server_a_reqwest(posthog: &PostHog, b: SocketAddr, allowed: &str) -> So
     let app = Router::new()
         .route(
             "/call",
-            get(move |State((http, client)): State<(reqwest::Client, Reqwest)>| async move {
-                let request = http
-                    .get(format!("http://{b}/lookup"))
-                    .build()
-                    .expect("request");
-                let response = client.oneshot(request).await.expect("B answers");
-                response.text().await.expect("body")
-            }),
+            get(
+                move |State((http, client)): State<(reqwest::Client, Reqwest)>| async move {
+                    let request = http
+                        .get(format!("http://{b}/lookup"))
+                        .build()
+                        .expect("request");
+                    let response = client.oneshot(request).await.expect("B answers");
+                    response.text().await.expect("body")
+                },
+            ),
         )
         .with_state((http, client))
         .layer(posthog.layer());
@@ -179,7 +181,10 @@ async fn reqwest_carries_the_caller_to_an_allowed_service() {
     let events = mock.events();
     let found = looked_up(&events);
     assert_eq!(found.len(), 1, "{events:#?}");
-    assert_eq!(found[0]["distinct_id"], "user-7", "B's event is A's caller's");
+    assert_eq!(
+        found[0]["distinct_id"], "user-7",
+        "B's event is A's caller's"
+    );
     assert_eq!(found[0]["properties"]["$session_id"], "session-7");
     assert_eq!(found[0]["properties"]["$window_id"], "window-7");
 }
@@ -215,6 +220,9 @@ async fn reqwest_to_a_host_not_allowed_carries_nothing() {
     let a = server_a_reqwest(&posthog, b, &other_port).await;
     assert_eq!(call_a(a).await, "ok");
     for _ in 0..2 {
-        assert_eq!(seen.recv().await.expect("B was called"), Vec::<String>::new());
+        assert_eq!(
+            seen.recv().await.expect("B was called"),
+            Vec::<String>::new()
+        );
     }
 }

@@ -140,9 +140,7 @@ impl Batch {
         let shared = Arc::new(Pipeline {
             closed: AtomicBool::new(false),
             capacity: config.max_queue_size,
-            max_event_size: config
-                .max_event_bytes
-                .saturating_sub(encoder.added_len()),
+            max_event_size: config.max_event_bytes.saturating_sub(encoder.added_len()),
             event_limit: config.max_event_bytes,
             encoder,
             before_send: config.before_send.clone(),
@@ -395,7 +393,11 @@ impl Batch {
                 // The uuid and timestamp stay those `capture` returned and stamped.
                 event.inner.uuid = Some(uuid);
                 event.inner.timestamp = Some(timestamp);
-                match crate::event::validate(&event, self.shared.max_event_size, self.shared.event_limit) {
+                match crate::event::validate(
+                    &event,
+                    self.shared.max_event_size,
+                    self.shared.event_limit,
+                ) {
                     Ok(()) => Ok(event),
                     Err(CaptureError::EventTooLarge { size, limit }) => {
                         Err(Some(DropReason::TooLarge { size, limit }))

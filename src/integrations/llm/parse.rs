@@ -237,7 +237,10 @@ pub(crate) fn read_request(
                     Some(prepend_message(
                         "system",
                         instructions.get(),
-                        Some(&format!("[{{\"role\":\"user\",\"content\":{}}}]", input.get())),
+                        Some(&format!(
+                            "[{{\"role\":\"user\",\"content\":{}}}]",
+                            input.get()
+                        )),
                     ))
                 }
                 (Some(instructions), Some(input)) if is_array(input) == Some(true) => Some(
@@ -855,7 +858,7 @@ mod tests {
     use serde_json::json;
 
     fn feed(reader: &mut AnswerReader, data: &[u8]) {
-        feed(&mut reader, &Bytes::copy_from_slice(data));
+        reader.feed(&Bytes::copy_from_slice(data));
     }
 
     fn parsed(json: &Option<Bytes>) -> Option<Value> {
@@ -898,7 +901,12 @@ mod tests {
     #[test]
     fn include_usage_is_added_only_when_asked_and_missing() {
         let body = json!({"model": "m", "stream": true, "messages": []}).to_string();
-        let (info, rewritten) = read_request(Api::ChatCompletions, &Bytes::from(body.clone()), true, false);
+        let (info, rewritten) = read_request(
+            Api::ChatCompletions,
+            &Bytes::from(body.clone()),
+            true,
+            false,
+        );
         assert!(info.stream);
         let rewritten: Value = serde_json::from_slice(&rewritten.unwrap()).unwrap();
         assert_eq!(rewritten["stream_options"]["include_usage"], true);
@@ -967,7 +975,10 @@ mod tests {
     fn a_responses_stream_and_document() {
         let mut reader = AnswerReader::new(Api::Responses, true, true);
         feed(&mut reader, b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Bon\"}\n\n");
-        feed(&mut reader, b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"jour\"}\n\n");
+        feed(
+            &mut reader,
+            b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"jour\"}\n\n",
+        );
         feed(&mut reader, b"data: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":6,\"output_tokens\":2}}}\n\n");
         reader.finish(false);
         let answer = reader.answer;
@@ -998,7 +1009,10 @@ mod tests {
     #[test]
     fn an_error_answer_is_kept_for_ai_error() {
         let mut reader = AnswerReader::new(Api::ChatCompletions, false, true);
-        feed(&mut reader, br#"{"error":{"message":"Rate limit","type":"rate_limit"}}"#);
+        feed(
+            &mut reader,
+            br#"{"error":{"message":"Rate limit","type":"rate_limit"}}"#,
+        );
         reader.finish(true);
         assert_eq!(reader.answer.error.unwrap()["message"], "Rate limit");
     }
@@ -1016,9 +1030,16 @@ mod tests {
         );
         assert_eq!(info.model.as_deref(), Some("m"));
         assert!(!info.stream);
-        assert_eq!(parsed(&info.input), Some(json!([{"role": "user", "content": "Hi"}])));
-        let parameters: Value = serde_json::from_slice(info.parameters.as_deref().unwrap()).unwrap();
-        assert_eq!(parameters, json!({"temperature": 0.5, "stop": ["x"], "stream": false}));
+        assert_eq!(
+            parsed(&info.input),
+            Some(json!([{"role": "user", "content": "Hi"}]))
+        );
+        let parameters: Value =
+            serde_json::from_slice(info.parameters.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            parameters,
+            json!({"temperature": 0.5, "stop": ["x"], "stream": false})
+        );
 
         let info = request(
             Api::Responses,
@@ -1026,10 +1047,15 @@ mod tests {
         );
         assert_eq!(
             parsed(&info.input),
-            Some(json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]))
+            Some(
+                json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+            )
         );
         let info = request(Api::Responses, json!({"input": "Hi"}));
-        assert_eq!(parsed(&info.input), Some(json!([{"role": "user", "content": "Hi"}])));
+        assert_eq!(
+            parsed(&info.input),
+            Some(json!([{"role": "user", "content": "Hi"}]))
+        );
         assert!(info.parameters.is_none());
         let info = request(
             Api::Responses,
@@ -1051,7 +1077,10 @@ mod tests {
         assert_eq!(parsed(&info.input), Some(json!(["a", "b"])));
         // Privacy mode reads no input; a body that is no object gives nothing.
         let body = Bytes::from(json!({"messages": [1]}).to_string());
-        assert!(read_request(Api::ChatCompletions, &body, false, true).0.input.is_none());
+        assert!(read_request(Api::ChatCompletions, &body, false, true)
+            .0
+            .input
+            .is_none());
         let (info, _) = read_request(Api::ChatCompletions, &Bytes::from("[1, 2]"), false, false);
         assert!(info.model.is_none() && info.input.is_none());
     }
@@ -1063,7 +1092,8 @@ mod tests {
             {"index": 1, "message": {"role": "assistant", "content": "B"}, "finish_reason": "length"}
         ], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 0}}})
         .to_string();
-        let expected = json!([{"role": "assistant", "content": "A"}, {"role": "assistant", "content": "B"}]);
+        let expected =
+            json!([{"role": "assistant", "content": "A"}, {"role": "assistant", "content": "B"}]);
         for pieces in [1, 5] {
             let mut reader = AnswerReader::new(Api::ChatCompletions, false, true);
             for piece in answer.as_bytes().chunks(answer.len().div_ceil(pieces)) {
@@ -1084,6 +1114,9 @@ mod tests {
         reader.finish(false);
         assert_eq!(reader.answer.output_tokens, Some(1));
         assert_eq!(reader.answer.input_tokens, None);
-        assert_eq!(parsed(&reader.answer.output), Some(json!([{"content": "C"}])));
+        assert_eq!(
+            parsed(&reader.answer.output),
+            Some(json!([{"content": "C"}]))
+        );
     }
 }
