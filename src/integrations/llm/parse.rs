@@ -852,6 +852,18 @@ fn read_anthropic_usage(answer: &mut Answer, usage: Option<&Value>) {
     }
 }
 
+/// Not public API: lets `benches/ai_layer.rs` time what [`AiLayer`](super::AiLayer) reads of a
+/// call (its request, and its JSON answer), without building or capturing the event.
+#[cfg(feature = "__bench")]
+#[doc(hidden)]
+pub fn bench_read_chat_call(request: &Bytes, answer: &Bytes) -> usize {
+    let (info, _) = read_request(Api::ChatCompletions, request, false, false);
+    let mut reader = AnswerReader::new(Api::ChatCompletions, false, true);
+    reader.feed(answer);
+    reader.finish(false);
+    info.input.map_or(0, |i| i.len()) + reader.answer.output.map_or(0, |o| o.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
