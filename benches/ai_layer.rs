@@ -14,6 +14,9 @@
 //! - `ai_layer/layer`, `ai_layer/layer_stream`: the same on a working client: the event is
 //!   also validated, encoded and queued (the worker drains the queue between timed chunks into
 //!   a `service_fn` that acknowledges batches at once).
+//! - `ai_layer/read_only`: what the layer reads of the JSON call alone (the request's model,
+//!   parameters and messages, the answer's model, usage, stop reason and choices), without
+//!   the event: `layer_disabled` less `bare` less this is building and checking the event.
 
 use std::{
     convert::Infallible,
@@ -160,6 +163,20 @@ fn ai_layer(c: &mut Criterion) {
         run(name, false, layered.clone());
         run(&format!("{name}_stream"), true, layered);
     }
+    // What the layer reads of a JSON call (its request and answer), without the event: the
+    // rest of `layer_disabled` over `bare` is building and checking the event.
+    let request_body = request(false).into_body();
+    let request_body = rt.block_on(async { request_body.collect().await.map(|b| b.to_bytes()) });
+    let request_body = request_body.expect("in memory");
+    let answer = Bytes::from_static(ANSWER.as_bytes());
+    group.bench_function("read_only", |b| {
+        b.iter(|| {
+            black_box(posthog_tower::integrations::llm::bench_read_chat_call(
+                black_box(&request_body),
+                black_box(&answer),
+            ))
+        })
+    });
     group.finish();
 
     let stats = posthog.stats();

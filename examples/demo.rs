@@ -1,5 +1,6 @@
 //! The demo: capture a realistic handful of events, then run an axum app behind
-//! `PostHogLayer`, and show what PostHog received.
+//! `PostHogLayer` (with tags, and the caller carried to a second service), then a serverless
+//! function behind the flush layer, and show what PostHog received.
 //!
 //! ```text
 //! cargo run --example demo
@@ -119,6 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     web_app(&posthog, mock.as_ref(), &cookie_name).await?;
+    serverless(&posthog, mock.as_ref()).await?;
 
     let stats = posthog.stats();
     println!(
@@ -283,6 +285,51 @@ async fn web_app(
             print_event(event);
         }
         println!("/flags requests: {}", mock.requests_to("/flags/").len());
+    }
+    Ok(())
+}
+
+/// Part three: a serverless function (AWS Lambda through `lambda_http`, any per-invocation
+/// host) whose process may be frozen as soon as it answers: `posthog.flush_layer()` delivers
+/// what the invocation captured before the answer is handed back, with no `flush()` call in
+/// the handler.
+async fn serverless(
+    posthog: &PostHog,
+    mock: Option<&MockPostHog>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("\n--- a serverless function behind posthog.flush_layer() ---\n");
+    let ph = posthog.clone();
+    let function = tower::ServiceBuilder::new()
+        .layer(posthog.flush_layer().timeout(Duration::from_secs(2)))
+        .layer(posthog.layer())
+        .service(tower::service_fn(
+            move |_request: http::Request<Empty<Bytes>>| {
+                let ph = ph.clone();
+                async move {
+                    let _ = ph.capture(Event::named("invoice generated").property("pages", 2));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        "invoice ready".to_owned(),
+                    ))
+                }
+            },
+        ));
+    let received_before = mock.map_or(0, |m| m.events().len());
+    let request = http::Request::post("https://billing.example/invoices")
+        .header("x-posthog-distinct-id", "user-42")
+        .body(Empty::new())?;
+    let response = function.oneshot(request).await?;
+    println!(
+        "POST /invoices -> {}: {}",
+        response.status(),
+        response.body()
+    );
+    if let Some(mock) = mock {
+        // Read as soon as the response is back: no flush() was called.
+        let delivered = mock.events().len() - received_before;
+        println!("delivered before the response was handed back: {delivered} event(s)");
+        for event in mock.events().iter().skip(received_before) {
+            print_event(event);
+        }
     }
     Ok(())
 }

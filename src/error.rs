@@ -36,7 +36,8 @@ pub enum CaptureError {
     EventTooLarge {
         /// The event's serialized size in bytes (an estimate at capture time).
         size: usize,
-        /// The limit in bytes (900 KiB).
+        /// The limit in bytes: 900 KiB, or 8 MiB on the AI lane
+        /// ([`PostHog::capture_ai`](crate::PostHog::capture_ai)).
         limit: usize,
     },
     /// The queue is full: the worker cannot keep up or PostHog is unreachable.

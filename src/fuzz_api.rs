@@ -24,7 +24,7 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
 /// The checks `capture` makes before queueing an event, with `max_size` the limit for
 /// [`Event::estimated_size`].
 pub fn validate(event: &Event, max_size: usize) -> Result<(), CaptureError> {
-    crate::event::validate(event, max_size)
+    crate::event::validate(event, max_size, crate::event::MAX_EVENT_BYTES)
 }
 
 /// The properties' serialized size as the event's setters tracked it.

@@ -64,6 +64,8 @@
 //!   ([`capture::Compression`]); gzip and deflate need no feature.
 //! - `spool`: an on-disk spool (`PostHogBuilder::spool`) that keeps events through a PostHog
 //!   outage and a restart, and sends them once PostHog answers (needs Rust 1.89).
+//! - `reqwest`: [`http::PropagateContext`] around a `reqwest::Client`, carrying the caller's
+//!   ids to your other services.
 //!
 //! # Modules
 //!
@@ -184,7 +186,7 @@ pub use error::{
     PropertyError,
 };
 pub use event::{Event, Properties};
-pub use integrations::global::{global, init, take_global};
+pub use integrations::global::{capture_panics, global, init, missed_without_global, take_global};
 pub use time::{Timestamp, TimestampError};
 pub use uuid::Uuid;
 

@@ -53,8 +53,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::Event;
 
@@ -80,8 +80,17 @@ pub(crate) fn remove_content(event: &mut Event) {
 struct Parts {
     event: Event,
     distinct_id: Option<String>,
-    content: Vec<(&'static str, Value)>,
+    content: Vec<(&'static str, Content)>,
     privacy_mode: bool,
+}
+
+/// An input or output, serialized already (set only if privacy mode allows).
+#[derive(Debug, Clone)]
+enum Content {
+    /// Written by the property writer, with its checks.
+    Checked(Vec<u8>),
+    /// JSON text `serde_json` parsed (a slice of an LLM call's body), not yet compacted.
+    Raw(Bytes),
 }
 
 impl Parts {
@@ -106,14 +115,18 @@ impl Parts {
     }
 
     fn content(&mut self, key: &'static str, value: impl Serialize) {
-        match crate::event::to_property_value(&value) {
-            Ok(json) => {
-                self.content.retain(|(k, _)| *k != key);
-                self.content.push((key, json));
-            }
+        let mut json = Vec::new();
+        let result = crate::event::write_property(&mut json, &value);
+        match result {
+            Ok(()) => self.set_content(key, Content::Checked(json)),
             // Recorded as the event's error (content or not, the event is refused).
             Err(_) => self.set(key, value),
         }
+    }
+
+    fn set_content(&mut self, key: &'static str, content: Content) {
+        self.content.retain(|(k, _)| *k != key);
+        self.content.push((key, content));
     }
 
     fn into_event(self) -> Event {
@@ -123,8 +136,17 @@ impl Parts {
             event.inner.inherits_distinct_id = false;
         }
         if !self.privacy_mode {
-            for (key, value) in self.content {
-                event = event.property(key, value);
+            for (key, content) in self.content {
+                let json = match &content {
+                    Content::Checked(json) => json.as_slice(),
+                    Content::Raw(json) => json,
+                };
+                if let Err(e) = event.insert_json(key, json) {
+                    event
+                        .inner
+                        .error
+                        .get_or_insert(Box::new((key.to_owned(), e)));
+                }
             }
         }
         event
@@ -240,6 +262,13 @@ macro_rules! call_setters {
                 self.0.content("$ai_input", input);
                 self
             }
+
+            /// [`input`](Self::input) from JSON text `serde_json` parsed (validated), copied
+            /// as it is into the event.
+            pub(crate) fn input_json(mut self, input: Bytes) -> Self {
+                self.0.set_content("$ai_input", Content::Raw(input));
+                self
+            }
         }
     };
 }
@@ -286,6 +315,26 @@ impl Generation {
     /// `$ai_model_parameters`: temperature, max tokens, streaming, …
     pub fn model_parameters(mut self, parameters: impl Serialize) -> Self {
         self.0.set("$ai_model_parameters", parameters);
+        self
+    }
+
+    /// [`output_choices`](Self::output_choices) from JSON text `serde_json` parsed or the
+    /// crate wrote.
+    pub(crate) fn output_choices_json(mut self, output: Bytes) -> Self {
+        self.0
+            .set_content("$ai_output_choices", Content::Raw(output));
+        self
+    }
+
+    /// [`model_parameters`](Self::model_parameters) from a JSON object the crate wrote.
+    pub(crate) fn model_parameters_json(mut self, parameters: &[u8]) -> Self {
+        if let Err(e) = self.0.event.insert_json("$ai_model_parameters", parameters) {
+            self.0
+                .event
+                .inner
+                .error
+                .get_or_insert(Box::new(("$ai_model_parameters".to_owned(), e)));
+        }
         self
     }
 

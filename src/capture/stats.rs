@@ -73,7 +73,7 @@ pub struct Dropped {
     pub queue_full: u64,
     /// Refused: empty name or distinct id, or an invalid property.
     pub invalid: u64,
-    /// Refused or dropped: larger than 900 KiB serialized.
+    /// Refused or dropped: larger than the limit serialized (900 KiB; 8 MiB on the AI lane).
     pub too_large: u64,
     /// Refused: the client was shut down.
     pub closed: u64,

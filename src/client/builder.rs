@@ -777,7 +777,11 @@ impl PostHogBuilder {
         };
         // The AI lane: batches of its own, with the same settings and the same recorder (so
         // `stats()` adds both lanes up).
-        let (ai_batch, ai_worker) = Batch::pair(ai_stack, config.clone());
+        // Its events may be larger: up to 8 MiB each, as PostHog's AI endpoint accepts.
+        let ai_config = config
+            .clone()
+            .max_event_bytes(crate::event::MAX_AI_EVENT_BYTES);
+        let (ai_batch, ai_worker) = Batch::pair(ai_stack, ai_config);
         #[cfg(feature = "spool")]
         let mut config = config;
         #[cfg(feature = "spool")]
@@ -863,16 +867,23 @@ fn install_panic_capture(client: &PostHog) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let posthog = PostHog { inner };
+        PostHog { inner }.capture_panic(exception);
+    });
+}
+
+impl PostHog {
+    /// Captures a panic's `$exception` from the panic hook: when the panic is about to end the
+    /// process, waits (a little) for its delivery.
+    pub(crate) fn capture_panic(self, exception: crate::exception::Exception) {
         // A refusal (rate limit, full queue, shut down) is counted and reported by the client.
-        if posthog.capture_autocaptured(exception).is_err() {
+        if self.capture_autocaptured(exception).is_err() {
             return;
         }
         let ending = cfg!(panic = "abort") || std::thread::current().name() == Some("main");
         if ending {
-            flush_from_a_dying_thread(posthog);
+            flush_from_a_dying_thread(self);
         }
-    });
+    }
 }
 
 /// Flushes from a thread that may be inside a runtime (blocking on it there is not allowed):

@@ -99,7 +99,8 @@ impl PostHog {
     /// outputs (`$ai_input`, `$ai_output_choices`, `$ai_input_state`, `$ai_output_state`,
     /// `$ai_instructions`) are removed before it is queued.
     ///
-    /// Errors: those of [`capture`](Self::capture).
+    /// Errors: those of [`capture`](Self::capture), but for the size limit: an event may be up
+    /// to 8 MiB here (posthog-python's limit for this lane), where `/batch/` takes 900 KiB.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -119,22 +120,52 @@ impl PostHog {
     /// # }
     /// ```
     pub fn capture_ai(&self, event: impl Into<Event>) -> Result<Uuid, CaptureError> {
-        let mut event = event.into();
+        let event = self.ai_event(event.into());
+        match &self.inner.ai_batch {
+            Some(batch) => batch.try_capture(event),
+            None => self.disabled_capture(event, crate::event::MAX_AI_EVENT_BYTES),
+        }
+    }
+
+    /// [`capture_ai`](Self::capture_ai), waiting for room when the AI lane's queue is full
+    /// instead of failing: the AI lane's [`capture_wait`](Self::capture_wait).
+    ///
+    /// In [sync mode](PostHogBuilder::sync_mode) it resolves only once PostHog acknowledged the
+    /// event, or fails with [`CaptureError::Delivery`].
+    ///
+    /// ```no_run
+    /// use posthog_tower::{ai::Generation, PostHog};
+    ///
+    /// # async fn f(posthog: PostHog) -> Result<(), posthog_tower::CaptureError> {
+    /// posthog
+    ///     .capture_ai_wait(Generation::new("trace-1").model("gpt-4o-mini").input_tokens(12))
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn capture_ai_wait(&self, event: impl Into<Event>) -> Result<Uuid, CaptureError> {
+        let event = self.ai_event(event.into());
+        match &self.inner.ai_batch {
+            Some(batch) if self.inner.sync_mode => batch.deliver(event).await,
+            Some(batch) => batch.capture_wait(event).await,
+            None => self.disabled_capture(event, crate::event::MAX_AI_EVENT_BYTES),
+        }
+    }
+
+    /// An event for the AI lane: the current context applied, and privacy mode.
+    fn ai_event(&self, mut event: Event) -> Event {
         crate::context::apply_current(&mut event);
         if self.inner.ai_privacy_mode {
             crate::ai::remove_content(&mut event);
         }
-        match &self.inner.ai_batch {
-            Some(batch) => batch.try_capture(event),
-            None => self.disabled_capture(event),
-        }
+        event
     }
 
     /// Queues an event the current context was applied to.
     fn enqueue(&self, event: Event) -> Result<Uuid, CaptureError> {
         match &self.inner.batch {
             Some(batch) => batch.try_capture(event),
-            None => self.disabled_capture(event),
+            None => self.disabled_capture(event, self.inner.max_event_size),
         }
     }
 
@@ -147,7 +178,7 @@ impl PostHog {
         match &self.inner.batch {
             Some(batch) if self.inner.sync_mode => batch.deliver(event).await,
             Some(batch) => batch.capture_wait(event).await,
-            None => self.disabled_capture(event),
+            None => self.disabled_capture(event, self.inner.max_event_size),
         }
     }
 
@@ -405,8 +436,8 @@ impl PostHog {
     }
 
     /// A disabled client checks the event as an enabled one would, and sends nothing.
-    fn disabled_capture(&self, mut event: Event) -> Result<Uuid, CaptureError> {
-        crate::event::validate(&event, self.inner.max_event_size)?;
+    fn disabled_capture(&self, mut event: Event, limit: usize) -> Result<Uuid, CaptureError> {
+        crate::event::validate(&event, limit, limit)?;
         Ok(event.stamp().0)
     }
 

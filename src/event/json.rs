@@ -58,6 +58,90 @@ pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
     }
 }
 
+/// Appends the JSON text `json`, known to be valid (parsed by `serde_json`, or written by the
+/// crate); fails, leaving `out` as it was, when its arrays and objects nest deeper than
+/// [`MAX_DEPTH`](super::convert::MAX_DEPTH). No value is built: the raw input and output of
+/// an LLM call are copied this way. A value with few brackets is copied as it is; one with
+/// many is scanned for its depth, and its whitespace between tokens left out on the way.
+pub(crate) fn write_compact(
+    out: &mut Vec<u8>,
+    json: &[u8],
+) -> Result<(), crate::error::PropertyError> {
+    // The usual case, at memory speed: with no more opening brackets than the nesting
+    // allowed (counting those inside strings too), the value cannot nest too deep, and it is
+    // copied as it is, whitespace included (valid JSON all the same).
+    if json.len() <= 2 * super::convert::MAX_DEPTH
+        || json.iter().filter(|&&b| b == b'[' || b == b'{').count() <= super::convert::MAX_DEPTH
+    {
+        out.extend_from_slice(json);
+        return Ok(());
+    }
+    let start = out.len();
+    out.reserve(json.len());
+    let mut depth = 0usize;
+    let mut rest = json;
+    while let Some(at) = rest.iter().position(|b| {
+        matches!(
+            b,
+            b'"' | b'[' | b'{' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'
+        )
+    }) {
+        out.extend_from_slice(&rest[..at]);
+        let byte = rest[at];
+        rest = &rest[at + 1..];
+        match byte {
+            b'"' => {
+                // To the closing quote: the first `"` not escaped by an odd run of `\`.
+                let mut end = 0;
+                loop {
+                    match rest[end..].iter().position(|&b| b == b'"' || b == b'\\') {
+                        Some(i) if rest[end + i] == b'\\' => end += i + 2,
+                        Some(i) => {
+                            end += i;
+                            break;
+                        }
+                        // Not valid JSON after all: copied as it is.
+                        None => {
+                            end = rest.len();
+                            break;
+                        }
+                    }
+                    if end >= rest.len() {
+                        end = rest.len();
+                        break;
+                    }
+                }
+                out.push(b'"');
+                out.extend_from_slice(&rest[..end]);
+                if end < rest.len() {
+                    out.push(b'"');
+                    rest = &rest[end + 1..];
+                } else {
+                    rest = &[];
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > super::convert::MAX_DEPTH {
+                    out.truncate(start);
+                    return Err(crate::error::PropertyError::too_deep(
+                        super::convert::MAX_DEPTH,
+                    ));
+                }
+                out.push(byte);
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                out.push(byte);
+            }
+            // Whitespace between tokens.
+            _ => {}
+        }
+    }
+    out.extend_from_slice(rest);
+    Ok(())
+}
+
 /// Appends the concatenation of `parts` as one JSON string, without building it first.
 pub(crate) fn write_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
     if parts.iter().any(|part| needs_escape(part.as_bytes())) {
@@ -348,6 +432,49 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn compact_copies_drop_whitespace_outside_strings_and_refuse_deep_nesting() {
+        let pretty =
+            "{\n  \"a b\": [1, 2.5, {\"c\": \"x \\\" ] }\"}],\n  \"d\":\ttrue, \"e\": null }";
+        let mut out = b"k:".to_vec();
+        write_compact(&mut out, pretty.as_bytes()).unwrap();
+        assert_eq!(
+            &out[2..],
+            pretty.as_bytes(),
+            "few brackets: copied as it is"
+        );
+        // Many brackets: scanned, and compacted on the way.
+        let padding = "[".repeat(60) + &"]".repeat(60);
+        let pretty = format!("[{padding}, {padding}, {pretty}]");
+        let mut out = b"k:".to_vec();
+        write_compact(&mut out, pretty.as_bytes()).unwrap();
+        let compact = String::from_utf8(out[2..].to_vec()).unwrap();
+        let compact = compact
+            .strip_prefix(&format!("[{padding},{padding},"))
+            .and_then(|c| c.strip_suffix(']'))
+            .unwrap();
+        assert_eq!(
+            compact,
+            r#"{"a b":[1,2.5,{"c":"x \" ] }"}],"d":true,"e":null}"#
+        );
+        let escaped_backslash = format!(r#"[{padding}, {padding}, "a\\", "b"]"#);
+        let mut out = Vec::new();
+        write_compact(&mut out, escaped_backslash.as_bytes()).unwrap();
+        assert_eq!(
+            out,
+            format!(r#"[{padding},{padding},"a\\","b"]"#).as_bytes()
+        );
+
+        let deep = "[".repeat(101) + &"]".repeat(101);
+        let mut out = b"kept".to_vec();
+        assert!(write_compact(&mut out, deep.as_bytes())
+            .unwrap_err()
+            .is_too_deep());
+        assert_eq!(out, b"kept", "left as it was");
+        let ok = "[".repeat(100) + &"]".repeat(100);
+        assert!(write_compact(&mut Vec::new(), ok.as_bytes()).is_ok());
+    }
 
     fn same_as_serde_json<T: Serialize + ?Sized>(value: &T) {
         let mut out = b"x".to_vec();

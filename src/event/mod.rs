@@ -34,10 +34,14 @@ pub(crate) use encode::{
     write_json, EncodeDefaults, Encoder, EventName, EventWriter, StaticKey, SystemProperties,
     WriterState,
 };
+pub(crate) use json::write_str as write_json_str;
 pub use properties::Properties;
 
 /// The most PostHog accepts for one event, serialized: 900 KiB.
 pub(crate) const MAX_EVENT_BYTES: usize = 900 * 1024;
+/// The most PostHog's AI endpoint (`/i/v0/ai/batch/`) accepts for one event, serialized:
+/// 8 MiB, posthog-python's `AI_MAX_MSG_SIZE` (LLM inputs and outputs are large).
+pub(crate) const MAX_AI_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Bytes an event takes besides its properties: the keys, uuid, timestamp and lib properties.
 const ENVELOPE_OVERHEAD: usize = 192;
@@ -426,6 +430,13 @@ impl Event {
         }
     }
 
+    /// Sets a property to the JSON text `json`, known to be valid JSON (parsed by
+    /// `serde_json`, or written by the crate), copied without whitespace and no value built;
+    /// refused when nested too deep. See [`Properties::insert_json`].
+    pub(crate) fn insert_json(&mut self, key: &str, json: &[u8]) -> Result<(), PropertyError> {
+        self.inner.properties.insert_json(key, json)
+    }
+
     /// [`insert_value`](Self::insert_value) for a value the crate builds (a string, a
     /// number, a boolean), serialized without an intermediate `Value`.
     pub(crate) fn insert_plain<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
@@ -536,6 +547,20 @@ pub(crate) fn to_property_value(value: impl Serialize) -> Result<Value, Property
     result
 }
 
+/// Appends `value` as a property's JSON, with the checks of [`Event::property`] (finite
+/// numbers, nesting); on error `out` is as it was.
+pub(crate) fn write_property<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), PropertyError> {
+    let start = out.len();
+    let result = convert::write(out, value);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
 /// The deepest nesting of arrays and objects a property value may have.
 pub(crate) use convert::MAX_DEPTH as MAX_PROPERTY_DEPTH;
 
@@ -566,7 +591,12 @@ impl Event {
 
 /// The checks `capture` makes before queueing: name, distinct id, properties, size.
 /// `max_size` is the limit for [`Event::estimated_size`].
-pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), crate::CaptureError> {
+/// `limit` is the lane's limit on the whole event, which a refusal reports.
+pub(crate) fn validate(
+    event: &Event,
+    max_size: usize,
+    limit: usize,
+) -> Result<(), crate::CaptureError> {
     use crate::CaptureError;
     if is_blank(event.inner.name()) {
         return Err(CaptureError::EmptyEventName);
@@ -583,10 +613,7 @@ pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), crate::Capt
     }
     let size = event.estimated_size();
     if size > max_size {
-        return Err(CaptureError::EventTooLarge {
-            size,
-            limit: MAX_EVENT_BYTES,
-        });
+        return Err(CaptureError::EventTooLarge { size, limit });
     }
     Ok(())
 }

@@ -122,6 +122,22 @@ impl Properties {
         key: &str,
         value: &T,
     ) -> Result<(), PropertyError> {
+        self.insert_with(key, |out| convert::write(out, value))
+    }
+
+    /// Sets `key` to the JSON text `json`, which the caller knows to be valid JSON (parsed
+    /// by `serde_json`, or written by the crate): copied without its whitespace, and refused,
+    /// changing nothing, when nested deeper than [`convert::MAX_DEPTH`]. No value is built.
+    pub(crate) fn insert_json(&mut self, key: &str, json: &[u8]) -> Result<(), PropertyError> {
+        self.insert_with(key, |out| super::json::write_compact(out, json))
+    }
+
+    /// Sets `key` to what `write` appends (one JSON value); on error nothing changes.
+    fn insert_with(
+        &mut self,
+        key: &str,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), PropertyError>,
+    ) -> Result<(), PropertyError> {
         let start = self.json.len();
         if start > u32::MAX as usize - 1 {
             return Err(PropertyError::new(
@@ -139,7 +155,7 @@ impl Properties {
         super::json::write_str(&mut self.json, key);
         self.json.push(b':');
         let key_end = self.json.len();
-        if let Err(e) = convert::write(&mut self.json, value) {
+        if let Err(e) = write(&mut self.json) {
             self.json.truncate(start);
             return Err(e);
         }

@@ -6,11 +6,11 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{header::HOST, HeaderName, HeaderValue, Request};
+use http::{header::HOST, HeaderMap, HeaderName, HeaderValue, Request};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::head::{DISTINCT_ID_HEADER, SESSION_ID_HEADER};
+use super::head::{DISTINCT_ID_HEADER, SESSION_ID_HEADER, WINDOW_ID_HEADER};
 use crate::context::RequestContext;
 
 /// Applies [`PropagateContext`] to an outbound HTTP client. See [`PropagateContext`].
@@ -110,13 +110,35 @@ impl<S> Layer<S> for PropagateContextLayer {
 /// Middleware for an outbound HTTP client (any `Service<http::Request<B>>`: hyper-util's
 /// client, a tonic channel, the crate's own [`HttpClient`](crate::net::HttpClient)) that
 /// carries the current [request context](crate::context::RequestContext)'s caller to the
-/// application's other services: requests to an allowed host get `X-POSTHOG-DISTINCT-ID` and
-/// `X-POSTHOG-SESSION-ID`, which [`PostHogLayer`](super::PostHogLayer)'s default resolver
-/// reads there, so their events and flags are the same person's.
+/// application's other services: requests to an allowed host get `X-POSTHOG-DISTINCT-ID`,
+/// `X-POSTHOG-SESSION-ID` and `X-POSTHOG-WINDOW-ID` (those the context has), which
+/// [`PostHogLayer`](super::PostHogLayer)'s default resolver reads there, so their events and
+/// flags are the same person's.
 ///
 /// Nothing is added outside a request context, for an anonymous caller (no distinct id), to a
 /// host not on the allow-list (empty by default), or where the request already carries the
 /// header. The request is otherwise unchanged, and `poll_ready` and errors pass through.
+///
+/// With the `reqwest` feature it also wraps a `reqwest::Client` (a `Service<reqwest::Request>`),
+/// with the same allow-list:
+///
+/// ```no_run
+/// # #[cfg(feature = "reqwest")]
+/// # async fn f() -> Result<(), reqwest::Error> {
+/// use posthog_tower::http::PropagateContextLayer;
+/// use tower::{Layer, ServiceExt};
+///
+/// let http = reqwest::Client::new();
+/// let orders = PropagateContextLayer::new()
+///     .allow_host("orders.internal")
+///     .layer(http.clone());
+/// // Inside a handler behind `PostHogLayer`:
+/// let request = http.get("http://orders.internal/v1/orders").build()?;
+/// let response = orders.oneshot(request).await?;
+/// # drop(response);
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// A job queue carries the context the same way: put the two headers' values in the job
 /// when it is enqueued, and on the worker run the job inside
@@ -157,46 +179,58 @@ impl<S> PropagateContext<S> {
         if self.hosts.is_empty() {
             return;
         }
-        let Some((host, port)) = target(request) else {
-            return;
-        };
-        if !self.hosts.iter().any(|rule| rule.allows(&host, port)) {
+        if let Some(authority) = request.uri().authority() {
+            let (host, port) = (authority.host(), authority.port_u16());
+            if allowed(&self.hosts, host, port) {
+                add_ids(request.headers_mut());
+            }
             return;
         }
-        let Some(ctx) = RequestContext::current() else {
+        let Some(authority) = request
+            .headers()
+            .get(HOST)
+            .and_then(|host| host.to_str().ok())
+            .and_then(|host| host.parse::<http::uri::Authority>().ok())
+        else {
             return;
         };
-        let Some(distinct_id) = ctx.distinct_id() else {
-            return;
-        };
-        let headers = request.headers_mut();
-        for (name, value) in [
-            (DISTINCT_ID_HEADER, Some(distinct_id)),
-            (SESSION_ID_HEADER, ctx.session_id()),
-        ] {
-            let (Some(value), name) = (value, HeaderName::from_static(name)) else {
-                continue;
-            };
-            // Ids are cleaned of control characters when read; any other byte is allowed in
-            // a header value.
-            if let (false, Ok(value)) = (
-                headers.contains_key(&name),
-                HeaderValue::from_bytes(value.as_bytes()),
-            ) {
-                headers.insert(name, value);
-            }
+        if allowed(&self.hosts, authority.host(), authority.port_u16()) {
+            add_ids(request.headers_mut());
         }
     }
 }
 
-/// The host (lowercase) and port a request goes to: its URI's authority, else its `Host`.
-fn target<B>(request: &Request<B>) -> Option<(String, Option<u16>)> {
-    if let Some(authority) = request.uri().authority() {
-        return Some((authority.host().to_ascii_lowercase(), authority.port_u16()));
+/// Whether a request to `host` (and `port`, when the URL names one) may carry the ids.
+fn allowed(hosts: &[HostRule], host: &str, port: Option<u16>) -> bool {
+    hosts.iter().any(|rule| rule.allows(host, port))
+}
+
+/// Adds the current context's distinct id, session id and window id to `headers`, each
+/// unless `headers` has it already; nothing outside a context or for an anonymous caller.
+fn add_ids(headers: &mut HeaderMap) {
+    let Some(ctx) = RequestContext::current() else {
+        return;
+    };
+    let Some(distinct_id) = ctx.distinct_id() else {
+        return;
+    };
+    for (name, value) in [
+        (DISTINCT_ID_HEADER, Some(distinct_id)),
+        (SESSION_ID_HEADER, ctx.session_id()),
+        (WINDOW_ID_HEADER, ctx.window_id()),
+    ] {
+        let (Some(value), name) = (value, HeaderName::from_static(name)) else {
+            continue;
+        };
+        // Ids are cleaned of control characters when read; any other byte is allowed in
+        // a header value.
+        if let (false, Ok(value)) = (
+            headers.contains_key(&name),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.insert(name, value);
+        }
     }
-    let host = request.headers().get(HOST)?.to_str().ok()?;
-    let authority: http::uri::Authority = host.parse().ok()?;
-    Some((authority.host().to_ascii_lowercase(), authority.port_u16()))
 }
 
 impl<S: fmt::Debug> fmt::Debug for PropagateContext<S> {
@@ -223,6 +257,36 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         self.propagate(&mut request);
+        self.inner.call(request)
+    }
+}
+
+/// `reqwest::Client` is a `Service<reqwest::Request>`, not of `http::Request`: the same
+/// middleware serves it (feature `reqwest`), with the same allow-list.
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+impl<S> Service<reqwest::Request> for PropagateContext<S>
+where
+    S: Service<reqwest::Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: reqwest::Request) -> Self::Future {
+        if !self.hosts.is_empty() {
+            let url = request.url();
+            if let Some(host) = url.host_str() {
+                if allowed(&self.hosts, host, url.port()) {
+                    add_ids(request.headers_mut());
+                }
+            }
+        }
         self.inner.call(request)
     }
 }

@@ -160,7 +160,8 @@ type TraceIds = dyn Fn() -> Option<(String, String)> + Send + Sync;
 /// ```
 #[derive(Clone)]
 pub struct PostHogTracingLayer {
-    posthog: PostHog,
+    /// `None`: the process-wide client, looked up per event ([`global`](Self::global)).
+    posthog: Option<PostHog>,
     exception_level: TracingLevel,
     capture_events: Option<Arc<Filter>>,
     trace_ids: Option<Arc<TraceIds>>,
@@ -179,7 +180,37 @@ impl PostHogTracingLayer {
     /// ```
     pub fn new(posthog: PostHog) -> Self {
         PostHogTracingLayer {
-            posthog,
+            posthog: Some(posthog),
+            exception_level: TracingLevel::ERROR,
+            capture_events: None,
+            trace_ids: None,
+        }
+    }
+
+    /// A layer capturing through the process-wide client ([`posthog_tower::global`](crate::global)),
+    /// looked up for each event it captures: for a subscriber set up before the client (at
+    /// the start of `main`, say, while the client waits for its configuration), or in a
+    /// library with no client to name. An event it would capture while no client is set
+    /// (before [`init`](crate::init)) is not captured: it is counted in
+    /// [`missed_without_global`](crate::missed_without_global), the first one logged.
+    ///
+    /// ```
+    /// use posthog_tower::integrations::tracing::PostHogTracingLayer;
+    /// use tracing_subscriber::layer::SubscriberExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), posthog_tower::BuildError> {
+    /// let subscriber = tracing_subscriber::registry().with(PostHogTracingLayer::global());
+    /// # drop(subscriber);
+    /// // Later:
+    /// let posthog = posthog_tower::PostHog::builder("phc_project_key").disabled(true).build()?;
+    /// posthog_tower::init(posthog);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn global() -> Self {
+        PostHogTracingLayer {
+            posthog: None,
             exception_level: TracingLevel::ERROR,
             capture_events: None,
             trace_ids: None,
@@ -282,7 +313,7 @@ impl PostHogTracingLayer {
 
     /// Captures the event as an `$exception` (the rate limit admitted it).
     #[inline(never)]
-    fn capture_exception(&self, meta: &Metadata<'_>, fields: Fields, common: Common) {
+    fn capture_exception(posthog: &PostHog, meta: &Metadata<'_>, fields: Fields, common: Common) {
         let (value, causes) = match (fields.message, fields.error) {
             (Some(message), causes) => (message, causes),
             (None, Some(causes)) => (causes.message().to_owned(), Some(causes.sources())),
@@ -301,11 +332,11 @@ impl PostHogTracingLayer {
             exception = exception.property(key, value);
         }
         // A refused event was counted and passed to `on_error` by the client.
-        let _ = self.posthog.capture_exception_event(exception.into_event());
+        let _ = posthog.capture_exception_event(exception.into_event());
     }
 
     /// Captures the event as an ordinary PostHog event, named by its message.
-    fn capture_event(&self, meta: &Metadata<'_>, fields: Fields, common: Common) {
+    fn capture_event(posthog: &PostHog, meta: &Metadata<'_>, fields: Fields, common: Common) {
         let name = fields.message.as_deref().unwrap_or(meta.name());
         let mut event = Event::named(name);
         for (key, value) in fields.properties {
@@ -315,7 +346,7 @@ impl PostHogTracingLayer {
             event = event.property(key, value);
         }
         // A refused event was counted and passed to `on_error` by the client.
-        let _ = self.posthog.capture(event);
+        let _ = posthog.capture(event);
     }
 }
 
@@ -329,7 +360,9 @@ where
             return;
         }
         let as_exception = *meta.level() <= self.exception_level;
-        if (!as_exception && self.capture_events.is_none()) || self.posthog.is_disabled() {
+        if (!as_exception && self.capture_events.is_none())
+            || self.posthog.as_ref().is_some_and(PostHog::is_disabled)
+        {
             return;
         }
         // Before the filter, which is the application's code and may log too.
@@ -339,13 +372,19 @@ where
         if !as_exception && !self.chosen(meta) {
             return;
         }
+        let global;
+        let posthog = match &self.posthog {
+            Some(posthog) => posthog,
+            None => match crate::integrations::global::global_or_count("tracing event") {
+                Some(client) if !client.is_disabled() => {
+                    global = client;
+                    &global
+                }
+                _ => return,
+            },
+        };
         // Before anything is built: a refused exception costs a lookup.
-        if as_exception
-            && self
-                .posthog
-                .admit_autocaptured(exception_type(meta))
-                .is_err()
-        {
+        if as_exception && posthog.admit_autocaptured(exception_type(meta)).is_err() {
             return;
         }
         let mut fields = Fields::default();
@@ -358,9 +397,9 @@ where
             trace_ids: self.find_trace_ids(),
         };
         if as_exception {
-            self.capture_exception(meta, fields, common);
+            Self::capture_exception(posthog, meta, fields, common);
         } else {
-            self.capture_event(meta, fields, common);
+            Self::capture_event(posthog, meta, fields, common);
         }
     }
 }
@@ -368,7 +407,13 @@ where
 impl fmt::Debug for PostHogTracingLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostHogTracingLayer")
-            .field("posthog", &self.posthog)
+            .field(
+                "posthog",
+                match &self.posthog {
+                    Some(posthog) => posthog as &dyn fmt::Debug,
+                    None => &"global",
+                },
+            )
             .field("exception_level", &self.exception_level)
             .field("capture_events", &self.capture_events.is_some())
             .field("trace_ids", &self.trace_ids.is_some())

@@ -232,3 +232,89 @@ async fn a_disabled_client_checks_ai_events_and_sends_nothing() {
     assert_eq!(ph.flush().await.delivered, 0);
     assert!(mock.requests().is_empty());
 }
+
+/// The AI lane takes events up to 8 MiB (posthog-python's `AI_MAX_MSG_SIZE`), the `/batch/`
+/// lane 900 KiB: an event of about 1 MiB is delivered on the first and refused on the second.
+#[tokio::test(start_paused = true)]
+async fn the_ai_lane_takes_events_over_900_kib_that_the_batch_lane_refuses() {
+    let mock = start_mock().await;
+    let ph = builder(&mock).build().unwrap();
+    let text = "x".repeat(1024 * 1024);
+
+    let big = ph
+        .capture_ai(Generation::new("t").distinct_id("u").input(&text))
+        .expect("1 MiB fits the AI lane");
+    let refused = ph.capture(Event::new("$ai_generation", "u").property("$ai_input", &text));
+    assert!(
+        matches!(
+            refused,
+            Err(CaptureError::EventTooLarge { size, limit }) if limit == 900 * 1024 && size > limit
+        ),
+        "{refused:?}"
+    );
+    let too_big = ph.capture_ai(
+        Generation::new("t")
+            .distinct_id("u")
+            .input("y".repeat(8 * 1024 * 1024)),
+    );
+    assert!(
+        matches!(
+            too_big,
+            Err(CaptureError::EventTooLarge { limit, .. }) if limit == 8 * 1024 * 1024
+        ),
+        "{too_big:?}"
+    );
+    assert_eq!(ph.flush().await.delivered, 1);
+
+    let ai = mock.requests_to(AI_PATH);
+    assert_eq!(ai.len(), 1);
+    assert!(ai[0].body.len() > 1024 * 1024, "one request of over 1 MiB");
+    let events = mock.ai_events();
+    assert_eq!(uuids_of(&events), [big]);
+    assert_eq!(
+        events[0]["properties"]["$ai_input"].as_str().map(str::len),
+        Some(text.len()),
+        "delivered whole"
+    );
+    assert!(mock.events().is_empty(), "nothing on /batch/");
+    let stats = ph.stats();
+    assert_eq!(stats.dropped.too_large, 2);
+    assert_eq!(stats.delivered, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn capture_ai_wait_waits_for_room_instead_of_failing() {
+    let mock = start_mock().await;
+    let (ph, worker) = builder(&mock).max_queue_size(1).build_pair().unwrap();
+    ph.capture_ai(Generation::new("t").distinct_id("u"))
+        .unwrap();
+    let waiting = {
+        let ph = ph.clone();
+        tokio::spawn(async move {
+            ph.capture_ai_wait(Generation::new("t").distinct_id("u").model("second"))
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "the AI queue is full");
+    tokio::spawn(worker);
+    let second = waiting.await.unwrap().expect("queued once there was room");
+    assert_eq!(ph.flush().await.delivered, 2);
+    assert!(uuids_of(&mock.ai_events()).contains(&second));
+    assert_eq!(ph.stats().dropped.queue_full, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sync_mode_capture_ai_wait_returns_after_the_ai_endpoint_received_the_event() {
+    let mock = start_mock().await;
+    let ph = builder(&mock).sync_mode(true).build().unwrap();
+    let id = ph
+        .capture_ai_wait(Generation::new("t").distinct_id("u").model("m"))
+        .await
+        .unwrap();
+    // No flush: the event is there already.
+    assert_eq!(uuids_of(&mock.ai_events()), [id]);
+    assert_eq!(mock.requests_to(AI_PATH).len(), 1);
+    assert!(mock.events().is_empty());
+    assert_eq!(ph.stats().delivered, 1);
+}

@@ -152,6 +152,11 @@ async fn a_non_streamed_call_is_one_generation_for_the_caller() {
     assert_eq!(e["distinct_id"], "user-5", "the request context's caller");
     let p = &e["properties"];
     assert_eq!(p["$ai_trace_id"], "trace-9");
+    assert_eq!(
+        p["$ai_lib"], "posthog-tower",
+        "as posthog-python's wrappers send theirs"
+    );
+    assert_eq!(p["$ai_lib_version"], posthog_tower::VERSION);
     assert_eq!(p["$ai_provider"], "openai");
     assert_eq!(
         p["$ai_model"], "gpt-4o-mini-2024-07-18",

@@ -15,7 +15,7 @@ use posthog_tower::{
 };
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 /// The outbound client of server A.
 type Outbound =
@@ -78,6 +78,7 @@ async fn call_a(a: SocketAddr) -> String {
     let request = http::Request::get(format!("http://{a}/call"))
         .header("x-posthog-distinct-id", "user-7")
         .header("x-posthog-session-id", "session-7")
+        .header("x-posthog-window-id", "window-7")
         .body(Empty::new())
         .expect("request");
     let response = http.request(request).await.expect("A answers");
@@ -109,6 +110,7 @@ async fn an_allowed_service_sees_the_same_caller_and_session() {
     assert_eq!(found.len(), 1, "{events:#?}");
     assert_eq!(found[0]["distinct_id"], "user-7");
     assert_eq!(found[0]["properties"]["$session_id"], "session-7");
+    assert_eq!(found[0]["properties"]["$window_id"], "window-7");
 }
 
 #[tokio::test]
@@ -134,4 +136,93 @@ async fn a_host_not_allowed_gets_nothing() {
         found.iter().all(|e| e["distinct_id"] != "user-7"),
         "{found:#?}"
     );
+}
+
+// ===== reqwest (feature `reqwest`) =====
+
+/// Server A again, calling B with a `reqwest::Client` wrapped in `PropagateContext`.
+async fn server_a_reqwest(posthog: &PostHog, b: SocketAddr, allowed: &str) -> SocketAddr {
+    type Reqwest = PropagateContext<reqwest::Client>;
+    let http = reqwest::Client::new();
+    let client: Reqwest = PropagateContextLayer::new()
+        .allow_host(allowed)
+        .layer(http.clone());
+    let app = Router::new()
+        .route(
+            "/call",
+            get(
+                move |State((http, client)): State<(reqwest::Client, Reqwest)>| async move {
+                    let request = http
+                        .get(format!("http://{b}/lookup"))
+                        .build()
+                        .expect("request");
+                    let response = client.oneshot(request).await.expect("B answers");
+                    response.text().await.expect("body")
+                },
+            ),
+        )
+        .with_state((http, client))
+        .layer(posthog.layer());
+    serve(app).await
+}
+
+#[tokio::test]
+async fn reqwest_carries_the_caller_to_an_allowed_service() {
+    let mock = start_mock().await;
+    let posthog = PostHog::builder(KEY)
+        .host(mock.url())
+        .build()
+        .expect("client");
+    let b = server_b(&posthog).await;
+    let a = server_a_reqwest(&posthog, b, "127.0.0.1").await;
+
+    assert_eq!(call_a(a).await, "Some(\"user-7\")");
+    posthog.flush().await;
+    let events = mock.events();
+    let found = looked_up(&events);
+    assert_eq!(found.len(), 1, "{events:#?}");
+    assert_eq!(
+        found[0]["distinct_id"], "user-7",
+        "B's event is A's caller's"
+    );
+    assert_eq!(found[0]["properties"]["$session_id"], "session-7");
+    assert_eq!(found[0]["properties"]["$window_id"], "window-7");
+}
+
+#[tokio::test]
+async fn reqwest_to_a_host_not_allowed_carries_nothing() {
+    let mock = start_mock().await;
+    let posthog = PostHog::builder(KEY)
+        .host(mock.url())
+        .build()
+        .expect("client");
+    // B records the headers it received.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/lookup",
+        get(move |headers: http::HeaderMap| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let ids: Vec<String> = headers
+                    .keys()
+                    .map(|name| name.as_str().to_owned())
+                    .filter(|name| name.starts_with("x-posthog"))
+                    .collect();
+                let _ = seen_tx.send(ids);
+                "ok"
+            }
+        }),
+    );
+    let b = serve(app).await;
+    let a = server_a_reqwest(&posthog, b, "localhost").await;
+    assert_eq!(call_a(a).await, "ok");
+    let other_port = format!("127.0.0.1:{}", b.port().wrapping_add(1).max(1));
+    let a = server_a_reqwest(&posthog, b, &other_port).await;
+    assert_eq!(call_a(a).await, "ok");
+    for _ in 0..2 {
+        assert_eq!(
+            seen.recv().await.expect("B was called"),
+            Vec::<String>::new()
+        );
+    }
 }

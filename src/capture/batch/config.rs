@@ -33,6 +33,7 @@ pub struct BatchConfig {
     pub(crate) flush_interval: Duration,
     pub(crate) max_queue_size: usize,
     pub(crate) max_batch_bytes: usize,
+    pub(crate) max_event_bytes: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) send_immediately: bool,
     pub(crate) disable_geoip: bool,
@@ -53,6 +54,7 @@ impl Default for BatchConfig {
             flush_interval: Duration::from_secs(5),
             max_queue_size: 10_000,
             max_batch_bytes: 5 * 1024 * 1024,
+            max_event_bytes: crate::event::MAX_EVENT_BYTES,
             max_in_flight: 8,
             send_immediately: false,
             disable_geoip: true,
@@ -94,6 +96,22 @@ impl BatchConfig {
     /// Closes a batch before it would exceed this many bytes of events.
     pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
         self.max_batch_bytes = bytes.max(1);
+        self
+    }
+
+    /// Refuses an event whose JSON would exceed this many bytes (at least 1 KiB; default
+    /// 900 KiB, what PostHog's `/batch/` endpoint accepts). The client's AI lane uses 8 MiB,
+    /// what PostHog's AI endpoint accepts. A batch with one event over
+    /// [`max_batch_bytes`](Self::max_batch_bytes) holds that event alone.
+    ///
+    /// ```
+    /// use posthog_tower::capture::BatchConfig;
+    ///
+    /// let config = BatchConfig::new().max_event_bytes(8 * 1024 * 1024);
+    /// # drop(config);
+    /// ```
+    pub fn max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = bytes.max(1024);
         self
     }
 
@@ -157,6 +175,7 @@ impl fmt::Debug for BatchConfig {
             .field("flush_interval", &self.flush_interval)
             .field("max_queue_size", &self.max_queue_size)
             .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("max_event_bytes", &self.max_event_bytes)
             .field("max_in_flight", &self.max_in_flight)
             .field("send_immediately", &self.send_immediately)
             .field("disable_geoip", &self.disable_geoip)

@@ -26,7 +26,6 @@ use super::{
 use crate::{
     capture::{EncodedBatch, Stats},
     error::DropReason,
-    event::MAX_EVENT_BYTES,
     BoxError, CaptureError, DeliveryError, ErrorReport, Event, Timestamp,
 };
 
@@ -77,8 +76,11 @@ pub struct Batch {
 pub(crate) struct Pipeline {
     closed: AtomicBool,
     capacity: usize,
-    /// Largest `Event::estimated_size` accepted: 900 KiB less what the encoder adds.
+    /// Largest `Event::estimated_size` accepted: the limit (`max_event_bytes`, 900 KiB by
+    /// default) less what the encoder adds.
     max_event_size: usize,
+    /// `max_event_bytes`, the limit a refusal reports.
+    event_limit: usize,
     /// Turns admitted events into the JSON the worker batches.
     encoder: crate::event::Encoder,
     before_send: Option<BeforeSend>,
@@ -138,7 +140,8 @@ impl Batch {
         let shared = Arc::new(Pipeline {
             closed: AtomicBool::new(false),
             capacity: config.max_queue_size,
-            max_event_size: MAX_EVENT_BYTES.saturating_sub(encoder.added_len()),
+            max_event_size: config.max_event_bytes.saturating_sub(encoder.added_len()),
+            event_limit: config.max_event_bytes,
             encoder,
             before_send: config.before_send.clone(),
             reporter: Reporter {
@@ -223,10 +226,10 @@ impl Batch {
         if self.shared.closed.load(Ordering::Relaxed) {
             return Err(self.reject(CaptureError::Closed));
         }
-        if json.len() > MAX_EVENT_BYTES {
+        if json.len() > self.shared.event_limit {
             return Err(self.reject(CaptureError::EventTooLarge {
                 size: json.len(),
-                limit: MAX_EVENT_BYTES,
+                limit: self.shared.event_limit,
             }));
         }
         self.try_push(
@@ -365,8 +368,8 @@ impl Batch {
             },
         };
         let json = self.shared.encoder.encode_owned(event, uuid, timestamp);
-        if json.len() > MAX_EVENT_BYTES {
-            let (size, limit) = (json.len(), MAX_EVENT_BYTES);
+        if json.len() > self.shared.event_limit {
+            let (size, limit) = (json.len(), self.shared.event_limit);
             if hooked {
                 let reason = DropReason::TooLarge { size, limit };
                 return Ok(self.dropped(uuid, Some(reason)));
@@ -391,7 +394,11 @@ impl Batch {
                 // The uuid and timestamp stay those `capture` returned and stamped.
                 event.inner.uuid = Some(uuid);
                 event.inner.timestamp = Some(timestamp);
-                match crate::event::validate(&event, self.shared.max_event_size) {
+                match crate::event::validate(
+                    &event,
+                    self.shared.max_event_size,
+                    self.shared.event_limit,
+                ) {
                     Ok(()) => Ok(event),
                     Err(CaptureError::EventTooLarge { size, limit }) => {
                         Err(Some(DropReason::TooLarge { size, limit }))
@@ -429,7 +436,7 @@ impl Batch {
         if self.shared.closed.load(Ordering::Relaxed) {
             return Err(CaptureError::Closed);
         }
-        crate::event::validate(event, self.shared.max_event_size)
+        crate::event::validate(event, self.shared.max_event_size, self.shared.event_limit)
     }
 
     /// Counts and reports a rejection made outside `try_capture` (by the client facade).
@@ -632,6 +639,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::event::MAX_EVENT_BYTES;
     use crate::time::Timestamp;
 
     /// A batch whose inner service keeps every batch's JSON.

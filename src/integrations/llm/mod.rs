@@ -63,4 +63,7 @@ mod parse;
 mod service;
 
 pub use body::AiBody;
+#[cfg(feature = "__bench")]
+#[doc(hidden)]
+pub use parse::bench_read_chat_call;
 pub use service::{Ai, AiLayer, ResponseFuture, TraceId};

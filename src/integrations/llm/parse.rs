@@ -2,9 +2,12 @@
 //! request's model, input and parameters, and the answer's model, usage, output and stop
 //! reason, from a JSON body or from a server-sent event stream read as it passes.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{Method, Uri};
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::{value::RawValue, Map, Value};
 
 /// Most of a non-streamed answer kept to be parsed at its end; a longer one is passed on
 /// unread (the event then has no usage and no output).
@@ -63,15 +66,16 @@ pub(crate) fn recognize(method: &Method, uri: &Uri) -> Option<(Api, String)> {
     Some((api, base_url))
 }
 
-/// What the request says.
+/// What the request says. Its input and parameters are JSON text: slices of the request's
+/// body (no copy) or written here, never a tree of values.
 #[derive(Debug, Default)]
 pub(crate) struct RequestInfo {
     pub(crate) model: Option<String>,
     pub(crate) stream: bool,
     /// `$ai_input` (`None` in privacy mode).
-    pub(crate) input: Option<Value>,
-    /// `$ai_model_parameters`.
-    pub(crate) parameters: Map<String, Value>,
+    pub(crate) input: Option<Bytes>,
+    /// `$ai_model_parameters`: a JSON object (`None` when the request sets none).
+    pub(crate) parameters: Option<Vec<u8>>,
 }
 
 /// The parameters reported in `$ai_model_parameters`, as posthog-python picks them.
@@ -88,83 +92,199 @@ const PARAMETERS: [&str; 10] = [
     "stream",
 ];
 
+/// The fields of a request body read for the event, borrowed from it: the input and the
+/// parameters as the JSON text they are (validated, not parsed into values), everything
+/// else skipped unparsed.
+#[derive(Deserialize)]
+struct RequestFields<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    instructions: Option<&'a RawValue>,
+    #[serde(borrow)]
+    system: Option<&'a RawValue>,
+    #[serde(borrow)]
+    temperature: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_output_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    top_p: Option<&'a RawValue>,
+    #[serde(borrow)]
+    frequency_penalty: Option<&'a RawValue>,
+    #[serde(borrow)]
+    presence_penalty: Option<&'a RawValue>,
+    #[serde(borrow)]
+    n: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stop: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream: Option<&'a RawValue>,
+}
+
+impl<'a> RequestFields<'a> {
+    /// The [`PARAMETERS`] set, in that order.
+    fn parameters(&self) -> [Option<&'a RawValue>; 10] {
+        [
+            self.temperature,
+            self.max_tokens,
+            self.max_completion_tokens,
+            self.max_output_tokens,
+            self.top_p,
+            self.frequency_penalty,
+            self.presence_penalty,
+            self.n,
+            self.stop,
+            self.stream,
+        ]
+    }
+}
+
+/// `part` (a slice of `body`'s bytes, as `serde_json` borrows them) as a `Bytes` sharing
+/// `body`'s memory; a copy if it is not inside `body` after all.
+fn share(body: &Bytes, part: &str) -> Bytes {
+    let (base, at) = (body.as_ptr() as usize, part.as_ptr() as usize);
+    match at.checked_sub(base) {
+        Some(offset) if offset + part.len() <= body.len() => {
+            body.slice(offset..offset + part.len())
+        }
+        _ => Bytes::copy_from_slice(part.as_bytes()),
+    }
+}
+
+/// `[{"role":"<role>","content":<content>}` followed by the items of the JSON array `items`
+/// (or none), as one JSON array.
+fn prepend_message(role: &str, content: &str, items: Option<&str>) -> Bytes {
+    let rest = items
+        .and_then(|items| items.strip_prefix('['))
+        .map(str::trim_start);
+    let mut out = Vec::with_capacity(32 + content.len() + rest.map_or(1, str::len));
+    out.extend_from_slice(b"[{\"role\":\"");
+    out.extend_from_slice(role.as_bytes());
+    out.extend_from_slice(b"\",\"content\":");
+    out.extend_from_slice(content.as_bytes());
+    out.push(b'}');
+    match rest {
+        Some(rest) if !rest.starts_with(']') => {
+            out.push(b',');
+            out.extend_from_slice(rest.as_bytes());
+        }
+        Some(rest) => out.extend_from_slice(rest.as_bytes()),
+        None => out.push(b']'),
+    }
+    Bytes::from(out)
+}
+
+/// Whether the JSON text `raw` is a string (`Some(false)`), an array (`Some(true)`), or
+/// neither (`None`).
+fn is_array(raw: &RawValue) -> Option<bool> {
+    match raw.get().as_bytes().first() {
+        Some(b'[') => Some(true),
+        Some(b'"') => Some(false),
+        _ => None,
+    }
+}
+
 /// Reads the request body of a call to `api`. With `include_usage`, an OpenAI chat stream that
 /// does not ask for usage is made to (`stream_options.include_usage`): the rewritten body is
 /// returned. A body that is not a JSON object gives an empty [`RequestInfo`] and is not
 /// changed.
 pub(crate) fn read_request(
     api: Api,
-    body: &[u8],
+    body: &Bytes,
     include_usage: bool,
     privacy_mode: bool,
 ) -> (RequestInfo, Option<Bytes>) {
-    let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return (RequestInfo::default(), None);
+    }
+    let Ok(request) = serde_json::from_slice::<RequestFields<'_>>(body) else {
         return (RequestInfo::default(), None);
     };
-    let stream = request.get("stream") == Some(&Value::Bool(true));
+    let stream = request.stream.is_some_and(|s| s.get() == "true");
+    let mut parameters = None;
+    for (key, value) in PARAMETERS.iter().zip(request.parameters()) {
+        let Some(value) = value else { continue };
+        let out = parameters.get_or_insert_with(|| Vec::with_capacity(96));
+        out.push(if out.is_empty() { b'{' } else { b',' });
+        crate::event::write_json_str(out, key);
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    if let Some(out) = &mut parameters {
+        out.push(b'}');
+    }
     let mut info = RequestInfo {
-        model: request
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        model: request.model.map(Cow::into_owned),
         stream,
         input: None,
-        parameters: PARAMETERS
-            .iter()
-            .filter_map(|key| Some(((*key).to_owned(), request.get(*key)?.clone())))
-            .collect(),
+        parameters,
     };
-    let mut rewritten = None;
-    if include_usage && stream && api == Api::ChatCompletions {
-        let options = request
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(options) = options {
-            if !options.contains_key("include_usage") {
-                options.insert("include_usage".to_owned(), Value::Bool(true));
-                rewritten = serde_json::to_vec(&request).ok().map(Bytes::from);
-            }
-        }
-    }
-    // After the rewrite: the input is moved out of the request, not copied.
     if !privacy_mode {
+        let raw = |value: &RawValue| share(body, value.get());
         info.input = match api {
-            Api::ChatCompletions => request.remove("messages"),
-            Api::Embeddings => request.remove("input"),
-            Api::Responses => {
-                let input = request.remove("input");
-                match (request.remove("instructions"), input) {
-                    (Some(instructions), Some(Value::String(text))) => Some(serde_json::json!([
-                        {"role": "system", "content": instructions},
-                        {"role": "user", "content": text},
-                    ])),
-                    (Some(instructions), Some(Value::Array(mut items))) => {
-                        items.insert(
-                            0,
-                            serde_json::json!({"role": "system", "content": instructions}),
-                        );
-                        Some(Value::Array(items))
-                    }
-                    (_, Some(Value::String(text))) => {
-                        Some(serde_json::json!([{"role": "user", "content": text}]))
-                    }
-                    (_, input) => input,
+            Api::ChatCompletions => request.messages.map(raw),
+            Api::Embeddings => request.input.map(raw),
+            Api::Responses => match (request.instructions, request.input) {
+                (Some(instructions), Some(input)) if is_array(input) == Some(false) => {
+                    Some(prepend_message(
+                        "system",
+                        instructions.get(),
+                        Some(&format!(
+                            "[{{\"role\":\"user\",\"content\":{}}}]",
+                            input.get()
+                        )),
+                    ))
                 }
-            }
-            Api::AnthropicMessages => {
-                // posthog-python merges the system prompt in as the first message.
-                let messages = request.remove("messages");
-                match (request.remove("system"), messages) {
-                    (Some(system), Some(Value::Array(mut items))) => {
-                        items.insert(0, serde_json::json!({"role": "system", "content": system}));
-                        Some(Value::Array(items))
-                    }
-                    (_, messages) => messages,
+                (Some(instructions), Some(input)) if is_array(input) == Some(true) => Some(
+                    prepend_message("system", instructions.get(), Some(input.get())),
+                ),
+                (_, Some(input)) if is_array(input) == Some(false) => {
+                    Some(prepend_message("user", input.get(), None))
                 }
-            }
+                (_, input) => input.map(raw),
+            },
+            // posthog-python merges the system prompt in as the first message.
+            Api::AnthropicMessages => match (request.system, request.messages) {
+                (Some(system), Some(messages)) if is_array(messages) == Some(true) => Some(
+                    prepend_message("system", system.get(), Some(messages.get())),
+                ),
+                (_, messages) => messages.map(raw),
+            },
         };
     }
+    let rewritten = if include_usage && stream && api == Api::ChatCompletions {
+        with_stream_usage(body)
+    } else {
+        None
+    };
     (info, rewritten)
+}
+
+/// The body of an OpenAI chat stream request asking for its usage, unless it says whether
+/// it wants it already (rare and opt-in: through a `Value`).
+fn with_stream_usage(body: &[u8]) -> Option<Bytes> {
+    let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    let options = request
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(options) = options else {
+        return None;
+    };
+    if options.contains_key("include_usage") {
+        return None;
+    }
+    options.insert("include_usage".to_owned(), Value::Bool(true));
+    serde_json::to_vec(&request).ok().map(Bytes::from)
 }
 
 /// What the answer said, as far as it was read.
@@ -174,8 +294,9 @@ pub(crate) struct Answer {
     pub(crate) input_tokens: Option<u64>,
     pub(crate) output_tokens: Option<u64>,
     pub(crate) stop_reason: Option<String>,
-    /// `$ai_output_choices` of a JSON answer.
-    pub(crate) output: Option<Value>,
+    /// `$ai_output_choices` of a JSON answer, as JSON text (a slice of the answer, or
+    /// written from its parts).
+    pub(crate) output: Option<Bytes>,
     /// The text a stream delivered, for `$ai_output_choices`.
     pub(crate) text: String,
     /// The body of an error answer, for `$ai_error`.
@@ -189,7 +310,9 @@ pub(crate) struct AnswerReader {
     /// A server-sent event stream (else one JSON document).
     stream: bool,
     keep_output: bool,
-    /// The JSON document so far, or the current stream line.
+    /// The JSON document's first piece, kept as it came (no copy): most answers are one.
+    first: Option<Bytes>,
+    /// The JSON document so far when it came in pieces, or the current stream line.
     buffer: Vec<u8>,
     /// The buffer outgrew its limit: the rest (of the document, or of the line) is skipped.
     overflowed: bool,
@@ -202,6 +325,7 @@ impl AnswerReader {
             api,
             stream,
             keep_output,
+            first: None,
             buffer: Vec::new(),
             overflowed: false,
             answer: Answer::default(),
@@ -209,13 +333,25 @@ impl AnswerReader {
     }
 
     /// Reads the next piece of the body.
-    pub(crate) fn feed(&mut self, mut data: &[u8]) {
+    pub(crate) fn feed(&mut self, bytes: &Bytes) {
+        let mut data: &[u8] = bytes;
         if !self.stream {
-            if self.buffer.len() + data.len() > MAX_JSON_BODY {
+            let held = self.buffer.len() + self.first.as_ref().map_or(0, Bytes::len);
+            if held + data.len() > MAX_JSON_BODY {
                 self.overflowed = true;
+                self.first = None;
                 self.buffer = Vec::new();
             }
-            if !self.overflowed {
+            if self.overflowed || data.is_empty() {
+                return;
+            }
+            if held == 0 {
+                self.first = Some(bytes.clone());
+            } else {
+                if let Some(first) = self.first.take() {
+                    self.buffer.reserve(first.len() + data.len());
+                    self.buffer.extend_from_slice(&first);
+                }
                 self.buffer.extend_from_slice(data);
             }
             return;
@@ -242,6 +378,7 @@ impl AnswerReader {
     /// The body ended: reads what is left.
     pub(crate) fn finish(&mut self, is_error: bool) {
         let buffer = std::mem::take(&mut self.buffer);
+        let first = self.first.take();
         if self.overflowed {
             return;
         }
@@ -249,11 +386,20 @@ impl AnswerReader {
             self.read_line(&buffer);
             return;
         }
+        let buffer = match first {
+            Some(first) => first,
+            None => Bytes::from(buffer),
+        };
         if self.api.is_embedding() && !is_error {
             // An embeddings answer is mostly its vectors: only the model and usage are read.
             if let Ok(summary) = serde_json::from_slice::<stream::Summary<'_>>(&buffer) {
                 summary.read(&mut self.answer);
             }
+            return;
+        }
+        // The usual answer is read into borrowed structs, its output kept as the text it is;
+        // one they do not fit (a field of an unexpected type) is read into a `Value`.
+        if !is_error && self.read_fields(&buffer) {
             return;
         }
         let Ok(document) = serde_json::from_slice::<Value>(&buffer) else {
@@ -334,7 +480,16 @@ impl AnswerReader {
         }
     }
 
-    /// A whole JSON answer.
+    /// A whole JSON answer, read into [`stream::Document`]: `false` when it does not fit.
+    fn read_fields(&mut self, body: &Bytes) -> bool {
+        let Ok(document) = serde_json::from_slice::<stream::Document<'_>>(body) else {
+            return false;
+        };
+        document.read(self.api, body, &mut self.answer, self.keep_output);
+        true
+    }
+
+    /// A whole JSON answer, read as a `Value`.
     fn read_document(&mut self, mut document: Value) {
         let answer = &mut self.answer;
         set_str(&mut answer.model, document.get("model"));
@@ -347,11 +502,11 @@ impl AnswerReader {
                 );
                 if self.keep_output {
                     answer.output = match document.get_mut("choices").map(Value::take) {
-                        Some(Value::Array(choices)) => Some(
-                            choices
+                        Some(Value::Array(choices)) => to_json(
+                            &choices
                                 .into_iter()
                                 .filter_map(|mut choice| choice.get_mut("message").map(Value::take))
-                                .collect(),
+                                .collect::<Vec<_>>(),
                         ),
                         _ => None,
                     };
@@ -362,7 +517,7 @@ impl AnswerReader {
                 read_openai_usage(answer, document.get("usage"));
                 set_str(&mut answer.stop_reason, document.get("status"));
                 if self.keep_output {
-                    answer.output = document.get_mut("output").map(Value::take);
+                    answer.output = document.get("output").and_then(to_json);
                 }
             }
             Api::AnthropicMessages => {
@@ -379,22 +534,125 @@ impl AnswerReader {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    answer.output = Some(serde_json::json!([
-                        {"role": "assistant", "content": text}
-                    ]));
+                    answer.output = Some(assistant_message(&text));
                 }
             }
         }
     }
 }
 
-/// The stream chunks read into borrowed structs: only the fields the event needs.
+/// `value` as JSON text.
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Option<Bytes> {
+    serde_json::to_vec(value).ok().map(Bytes::from)
+}
+
+/// `[{"role":"assistant","content":"<text>"}]`: the output of an answer read as text.
+pub(crate) fn assistant_message(text: &str) -> Bytes {
+    let mut out = Vec::with_capacity(text.len() + 40);
+    out.extend_from_slice(b"[{\"role\":\"assistant\",\"content\":");
+    crate::event::write_json_str(&mut out, text);
+    out.extend_from_slice(b"}]");
+    Bytes::from(out)
+}
+
+/// The answers and stream chunks read into borrowed structs: only the fields the event
+/// needs, the rest skipped unparsed.
 mod stream {
     use std::borrow::Cow;
 
+    use bytes::Bytes;
     use serde::Deserialize;
+    use serde_json::value::RawValue;
 
-    use super::{Answer, MAX_OUTPUT_TEXT};
+    use super::{share, Answer, Api, MAX_OUTPUT_TEXT};
+
+    /// A whole (non-streamed) answer of any of the APIs.
+    #[derive(Deserialize)]
+    pub(super) struct Document<'a> {
+        #[serde(borrow)]
+        model: Option<Cow<'a, str>>,
+        usage: Option<Usage>,
+        /// Chat completions.
+        #[serde(borrow)]
+        choices: Option<Vec<DocumentChoice<'a>>>,
+        /// Responses.
+        #[serde(borrow)]
+        status: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        output: Option<&'a RawValue>,
+        /// Anthropic messages.
+        #[serde(borrow)]
+        stop_reason: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        content: Option<Vec<ContentBlock<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    struct DocumentChoice<'a> {
+        #[serde(borrow)]
+        finish_reason: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        message: Option<&'a RawValue>,
+    }
+
+    #[derive(Deserialize)]
+    struct ContentBlock<'a> {
+        #[serde(borrow)]
+        text: Option<Cow<'a, str>>,
+    }
+
+    impl Document<'_> {
+        /// Reads the answer of a call to `api`, whose body is `body`.
+        pub(super) fn read(self, api: Api, body: &Bytes, answer: &mut Answer, keep_output: bool) {
+            set(&mut answer.model, self.model);
+            if let Some(usage) = self.usage {
+                usage.read(answer);
+            }
+            match api {
+                Api::ChatCompletions => {
+                    let Some(choices) = self.choices else {
+                        return;
+                    };
+                    if let Some(choice) = choices.first() {
+                        set(&mut answer.stop_reason, choice.finish_reason.clone());
+                    }
+                    if keep_output {
+                        let messages = choices.iter().filter_map(|c| c.message);
+                        let len: usize = messages.clone().map(|m| m.get().len() + 1).sum();
+                        let mut out = Vec::with_capacity(len + 2);
+                        out.push(b'[');
+                        for message in messages {
+                            if out.len() > 1 {
+                                out.push(b',');
+                            }
+                            out.extend_from_slice(message.get().as_bytes());
+                        }
+                        out.push(b']');
+                        answer.output = Some(Bytes::from(out));
+                    }
+                }
+                Api::Embeddings => {}
+                Api::Responses => {
+                    set(&mut answer.stop_reason, self.status);
+                    if keep_output {
+                        answer.output = self.output.map(|o| share(body, o.get()));
+                    }
+                }
+                Api::AnthropicMessages => {
+                    set(&mut answer.stop_reason, self.stop_reason);
+                    if keep_output {
+                        let mut text = String::new();
+                        for block in self.content.iter().flatten() {
+                            if let Some(t) = &block.text {
+                                text.push_str(t);
+                            }
+                        }
+                        answer.output = Some(super::assistant_message(&text));
+                    }
+                }
+            }
+        }
+    }
 
     /// Token counts, as OpenAI (`prompt_tokens`, `completion_tokens`; `input_tokens`,
     /// `output_tokens` for responses) and Anthropic (`input_tokens`, `output_tokens`) name them.
@@ -407,7 +665,7 @@ mod stream {
     }
 
     impl Usage {
-        fn read(&self, answer: &mut Answer) {
+        pub(super) fn read(&self, answer: &mut Answer) {
             if let Some(n) = self.prompt_tokens.or(self.input_tokens) {
                 answer.input_tokens = Some(n);
             }
@@ -594,10 +852,30 @@ fn read_anthropic_usage(answer: &mut Answer, usage: Option<&Value>) {
     }
 }
 
+/// Not public API: lets `benches/ai_layer.rs` time what [`AiLayer`](super::AiLayer) reads of a
+/// call (its request, and its JSON answer), without building or capturing the event.
+#[cfg(feature = "__bench")]
+#[doc(hidden)]
+pub fn bench_read_chat_call(request: &Bytes, answer: &Bytes) -> usize {
+    let (info, _) = read_request(Api::ChatCompletions, request, false, false);
+    let mut reader = AnswerReader::new(Api::ChatCompletions, false, true);
+    reader.feed(answer);
+    reader.finish(false);
+    info.input.map_or(0, |i| i.len()) + reader.answer.output.map_or(0, |o| o.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn feed(reader: &mut AnswerReader, data: &[u8]) {
+        reader.feed(&Bytes::copy_from_slice(data));
+    }
+
+    fn parsed(json: &Option<Bytes>) -> Option<Value> {
+        json.as_ref().map(|j| serde_json::from_slice(j).unwrap())
+    }
 
     fn uri(text: &str) -> Uri {
         text.parse().unwrap()
@@ -635,17 +913,22 @@ mod tests {
     #[test]
     fn include_usage_is_added_only_when_asked_and_missing() {
         let body = json!({"model": "m", "stream": true, "messages": []}).to_string();
-        let (info, rewritten) = read_request(Api::ChatCompletions, body.as_bytes(), true, false);
+        let (info, rewritten) = read_request(
+            Api::ChatCompletions,
+            &Bytes::from(body.clone()),
+            true,
+            false,
+        );
         assert!(info.stream);
         let rewritten: Value = serde_json::from_slice(&rewritten.unwrap()).unwrap();
         assert_eq!(rewritten["stream_options"]["include_usage"], true);
         assert_eq!(rewritten["model"], "m");
-        let (_, untouched) = read_request(Api::ChatCompletions, body.as_bytes(), false, false);
+        let (_, untouched) = read_request(Api::ChatCompletions, &Bytes::from(body), false, false);
         assert!(untouched.is_none());
         let asked = json!({"stream": true, "stream_options": {"include_usage": false}});
         let (_, untouched) = read_request(
             Api::ChatCompletions,
-            asked.to_string().as_bytes(),
+            &Bytes::from(asked.to_string()),
             true,
             false,
         );
@@ -662,7 +945,7 @@ mod tests {
             "data: [DONE]\n\n"
         );
         for piece in stream.as_bytes().chunks(7) {
-            reader.feed(piece);
+            feed(&mut reader, piece);
         }
         reader.finish(false);
         let answer = reader.answer;
@@ -678,9 +961,9 @@ mod tests {
     #[test]
     fn an_anthropic_stream_and_document() {
         let mut reader = AnswerReader::new(Api::AnthropicMessages, true, true);
-        reader.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n");
-        reader.feed(b"data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n");
-        reader.feed(b"data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n");
+        feed(&mut reader, b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n");
+        feed(&mut reader, b"data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n");
+        feed(&mut reader, b"data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n");
         reader.finish(false);
         let answer = reader.answer;
         assert_eq!(
@@ -691,10 +974,10 @@ mod tests {
         assert_eq!(answer.stop_reason.as_deref(), Some("end_turn"));
 
         let mut reader = AnswerReader::new(Api::AnthropicMessages, false, true);
-        reader.feed(json!({"model": "claude", "content": [{"type": "text", "text": "Yes"}], "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 1}}).to_string().as_bytes());
+        feed(&mut reader, json!({"model": "claude", "content": [{"type": "text", "text": "Yes"}], "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 1}}).to_string().as_bytes());
         reader.finish(false);
         assert_eq!(
-            reader.answer.output,
+            parsed(&reader.answer.output),
             Some(json!([{"role": "assistant", "content": "Yes"}]))
         );
         assert_eq!(reader.answer.input_tokens, Some(3));
@@ -703,9 +986,12 @@ mod tests {
     #[test]
     fn a_responses_stream_and_document() {
         let mut reader = AnswerReader::new(Api::Responses, true, true);
-        reader.feed(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Bon\"}\n\n");
-        reader.feed(b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"jour\"}\n\n");
-        reader.feed(b"data: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":6,\"output_tokens\":2}}}\n\n");
+        feed(&mut reader, b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Bon\"}\n\n");
+        feed(
+            &mut reader,
+            b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"jour\"}\n\n",
+        );
+        feed(&mut reader, b"data: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":6,\"output_tokens\":2}}}\n\n");
         reader.finish(false);
         let answer = reader.answer;
         assert_eq!(answer.text, "Bonjour");
@@ -716,7 +1002,7 @@ mod tests {
         );
 
         let mut reader = AnswerReader::new(Api::Embeddings, false, true);
-        reader.feed(br#"{"model":"text-embedding-3-small","data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":4,"total_tokens":4}}"#);
+        feed(&mut reader, br#"{"model":"text-embedding-3-small","data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":4,"total_tokens":4}}"#);
         reader.finish(false);
         assert_eq!(reader.answer.input_tokens, Some(4));
         assert_eq!(reader.answer.output, None, "embeddings have no output");
@@ -726,7 +1012,7 @@ mod tests {
     #[test]
     fn chat_chunks_with_escapes_and_nulls() {
         let mut reader = AnswerReader::new(Api::ChatCompletions, true, true);
-        reader.feed(b"data: {\"id\":\"x\",\"model\":\"m\",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"say \\\"hi\\\"\\n\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n");
+        feed(&mut reader, b"data: {\"id\":\"x\",\"model\":\"m\",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"say \\\"hi\\\"\\n\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n");
         reader.finish(false);
         assert_eq!(reader.answer.text, "say \"hi\"\n");
         assert_eq!(reader.answer.stop_reason, None);
@@ -735,8 +1021,114 @@ mod tests {
     #[test]
     fn an_error_answer_is_kept_for_ai_error() {
         let mut reader = AnswerReader::new(Api::ChatCompletions, false, true);
-        reader.feed(br#"{"error":{"message":"Rate limit","type":"rate_limit"}}"#);
+        feed(
+            &mut reader,
+            br#"{"error":{"message":"Rate limit","type":"rate_limit"}}"#,
+        );
         reader.finish(true);
         assert_eq!(reader.answer.error.unwrap()["message"], "Rate limit");
+    }
+
+    fn request(api: Api, body: Value) -> RequestInfo {
+        read_request(api, &Bytes::from(body.to_string()), false, false).0
+    }
+
+    #[test]
+    fn request_inputs_and_parameters_are_the_requests_json() {
+        let info = request(
+            Api::ChatCompletions,
+            json!({"model": "m", "temperature": 0.5, "stream": false, "stop": ["x"], "user": "u",
+                   "messages": [{"role": "user", "content": "Hi"}]}),
+        );
+        assert_eq!(info.model.as_deref(), Some("m"));
+        assert!(!info.stream);
+        assert_eq!(
+            parsed(&info.input),
+            Some(json!([{"role": "user", "content": "Hi"}]))
+        );
+        let parameters: Value =
+            serde_json::from_slice(info.parameters.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            parameters,
+            json!({"temperature": 0.5, "stop": ["x"], "stream": false})
+        );
+
+        let info = request(
+            Api::Responses,
+            json!({"model": "m", "instructions": "Be brief.", "input": "Hi"}),
+        );
+        assert_eq!(
+            parsed(&info.input),
+            Some(
+                json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+            )
+        );
+        let info = request(Api::Responses, json!({"input": "Hi"}));
+        assert_eq!(
+            parsed(&info.input),
+            Some(json!([{"role": "user", "content": "Hi"}]))
+        );
+        assert!(info.parameters.is_none());
+        let info = request(
+            Api::Responses,
+            json!({"instructions": "S", "input": [{"role": "user", "content": "Q"}]}),
+        );
+        assert_eq!(
+            parsed(&info.input),
+            Some(json!([{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]))
+        );
+        let info = request(
+            Api::AnthropicMessages,
+            json!({"system": [{"type": "text", "text": "S"}], "messages": []}),
+        );
+        assert_eq!(
+            parsed(&info.input),
+            Some(json!([{"role": "system", "content": [{"type": "text", "text": "S"}]}]))
+        );
+        let info = request(Api::Embeddings, json!({"input": ["a", "b"], "model": "e"}));
+        assert_eq!(parsed(&info.input), Some(json!(["a", "b"])));
+        // Privacy mode reads no input; a body that is no object gives nothing.
+        let body = Bytes::from(json!({"messages": [1]}).to_string());
+        assert!(read_request(Api::ChatCompletions, &body, false, true)
+            .0
+            .input
+            .is_none());
+        let (info, _) = read_request(Api::ChatCompletions, &Bytes::from("[1, 2]"), false, false);
+        assert!(info.model.is_none() && info.input.is_none());
+    }
+
+    #[test]
+    fn a_chat_answer_in_pieces_or_whole_and_one_that_does_not_fit_the_structs() {
+        let answer = json!({"model": "gpt", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "A"}, "finish_reason": "stop"},
+            {"index": 1, "message": {"role": "assistant", "content": "B"}, "finish_reason": "length"}
+        ], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 0}}})
+        .to_string();
+        let expected =
+            json!([{"role": "assistant", "content": "A"}, {"role": "assistant", "content": "B"}]);
+        for pieces in [1, 5] {
+            let mut reader = AnswerReader::new(Api::ChatCompletions, false, true);
+            for piece in answer.as_bytes().chunks(answer.len().div_ceil(pieces)) {
+                feed(&mut reader, piece);
+            }
+            reader.finish(false);
+            let a = reader.answer;
+            assert_eq!(parsed(&a.output), Some(expected.clone()), "{pieces} pieces");
+            assert_eq!((a.input_tokens, a.output_tokens), (Some(3), Some(4)));
+            assert_eq!(a.stop_reason.as_deref(), Some("stop"));
+            assert_eq!(a.model.as_deref(), Some("gpt"));
+        }
+        // Token counts that are not integers: read through a `Value`, what fits is kept.
+        let odd = json!({"model": "gpt", "usage": {"prompt_tokens": 2.5, "completion_tokens": 1},
+                         "choices": [{"message": {"content": "C"}}]});
+        let mut reader = AnswerReader::new(Api::ChatCompletions, false, true);
+        feed(&mut reader, odd.to_string().as_bytes());
+        reader.finish(false);
+        assert_eq!(reader.answer.output_tokens, Some(1));
+        assert_eq!(reader.answer.input_tokens, None);
+        assert_eq!(
+            parsed(&reader.answer.output),
+            Some(json!([{"content": "C"}]))
+        );
     }
 }

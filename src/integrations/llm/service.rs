@@ -15,20 +15,27 @@ use http::{header, HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::{combinators::Collect, BodyExt};
 use pin_project_lite::pin_project;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
     body::AiBody,
-    parse::{read_request, recognize, AnswerReader, Api, RequestInfo},
+    parse::{assistant_message, read_request, recognize, AnswerReader, Api, RequestInfo},
 };
 use crate::{
     ai::{Embedding, Generation},
     context::RequestContext,
     PostHog,
 };
+
+/// `$ai_lib` of the events [`AiLayer`] captures: the library that captured them, as
+/// posthog-python's wrappers send `posthog-ai` (events built with [`crate::ai`] and sent with
+/// `capture_ai` carry none, as posthog-python's `capture_ai` adds none).
+const AI_LIB: &str = "posthog-tower";
+/// `$ai_lib_version`: this crate's version.
+const AI_LIB_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The `$ai_trace_id` of one LLM call: put it in the request's extensions to group the call
 /// with others (the default is a new random id per call).
@@ -366,7 +373,7 @@ impl Recorder {
         })
     }
 
-    pub(crate) fn feed(&mut self, data: &[u8]) {
+    pub(crate) fn feed(&mut self, data: &Bytes) {
         self.reader.feed(data);
     }
 
@@ -381,22 +388,28 @@ impl Recorder {
         self.reader.finish(self.status >= 400);
         let answer = mem::take(&mut self.reader.answer);
         let request = mem::take(&mut call.request);
-        let trace_id = call.trace_id.take().map_or_else(
-            || crate::id::new_v4().to_string(),
-            |t| t.as_str().to_owned(),
-        );
+        let mut uuid_text = [0; uuid::fmt::Hyphenated::LENGTH];
+        let trace_id = call.trace_id.take();
+        let trace_id = match &trace_id {
+            Some(trace_id) => trace_id.as_str(),
+            None => crate::id::new_v4()
+                .hyphenated()
+                .encode_lower(&mut uuid_text),
+        };
         let model = answer.model.or(request.model);
         let latency = call.started.elapsed();
         let error = answer
             .error
             .or_else(|| self.failure.take().map(Value::String));
         let event = if call.api.is_embedding() {
-            let mut event = Embedding::new(&trace_id)
+            let mut event = Embedding::new(trace_id)
                 .provider(call.api.provider())
                 .base_url(&call.base_url)
                 .latency(latency)
                 .is_error(is_error)
-                .privacy_mode(call.config.privacy_mode);
+                .privacy_mode(call.config.privacy_mode)
+                .property("$ai_lib", AI_LIB)
+                .property("$ai_lib_version", AI_LIB_VERSION);
             if let Some(model) = model {
                 event = event.model(model);
             }
@@ -407,19 +420,21 @@ impl Recorder {
                 event = event.input_tokens(tokens);
             }
             if let Some(input) = request.input {
-                event = event.input(input);
+                event = event.input_json(input);
             }
             if let Some(error) = error {
                 event = event.error(error);
             }
             event.into_event()
         } else {
-            let mut event = Generation::new(&trace_id)
+            let mut event = Generation::new(trace_id)
                 .provider(call.api.provider())
                 .base_url(&call.base_url)
                 .latency(latency)
                 .is_error(is_error)
                 .privacy_mode(call.config.privacy_mode)
+                .property("$ai_lib", AI_LIB)
+                .property("$ai_lib_version", AI_LIB_VERSION)
                 .property("$ai_stream", request.stream);
             if let Some(model) = model {
                 event = event.model(model);
@@ -436,17 +451,16 @@ impl Recorder {
             if let Some(reason) = answer.stop_reason {
                 event = event.stop_reason(reason);
             }
-            if !request.parameters.is_empty() {
-                event = event.model_parameters(&request.parameters);
+            if let Some(parameters) = &request.parameters {
+                event = event.model_parameters_json(parameters);
             }
             if let Some(input) = request.input {
-                event = event.input(input);
+                event = event.input_json(input);
             }
             if let Some(output) = answer.output {
-                event = event.output_choices(output);
+                event = event.output_choices_json(output);
             } else if !answer.text.is_empty() {
-                event =
-                    event.output_choices(json!([{"role": "assistant", "content": answer.text}]));
+                event = event.output_choices_json(assistant_message(&answer.text));
             }
             if let Some(error) = error {
                 event = event.error(error);
