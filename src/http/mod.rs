@@ -148,6 +148,7 @@ mod cookie;
 mod exceptions;
 #[cfg(feature = "axum")]
 mod extract;
+mod flag_inputs;
 mod flush;
 mod head;
 mod identity;
@@ -164,6 +165,7 @@ pub use capture_pageviews::{CapturePageviews, CapturePageviewsFuture, CapturePag
 pub use cookie::PostHogCookie;
 #[cfg(feature = "axum")]
 pub use extract::MissingPostHogLayer;
+pub use flag_inputs::{FlagInputs, MakeFlagInputs};
 pub use flush::{Flush, FlushFuture, FlushLayer};
 pub use head::{RequestHead, DISTINCT_ID_HEADER, SESSION_ID_HEADER, WINDOW_ID_HEADER};
 pub use identity::{DefaultMakeDistinctId, MakeDistinctId, Or};
