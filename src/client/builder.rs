@@ -248,11 +248,14 @@ impl PostHogBuilder {
     /// Blank names are ignored; an empty list is none.
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), posthog_tower::BuildError> {
     /// let posthog = posthog_tower::PostHog::builder("phc_project_key")
     ///     .evaluation_environments(["production", "backend"])
     ///     .build()?;
     /// # let _ = posthog;
-    /// # Ok::<(), posthog_tower::BuildError>(())
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn evaluation_environments<I, S>(mut self, environments: I) -> Self
     where
