@@ -1,8 +1,10 @@
 //! What a request's flags are evaluated with behind the layer, in a real axum server on
 //! loopback with `MockPostHog`: the anonymous visitor of the posthog-js cookie when the
 //! app's resolver knows no caller (device-bucketed variants as posthog-python computes them,
-//! stored in `tests/data/anonymous_device/`), and the person properties and groups of
-//! `PostHogLayer::flag_properties`, locally and in the `/flags` body.
+//! stored in `tests/data/anonymous_device/`), the person properties and groups of
+//! `PostHogLayer::flag_properties`, locally and in the `/flags` body, and reads that evaluate
+//! only the flags read (the pageview carrying those) while an undecided flag makes one
+//! `/flags` call for the request.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -319,4 +321,97 @@ async fn the_maker_sees_each_request_once() {
     ];
     assert_eq!(get_with(addr, "/two-reads", &headers).await, "truetrue");
     assert_eq!(calls.load(Ordering::Relaxed), 1);
+}
+
+/// The handler reads each comma-separated key of the path in turn (twice) and answers the
+/// values, comma-separated.
+fn reads_route() -> Router {
+    Router::new().route(
+        "/reads/{keys}",
+        get(
+            |axum::extract::Path(keys): axum::extract::Path<String>, flags: RequestFlags| async move {
+                let mut values = Vec::new();
+                for key in keys.split(',') {
+                    let first = flags.get_flag(key).await;
+                    assert_eq!(flags.get_flag(key).await, first, "{key} read twice");
+                    values.push(first.map_or("-".to_owned(), |v| v.to_string()));
+                }
+                values.join(",")
+            },
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_read_evaluates_only_its_flag_and_the_pageview_carries_what_was_read() {
+    let mut definitions = targeted_definitions();
+    let flags = definitions["flags"].as_array_mut().unwrap();
+    flags.push(json!({"id": 3, "key": "everyone", "active": true,
+        "filters": {"groups": [{"properties": [], "rollout_percentage": 100}]}}));
+    flags.push(json!({"id": 4, "key": "needs-pro", "active": true,
+        "filters": {"groups": [{"properties": [
+            {"key": "pro-only", "type": "flag", "value": true, "operator": "flag_evaluates_to",
+             "dependency_chain": ["pro-only"]}], "rollout_percentage": 100}]}}));
+    flags.push(json!({"id": 5, "key": "continuity", "active": true,
+        "ensure_experience_continuity": true,
+        "filters": {"groups": [{"properties": [], "rollout_percentage": 100}]}}));
+    let mock = MockPostHog::start().await.expect("mock binds");
+    mock.set_default(
+        "/flags/",
+        MockResponse::json(
+            200,
+            json!({"flags": {"continuity": {"key": "continuity", "enabled": true}}}),
+        ),
+    );
+    let posthog = local_client(&mock, definitions).await;
+    let app = reads_route().layer(posthog.layer().flag_properties(inputs_from_headers));
+    let addr = serve(app).await;
+    let pro = |id: &str| {
+        [
+            ("x-posthog-distinct-id", id.to_owned()),
+            ("x-plan", "pro".to_owned()),
+        ]
+    };
+
+    // Two flags, one depending on a third: decided locally, each evaluated once.
+    assert_eq!(
+        get_with(addr, "/reads/needs-pro,everyone", &pro("u1")).await,
+        "true,true"
+    );
+    assert!(mock.requests_to("/flags").is_empty());
+    posthog.flush().await;
+    let events = mock.events();
+    let pageview = events
+        .iter()
+        .find(|e| e["event"] == "$pageview" && e["distinct_id"] == "u1")
+        .expect("u1's pageview");
+    let feature_keys: Vec<&str> = pageview["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.strip_prefix("$feature/"))
+        .collect();
+    assert_eq!(feature_keys.len(), 2, "{pageview:#}");
+    assert!(feature_keys.contains(&"needs-pro") && feature_keys.contains(&"everyone"));
+    assert_eq!(
+        pageview["properties"]["$active_feature_flags"],
+        json!(["everyone", "needs-pro"])
+    );
+    let called: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "$feature_flag_called" && e["distinct_id"] == "u1")
+        .collect();
+    assert_eq!(called.len(), 2, "one event per flag read: {called:#?}");
+
+    // A flag local evaluation cannot decide: one /flags request for the request, however many
+    // flags are read after it.
+    assert_eq!(
+        get_with(addr, "/reads/everyone,continuity,pro-only", &pro("u2")).await,
+        "true,true,true"
+    );
+    let requests = mock.requests_to("/flags");
+    assert_eq!(requests.len(), 1);
+    let body = requests[0].json().unwrap();
+    assert_eq!(body["distinct_id"], "u2");
+    assert_eq!(body["flag_keys_to_evaluate"], json!(["continuity"]));
 }
