@@ -289,6 +289,10 @@ pub(crate) struct ReadContext<'a> {
     pub(crate) single: bool,
 }
 
+/// Bytes of properties reserved for a flag event at once (a `$feature_flag_called` with
+/// attribution takes about 500), so that building it never grows the buffer.
+const FLAG_EVENT_BYTES: usize = 640;
+
 /// Every `$feature_flag_called` is assembled here, from one of three situations.
 impl FlagCalled {
     /// A read of `key` from an evaluation (local or `/flags`), whose `record` is `None` when
@@ -380,25 +384,27 @@ impl FlagCalled {
     pub(crate) fn exposure_event(&self) -> Option<Event> {
         let (rule_id, variant_key) = self.attribution.as_ref()?.attribution.exposure()?;
         let mut event = Event::new("$experiment_exposure", &self.distinct_id);
-        event.insert_plain("$feature_flag", self.key.as_str());
-        event.insert_plain("$feature_flag_response", &self.response);
-        event.insert_plain("locally_evaluated", &self.locally_evaluated);
-        event.insert_plain("$feature_flag_variant_key", variant_key);
-        event.insert_plain("$feature_flag_rule_id", rule_id);
+        // Its properties, and room for those `$feature_flag_called` adds to a copy of them.
+        event.inner.properties.reserve(FLAG_EVENT_BYTES);
+        event.insert_new("$feature_flag", self.key.as_str());
+        event.insert_new("$feature_flag_response", &self.response);
+        event.insert_new("locally_evaluated", &self.locally_evaluated);
+        event.insert_new("$feature_flag_variant_key", variant_key);
+        event.insert_new("$feature_flag_rule_id", rule_id);
         if let Some(id) = self.id.filter(|id| *id != 0) {
-            event.insert_plain("$feature_flag_id", &id);
+            event.insert_new("$feature_flag_id", &id);
         }
         if let Some(version) = self.version.filter(|v| *v != 0) {
-            event.insert_plain("$feature_flag_version", &version);
+            event.insert_new("$feature_flag_version", &version);
         }
         if let Some(id) = self.request_id.as_deref().filter(|r| !r.is_empty()) {
-            event.insert_plain("$feature_flag_request_id", id);
+            event.insert_new("$feature_flag_request_id", id);
         }
         if let Some(at) = self
             .evaluated_at
             .filter(|at| !self.locally_evaluated && *at != 0)
         {
-            event.insert_plain("$feature_flag_evaluated_at", &at);
+            event.insert_new("$feature_flag_evaluated_at", &at);
         }
         for (group_type, group_key) in &self.groups {
             event = event.group(group_type, group_key);
@@ -409,11 +415,12 @@ impl FlagCalled {
     }
 
     /// The event, with the properties posthog-python sends.
+    #[cfg(test)]
     pub(crate) fn into_event(self) -> Event {
         self.into_event_after(None)
     }
 
-    /// [`into_event`](Self::into_event), starting from the properties of this read's
+    /// The event, with the properties posthog-python sends, starting from the properties of this read's
     /// `$experiment_exposure` when there is one: they are a subset of this event's (the flag,
     /// response, evaluation source, rule id, variant key, id, version, request id, evaluation
     /// time and groups, with the same values), so they are copied as JSON instead of
@@ -422,15 +429,19 @@ impl FlagCalled {
         let mut event = Event::new("$feature_flag_called", &self.distinct_id);
         let shared = match exposure {
             Some(exposure) => {
-                event.inner.properties = exposure.inner.properties.clone();
+                event.inner.properties =
+                    exposure.inner.properties.clone_with_room(FLAG_EVENT_BYTES);
                 true
             }
-            None => false,
+            None => {
+                event.inner.properties.reserve(FLAG_EVENT_BYTES);
+                false
+            }
         };
         if !shared {
-            event.insert_plain("$feature_flag", self.key.as_str());
-            event.insert_plain("$feature_flag_response", &self.response);
-            event.insert_plain("locally_evaluated", &self.locally_evaluated);
+            event.insert_new("$feature_flag", self.key.as_str());
+            event.insert_new("$feature_flag_response", &self.response);
+            event.insert_new("locally_evaluated", &self.locally_evaluated);
         }
         event.insert_plain(&format!("$feature/{}", self.key), &self.response);
         if let Some(payload) = self.payload.filter(|p| !p.is_null()) {
@@ -438,20 +449,20 @@ impl FlagCalled {
         }
         if !shared {
             if let Some(id) = self.request_id.as_deref().filter(|r| !r.is_empty()) {
-                event.insert_plain("$feature_flag_request_id", id);
+                event.insert_new("$feature_flag_request_id", id);
             }
             if let Some(at) = self
                 .evaluated_at
                 .filter(|at| !self.locally_evaluated && *at != 0)
             {
-                event.insert_plain("$feature_flag_evaluated_at", &at);
+                event.insert_new("$feature_flag_evaluated_at", &at);
             }
         }
         match &self.attribution {
             // The reason code replaces the human-readable reason.
             Some(attribution) => {
                 let a = attribution.attribution.as_str();
-                event.insert_plain("$feature_flag_config_version", &2);
+                event.insert_new("$feature_flag_config_version", &2);
                 let mut named = [
                     ("$feature_flag_reason_code", a.reason_code),
                     ("$feature_flag_rule_id", a.rule_id),
@@ -465,30 +476,30 @@ impl FlagCalled {
                 }
                 for (name, value) in named {
                     if let Some(value) = value {
-                        event.insert_plain(name, value);
+                        event.insert_new(name, value);
                     }
                 }
                 event.inner.pinned = Pinned::FlagCalledV2;
             }
             None => {
                 if let Some(reason) = self.reason.filter(|r| !r.is_empty()) {
-                    event.insert_value("$feature_flag_reason", Value::String(reason));
+                    event.insert_new("$feature_flag_reason", &reason);
                 }
             }
         }
         if !shared {
             if let Some(id) = self.id.filter(|id| *id != 0) {
-                event.insert_plain("$feature_flag_id", &id);
+                event.insert_new("$feature_flag_id", &id);
             }
             if let Some(version) = self.version.filter(|v| *v != 0) {
-                event.insert_plain("$feature_flag_version", &version);
+                event.insert_new("$feature_flag_version", &version);
             }
         }
         if let Some(error) = self.error {
-            event.insert_value("$feature_flag_error", Value::String(error));
+            event.insert_new("$feature_flag_error", &error);
         }
         if let Some(has_experiment) = self.has_experiment {
-            event.insert_plain("$feature_flag_has_experiment", &has_experiment);
+            event.insert_new("$feature_flag_has_experiment", &has_experiment);
         }
         if !shared {
             for (group_type, group_key) in self.groups {
