@@ -38,7 +38,10 @@
 //! `distinct_id` in posthog-js's cookie `ph_<project key>_posthog`, else nobody (an anonymous
 //! caller, whose events are personless and whose flags are all off). The session id comes from
 //! `X-POSTHOG-SESSION-ID` or the cookie. Use your own authentication with a closure:
-//! `layer.distinct_id(|req: &RequestHead<'_>| ...)`.
+//! `layer.distinct_id(|req: &RequestHead<'_>| ...)`. When it knows no caller and the
+//! posthog-js cookie is present, [`PostHogLayer`] takes the cookie's anonymous distinct id
+//! (and its `$device_id` for device-bucketed flags), as posthog-js's own events do.
+//! [`PostHogLayer::flag_properties`] adds person properties and groups to the caller's flags.
 //!
 //! # Spawned tasks
 //!
