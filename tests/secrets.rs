@@ -1,7 +1,7 @@
 //! The project API key and the personal API key stay secret: they never show in the `Debug`
 //! or `Display` output of a public type, nor in any log line at any level, through a whole
-//! lifecycle with failures; and the personal key travels to `/flags/definitions` only, in its
-//! `Authorization` header.
+//! lifecycle with failures; and the personal key travels to PostHog's API paths only
+//! (`/flags/definitions` and the remote config path), in their `Authorization` header.
 //!
 //! Logs are captured by a `tracing::Subscriber` written here (every level enabled, every field
 //! formatted), installed with `tracing::subscriber::set_default` for the test's thread. The
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use posthog_tower::capture::CaptureTransport;
 use posthog_tower::flags::{FlagsRequest, LocalFlags, RemoteFlags};
-use posthog_tower::testing::{MockPostHog, MockResponse};
+use posthog_tower::testing::{remote_config_path, MockPostHog, MockResponse};
 use posthog_tower::{ErrorReport, Event, PostHog};
 use serde_json::{json, Value};
 use tracing::field::{Field, Visit};
@@ -234,6 +234,11 @@ async fn keys_never_show_in_debug_display_or_logs_and_the_personal_key_goes_to_d
     mock.enqueue("/flags/", MockResponse::status(429));
     mock.enqueue("/flags/", MockResponse::status(401));
     mock.enqueue("/flags/", MockResponse::status(502));
+    mock.set_remote_config("remote-settings", Some(json!({"theme": "dark"})));
+    mock.enqueue(
+        &remote_config_path("remote-settings"),
+        MockResponse::json(403, json!({"detail": "refused"})),
+    );
 
     let errors: Arc<Mutex<Vec<ErrorReport>>> = Arc::default();
     let builder = PostHog::builder(PROJECT_KEY)
@@ -266,6 +271,16 @@ async fn keys_never_show_in_debug_display_or_logs_and_the_personal_key_goes_to_d
     assert_debug_is_clean("FeatureFlagResult", &result);
     assert_debug_is_clean("AllFlags", &ph.get_all_flags_and_payloads("user-1").await);
     assert_debug_is_clean("FlagEvaluations", &ph.evaluate_flags("user-1").await);
+
+    // Remote config, with the personal key: refused once, then served.
+    let refused = ph.get_remote_config_payload("remote-settings").await;
+    let error = refused.unwrap_err();
+    assert_display_is_clean("RemoteConfigError", &error);
+    assert_debug_is_clean("RemoteConfigError", &error);
+    assert_eq!(
+        ph.get_remote_config_payload("remote-settings").await,
+        Ok(Some(json!({"theme": "dark"})))
+    );
 
     // Remote evaluation, failing in every way first (500 and 401 are final, 502 retried).
     for _ in 0..4 {
@@ -363,6 +378,7 @@ async fn keys_never_show_in_debug_display_or_logs_and_the_personal_key_goes_to_d
     let requests = mock.requests();
     assert!(requests.len() > 10);
     let mut definitions = 0;
+    let mut remote_configs = 0;
     for r in &requests {
         let url = format!("{}?{}", r.path, r.query.as_deref().unwrap_or(""));
         assert!(!url.contains(PERSONAL_KEY), "personal key in the URL {url}");
@@ -376,15 +392,26 @@ async fn keys_never_show_in_debug_display_or_logs_and_the_personal_key_goes_to_d
             if !value.contains(PERSONAL_KEY) {
                 continue;
             }
-            assert_eq!(
-                r.path, "/flags/definitions",
+            assert!(
+                r.path == "/flags/definitions" || r.path == remote_config_path("remote-settings"),
                 "personal key sent to {} in {name}",
                 r.path
             );
             assert_eq!(name, http::header::AUTHORIZATION, "personal key in {name}");
             assert_eq!(value, format!("Bearer {PERSONAL_KEY}"));
         }
-        if r.path == "/flags/definitions" {
+        if r.path == remote_config_path("remote-settings") {
+            remote_configs += 1;
+            // The project key only as the token parameter.
+            assert_eq!(
+                r.query.as_deref(),
+                Some(format!("token={PROJECT_KEY}").as_str())
+            );
+            assert_eq!(
+                r.header("authorization"),
+                Some(format!("Bearer {PERSONAL_KEY}").as_str())
+            );
+        } else if r.path == "/flags/definitions" {
             definitions += 1;
             assert_eq!(
                 r.header("authorization"),
@@ -395,6 +422,7 @@ async fn keys_never_show_in_debug_display_or_logs_and_the_personal_key_goes_to_d
         }
     }
     assert!(definitions >= 4);
+    assert_eq!(remote_configs, 2);
     // The project key did travel, where PostHog expects it.
     assert!(mock.requests_to("/batch")[0]
         .json()

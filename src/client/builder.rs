@@ -17,7 +17,7 @@ use crate::{
     exception::{InAppCrates, RateLimit},
     flags::{
         CoalesceLayer, Decide, DecideConfig, FlagCalledDedup, FlagsRetryPolicy, PolledDefinitions,
-        RemoteFlags, RemoteStack,
+        RemoteConfig, RemoteFlags, RemoteStack,
     },
     net::HttpClient,
     BoxError, BuildError, ErrorReport, Event,
@@ -72,6 +72,7 @@ pub struct PostHogBuilder {
     send_feature_flag_events: bool,
     flag_called_dedup_capacity: usize,
     flag_fallback_max_age: Option<Duration>,
+    evaluation_environments: Option<Arc<[String]>>,
     personal_api_key: Option<String>,
     poll_interval: Duration,
     is_server: bool,
@@ -109,6 +110,7 @@ impl PostHogBuilder {
             send_feature_flag_events: true,
             flag_called_dedup_capacity: 50_000,
             flag_fallback_max_age: None,
+            evaluation_environments: None,
             personal_api_key: None,
             poll_interval: Duration::from_secs(30),
             is_server: true,
@@ -195,8 +197,9 @@ impl PostHogBuilder {
 
     /// Turns on local evaluation: flag definitions are fetched with this personal API key (or
     /// project secret key) every [`poll_interval`](Self::poll_interval) and evaluated
-    /// in-process, asking `/flags` only for what they cannot decide. The key is sent to
-    /// `{host}/flags/definitions` only.
+    /// in-process, asking `/flags` only for what they cannot decide. It also authenticates
+    /// [`PostHog::get_remote_config_payload`](crate::PostHog::get_remote_config_payload). The key is sent to `{host}/flags/definitions`
+    /// and `{host}/api/projects/@current/feature_flags/{key}/remote_config` only.
     pub fn personal_api_key(mut self, key: impl Into<String>) -> Self {
         let key = key.into();
         self.personal_api_key = (!key.trim().is_empty()).then_some(key);
@@ -240,6 +243,39 @@ impl PostHogBuilder {
     /// hour when `/flags` fails (off). The event still records the error.
     pub fn flag_fallback_cache(mut self, enabled: bool) -> Self {
         self.flag_fallback_max_age = enabled.then(|| Duration::from_secs(3600));
+        self
+    }
+
+    /// The evaluation environments of this client (none by default), e.g.
+    /// `["production", "backend"]`: sent as `evaluation_environments` with every `/flags`
+    /// request, so PostHog evaluates only the flags with no evaluation tags or with a tag
+    /// among them, as posthog-node's `evaluationEnvironments` does. Local evaluation follows
+    /// the same rule when the definitions list a flag's `evaluation_tags`: a flag tagged for
+    /// other environments is left out (reads answer [`FlagError::Missing`](crate::flags::FlagError::Missing),
+    /// as PostHog's answer would), and a flag whose tags cannot be read goes to `/flags`.
+    /// Blank names are ignored; an empty list is none.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), posthog_tower::BuildError> {
+    /// let posthog = posthog_tower::PostHog::builder("phc_project_key")
+    ///     .evaluation_environments(["production", "backend"])
+    ///     .build()?;
+    /// # let _ = posthog;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn evaluation_environments<I, S>(mut self, environments: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let environments: Vec<String> = environments
+            .into_iter()
+            .map(Into::into)
+            .filter(|e| !e.trim().is_empty())
+            .collect();
+        self.evaluation_environments = (!environments.is_empty()).then(|| environments.into());
         self
     }
 
@@ -703,6 +739,7 @@ impl PostHogBuilder {
         }
         let http_client = self.http_client.unwrap_or_else(crate::net::default_client);
         let poller_client = http_client.clone();
+        let remote_config_client = http_client.clone();
         let flags_service: RemoteStack = BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .layer(CoalesceLayer::new())
@@ -710,7 +747,8 @@ impl PostHogBuilder {
                 .timeout(self.flags_timeout)
                 .service(
                     RemoteFlags::with_client(http_client.clone(), &host, &api_key)?
-                        .disable_geoip(config.disable_geoip),
+                        .disable_geoip(config.disable_geoip)
+                        .evaluation_environments(self.evaluation_environments.clone()),
                 ),
         );
         let ai_stack = match self.ai_capture_stack {
@@ -817,8 +855,19 @@ impl PostHogBuilder {
                 send_events: self.send_feature_flag_events,
                 fallback_max_age: self.flag_fallback_max_age,
                 local,
+                environments: self.evaluation_environments.clone(),
             }),
             reporter,
+            remote_config: match &self.personal_api_key {
+                Some(secret) => Some(RemoteConfig::new(
+                    remote_config_client,
+                    &host,
+                    &api_key,
+                    secret,
+                    self.flags_timeout,
+                )?),
+                None => None,
+            },
         };
         let client = PostHog {
             inner: Arc::new(Inner {

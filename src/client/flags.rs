@@ -88,6 +88,8 @@ impl ReportFlagCalled for FlagCalledReporter {
 pub(crate) struct FlagsClient {
     pub(crate) decide: Decide,
     pub(crate) reporter: std::sync::Arc<FlagCalledReporter>,
+    /// Remote config payloads: `None` without a personal API key.
+    pub(crate) remote_config: Option<crate::flags::RemoteConfig>,
 }
 
 impl PostHog {
@@ -161,6 +163,74 @@ impl PostHog {
         self.flag_result(key, request.into(), false)
             .await?
             .payload_as()
+    }
+
+    /// The payload of the remote config flag `key`, as PostHog serves it decrypted:
+    /// `GET {host}/api/projects/@current/feature_flags/{key}/remote_config`, authenticated
+    /// with the [personal API key or project secret key](crate::PostHogBuilder::personal_api_key)
+    /// (the project key goes along only as the `token` query parameter). Waits at most the
+    /// [flags request timeout](crate::PostHogBuilder::feature_flags_request_timeout).
+    ///
+    /// `Ok(None)` when the flag has no payload. A payload PostHog serves as JSON text is
+    /// decoded (`"{\"a\":1}"` becomes `{"a": 1}`); text that is not JSON stays a string.
+    /// Errors: [`RemoteConfigError::MissingSecretKey`](crate::flags::RemoteConfigError::MissingSecretKey)
+    /// without a secret key, [`Status`](crate::flags::RemoteConfigError::Status) for an
+    /// unknown flag (404) or a refused key (401, 403), and the transport's failures. Reports
+    /// no event and is not retried.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let posthog = posthog_tower::PostHog::builder("phc_project_key")
+    ///     .personal_api_key("phs_project_secret_key")
+    ///     .build()?;
+    /// if let Some(config) = posthog.get_remote_config_payload("checkout-config").await? {
+    ///     println!("max items: {}", config["max_items"]);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_remote_config_payload(
+        &self,
+        key: &str,
+    ) -> Result<Option<Value>, crate::flags::RemoteConfigError> {
+        use crate::flags::RemoteConfigError;
+        let flags = self
+            .inner
+            .flags
+            .as_ref()
+            .ok_or(RemoteConfigError::Disabled)?;
+        let remote = flags
+            .remote_config
+            .as_ref()
+            .ok_or(RemoteConfigError::MissingSecretKey)?;
+        remote.payload(key).await
+    }
+
+    /// Like [`get_remote_config_payload`](Self::get_remote_config_payload), decoded into `T`
+    /// ([`RemoteConfigError::InvalidPayload`](crate::flags::RemoteConfigError::InvalidPayload)
+    /// when it does not fit).
+    ///
+    /// ```no_run
+    /// # async fn f(posthog: posthog_tower::PostHog) -> Result<(), Box<dyn std::error::Error>> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Checkout {
+    ///     max_items: u32,
+    /// }
+    /// let checkout: Option<Checkout> = posthog.get_remote_config_payload_as("checkout-config").await?;
+    /// # let _ = checkout.map(|c| c.max_items);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_remote_config_payload_as<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, crate::flags::RemoteConfigError> {
+        match self.get_remote_config_payload(key).await? {
+            None => Ok(None),
+            Some(value) => serde_json::from_value(value)
+                .map(Some)
+                .map_err(|e| crate::flags::RemoteConfigError::InvalidPayload(e.to_string())),
+        }
     }
 
     /// One flag's value, payload and reason from a single evaluation. Reports

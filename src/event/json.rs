@@ -27,7 +27,7 @@ fn has_byte(word: u64, byte: u8) -> bool {
 
 /// Whether JSON needs any byte of `text` escaped: a control character, `"` or `\`.
 #[inline]
-fn needs_escape(text: &[u8]) -> bool {
+pub(crate) fn needs_escape(text: &[u8]) -> bool {
     let special =
         |word: u64| has_byte_below(word, 0x20) || has_byte(word, b'"') || has_byte(word, b'\\');
     let word_at = |at: usize| {

@@ -437,6 +437,14 @@ impl Event {
         self.inner.properties.insert_json(key, json)
     }
 
+    /// [`insert_plain`](Self::insert_plain) for a builder that knows `key` is a constant not
+    /// set yet, needing no JSON escaping (see `Properties::insert_new`).
+    pub(crate) fn insert_new<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {
+        if let Err(e) = self.inner.properties.insert_new(key, value) {
+            tracing::warn!(key, error = %e, "posthog: property left out");
+        }
+    }
+
     /// [`insert_value`](Self::insert_value) for a value the crate builds (a string, a
     /// number, a boolean), serialized without an intermediate `Value`.
     pub(crate) fn insert_plain<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) {

@@ -185,6 +185,61 @@ impl Properties {
         Ok(())
     }
 
+    /// [`insert`](Self::insert) for a builder that knows `key` is not set yet and is plain
+    /// ASCII without characters JSON escapes (a constant such as `$feature_flag`): it is
+    /// copied as it is and no other key is compared with it. Checked in debug builds.
+    pub(crate) fn insert_new<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), PropertyError> {
+        debug_assert!(
+            !super::json::needs_escape(key.as_bytes()) && self.find(key).is_none(),
+            "insert_new({key:?}): the key needs escaping or is set"
+        );
+        let start = self.json.len();
+        if start > u32::MAX as usize - 1 {
+            return Err(PropertyError::new(
+                "too many properties: over 4 GiB of JSON",
+            ));
+        }
+        self.json.reserve(key.len() + 4 + ENCODING_ROOM);
+        if start > 0 {
+            self.json.push(b',');
+        }
+        let entry = self.json.len();
+        self.json.push(b'"');
+        self.json.extend_from_slice(key.as_bytes());
+        self.json.extend_from_slice(b"\":");
+        let key_end = self.json.len();
+        if let Err(e) = convert::write(&mut self.json, value) {
+            self.json.truncate(start);
+            return Err(e);
+        }
+        self.lengths |= length_bit(key_end - entry);
+        self.starts.push(entry as u32);
+        self.json.reserve(ENCODING_ROOM);
+        Ok(())
+    }
+
+    /// Makes room at once for `bytes` more bytes of entries (and what encoding adds), for a
+    /// builder that knows its event is large: the setters then never grow the buffer.
+    pub(crate) fn reserve(&mut self, bytes: usize) {
+        self.json.reserve(bytes + ENCODING_ROOM);
+    }
+
+    /// A copy with room for `bytes` more bytes of entries (and what encoding adds), where
+    /// `clone` would allocate the exact length and the next setter grow it again.
+    pub(crate) fn clone_with_room(&self, bytes: usize) -> Properties {
+        let mut json = Vec::with_capacity(self.json.len() + bytes + ENCODING_ROOM);
+        json.extend_from_slice(&self.json);
+        Properties {
+            json,
+            starts: self.starts.clone(),
+            lengths: self.lengths,
+        }
+    }
+
     /// Takes the entries out, leaving no property: the start of the event's encoding (see
     /// [`Encoder::encode_owned`](super::Encoder::encode_owned)).
     pub(crate) fn take_json(&mut self) -> Vec<u8> {

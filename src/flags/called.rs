@@ -258,7 +258,7 @@ pub(crate) fn report_read(
     let exposure = exposed.then(|| read.exposure_event()).flatten();
     // Each event is attempted on its own; one that could not be queued gives its
     // combination back (for attributed reads), so a later read sends it.
-    if called && !reporter.report(read.into_event()) {
+    if called && !reporter.report(read.into_event_after(exposure.as_ref())) {
         if let Some(attribution) = attribution {
             reporter.forget(distinct_id, key, value, groups, attribution);
         }
@@ -288,6 +288,10 @@ pub(crate) struct ReadContext<'a> {
     /// the empty variant), as posthog-python does.
     pub(crate) single: bool,
 }
+
+/// Bytes of properties reserved for a flag event at once (a `$feature_flag_called` with
+/// attribution takes about 500), so that building it never grows the buffer.
+const FLAG_EVENT_BYTES: usize = 640;
 
 /// Every `$feature_flag_called` is assembled here, from one of three situations.
 impl FlagCalled {
@@ -380,25 +384,27 @@ impl FlagCalled {
     pub(crate) fn exposure_event(&self) -> Option<Event> {
         let (rule_id, variant_key) = self.attribution.as_ref()?.attribution.exposure()?;
         let mut event = Event::new("$experiment_exposure", &self.distinct_id);
-        event.insert_plain("$feature_flag", self.key.as_str());
-        event.insert_plain("$feature_flag_response", &self.response);
-        event.insert_plain("locally_evaluated", &self.locally_evaluated);
-        event.insert_plain("$feature_flag_variant_key", variant_key);
-        event.insert_plain("$feature_flag_rule_id", rule_id);
+        // Its properties, and room for those `$feature_flag_called` adds to a copy of them.
+        event.inner.properties.reserve(FLAG_EVENT_BYTES);
+        event.insert_new("$feature_flag", self.key.as_str());
+        event.insert_new("$feature_flag_response", &self.response);
+        event.insert_new("locally_evaluated", &self.locally_evaluated);
+        event.insert_new("$feature_flag_variant_key", variant_key);
+        event.insert_new("$feature_flag_rule_id", rule_id);
         if let Some(id) = self.id.filter(|id| *id != 0) {
-            event.insert_plain("$feature_flag_id", &id);
+            event.insert_new("$feature_flag_id", &id);
         }
         if let Some(version) = self.version.filter(|v| *v != 0) {
-            event.insert_plain("$feature_flag_version", &version);
+            event.insert_new("$feature_flag_version", &version);
         }
         if let Some(id) = self.request_id.as_deref().filter(|r| !r.is_empty()) {
-            event.insert_plain("$feature_flag_request_id", id);
+            event.insert_new("$feature_flag_request_id", id);
         }
         if let Some(at) = self
             .evaluated_at
             .filter(|at| !self.locally_evaluated && *at != 0)
         {
-            event.insert_plain("$feature_flag_evaluated_at", &at);
+            event.insert_new("$feature_flag_evaluated_at", &at);
         }
         for (group_type, group_key) in &self.groups {
             event = event.group(group_type, group_key);
@@ -409,61 +415,96 @@ impl FlagCalled {
     }
 
     /// The event, with the properties posthog-python sends.
+    #[cfg(test)]
     pub(crate) fn into_event(self) -> Event {
+        self.into_event_after(None)
+    }
+
+    /// The event, with the properties posthog-python sends, starting from the properties of this read's
+    /// `$experiment_exposure` when there is one: they are a subset of this event's (the flag,
+    /// response, evaluation source, rule id, variant key, id, version, request id, evaluation
+    /// time and groups, with the same values), so they are copied as JSON instead of
+    /// serialized a second time.
+    pub(crate) fn into_event_after(self, exposure: Option<&Event>) -> Event {
         let mut event = Event::new("$feature_flag_called", &self.distinct_id);
-        event.insert_plain("$feature_flag", self.key.as_str());
-        event.insert_plain("$feature_flag_response", &self.response);
-        event.insert_plain("locally_evaluated", &self.locally_evaluated);
+        let shared = match exposure {
+            Some(exposure) => {
+                event.inner.properties =
+                    exposure.inner.properties.clone_with_room(FLAG_EVENT_BYTES);
+                true
+            }
+            None => {
+                event.inner.properties.reserve(FLAG_EVENT_BYTES);
+                false
+            }
+        };
+        if !shared {
+            event.insert_new("$feature_flag", self.key.as_str());
+            event.insert_new("$feature_flag_response", &self.response);
+            event.insert_new("locally_evaluated", &self.locally_evaluated);
+        }
         event.insert_plain(&format!("$feature/{}", self.key), &self.response);
         if let Some(payload) = self.payload.filter(|p| !p.is_null()) {
             event.insert_value("$feature_flag_payload", payload);
         }
-        if let Some(id) = self.request_id.as_deref().filter(|r| !r.is_empty()) {
-            event.insert_plain("$feature_flag_request_id", id);
-        }
-        if let Some(at) = self
-            .evaluated_at
-            .filter(|at| !self.locally_evaluated && *at != 0)
-        {
-            event.insert_plain("$feature_flag_evaluated_at", &at);
+        if !shared {
+            if let Some(id) = self.request_id.as_deref().filter(|r| !r.is_empty()) {
+                event.insert_new("$feature_flag_request_id", id);
+            }
+            if let Some(at) = self
+                .evaluated_at
+                .filter(|at| !self.locally_evaluated && *at != 0)
+            {
+                event.insert_new("$feature_flag_evaluated_at", &at);
+            }
         }
         match &self.attribution {
             // The reason code replaces the human-readable reason.
             Some(attribution) => {
                 let a = attribution.attribution.as_str();
-                event.insert_plain("$feature_flag_config_version", &2);
-                for (name, value) in [
+                event.insert_new("$feature_flag_config_version", &2);
+                let mut named = [
                     ("$feature_flag_reason_code", a.reason_code),
                     ("$feature_flag_rule_id", a.rule_id),
                     ("$feature_flag_rule_type", a.rule_type),
                     ("$feature_flag_variant_key", a.variant_key),
-                ] {
+                ];
+                if shared {
+                    // The exposure has the rule id and the variant key.
+                    named[1].1 = None;
+                    named[3].1 = None;
+                }
+                for (name, value) in named {
                     if let Some(value) = value {
-                        event.insert_plain(name, value);
+                        event.insert_new(name, value);
                     }
                 }
                 event.inner.pinned = Pinned::FlagCalledV2;
             }
             None => {
                 if let Some(reason) = self.reason.filter(|r| !r.is_empty()) {
-                    event.insert_value("$feature_flag_reason", Value::String(reason));
+                    event.insert_new("$feature_flag_reason", &reason);
                 }
             }
         }
-        if let Some(id) = self.id.filter(|id| *id != 0) {
-            event.insert_value("$feature_flag_id", Value::from(id));
-        }
-        if let Some(version) = self.version.filter(|v| *v != 0) {
-            event.insert_value("$feature_flag_version", Value::from(version));
+        if !shared {
+            if let Some(id) = self.id.filter(|id| *id != 0) {
+                event.insert_new("$feature_flag_id", &id);
+            }
+            if let Some(version) = self.version.filter(|v| *v != 0) {
+                event.insert_new("$feature_flag_version", &version);
+            }
         }
         if let Some(error) = self.error {
-            event.insert_value("$feature_flag_error", Value::String(error));
+            event.insert_new("$feature_flag_error", &error);
         }
         if let Some(has_experiment) = self.has_experiment {
-            event.insert_value("$feature_flag_has_experiment", Value::Bool(has_experiment));
+            event.insert_new("$feature_flag_has_experiment", &has_experiment);
         }
-        for (group_type, group_key) in self.groups {
-            event = event.group(group_type, group_key);
+        if !shared {
+            for (group_type, group_key) in self.groups {
+                event = event.group(group_type, group_key);
+            }
         }
         event.inner.disable_geoip = self.disable_geoip;
         // Minimized only when the server asked and the flag is known not to be in an

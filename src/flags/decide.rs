@@ -23,6 +23,7 @@ use super::{
     fallback::FallbackCache,
     local::{
         compiled::CompiledFlags,
+        environments::Admission,
         eval_context,
         poller::{Current, Poller, PollerConfig},
     },
@@ -76,6 +77,9 @@ pub(crate) struct DecideConfig {
     /// Serve the last good value of a flag for this long when `/flags` fails.
     pub(crate) fallback_max_age: Option<Duration>,
     pub(crate) local: Option<PolledDefinitions>,
+    /// The client's evaluation environments: flags tagged for none of them are left out
+    /// locally, as PostHog leaves them out of `/flags` answers.
+    pub(crate) environments: Option<Arc<[String]>>,
 }
 
 /// The flag decision, a `Service<FlagsRequest, Response = FlagEvaluations>` that never
@@ -93,6 +97,7 @@ struct Inner {
     send_events: bool,
     fallback: Option<FallbackCache>,
     local: Option<PolledDefinitions>,
+    environments: Option<Arc<[String]>>,
 }
 
 /// Where a request stands after local evaluation.
@@ -118,6 +123,7 @@ impl Decide {
                     .fallback_max_age
                     .map(|age| FallbackCache::new(age, FALLBACK_CAPACITY)),
                 local: config.local,
+                environments: config.environments,
             }),
         }
     }
@@ -228,7 +234,8 @@ impl Decide {
                 minimal_gate: false,
             };
         };
-        let (decided, undecided) = evaluate_locally(&defs, request);
+        let (decided, undecided) =
+            evaluate_locally(&defs, request, self.inner.environments.as_deref());
         let minimal_gate = defs.minimal_flag_called_events();
         if undecided.is_empty() || request.only_evaluate_locally {
             return LocalPart::Done(FlagEvaluations::failed(request, None, reporter).with_local(
@@ -261,7 +268,12 @@ impl Decide {
             .unwrap_or(sends_by_default && self.inner.send_events);
         request.flag_keys = Some(vec![key.to_owned()]);
         let snapshot = match self.local_part(&request, None) {
-            LocalPart::Done(snapshot) if snapshot.record(key).is_some() => snapshot,
+            LocalPart::Done(snapshot)
+                if snapshot.record(key).is_some() || self.excluded_locally(&request, key) =>
+            {
+                // An excluded flag reads as PostHog would answer: missing.
+                snapshot
+            }
             LocalPart::Done(_) | LocalPart::Ask { .. } if request.only_evaluate_locally => {
                 // posthog-python reports the lookup even then, with no value and no error.
                 self.report(send, &request, key, None, None, || {
@@ -384,6 +396,21 @@ impl Decide {
         }
     }
 
+    /// Whether the local definitions leave `key` out for the client's evaluation
+    /// environments (PostHog would not evaluate it either).
+    fn excluded_locally(&self, request: &FlagsRequest, key: &str) -> bool {
+        self.definitions_for(request)
+            .and_then(|defs| {
+                let flag = defs.flag(key)?;
+                Some(
+                    flag.evaluation_tags
+                        .admits(self.inner.environments.as_deref())
+                        == Admission::Excluded,
+                )
+            })
+            .unwrap_or(false)
+    }
+
     /// Calls the remote stack, turning a quota-limited answer into an error.
     async fn call(&self, request: FlagsRequest) -> Result<Arc<FlagsResponse>, FlagError> {
         let response = self
@@ -432,11 +459,41 @@ impl fmt::Debug for Decide {
 fn evaluate_locally(
     defs: &CompiledFlags,
     request: &FlagsRequest,
+    environments: Option<&[String]>,
 ) -> (BTreeMap<String, FlagRecord>, Vec<String>) {
     let ctx = eval_context(request);
     let mut decided = BTreeMap::new();
     let mut undecided = Vec::new();
-    let mut one = |key: &str| match defs.evaluate(key, &ctx) {
+    let mut one = |key: &str| match admission(defs, key, environments) {
+        Admission::Excluded => {}
+        Admission::Inconclusive => undecided.push(key.to_owned()),
+        Admission::Evaluate => evaluate_one(defs, key, &ctx, &mut decided, &mut undecided),
+    };
+    match &request.flag_keys {
+        Some(keys) => keys.iter().for_each(|k| one(k)),
+        None => defs.keys().for_each(&mut one),
+    }
+    (decided, undecided)
+}
+
+/// What the client's evaluation environments make of flag `key` (a flag not in the
+/// definitions is evaluated, which finds it inconclusive).
+#[inline]
+fn admission(defs: &CompiledFlags, key: &str, environments: Option<&[String]>) -> Admission {
+    match (environments, defs.flag(key)) {
+        (Some(environments), Some(flag)) => flag.evaluation_tags.admits(Some(environments)),
+        _ => Admission::Evaluate,
+    }
+}
+
+fn evaluate_one(
+    defs: &CompiledFlags,
+    key: &str,
+    ctx: &super::local::matcher::EvalContext<'_>,
+    decided: &mut BTreeMap<String, FlagRecord>,
+    undecided: &mut Vec<String>,
+) {
+    match defs.evaluate(key, ctx) {
         Ok(m) => {
             let record = FlagRecord {
                 payload: decode_payload(key, m.payload),
@@ -448,12 +505,7 @@ fn evaluate_locally(
             decided.insert(key.to_owned(), record);
         }
         Err(_) => undecided.push(key.to_owned()),
-    };
-    match &request.flag_keys {
-        Some(keys) => keys.iter().for_each(|k| one(k)),
-        None => defs.keys().for_each(&mut one),
     }
-    (decided, undecided)
 }
 
 #[cfg(test)]
@@ -525,6 +577,7 @@ mod tests {
                 shared: current,
                 stop: watch::channel(false).0,
             }),
+            environments: None,
         })
     }
 

@@ -14,6 +14,7 @@ mod fallback;
 mod local;
 mod local_flags;
 mod remote;
+mod remote_config;
 mod request;
 mod response;
 mod result;
@@ -37,6 +38,8 @@ pub(crate) use local::{compiled::CompiledFlags, eval_context};
 
 pub(crate) use remote::error_code;
 pub use remote::{FlagsRetryPolicy, RemoteFlags, RemoteFuture};
+pub(crate) use remote_config::RemoteConfig;
+pub use remote_config::RemoteConfigError;
 pub use request::FlagsRequest;
 pub use response::{FlagDetail, FlagMetadata, FlagReason, FlagsResponse, InvalidFlagsResponse};
 pub use value::FlagValue;

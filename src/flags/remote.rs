@@ -15,6 +15,8 @@ use tokio::time::Sleep;
 use tower::retry::Policy;
 use tower_service::Service;
 
+use serde_json::Value;
+
 use super::{FlagsRequest, FlagsResponse};
 use crate::{
     net::{
@@ -32,7 +34,7 @@ const MAX_FLAGS_RESPONSE: usize = 16 * 1024 * 1024;
 /// It sends `POST {host}/flags/?v=4` with a JSON body carrying `token` and `api_key` (both the
 /// project key), `distinct_id`, `groups`, `person_properties`, `group_properties` (every group
 /// passed gets `$group_key`), `geoip_disable`, and when set `device_id` and
-/// `flag_keys_to_evaluate`. There is no `Authorization` header: the personal API key never
+/// `flag_keys_to_evaluate` and `evaluation_environments`. There is no `Authorization` header: the personal API key never
 /// goes here. It parses `/flags?v=4` records (typed `value`, `failed`, config version and rule), v2 records and the legacy v1 shape; a malformed body is an
 /// [`InvalidFlagsResponse`](super::InvalidFlagsResponse) error, a non-2xx status an
 /// [`UnexpectedStatus`].
@@ -59,6 +61,8 @@ pub struct RemoteFlags<C = HttpClient> {
     /// Sent in the body; redacted from the error answers quoted in errors and logs.
     api_key: Arc<str>,
     disable_geoip: bool,
+    /// Sent as `evaluation_environments` when set.
+    environments: Option<Arc<[String]>>,
 }
 
 impl RemoteFlags<HttpClient> {
@@ -76,12 +80,30 @@ impl<C> RemoteFlags<C> {
             uri: endpoint(host, "/flags/?v=4")?,
             api_key: api_key.into(),
             disable_geoip: true,
+            environments: None,
         })
     }
 
     /// The `geoip_disable` sent when a request does not say (on by default).
     pub fn disable_geoip(mut self, disabled: bool) -> Self {
         self.disable_geoip = disabled;
+        self
+    }
+
+    /// The evaluation environments sent with every request as `evaluation_environments`
+    /// (none by default; `None` or an empty list sends none): PostHog then evaluates only
+    /// the flags with no evaluation tags or with a tag among them.
+    ///
+    /// ```
+    /// use posthog_tower::flags::RemoteFlags;
+    ///
+    /// let flags = RemoteFlags::new("https://eu.i.posthog.com", "phc_project_key")?
+    ///     .evaluation_environments(Some(["production".to_owned()].into()));
+    /// # let _ = flags;
+    /// # Ok::<(), posthog_tower::BuildError>(())
+    /// ```
+    pub fn evaluation_environments(mut self, environments: Option<Arc<[String]>>) -> Self {
+        self.environments = environments.filter(|e| !e.is_empty());
         self
     }
 
@@ -112,6 +134,7 @@ impl<C> fmt::Debug for RemoteFlags<C> {
         f.debug_struct("RemoteFlags")
             .field("uri", &self.uri)
             .field("disable_geoip", &self.disable_geoip)
+            .field("evaluation_environments", &self.environments)
             .finish_non_exhaustive()
     }
 }
@@ -133,9 +156,14 @@ where
     }
 
     fn call(&mut self, request: FlagsRequest) -> Self::Future {
-        let body = request
-            .to_body(&self.api_key, self.disable_geoip)
-            .to_string();
+        let mut body = request.to_body(&self.api_key, self.disable_geoip);
+        if let (Some(environments), Value::Object(map)) = (&self.environments, &mut body) {
+            map.insert(
+                "evaluation_environments".into(),
+                environments.iter().cloned().map(Value::String).collect(),
+            );
+        }
+        let body = body.to_string();
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.uri.clone();

@@ -11,6 +11,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
+    flag_inputs::OrAnonymousCookie,
     identity::{DefaultMakeDistinctId, MakeDistinctId},
     request_flags::FlagSource,
     set_context::ContextConfig,
@@ -156,15 +157,36 @@ pub(crate) fn ensure<B, M: MakeDistinctId>(
     // The source is shared by every request: attaching it clones an `Arc`.
     if let Some(ctx) = RequestContext::from_extensions(request.extensions()) {
         let ctx = ctx.clone();
-        if ctx.attach_layer_state(source.clone()) && eager {
-            RequestFlags::with_source(source.clone(), ctx.clone()).prefetch();
+        if ctx.attach_layer_state(source.clone()) {
+            attach_inputs(source, config, &ctx, request);
+            if eager {
+                RequestFlags::with_source(source.clone(), ctx.clone()).prefetch();
+            }
         }
         return ctx;
     }
-    let ctx = config.resolve(make, request, Some(source.clone()));
+    let ctx = config.resolve(&mut OrAnonymousCookie(make), request, Some(source.clone()));
+    attach_inputs(source, config, &ctx, request);
     if eager {
         RequestFlags::with_source(source.clone(), ctx.clone()).prefetch();
     }
     request.extensions_mut().insert(ctx.clone());
     ctx
+}
+
+/// Makes and attaches the request's [`FlagInputs`](super::FlagInputs), if the layer has a
+/// maker.
+#[inline]
+fn attach_inputs<B>(
+    source: &Arc<FlagSource>,
+    config: &ContextConfig,
+    ctx: &RequestContext,
+    request: &Request<B>,
+) {
+    if let Some(make) = source.inputs() {
+        let inputs = make
+            .0
+            .make_flag_inputs(&super::RequestHead::new(request, &config.cookie_name));
+        RequestFlags::with_source(source.clone(), ctx.clone()).attach_inputs(inputs);
+    }
 }

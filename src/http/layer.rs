@@ -49,6 +49,7 @@ pub struct PostHogLayer<M = DefaultMakeDistinctId, P = DefaultShouldCapture> {
     /// `None`: exceptions are not captured.
     exceptions: Option<ExceptionRules>,
     config: ContextConfig,
+    flag_inputs: Option<super::flag_inputs::SharedFlagInputs>,
 }
 
 impl PostHogLayer {
@@ -63,6 +64,7 @@ impl PostHogLayer {
             eager: None,
             exceptions: Some(ExceptionRules::default()),
             config: ContextConfig::new(posthog),
+            flag_inputs: None,
         }
     }
 }
@@ -98,6 +100,7 @@ impl<M, P> PostHogLayer<M, P> {
             eager: self.eager,
             exceptions: self.exceptions,
             config: self.config,
+            flag_inputs: self.flag_inputs,
         }
     }
 
@@ -117,6 +120,7 @@ impl<M, P> PostHogLayer<M, P> {
             eager: self.eager,
             exceptions: self.exceptions,
             config: self.config,
+            flag_inputs: self.flag_inputs,
         }
     }
 
@@ -232,6 +236,31 @@ impl<M, P> PostHogLayer<M, P> {
         self
     }
 
+    /// Gives each request's [`RequestFlags`](super::RequestFlags) person properties, groups
+    /// and group properties: `make` (a closure `Fn(&RequestHead<'_>) -> FlagInputs` or any
+    /// [`MakeFlagInputs`](super::MakeFlagInputs)) runs once per request as it arrives, and
+    /// its inputs go with every evaluation of the request's flags, locally and to `/flags`.
+    /// With them local evaluation decides flags that target a plan, a country or a company.
+    ///
+    /// ```
+    /// # fn f(posthog: posthog_tower::PostHog) {
+    /// use posthog_tower::http::{FlagInputs, RequestHead};
+    ///
+    /// let layer = posthog.layer().flag_properties(|req: &RequestHead<'_>| {
+    ///     let inputs = FlagInputs::new();
+    ///     match req.header("x-plan") {
+    ///         Some(plan) => inputs.person_property("plan", plan),
+    ///         None => inputs,
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn flag_properties(mut self, make: impl super::MakeFlagInputs) -> Self {
+        self.flag_inputs = Some(super::flag_inputs::SharedFlagInputs(Arc::new(make)));
+        self
+    }
+
     /// Trusts `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-For`, `X-Real-IP` and
     /// `Forwarded` (default `false`). Turn it on only behind a proxy you control that sets
     /// them: otherwise any client can forge its URL and address.
@@ -270,6 +299,7 @@ impl<M: fmt::Debug, P: fmt::Debug> fmt::Debug for PostHogLayer<M, P> {
             .field("eager", &self.eager)
             .field("exceptions", &self.exceptions)
             .field("config", &self.config)
+            .field("flag_inputs", &self.flag_inputs)
             .finish_non_exhaustive()
     }
 }
@@ -289,7 +319,11 @@ where
                 predicate: self.predicate.clone(),
                 pageviews: self.pageviews,
                 event_name: self.event_name.clone(),
-                flags: FlagSource::new(self.posthog.clone(), self.eager.clone()),
+                flags: FlagSource::with_inputs(
+                    self.posthog.clone(),
+                    self.eager.clone(),
+                    self.flag_inputs.clone(),
+                ),
                 exceptions: self.exceptions,
                 config: self.config.clone(),
             }),

@@ -38,7 +38,10 @@
 //! `distinct_id` in posthog-js's cookie `ph_<project key>_posthog`, else nobody (an anonymous
 //! caller, whose events are personless and whose flags are all off). The session id comes from
 //! `X-POSTHOG-SESSION-ID` or the cookie. Use your own authentication with a closure:
-//! `layer.distinct_id(|req: &RequestHead<'_>| ...)`.
+//! `layer.distinct_id(|req: &RequestHead<'_>| ...)`. When it knows no caller and the
+//! posthog-js cookie is present, [`PostHogLayer`] takes the cookie's anonymous distinct id
+//! (and its `$device_id` for device-bucketed flags), as posthog-js's own events do.
+//! [`PostHogLayer::flag_properties`] adds person properties and groups to the caller's flags.
 //!
 //! # Spawned tasks
 //!
@@ -148,6 +151,7 @@ mod cookie;
 mod exceptions;
 #[cfg(feature = "axum")]
 mod extract;
+mod flag_inputs;
 mod flush;
 mod head;
 mod identity;
@@ -164,6 +168,7 @@ pub use capture_pageviews::{CapturePageviews, CapturePageviewsFuture, CapturePag
 pub use cookie::PostHogCookie;
 #[cfg(feature = "axum")]
 pub use extract::MissingPostHogLayer;
+pub use flag_inputs::{FlagInputs, MakeFlagInputs};
 pub use flush::{Flush, FlushFuture, FlushLayer};
 pub use head::{RequestHead, DISTINCT_ID_HEADER, SESSION_ID_HEADER, WINDOW_ID_HEADER};
 pub use identity::{DefaultMakeDistinctId, MakeDistinctId, Or};

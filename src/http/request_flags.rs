@@ -5,6 +5,7 @@ use std::{fmt, sync::Arc};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
+use super::flag_inputs::{FlagInputs, SharedFlagInputs};
 use crate::{
     context::RequestContext,
     flags::{FlagEvaluations, FlagValue, FlagsRequest},
@@ -16,9 +17,12 @@ use crate::{
 /// extractor, or [`RequestFlags::from_extensions`] elsewhere (tonic).
 ///
 /// Cheap to clone (two reference counts, no allocation); every clone shares one evaluation.
-/// By default nothing is evaluated (or allocated) until a flag is read: the first read
-/// evaluates every flag for the caller, locally when definitions are loaded, otherwise with one
-/// `/flags` request, and later reads (from any clone) use that answer. With
+/// By default nothing is evaluated (or allocated) until a flag is read. With local
+/// definitions loaded, a read evaluates only the flag read (and the flags it depends on),
+/// once per request, so a request's cost grows with the flags it reads, not with the
+/// project's flag count. A flag local evaluation cannot decide (or every flag, without
+/// definitions) is asked of `/flags` in one request for every flag of the caller, whose
+/// answer later reads (from any clone) use. The pageview carries the flags read. With
 /// [eager keys](super::PostHogLayer::eager_flags) those keys are evaluated as soon as the
 /// request arrives, concurrently with the handler.
 ///
@@ -53,14 +57,30 @@ pub(crate) struct FlagSource {
     posthog: PostHog,
     /// Keys evaluated eagerly.
     eager_keys: Option<Arc<[String]>>,
+    /// Makes each request's person properties and groups.
+    inputs: Option<SharedFlagInputs>,
 }
 
 impl FlagSource {
     pub(crate) fn new(posthog: PostHog, eager_keys: Option<Arc<[String]>>) -> Arc<Self> {
+        FlagSource::with_inputs(posthog, eager_keys, None)
+    }
+
+    pub(crate) fn with_inputs(
+        posthog: PostHog,
+        eager_keys: Option<Arc<[String]>>,
+        inputs: Option<SharedFlagInputs>,
+    ) -> Arc<Self> {
         Arc::new(FlagSource {
             posthog,
             eager_keys,
+            inputs,
         })
+    }
+
+    /// The maker of each request's inputs, if the layer has one.
+    pub(crate) fn inputs(&self) -> Option<&SharedFlagInputs> {
+        self.inputs.as_ref()
     }
 
     pub(crate) fn eager_keys(&self) -> Option<&Arc<[String]>> {
@@ -80,6 +100,10 @@ struct Evaluated {
     eager: OnceCell<FlagEvaluations>,
     /// Every flag, evaluated on first use.
     all: OnceCell<FlagEvaluations>,
+    /// Flags decided locally one at a time, in the order they were first read.
+    keys: std::sync::Mutex<Vec<(Box<str>, FlagEvaluations)>>,
+    /// The layer's [`FlagInputs`] for this request, made when it arrived.
+    inputs: Option<FlagInputs>,
 }
 
 impl RequestFlags {
@@ -126,6 +150,15 @@ impl RequestFlags {
     /// This request's evaluations, attached to the context on first use.
     fn evaluated_state(&self) -> Option<&Evaluated> {
         self.context.attached(Evaluated::default)
+    }
+
+    /// Attaches the request's inputs (before any read; the first state attached wins).
+    pub(crate) fn attach_inputs(&self, inputs: FlagInputs) {
+        let inputs = (!inputs.is_empty()).then_some(inputs);
+        self.context.attached(|| Evaluated {
+            inputs,
+            ..Evaluated::default()
+        });
     }
 
     /// Starts evaluating the eager keys, if any: synchronously when local definitions decide
@@ -211,20 +244,48 @@ impl RequestFlags {
     }
 
     /// What was evaluated so far, without evaluating anything: every flag if a read needed
-    /// them, else the eager keys if they are ready.
+    /// them, the eager keys if they are ready, and each flag decided locally on its own.
     pub fn evaluated(&self) -> Vec<FlagEvaluations> {
         evaluated_in(&self.context)
     }
 
-    async fn snapshot_for(&self, key: &str) -> Option<&FlagEvaluations> {
+    async fn snapshot_for(&self, key: &str) -> Option<FlagEvaluations> {
         if let Some(keys) = &self.source.eager_keys {
             if keys.iter().any(|k| k == key) {
                 let request = self.request(Some(keys))?;
                 let state = self.evaluated_state()?;
-                return Some(state.eager.get_or_init(|| self.evaluate(request)).await);
+                return Some(
+                    state
+                        .eager
+                        .get_or_init(|| self.evaluate(request))
+                        .await
+                        .clone(),
+                );
             }
         }
-        self.all().await
+        if let Some(local) = self.local_key(key) {
+            return Some(local);
+        }
+        self.all().await.cloned()
+    }
+
+    /// `key` decided locally for this request (evaluated on its first read), unless every
+    /// flag was evaluated already or local evaluation cannot decide it.
+    fn local_key(&self, key: &str) -> Option<FlagEvaluations> {
+        let id = self.context.distinct_id()?;
+        let state = self.evaluated_state()?;
+        // Held while the flag is evaluated (synchronously, without I/O): each key once.
+        let mut keys = state.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, snapshot)) = keys.iter().find(|(k, _)| &**k == key) {
+            return Some(snapshot.clone());
+        }
+        if state.all.initialized() {
+            return None;
+        }
+        let request = self.request_for(id, state, Some(std::slice::from_ref(&key)));
+        let snapshot = self.source.posthog.try_evaluate_locally(&request)?;
+        keys.push((key.into(), snapshot.clone()));
+        Some(snapshot)
     }
 
     async fn all(&self) -> Option<&FlagEvaluations> {
@@ -233,13 +294,31 @@ impl RequestFlags {
         Some(state.all.get_or_init(|| self.evaluate(request)).await)
     }
 
+    /// The request for the caller: its distinct id, the posthog-js device id (for flags
+    /// bucketed by device), and the layer's inputs.
     fn request(&self, keys: Option<&[String]>) -> Option<FlagsRequest> {
         let id = self.context.distinct_id()?;
-        let request = FlagsRequest::new(id);
+        let state = self.evaluated_state()?;
+        let request = self.request_for(id, state, None);
         Some(match keys {
             Some(keys) => request.flag_keys(keys.iter()),
             None => request,
         })
+    }
+
+    /// [`request`](Self::request) for `keys`, with the state at hand.
+    fn request_for(&self, id: &str, state: &Evaluated, keys: Option<&[&str]>) -> FlagsRequest {
+        let mut request = FlagsRequest::new(id);
+        if let Some(device_id) = self.context.device_id() {
+            request = request.device_id(device_id);
+        }
+        if let Some(inputs) = &state.inputs {
+            request = inputs.apply(request);
+        }
+        match keys {
+            Some(keys) => request.flag_keys(keys.iter().copied()),
+            None => request,
+        }
     }
 
     async fn evaluate(&self, request: FlagsRequest) -> FlagEvaluations {
@@ -257,13 +336,16 @@ pub(crate) fn evaluated_in(context: &RequestContext) -> Vec<FlagEvaluations> {
     let Some(state) = context.attached_if_any::<Evaluated>() else {
         return Vec::new();
     };
-    state
+    let mut evaluated: Vec<FlagEvaluations> = state
         .all
         .get()
         .into_iter()
         .chain(state.eager.get())
         .cloned()
-        .collect()
+        .collect();
+    let keys = state.keys.lock().unwrap_or_else(|e| e.into_inner());
+    evaluated.extend(keys.iter().map(|(_, snapshot)| snapshot.clone()));
+    evaluated
 }
 
 impl fmt::Debug for RequestFlags {

@@ -194,3 +194,44 @@ impl MockResponse {
         )
     }
 }
+
+/// The path PostHog serves flag `key`'s remote config payload on (the query carries the
+/// project token): `/api/projects/@current/feature_flags/{key}/remote_config`.
+///
+/// ```
+/// use posthog_tower::testing::remote_config_path;
+///
+/// assert_eq!(
+///     remote_config_path("checkout"),
+///     "/api/projects/@current/feature_flags/checkout/remote_config"
+/// );
+/// ```
+pub fn remote_config_path(key: &str) -> String {
+    format!("/api/projects/@current/feature_flags/{key}/remote_config")
+}
+
+impl super::MockPostHog {
+    /// Serves `payload` as flag `key`'s remote config, as PostHog does: a 200 answer whose
+    /// body is the payload's JSON text as a JSON string (`null` for `None`). Requests are
+    /// recorded like any other (see [`remote_config_path`]); the mock does not check the
+    /// `Authorization` header, tests do.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use posthog_tower::testing::MockPostHog;
+    ///
+    /// let mock = MockPostHog::start().await?;
+    /// mock.set_remote_config("checkout", Some(serde_json::json!({"max_items": 3})));
+    /// # mock.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_remote_config(&self, key: &str, payload: Option<Value>) {
+        let body = match payload {
+            Some(payload) => Value::String(payload.to_string()),
+            None => Value::Null,
+        };
+        self.set_default(&remote_config_path(key), MockResponse::json(200, body));
+    }
+}

@@ -79,7 +79,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-pub use flags::V4Flag;
+pub use flags::{remote_config_path, V4Flag};
 pub use request::RecordedRequest;
 pub use response::MockResponse;
 

@@ -7,6 +7,7 @@ mod support;
 
 mod axum_server;
 mod exceptions;
+mod flag_inputs;
 mod flush;
 mod propagate;
 mod request_properties;

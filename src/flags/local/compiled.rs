@@ -83,6 +83,8 @@ pub(crate) struct CompiledFlag {
     pub(super) payload_false: Option<String>,
     /// Everything read from `filters`; `Err` when `filters` is not an object.
     pub(super) body: Result<FlagBody, Malformed>,
+    /// The evaluation environments it is restricted to.
+    pub(crate) evaluation_tags: super::environments::EvaluationTags,
 }
 
 impl CompiledFlag {
@@ -406,6 +408,7 @@ impl Compiler<'_> {
             payloads,
             body,
             key,
+            evaluation_tags: super::environments::EvaluationTags::compile(&def.evaluation_tags),
         }
     }
 

@@ -210,6 +210,9 @@ pub(crate) struct FlagDefinition {
     pub(crate) bucketing_identifier: Value,
     #[serde(default)]
     pub(crate) filters: Lenient<FlagFilters>,
+    /// The evaluation environments the flag is restricted to (see `super::environments`).
+    #[serde(default)]
+    pub(crate) evaluation_tags: Value,
 }
 
 impl JsonShape for FlagDefinition {

@@ -2,6 +2,7 @@
 
 pub(crate) mod compiled;
 pub(crate) mod definitions;
+pub(crate) mod environments;
 pub(crate) mod hash;
 pub(crate) mod matcher;
 pub(crate) mod operators;
