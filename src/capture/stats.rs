@@ -36,6 +36,10 @@ pub struct Stats {
     /// Flag evaluations for HTTP requests ([`RequestFlags`](crate::http::RequestFlags)) that
     /// failed and answered "off".
     pub flag_errors: u64,
+    /// Flag definitions polls that went to PostHog directly because the
+    /// [definitions cache](crate::flags::DefinitionsCache) (e.g. Redis) failed or timed out.
+    /// Filled in by [`PostHog::stats`](crate::PostHog::stats); zero without a cache.
+    pub definitions_cache_fallbacks: u64,
 }
 
 /// Events refused by `capture` or dropped by the worker, by reason.
@@ -189,6 +193,7 @@ impl StatsRecorder {
             batches_in_flight: c.in_flight.load(Relaxed),
             queue_depth: 0,
             flag_errors: c.flag_errors.load(Relaxed),
+            definitions_cache_fallbacks: 0,
         }
     }
 }

@@ -355,6 +355,14 @@ impl PostHog {
     /// The pipeline's counters: captured, delivered, failed, dropped by reason, retries,
     /// requests, batches in flight and queue depth.
     pub fn stats(&self) -> Stats {
+        let mut stats = self.capture_stats();
+        if let Some(flags) = &self.inner.flags {
+            stats.definitions_cache_fallbacks = flags.decide.definitions_cache_fallbacks();
+        }
+        stats
+    }
+
+    fn capture_stats(&self) -> Stats {
         match &self.inner.batch {
             Some(batch) => {
                 // Both lanes record into one recorder; only the queue depths are their own.
