@@ -62,6 +62,9 @@
 //!   PostHog person and captures Sentry's errors in PostHog (`sentry-core` 0.49).
 //! - `brotli`, `zstd`: capture v1 bodies encoded with Brotli or Zstandard
 //!   ([`capture::Compression`]); gzip and deflate need no feature.
+//! - `redis`: fleets on Redis: `flags::RedisDefinitionsCache` (one instance fetches the flag
+//!   definitions, the others read them from Redis) and `flags::RedisFallbackStore` (the
+//!   `/flags` fallback values shared by the fleet), on the `redis` crate (needs Rust 1.88).
 //!
 //! # Modules
 //!

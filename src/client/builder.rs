@@ -875,6 +875,11 @@ impl fmt::Debug for PostHogBuilder {
             .field("in_app", &self.in_app)
             .field("local_evaluation", &self.personal_api_key.is_some())
             .field("poll_interval", &self.poll_interval)
+            .field(
+                "flag_definitions_cache",
+                &self.flag_definitions_cache.is_some(),
+            )
+            .field("flag_fallback_store", &self.flag_fallback_store.is_some())
             .field("is_server", &self.is_server)
             .field("release_id", &self.release_id)
             .field("app_version", &self.app_version)

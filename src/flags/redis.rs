@@ -154,7 +154,7 @@ fn token() -> String {
 /// ```no_run
 /// use posthog_tower::flags::RedisDefinitionsCache;
 ///
-/// # fn main() -> Result<(), posthog_tower::BoxError> {
+/// # fn main() -> Result<(), redis::RedisError> {
 /// let cache = RedisDefinitionsCache::open("redis://127.0.0.1:6379/", "phc_project_key")?;
 /// let builder = posthog_tower::PostHog::builder("phc_project_key")
 ///     .personal_api_key("phx_personal_key")
@@ -189,7 +189,7 @@ impl RedisDefinitionsCache {
     /// A cache at `url` (`redis://[user:password@]host:port/db`, or `rediss://` with TLS if the
     /// `redis` crate's TLS feature is on) for the project `project_api_key`. No connection
     /// is made yet; an invalid URL is an error.
-    pub fn open(url: &str, project_api_key: &str) -> Result<Self, BoxError> {
+    pub fn open(url: &str, project_api_key: &str) -> Result<Self, redis::RedisError> {
         Ok(Self::from_client(Client::open(url)?, project_api_key))
     }
 
@@ -492,7 +492,7 @@ const WRITE_QUEUE: usize = 10_000;
 /// ```no_run
 /// use posthog_tower::flags::RedisFallbackStore;
 ///
-/// # fn main() -> Result<(), posthog_tower::BoxError> {
+/// # fn main() -> Result<(), redis::RedisError> {
 /// let store = RedisFallbackStore::open("redis://127.0.0.1:6379/", "phc_project_key")?;
 /// let builder = posthog_tower::PostHog::builder("phc_project_key").flag_fallback_store(store);
 /// # drop(builder);
@@ -517,7 +517,7 @@ impl fmt::Debug for RedisFallbackStore {
 
 impl RedisFallbackStore {
     /// A store at `url` for the project `project_api_key`. No connection is made yet.
-    pub fn open(url: &str, project_api_key: &str) -> Result<Self, BoxError> {
+    pub fn open(url: &str, project_api_key: &str) -> Result<Self, redis::RedisError> {
         Ok(Self::from_client(Client::open(url)?, project_api_key))
     }
 

@@ -377,8 +377,11 @@ async fn redis_down_means_polling_posthog_directly_until_it_is_back() {
         DEFS,
         MockResponse::json(200, defs(&["after"])).with_header("etag", "\"e2\""),
     );
+    let at_restart = mock.requests_to(DEFS).len();
     redis.restart();
-    // Back on Redis: one fetcher stores the definitions again, the fallbacks stop.
+    // Back on Redis: one fetcher stores the definitions again, the fallbacks stop. The
+    // restarted Redis is empty, so the first fetch after it returns is a full one (no
+    // If-None-Match), whose body is stored.
     eventually(WAIT, "definitions are in Redis again", || async {
         let Ok(mut conn) = redis.client().get_multiplexed_async_connection().await else {
             return false;
@@ -399,6 +402,12 @@ async fn redis_down_means_polling_posthog_directly_until_it_is_back() {
             && b == follower.stats().definitions_cache_fallbacks
     })
     .await;
+    assert!(
+        mock.requests_to(DEFS)[at_restart..]
+            .iter()
+            .any(|r| r.header("if-none-match").is_none()),
+        "a full fetch after Redis came back"
+    );
     let n = mock.requests_to(DEFS).len();
     mock.wait_for_requests(DEFS, n + 4, WAIT).await.unwrap();
     let recent = &fetchers(&mock)[n..];
