@@ -47,6 +47,8 @@ const FALLBACK_CAPACITY: usize = 10_000;
 pub(crate) struct PolledDefinitions {
     shared: Arc<Current<CompiledFlags>>,
     stop: watch::Sender<bool>,
+    /// A definitions cache is installed (its shutdown is awaited at the client's).
+    cached: bool,
 }
 
 impl PolledDefinitions {
@@ -63,8 +65,16 @@ impl PolledDefinitions {
         let config = PollerConfig::new(client, host, api_key, secret, interval)?;
         let shared = Current::<CompiledFlags>::new();
         let (stop, stop_rx) = watch::channel(false);
+        let cached = cache.is_some();
         let poller = Poller::new(config, shared.clone(), stop_rx).with_cache(cache);
-        Ok((PolledDefinitions { shared, stop }, poller.run()))
+        Ok((
+            PolledDefinitions {
+                shared,
+                stop,
+                cached,
+            },
+            poller.run(),
+        ))
     }
 }
 
@@ -165,6 +175,14 @@ impl Decide {
                 .cache_fallbacks
                 .load(std::sync::atomic::Ordering::Relaxed)
         })
+    }
+
+    /// With a definitions cache, waits until the poller stopped and shut the cache down (a
+    /// lease released), at most `timeout`.
+    pub(crate) async fn polling_stopped(&self, timeout: Duration) {
+        if let Some(local) = self.inner.local.as_ref().filter(|l| l.cached) {
+            local.shared.wait_stopped(timeout).await;
+        }
     }
 
     /// Stops the definitions poller, if any.
@@ -547,6 +565,7 @@ mod tests {
             local: Some(PolledDefinitions {
                 shared: current,
                 stop: watch::channel(false).0,
+                cached: false,
             }),
         })
     }

@@ -276,6 +276,9 @@ async fn listen(client: Client, channel: String, notify: Arc<Notify>, timeout: D
         };
         match tokio::time::timeout(timeout * 4, subscribed).await {
             Ok(Ok(conn)) => {
+                // What was stored before the subscription took effect was not announced to
+                // this instance: have the poller read once now.
+                notify.notify_one();
                 while let Some(push) = rx.recv().await {
                     match push.kind {
                         PushKind::Message => notify.notify_one(),
@@ -307,6 +310,7 @@ impl DefinitionsCache for RedisDefinitionsCache {
         &'a self,
         known: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Option<CachedDefinitions>, BoxError>> {
+        self.subscribe();
         Box::pin(async move {
             let key = &self.definitions_key;
             let version: Option<Vec<u8>> = self

@@ -120,6 +120,8 @@ pub(crate) struct Current<T> {
     loaded: watch::Sender<bool>,
     /// Polls that went to PostHog directly because the definitions cache failed.
     pub(crate) cache_fallbacks: AtomicU64,
+    /// Set when the poller stopped (after its cache's shutdown).
+    stopped: watch::Sender<bool>,
 }
 
 impl<T> fmt::Debug for Current<T> {
@@ -134,6 +136,7 @@ impl<T: Compile> Current<T> {
             snapshot: ArcSwap::from_pointee(Snapshot { flags: None }),
             loaded: watch::channel(false).0,
             cache_fallbacks: AtomicU64::new(0),
+            stopped: watch::channel(false).0,
         })
     }
 
@@ -148,6 +151,12 @@ impl<T: Compile> Current<T> {
         let mut rx = self.loaded.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|done| *done)).await;
         self.current().is_some()
+    }
+
+    /// Waits until the poller stopped, at most `timeout`.
+    pub(crate) async fn wait_stopped(&self, timeout: Duration) {
+        let mut rx = self.stopped.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|done| *done)).await;
     }
 
     pub(crate) fn install(&self, flags: T) {
@@ -246,6 +255,7 @@ impl<T: Compile> Poller<T> {
                 tracing::warn!("posthog: the flag definitions cache did not shut down in time");
             }
         }
+        self.shared.stopped.send_replace(true);
         tracing::debug!("posthog: definitions poller stopped");
     }
 
@@ -650,6 +660,78 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(keys(&shared), Some(vec!["b".to_owned()]));
         stop.send_replace(true);
+    }
+
+    /// A cache whose every operation hangs, or fails, as the test says.
+    struct BrokenCache {
+        hang: bool,
+    }
+
+    impl DefinitionsCache for BrokenCache {
+        fn read<'a>(
+            &'a self,
+            _known: Option<&'a str>,
+        ) -> crate::flags::BoxFuture<'a, Result<Option<CachedDefinitions>, BoxError>> {
+            let hang = self.hang;
+            Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Err("connection refused".into())
+            })
+        }
+        fn should_fetch(&self) -> crate::flags::BoxFuture<'_, Result<bool, BoxError>> {
+            Box::pin(async { Ok(false) })
+        }
+        fn store(
+            &self,
+            _etag: Option<String>,
+            _body: Bytes,
+        ) -> crate::flags::BoxFuture<'_, Result<Option<String>, BoxError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn shutdown(&self) -> crate::flags::BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_or_hanging_cache_is_bypassed_and_counted() {
+        for hang in [false, true] {
+            let mock = MockPostHog::start().await.unwrap();
+            mock.set_default(PATH, MockResponse::json(200, defs(&["a"])));
+            let config = PollerConfig::new(
+                crate::net::default_client(),
+                &mock.url(),
+                "phc_project",
+                "phx_personal",
+                Duration::from_secs(30),
+            )
+            .unwrap();
+            let shared = Current::<Keys>::new();
+            let (stop, stop_rx) = watch::channel(false);
+            let poller = Poller::new(config, shared.clone(), stop_rx)
+                .with_cache(Some(Arc::new(BrokenCache { hang })));
+            tokio::spawn(poller.run());
+            assert!(
+                shared.wait_loaded(Duration::from_secs(20)).await,
+                "hang: {hang}"
+            );
+            assert_eq!(keys(&shared), Some(vec!["a".to_owned()]));
+            mock.wait_for_requests(PATH, 2, Duration::from_secs(80))
+                .await
+                .unwrap();
+            assert_eq!(shared.cache_fallbacks.load(Relaxed), 2, "hang: {hang}");
+            if hang {
+                let reqs = mock.requests_to(PATH);
+                let gap = reqs[1].received_at - reqs[0].received_at;
+                assert!(
+                    gap >= Duration::from_secs(35),
+                    "waited for the bound: {gap:?}"
+                );
+            }
+            stop.send_replace(true);
+        }
     }
 
     #[test]
