@@ -51,6 +51,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// The `version`, `etag` and `body` fields of the definitions hash.
+type Fields = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A Redis connection made on first use (so that a client starts while Redis is down), then
 /// kept: the `ConnectionManager` reconnects by itself.
 struct Lazy {
@@ -323,7 +326,7 @@ impl DefinitionsCache for RedisDefinitionsCache {
             if known.is_some_and(|known| known.as_bytes() == version) {
                 return Ok(None);
             }
-            let (version, etag, body): (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) = self
+            let (version, etag, body): Fields = self
                 .redis
                 .run(|mut c| async move {
                     redis::cmd("HMGET")

@@ -273,7 +273,7 @@ impl<T: Compile> Poller<T> {
                 return None;
             }
             Ok(Err(e)) => {
-                self.cache_failed(&*e.to_string());
+                self.cache_failed(&e.to_string());
                 return Some(self.fetch_directly().await);
             }
             Err(_) => {
@@ -301,7 +301,7 @@ impl<T: Compile> Poller<T> {
             Ok(Ok(None)) => {
                 tracing::debug!("posthog: the definitions cache did not take this instance's definitions (lease lost)");
             }
-            Ok(Err(e)) => self.cache_failed(&*e.to_string()),
+            Ok(Err(e)) => self.cache_failed(&e.to_string()),
             Err(_) => self.cache_failed("timed out"),
         }
         Some(fetched)
@@ -321,7 +321,7 @@ impl<T: Compile> Poller<T> {
                 true
             }
             Ok(Err(e)) => {
-                self.cache_failed(&*e.to_string());
+                self.cache_failed(&e.to_string());
                 false
             }
             Err(_) => {
