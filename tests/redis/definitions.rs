@@ -453,3 +453,54 @@ async fn two_projects_on_one_redis_do_not_mix() {
     client_a.shutdown(Duration::from_secs(5)).await;
     client_b.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_bypassed_within_the_operation_bound() {
+    let redis = RedisServer::start();
+    let mock = mock_with(&["f"], "\"e1\"").await;
+    let interval = Duration::from_millis(200);
+    let leader = member(&mock, &redis, 0, interval, Duration::from_secs(30));
+    assert!(leader.wait_for_flag_definitions(WAIT).await);
+    let follower = member(&mock, &redis, 1, interval, Duration::from_secs(30));
+    assert!(follower.wait_for_flag_definitions(WAIT).await);
+    assert!(fetchers(&mock).iter().all(|n| *n == 0));
+
+    // The server stops answering for 3 s: each operation gives up after 500 ms, and the
+    // follower polls PostHog itself meanwhile.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let sleeping = tokio::spawn(async move {
+        let _: () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(3)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    });
+    eventually(
+        Duration::from_secs(3),
+        "the follower fetches from PostHog while Redis is slow",
+        || async { fetchers(&mock).contains(&1) },
+    )
+    .await;
+    assert!(follower.stats().definitions_cache_fallbacks > 0);
+    sleeping.await.unwrap();
+    // Answering again: the follower goes back to reading Redis.
+    let fallbacks = follower.stats().definitions_cache_fallbacks;
+    let n = mock.requests_to(DEFS).len();
+    mock.wait_for_requests(DEFS, n + 6, WAIT).await.unwrap();
+    let now = follower.stats().definitions_cache_fallbacks;
+    let m = mock.requests_to(DEFS).len();
+    mock.wait_for_requests(DEFS, m + 6, WAIT).await.unwrap();
+    assert_eq!(
+        follower.stats().definitions_cache_fallbacks,
+        now,
+        "no more fallbacks once Redis answers (after {fallbacks})"
+    );
+    follower.shutdown(Duration::from_secs(5)).await;
+    leader.shutdown(Duration::from_secs(5)).await;
+}
