@@ -66,6 +66,9 @@
 //!   outage and a restart, and sends them once PostHog answers (needs Rust 1.89).
 //! - `reqwest`: [`http::PropagateContext`] around a `reqwest::Client`, carrying the caller's
 //!   ids to your other services.
+//! - `redis`: fleets on Redis: `flags::RedisDefinitionsCache` (one instance fetches the flag
+//!   definitions, the others read them from Redis) and `flags::RedisFallbackStore` (the
+//!   `/flags` fallback values shared by the fleet), on the `redis` crate (needs Rust 1.88).
 //!
 //! # Modules
 //!

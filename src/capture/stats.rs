@@ -63,6 +63,10 @@ pub struct Stats {
     /// Flag evaluations for HTTP requests ([`RequestFlags`](crate::http::RequestFlags)) that
     /// failed and answered "off".
     pub flag_errors: u64,
+    /// Flag definitions polls that went to PostHog directly because the
+    /// [definitions cache](crate::flags::DefinitionsCache) (e.g. Redis) failed or timed out.
+    /// Filled in by [`PostHog::stats`](crate::PostHog::stats); zero without a cache.
+    pub definitions_cache_fallbacks: u64,
 }
 
 /// Events refused by `capture` or dropped by the worker, by reason.
@@ -235,6 +239,7 @@ impl StatsRecorder {
             spool_replayed: c.spool_replayed.load(Relaxed),
             spool_failed: c.spool_failed.load(Relaxed),
             spool_damaged: c.spool_damaged.load(Relaxed),
+            definitions_cache_fallbacks: 0,
         }
     }
 }

@@ -16,8 +16,8 @@ use crate::{
     },
     exception::{InAppCrates, RateLimit},
     flags::{
-        CoalesceLayer, Decide, DecideConfig, FlagCalledDedup, FlagsRetryPolicy, PolledDefinitions,
-        RemoteConfig, RemoteFlags, RemoteStack,
+        CoalesceLayer, Decide, DecideConfig, DefinitionsCache, FallbackStore, FlagCalledDedup,
+        FlagsRetryPolicy, PolledDefinitions, RemoteConfig, RemoteFlags, RemoteStack,
     },
     net::HttpClient,
     BoxError, BuildError, ErrorReport, Event,
@@ -73,6 +73,8 @@ pub struct PostHogBuilder {
     flag_called_dedup_capacity: usize,
     flag_fallback_max_age: Option<Duration>,
     evaluation_environments: Option<Arc<[String]>>,
+    flag_fallback_store: Option<Arc<dyn FallbackStore>>,
+    flag_definitions_cache: Option<Arc<dyn DefinitionsCache>>,
     personal_api_key: Option<String>,
     poll_interval: Duration,
     is_server: bool,
@@ -111,6 +113,8 @@ impl PostHogBuilder {
             flag_called_dedup_capacity: 50_000,
             flag_fallback_max_age: None,
             evaluation_environments: None,
+            flag_fallback_store: None,
+            flag_definitions_cache: None,
             personal_api_key: None,
             poll_interval: Duration::from_secs(30),
             is_server: true,
@@ -276,6 +280,54 @@ impl PostHogBuilder {
             .filter(|e| !e.trim().is_empty())
             .collect();
         self.evaluation_environments = (!environments.is_empty()).then(|| environments.into());
+        self
+    }
+
+    /// Keeps the fallback cache's values in `store` instead of this process's memory, and
+    /// turns the fallback cache on (as [`flag_fallback_cache(true)`](Self::flag_fallback_cache):
+    /// values serve for up to an hour). With a shared store (the `redis` feature's
+    /// [`RedisFallbackStore`](crate::flags::RedisFallbackStore)), one instance's good answer
+    /// serves another's failed lookup.
+    ///
+    /// ```
+    /// use posthog_tower::flags::MemoryFallbackStore;
+    ///
+    /// let builder = posthog_tower::PostHog::builder("phc_project_key")
+    ///     .flag_fallback_store(MemoryFallbackStore::new(1_000));
+    /// # drop(builder);
+    /// ```
+    pub fn flag_fallback_store(mut self, store: impl FallbackStore) -> Self {
+        self.flag_fallback_store = Some(Arc::new(store));
+        self.flag_fallback_max_age = Some(Duration::from_secs(3600));
+        self
+    }
+
+    /// Shares flag definitions through `cache` (local evaluation, with a
+    /// [`personal_api_key`](Self::personal_api_key)): the poller consults it before every
+    /// fetch, so that one instance of a fleet fetches from PostHog and the others read the
+    /// cache, and a new instance evaluates as soon as the cache has definitions. If the cache
+    /// fails, polls go to PostHog directly, counted in
+    /// [`Stats::definitions_cache_fallbacks`](crate::capture::Stats::definitions_cache_fallbacks).
+    /// See [`DefinitionsCache`] and, with the `redis` feature,
+    /// [`RedisDefinitionsCache`](crate::flags::RedisDefinitionsCache). One cache value per
+    /// client.
+    ///
+    /// ```
+    /// # use posthog_tower::flags::{BoxFuture, CachedDefinitions, DefinitionsCache};
+    /// # struct MyCache;
+    /// # impl DefinitionsCache for MyCache {
+    /// #     fn read<'a>(&'a self, _: Option<&'a str>) -> BoxFuture<'a, Result<Option<CachedDefinitions>, posthog_tower::BoxError>> { Box::pin(async { Ok(None) }) }
+    /// #     fn should_fetch(&self) -> BoxFuture<'_, Result<bool, posthog_tower::BoxError>> { Box::pin(async { Ok(true) }) }
+    /// #     fn store(&self, _: Option<String>, _: bytes::Bytes) -> BoxFuture<'_, Result<Option<String>, posthog_tower::BoxError>> { Box::pin(async { Ok(None) }) }
+    /// #     fn shutdown(&self) -> BoxFuture<'_, ()> { Box::pin(async {}) }
+    /// # }
+    /// let builder = posthog_tower::PostHog::builder("phc_project_key")
+    ///     .personal_api_key("phx_personal_key")
+    ///     .flag_definitions_cache(MyCache);
+    /// # drop(builder);
+    /// ```
+    pub fn flag_definitions_cache(mut self, cache: impl DefinitionsCache) -> Self {
+        self.flag_definitions_cache = Some(Arc::new(cache));
         self
     }
 
@@ -838,6 +890,7 @@ impl PostHogBuilder {
                     &api_key,
                     secret,
                     self.poll_interval,
+                    self.flag_definitions_cache.clone(),
                 )?;
                 (Some(definitions), worker.join(poller))
             }
@@ -854,6 +907,7 @@ impl PostHogBuilder {
                 reporter: reporter.clone(),
                 send_events: self.send_feature_flag_events,
                 fallback_max_age: self.flag_fallback_max_age,
+                fallback_store: self.flag_fallback_store,
                 local,
                 environments: self.evaluation_environments.clone(),
             }),
@@ -969,6 +1023,11 @@ impl fmt::Debug for PostHogBuilder {
             .field("in_app", &self.in_app)
             .field("local_evaluation", &self.personal_api_key.is_some())
             .field("poll_interval", &self.poll_interval)
+            .field(
+                "flag_definitions_cache",
+                &self.flag_definitions_cache.is_some(),
+            )
+            .field("flag_fallback_store", &self.flag_fallback_store.is_some())
             .field("is_server", &self.is_server)
             .field("release_id", &self.release_id)
             .field("app_version", &self.app_version)

@@ -373,19 +373,37 @@ impl PostHog {
             flags.reporter.exposures.clear();
             flags.decide.stop_polling();
         }
-        match (&self.inner.batch, &self.inner.ai_batch) {
-            (Some(batch), Some(ai)) => {
-                let (main, ai) = tokio::join!(batch.shutdown(deadline), ai.shutdown(deadline));
-                main.add(ai)
+        let delivered = async {
+            match (&self.inner.batch, &self.inner.ai_batch) {
+                (Some(batch), Some(ai)) => {
+                    let (main, ai) = tokio::join!(batch.shutdown(deadline), ai.shutdown(deadline));
+                    main.add(ai)
+                }
+                (Some(batch), None) => batch.shutdown(deadline).await,
+                _ => FlushReport::default(),
             }
-            (Some(batch), None) => batch.shutdown(deadline).await,
-            _ => FlushReport::default(),
-        }
+        };
+        // Meanwhile the poller stops and shuts its definitions cache down (a Redis lease is
+        // released), within the same deadline.
+        let poller_stopped = async {
+            if let Some(flags) = &self.inner.flags {
+                flags.decide.polling_stopped(deadline).await;
+            }
+        };
+        tokio::join!(delivered, poller_stopped).0
     }
 
     /// The pipeline's counters: captured, delivered, failed, dropped by reason, retries,
     /// requests, batches in flight and queue depth.
     pub fn stats(&self) -> Stats {
+        let mut stats = self.capture_stats();
+        if let Some(flags) = &self.inner.flags {
+            stats.definitions_cache_fallbacks = flags.decide.definitions_cache_fallbacks();
+        }
+        stats
+    }
+
+    fn capture_stats(&self) -> Stats {
         match &self.inner.batch {
             Some(batch) => {
                 // Both lanes record into one recorder; only the queue depths are their own.

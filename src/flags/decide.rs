@@ -18,9 +18,10 @@ use tower::{util::BoxCloneSyncService, ServiceExt};
 use tower_service::Service;
 
 use super::{
+    cache::DefinitionsCache,
     called::{report_read, FlagCalled, ReadAttribution, ReportFlagCalled},
     evaluations::{decode_payload, FlagEvaluations, FlagRecord},
-    fallback::FallbackCache,
+    fallback::{FallbackStore, MemoryFallbackStore},
     local::{
         compiled::CompiledFlags,
         environments::Admission,
@@ -47,6 +48,8 @@ const FALLBACK_CAPACITY: usize = 10_000;
 pub(crate) struct PolledDefinitions {
     shared: Arc<Current<CompiledFlags>>,
     stop: watch::Sender<bool>,
+    /// A definitions cache is installed (its shutdown is awaited at the client's).
+    cached: bool,
 }
 
 impl PolledDefinitions {
@@ -58,12 +61,21 @@ impl PolledDefinitions {
         api_key: &str,
         secret: &str,
         interval: Duration,
+        cache: Option<Arc<dyn DefinitionsCache>>,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), BuildError> {
         let config = PollerConfig::new(client, host, api_key, secret, interval)?;
         let shared = Current::<CompiledFlags>::new();
         let (stop, stop_rx) = watch::channel(false);
-        let poller = Poller::new(config, shared.clone(), stop_rx);
-        Ok((PolledDefinitions { shared, stop }, poller.run()))
+        let cached = cache.is_some();
+        let poller = Poller::new(config, shared.clone(), stop_rx).with_cache(cache);
+        Ok((
+            PolledDefinitions {
+                shared,
+                stop,
+                cached,
+            },
+            poller.run(),
+        ))
     }
 }
 
@@ -76,6 +88,8 @@ pub(crate) struct DecideConfig {
     pub(crate) send_events: bool,
     /// Serve the last good value of a flag for this long when `/flags` fails.
     pub(crate) fallback_max_age: Option<Duration>,
+    /// Where those values live (in memory when `None`).
+    pub(crate) fallback_store: Option<Arc<dyn FallbackStore>>,
     pub(crate) local: Option<PolledDefinitions>,
     /// The client's evaluation environments: flags tagged for none of them are left out
     /// locally, as PostHog leaves them out of `/flags` answers.
@@ -95,7 +109,8 @@ struct Inner {
     remote: RemoteStack,
     reporter: Arc<dyn ReportFlagCalled>,
     send_events: bool,
-    fallback: Option<FallbackCache>,
+    /// The store of last good values and how long they serve.
+    fallback: Option<(Arc<dyn FallbackStore>, Duration)>,
     local: Option<PolledDefinitions>,
     environments: Option<Arc<[String]>>,
 }
@@ -119,9 +134,12 @@ impl Decide {
                 remote: config.remote,
                 reporter: config.reporter,
                 send_events: config.send_events,
-                fallback: config
-                    .fallback_max_age
-                    .map(|age| FallbackCache::new(age, FALLBACK_CAPACITY)),
+                fallback: config.fallback_max_age.map(|age| {
+                    let store = config
+                        .fallback_store
+                        .unwrap_or_else(|| Arc::new(MemoryFallbackStore::new(FALLBACK_CAPACITY)));
+                    (store, age)
+                }),
                 local: config.local,
                 environments: config.environments,
             }),
@@ -152,6 +170,24 @@ impl Decide {
         match &self.inner.local {
             Some(local) => local.shared.wait_loaded(timeout).await,
             None => false,
+        }
+    }
+
+    /// Polls that went to PostHog directly because the definitions cache failed.
+    pub(crate) fn definitions_cache_fallbacks(&self) -> u64 {
+        self.inner.local.as_ref().map_or(0, |local| {
+            local
+                .shared
+                .cache_fallbacks
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// With a definitions cache, waits until the poller stopped and shut the cache down (a
+    /// lease released), at most `timeout`.
+    pub(crate) async fn polling_stopped(&self, timeout: Duration) {
+        if let Some(local) = self.inner.local.as_ref().filter(|l| l.cached) {
+            local.shared.wait_stopped(timeout).await;
         }
     }
 
@@ -283,20 +319,20 @@ impl Decide {
             }
             _ => match self.call(request.clone()).await {
                 Ok(response) => FlagEvaluations::from_response(&request, &response, None),
-                Err(error) => return self.failed_one(send, &request, key, error),
+                Err(error) => return self.failed_one(send, &request, key, error).await,
             },
         };
         let outcome = match snapshot.record(key) {
             Some(record) if record.malformed => {
-                return Ok(self.malformed_one(send, &request, key, record));
+                return Ok(self.malformed_one(send, &request, key, record).await);
             }
             // No value, no fallback: posthog-python answers `None`.
             Some(record) if record.failed => Err(FlagError::EvaluationFailed),
             Some(record) => {
                 let mut result = FeatureFlagResult::from_record(key, record, snapshot.request_id());
                 result.record.value = record.single_value();
-                if let Some(cache) = &self.inner.fallback {
-                    cache.put(&request.distinct_id, &result);
+                if let Some((store, _)) = &self.inner.fallback {
+                    store.put(&request.distinct_id, &result);
                 }
                 Ok(result)
             }
@@ -313,18 +349,14 @@ impl Decide {
     /// A single-flag read whose `/flags` record could not be read: like a failed request
     /// (`unknown_error`, no request id, the last good value if the fallback cache has one),
     /// except that without one the flag reads as off.
-    fn malformed_one(
+    async fn malformed_one(
         &self,
         send: bool,
         request: &FlagsRequest,
         key: &str,
         record: &FlagRecord,
     ) -> FeatureFlagResult {
-        let stale = self
-            .inner
-            .fallback
-            .as_ref()
-            .and_then(|cache| cache.get(&request.distinct_id, key));
+        let stale = self.stale(&request.distinct_id, key).await;
         let result = match stale {
             Some(mut stale) => {
                 stale.stale_because = Some(FlagError::InvalidResponse(format!(
@@ -344,20 +376,28 @@ impl Decide {
         result
     }
 
+    /// The fallback store's last good value of `key` for `distinct_id`, if young enough.
+    async fn stale(&self, distinct_id: &str, key: &str) -> Option<FeatureFlagResult> {
+        let (store, max_age) = self.inner.fallback.as_ref()?;
+        match store.get(distinct_id, key, *max_age).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(flag = key, error = %error, "posthog: the flag fallback store failed; no last good value");
+                None
+            }
+        }
+    }
+
     /// A single-flag read whose `/flags` request failed: the last good value if the fallback
     /// cache has one, else the error.
-    fn failed_one(
+    async fn failed_one(
         &self,
         send: bool,
         request: &FlagsRequest,
         key: &str,
         error: FlagError,
     ) -> Result<FeatureFlagResult, FlagError> {
-        let stale = self
-            .inner
-            .fallback
-            .as_ref()
-            .and_then(|cache| cache.get(&request.distinct_id, key));
+        let stale = self.stale(&request.distinct_id, key).await;
         let value = stale.as_ref().map(|r| &r.record.value);
         self.report(send, request, key, value, None, || {
             FlagCalled::failed(request, key, &error, stale.as_ref())
@@ -573,9 +613,11 @@ mod tests {
             reporter: Arc::new(Silent),
             send_events: false,
             fallback_max_age: None,
+            fallback_store: None,
             local: Some(PolledDefinitions {
                 shared: current,
                 stop: watch::channel(false).0,
+                cached: false,
             }),
             environments: None,
         })

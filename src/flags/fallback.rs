@@ -1,19 +1,59 @@
-//! The optional fallback cache: the last good value of each (distinct id, flag).
+//! The optional fallback cache: the last good value of each (distinct id, flag), in a
+//! [`FallbackStore`] (in memory by default, or shared, e.g. in Redis).
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tokio::time::Instant;
 
-use super::FeatureFlagResult;
+use super::{cache::BoxFuture, FeatureFlagResult};
+use crate::BoxError;
 
-/// Remembers the last good single-flag result per (distinct id, flag) and serves it, for at
-/// most `max_age`, when `/flags` fails. Never consulted when `/flags` answers.
+/// Where the stale-value fallback cache of single-flag reads lives (see
+/// [`PostHogBuilder::flag_fallback_cache`](crate::PostHogBuilder::flag_fallback_cache)):
+/// every good single-flag result is [`put`](Self::put) in it, and when `/flags` fails the
+/// last good value, if at most an hour old, is read back with [`get`](Self::get).
 ///
-/// Bounded to `capacity` distinct ids: when a new one arrives on a full cache, the fifth of
-/// distinct ids written least recently is evicted.
+/// [`MemoryFallbackStore`] (the default) keeps them in this process; a shared store (the
+/// `redis` feature's `RedisFallbackStore`) lets one instance's good answer serve another's
+/// failed lookup.
+///
+/// # Example
+///
+/// ```
+/// use posthog_tower::flags::MemoryFallbackStore;
+///
+/// let client = posthog_tower::PostHog::builder("phc_project_key")
+///     .flag_fallback_store(MemoryFallbackStore::new(50_000));
+/// ```
+pub trait FallbackStore: Send + Sync + 'static {
+    /// Remembers `result` as the last good value of its flag for `distinct_id`. Called on the
+    /// flag read path: it must not block or wait (a remote store queues the write).
+    fn put(&self, distinct_id: &str, result: &FeatureFlagResult);
+
+    /// The last good value of `key` for `distinct_id`, if it was put at most `max_age` ago.
+    /// Called only when `/flags` failed; an error counts as "none".
+    fn get<'a>(
+        &'a self,
+        distinct_id: &'a str,
+        key: &'a str,
+        max_age: Duration,
+    ) -> BoxFuture<'a, Result<Option<FeatureFlagResult>, BoxError>>;
+}
+
+/// The in-process [`FallbackStore`] (the default): bounded to `capacity` distinct ids; when a
+/// new one arrives on a full store, the fifth of distinct ids written least recently is
+/// evicted.
+///
+/// # Example
+///
+/// ```
+/// use posthog_tower::flags::MemoryFallbackStore;
+///
+/// let store = MemoryFallbackStore::new(10_000);
+/// # drop(store);
+/// ```
 #[derive(Debug)]
-pub(crate) struct FallbackCache {
-    max_age: Duration,
+pub struct MemoryFallbackStore {
     capacity: usize,
     /// Per distinct id: when it was last written, and its flags with their write times.
     entries: Mutex<HashMap<String, PerUser>>,
@@ -21,16 +61,16 @@ pub(crate) struct FallbackCache {
 
 type PerUser = (Instant, HashMap<String, (FeatureFlagResult, Instant)>);
 
-impl FallbackCache {
-    pub(crate) fn new(max_age: Duration, capacity: usize) -> Self {
-        FallbackCache {
-            max_age,
+impl MemoryFallbackStore {
+    /// A store remembering at most `capacity` distinct ids (at least one).
+    pub fn new(capacity: usize) -> Self {
+        MemoryFallbackStore {
             capacity: capacity.max(1),
             entries: Mutex::default(),
         }
     }
 
-    pub(crate) fn put(&self, distinct_id: &str, result: &FeatureFlagResult) {
+    fn put_now(&self, distinct_id: &str, result: &FeatureFlagResult) {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if !entries.contains_key(distinct_id) && entries.len() >= self.capacity {
@@ -53,10 +93,31 @@ impl FallbackCache {
         flags.insert(result.key.clone(), (result, now));
     }
 
-    pub(crate) fn get(&self, distinct_id: &str, key: &str) -> Option<FeatureFlagResult> {
+    fn get_now(
+        &self,
+        distinct_id: &str,
+        key: &str,
+        max_age: Duration,
+    ) -> Option<FeatureFlagResult> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let (result, at) = entries.get(distinct_id)?.1.get(key)?;
-        (at.elapsed() <= self.max_age).then(|| result.clone())
+        (at.elapsed() <= max_age).then(|| result.clone())
+    }
+}
+
+impl FallbackStore for MemoryFallbackStore {
+    fn put(&self, distinct_id: &str, result: &FeatureFlagResult) {
+        self.put_now(distinct_id, result);
+    }
+
+    fn get<'a>(
+        &'a self,
+        distinct_id: &'a str,
+        key: &'a str,
+        max_age: Duration,
+    ) -> BoxFuture<'a, Result<Option<FeatureFlagResult>, BoxError>> {
+        let found = self.get_now(distinct_id, key, max_age);
+        Box::pin(async move { Ok(found) })
     }
 }
 
@@ -72,26 +133,28 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn serves_for_an_hour_then_forgets() {
-        let cache = FallbackCache::new(Duration::from_secs(3600), 10);
+        let cache = MemoryFallbackStore::new(10);
+        let hour = Duration::from_secs(3600);
         cache.put("u", &result("f"));
-        assert!(cache.get("u", "f").is_some());
-        assert!(cache.get("u", "g").is_none());
-        assert!(cache.get("v", "f").is_none());
+        assert!(cache.get_now("u", "f", hour).is_some());
+        assert!(cache.get_now("u", "g", hour).is_none());
+        assert!(cache.get_now("v", "f", hour).is_none());
         tokio::time::advance(Duration::from_secs(3599)).await;
-        assert!(cache.get("u", "f").is_some());
+        assert!(cache.get("u", "f", hour).await.unwrap().is_some());
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(cache.get("u", "f").is_none());
+        assert!(cache.get("u", "f", hour).await.unwrap().is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn bounded() {
-        let cache = FallbackCache::new(Duration::from_secs(3600), 10);
+        let hour = Duration::from_secs(3600);
+        let cache = MemoryFallbackStore::new(10);
         for i in 0..100 {
             cache.put(&format!("u{i}"), &result("f"));
             tokio::time::advance(Duration::from_millis(1)).await;
         }
         assert!(cache.entries.lock().unwrap().len() <= 10);
-        assert!(cache.get("u99", "f").is_some());
-        assert!(cache.get("u0", "f").is_none());
+        assert!(cache.get_now("u99", "f", hour).is_some());
+        assert!(cache.get_now("u0", "f", hour).is_none());
     }
 }

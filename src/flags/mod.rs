@@ -4,6 +4,7 @@
 //! [`PostHog`](crate::PostHog) client puts it behind `tower::retry` (with
 //! [`FlagsRetryPolicy`]) and `tower::timeout`.
 
+mod cache;
 mod called;
 mod coalesce;
 mod decide;
@@ -13,6 +14,8 @@ mod evaluations;
 mod fallback;
 mod local;
 mod local_flags;
+#[cfg(feature = "redis")]
+mod redis;
 mod remote;
 mod remote_config;
 mod request;
@@ -27,6 +30,12 @@ pub(crate) use decide::{Decide, DecideConfig, PolledDefinitions, RemoteStack};
 pub use evaluations::FlagCalledBench;
 pub use evaluations::{FlagEvaluations, FlagRecord};
 pub use result::{AllFlags, FeatureFlagResult};
+
+pub use cache::{BoxFuture, CachedDefinitions, DefinitionsCache};
+pub use fallback::{FallbackStore, MemoryFallbackStore};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{RedisDefinitionsCache, RedisFallbackStore};
 
 pub use coalesce::{Coalesce, CoalesceFuture, CoalesceLayer, SharedError};
 pub(crate) use dedup::FlagCalledDedup;

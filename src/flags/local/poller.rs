@@ -1,6 +1,15 @@
 //! The definitions poller: fetches flag definitions, compiles them, swaps the snapshot in.
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -10,6 +19,7 @@ use tokio::sync::watch;
 use tower::{util::Oneshot, ServiceExt};
 
 use crate::{
+    flags::cache::{CachedDefinitions, DefinitionsCache},
     net::{FullResponse, HttpClient, ReadResponse, ResponseBody, USER_AGENT},
     BoxError,
 };
@@ -19,6 +29,13 @@ const MAX_DEFINITIONS: usize = 64 * 1024 * 1024;
 
 /// Longest wait between fetches while PostHog keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Longest a definitions cache operation may take before the poll goes to PostHog directly.
+pub(crate) const CACHE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a leader stores after PostHog refused the key (401) or the quota (402): no flags, so
+/// that the whole fleet stops evaluating locally, as the leader does.
+const EMPTY_DEFINITIONS: &[u8] = br#"{"flags":[],"group_type_mapping":{},"cohorts":{}}"#;
 
 /// What can be built from a definitions response body.
 pub(crate) trait Compile: Sized + Send + Sync + 'static {
@@ -101,6 +118,10 @@ fn form_urlencode(text: &str) -> String {
 pub(crate) struct Current<T> {
     pub(crate) snapshot: ArcSwap<Snapshot<T>>,
     loaded: watch::Sender<bool>,
+    /// Polls that went to PostHog directly because the definitions cache failed.
+    pub(crate) cache_fallbacks: AtomicU64,
+    /// Set when the poller stopped (after its cache's shutdown).
+    stopped: watch::Sender<bool>,
 }
 
 impl<T> fmt::Debug for Current<T> {
@@ -114,6 +135,8 @@ impl<T: Compile> Current<T> {
         Arc::new(Current {
             snapshot: ArcSwap::from_pointee(Snapshot { flags: None }),
             loaded: watch::channel(false).0,
+            cache_fallbacks: AtomicU64::new(0),
+            stopped: watch::channel(false).0,
         })
     }
 
@@ -130,6 +153,12 @@ impl<T: Compile> Current<T> {
         self.current().is_some()
     }
 
+    /// Waits until the poller stopped, at most `timeout`.
+    pub(crate) async fn wait_stopped(&self, timeout: Duration) {
+        let mut rx = self.stopped.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|done| *done)).await;
+    }
+
     pub(crate) fn install(&self, flags: T) {
         self.snapshot.store(Arc::new(Snapshot {
             flags: Some(Arc::new(flags)),
@@ -141,7 +170,8 @@ impl<T: Compile> Current<T> {
 /// What one fetch did.
 #[derive(Debug, PartialEq, Eq)]
 enum Fetched {
-    Installed,
+    /// New definitions, installed: the body as PostHog sent it.
+    Installed(Bytes),
     NotModified,
     Cleared,
     Failed,
@@ -154,6 +184,11 @@ pub(crate) struct Poller<T> {
     shared: Arc<Current<T>>,
     etag: Option<HeaderValue>,
     stop: watch::Receiver<bool>,
+    cache: Option<Arc<dyn DefinitionsCache>>,
+    /// The cache version last read or stored (compiled once, whether it compiled or not).
+    cache_version: Option<String>,
+    /// The last cache operation failed: polls go to PostHog directly.
+    degraded: bool,
 }
 
 impl<T: Compile> Poller<T> {
@@ -167,24 +202,176 @@ impl<T: Compile> Poller<T> {
             shared,
             etag: None,
             stop,
+            cache: None,
+            cache_version: None,
+            degraded: false,
         }
+    }
+
+    /// Consults `cache` before every fetch (see [`DefinitionsCache`]).
+    pub(crate) fn with_cache(mut self, cache: Option<Arc<dyn DefinitionsCache>>) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// Runs until `stop` is set (or its sender dropped).
     pub(crate) async fn run(mut self) {
         let mut failures: u32 = 0;
+        let mut woken = false;
         loop {
-            match self.fetch_once().await {
-                Fetched::Failed => failures = failures.saturating_add(1),
-                _ => failures = 0,
+            let fetched = match self.cache.clone() {
+                Some(cache) if woken => {
+                    // A change notification: read the cache, fetch nothing.
+                    self.read_cache(&*cache).await;
+                    None
+                }
+                Some(cache) => self.poll_with_cache(&*cache).await,
+                None => Some(self.fetch_once().await),
+            };
+            match fetched {
+                Some(Fetched::Failed) => failures = failures.saturating_add(1),
+                Some(_) => failures = 0,
+                None => {}
             }
             let wait = next_wait(self.config.interval, failures, crate::id::random_u64());
+            let changed = async {
+                match &self.cache {
+                    Some(cache) => cache.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            woken = false;
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                () = changed => woken = true,
                 _ = self.stop.wait_for(|stop| *stop) => break,
             }
         }
+        if let Some(cache) = &self.cache {
+            if tokio::time::timeout(CACHE_TIMEOUT, cache.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("posthog: the flag definitions cache did not shut down in time");
+            }
+        }
+        self.shared.stopped.send_replace(true);
         tracing::debug!("posthog: definitions poller stopped");
+    }
+
+    /// One poll through the cache: read it, then fetch from PostHog if the cache says this
+    /// instance should (storing what is new), or directly if the cache failed. `None` when
+    /// nothing was fetched.
+    async fn poll_with_cache(&mut self, cache: &dyn DefinitionsCache) -> Option<Fetched> {
+        if !self.read_cache(cache).await {
+            return Some(self.fetch_directly().await);
+        }
+        match tokio::time::timeout(CACHE_TIMEOUT, cache.should_fetch()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                self.cache_ok();
+                return None;
+            }
+            Ok(Err(e)) => {
+                self.cache_failed(&e.to_string());
+                return Some(self.fetch_directly().await);
+            }
+            Err(_) => {
+                self.cache_failed("timed out");
+                return Some(self.fetch_directly().await);
+            }
+        }
+        self.cache_ok();
+        let fetched = self.fetch_once().await;
+        let body = match &fetched {
+            Fetched::Installed(body) => body.clone(),
+            Fetched::Cleared => Bytes::from_static(EMPTY_DEFINITIONS),
+            _ => return Some(fetched),
+        };
+        let etag = self
+            .etag
+            .as_ref()
+            .and_then(|e| e.to_str().ok())
+            .map(str::to_owned);
+        match tokio::time::timeout(CACHE_TIMEOUT, cache.store(etag, body)).await {
+            Ok(Ok(Some(version))) => {
+                diag!(version = %version, "posthog: stored new flag definitions in the cache");
+                self.cache_version = Some(version);
+            }
+            Ok(Ok(None)) => {
+                tracing::debug!("posthog: the definitions cache did not take this instance's definitions (lease lost)");
+            }
+            Ok(Err(e)) => self.cache_failed(&e.to_string()),
+            Err(_) => self.cache_failed("timed out"),
+        }
+        Some(fetched)
+    }
+
+    /// Reads the cache and installs what is new in it. `false` when the cache failed.
+    async fn read_cache(&mut self, cache: &dyn DefinitionsCache) -> bool {
+        let read = tokio::time::timeout(CACHE_TIMEOUT, cache.read(self.cache_version.as_deref()));
+        match read.await {
+            Ok(Ok(Some(stored))) => {
+                self.cache_ok();
+                self.install_cached(stored);
+                true
+            }
+            Ok(Ok(None)) => {
+                self.cache_ok();
+                true
+            }
+            Ok(Err(e)) => {
+                self.cache_failed(&e.to_string());
+                false
+            }
+            Err(_) => {
+                self.cache_failed("timed out");
+                false
+            }
+        }
+    }
+
+    /// Compiles definitions read from the cache, like a PostHog response: a body that does
+    /// not compile is reported and ignored (its version is not read again).
+    fn install_cached(&mut self, stored: CachedDefinitions) {
+        self.cache_version = Some(stored.version.clone());
+        match T::compile(&stored.body) {
+            Ok(flags) => {
+                self.etag = stored
+                    .etag
+                    .as_deref()
+                    .and_then(|e| HeaderValue::from_str(e).ok());
+                self.shared.install(flags);
+                diag!(version = %stored.version, "posthog: flag definitions loaded from the cache");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, version = %stored.version, "posthog: the cached flag definitions could not be read; keeping the last ones");
+            }
+        }
+    }
+
+    /// A fetch from PostHog because the cache failed, counted.
+    async fn fetch_directly(&mut self) -> Fetched {
+        self.shared.cache_fallbacks.fetch_add(1, Relaxed);
+        self.fetch_once().await
+    }
+
+    fn cache_failed(&mut self, error: &str) {
+        if !self.degraded {
+            self.degraded = true;
+            tracing::warn!(error, "posthog: the flag definitions cache failed; polling PostHog directly until it answers again");
+        }
+    }
+
+    fn cache_ok(&mut self) {
+        if self.degraded {
+            self.degraded = false;
+            // The cache may have lost its contents (a restarted Redis): without an ETag, the
+            // next fetch brings a full body to store.
+            self.etag = None;
+            self.cache_version = None;
+            tracing::info!("posthog: the flag definitions cache answers again; using it");
+        }
     }
 
     async fn fetch_once(&mut self) -> Fetched {
@@ -226,7 +413,7 @@ impl<T: Compile> Poller<T> {
                 Ok(flags) => {
                     self.etag = response.headers.get(header::ETAG).cloned();
                     self.shared.install(flags);
-                    Fetched::Installed
+                    Fetched::Installed(response.body)
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "posthog: flag definitions could not be read; keeping the last ones");
@@ -473,6 +660,78 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(keys(&shared), Some(vec!["b".to_owned()]));
         stop.send_replace(true);
+    }
+
+    /// A cache whose every operation hangs, or fails, as the test says.
+    struct BrokenCache {
+        hang: bool,
+    }
+
+    impl DefinitionsCache for BrokenCache {
+        fn read<'a>(
+            &'a self,
+            _known: Option<&'a str>,
+        ) -> crate::flags::BoxFuture<'a, Result<Option<CachedDefinitions>, BoxError>> {
+            let hang = self.hang;
+            Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Err("connection refused".into())
+            })
+        }
+        fn should_fetch(&self) -> crate::flags::BoxFuture<'_, Result<bool, BoxError>> {
+            Box::pin(async { Ok(false) })
+        }
+        fn store(
+            &self,
+            _etag: Option<String>,
+            _body: Bytes,
+        ) -> crate::flags::BoxFuture<'_, Result<Option<String>, BoxError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn shutdown(&self) -> crate::flags::BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_or_hanging_cache_is_bypassed_and_counted() {
+        for hang in [false, true] {
+            let mock = MockPostHog::start().await.unwrap();
+            mock.set_default(PATH, MockResponse::json(200, defs(&["a"])));
+            let config = PollerConfig::new(
+                crate::net::default_client(),
+                &mock.url(),
+                "phc_project",
+                "phx_personal",
+                Duration::from_secs(30),
+            )
+            .unwrap();
+            let shared = Current::<Keys>::new();
+            let (stop, stop_rx) = watch::channel(false);
+            let poller = Poller::new(config, shared.clone(), stop_rx)
+                .with_cache(Some(Arc::new(BrokenCache { hang })));
+            tokio::spawn(poller.run());
+            assert!(
+                shared.wait_loaded(Duration::from_secs(20)).await,
+                "hang: {hang}"
+            );
+            assert_eq!(keys(&shared), Some(vec!["a".to_owned()]));
+            mock.wait_for_requests(PATH, 2, Duration::from_secs(80))
+                .await
+                .unwrap();
+            assert_eq!(shared.cache_fallbacks.load(Relaxed), 2, "hang: {hang}");
+            if hang {
+                let reqs = mock.requests_to(PATH);
+                let gap = reqs[1].received_at - reqs[0].received_at;
+                assert!(
+                    gap >= Duration::from_secs(35),
+                    "waited for the bound: {gap:?}"
+                );
+            }
+            stop.send_replace(true);
+        }
     }
 
     #[test]
