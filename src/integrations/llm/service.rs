@@ -8,6 +8,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -22,12 +23,12 @@ use tower_service::Service;
 
 use super::{
     body::AiBody,
-    parse::{assistant_message, read_request, recognize, AnswerReader, Api, RequestInfo},
+    parse::{assistant_message, read_request, recognize, Answer, AnswerReader, Api, RequestInfo},
 };
 use crate::{
     ai::{Embedding, Generation},
     context::RequestContext,
-    PostHog,
+    Event, PostHog,
 };
 
 /// `$ai_lib` of the events [`AiLayer`] captures: the library that captured them, as
@@ -396,77 +397,22 @@ impl Recorder {
                 .hyphenated()
                 .encode_lower(&mut uuid_text),
         };
-        let model = answer.model.or(request.model);
         let latency = call.started.elapsed();
-        let error = answer
-            .error
-            .or_else(|| self.failure.take().map(Value::String));
-        let event = if call.api.is_embedding() {
-            let mut event = Embedding::new(trace_id)
-                .provider(call.api.provider())
-                .base_url(&call.base_url)
-                .latency(latency)
-                .is_error(is_error)
-                .privacy_mode(call.config.privacy_mode)
-                .property("$ai_lib", AI_LIB)
-                .property("$ai_lib_version", AI_LIB_VERSION);
-            if let Some(model) = model {
-                event = event.model(model);
-            }
-            if self.status != 0 {
-                event = event.http_status(self.status);
-            }
-            if let Some(tokens) = answer.input_tokens {
-                event = event.input_tokens(tokens);
-            }
-            if let Some(input) = request.input {
-                event = event.input_json(input);
-            }
-            if let Some(error) = error {
-                event = event.error(error);
-            }
-            event.into_event()
-        } else {
-            let mut event = Generation::new(trace_id)
-                .provider(call.api.provider())
-                .base_url(&call.base_url)
-                .latency(latency)
-                .is_error(is_error)
-                .privacy_mode(call.config.privacy_mode)
-                .property("$ai_lib", AI_LIB)
-                .property("$ai_lib_version", AI_LIB_VERSION)
-                .property("$ai_stream", request.stream);
-            if let Some(model) = model {
-                event = event.model(model);
-            }
-            if self.status != 0 {
-                event = event.http_status(self.status);
-            }
-            if let Some(tokens) = answer.input_tokens {
-                event = event.input_tokens(tokens);
-            }
-            if let Some(tokens) = answer.output_tokens {
-                event = event.output_tokens(tokens);
-            }
-            if let Some(reason) = answer.stop_reason {
-                event = event.stop_reason(reason);
-            }
-            if let Some(parameters) = &request.parameters {
-                event = event.model_parameters_json(parameters);
-            }
-            if let Some(input) = request.input {
-                event = event.input_json(input);
-            }
-            if let Some(output) = answer.output {
-                event = event.output_choices_json(output);
-            } else if !answer.text.is_empty() {
-                event = event.output_choices_json(assistant_message(&answer.text));
-            }
-            if let Some(error) = error {
-                event = event.error(error);
-            }
-            event.into_event()
-        };
+        let error = self.failure.take().map(Value::String);
+        let event = llm_event(
+            &EventInputs {
+                api: call.api,
+                base_url: &call.base_url,
+                privacy_mode: call.config.privacy_mode,
+                status: self.status,
+                is_error,
+                latency,
+                trace_id,
+            },
+            request,
+            answer,
+            error,
+        );
         let posthog = &call.config.posthog;
         // A refused event is counted in `stats()` and reported to `on_error` by the client.
         let _ = match call.context.take() {
@@ -476,8 +422,121 @@ impl Recorder {
     }
 }
 
+/// What an LLM call's event is made of besides its request and answer.
+pub(crate) struct EventInputs<'a> {
+    pub(crate) api: Api,
+    pub(crate) base_url: &'a str,
+    pub(crate) privacy_mode: bool,
+    /// The answer's status, 0 when there was none.
+    pub(crate) status: u16,
+    pub(crate) is_error: bool,
+    pub(crate) latency: Duration,
+    pub(crate) trace_id: &'a str,
+}
+
+/// The `$ai_generation` or `$ai_embedding` of a call, from what was read of its request and
+/// answer; `failure` is why the call failed without an answer, if it did.
+pub(crate) fn llm_event(
+    inputs: &EventInputs<'_>,
+    request: RequestInfo,
+    answer: Answer,
+    failure: Option<Value>,
+) -> Event {
+    let model = answer.model.or(request.model);
+    let error = answer.error.or(failure);
+    if inputs.api.is_embedding() {
+        let mut event = Embedding::new(inputs.trace_id)
+            .provider(inputs.api.provider())
+            .base_url(inputs.base_url)
+            .latency(inputs.latency)
+            .is_error(inputs.is_error)
+            .privacy_mode(inputs.privacy_mode)
+            .property("$ai_lib", AI_LIB)
+            .property("$ai_lib_version", AI_LIB_VERSION);
+        if let Some(model) = model {
+            event = event.model(model);
+        }
+        if inputs.status != 0 {
+            event = event.http_status(inputs.status);
+        }
+        if let Some(tokens) = answer.input_tokens {
+            event = event.input_tokens(tokens);
+        }
+        if let Some(input) = request.input {
+            event = event.input_json(input);
+        }
+        if let Some(error) = error {
+            event = event.error(error);
+        }
+        event.into_event()
+    } else {
+        let mut event = Generation::new(inputs.trace_id)
+            .provider(inputs.api.provider())
+            .base_url(inputs.base_url)
+            .latency(inputs.latency)
+            .is_error(inputs.is_error)
+            .privacy_mode(inputs.privacy_mode)
+            .property("$ai_lib", AI_LIB)
+            .property("$ai_lib_version", AI_LIB_VERSION)
+            .property("$ai_stream", request.stream);
+        if let Some(model) = model {
+            event = event.model(model);
+        }
+        if inputs.status != 0 {
+            event = event.http_status(inputs.status);
+        }
+        if let Some(tokens) = answer.input_tokens {
+            event = event.input_tokens(tokens);
+        }
+        if let Some(tokens) = answer.output_tokens {
+            event = event.output_tokens(tokens);
+        }
+        if let Some(reason) = answer.stop_reason {
+            event = event.stop_reason(reason);
+        }
+        if let Some(parameters) = &request.parameters {
+            event = event.model_parameters_json(parameters);
+        }
+        if let Some(input) = request.input {
+            event = event.input_json(input);
+        }
+        if let Some(output) = answer.output {
+            event = event.output_choices_json(output);
+        } else if !answer.text.is_empty() {
+            event = event.output_choices_json(assistant_message(&answer.text));
+        }
+        if let Some(error) = error {
+            event = event.error(error);
+        }
+        event.into_event()
+    }
+}
+
 impl Drop for Recorder {
     fn drop(&mut self) {
         self.capture();
     }
+}
+
+/// Not public API: lets `benches/ai_layer.rs` time what [`AiLayer`] reads of a chat call (its
+/// request, and its JSON answer) and the `$ai_generation` it builds from that, captured on
+/// `posthog` (a disabled client in the bench, as in its `layer_disabled` case).
+#[cfg(feature = "__bench")]
+#[doc(hidden)]
+pub fn bench_chat_call_event(posthog: &PostHog, request: &Bytes, answer: &Bytes) -> bool {
+    let (info, _) = read_request(Api::ChatCompletions, request, false, false);
+    let mut reader = AnswerReader::new(Api::ChatCompletions, false, true);
+    reader.feed(answer);
+    reader.finish(false);
+    let inputs = EventInputs {
+        api: Api::ChatCompletions,
+        base_url: "https://api.openai.com/v1",
+        privacy_mode: false,
+        status: 200,
+        is_error: false,
+        latency: Duration::from_millis(420),
+        trace_id: "0192f7c4-6f8e-7d3a-9b1c-2e4f6a8b0c1d",
+    };
+    let event = llm_event(&inputs, info, reader.answer, None);
+    posthog.capture_ai(event).is_ok()
 }
