@@ -33,15 +33,16 @@ pub(super) fn current() -> Option<RequestContext> {
 }
 
 /// Makes the context in `own` the current one until dropped (also when unwinding); meanwhile
-/// `own` holds the one it replaced, which is current again afterwards.
-struct Enter<'a> {
+/// `own` holds the one it replaced, which is current again afterwards. For futures that keep
+/// their context themselves, as [`Scoped`] does (the HTTP layer's own future).
+pub(crate) struct Enter<'a> {
     own: &'a mut Option<RequestContext>,
     entered: bool,
 }
 
 impl<'a> Enter<'a> {
     #[inline]
-    fn new(own: &'a mut Option<RequestContext>) -> Self {
+    pub(crate) fn new(own: &'a mut Option<RequestContext>) -> Self {
         // Fails only while the thread is being torn down: the code then runs without a
         // context, as it would outside any request.
         let entered = SLOT.try_with(|slot| swap(slot, own)).is_ok();

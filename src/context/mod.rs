@@ -64,6 +64,7 @@ mod current;
 pub(crate) mod host;
 pub(crate) mod tag;
 
+pub(crate) use current::Enter;
 pub use current::Scoped;
 
 use host::Host;

@@ -283,6 +283,13 @@ impl Pending {
         }
     }
 
+    /// Captures the pageview of a request answered with `response`.
+    #[inline]
+    pub(crate) fn answered<B>(self, response: &Response<B>) {
+        let grpc = self.grpc.then(|| grpc_status(response.headers())).flatten();
+        self.capture(response.status().as_u16(), grpc);
+    }
+
     fn capture(self, status: u16, grpc_status: Option<u32>) {
         // A refusal (full queue, shut down) is counted and reported by the client itself.
         let _ = match self.finish(status, grpc_status) {
@@ -630,11 +637,7 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let (Some(pending), Ok(response)) = (this.pending.take(), &result) {
-            let grpc = pending
-                .grpc
-                .then(|| grpc_status(response.headers()))
-                .flatten();
-            pending.capture(response.status().as_u16(), grpc);
+            pending.answered(response);
         }
         Poll::Ready(result)
     }

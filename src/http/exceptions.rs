@@ -7,7 +7,7 @@ use std::{
     future::Future,
     panic::{catch_unwind, resume_unwind, AssertUnwindSafe},
     pin::Pin,
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
 };
 
 use http::Response;
@@ -206,56 +206,37 @@ impl Watch {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The inner service's future, watched: a panic unwinding through it, an error or a
-    /// response whose status counts is reported as an `$exception` before it is passed on
-    /// (unchanged; a panic goes on unwinding).
-    pub(crate) struct Watched<F> {
-        #[pin]
-        inner: F,
-        watch: Option<Watch>,
-    }
-}
-
-impl<F> Watched<F> {
-    pub(crate) fn new(inner: F, watch: Option<Watch>) -> Self {
-        Watched { inner, watch }
-    }
-}
-
-impl<F, B, E> Future for Watched<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: fmt::Display + 'static,
-{
-    type Output = F::Output;
-
+impl Watch {
+    /// Polls `inner`, reporting a panic that unwinds out of it (and letting it go on).
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(watch) = this.watch.as_ref() else {
-            return this.inner.poll(cx);
-        };
-        let mut inner = this.inner;
+    pub(crate) fn poll<F: Future>(
+        &self,
+        inner: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<F::Output> {
         // Only a landing pad on the way out of `poll`: nothing to pay unless it unwinds.
-        let result = match catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
-            Ok(poll) => ready!(poll),
+        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
             Err(payload) => {
-                watch.panicked(&*payload);
+                self.panicked(&*payload);
                 resume_unwind(payload)
             }
-        };
-        match &result {
-            Ok(response) => watch.answered(
+        }
+    }
+
+    /// Reports the inner service's outcome if it counts: an error, or a response whose
+    /// status does.
+    #[inline]
+    pub(crate) fn outcome<B, E: fmt::Display + 'static>(&self, result: &Result<Response<B>, E>) {
+        match result {
+            Ok(response) => self.answered(
                 response.status().as_u16(),
-                watch
-                    .grpc
+                self.grpc
                     .then(|| super::capture_pageviews::grpc_status(response.headers()))
                     .flatten(),
             ),
-            Err(error) => watch.failed(error),
+            Err(error) => self.failed(error),
         }
-        Poll::Ready(result)
     }
 }
 

@@ -6,7 +6,7 @@ use std::{
     net::IpAddr,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use http::{Extensions, Request, Response};
@@ -14,15 +14,19 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    capture_pageviews::{self, CapturePageviewsFuture},
-    exceptions::{ExceptionRules, Watch, Watched},
+    capture_pageviews::{self, Pending},
+    exceptions::{ExceptionRules, Watch},
     identity::{DefaultMakeDistinctId, MakeDistinctId},
     inject_flags,
     predicate::{DefaultShouldCapture, ShouldCapture},
     request_flags::FlagSource,
     set_context::ContextConfig,
 };
-use crate::{context::Scoped, event::EventName, PostHog};
+use crate::{
+    context::{Enter, RequestContext},
+    event::EventName,
+    PostHog,
+};
 
 impl PostHog {
     /// The HTTP layer for this client, with its defaults: callers resolved by
@@ -420,9 +424,13 @@ where
         let watch = shared.exceptions.map(|rules| Watch::new(rules, &request));
         // The context is current while the inner future runs (where handlers run); the inner
         // service's synchronous `call` finds it in the request's extensions (in its flags).
-        let future = Watched::new(self.inner.call(request), watch);
+        // One future, not one per job: nested, each would move the inner future once more
+        // (about 60 instructions each for axum's).
         PostHogFuture {
-            inner: ctx.scope(CapturePageviewsFuture::new(future, pending)),
+            ctx: Some(ctx),
+            inner: Some(self.inner.call(request)),
+            pending,
+            watch,
         }
     }
 }
@@ -432,8 +440,24 @@ pin_project_lite::pin_project! {
     /// as the current one, capturing the request's exception if it fails and its pageview
     /// when it resolves with a response.
     pub struct PostHogFuture<F> {
+        // The context while the future is not being polled (see `Scoped`).
+        ctx: Option<RequestContext>,
+        // `None` once it has completed: it is dropped then, with the context current, as it
+        // is when the future is dropped before completing.
         #[pin]
-        inner: Scoped<CapturePageviewsFuture<Watched<F>>>,
+        inner: Option<F>,
+        pending: Option<Pending>,
+        watch: Option<Watch>,
+    }
+
+    impl<F> PinnedDrop for PostHogFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.as_ref().as_pin_ref().is_some() {
+                let _enter = Enter::new(this.ctx);
+                this.inner.set(None);
+            }
+        }
     }
 }
 
@@ -446,7 +470,26 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+        let mut this = self.project();
+        let _enter = Enter::new(this.ctx);
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            // A broken `Future` contract on the caller's side, as for any future.
+            panic!("`PostHogFuture` polled after completion");
+        };
+        let result = match this.watch.as_ref() {
+            Some(watch) => ready!(watch.poll(inner, cx)),
+            None => ready!(inner.poll(cx)),
+        };
+        // In this order, as the separate layers do: the exception is recorded in the context
+        // before the pageview, which names it, is captured; the inner future is dropped last.
+        if let Some(watch) = this.watch.as_ref() {
+            watch.outcome(&result);
+        }
+        if let (Some(pending), Ok(response)) = (this.pending.take(), &result) {
+            pending.answered(response);
+        }
+        this.inner.set(None);
+        Poll::Ready(result)
     }
 }
 
