@@ -572,15 +572,9 @@ pub(crate) fn write_property<T: Serialize + ?Sized>(
 /// The deepest nesting of arrays and objects a property value may have.
 pub(crate) use convert::MAX_DEPTH as MAX_PROPERTY_DEPTH;
 
-/// A uuid and timestamp for an event captured now, from one clock read: the uuid is a v7 of
-/// the timestamp's millisecond.
+/// A uuid (v7) of `timestamp`, and the timestamp.
 #[inline]
-pub(crate) fn stamp_now() -> (Uuid, Timestamp) {
-    stamp_at(Timestamp::now())
-}
-
-#[inline]
-fn stamp_at(timestamp: Timestamp) -> (Uuid, Timestamp) {
+pub(crate) fn stamp_at(timestamp: Timestamp) -> (Uuid, Timestamp) {
     let millis = timestamp.as_unix_millis().max(0) as u64;
     (crate::id::new_v7_from(millis), timestamp)
 }

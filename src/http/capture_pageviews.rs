@@ -11,7 +11,6 @@ use std::{
 use http::{header::USER_AGENT, HeaderMap, Request, Response};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -28,6 +27,7 @@ use crate::{
     context::RequestContext,
     event::{EventName, EventWriter, StaticKey, WriterState},
     flags::FlagValue,
+    time::Timestamp,
     Event, PostHog,
 };
 
@@ -198,7 +198,9 @@ pub(crate) struct Pending {
     draft: Draft,
     /// The request's context, whose flag evaluations the pageview reports.
     context: RequestContext,
-    start: Instant,
+    /// When the request arrived (the wall clock, which also stamps the event: one clock read
+    /// at each end of the request, not two at the end).
+    start: Timestamp,
     /// Whether the response may carry a gRPC status (`$grpc_status`): gRPC runs over HTTP/2
     /// only, and looking the header up costs about 300 instructions.
     grpc: bool,
@@ -278,7 +280,7 @@ impl Pending {
             posthog: posthog.clone(),
             draft,
             context: context.clone(),
-            start: Instant::now(),
+            start: Timestamp::now(),
             grpc: request.version() == http::Version::HTTP_2,
         }
     }
@@ -300,7 +302,10 @@ impl Pending {
 
     /// Completes the event with what the response tells.
     fn finish(self, status: u16, grpc_status: Option<u32>) -> (PostHog, Finished) {
-        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let now = Timestamp::now();
+        // A wall clock set back during the request gives 0, not a negative duration.
+        let nanos = (now.as_unix_nanos() - self.start.as_unix_nanos()).max(0);
+        let ms = nanos as f64 / 1e6;
         let response = ResponseProperties {
             status,
             grpc_status,
@@ -312,7 +317,7 @@ impl Pending {
                 Some(encoder) => {
                     let mut writer = encoder.resume(&mut json, state);
                     response.write(&mut writer);
-                    let (uuid, now) = crate::event::stamp_now();
+                    let (uuid, now) = crate::event::stamp_at(now);
                     writer.finish(now, uuid);
                     Finished::Json { json, uuid }
                 }
@@ -321,7 +326,8 @@ impl Pending {
                 // half-written.
                 None => Finished::Event(Box::new(Event::new("", ""))),
             },
-            Draft::Event(mut event) => {
+            Draft::Event(event) => {
+                let mut event = Box::new(event.timestamp(now));
                 response.write(&mut *event);
                 Finished::Event(event)
             }
@@ -654,7 +660,7 @@ impl<F> fmt::Debug for CapturePageviewsFuture<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::Timestamp;
+
     use http::HeaderValue;
     use proptest::prelude::*;
 

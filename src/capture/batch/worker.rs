@@ -243,7 +243,9 @@ impl Building {
     }
 
     fn take(&mut self) -> (EncodedBatch, Vec<(Uuid, Notify)>) {
-        let capacity = self.buf.len().max(1024);
+        // The next batch is sized like this one, with an eighth more: events of one kind vary a
+        // little in length, and a batch one byte over its capacity would copy itself whole.
+        let capacity = (self.buf.len() + self.buf.len() / 8).max(1024);
         let count = self.uuids.len();
         let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(capacity));
         let ends = std::mem::replace(&mut self.ends, Vec::with_capacity(count));
