@@ -304,7 +304,7 @@ impl Pending {
     fn finish(self, status: u16, grpc_status: Option<u32>) -> (PostHog, Finished) {
         let now = Timestamp::now();
         // A wall clock set back during the request gives 0, not a negative duration.
-        let nanos = (now.as_unix_nanos() - self.start.as_unix_nanos()).max(0);
+        let nanos = u64::try_from(now.as_unix_nanos() - self.start.as_unix_nanos()).unwrap_or(0);
         let ms = nanos as f64 / 1e6;
         let response = ResponseProperties {
             status,
