@@ -60,6 +60,7 @@
 
 mod body;
 mod parse;
+mod scan;
 mod service;
 
 pub use body::AiBody;
@@ -69,4 +70,6 @@ pub use parse::bench_read_chat_call;
 #[cfg(feature = "__bench")]
 #[doc(hidden)]
 pub use service::bench_chat_call_event;
+#[cfg(fuzzing)]
+pub(crate) use parse::differential_check;
 pub use service::{Ai, AiLayer, ResponseFuture, TraceId};
