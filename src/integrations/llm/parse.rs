@@ -106,7 +106,7 @@ const PARAMETERS: [&str; 10] = [
 /// The fields of a request body read for the event, borrowed from it: the input and the
 /// parameters as the JSON text they are (validated, not parsed into values).
 #[derive(Default)]
-#[cfg_attr(test, derive(Debug, PartialEq))]
+#[cfg_attr(any(test, fuzzing), derive(Debug, PartialEq))]
 struct RequestFields<'a> {
     model: Option<Cow<'a, str>>,
     messages: Option<&'a str>,

@@ -29,24 +29,29 @@ impl<'a> Scanner<'a> {
         Some(Scanner { text, pos: 0 })
     }
 
+    #[inline]
     fn bytes(&self) -> &'a [u8] {
         self.text.as_bytes()
     }
 
+    #[inline]
     fn peek(&self) -> Option<u8> {
         self.bytes().get(self.pos).copied()
     }
 
+    #[inline]
     fn next(&mut self) -> Option<u8> {
         let byte = self.peek()?;
         self.pos += 1;
         Some(byte)
     }
 
+    #[inline]
     fn eat(&mut self, byte: u8) -> Option<()> {
         (self.next()? == byte).then_some(())
     }
 
+    #[inline]
     fn skip_whitespace(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.pos += 1;
@@ -54,12 +59,14 @@ impl<'a> Scanner<'a> {
     }
 
     /// Whether nothing but whitespace is left.
+    #[inline]
     pub(super) fn at_end(&mut self) -> bool {
         self.skip_whitespace();
         self.pos == self.text.len()
     }
 
     /// Whether the next value (after whitespace) is `null`, which is then consumed.
+    #[inline]
     pub(super) fn null(&mut self) -> Option<bool> {
         self.skip_whitespace();
         if self.peek()? != b'n' {
@@ -69,6 +76,7 @@ impl<'a> Scanner<'a> {
         Some(true)
     }
 
+    #[inline]
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.pos.checked_add(word.len())?;
         if self.bytes().get(self.pos..end)? != word {
@@ -132,6 +140,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The next value as the JSON text it is (checked, not parsed).
+    #[inline]
     pub(super) fn raw(&mut self) -> Option<&'a str> {
         self.skip_whitespace();
         let start = self.pos;
@@ -140,6 +149,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The next value, a string (decoded) or `null`; anything else gives `None`.
+    #[inline]
     pub(super) fn string_or_null(&mut self) -> Option<Option<Cow<'a, str>>> {
         if self.null()? {
             return Some(None);
@@ -153,6 +163,7 @@ impl<'a> Scanner<'a> {
 
     /// The next value, a `u64` written as plain digits, or `null`; anything else (a sign, a
     /// fraction, an exponent, too large) gives `None`.
+    #[inline]
     pub(super) fn u64_or_null(&mut self) -> Option<Option<u64>> {
         if self.null()? {
             return Some(None);
@@ -175,6 +186,7 @@ impl<'a> Scanner<'a> {
     /// A string's text between its quotes (escapes undecoded) and whether it has escapes. The
     /// escapes are checked as `serde_json` checks a string it skips: `\u` needs four hex
     /// digits, of any value.
+    #[inline]
     fn raw_string(&mut self) -> Option<(&'a str, bool)> {
         self.eat(b'"')?;
         let start = self.pos;
@@ -247,6 +259,7 @@ impl<'a> Scanner<'a> {
         Some(())
     }
 
+    #[inline]
     fn key(&mut self) -> Option<()> {
         self.skip_whitespace();
         self.raw_string()?;
@@ -321,6 +334,7 @@ impl<'a> Scanner<'a> {
 /// time (the bytes of a word that equal `c` are the zero bytes of `word ^ c * ONES`; a zero
 /// byte, or one below `0x20`, is the one whose subtraction borrows where the byte had no high
 /// bit; borrows only spread upwards, so the lowest flagged byte is a real one).
+#[inline]
 fn special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;

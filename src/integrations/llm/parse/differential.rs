@@ -13,6 +13,7 @@ use super::{stream, Answer, Api, RequestFields};
 /// A small deterministic generator (xorshift64*), so a failure is reproduced by its seed.
 struct Gen(u64);
 
+#[cfg(test)]
 impl Gen {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
