@@ -101,14 +101,15 @@ impl<'a> Scanner<'a> {
         }
         loop {
             self.skip_whitespace();
-            let (key, escaped) = self.raw_string()?;
+            let (start, end, escaped) = self.string_span()?;
             if escaped {
                 return None;
             }
+            let key = self.bytes().get(start..end)?;
             self.skip_whitespace();
             self.eat(b':')?;
             self.skip_whitespace();
-            member(self, key.as_bytes())?;
+            member(self, key)?;
             self.skip_whitespace();
             match self.next()? {
                 b',' => {}
@@ -188,19 +189,37 @@ impl<'a> Scanner<'a> {
     /// digits, of any value.
     #[inline]
     fn raw_string(&mut self) -> Option<(&'a str, bool)> {
-        self.eat(b'"')?;
-        let start = self.pos;
+        let (start, end, escaped) = self.string_span()?;
+        Some((self.text.get(start..end)?, escaped))
+    }
+
+    /// Where the text of the string that comes next starts and ends (between its quotes), and
+    /// whether it has escapes; the cursor is left after it.
+    #[inline]
+    fn string_span(&mut self) -> Option<(usize, usize, bool)> {
+        let bytes = self.bytes();
+        if bytes.get(self.pos) != Some(&b'"') {
+            return None;
+        }
+        let start = self.pos + 1;
+        let mut at = start;
         let mut escaped = false;
         loop {
-            self.pos += special(self.bytes().get(self.pos..)?)?;
-            match self.next()? {
-                b'"' => return Some((self.text.get(start..self.pos - 1)?, escaped)),
+            at += special(bytes.get(at..)?)?;
+            match bytes.get(at)? {
+                b'"' => {
+                    self.pos = at + 1;
+                    return Some((start, at, escaped));
+                }
                 b'\\' => {
                     escaped = true;
-                    match self.next()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                    match bytes.get(at + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => at += 2,
                         b'u' => {
-                            self.hex4()?;
+                            for &digit in bytes.get(at + 2..at + 6)? {
+                                hex(digit)?;
+                            }
+                            at += 6;
                         }
                         _ => return None,
                     }
@@ -209,17 +228,6 @@ impl<'a> Scanner<'a> {
                 _ => return None,
             }
         }
-    }
-
-    fn hex4(&mut self) -> Option<u16> {
-        let end = self.pos.checked_add(4)?;
-        let digits = self.bytes().get(self.pos..end)?;
-        let mut n = 0u16;
-        for &d in digits {
-            n = n << 4 | u16::from(hex(d)?);
-        }
-        self.pos = end;
-        Some(n)
     }
 
     fn number(&mut self) -> Option<()> {
@@ -262,7 +270,7 @@ impl<'a> Scanner<'a> {
     #[inline]
     fn key(&mut self) -> Option<()> {
         self.skip_whitespace();
-        self.raw_string()?;
+        self.string_span()?;
         self.skip_whitespace();
         self.eat(b':')
     }
@@ -301,7 +309,7 @@ impl<'a> Scanner<'a> {
                     }
                 }
                 b'"' => {
-                    self.raw_string()?;
+                    self.string_span()?;
                 }
                 b't' => self.literal(b"true")?,
                 b'f' => self.literal(b"false")?,
@@ -338,12 +346,9 @@ impl<'a> Scanner<'a> {
 fn special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = bytes.chunks_exact(8);
     let mut offset = 0;
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(word);
+    while let Some(chunk) = bytes.get(offset..offset + 8) {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).ok()?);
         let quote = word ^ (ONES * u64::from(b'"'));
         let backslash = word ^ (ONES * u64::from(b'\\'));
         let found = ((quote.wrapping_sub(ONES) & !quote)
@@ -355,8 +360,8 @@ fn special(bytes: &[u8]) -> Option<usize> {
         }
         offset += 8;
     }
-    let at = chunks
-        .remainder()
+    let at = bytes
+        .get(offset..)?
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
     Some(offset + at)
