@@ -480,8 +480,9 @@ impl AnswerReader {
             }
             return;
         }
-        // The usual answer is read into borrowed structs, its output kept as the text it is;
-        // one they do not fit (a field of an unexpected type) is read into a `Value`.
+        // The usual answer is read by the scanner (else into borrowed structs), its output kept
+        // as the text it is; one they do not fit (a field of an unexpected type) is read into a
+        // `Value`.
         if !is_error && self.read_fields(&buffer) {
             return;
         }
@@ -508,8 +509,9 @@ impl AnswerReader {
         if data.is_empty() || data == b"[DONE]" {
             return;
         }
-        // The frequent streams are read into borrowed structs (what they do not name is
-        // skipped unparsed); the others into a `Value`. A chunk that does not fit is skipped.
+        // The frequent streams are read by the scanner, else into borrowed structs (what they
+        // do not name is skipped unparsed); the others into a `Value`. A chunk that does not
+        // fit is skipped.
         match self.api {
             Api::ChatCompletions => {
                 if !stream::ChatChunk::scan(data, &mut self.answer, self.keep_output) {
@@ -521,8 +523,7 @@ impl AnswerReader {
             Api::AnthropicMessages => {
                 if let Some(event) = stream::AnthropicEvent::scan(data) {
                     event.read(&mut self.answer, self.keep_output);
-                } else if let Ok(event) =
-                    serde_json::from_slice::<stream::AnthropicEvent<'_>>(data)
+                } else if let Ok(event) = serde_json::from_slice::<stream::AnthropicEvent<'_>>(data)
                 {
                     event.read(&mut self.answer, self.keep_output);
                 }
@@ -569,7 +570,8 @@ impl AnswerReader {
         }
     }
 
-    /// A whole JSON answer, read into [`stream::Document`]: `false` when it does not fit.
+    /// A whole JSON answer, read by the scanner or into [`stream::Document`]: `false` when it
+    /// does not fit.
     fn read_fields(&mut self, body: &Bytes) -> bool {
         if stream::scan_document(self.api, body, &mut self.answer, self.keep_output) {
             return true;
@@ -647,8 +649,8 @@ pub(crate) fn assistant_message(text: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// The answers and stream chunks read into borrowed structs: only the fields the event
-/// needs, the rest skipped unparsed.
+/// The answers and stream chunks read by the [scanner](super::scan), or when it declines
+/// into borrowed structs: only the fields the event needs, the rest skipped unparsed.
 mod stream {
     use std::{borrow::Cow, mem};
 
@@ -986,7 +988,9 @@ mod stream {
 
     /// Marks `field` (a bit) of `seen` read: `None` when it was already (serde's derive
     /// refuses a repeated field).
-    fn once<T: Copy + std::ops::BitAnd<Output = T> + std::ops::BitOrAssign + PartialEq + Default>(
+    fn once<
+        T: Copy + std::ops::BitAnd<Output = T> + std::ops::BitOrAssign + PartialEq + Default,
+    >(
         seen: &mut T,
         field: T,
     ) -> Option<()> {
@@ -1371,16 +1375,30 @@ mod tests {
             let (info, _) = read_request(Api::ChatCompletions, &body, false, false);
             assert_eq!(info.input.as_deref(), Some(deep.as_bytes()));
             let answer = format!(r#"{{"model":"m","choices":[{{"message":{deep}}}]}}"#);
-            for api in [Api::ChatCompletions, Api::Responses, Api::Embeddings, Api::AnthropicMessages] {
+            for api in [
+                Api::ChatCompletions,
+                Api::Responses,
+                Api::Embeddings,
+                Api::AnthropicMessages,
+            ] {
                 let mut reader = AnswerReader::new(api, false, true);
                 feed(&mut reader, answer.as_bytes());
                 reader.finish(false);
                 assert_eq!(reader.answer.model.as_deref(), Some("m"), "{api:?}");
                 if api == Api::ChatCompletions {
-                    assert_eq!(reader.answer.output.as_deref().map(<[u8]>::len), Some(deep.len() + 2));
+                    assert_eq!(
+                        reader.answer.output.as_deref().map(<[u8]>::len),
+                        Some(deep.len() + 2)
+                    );
                 }
                 let mut reader = AnswerReader::new(api, true, true);
-                feed(&mut reader, format!("data: {{\"type\":\"message_start\",\"model\":\"m\",\"x\":{deep}}}\n\n").as_bytes());
+                feed(
+                    &mut reader,
+                    format!(
+                        "data: {{\"type\":\"message_start\",\"model\":\"m\",\"x\":{deep}}}\n\n"
+                    )
+                    .as_bytes(),
+                );
                 reader.finish(false);
                 let mut reader = AnswerReader::new(api, false, true);
                 feed(&mut reader, deep.as_bytes());

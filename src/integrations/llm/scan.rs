@@ -404,7 +404,8 @@ fn decode(raw: &str) -> Option<String> {
                             return None;
                         }
                         chars = after.chars();
-                        let code = 0x10000 + ((u32::from(high) - 0xD800) << 10)
+                        let code = 0x10000
+                            + ((u32::from(high) - 0xD800) << 10)
                             + (u32::from(low) - 0xDC00);
                         char::from_u32(code)?
                     }
@@ -453,8 +454,26 @@ mod tests {
             assert!(serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
         }
         for text in [
-            "01", "1.", "-", "1e", "[1,]", r#"{"a":1,}"#, r#"{"a"}"#, "[1 2]", "tru", "nul",
-            r#""\x""#, r#""\u12""#, "\"\u{1}\"", "[}", "{]", "\"", "[", "1 x", "+1", ".5",
+            "01",
+            "1.",
+            "-",
+            "1e",
+            "[1,]",
+            r#"{"a":1,}"#,
+            r#"{"a"}"#,
+            "[1 2]",
+            "tru",
+            "nul",
+            r#""\x""#,
+            r#""\u12""#,
+            "\"\u{1}\"",
+            "[}",
+            "{]",
+            "\"",
+            "[",
+            "1 x",
+            "+1",
+            ".5",
         ] {
             assert_eq!(skip(text), None, "{text}");
             assert!(serde_json::from_str::<serde::de::IgnoredAny>(text).is_err());
@@ -468,11 +487,18 @@ mod tests {
         }
         assert_eq!(
             read(r#""a\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00""#),
-            Some(Some(Cow::Owned("a\"\\/\u{8}\u{c}\n\r\t\u{e9}\u{1f600}".to_owned())))
+            Some(Some(Cow::Owned(
+                "a\"\\/\u{8}\u{c}\n\r\t\u{e9}\u{1f600}".to_owned()
+            )))
         );
         assert_eq!(read(r#""plain""#), Some(Some(Cow::Borrowed("plain"))));
         assert_eq!(read("null"), Some(None));
-        for lone in [r#""\ud800""#, r#""\udc00""#, r#""\ud800\u0041""#, r#""\ud800x""#] {
+        for lone in [
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800x""#,
+        ] {
             assert_eq!(read(lone), None, "{lone}");
             assert!(serde_json::from_str::<String>(lone).is_err());
         }

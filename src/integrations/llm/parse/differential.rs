@@ -393,7 +393,10 @@ pub(crate) fn check(doc: &[u8], tallies: &mut Tallies) {
             };
             scan.read(&mut a, keep_output);
             parse.read(&mut b, keep_output);
-            assert!(same_answer(&a, &b), "anthropic event: {a:?} != {b:?}: {text}");
+            assert!(
+                same_answer(&a, &b),
+                "anthropic event: {a:?} != {b:?}: {text}"
+            );
         }
     }
 }
@@ -407,9 +410,15 @@ fn the_scanner_reads_what_serde_reads_and_refuses_what_it_refuses() {
         let doc = generator.document();
         check(&doc, &mut tallies);
     }
-    for (name, tally) in ["request", "document", "summary", "chat chunk", "anthropic event"]
-        .iter()
-        .zip(&tallies)
+    for (name, tally) in [
+        "request",
+        "document",
+        "summary",
+        "chat chunk",
+        "anthropic event",
+    ]
+    .iter()
+    .zip(&tallies)
     {
         // The comparison means something only if both ways read many documents, and the
         // invalid ones are many too.
