@@ -260,7 +260,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn digits1(&mut self) -> Option<()> {
-        if !matches!(self.peek()?, b'0'..=b'9') {
+        if !self.peek()?.is_ascii_digit() {
             return None;
         }
         self.digits();
