@@ -21,6 +21,12 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
     crate::net::parse_retry_after(value, now)
 }
 
+/// Reads an LLM request, answer or stream chunk with `AiLayer`'s scanner and with serde's
+/// derive: panics where they disagree.
+pub fn llm_scan_differential(doc: &[u8]) {
+    crate::integrations::llm::differential_check(doc);
+}
+
 /// The checks `capture` makes before queueing an event, with `max_size` the limit for
 /// [`Event::estimated_size`].
 pub fn validate(event: &Event, max_size: usize) -> Result<(), CaptureError> {

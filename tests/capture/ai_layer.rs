@@ -19,7 +19,7 @@ use posthog_tower::{
 };
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::mpsc};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use crate::support::*;
 
@@ -409,4 +409,78 @@ async fn failed_calls_are_captured_as_errors_and_answered_unchanged() {
         .as_str()
         .is_some_and(|e| !e.is_empty()));
     assert_eq!(unanswered["$ai_model"], "m", "the model asked for");
+}
+
+/// A request body of several frames (and an empty one): `Frames::from(bytes)` is one frame.
+struct Frames(std::collections::VecDeque<Bytes>);
+
+impl From<Bytes> for Frames {
+    fn from(bytes: Bytes) -> Self {
+        Frames([bytes].into())
+    }
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn a_request_body_in_several_frames_is_read_whole_and_passed_on_whole() {
+    let mock = start_mock().await;
+    let posthog = builder(&mock).build().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let seen = received.clone();
+    let llm = tower::service_fn(move |request: Request<Frames>| {
+        let seen = seen.clone();
+        async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            seen.lock().unwrap().push(body);
+            let answer = json!({"model": "m", "choices": [{"message": {"role": "assistant", "content": "Yes"}, "finish_reason": "stop"}]});
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(answer.to_string())))
+                    .unwrap(),
+            )
+        }
+    });
+    let client = AiLayer::new(posthog.clone()).layer(llm);
+    let body =
+        json!({"model": "m", "top_p": 0.5, "messages": [{"role": "user", "content": "Sure?"}]})
+            .to_string();
+    let (a, rest) = body.split_at(7);
+    let (b, c) = rest.split_at(20);
+    let frames = [a, "", b, c].map(|part| Bytes::copy_from_slice(part.as_bytes()));
+    let request = Request::post("https://llm.test/v1/chat/completions")
+        .body(Frames(frames.into()))
+        .unwrap();
+    let response = client.oneshot(request).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(
+        received.lock().unwrap().as_slice(),
+        [Bytes::from(body)],
+        "the whole body, passed on"
+    );
+
+    assert_eq!(posthog.flush().await.delivered, 1);
+    let events = mock.ai_events();
+    let p = &events[0]["properties"];
+    assert_eq!(p["$ai_model"], "m");
+    assert_eq!(p["$ai_model_parameters"], json!({"top_p": 0.5}));
+    assert_eq!(
+        p["$ai_input"],
+        json!([{"role": "user", "content": "Sure?"}])
+    );
+    assert_eq!(
+        p["$ai_output_choices"],
+        json!([{"role": "assistant", "content": "Yes"}])
+    );
 }

@@ -60,12 +60,15 @@
 
 mod body;
 mod parse;
+mod scan;
 mod service;
 
 pub use body::AiBody;
 #[cfg(feature = "__bench")]
 #[doc(hidden)]
 pub use parse::bench_read_chat_call;
+#[cfg(fuzzing)]
+pub(crate) use parse::differential_check;
 #[cfg(feature = "__bench")]
 #[doc(hidden)]
 pub use service::bench_chat_call_event;

@@ -9,6 +9,8 @@ use http::{Method, Uri};
 use serde::Deserialize;
 use serde_json::{value::RawValue, Map, Value};
 
+use super::scan::Scanner;
+
 /// Most of a non-streamed answer kept to be parsed at its end; a longer one is passed on
 /// unread (the event then has no usage and no output).
 const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
@@ -102,10 +104,101 @@ const PARAMETERS: [&str; 10] = [
 ];
 
 /// The fields of a request body read for the event, borrowed from it: the input and the
-/// parameters as the JSON text they are (validated, not parsed into values), everything
-/// else skipped unparsed.
-#[derive(Deserialize)]
+/// parameters as the JSON text they are (validated, not parsed into values).
+#[derive(Default)]
+#[cfg_attr(any(test, fuzzing), derive(Debug, PartialEq))]
 struct RequestFields<'a> {
+    model: Option<Cow<'a, str>>,
+    messages: Option<&'a str>,
+    input: Option<&'a str>,
+    instructions: Option<&'a str>,
+    system: Option<&'a str>,
+    /// The [`PARAMETERS`] set, in that order.
+    parameters: [Option<&'a str>; 10],
+}
+
+impl<'a> RequestFields<'a> {
+    /// Reads `body` with the [scanner](super::scan): `None` when it is not sure to read what
+    /// `serde_json` reads (then [`SerdeRequestFields`] reads it).
+    fn scan(body: &'a [u8]) -> Option<Self> {
+        let mut scanner = Scanner::new(body)?;
+        let mut fields = RequestFields::default();
+        let mut seen = 0u16;
+        scanner.object(|scanner, key| {
+            // The field's bit in `seen`: a repeated field is an error for serde's derive.
+            let field = match key {
+                b"temperature" => 0,
+                b"max_tokens" => 1,
+                b"max_completion_tokens" => 2,
+                b"max_output_tokens" => 3,
+                b"top_p" => 4,
+                b"frequency_penalty" => 5,
+                b"presence_penalty" => 6,
+                b"n" => 7,
+                b"stop" => 8,
+                b"stream" => 9,
+                b"messages" => 10,
+                b"input" => 11,
+                b"instructions" => 12,
+                b"system" => 13,
+                b"model" => 14,
+                _ => return scanner.skip_value(),
+            };
+            if seen & 1 << field != 0 {
+                return None;
+            }
+            seen |= 1 << field;
+            if field == 14 {
+                fields.model = scanner.string_or_null()?;
+                return Some(());
+            }
+            let value = if scanner.null()? {
+                None
+            } else {
+                Some(scanner.raw()?)
+            };
+            match field {
+                10 => fields.messages = value,
+                11 => fields.input = value,
+                12 => fields.instructions = value,
+                13 => fields.system = value,
+                _ => *fields.parameters.get_mut(field)? = value,
+            }
+            Some(())
+        })?;
+        scanner.at_end().then_some(fields)
+    }
+
+    /// Reads `body` with `serde_json`.
+    fn parse(body: &'a [u8]) -> Option<Self> {
+        let f = serde_json::from_slice::<SerdeRequestFields<'a>>(body).ok()?;
+        let raw = |value: Option<&'a RawValue>| value.map(RawValue::get);
+        Some(RequestFields {
+            model: f.model,
+            messages: raw(f.messages),
+            input: raw(f.input),
+            instructions: raw(f.instructions),
+            system: raw(f.system),
+            parameters: [
+                raw(f.temperature),
+                raw(f.max_tokens),
+                raw(f.max_completion_tokens),
+                raw(f.max_output_tokens),
+                raw(f.top_p),
+                raw(f.frequency_penalty),
+                raw(f.presence_penalty),
+                raw(f.n),
+                raw(f.stop),
+                raw(f.stream),
+            ],
+        })
+    }
+}
+
+/// [`RequestFields`] as serde's derive reads them, everything else skipped unparsed: what a
+/// body the scanner is not sure of is read with.
+#[derive(Deserialize)]
+struct SerdeRequestFields<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -136,24 +229,6 @@ struct RequestFields<'a> {
     stop: Option<&'a RawValue>,
     #[serde(borrow)]
     stream: Option<&'a RawValue>,
-}
-
-impl<'a> RequestFields<'a> {
-    /// The [`PARAMETERS`] set, in that order.
-    fn parameters(&self) -> [Option<&'a RawValue>; 10] {
-        [
-            self.temperature,
-            self.max_tokens,
-            self.max_completion_tokens,
-            self.max_output_tokens,
-            self.top_p,
-            self.frequency_penalty,
-            self.presence_penalty,
-            self.n,
-            self.stop,
-            self.stream,
-        ]
-    }
 }
 
 /// `part` (a slice of `body`'s bytes, as `serde_json` borrows them) as a `Bytes` sharing
@@ -193,8 +268,8 @@ fn prepend_message(role: &str, content: &str, items: Option<&str>) -> Bytes {
 
 /// Whether the JSON text `raw` is a string (`Some(false)`), an array (`Some(true)`), or
 /// neither (`None`).
-fn is_array(raw: &RawValue) -> Option<bool> {
-    match raw.get().as_bytes().first() {
+fn is_array(raw: &str) -> Option<bool> {
+    match raw.as_bytes().first() {
         Some(b'[') => Some(true),
         Some(b'"') => Some(false),
         _ => None,
@@ -214,18 +289,18 @@ pub(crate) fn read_request(
     if body.trim_ascii_start().first() != Some(&b'{') {
         return (RequestInfo::default(), None);
     }
-    let Ok(request) = serde_json::from_slice::<RequestFields<'_>>(body) else {
+    let Some(request) = RequestFields::scan(body).or_else(|| RequestFields::parse(body)) else {
         return (RequestInfo::default(), None);
     };
-    let stream = request.stream.is_some_and(|s| s.get() == "true");
+    let stream = request.parameters[9] == Some("true");
     let mut parameters = None;
-    for (key, value) in PARAMETERS.iter().zip(request.parameters()) {
+    for (key, value) in PARAMETERS.iter().zip(request.parameters) {
         let Some(value) = value else { continue };
         let out = parameters.get_or_insert_with(|| Vec::with_capacity(96));
         out.push(if out.is_empty() { b'{' } else { b',' });
         crate::event::write_json_str(out, key);
         out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
+        out.extend_from_slice(value.as_bytes());
     }
     if let Some(out) = &mut parameters {
         out.push(b'}');
@@ -237,7 +312,7 @@ pub(crate) fn read_request(
         parameters,
     };
     if !privacy_mode {
-        let raw = |value: &RawValue| share(body, value.get());
+        let raw = |value: &str| share(body, value);
         info.input = match api {
             Api::ChatCompletions => request.messages.map(raw),
             Api::Embeddings => request.input.map(raw),
@@ -245,26 +320,23 @@ pub(crate) fn read_request(
                 (Some(instructions), Some(input)) if is_array(input) == Some(false) => {
                     Some(prepend_message(
                         "system",
-                        instructions.get(),
-                        Some(&format!(
-                            "[{{\"role\":\"user\",\"content\":{}}}]",
-                            input.get()
-                        )),
+                        instructions,
+                        Some(&format!("[{{\"role\":\"user\",\"content\":{input}}}]")),
                     ))
                 }
-                (Some(instructions), Some(input)) if is_array(input) == Some(true) => Some(
-                    prepend_message("system", instructions.get(), Some(input.get())),
-                ),
+                (Some(instructions), Some(input)) if is_array(input) == Some(true) => {
+                    Some(prepend_message("system", instructions, Some(input)))
+                }
                 (_, Some(input)) if is_array(input) == Some(false) => {
-                    Some(prepend_message("user", input.get(), None))
+                    Some(prepend_message("user", input, None))
                 }
                 (_, input) => input.map(raw),
             },
             // posthog-python merges the system prompt in as the first message.
             Api::AnthropicMessages => match (request.system, request.messages) {
-                (Some(system), Some(messages)) if is_array(messages) == Some(true) => Some(
-                    prepend_message("system", system.get(), Some(messages.get())),
-                ),
+                (Some(system), Some(messages)) if is_array(messages) == Some(true) => {
+                    Some(prepend_message("system", system, Some(messages)))
+                }
                 (_, messages) => messages.map(raw),
             },
         };
@@ -401,13 +473,16 @@ impl AnswerReader {
         };
         if self.api.is_embedding() && !is_error {
             // An embeddings answer is mostly its vectors: only the model and usage are read.
-            if let Ok(summary) = serde_json::from_slice::<stream::Summary<'_>>(&buffer) {
+            if let Some(summary) = stream::Summary::scan(&buffer) {
+                summary.read(&mut self.answer);
+            } else if let Ok(summary) = serde_json::from_slice::<stream::Summary<'_>>(&buffer) {
                 summary.read(&mut self.answer);
             }
             return;
         }
-        // The usual answer is read into borrowed structs, its output kept as the text it is;
-        // one they do not fit (a field of an unexpected type) is read into a `Value`.
+        // The usual answer is read by the scanner (else into borrowed structs), its output kept
+        // as the text it is; one they do not fit (a field of an unexpected type) is read into a
+        // `Value`.
         if !is_error && self.read_fields(&buffer) {
             return;
         }
@@ -434,16 +509,22 @@ impl AnswerReader {
         if data.is_empty() || data == b"[DONE]" {
             return;
         }
-        // The frequent streams are read into borrowed structs (what they do not name is
-        // skipped unparsed); the others into a `Value`. A chunk that does not fit is skipped.
+        // The frequent streams are read by the scanner, else into borrowed structs (what they
+        // do not name is skipped unparsed); the others into a `Value`. A chunk that does not
+        // fit is skipped.
         match self.api {
             Api::ChatCompletions => {
-                if let Ok(chunk) = serde_json::from_slice::<stream::ChatChunk<'_>>(data) {
-                    chunk.read(&mut self.answer, self.keep_output);
+                if !stream::ChatChunk::scan(data, &mut self.answer, self.keep_output) {
+                    if let Ok(chunk) = serde_json::from_slice::<stream::ChatChunk<'_>>(data) {
+                        chunk.read(&mut self.answer, self.keep_output);
+                    }
                 }
             }
             Api::AnthropicMessages => {
-                if let Ok(event) = serde_json::from_slice::<stream::AnthropicEvent<'_>>(data) {
+                if let Some(event) = stream::AnthropicEvent::scan(data) {
+                    event.read(&mut self.answer, self.keep_output);
+                } else if let Ok(event) = serde_json::from_slice::<stream::AnthropicEvent<'_>>(data)
+                {
                     event.read(&mut self.answer, self.keep_output);
                 }
             }
@@ -489,8 +570,12 @@ impl AnswerReader {
         }
     }
 
-    /// A whole JSON answer, read into [`stream::Document`]: `false` when it does not fit.
+    /// A whole JSON answer, read by the scanner or into [`stream::Document`]: `false` when it
+    /// does not fit.
     fn read_fields(&mut self, body: &Bytes) -> bool {
+        if stream::scan_document(self.api, body, &mut self.answer, self.keep_output) {
+            return true;
+        }
         let Ok(document) = serde_json::from_slice::<stream::Document<'_>>(body) else {
             return false;
         };
@@ -564,16 +649,16 @@ pub(crate) fn assistant_message(text: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// The answers and stream chunks read into borrowed structs: only the fields the event
-/// needs, the rest skipped unparsed.
+/// The answers and stream chunks read by the [scanner](super::scan), or when it declines
+/// into borrowed structs: only the fields the event needs, the rest skipped unparsed.
 mod stream {
-    use std::borrow::Cow;
+    use std::{borrow::Cow, mem};
 
     use bytes::Bytes;
     use serde::Deserialize;
     use serde_json::value::RawValue;
 
-    use super::{share, Answer, Api, MAX_OUTPUT_TEXT};
+    use super::{share, Answer, Api, Scanner, MAX_OUTPUT_TEXT};
 
     /// A whole (non-streamed) answer of any of the APIs.
     #[derive(Deserialize)]
@@ -732,11 +817,100 @@ mod stream {
                 usage.read(answer);
             }
             if let Some(choice) = self.choices.and_then(|c| c.into_iter().next()) {
-                set(&mut answer.stop_reason, choice.finish_reason);
-                if keep_output {
-                    push(answer, choice.delta.and_then(|d| d.content));
-                }
+                choice.read(answer, keep_output);
             }
+        }
+
+        /// Reads the chunk `data` with the [scanner](super::super::scan) into `answer`, as
+        /// [`ChatChunk`] reads it: `false` (and `answer` untouched) when it is not sure to.
+        pub(super) fn scan(data: &[u8], answer: &mut Answer, keep_output: bool) -> bool {
+            let Some(mut scanner) = Scanner::new(data) else {
+                return false;
+            };
+            let (mut model, mut usage, mut first) = (None, None, None);
+            let mut seen = 0u8;
+            let read = scanner.object(|scanner, key| {
+                let field = match key {
+                    b"model" => 1,
+                    b"usage" => 2,
+                    b"choices" => 4,
+                    _ => return scanner.skip_value(),
+                };
+                once(&mut seen, field)?;
+                match field {
+                    1 => model = scanner.string_or_null()?,
+                    2 => usage = Usage::scan(scanner)?,
+                    _ => {
+                        if scanner.null()? {
+                            return Some(());
+                        }
+                        let mut at_first = true;
+                        scanner.array(|scanner| {
+                            let choice = ChatChoice::scan(scanner)?;
+                            if mem::take(&mut at_first) {
+                                first = Some(choice);
+                            }
+                            Some(())
+                        })?;
+                    }
+                }
+                Some(())
+            });
+            if read.is_none() || !scanner.at_end() {
+                return false;
+            }
+            set(&mut answer.model, model);
+            if let Some(usage) = usage {
+                usage.read(answer);
+            }
+            if let Some(choice) = first {
+                choice.read(answer, keep_output);
+            }
+            true
+        }
+    }
+
+    impl<'a> ChatChoice<'a> {
+        fn read(self, answer: &mut Answer, keep_output: bool) {
+            set(&mut answer.stop_reason, self.finish_reason);
+            if keep_output {
+                push(answer, self.delta.and_then(|d| d.content));
+            }
+        }
+
+        fn scan(scanner: &mut Scanner<'a>) -> Option<Self> {
+            let (mut delta, mut finish_reason) = (None, None);
+            let mut seen = 0u8;
+            scanner.object(|scanner, key| match key {
+                b"delta" => {
+                    once(&mut seen, 1)?;
+                    if scanner.null()? {
+                        return Some(());
+                    }
+                    let mut content = None;
+                    let mut seen = 0u8;
+                    scanner.object(|scanner, key| match key {
+                        b"content" => {
+                            once(&mut seen, 1)?;
+                            content = scanner.string_or_null()?;
+                            Some(())
+                        }
+                        _ => scanner.skip_value(),
+                    })?;
+                    delta = Some(TextDelta { content });
+                    Some(())
+                }
+                b"finish_reason" => {
+                    once(&mut seen, 2)?;
+                    finish_reason = scanner.string_or_null()?;
+                    Some(())
+                }
+                _ => scanner.skip_value(),
+            })?;
+            Some(ChatChoice {
+                delta,
+                finish_reason,
+            })
         }
     }
 
@@ -811,6 +985,308 @@ mod stream {
             }
         }
     }
+
+    /// Marks `field` (a bit) of `seen` read: `None` when it was already (serde's derive
+    /// refuses a repeated field).
+    fn once<
+        T: Copy + std::ops::BitAnd<Output = T> + std::ops::BitOrAssign + PartialEq + Default,
+    >(
+        seen: &mut T,
+        field: T,
+    ) -> Option<()> {
+        if *seen & field != T::default() {
+            return None;
+        }
+        *seen |= field;
+        Some(())
+    }
+
+    /// The next value as a raw JSON text, `None` for `null`.
+    fn raw_or_null<'a>(scanner: &mut Scanner<'a>) -> Option<Option<&'a str>> {
+        if scanner.null()? {
+            return Some(None);
+        }
+        scanner.raw().map(Some)
+    }
+
+    impl Usage {
+        /// The usage object (or `null`) that comes next, as serde's derive reads it.
+        fn scan(scanner: &mut Scanner<'_>) -> Option<Option<Self>> {
+            if scanner.null()? {
+                return Some(None);
+            }
+            let mut usage = Usage {
+                prompt_tokens: None,
+                completion_tokens: None,
+                input_tokens: None,
+                output_tokens: None,
+            };
+            let mut seen = 0u8;
+            scanner.object(|scanner, key| {
+                let (slot, field) = match key {
+                    b"prompt_tokens" => (&mut usage.prompt_tokens, 1),
+                    b"completion_tokens" => (&mut usage.completion_tokens, 2),
+                    b"input_tokens" => (&mut usage.input_tokens, 4),
+                    b"output_tokens" => (&mut usage.output_tokens, 8),
+                    _ => return scanner.skip_value(),
+                };
+                once(&mut seen, field)?;
+                *slot = scanner.u64_or_null()?;
+                Some(())
+            })?;
+            Some(Some(usage))
+        }
+    }
+
+    impl<'a> Summary<'a> {
+        /// Reads `body` with the [scanner](super::super::scan): `None` when it is not sure to
+        /// read what serde's derive reads.
+        pub(super) fn scan(body: &'a [u8]) -> Option<Self> {
+            let mut scanner = Scanner::new(body)?;
+            let (mut model, mut usage) = (None, None);
+            let mut seen = 0u8;
+            scanner.object(|scanner, key| match key {
+                b"model" => {
+                    once(&mut seen, 1)?;
+                    model = scanner.string_or_null()?;
+                    Some(())
+                }
+                b"usage" => {
+                    once(&mut seen, 2)?;
+                    usage = Usage::scan(scanner)?;
+                    Some(())
+                }
+                _ => scanner.skip_value(),
+            })?;
+            scanner.at_end().then_some(Summary { model, usage })
+        }
+    }
+
+    impl<'a> AnthropicEvent<'a> {
+        /// Reads `data` with the [scanner](super::super::scan): `None` when it is not sure to
+        /// read what serde's derive reads.
+        pub(super) fn scan(data: &'a [u8]) -> Option<Self> {
+            let mut scanner = Scanner::new(data)?;
+            let (mut kind, mut message, mut delta, mut usage) = (None, None, None, None);
+            let mut seen = 0u8;
+            scanner.object(|scanner, key| {
+                match key {
+                    b"type" => {
+                        once(&mut seen, 1)?;
+                        // A `null` type is refused by the derive, as a missing one is.
+                        kind = Some(scanner.string_or_null()??);
+                    }
+                    b"message" => {
+                        once(&mut seen, 2)?;
+                        if scanner.null()? {
+                            return Some(());
+                        }
+                        let (mut model, mut usage) = (None, None);
+                        let mut seen = 0u8;
+                        scanner.object(|scanner, key| {
+                            match key {
+                                b"model" => {
+                                    once(&mut seen, 1)?;
+                                    model = scanner.string_or_null()?;
+                                }
+                                b"usage" => {
+                                    once(&mut seen, 2)?;
+                                    usage = Usage::scan(scanner)?;
+                                }
+                                _ => return scanner.skip_value(),
+                            }
+                            Some(())
+                        })?;
+                        message = Some(AnthropicMessage { model, usage });
+                    }
+                    b"delta" => {
+                        once(&mut seen, 4)?;
+                        if scanner.null()? {
+                            return Some(());
+                        }
+                        let (mut text, mut stop_reason) = (None, None);
+                        let mut seen = 0u8;
+                        scanner.object(|scanner, key| {
+                            match key {
+                                b"text" => {
+                                    once(&mut seen, 1)?;
+                                    text = scanner.string_or_null()?;
+                                }
+                                b"stop_reason" => {
+                                    once(&mut seen, 2)?;
+                                    stop_reason = scanner.string_or_null()?;
+                                }
+                                _ => return scanner.skip_value(),
+                            }
+                            Some(())
+                        })?;
+                        delta = Some(AnthropicDelta { text, stop_reason });
+                    }
+                    b"usage" => {
+                        once(&mut seen, 8)?;
+                        usage = Usage::scan(scanner)?;
+                    }
+                    _ => return scanner.skip_value(),
+                }
+                Some(())
+            })?;
+            if !scanner.at_end() {
+                return None;
+            }
+            Some(AnthropicEvent {
+                kind: kind?,
+                message,
+                delta,
+                usage,
+            })
+        }
+    }
+
+    /// Reads the whole answer `body` of a call to `api` with the
+    /// [scanner](super::super::scan) into `answer`, as [`Document`] reads it: `false` (and
+    /// `answer` untouched) when it is not sure to.
+    pub(super) fn scan_document(
+        api: Api,
+        body: &Bytes,
+        answer: &mut Answer,
+        keep_output: bool,
+    ) -> bool {
+        let Some(mut scanner) = Scanner::new(body) else {
+            return false;
+        };
+        let chat_output = keep_output && api == Api::ChatCompletions;
+        let (mut model, mut usage, mut status, mut output, mut stop_reason) =
+            (None, None, None, None, None);
+        // Chat completions: whether `choices` is there, the first one's finish reason, and
+        // the output (`[` and the messages so far, or nothing when there are none yet).
+        let (mut choices, mut first_finish, mut messages) = (false, None, Vec::new());
+        // Anthropic messages: the text of the content blocks.
+        let mut text = String::new();
+        let mut seen = 0u8;
+        let read = scanner.object(|scanner, key| {
+            match key {
+                b"model" => {
+                    once(&mut seen, 1)?;
+                    model = scanner.string_or_null()?;
+                }
+                b"usage" => {
+                    once(&mut seen, 2)?;
+                    usage = Usage::scan(scanner)?;
+                }
+                b"choices" => {
+                    once(&mut seen, 4)?;
+                    if scanner.null()? {
+                        return Some(());
+                    }
+                    choices = true;
+                    let mut at_first = true;
+                    scanner.array(|scanner| {
+                        let (mut finish, mut message) = (None, None);
+                        let mut seen = 0u8;
+                        scanner.object(|scanner, key| {
+                            match key {
+                                b"finish_reason" => {
+                                    once(&mut seen, 1)?;
+                                    finish = scanner.string_or_null()?;
+                                }
+                                b"message" => {
+                                    once(&mut seen, 2)?;
+                                    message = raw_or_null(scanner)?;
+                                }
+                                _ => return scanner.skip_value(),
+                            }
+                            Some(())
+                        })?;
+                        if mem::take(&mut at_first) {
+                            first_finish = finish;
+                        }
+                        if let (Some(message), true) = (message, chat_output) {
+                            if messages.is_empty() {
+                                // Exact for the usual single choice.
+                                messages.reserve(message.len() + 2);
+                                messages.push(b'[');
+                            } else {
+                                messages.push(b',');
+                            }
+                            messages.extend_from_slice(message.as_bytes());
+                        }
+                        Some(())
+                    })?;
+                }
+                b"status" => {
+                    once(&mut seen, 8)?;
+                    status = scanner.string_or_null()?;
+                }
+                b"output" => {
+                    once(&mut seen, 16)?;
+                    output = raw_or_null(scanner)?;
+                }
+                b"stop_reason" => {
+                    once(&mut seen, 32)?;
+                    stop_reason = scanner.string_or_null()?;
+                }
+                b"content" => {
+                    once(&mut seen, 64)?;
+                    if scanner.null()? {
+                        return Some(());
+                    }
+                    let keep_text = keep_output && api == Api::AnthropicMessages;
+                    scanner.array(|scanner| {
+                        let mut seen = 0u8;
+                        scanner.object(|scanner, key| match key {
+                            b"text" => {
+                                once(&mut seen, 1)?;
+                                let block = scanner.string_or_null()?;
+                                if let (Some(block), true) = (block, keep_text) {
+                                    text.push_str(&block);
+                                }
+                                Some(())
+                            }
+                            _ => scanner.skip_value(),
+                        })
+                    })?;
+                }
+                _ => return scanner.skip_value(),
+            }
+            Some(())
+        });
+        if read.is_none() || !scanner.at_end() {
+            return false;
+        }
+        set(&mut answer.model, model);
+        if let Some(usage) = usage {
+            usage.read(answer);
+        }
+        match api {
+            Api::ChatCompletions => {
+                if !choices {
+                    return true;
+                }
+                set(&mut answer.stop_reason, first_finish);
+                if keep_output {
+                    if messages.is_empty() {
+                        messages.push(b'[');
+                    }
+                    messages.push(b']');
+                    answer.output = Some(Bytes::from(messages));
+                }
+            }
+            Api::Embeddings => {}
+            Api::Responses => {
+                set(&mut answer.stop_reason, status);
+                if keep_output {
+                    answer.output = output.map(|o| share(body, o));
+                }
+            }
+            Api::AnthropicMessages => {
+                set(&mut answer.stop_reason, stop_reason);
+                if keep_output {
+                    answer.output = Some(super::assistant_message(&text));
+                }
+            }
+        }
+        true
+    }
 }
 
 fn set_str(slot: &mut Option<String>, value: Option<&Value>) {
@@ -873,10 +1349,69 @@ pub fn bench_read_chat_call(request: &Bytes, answer: &Bytes) -> usize {
     info.input.map_or(0, |i| i.len()) + reader.answer.output.map_or(0, |o| o.len())
 }
 
+#[cfg(any(test, fuzzing))]
+mod differential;
+
+/// Not public API: reads `doc` with the scanner's readers and with serde's derive, and panics
+/// where they disagree (the `llm_scan` fuzz target).
+#[cfg(fuzzing)]
+pub(crate) fn differential_check(doc: &[u8]) {
+    differential::check(doc, &mut Default::default());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Nesting 10 000 deep in what is read, on a 2 MiB stack in a debug build: the scanner
+    /// declines it (deeper than its 128 levels) and `serde_json` skips it without recursion,
+    /// so the request's input and the answer's output are still read.
+    #[test]
+    fn nesting_ten_thousand_deep_on_a_small_stack() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let run = move || {
+            let body = Bytes::from(format!(r#"{{"model":"m","messages":{deep}}}"#));
+            let (info, _) = read_request(Api::ChatCompletions, &body, false, false);
+            assert_eq!(info.input.as_deref(), Some(deep.as_bytes()));
+            let answer = format!(r#"{{"model":"m","choices":[{{"message":{deep}}}]}}"#);
+            for api in [
+                Api::ChatCompletions,
+                Api::Responses,
+                Api::Embeddings,
+                Api::AnthropicMessages,
+            ] {
+                let mut reader = AnswerReader::new(api, false, true);
+                feed(&mut reader, answer.as_bytes());
+                reader.finish(false);
+                assert_eq!(reader.answer.model.as_deref(), Some("m"), "{api:?}");
+                if api == Api::ChatCompletions {
+                    assert_eq!(
+                        reader.answer.output.as_deref().map(<[u8]>::len),
+                        Some(deep.len() + 2)
+                    );
+                }
+                let mut reader = AnswerReader::new(api, true, true);
+                feed(
+                    &mut reader,
+                    format!(
+                        "data: {{\"type\":\"message_start\",\"model\":\"m\",\"x\":{deep}}}\n\n"
+                    )
+                    .as_bytes(),
+                );
+                reader.finish(false);
+                let mut reader = AnswerReader::new(api, false, true);
+                feed(&mut reader, deep.as_bytes());
+                reader.finish(true);
+            }
+        };
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(run)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 
     fn feed(reader: &mut AnswerReader, data: &[u8]) {
         reader.feed(&Bytes::copy_from_slice(data));

@@ -14,7 +14,6 @@ use std::{
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body::Body;
-use http_body_util::{combinators::Collect, BodyExt};
 use pin_project_lite::pin_project;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -211,7 +210,9 @@ where
         let (parts, body) = request.into_parts();
         ResponseFuture {
             state: State::Reading {
-                body: body.collect(),
+                body,
+                first: None,
+                more: Vec::new(),
                 rest: Some((parts, inner, Box::new(call))),
             },
         }
@@ -251,7 +252,11 @@ pin_project! {
     {
         Reading {
             #[pin]
-            body: Collect<ReqB>,
+            body: ReqB,
+            // The body's one frame, kept as it came (no copy)...
+            first: Option<Bytes>,
+            // ...or its frames so far, copied, when it has more.
+            more: Vec<u8>,
             rest: Option<(http::request::Parts, S, Box<Call>)>,
         },
         Calling {
@@ -275,17 +280,45 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Reading { body, rest } => {
-                    let collected = match ready!(body.poll(cx)) {
-                        Ok(collected) => collected,
-                        Err(never) => match never {},
-                    };
+                StateProj::Reading {
+                    mut body,
+                    first,
+                    more,
+                    rest,
+                } => {
+                    // The body is read here rather than with `BodyExt::collect`: its one frame
+                    // is kept as it is, without a list of buffers (about 600 instructions).
+                    while let Some(frame) = ready!(body.as_mut().poll_frame(cx)) {
+                        let data = match frame {
+                            Ok(frame) => match frame.into_data() {
+                                Ok(data) => data,
+                                // Trailers: dropped, as the collected body's bytes drop them.
+                                Err(_) => continue,
+                            },
+                            Err(never) => match never {},
+                        };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        match first.take() {
+                            None if more.is_empty() => *first = Some(data),
+                            earlier => {
+                                if let Some(earlier) = earlier {
+                                    more.extend_from_slice(&earlier);
+                                }
+                                more.extend_from_slice(&data);
+                            }
+                        }
+                    }
                     let Some((mut parts, mut inner, mut call)) = rest.take() else {
                         // `rest` is set when `Reading` is created and taken only here, and the
                         // state becomes `Calling` right below: `Reading` never sees it empty.
                         unreachable!("the request is read once");
                     };
-                    let bytes = collected.to_bytes();
+                    let bytes = match first.take() {
+                        Some(first) => first,
+                        None => Bytes::from(mem::take(more)),
+                    };
                     let config = &call.config;
                     let (info, rewritten) =
                         read_request(call.api, &bytes, config.include_usage, config.privacy_mode);
