@@ -887,16 +887,7 @@ mod stream {
                     if scanner.null()? {
                         return Some(());
                     }
-                    let mut content = None;
-                    let mut seen = 0u8;
-                    scanner.object(|scanner, key| match key {
-                        b"content" => {
-                            once(&mut seen, 1)?;
-                            content = scanner.string_or_null()?;
-                            Some(())
-                        }
-                        _ => scanner.skip_value(),
-                    })?;
+                    let [content] = string_members(scanner, [b"content"])?;
                     delta = Some(TextDelta { content });
                     Some(())
                 }
@@ -999,6 +990,26 @@ mod stream {
         }
         *seen |= field;
         Some(())
+    }
+
+    /// Reads the object that comes next (not `null`), keeping its string (or `null`) members
+    /// named `keys`, each at most once (`None` when one repeats, as serde's derive refuses it),
+    /// and skipping the others.
+    fn string_members<'a, const N: usize>(
+        scanner: &mut Scanner<'a>,
+        keys: [&[u8]; N],
+    ) -> Option<[Option<Cow<'a, str>>; N]> {
+        let mut values = std::array::from_fn(|_| None);
+        let mut seen = 0u32;
+        scanner.object(|scanner, key| match keys.iter().position(|k| *k == key) {
+            Some(i) => {
+                once(&mut seen, 1 << i)?;
+                values[i] = scanner.string_or_null()?;
+                Some(())
+            }
+            None => scanner.skip_value(),
+        })?;
+        Some(values)
     }
 
     /// The next value as a raw JSON text, `None` for `null`.
@@ -1104,22 +1115,8 @@ mod stream {
                         if scanner.null()? {
                             return Some(());
                         }
-                        let (mut text, mut stop_reason) = (None, None);
-                        let mut seen = 0u8;
-                        scanner.object(|scanner, key| {
-                            match key {
-                                b"text" => {
-                                    once(&mut seen, 1)?;
-                                    text = scanner.string_or_null()?;
-                                }
-                                b"stop_reason" => {
-                                    once(&mut seen, 2)?;
-                                    stop_reason = scanner.string_or_null()?;
-                                }
-                                _ => return scanner.skip_value(),
-                            }
-                            Some(())
-                        })?;
+                        let [text, stop_reason] =
+                            string_members(scanner, [b"text", b"stop_reason"])?;
                         delta = Some(AnthropicDelta { text, stop_reason });
                     }
                     b"usage" => {
@@ -1232,18 +1229,11 @@ mod stream {
                     }
                     let keep_text = keep_output && api == Api::AnthropicMessages;
                     scanner.array(|scanner| {
-                        let mut seen = 0u8;
-                        scanner.object(|scanner, key| match key {
-                            b"text" => {
-                                once(&mut seen, 1)?;
-                                let block = scanner.string_or_null()?;
-                                if let (Some(block), true) = (block, keep_text) {
-                                    text.push_str(&block);
-                                }
-                                Some(())
-                            }
-                            _ => scanner.skip_value(),
-                        })
+                        let [block] = string_members(scanner, [b"text"])?;
+                        if let (Some(block), true) = (block, keep_text) {
+                            text.push_str(&block);
+                        }
+                        Some(())
                     })?;
                 }
                 _ => return scanner.skip_value(),
