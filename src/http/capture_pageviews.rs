@@ -660,7 +660,6 @@ impl<F> fmt::Debug for CapturePageviewsFuture<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use http::HeaderValue;
     use proptest::prelude::*;
 

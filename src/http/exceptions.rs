@@ -204,9 +204,7 @@ impl Watch {
         // A refusal (rate limit, full queue) is counted and reported by the client itself.
         let _ = source.posthog().capture_autocaptured(exception);
     }
-}
 
-impl Watch {
     /// Polls `inner`, reporting a panic that unwinds out of it (and letting it go on).
     #[inline]
     pub(crate) fn poll<F: Future>(
