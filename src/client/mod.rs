@@ -444,6 +444,15 @@ impl PostHog {
         self.inner.batch.as_ref()?.encoder()
     }
 
+    /// An empty buffer of at least `capacity` bytes to write an event's JSON into with
+    /// [`event_encoder`](Self::event_encoder) (a recycled one when one is at hand).
+    pub(crate) fn event_buffer(&self, capacity: usize) -> Vec<u8> {
+        match &self.inner.batch {
+            Some(batch) => batch.event_buffer(capacity),
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
     /// [`capture`](Self::capture) for an event written with
     /// [`event_encoder`](Self::event_encoder), with its `uuid`.
     pub(crate) fn capture_encoded(&self, json: Vec<u8>, uuid: Uuid) -> Result<Uuid, CaptureError> {

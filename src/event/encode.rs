@@ -640,11 +640,11 @@ impl EventWriter<'_> {
         }
     }
 
-    /// [`property`](Self::property) for a finite float, with a key known at compile time;
-    /// fastest for a whole number of thousandths (a duration in milliseconds).
-    pub(crate) fn static_f64(&mut self, key: StaticKey, value: f64) {
+    /// [`property`](Self::property) for the float `thousandths as f64 / 1000.0` (a duration
+    /// in milliseconds counted in microseconds), with a key known at compile time.
+    pub(crate) fn static_thousandths(&mut self, key: StaticKey, thousandths: u64) {
         if self.static_key(key) {
-            write_thousandths(self.out, value);
+            write_thousandths(self.out, thousandths);
         }
     }
 
@@ -770,11 +770,31 @@ impl EventWriter<'_> {
     }
 }
 
+/// Every byte's two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let digits = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [digits[i >> 4], digits[i & 15]];
+        i += 1;
+    }
+    pairs
+};
+
+/// Appends `uuid` as a quoted, hyphenated, lowercase JSON string (what `uuid`'s `Display`
+/// writes), a byte pair at a time: a third of the instructions of `uuid`'s encoder, which
+/// goes a nibble at a time, and twice per anonymous pageview.
 fn write_uuid(out: &mut Vec<u8>, uuid: Uuid) {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    out.push(b'"');
-    out.extend_from_slice(uuid.hyphenated().encode_lower(&mut buf).as_bytes());
-    out.push(b'"');
+    let mut text = [b'-'; 38];
+    text[0] = b'"';
+    text[37] = b'"';
+    // Where each byte's two digits go, after the opening quote and around the hyphens.
+    const AT: [usize; 16] = [1, 3, 5, 7, 10, 12, 15, 17, 20, 22, 25, 27, 29, 31, 33, 35];
+    for (byte, at) in uuid.as_bytes().iter().zip(AT) {
+        text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
+    }
+    out.extend_from_slice(&text);
 }
 
 /// Writes `value` as compact JSON. Writing into a `Vec` cannot fail, and every value here is a
@@ -791,6 +811,21 @@ pub(crate) fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value:
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn uuids_are_written_as_their_display() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..1000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let uuid = Uuid::from_u64_pair(seed, seed.rotate_left(29) ^ 0xa5a5);
+            let mut out = Vec::new();
+            write_uuid(&mut out, uuid);
+            assert_eq!(out, format!("\"{uuid}\"").into_bytes());
+        }
+        let mut out = Vec::new();
+        write_uuid(&mut out, Uuid::max());
+        assert_eq!(out, b"\"ffffffff-ffff-ffff-ffff-ffffffffffff\"");
+    }
 
     fn encode(encoder: &Encoder, event: &Event) -> Value {
         let mut out = Vec::new();

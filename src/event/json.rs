@@ -156,43 +156,37 @@ pub(crate) fn write_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
     out.push(b'"');
 }
 
-/// Below this, a float that is a whole number of thousandths has no shorter decimal form
-/// than its thousandths (its spacing is under a thousandth), and is written without an
-/// exponent: 2^42, about 140 years in milliseconds.
-const THOUSANDTHS_BELOW: f64 = 4_398_046_511_104.0;
+/// Below this many thousandths, `n as f64 / 1000.0` has no shorter decimal form than its
+/// thousandths (the floats' spacing there is under a thousandth), and `serde_json` writes it
+/// without an exponent: 2^42 thousands, about 140 years in microseconds.
+const THOUSANDTHS_BELOW: u64 = 1000 << 42;
 
-/// Appends a non-negative float that is a whole number of thousandths (a duration in
-/// milliseconds rounded to the microsecond) as `serde_json` writes it (`12.0`, `0.25`,
-/// `3.007`), without its shortest-digits search; anything else goes through `serde_json`.
-pub(crate) fn write_thousandths(out: &mut Vec<u8>, value: f64) {
-    let scaled = (value * 1000.0).round();
-    // `value` is the float nearest `scaled / 1000` (division is correctly rounded), so
-    // `scaled`'s digits are its shortest decimal form.
-    // `-0.0` is written with its sign: not here.
-    let in_range = value.is_sign_positive() && value < THOUSANDTHS_BELOW;
-    if !in_range || scaled / 1000.0 != value {
-        super::write_json(out, &value);
+/// Appends `thousandths / 1000` (a duration in milliseconds counted in microseconds) as
+/// `serde_json` writes the float `thousandths as f64 / 1000.0` (`12.0`, `0.25`, `3.007`),
+/// with integer arithmetic instead of its shortest-digits search.
+pub(crate) fn write_thousandths(out: &mut Vec<u8>, thousandths: u64) {
+    if thousandths >= THOUSANDTHS_BELOW {
+        // Exact as a float (below 2^53), and the division is correctly rounded.
+        super::write_json(out, &(thousandths as f64 / 1000.0));
         return;
     }
-    // In range, so a whole number below 2^52: exact as an integer.
-    let scaled = scaled as u64;
-    let (whole, fraction) = (scaled / 1000, scaled % 1000);
+    let (whole, fraction) = (thousandths / 1000, thousandths % 1000);
     out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
-    out.push(b'.');
-    if fraction == 0 {
-        out.push(b'0');
-        return;
-    }
-    let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
-    let used = if digits[2] != 0 {
+    // The fraction's digits without their trailing zeros, at least one (`12.0`).
+    let digits = [
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ];
+    let used = if fraction % 10 != 0 {
+        4
+    } else if fraction % 100 != 0 {
         3
-    } else if digits[1] != 0 {
-        2
     } else {
-        1
+        2
     };
-    // Each is a decimal digit (below 10): `as u8` keeps it whole.
-    out.extend(digits[..used].iter().map(|d| b'0' + *d as u8));
+    out.extend_from_slice(&digits[..used]);
 }
 
 /// Appends `value` when it is a single string, integer, finite float, boolean, char or null
@@ -505,45 +499,40 @@ mod tests {
         same_as_serde_json("");
     }
 
-    /// Exactly `serde_json`'s bytes, on the fast path and off it.
+    /// Exactly `serde_json`'s bytes for the float, on the fast path and off it.
     #[test]
-    fn thousandths_are_written_as_serde_json_writes_them() {
+    fn thousandths_are_written_as_serde_json_writes_their_float() {
         let mut values = vec![
-            0.0,
-            0.001,
-            0.01,
-            0.1,
-            0.25,
-            1.0,
-            12.0,
-            3.007,
-            999.999,
-            1000.5,
-            65.43,
-            -0.0,
-            -1.5,
-            0.0005,
-            1e-7,
-            1.23456,
-            4.4e12,
-            5e12,
-            1e300,
-            f64::MAX,
+            0,
+            1,
+            10,
+            100,
+            250,
+            1000,
+            3007,
+            12_000,
+            999_999,
+            1_000_500,
+            65_430,
+            THOUSANDTHS_BELOW - 1,
+            THOUSANDTHS_BELOW,
+            THOUSANDTHS_BELOW + 1,
+            1 << 53,
+            u64::MAX,
         ];
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..200_000 {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            // Whole thousandths of every size up to about 2^42, as the layer makes them.
-            let micros = seed >> (seed % 40 + 22);
-            values.push((micros as f64 / 1000.0 * 1000.0).round() / 1000.0);
+            // Every size up to about 2^52 thousandths, past the fast path's bound.
+            values.push(seed >> (seed % 52 + 12));
         }
         for value in values {
             let mut out = Vec::new();
             write_thousandths(&mut out, value);
-            let expected = serde_json::to_vec(&value).unwrap();
-            assert_eq!(out, expected, "{value:?}");
+            let expected = serde_json::to_vec(&(value as f64 / 1000.0)).unwrap();
+            assert_eq!(out, expected, "{value}");
         }
     }
 

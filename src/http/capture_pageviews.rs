@@ -259,7 +259,7 @@ impl Pending {
                     + encoder.added_len()
                     + event_name.as_str().len()
                     + request_props.values_len();
-                let mut json = Vec::with_capacity(len);
+                let mut json = posthog.event_buffer(len);
                 let mut writer = encoder.writer_named(&mut json, event_name, id);
                 request_props.write(&mut writer);
                 let state = writer.pause();
@@ -305,11 +305,10 @@ impl Pending {
         let now = Timestamp::now();
         // A wall clock set back during the request gives 0, not a negative duration.
         let nanos = u64::try_from(now.as_unix_nanos() - self.start.as_unix_nanos()).unwrap_or(0);
-        let ms = nanos as f64 / 1e6;
         let response = ResponseProperties {
             status,
             grpc_status,
-            duration_ms: (ms * 1000.0).round() / 1000.0,
+            duration_us: (nanos + 500) / 1000,
             flags: &self.context,
         };
         let finished = match self.draft {
@@ -356,7 +355,9 @@ enum Prop<'a> {
     Str(&'a str),
     Bool(bool),
     Int(u64),
-    Float(f64),
+    /// The float `n as f64 / 1000.0`, for a whole number `n` of thousandths (a duration in
+    /// milliseconds counted in microseconds).
+    Thousandths(u64),
     Keys(&'a [&'a str]),
     /// A string made of these pieces.
     Parts(&'a [&'a str]),
@@ -370,12 +371,18 @@ impl Serialize for Prop<'_> {
             Prop::Str(s) => serializer.serialize_str(s),
             Prop::Bool(b) => serializer.serialize_bool(b),
             Prop::Int(n) => serializer.serialize_u64(n),
-            Prop::Float(x) => serializer.serialize_f64(x),
+            Prop::Thousandths(n) => serializer.serialize_f64(thousandths(n)),
             Prop::Keys(keys) => keys.serialize(serializer),
             Prop::Parts(parts) => serializer.serialize_str(&parts.concat()),
             Prop::Json(value) => value.serialize(serializer),
         }
     }
+}
+
+/// `n` thousandths as a float: exact (`n` is far below 2^53 for any duration), and the
+/// division rounds correctly, so it is the float nearest `n / 1000`.
+fn thousandths(n: u64) -> f64 {
+    n as f64 / 1000.0
 }
 
 impl From<Prop<'_>> for Value {
@@ -384,7 +391,7 @@ impl From<Prop<'_>> for Value {
             Prop::Str(s) => Value::String(s.to_owned()),
             Prop::Bool(b) => Value::Bool(b),
             Prop::Int(n) => Value::from(n),
-            Prop::Float(x) => Value::from(x),
+            Prop::Thousandths(n) => Value::from(thousandths(n)),
             Prop::Keys(keys) => keys.iter().map(|k| Value::from(*k)).collect(),
             Prop::Parts(parts) => Value::String(parts.concat()),
             Prop::Json(value) => value.clone(),
@@ -402,8 +409,7 @@ impl Properties for EventWriter<'_> {
             Prop::Bool(b) => self.static_bool(key, b),
             Prop::Parts(parts) => self.static_str_parts(key, parts),
             Prop::Int(n) => self.static_u64(key, n),
-            // Durations: finite by construction (`write_json` would write `null` otherwise).
-            Prop::Float(x) => self.static_f64(key, x),
+            Prop::Thousandths(n) => self.static_thousandths(key, n),
             other => self.static_property(key, &other),
         }
     }
@@ -520,7 +526,8 @@ impl RequestProperties<'_> {
 struct ResponseProperties<'a> {
     status: u16,
     grpc_status: Option<u32>,
-    duration_ms: f64,
+    /// The time to the response, in microseconds (`$duration_ms` to three decimals).
+    duration_us: u64,
     /// The context whose flag evaluations (and first exception) are reported.
     flags: &'a RequestContext,
 }
@@ -534,7 +541,10 @@ impl ResponseProperties<'_> {
         if let Some(code) = self.grpc_status {
             out.put(static_key!("$grpc_status"), Prop::Int(code.into()));
         }
-        out.put(static_key!("$duration_ms"), Prop::Float(self.duration_ms));
+        out.put(
+            static_key!("$duration_ms"),
+            Prop::Thousandths(self.duration_us),
+        );
         if let Some(uuid) = self.flags.exception() {
             let mut buf = uuid::Uuid::encode_buffer();
             let id = uuid.hyphenated().encode_lower(&mut buf);

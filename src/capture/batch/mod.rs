@@ -1,5 +1,6 @@
 //! The batching middleware: a bounded queue in front, a background worker behind.
 
+mod buffers;
 mod config;
 mod layer;
 mod message;

@@ -26,7 +26,7 @@ const FLUSH_SLOTS: usize = 64;
 
 use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use super::message::Message;
+use super::{buffers::Buffers, message::Message};
 
 /// What producers and the worker share.
 #[derive(Debug)]
@@ -45,6 +45,8 @@ pub(crate) struct Signal {
     wake_every: bool,
     /// Events the `before_send` hook dropped at capture, not yet counted in a flush report.
     pub(crate) dropped_at_capture: AtomicU64,
+    /// Spent event buffers, for producers that write their event's JSON.
+    pub(crate) buffers: Buffers,
 }
 
 /// The producer side, shared by every handle. Dropping the last one wakes the worker.
@@ -73,6 +75,7 @@ pub(crate) fn queue(capacity: usize, wake_every: bool) -> (Producer, Consumer) {
         threshold: (capacity / 2).max(1),
         wake_every,
         dropped_at_capture: AtomicU64::new(0),
+        buffers: Buffers::default(),
     });
     (
         Producer {

@@ -214,6 +214,12 @@ impl Batch {
             .then_some(&self.shared.encoder)
     }
 
+    /// An empty buffer of at least `capacity` bytes for an event's JSON, recycled from the
+    /// events the worker has copied into batches when one is at hand.
+    pub(crate) fn event_buffer(&self, capacity: usize) -> Vec<u8> {
+        self.producer.signal.buffers.take(capacity)
+    }
+
     /// Queues an event already written as JSON with [`encoder`](Self::encoder) (one object,
     /// with its `uuid`), without waiting: [`try_capture`](Self::try_capture) for producers
     /// that skip building an [`Event`]. The caller guarantees a non-blank name and distinct id

@@ -693,14 +693,30 @@ enum Intake {
 }
 
 /// Takes what the queue holds into batches, in order, answering flush requests on the way.
-fn intake(state: &mut State, queue: &mut Consumer, messages: &mut Vec<Message>) -> Intake {
+/// The worker's room for a chunk of the queue, kept between chunks.
+struct Chunk {
+    messages: Vec<Message>,
+    /// The events' buffers once copied into their batch, handed back a chunk at a time.
+    spent: Vec<Vec<u8>>,
+}
+
+impl Chunk {
+    fn new() -> Self {
+        Chunk {
+            messages: Vec::with_capacity(RECV_CHUNK),
+            spent: Vec::with_capacity(RECV_CHUNK),
+        }
+    }
+}
+
+fn intake(state: &mut State, queue: &mut Consumer, chunk: &mut Chunk) -> Intake {
     loop {
         if !state.ready.is_empty() {
             // Every sending slot is busy and a closed batch waits: leave the rest queued
             // (the queue's bound is the backpressure) and come back when a slot frees.
             return Intake::More;
         }
-        match queue.take(messages, RECV_CHUNK) {
+        match queue.take(&mut chunk.messages, RECV_CHUNK) {
             Taken::Finished => return Intake::Finished,
             Taken::Some(0) => {
                 if queue.closed_and_drained() {
@@ -713,15 +729,17 @@ fn intake(state: &mut State, queue: &mut Consumer, messages: &mut Vec<Message>) 
                 return Intake::Idle;
             }
             Taken::Some(_) => {
-                for message in messages.drain(..) {
+                for message in chunk.messages.drain(..) {
                     match message {
                         Message::Event { json, uuid, notify } => {
                             state.taken_since_tick += 1;
                             state.add(&json, uuid, notify);
+                            chunk.spent.push(json);
                         }
                         Message::Flush(reply) => state.close_epoch(queue, Some(reply)),
                     }
                 }
+                queue.signal.buffers.give_back(&mut chunk.spent);
                 if state.config.send_immediately {
                     state.close_current();
                 }
@@ -748,7 +766,7 @@ where
         };
         super::replay::Replay::start(service.clone(), spool, state.reporter.clone(), sizes)
     });
-    let mut messages = Vec::with_capacity(RECV_CHUNK);
+    let mut chunk = Chunk::new();
     let mut receiving = true;
     // Look at the queue on the next turn of the loop.
     let mut take = false;
@@ -776,7 +794,7 @@ where
         state.dispatch(&service);
         if receiving && take && state.ready.is_empty() {
             take = false;
-            match intake(&mut state, &mut queue, &mut messages) {
+            match intake(&mut state, &mut queue, &mut chunk) {
                 Intake::Idle => {
                     let now = Instant::now();
                     let quiet = state.polling.as_ref().map_or(true, |p| {
@@ -860,7 +878,7 @@ where
                 let now = Instant::now();
                 if state.ready.is_empty() {
                     // Take what is queued first, so the closing batch holds all it can.
-                    if intake(&mut state, &mut queue, &mut messages) == Intake::Finished {
+                    if intake(&mut state, &mut queue, &mut chunk) == Intake::Finished {
                         receiving = false;
                         state.polling = None;
                         state.close_epoch(&queue, final_tx.take());
