@@ -161,13 +161,19 @@ pub(crate) fn write_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
 /// without an exponent: 2^42 thousands, about 140 years in microseconds.
 const THOUSANDTHS_BELOW: u64 = 1000 << 42;
 
+/// `n` thousandths as the float nearest `n / 1000`: `n` is exact as a float below 2^53 (any
+/// duration in microseconds), and the division rounds correctly. What [`write_thousandths`]
+/// writes, for a caller that needs the value itself (an [`Event`](crate::Event)'s property).
+pub(crate) fn thousandths_f64(n: u64) -> f64 {
+    n as f64 / 1000.0
+}
+
 /// Appends `thousandths / 1000` (a duration in milliseconds counted in microseconds) as
 /// `serde_json` writes the float `thousandths as f64 / 1000.0` (`12.0`, `0.25`, `3.007`),
 /// with integer arithmetic instead of its shortest-digits search.
 pub(crate) fn write_thousandths(out: &mut Vec<u8>, thousandths: u64) {
     if thousandths >= THOUSANDTHS_BELOW {
-        // Exact as a float (below 2^53), and the division is correctly rounded.
-        super::write_json(out, &(thousandths as f64 / 1000.0));
+        super::write_json(out, &thousandths_f64(thousandths));
         return;
     }
     let (whole, fraction) = (thousandths / 1000, thousandths % 1000);

@@ -34,7 +34,7 @@ pub(crate) use encode::{
     write_json, EncodeDefaults, Encoder, EventName, EventWriter, StaticKey, SystemProperties,
     WriterState,
 };
-pub(crate) use json::write_str as write_json_str;
+pub(crate) use json::{thousandths_f64, write_str as write_json_str};
 pub use properties::Properties;
 
 /// The most PostHog accepts for one event, serialized: 900 KiB.

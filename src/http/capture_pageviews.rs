@@ -371,18 +371,12 @@ impl Serialize for Prop<'_> {
             Prop::Str(s) => serializer.serialize_str(s),
             Prop::Bool(b) => serializer.serialize_bool(b),
             Prop::Int(n) => serializer.serialize_u64(n),
-            Prop::Thousandths(n) => serializer.serialize_f64(thousandths(n)),
+            Prop::Thousandths(n) => serializer.serialize_f64(crate::event::thousandths_f64(n)),
             Prop::Keys(keys) => keys.serialize(serializer),
             Prop::Parts(parts) => serializer.serialize_str(&parts.concat()),
             Prop::Json(value) => value.serialize(serializer),
         }
     }
-}
-
-/// `n` thousandths as a float: exact (`n` is far below 2^53 for any duration), and the
-/// division rounds correctly, so it is the float nearest `n / 1000`.
-fn thousandths(n: u64) -> f64 {
-    n as f64 / 1000.0
 }
 
 impl From<Prop<'_>> for Value {
@@ -391,7 +385,7 @@ impl From<Prop<'_>> for Value {
             Prop::Str(s) => Value::String(s.to_owned()),
             Prop::Bool(b) => Value::Bool(b),
             Prop::Int(n) => Value::from(n),
-            Prop::Thousandths(n) => Value::from(thousandths(n)),
+            Prop::Thousandths(n) => Value::from(crate::event::thousandths_f64(n)),
             Prop::Keys(keys) => keys.iter().map(|k| Value::from(*k)).collect(),
             Prop::Parts(parts) => Value::String(parts.concat()),
             Prop::Json(value) => value.clone(),
