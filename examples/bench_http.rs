@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! cargo run --release --features axum --example bench_http -- [--mode all|MODE[,MODE...]]
-//!     [--rounds N] [--duration S] [--warmup S] [--shared] [--connections N] [--wrk-threads N]
-//!     [--server-threads N] [--server-cpus LIST] [--load-cpus LIST]
+//!     [--rounds N] [--duration S] [--warmup S] [--persistent] [--shared] [--connections N]
+//!     [--wrk-threads N] [--server-threads N] [--server-cpus LIST] [--load-cpus LIST]
 //! ```
 //!
 //! Three processes, besides this one (which only orchestrates and sleeps):
@@ -59,6 +59,18 @@
 //! slows a run down), and the same for the mean of the fastest quarter of each mode's runs,
 //! the steadiest of these over many short rounds (`--rounds 20 --duration 5 --warmup 1`).
 //! Defaults: 3 rounds, 10 s measured after 2 s of warm-up.
+//!
+//! With `--persistent`, every mode's server starts once, before the first round (each warmed
+//! up with `--warmup` seconds of `wrk`), and stays up to the end; the rounds then measure them
+//! in turn without restarting them, so runs can be short and many
+//! (`--persistent --rounds 40 --duration 1 --warmup 1`): a shared virtual machine's speed
+//! can change from one second to the next, and only many pairs of adjacent runs average that
+//! out. The idle
+//! servers wait in `epoll` on the same CPU; the `pageviews` one may send its last partial
+//! batch while another is measured (at most one batch, under a millisecond of CPU, per run).
+//! Its events are accounted for at the end, when every server stops: the sink must then have
+//! counted exactly one event per `pageviews` response, and every client's stats must add up as
+//! below.
 //!
 //! The run fails (exit code 1) unless, for every server: the sink counted exactly one event
 //! per response the server sent (`pageviews`; none for the other modes), the client's stats say
@@ -118,6 +130,8 @@ struct Args {
     modes: Vec<Mode>,
     /// Everything shares every CPU (no pinning).
     shared: bool,
+    /// One server per mode for the whole bench, measured in turn.
+    persistent: bool,
     rounds: usize,
     duration: u64,
     warmup: u64,
@@ -129,7 +143,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: bench_http [--mode all|MODE[,MODE...]] [--rounds N] \
-                     [--duration S] [--warmup S] [--shared] [--connections N] \
+                     [--duration S] [--warmup S] [--persistent] [--shared] [--connections N] \
                      [--wrk-threads N] [--server-threads N] [--server-cpus LIST] \
                      [--load-cpus LIST]";
 
@@ -137,6 +151,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut parsed = Args {
         modes: Mode::ALL.to_vec(),
         shared: false,
+        persistent: false,
         rounds: 3,
         duration: 10,
         warmup: 2,
@@ -177,6 +192,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--duration" => parsed.duration = number(arg, text(arg)?, 1)?,
             "--warmup" => parsed.warmup = number(arg, text(arg)?, 0)?,
             "--shared" => parsed.shared = true,
+            "--persistent" => parsed.persistent = true,
             "--connections" => parsed.connections = number(arg, text(arg)?, 1)?,
             "--wrk-threads" => parsed.wrk_threads = number(arg, text(arg)?, 1)?,
             "--server-threads" => {
@@ -250,7 +266,8 @@ struct Run {
     sink_cpu_us_per_req: f64,
     /// Busy share of each CPU during the measured part, in %.
     busy: Vec<f64>,
-    server: server::Report,
+    /// The server's report, when it stopped after this run (not with `--persistent`).
+    server: Option<server::Report>,
     events: u64,
     ok: bool,
 }
@@ -311,16 +328,32 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
 
     let mut runs = Vec::new();
     let mut ok = true;
+    let sink_before = sink.counters()?;
+    let mut persistent = Vec::new();
+    if args.persistent {
+        for &mode in &args.modes {
+            let server = start_server(args, exe, &sink, mode, server_threads)?;
+            persistent.push((mode, server));
+        }
+    }
     for round in 0..args.rounds {
         let n = args.modes.len();
         for i in 0..n {
             let mode = args.modes[(i + round) % n];
-            let run = run_one(args, exe, &sink, round, mode, server_threads)?;
+            let run = match persistent.iter().find(|(m, _)| *m == mode) {
+                Some((_, server)) => measure(args, &sink, round, mode, server)?,
+                None => run_one(args, exe, &sink, round, mode, server_threads)?,
+            };
+            let report = run.server.as_ref().map_or_else(String::new, |r| {
+                format!(
+                    " responses={} captured={} delivered={} failed={} dropped={} queue_full={}",
+                    r.responses, r.captured, r.delivered, r.failed, r.dropped, r.queue_full
+                )
+            });
             println!(
                 "RUN round={} mode={} req_per_s={:.0} wrk_requests={} p50={} p99={} \
-                 server_cpu_us_per_req={:.2} sink_cpu_us_per_req={:.2} cpu_busy={} \
-                 responses={} captured={} delivered={} failed={} \
-                 dropped={} queue_full={} sink_events={} lost={} ok={} load={}",
+                 server_cpu_us_per_req={:.2} sink_cpu_us_per_req={:.2} cpu_busy={}{} \
+                 sink_events={} lost={} ok={} load={}",
                 round + 1,
                 mode.name(),
                 run.req_per_s,
@@ -334,12 +367,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
                     .map(|b| format!("{b:.0}%"))
                     .collect::<Vec<_>>()
                     .join(","),
-                run.server.responses,
-                run.server.captured,
-                run.server.delivered,
-                run.server.failed,
-                run.server.dropped,
-                run.server.queue_full,
+                report,
                 run.events,
                 lost(&run),
                 run.ok,
@@ -348,6 +376,32 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             ok &= run.ok;
             runs.push(run);
         }
+    }
+    // The persistent servers' accounts, settled now that they stop.
+    let mut settled = Vec::new();
+    for (mode, server) in persistent {
+        let report = server.stop()?;
+        let expected = expected_events(mode, &report);
+        let good = report_adds_up(&report, expected);
+        println!(
+            "SERVER mode={} responses={} captured={} delivered={} failed={} dropped={} \
+             queue_full={} ok={good}",
+            mode.name(),
+            report.responses,
+            report.captured,
+            report.delivered,
+            report.failed,
+            report.dropped,
+            report.queue_full,
+        );
+        ok &= good;
+        settled.push((mode, expected));
+    }
+    if !settled.is_empty() {
+        let sink_events = sink.counters()?.events - sink_before.events;
+        let expected: u64 = settled.iter().map(|(_, e)| e).sum();
+        println!("SINK events={sink_events} expected={expected}");
+        ok &= sink_events == expected;
     }
     drop(sink);
 
@@ -374,8 +428,15 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             // one lucky run than the best, and free of the slow runs that interference makes.
             let quarter = rps.len().div_ceil(4);
             let top = rps[rps.len() - quarter..].iter().sum::<f64>() / quarter as f64;
-            let events = of_mode.iter().map(|r| r.events).sum();
-            let lost = of_mode.iter().map(|r| lost(r)).sum();
+            let (events, lost) = match settled.iter().find(|(m, _)| *m == mode) {
+                // Accounted for at the end: the sink's count is checked against all the
+                // servers' responses above.
+                Some(&(_, expected)) => (expected, 0),
+                None => (
+                    of_mode.iter().map(|r| r.events).sum(),
+                    of_mode.iter().map(|r| lost(r)).sum(),
+                ),
+            };
             // The ratio to the bare run of the same round (run minutes apart at most), so
             // slow drifts of the machine's speed cancel out; and the same for the server's CPU
             // time per request (bare's over this mode's: the throughput ratio of a server whose
@@ -492,13 +553,53 @@ struct Summary {
     lost: u64,
 }
 
-/// Events the sink should have received but did not (or received in excess).
+/// Events the sink should have received but did not (or received in excess), for a run whose
+/// server stopped after it.
 fn lost(run: &Run) -> u64 {
-    let expected = match run.mode {
-        Mode::Pageviews => run.server.responses,
-        _ => 0,
+    let Some(report) = &run.server else {
+        return 0;
     };
-    expected.abs_diff(run.events)
+    expected_events(run.mode, report).abs_diff(run.events)
+}
+
+/// The events a server's client should have delivered: one per response with pageviews.
+fn expected_events(mode: Mode, report: &server::Report) -> u64 {
+    match mode {
+        Mode::Pageviews => report.responses,
+        _ => 0,
+    }
+}
+
+/// Whether a stopped server's client captured and delivered `expected` events, with nothing
+/// failed or dropped.
+fn report_adds_up(report: &server::Report, expected: u64) -> bool {
+    report.captured == expected
+        && report.delivered == report.captured
+        && report.failed == 0
+        && report.dropped == 0
+        && report.queue_full == 0
+}
+
+/// Starts `mode`'s server and warms it up.
+fn start_server(
+    args: &Args,
+    exe: &str,
+    sink: &sink::Process,
+    mode: Mode,
+    threads: usize,
+) -> Result<server::Process, BoxError> {
+    let mut cmd = pinned(args.server_cpus.as_deref(), exe);
+    cmd.args([
+        "--serve",
+        mode.name(),
+        &sink.port.to_string(),
+        &threads.to_string(),
+    ]);
+    let server = server::Process::start(cmd)?;
+    if args.warmup > 0 {
+        wrk(args, &server.url(), args.warmup)?;
+    }
+    Ok(server)
 }
 
 fn run_one(
@@ -510,22 +611,32 @@ fn run_one(
     threads: usize,
 ) -> Result<Run, BoxError> {
     let before = sink.counters()?;
-    let mut cmd = pinned(args.server_cpus.as_deref(), exe);
-    cmd.args([
-        "--serve",
-        mode.name(),
-        &sink.port.to_string(),
-        &threads.to_string(),
-    ]);
-    let server = server::Process::start(cmd)?;
-    let url = format!("http://127.0.0.1:{}/", server.port);
-    if args.warmup > 0 {
-        wrk(args, &url, args.warmup)?;
-    }
+    let server = start_server(args, exe, sink, mode, threads)?;
+    let mut run = measure(args, sink, round, mode, &server)?;
+    let report = server.stop()?;
+    // Every event of the server's life, warm-up included, has reached the sink now.
+    run.events = sink.counters()?.events - before.events;
+    let expected = expected_events(mode, &report);
+    run.ok &= run.events == expected
+        && report_adds_up(&report, expected)
+        && run.wrk_requests <= report.responses;
+    run.server = Some(report);
+    Ok(run)
+}
+
+/// `--duration` seconds of `wrk` against a running server; `ok` says whether `wrk` saw no
+/// errors, and `events` counts what the sink received meanwhile.
+fn measure(
+    args: &Args,
+    sink: &sink::Process,
+    round: usize,
+    mode: Mode,
+    server: &server::Process,
+) -> Result<Run, BoxError> {
     let sink_start = sink.counters()?;
     let busy_start = cpu_times();
     let cpu_start = cpu_ns(server.pid);
-    let out = wrk(args, &url, args.duration)?;
+    let out = wrk(args, &server.url(), args.duration)?;
     let cpu = cpu_ns(server.pid).saturating_sub(cpu_start);
     let busy_end = cpu_times();
     let sink_end = sink.counters()?;
@@ -534,9 +645,6 @@ fn run_one(
         .zip(&busy_end)
         .map(|((b0, t0), (b1, t1))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0)
         .collect();
-    let report = server.stop()?;
-    let after = sink.counters()?;
-    let events = after.events - before.events;
 
     let req_per_s = field_after(&out, "Requests/sec:")
         .and_then(|v| v.parse::<f64>().ok())
@@ -563,18 +671,6 @@ fn run_one(
     let cpu_us_per_req = cpu as f64 / 1000.0 / wrk_requests.max(1) as f64;
     let sink_cpu_us_per_req =
         (sink_end.cpu_ns - sink_start.cpu_ns) as f64 / 1000.0 / wrk_requests.max(1) as f64;
-    let expected_events = match mode {
-        Mode::Pageviews => report.responses,
-        _ => 0,
-    };
-    let ok = !wrk_errors
-        && events == expected_events
-        && report.captured == expected_events
-        && report.delivered == report.captured
-        && report.failed == 0
-        && report.dropped == 0
-        && report.queue_full == 0
-        && wrk_requests <= report.responses;
     Ok(Run {
         round,
         mode,
@@ -585,9 +681,9 @@ fn run_one(
         cpu_us_per_req,
         sink_cpu_us_per_req,
         busy,
-        server: report,
-        events,
-        ok,
+        server: None,
+        events: sink_end.events - sink_start.events,
+        ok: !wrk_errors,
     })
 }
 
@@ -745,6 +841,10 @@ mod server {
     }
 
     impl Process {
+        pub(super) fn url(&self) -> String {
+            format!("http://127.0.0.1:{}/", self.port)
+        }
+
         pub(super) fn start(mut cmd: Command) -> Result<Process, BoxError> {
             let mut child = cmd
                 .stdin(Stdio::piped())
