@@ -270,6 +270,11 @@ impl Event {
         self
     }
 
+    /// [`timestamp`](Self::timestamp) in place, for an event kept in a `Box`.
+    pub(crate) fn set_timestamp(&mut self, timestamp: Timestamp) {
+        self.inner.timestamp = Some(timestamp);
+    }
+
     /// Sets the event's uuid (PostHog deduplicates on it). Defaults to a new UUIDv7.
     #[must_use]
     pub fn uuid(mut self, uuid: Uuid) -> Self {

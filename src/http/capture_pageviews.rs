@@ -325,8 +325,8 @@ impl Pending {
                 // half-written.
                 None => Finished::Event(Box::new(Event::new("", ""))),
             },
-            Draft::Event(event) => {
-                let mut event = Box::new(event.timestamp(now));
+            Draft::Event(mut event) => {
+                event.set_timestamp(now);
                 response.write(&mut *event);
                 Finished::Event(event)
             }

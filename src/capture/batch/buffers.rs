@@ -49,7 +49,8 @@ impl Buffers {
     /// Keeps what fits of `spent` (emptied) for [`take`](Self::take), and frees the rest.
     /// Leaves `spent` empty.
     pub(crate) fn give_back(&self, spent: &mut Vec<Vec<u8>>) {
-        if self.wanted.load(Ordering::Relaxed) {
+        // A chunk of flush requests only spent nothing: no lock to take.
+        if !spent.is_empty() && self.wanted.load(Ordering::Relaxed) {
             spent.retain_mut(|buffer| {
                 buffer.clear();
                 buffer.capacity() <= LARGEST
