@@ -122,6 +122,27 @@ macro_rules! define_inner_service_accessors {
     };
 }
 
+/// `get_ref`, `get_mut` and `into_inner` for a leaf service's HTTP client (a field `client`
+/// of type `C`).
+macro_rules! define_client_accessors {
+    () => {
+        /// Gets a reference to the HTTP client.
+        pub fn get_ref(&self) -> &C {
+            &self.client
+        }
+
+        /// Gets a mutable reference to the HTTP client.
+        pub fn get_mut(&mut self) -> &mut C {
+            &mut self.client
+        }
+
+        /// Consumes the service, returning the HTTP client.
+        pub fn into_inner(self) -> C {
+            self.client
+        }
+    };
+}
+
 /// Whether a client was built with [`PostHogBuilder::debug`]: process-wide.
 static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

@@ -427,6 +427,21 @@ pub(crate) fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// `POST uri` with a JSON `body` and the crate's `User-Agent`: the request every PostHog
+/// endpoint that takes a body gets, before its own headers.
+pub(crate) fn post_json(uri: &Uri, body: Bytes) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri.clone();
+    let headers = request.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    request
+}
+
 /// `{host}{path}` as a URI, checking the host is an absolute http(s) URL.
 pub(crate) fn endpoint(host: &str, path: &str) -> Result<Uri, crate::BuildError> {
     let host = host.trim().trim_end_matches('/');

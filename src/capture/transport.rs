@@ -8,14 +8,14 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::Full;
 use tower_service::Service;
 
 use super::{Compression, EncodedBatch, StatsRecorder};
 use crate::{
-    net::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, USER_AGENT},
+    net::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture},
     time::Timestamp,
     BoxError,
 };
@@ -144,20 +144,7 @@ impl<C> CaptureTransport<C> {
         &self.uri
     }
 
-    /// Gets a reference to the HTTP client.
-    pub fn get_ref(&self) -> &C {
-        &self.client
-    }
-
-    /// Gets a mutable reference to the HTTP client.
-    pub fn get_mut(&mut self) -> &mut C {
-        &mut self.client
-    }
-
-    /// Consumes the transport, returning the HTTP client.
-    pub fn into_inner(self) -> C {
-        self.client
-    }
+    define_client_accessors!();
 
     fn body(&self, batch: &EncodedBatch) -> Result<(Bytes, bool), std::io::Error> {
         let events = batch.events_json();
@@ -214,15 +201,8 @@ where
             Ok(b) => b,
             Err(e) => return ResponseFuture::new(ReadResponse::failed(e.into()), status),
         };
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.uri.clone();
+        let mut req = crate::net::post_json(&self.uri, body);
         let headers = req.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         if gzipped {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }

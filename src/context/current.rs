@@ -66,6 +66,17 @@ fn swap(slot: &Cell<Option<RequestContext>>, own: &mut Option<RequestContext>) {
     *own = previous;
 }
 
+/// Drops a scoped future's `inner` future, unless it has completed, with the context in `own`
+/// as the current one: what a future that keeps its context itself does when it is dropped
+/// before completing ([`Scoped`], the HTTP layer's).
+#[inline]
+pub(crate) fn drop_in_scope<F>(own: &mut Option<RequestContext>, mut inner: Pin<&mut Option<F>>) {
+    if inner.as_ref().as_pin_ref().is_some() {
+        let _enter = Enter::new(own);
+        inner.set(None);
+    }
+}
+
 /// Runs `f` with `ctx` as the current context.
 pub(super) fn sync_scope<R>(ctx: RequestContext, f: impl FnOnce() -> R) -> R {
     let mut own = Some(ctx);
@@ -87,11 +98,8 @@ pin_project_lite::pin_project! {
 
     impl<F> PinnedDrop for Scoped<F> {
         fn drop(this: Pin<&mut Self>) {
-            let mut this = this.project();
-            if this.inner.as_ref().as_pin_ref().is_some() {
-                let _enter = Enter::new(this.ctx);
-                this.inner.set(None);
-            }
+            let this = this.project();
+            drop_in_scope(this.ctx, this.inner);
         }
     }
 }

@@ -64,8 +64,8 @@ mod current;
 pub(crate) mod host;
 pub(crate) mod tag;
 
-pub(crate) use current::Enter;
 pub use current::Scoped;
+pub(crate) use current::{drop_in_scope, Enter};
 
 use host::Host;
 

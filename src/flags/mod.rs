@@ -49,6 +49,7 @@ pub(crate) use remote::error_code;
 pub use remote::{FlagsRetryPolicy, RemoteFlags, RemoteFuture};
 pub(crate) use remote_config::RemoteConfig;
 pub use remote_config::RemoteConfigError;
+pub(crate) use request::put_group_property;
 pub use request::FlagsRequest;
 pub use response::{FlagDetail, FlagMetadata, FlagReason, FlagsResponse, InvalidFlagsResponse};
 pub use value::FlagValue;

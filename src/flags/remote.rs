@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use http_body::Body;
 use http_body_util::Full;
 use tokio::time::Sleep;
@@ -19,10 +19,7 @@ use serde_json::Value;
 
 use super::{FlagsRequest, FlagsResponse};
 use crate::{
-    net::{
-        endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, UnexpectedStatus,
-        USER_AGENT,
-    },
+    net::{endpoint, FullResponse, HttpClient, ReadResponse, ResponseFuture, UnexpectedStatus},
     BoxError,
 };
 
@@ -112,20 +109,7 @@ impl<C> RemoteFlags<C> {
         &self.uri
     }
 
-    /// Gets a reference to the HTTP client.
-    pub fn get_ref(&self) -> &C {
-        &self.client
-    }
-
-    /// Gets a mutable reference to the HTTP client.
-    pub fn get_mut(&mut self) -> &mut C {
-        &mut self.client
-    }
-
-    /// Consumes the service, returning the HTTP client.
-    pub fn into_inner(self) -> C {
-        self.client
-    }
+    define_client_accessors!();
 }
 
 impl<C> fmt::Debug for RemoteFlags<C> {
@@ -164,15 +148,7 @@ where
             );
         }
         let body = body.to_string();
-        let mut req = Request::new(Full::new(Bytes::from(body)));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.uri.clone();
-        let headers = req.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        let req = crate::net::post_json(&self.uri, Bytes::from(body));
         ResponseFuture::new(
             ReadResponse::new(self.client.call(req), MAX_FLAGS_RESPONSE),
             parse,

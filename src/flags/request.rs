@@ -146,12 +146,7 @@ impl FlagsRequest {
         key: impl Into<String>,
         value: impl Serialize,
     ) -> Self {
-        if let Ok(value) = crate::event::to_property_value(value) {
-            self.group_properties
-                .entry(group_type.into())
-                .or_default()
-                .insert(key.into(), value);
-        }
+        put_group_property(&mut self.group_properties, group_type, key, value);
         self
     }
 
@@ -316,6 +311,21 @@ impl FlagsRequest {
             );
         }
         Value::Object(body)
+    }
+}
+
+/// Adds `key: value` to `group_type`'s properties in `map`: a value that is not valid as a
+/// property (a NaN, nesting deeper than 100 levels) is left out, as PostHog could not read it.
+pub(crate) fn put_group_property(
+    map: &mut BTreeMap<String, Map<String, Value>>,
+    group_type: impl Into<String>,
+    key: impl Into<String>,
+    value: impl Serialize,
+) {
+    if let Ok(value) = crate::event::to_property_value(value) {
+        map.entry(group_type.into())
+            .or_default()
+            .insert(key.into(), value);
     }
 }
 

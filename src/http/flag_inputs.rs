@@ -62,12 +62,7 @@ impl FlagInputs {
         key: impl Into<String>,
         value: impl Serialize,
     ) -> Self {
-        if let Ok(value) = crate::event::to_property_value(value) {
-            self.group_properties
-                .entry(group_type.into())
-                .or_default()
-                .insert(key.into(), value);
-        }
+        crate::flags::put_group_property(&mut self.group_properties, group_type, key, value);
         self
     }
 

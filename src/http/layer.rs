@@ -452,11 +452,8 @@ pin_project_lite::pin_project! {
 
     impl<F> PinnedDrop for PostHogFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            let mut this = this.project();
-            if this.inner.as_ref().as_pin_ref().is_some() {
-                let _enter = Enter::new(this.ctx);
-                this.inner.set(None);
-            }
+            let this = this.project();
+            crate::context::drop_in_scope(this.ctx, this.inner);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http::{header, HeaderName, HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::Full;
 use tower_service::Service;
@@ -117,20 +117,7 @@ impl<C> V1Transport<C> {
         &self.uri
     }
 
-    /// Gets a reference to the HTTP client.
-    pub fn get_ref(&self) -> &C {
-        &self.client
-    }
-
-    /// Gets a mutable reference to the HTTP client.
-    pub fn get_mut(&mut self) -> &mut C {
-        &mut self.client
-    }
-
-    /// Consumes the transport, returning the HTTP client.
-    pub fn into_inner(self) -> C {
-        self.client
-    }
+    define_client_accessors!();
 
     fn body(&self, batch: &EncodedBatch) -> Result<Bytes, std::io::Error> {
         let mut prefix = Vec::with_capacity(64);
@@ -182,15 +169,8 @@ where
             Ok(b) => b,
             Err(e) => return ResponseFuture::new(ReadResponse::failed(e.into()), results),
         };
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.uri.clone();
+        let mut req = crate::net::post_json(&self.uri, body);
         let headers = req.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         headers.insert(SDK_INFO, HeaderValue::from_static(USER_AGENT));
         headers.insert(header::AUTHORIZATION, self.authorization.clone());
         headers.insert(ATTEMPT, HeaderValue::from(batch.attempt()));
