@@ -138,7 +138,8 @@ impl FlagsRequest {
         self
     }
 
-    /// A property of a group the conditions may use.
+    /// A property of a group the conditions may use. Values JSON cannot represent are left
+    /// out, as for [`person_property`](Self::person_property).
     #[must_use]
     pub fn group_property(
         mut self,

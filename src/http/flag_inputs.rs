@@ -54,7 +54,8 @@ impl FlagInputs {
         self
     }
 
-    /// Adds a property of the caller's group of type `group_type`.
+    /// Adds a property of the caller's group of type `group_type` (a value JSON cannot
+    /// represent is left out).
     #[must_use]
     pub fn group_property(
         mut self,
