@@ -24,7 +24,7 @@ mkfifo "$dir/sink_in" "$dir/sink_out" "$dir/server_in" "$dir/server_out"
 exec 3>"$dir/sink_in"
 read -r sink_port <"$dir/sink_out"
 
-valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --serve "$mode" "$sink_port" 1 \
+valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --serve "$mode" "$sink_port" 1 0 \
     <"$dir/server_in" >"$dir/server_out" 2>"$dir/valgrind" &
 server=$!
 exec 5>"$dir/server_in"

@@ -8,6 +8,7 @@
 //! cargo run --release --features axum --example bench_http -- [--mode all|MODE[,MODE...]]
 //!     [--rounds N] [--duration S] [--warmup S] [--persistent] [--shared] [--connections N]
 //!     [--wrk-threads N] [--server-threads N] [--server-cpus LIST] [--load-cpus LIST]
+//!     [--burn-ns N]
 //! ```
 //!
 //! Three processes, besides this one (which only orchestrates and sleeps):
@@ -26,7 +27,10 @@
 //!   - `outer`: the same layer around the whole `Router` (`layer.layer(router)`, served with
 //!     `into_make_service`): no per-route boxing, as for a middleware that runs before routing;
 //!   - `pageviews`: `posthog.layer().should_capture(|_: &RequestHead<'_>| true)`, a `$pageview`
-//!     for every request.
+//!     for every request;
+//!   - `burn` (not in `all`): a pass-through layer that waits busily for `--burn-ns`
+//!     nanoseconds (default 1 000) on every request, for how much throughput a fixed amount
+//!     of added work costs on this machine, whatever the work is.
 //!
 //!   Its PostHog client (`flush_at(500)`, the default queue of 10 000 events) sends to the
 //!   sink.
@@ -98,6 +102,7 @@ enum Mode {
     LayerNoExceptions,
     Outer,
     Pageviews,
+    Burn,
 }
 
 impl Mode {
@@ -118,11 +123,15 @@ impl Mode {
             Mode::LayerNoExceptions => "layer_no_exceptions",
             Mode::Outer => "outer",
             Mode::Pageviews => "pageviews",
+            Mode::Burn => "burn",
         }
     }
 
     fn parse(s: &str) -> Option<Mode> {
-        Mode::ALL.into_iter().find(|m| m.name() == s)
+        Mode::ALL
+            .into_iter()
+            .chain([Mode::Burn])
+            .find(|m| m.name() == s)
     }
 }
 
@@ -139,13 +148,15 @@ struct Args {
     wrk_threads: u64,
     server_threads: Option<usize>,
     server_cpus: Option<String>,
+    /// The busy wait of `burn`, in nanoseconds a request.
+    burn_ns: u64,
     load_cpus: Option<String>,
 }
 
 const USAGE: &str = "usage: bench_http [--mode all|MODE[,MODE...]] [--rounds N] \
                      [--duration S] [--warmup S] [--persistent] [--shared] [--connections N] \
                      [--wrk-threads N] [--server-threads N] [--server-cpus LIST] \
-                     [--load-cpus LIST]";
+                     [--load-cpus LIST] [--burn-ns N]";
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut parsed = Args {
@@ -159,6 +170,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         wrk_threads: 0,
         server_threads: None,
         server_cpus: None,
+        burn_ns: 1000,
         load_cpus: None,
     };
     let mut it = args.iter();
@@ -199,6 +211,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 parsed.server_threads = Some(number(arg, text(arg)?, 1)? as usize)
             }
             "--server-cpus" => parsed.server_cpus = Some(text(arg)?),
+            "--burn-ns" => parsed.burn_ns = number(arg, text(arg)?, 0)?,
             "--load-cpus" => parsed.load_cpus = Some(text(arg)?),
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -594,6 +607,7 @@ fn start_server(
         mode.name(),
         &sink.port.to_string(),
         &threads.to_string(),
+        &args.burn_ns.to_string(),
     ]);
     let server = server::Process::start(cmd)?;
     if args.warmup > 0 {
@@ -895,9 +909,10 @@ mod server {
     /// `--serve MODE SINK_PORT THREADS`: serve until stdin closes, then shut the client down
     /// and print the report.
     pub(super) fn run(args: &[String]) -> Result<(), BoxError> {
-        let [mode, sink_port, threads] = args else {
-            return Err("--serve MODE SINK_PORT THREADS".into());
+        let [mode, sink_port, threads, burn_ns] = args else {
+            return Err("--serve MODE SINK_PORT THREADS BURN_NS".into());
         };
+        let burn = Duration::from_nanos(burn_ns.parse()?);
         let mode = Mode::parse(mode).ok_or("unknown mode")?;
         let sink_port: u16 = sink_port.parse()?;
         let threads: usize = threads.parse()?;
@@ -949,6 +964,17 @@ mod server {
                                 .capture_pageviews(false)
                                 .capture_exceptions(false),
                         ),
+                        // The same with a fixed amount of work per request: what any added
+                        // work costs the throughput on this machine.
+                        Mode::Burn => app.layer(tower::util::MapRequestLayer::new(
+                            move |r: axum::extract::Request| {
+                                let t = std::time::Instant::now();
+                                while t.elapsed() < burn {
+                                    std::hint::spin_loop();
+                                }
+                                r
+                            },
+                        )),
                         Mode::Pageviews => {
                             app.layer(posthog.layer().should_capture(|_: &RequestHead<'_>| true))
                         }

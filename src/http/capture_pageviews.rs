@@ -8,14 +8,14 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use http::{header::USER_AGENT, HeaderMap, Request, Response};
+use http::{header::REFERER, HeaderMap, Request, Response};
 use serde::Serialize;
 use serde_json::Value;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
-    head::RequestHead,
+    head::{self, RequestHead},
     identity::DefaultMakeDistinctId,
     predicate::{DefaultShouldCapture, ShouldCapture},
     request_flags,
@@ -231,13 +231,14 @@ impl Pending {
         request: &Request<B>,
     ) -> Self {
         let headers = request.headers();
-        // The context has it, unless an outer layer (or the application) made the context.
-        let user_agent = context
-            .user_agent_header()
-            .or_else(|| headers.get(USER_AGENT))
-            .and_then(header_text)
-            .and_then(sanitize_borrowed);
-        let referrer = url::referrer(headers);
+        // The context has the user agent, unless the request has none or an outer layer (or
+        // the application) made the context.
+        let (user_agent, referer) = match context.user_agent_header() {
+            Some(user_agent) => (Some(user_agent), headers.get(REFERER)),
+            None => head::user_agent_and_referer(headers),
+        };
+        let user_agent = user_agent.and_then(header_text).and_then(sanitize_borrowed);
+        let referrer = url::referrer(referer);
         let route = matched_route(request);
         let campaign = request
             .uri()
@@ -758,6 +759,56 @@ mod tests {
             prop_assert_eq!(&a["properties"]["$raw_user_agent"], "from super");
             prop_assert_eq!(&a["properties"]["$response_status"], 503);
             prop_assert_eq!(&a["properties"]["$grpc_status"], 14);
+        }
+    }
+
+    #[test]
+    fn user_agent_and_referrer_come_from_the_request_whoever_made_the_context() {
+        let posthog = PostHog::builder("phc_pageview")
+            .host("http://127.0.0.1:9")
+            .build_pair()
+            .expect("client builds")
+            .0;
+        let request = |headers: &[(&str, &str)]| {
+            let mut b = Request::get("/p");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).expect("a valid request")
+        };
+        let properties = |ctx: &RequestContext, request: &Request<()>| -> Value {
+            let (_, Finished::Json { json, .. }) =
+                Pending::new(&posthog, &EventName::new("$pageview"), ctx, request)
+                    .finish(200, None)
+            else {
+                panic!("written as JSON");
+            };
+            let event: Value = serde_json::from_slice(&json).expect("valid JSON");
+            event["properties"].clone()
+        };
+        let both = [("user-agent", "curl/8"), ("referer", "https://r.example/x")];
+        let cases = [
+            (
+                &both[..],
+                Some("curl/8"),
+                "https://r.example/x",
+                "r.example",
+            ),
+            (&both[..1], Some("curl/8"), "$direct", "$direct"),
+            (&both[1..], None, "https://r.example/x", "r.example"),
+            (&[][..], None, "$direct", "$direct"),
+        ];
+        for (headers, ua, referrer, domain) in cases {
+            let mut req = request(headers);
+            // A context the layer made from the request, and one the application made.
+            let made = ContextConfig::new(&posthog).ensure(&mut DefaultMakeDistinctId, &mut req);
+            for ctx in [made, RequestContext::new(Some("app-user".into()))] {
+                let p = properties(&ctx, &req);
+                assert_eq!(p["$raw_user_agent"].as_str(), ua, "{headers:?}");
+                assert_eq!(p["$user_agent"].as_str(), ua, "{headers:?}");
+                assert_eq!(p["$referrer"], referrer, "{headers:?}");
+                assert_eq!(p["$referring_domain"], domain, "{headers:?}");
+            }
         }
     }
 

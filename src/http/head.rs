@@ -4,7 +4,7 @@
 use std::{cell::OnceCell, fmt};
 
 use http::{
-    header::{HeaderName, COOKIE, HOST, USER_AGENT},
+    header::{HeaderName, COOKIE, HOST, REFERER, USER_AGENT},
     Extensions, HeaderMap, HeaderValue, Method, Request, Uri,
 };
 
@@ -90,6 +90,26 @@ impl<'h> IdentityHeaders<'h> {
         }
         found
     }
+}
+
+/// The first `User-Agent` and `Referer` of `headers`, for a pageview whose request context
+/// does not hold the user agent: one pass over a short header map, as
+/// [`IdentityHeaders::find`] does, instead of two hashed lookups.
+pub(crate) fn user_agent_and_referer(
+    headers: &HeaderMap,
+) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
+    if headers.keys_len() > SCAN_MAX_NAMES {
+        return (headers.get(USER_AGENT), headers.get(REFERER));
+    }
+    let (mut user_agent, mut referer) = (None, None);
+    for (name, value) in headers {
+        if *name == USER_AGENT {
+            user_agent.get_or_insert(value);
+        } else if *name == REFERER {
+            referer.get_or_insert(value);
+        }
+    }
+    (user_agent, referer)
 }
 
 /// What [`MakeDistinctId`](super::MakeDistinctId) and [`ShouldCapture`](super::ShouldCapture) see of a request: its
@@ -229,6 +249,54 @@ mod tests {
             head.session_id(),
             head.posthog_cookie().is_some(),
         )
+    }
+
+    #[test]
+    fn user_agent_and_referer_in_one_pass_or_two_lookups() {
+        let found = |pairs: &[(&str, &str)], filler: usize| {
+            let mut headers = HeaderMap::new();
+            for i in 0..filler {
+                headers.append(
+                    HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            for (k, v) in pairs {
+                headers.append(HeaderName::try_from(*k).unwrap(), v.parse().unwrap());
+            }
+            let (ua, referer) = user_agent_and_referer(&headers);
+            let text = |v: Option<&HeaderValue>| v.map(|v| v.to_str().unwrap().to_owned());
+            (text(ua), text(referer))
+        };
+        type Found<'a> = (Option<&'a str>, Option<&'a str>);
+        let cases: &[(&[(&str, &str)], Found<'_>)] = &[
+            (&[], (None, None)),
+            (&[("host", "a.example")], (None, None)),
+            (&[("User-Agent", "ua")], (Some("ua"), None)),
+            (
+                &[("referer", "https://r.example/")],
+                (None, Some("https://r.example/")),
+            ),
+            (
+                &[
+                    ("referer", "r1"),
+                    ("user-agent", "u1"),
+                    ("user-agent", "u2"),
+                    ("referer", "r2"),
+                ],
+                (Some("u1"), Some("r1")),
+            ),
+        ];
+        for (pairs, (ua, referer)) in cases {
+            let expected = (ua.map(str::to_owned), referer.map(str::to_owned));
+            for filler in [0, SCAN_MAX_NAMES - 3, SCAN_MAX_NAMES + 1] {
+                assert_eq!(
+                    found(pairs, filler),
+                    expected,
+                    "{pairs:?}, {filler} more names"
+                );
+            }
+        }
     }
 
     #[test]

@@ -78,12 +78,9 @@ pub(crate) fn url_host(url: &str) -> Option<&str> {
     valid_host(host)
 }
 
-/// The referrer, cleaned.
-pub(crate) fn referrer(headers: &HeaderMap) -> Option<Cow<'_, str>> {
-    headers
-        .get(header::REFERER)
-        .and_then(header_text)
-        .and_then(sanitize_borrowed)
+/// The referrer a `Referer` header value names, cleaned.
+pub(crate) fn referrer(referer: Option<&HeaderValue>) -> Option<Cow<'_, str>> {
+    referer.and_then(header_text).and_then(sanitize_borrowed)
 }
 
 fn parse_ip(text: &str) -> Option<IpAddr> {
