@@ -906,8 +906,8 @@ mod server {
         }
     }
 
-    /// `--serve MODE SINK_PORT THREADS`: serve until stdin closes, then shut the client down
-    /// and print the report.
+    /// `--serve MODE SINK_PORT THREADS BURN_NS`: serve until stdin closes, then shut the client
+    /// down and print the report.
     pub(super) fn run(args: &[String]) -> Result<(), BoxError> {
         let [mode, sink_port, threads, burn_ns] = args else {
             return Err("--serve MODE SINK_PORT THREADS BURN_NS".into());
@@ -964,8 +964,8 @@ mod server {
                                 .capture_pageviews(false)
                                 .capture_exceptions(false),
                         ),
-                        // The same with a fixed amount of work per request: what any added
-                        // work costs the throughput on this machine.
+                        // A pass-through layer with a fixed amount of work per request: what
+                        // any added work costs the throughput on this machine.
                         Mode::Burn => app.layer(tower::util::MapRequestLayer::new(
                             move |r: axum::extract::Request| {
                                 let t = std::time::Instant::now();
