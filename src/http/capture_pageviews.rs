@@ -19,7 +19,7 @@ use super::{
     identity::DefaultMakeDistinctId,
     predicate::{DefaultShouldCapture, ShouldCapture},
     request_flags,
-    sanitize::{header_text, sanitize_borrowed},
+    sanitize::{cleaned_borrowed, header_text},
     set_context::ContextConfig,
     url,
 };
@@ -237,8 +237,8 @@ impl Pending {
             Some(user_agent) => (Some(user_agent), headers.get(REFERER)),
             None => head::user_agent_and_referer(headers),
         };
-        let user_agent = user_agent.and_then(header_text).and_then(sanitize_borrowed);
-        let referrer = url::referrer(referer);
+        let user_agent = cleaned_borrowed(user_agent);
+        let referrer = cleaned_borrowed(referer);
         let route = matched_route(request);
         let campaign = request
             .uri()

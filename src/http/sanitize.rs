@@ -90,6 +90,12 @@ pub(super) fn cleaned(value: Option<&HeaderValue>) -> Option<String> {
     value.and_then(header_text).and_then(sanitize)
 }
 
+/// [`cleaned`] without copying a value that is already clean.
+#[inline]
+pub(super) fn cleaned_borrowed(value: Option<&HeaderValue>) -> Option<Cow<'_, str>> {
+    value.and_then(header_text).and_then(sanitize_borrowed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

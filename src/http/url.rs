@@ -1,13 +1,10 @@
 //! The request's URL, host, referrer and client address, from untrusted headers.
 
-use std::{
-    borrow::Cow,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use http::{header, HeaderMap, HeaderValue, Uri};
 
-use super::sanitize::{header_text, sanitize_borrowed};
+use super::sanitize::header_text;
 use crate::context::host::{valid_host, Host};
 
 /// The first element of a comma-separated header value.
@@ -76,11 +73,6 @@ pub(crate) fn url_host(url: &str) -> Option<&str> {
     let authority = rest.split(['/', '?', '#']).next()?;
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     valid_host(host)
-}
-
-/// The referrer a `Referer` header value names, cleaned.
-pub(crate) fn referrer(referer: Option<&HeaderValue>) -> Option<Cow<'_, str>> {
-    referer.and_then(header_text).and_then(sanitize_borrowed)
 }
 
 fn parse_ip(text: &str) -> Option<IpAddr> {
