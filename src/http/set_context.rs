@@ -73,7 +73,7 @@ impl ContextConfig {
         request: &Request<B>,
         layer_state: Option<Arc<dyn Any + Send + Sync>>,
     ) -> RequestContext {
-        let head = RequestHead::new(request, &self.cookie_name);
+        let head = RequestHead::with_identity(request, &self.cookie_name);
         let id = make
             .make_distinct_id(&head)
             .and_then(super::sanitize::sanitize_owned);
