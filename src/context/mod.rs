@@ -398,7 +398,7 @@ impl RequestContext {
     pub fn user_agent(&self) -> Option<&str> {
         let value = self.inner.user_agent.as_ref()?;
         let text = std::str::from_utf8(value.as_bytes()).ok()?.trim();
-        (!text.is_empty() && !text.chars().any(char::is_control)).then_some(text)
+        (!text.is_empty() && !crate::event::has_control(text)).then_some(text)
     }
 
     /// The request's `User-Agent` as it came.
@@ -642,7 +642,7 @@ impl RequestContext {
 #[inline]
 fn path_of(uri: &Uri) -> Path {
     match uri.path_and_query() {
-        Some(pq) if pq.as_str().chars().any(char::is_control) => Path::Escaped {
+        Some(pq) if crate::event::has_control(pq.as_str()) => Path::Escaped {
             path: escape_controls(uri.path()),
             path_and_query: escape_controls(pq.as_str()),
         },

@@ -712,6 +712,18 @@ pub(crate) const PINNED_EXPOSURE: &[&str] = &[
     "$feature_flag_rule_id",
 ];
 
+/// Whether `text` holds a control character ([`char::is_control`]: U+0000 – U+001F and
+/// U+007F – U+009F). Judged on bytes first: those below U+0080 are single bytes, and each of
+/// the others is encoded as 0xC2 and a second byte, so text without such bytes (nearly all:
+/// paths, user agents, ids) is cleared by one pass over its bytes, without decoding a
+/// character, and only text holding a 0xC2 byte is decoded.
+pub(crate) fn has_control(text: &str) -> bool {
+    let suspect = text.bytes().fold(false, |found, b| {
+        found | (b < 0x20 || b == 0x7f || b == 0xc2)
+    });
+    suspect && text.chars().any(char::is_control)
+}
+
 /// Empty or only whitespace; the common case (a leading visible ASCII character) costs one
 /// comparison.
 pub(crate) fn is_blank(text: &str) -> bool {
@@ -748,6 +760,42 @@ fn kind(value: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn control_characters_are_found_by_bytes_or_by_decoding() {
+        for (text, control) in [
+            ("", false),
+            ("/products/42?ref=home", false),
+            ("a\tb", true),
+            ("\u{7f}", true),
+            ("caf\u{e9} \u{a0}nbsp", false),
+            ("next\u{85}line", true),
+            ("\u{9f}", true),
+            ("\u{80}", true),
+            ("\u{c2}\u{a0}", false),
+        ] {
+            assert_eq!(has_control(text), control, "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text, rich in characters near the control blocks and in those whose UTF-8
+        /// starts with 0xC2 (U+0080 - U+00BF), is judged as `char::is_control` judges it.
+        #[test]
+        fn has_control_agrees_with_char_is_control(
+            chars in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::char::any(),
+                    proptest::char::range('\u{0}', '\u{bf}'),
+                    proptest::char::range('\u{7e}', '\u{a1}'),
+                ],
+                0..40,
+            )
+        ) {
+            let text: String = chars.into_iter().collect();
+            proptest::prop_assert_eq!(has_control(&text), text.chars().any(char::is_control));
+        }
+    }
 
     /// The size of the properties' entries as `serde_json` writes them, commas included.
     fn exact_props_len(event: &Event) -> usize {

@@ -20,7 +20,7 @@ pub(crate) fn sanitize_borrowed(value: &str) -> Option<Cow<'_, str>> {
         // Nearly every value: visible ASCII and spaces, no space at either end.
         return Some(Cow::Borrowed(value));
     }
-    let needs_work = value.chars().any(char::is_control)
+    let needs_work = crate::event::has_control(value)
         || value.len() > MAX_ID_CHARS
         || value.trim().len() != value.len();
     if !needs_work {
@@ -64,7 +64,7 @@ fn is_clean_ascii(value: &[u8]) -> bool {
 pub(crate) fn sanitize_owned(value: String) -> Option<String> {
     let clean = !value.is_empty()
         && value.len() <= MAX_ID_CHARS
-        && !value.chars().any(char::is_control)
+        && !crate::event::has_control(&value)
         && value.trim().len() == value.len();
     if clean {
         Some(value)
