@@ -62,6 +62,10 @@ fn is_clean_ascii(value: &[u8]) -> bool {
 
 /// [`sanitize`] for an owned value: the same string back when it is already clean.
 pub(crate) fn sanitize_owned(value: String) -> Option<String> {
+    // Nearly every id: visible ASCII, judged without decoding or Unicode's whitespace table.
+    if is_clean_ascii(value.as_bytes()) {
+        return Some(value);
+    }
     let clean = !value.is_empty()
         && value.len() <= MAX_ID_CHARS
         && !crate::event::has_control(&value)
@@ -98,6 +102,8 @@ pub(super) fn cleaned_borrowed(value: Option<&HeaderValue>) -> Option<Cow<'_, st
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy as _;
+
     use super::*;
     use crate::http::DISTINCT_ID_HEADER;
 
@@ -127,5 +133,21 @@ mod tests {
             sanitize_owned("é".repeat(1001)).map(|s| s.chars().count()),
             Some(1000)
         );
+    }
+
+    proptest::proptest! {
+        /// An owned value comes out as a borrowed one does, whichever path judges it: ASCII
+        /// with spaces, tabs and controls at either end or inside, and any characters.
+        #[test]
+        fn owned_and_borrowed_values_are_cleaned_alike(
+            value in proptest::prop_oneof![
+                "[ -~\t\u{0}\u{7f}]{0,12}",
+                proptest::collection::vec(proptest::char::any(), 0..12)
+                    .prop_map(|c| c.into_iter().collect::<String>()),
+                "[a-z]{990,1010}",
+            ]
+        ) {
+            proptest::prop_assert_eq!(sanitize_owned(value.clone()), sanitize(&value));
+        }
     }
 }
