@@ -50,6 +50,12 @@
 //! and varies more. `--server-cpus`, `--load-cpus`, `--wrk-threads` and `--connections`
 //! override either. Each run prints the busy share of every CPU.
 //!
+//! At the start and at the end, the bench prints the host's speed: what a system call costs
+//! (`getpid`) and a step of dependent integer arithmetic, best of three passes. Machines of
+//! one kind differ: `bare` has taken 6 µs of server CPU a request on one and 15 – 26 µs on
+//! another (where a system call took 500 – 700 ns), and the layer's ratios move with the
+//! host. These two figures say which kind of host a set of runs came from.
+//!
 //! Each round runs every mode once, in an order rotated each round; each run is a fresh
 //! server: `--warmup` seconds of `wrk` (not measured), then `--duration` seconds measured.
 //! Reported per run: `wrk`'s requests/s and latency percentiles, the server's and the sink's
@@ -338,6 +344,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
         args.load_cpus.as_deref().unwrap_or("any"),
     );
     println!("  load: {}", loadavg());
+    println!("  host: {}", host_speed());
 
     let mut runs = Vec::new();
     let mut ok = true;
@@ -538,6 +545,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
         );
     }
     println!("load at the end: {}", loadavg());
+    println!("host at the end: {}", host_speed());
     if ok {
         println!("OK: no event lost, none dropped, no wrk errors");
     } else {
@@ -757,6 +765,41 @@ fn cpu_times() -> Vec<(u64, u64)> {
             (total - idle, total)
         })
         .collect()
+}
+
+/// How fast this host is right now, on the CPU this process may use: what one system call
+/// costs (`getpid`, which glibc does not cache) and one step of a chain of dependent integer
+/// operations (an xorshift), best of three passes each (interference only ever slows a pass
+/// down). See the module docs for why.
+fn host_speed() -> String {
+    let best_ns = |pass: &dyn Fn() -> u64, count: u64| {
+        (0..3)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                std::hint::black_box(pass());
+                start.elapsed().as_nanos() as f64 / count as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    const CALLS: u64 = 100_000;
+    const STEPS: u64 = 20_000_000;
+    let syscall = best_ns(
+        &|| (0..CALLS).map(|_| u64::from(std::process::id())).sum(),
+        CALLS,
+    );
+    let step = best_ns(
+        &|| {
+            let mut x = std::hint::black_box(0x9e37_79b9_7f4a_7c15_u64);
+            for _ in 0..STEPS {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
+            x
+        },
+        STEPS,
+    );
+    format!("{syscall:.0} ns a system call (getpid), {step:.2} ns an xorshift step")
 }
 
 fn loadavg() -> String {
