@@ -8,7 +8,7 @@
 //! cargo run --release --features axum --example bench_http -- [--mode all|MODE[,MODE...]]
 //!     [--rounds N] [--duration S] [--warmup S] [--persistent] [--shared] [--connections N]
 //!     [--wrk-threads N] [--server-threads N] [--server-cpus LIST] [--load-cpus LIST]
-//!     [--burn-ns N]
+//!     [--burn-ns N] [--baseline PATH]
 //! ```
 //!
 //! Three processes, besides this one (which only orchestrates and sleeps):
@@ -55,6 +55,11 @@
 //! one kind differ: `bare` has taken 6 µs of server CPU a request on one and 15 – 26 µs on
 //! another (where a system call took 500 – 700 ns), and the layer's ratios move with the
 //! host. These two figures say which kind of host a set of runs came from.
+//!
+//! With `--baseline PATH` (another build of this example, say of the commit before a change),
+//! every mode runs a second time in each round, served by that binary, and is reported as
+//! `MODE@baseline`, its ratios also to this binary's `bare` of the same round: two builds
+//! compared run by run, in one bench, as the machine's speed drifts under both alike.
 //!
 //! Each round runs every mode once, in an order rotated each round; each run is a fresh
 //! server: `--warmup` seconds of `wrk` (not measured), then `--duration` seconds measured.
@@ -141,8 +146,33 @@ impl Mode {
     }
 }
 
+/// A server to measure: a mode, served by this binary or by the `--baseline` one.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Variant {
+    mode: Mode,
+    baseline: bool,
+}
+
+impl Variant {
+    /// What every ratio is to: this binary's `bare`.
+    const BARE: Variant = Variant {
+        mode: Mode::Bare,
+        baseline: false,
+    };
+
+    fn label(self) -> String {
+        if self.baseline {
+            format!("{}@baseline", self.mode.name())
+        } else {
+            self.mode.name().to_owned()
+        }
+    }
+}
+
 struct Args {
     modes: Vec<Mode>,
+    /// Another build of this example, whose servers are measured beside this one's.
+    baseline: Option<String>,
     /// Everything shares every CPU (no pinning).
     shared: bool,
     /// One server per mode for the whole bench, measured in turn.
@@ -162,11 +192,33 @@ struct Args {
 const USAGE: &str = "usage: bench_http [--mode all|MODE[,MODE...]] [--rounds N] \
                      [--duration S] [--warmup S] [--persistent] [--shared] [--connections N] \
                      [--wrk-threads N] [--server-threads N] [--server-cpus LIST] \
-                     [--load-cpus LIST] [--burn-ns N]";
+                     [--load-cpus LIST] [--burn-ns N] [--baseline PATH]";
+
+impl Args {
+    /// The servers to measure: every mode, then, with `--baseline`, every mode again served by
+    /// the baseline binary.
+    fn variants(&self) -> Vec<Variant> {
+        let ours = self.modes.iter().map(|&mode| Variant {
+            mode,
+            baseline: false,
+        });
+        let theirs = self.modes.iter().map(|&mode| Variant {
+            mode,
+            baseline: true,
+        });
+        ours.chain(theirs.take(if self.baseline.is_some() {
+            self.modes.len()
+        } else {
+            0
+        }))
+        .collect()
+    }
+}
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut parsed = Args {
         modes: Mode::ALL.to_vec(),
+        baseline: None,
         shared: false,
         persistent: false,
         rounds: 3,
@@ -219,6 +271,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--server-cpus" => parsed.server_cpus = Some(text(arg)?),
             "--burn-ns" => parsed.burn_ns = number(arg, text(arg)?, 0)?,
             "--load-cpus" => parsed.load_cpus = Some(text(arg)?),
+            "--baseline" => parsed.baseline = Some(text(arg)?),
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -276,7 +329,7 @@ fn main() -> ExitCode {
 /// One measured run.
 struct Run {
     round: usize,
-    mode: Mode,
+    mode: Variant,
     req_per_s: f64,
     wrk_requests: u64,
     p50: String,
@@ -343,23 +396,27 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
         args.server_cpus.as_deref().unwrap_or("any"),
         args.load_cpus.as_deref().unwrap_or("any"),
     );
+    if let Some(baseline) = &args.baseline {
+        println!("  baseline: {baseline} serves every mode again, as MODE@baseline");
+    }
     println!("  load: {}", loadavg());
     println!("  host: {}", host_speed());
 
     let mut runs = Vec::new();
     let mut ok = true;
     let sink_before = sink.counters()?;
+    let variants = args.variants();
     let mut persistent = Vec::new();
     if args.persistent {
-        for &mode in &args.modes {
+        for &mode in &variants {
             let server = start_server(args, exe, &sink, mode, server_threads)?;
             persistent.push((mode, server));
         }
     }
     for round in 0..args.rounds {
-        let n = args.modes.len();
+        let n = variants.len();
         for i in 0..n {
-            let mode = args.modes[(i + round) % n];
+            let mode = variants[(i + round) % n];
             let run = match persistent.iter().find(|(m, _)| *m == mode) {
                 Some((_, server)) => measure(args, &sink, round, mode, server)?,
                 None => run_one(args, exe, &sink, round, mode, server_threads)?,
@@ -375,7 +432,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
                  server_cpu_us_per_req={:.2} sink_cpu_us_per_req={:.2} cpu_busy={}{} \
                  sink_events={} lost={} ok={} load={}",
                 round + 1,
-                mode.name(),
+                mode.label(),
                 run.req_per_s,
                 run.wrk_requests,
                 run.p50,
@@ -401,12 +458,12 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
     let mut settled = Vec::new();
     for (mode, server) in persistent {
         let report = server.stop()?;
-        let expected = expected_events(mode, &report);
+        let expected = expected_events(mode.mode, &report);
         let good = report_adds_up(&report, expected);
         println!(
             "SERVER mode={} responses={} captured={} delivered={} failed={} dropped={} \
              queue_full={} ok={good}",
-            mode.name(),
+            mode.label(),
             report.responses,
             report.captured,
             report.delivered,
@@ -434,8 +491,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             (v[n / 2 - 1] + v[n / 2]) / 2.0
         }
     };
-    let summary: Vec<Summary> = args
-        .modes
+    let summary: Vec<Summary> = variants
         .iter()
         .map(|&mode| {
             let of_mode: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
@@ -463,7 +519,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             // CPU is saturated, as it is here).
             let same_round = |r: &Run| {
                 runs.iter()
-                    .find(|b| b.mode == Mode::Bare && b.round == r.round)
+                    .find(|b| b.mode == Variant::BARE && b.round == r.round)
             };
             let mut paired: Vec<f64> = of_mode
                 .iter()
@@ -499,7 +555,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
         .collect();
     let bare = summary
         .iter()
-        .find(|s| s.mode == Mode::Bare)
+        .find(|s| s.mode == Variant::BARE)
         .map(|s| (s.med, s.cpu));
     println!();
     println!(
@@ -508,8 +564,14 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
          | server CPU µs/req (median) | sink CPU µs/req | events delivered / lost |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let best_bare = summary.iter().find(|s| s.mode == Mode::Bare).map(|s| s.max);
-    let top_bare = summary.iter().find(|s| s.mode == Mode::Bare).map(|s| s.top);
+    let best_bare = summary
+        .iter()
+        .find(|s| s.mode == Variant::BARE)
+        .map(|s| s.max);
+    let top_bare = summary
+        .iter()
+        .find(|s| s.mode == Variant::BARE)
+        .map(|s| s.top);
     for Summary {
         mode,
         paired,
@@ -541,7 +603,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
         println!(
             "| {} | {med:.0} | {min:.0} – {max:.0} | {ratio} | {paired} | {paired_cpu} | {best} \
              | {top} | {cpu:.2} | {sink_cpu:.2} | {events} / {lost} |",
-            mode.name()
+            mode.label()
         );
     }
     println!("load at the end: {}", loadavg());
@@ -557,7 +619,7 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
 /// One mode's figures over its runs: req/s median and range, medians of the CPU times per
 /// request, events delivered and lost.
 struct Summary {
-    mode: Mode,
+    mode: Variant,
     /// Median, lowest and highest of the per-round ratios to bare, in %.
     paired: Option<(f64, f64, f64)>,
     /// Median of the per-round ratios of bare's server CPU time per request to this mode's,
@@ -580,7 +642,7 @@ fn lost(run: &Run) -> u64 {
     let Some(report) = &run.server else {
         return 0;
     };
-    expected_events(run.mode, report).abs_diff(run.events)
+    expected_events(run.mode.mode, report).abs_diff(run.events)
 }
 
 /// The events a server's client should have delivered: one per response with pageviews.
@@ -606,13 +668,17 @@ fn start_server(
     args: &Args,
     exe: &str,
     sink: &sink::Process,
-    mode: Mode,
+    mode: Variant,
     threads: usize,
 ) -> Result<server::Process, BoxError> {
+    let exe = match (&args.baseline, mode.baseline) {
+        (Some(baseline), true) => baseline.as_str(),
+        _ => exe,
+    };
     let mut cmd = pinned(args.server_cpus.as_deref(), exe);
     cmd.args([
         "--serve",
-        mode.name(),
+        mode.mode.name(),
         &sink.port.to_string(),
         &threads.to_string(),
         &args.burn_ns.to_string(),
@@ -629,7 +695,7 @@ fn run_one(
     exe: &str,
     sink: &sink::Process,
     round: usize,
-    mode: Mode,
+    mode: Variant,
     threads: usize,
 ) -> Result<Run, BoxError> {
     let before = sink.counters()?;
@@ -638,7 +704,7 @@ fn run_one(
     let report = server.stop()?;
     // Every event of the server's life, warm-up included, has reached the sink now.
     run.events = sink.counters()?.events - before.events;
-    let expected = expected_events(mode, &report);
+    let expected = expected_events(mode.mode, &report);
     run.ok &= run.events == expected
         && report_adds_up(&report, expected)
         && run.wrk_requests <= report.responses;
@@ -652,7 +718,7 @@ fn measure(
     args: &Args,
     sink: &sink::Process,
     round: usize,
-    mode: Mode,
+    mode: Variant,
     server: &server::Process,
 ) -> Result<Run, BoxError> {
     let sink_start = sink.counters()?;
