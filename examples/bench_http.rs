@@ -198,20 +198,19 @@ impl Args {
     /// The servers to measure: every mode, then, with `--baseline`, every mode again served by
     /// the baseline binary.
     fn variants(&self) -> Vec<Variant> {
-        let ours = self.modes.iter().map(|&mode| Variant {
-            mode,
-            baseline: false,
-        });
-        let theirs = self.modes.iter().map(|&mode| Variant {
-            mode,
-            baseline: true,
-        });
-        ours.chain(theirs.take(if self.baseline.is_some() {
-            self.modes.len()
+        let builds: &[bool] = if self.baseline.is_some() {
+            &[false, true]
         } else {
-            0
-        }))
-        .collect()
+            &[false]
+        };
+        builds
+            .iter()
+            .flat_map(|&baseline| {
+                self.modes
+                    .iter()
+                    .map(move |&mode| Variant { mode, baseline })
+            })
+            .collect()
     }
 }
 
@@ -553,10 +552,8 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
             }
         })
         .collect();
-    let bare = summary
-        .iter()
-        .find(|s| s.mode == Variant::BARE)
-        .map(|s| (s.med, s.cpu));
+    let bare_summary = summary.iter().find(|s| s.mode == Variant::BARE);
+    let bare = bare_summary.map(|s| (s.med, s.cpu));
     println!();
     println!(
         "| mode | req/s median | range | ratio to bare | per-round ratio, median (range) \
@@ -564,14 +561,8 @@ fn bench(args: &Args) -> Result<bool, BoxError> {
          | server CPU µs/req (median) | sink CPU µs/req | events delivered / lost |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let best_bare = summary
-        .iter()
-        .find(|s| s.mode == Variant::BARE)
-        .map(|s| s.max);
-    let top_bare = summary
-        .iter()
-        .find(|s| s.mode == Variant::BARE)
-        .map(|s| s.top);
+    let best_bare = bare_summary.map(|s| s.max);
+    let top_bare = bare_summary.map(|s| s.top);
     for Summary {
         mode,
         paired,
