@@ -62,19 +62,11 @@ fn is_clean_ascii(value: &[u8]) -> bool {
 
 /// [`sanitize`] for an owned value: the same string back when it is already clean.
 pub(crate) fn sanitize_owned(value: String) -> Option<String> {
-    // Nearly every id: visible ASCII, judged without decoding or Unicode's whitespace table.
-    if is_clean_ascii(value.as_bytes()) {
-        return Some(value);
-    }
-    let clean = !value.is_empty()
-        && value.len() <= MAX_ID_CHARS
-        && !crate::event::has_control(&value)
-        && value.trim().len() == value.len();
-    if clean {
-        Some(value)
-    } else {
-        sanitize(&value)
-    }
+    let cleaned = match sanitize_borrowed(&value)? {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(cleaned) => Some(cleaned),
+    };
+    Some(cleaned.unwrap_or(value))
 }
 
 /// A header value as text, if it is valid UTF-8 (obs-text bytes that are not UTF-8 are
